@@ -1,0 +1,164 @@
+"""`create_app(settings)`: the FastAPI app, its lifespan (models + engine), middleware and error rendering."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from glm4voice_api.config import Settings
+from glm4voice_api.engine.base import LLMEngine
+from glm4voice_api.errors import APIError, payload_too_large, server_error
+from glm4voice_api.pipeline.runtime import build_runtime
+from glm4voice_api.routes import chat, health, models
+from glm4voice_api.routes.streaming import ClientDisconnectedError
+from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.serving.services import Services
+
+logger = logging.getLogger(__name__)
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    """Request id (`x-request-id`, taken from the client when sane) and the body-size cap, as plain ASGI.
+
+    Plain ASGI rather than BaseHTTPMiddleware: the latter breaks disconnect detection of streaming responses.
+    The body cap is enforced on the bytes as they arrive, so a lying or absent Content-Length cannot get past it.
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope.get("headers", [])}
+        given = headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status_holder = {"status": 500}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            await _send_error(send_with_id, payload_too_large(
+                f"The request body is larger than the {self.max_body} byte limit.", param="body"))  # fmt: skip
+            self._count(scope, 413)
+            return
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise APIError(f"The request body is larger than the {self.max_body} byte limit.",
+                                   param="body", code="request_too_large", status=413)  # fmt: skip
+            return message
+
+        try:
+            await self.app(scope, capped_receive, send_with_id)
+        finally:
+            self._count(scope, status_holder["status"])
+
+    def _count(self, scope: Scope, status: int) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.metrics.requests.labels(route=path, status=str(status)).inc()
+
+
+async def _send_error(send: Send, error: APIError) -> None:
+    response = JSONResponse(error.to_dict(), status_code=error.status, headers=error.headers)
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _validation_error(exc: RequestValidationError) -> APIError:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    if first.get("type") == "json_invalid":
+        return APIError("We could not parse the JSON body of your request.", param=None, code="invalid_json")
+    message = f"{len(errors)} validation error(s): " + "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors[:5]
+    )
+    return APIError(message, param=param, code="invalid_value")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def on_api_error(_: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        error = _validation_error(exc)
+        return JSONResponse(error.to_dict(), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        error = APIError(str(exc.detail), code=kind, status=exc.status_code)
+        return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnectedError)
+    async def on_disconnect(_: Request, __: ClientDisconnectedError) -> JSONResponse:
+        return JSONResponse({"error": {"message": "client disconnected", "type": "invalid_request_error",
+                                       "param": None, "code": "client_disconnected"}}, status_code=499)  # fmt: skip
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=exc)
+        error = server_error()
+        return JSONResponse(error.to_dict(), status_code=error.status)
+
+
+def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = None) -> FastAPI:
+    """Build the app. The lifespan loads the models and starts (and warms up) the engine before serving."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await build_runtime(settings, engine=engine)
+        metrics.bind_engine(runtime.engine.active_requests)
+        app.state.services = Services.from_runtime(runtime)
+        logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
+        try:
+            yield
+        finally:
+            app.state.services = None
+            await runtime.close()
+
+    app = FastAPI(title="glm4voice-api", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.services = None
+    app.state.draining = False
+    _install_error_handlers(app)
+    for router in (chat.router, models.router, health.router):
+        app.include_router(router)
+    app.add_middleware(RequestContextMiddleware, max_body=settings.limits.max_request_bytes, metrics=metrics)
+    return app

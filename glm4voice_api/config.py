@@ -1,0 +1,90 @@
+"""One settings tree for the whole server (env prefix `GLM4VOICE_`, nested groups with `__`).
+
+The CLI (`glm4voice_api.cli`) is generated from these same fields, so every setting has exactly one name, one
+default and one help text. Nothing else in the code base reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+OFFICIAL_FOLDERS = {"llm": "glm-4-voice-9b", "speech_tokenizer": "glm-4-voice-tokenizer", "decoder": "glm-4-voice-decoder"}
+
+
+class EngineSettings(BaseModel):
+    """vLLM engine flags, passed through to `AsyncEngineArgs`."""
+
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
+    pipeline_parallel_size: int = Field(1, ge=1, description="vLLM pipeline parallel size.")
+    data_parallel_size: int = Field(1, ge=1, description="vLLM data parallel size.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
+    max_model_len: int | None = Field(
+        None, ge=64, description="Context length (prompt + reply). Default: 8192, as the official vLLM server."
+    )
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="Most sequences the engine batches. Default: 256 on GPU, 8 on CPU."
+    )
+    dtype: str = Field("auto", description="Weights/activation dtype: auto, bfloat16, float16, float32.")
+    enforce_eager: bool | None = Field(None, description="Disable CUDA graphs/compilation. Default: on for CPU.")
+    load_format: str = Field("auto", description="vLLM load format; 'dummy' gives random weights at full size.")
+    seed: int = Field(0, description="Engine seed (per-request seeds still apply).")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV cache of shared prompt prefixes.")
+    cpu_kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    warmup_batch_sizes: list[int] | None = Field(
+        None,
+        description="Batch sizes run once before the server reports ready. Default: powers of two up to "
+        "max_num_seqs on GPU, [1, 2] on CPU.",
+    )
+
+
+class LimitSettings(BaseModel):
+    """Caps on what one request may ask for."""
+
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body in bytes.")
+    max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest input audio file in bytes.")
+    max_audio_seconds: float = Field(300.0, gt=0, description="Longest input audio in seconds.")
+    default_max_tokens: int = Field(
+        2048, ge=1, description="Reply token budget when a request gives none (capped by the context left)."
+    )
+    max_text_chars: int = Field(32768, ge=1, description="Most characters of text in one message.")
+
+
+class Settings(BaseSettings):
+    """glm4voice-api settings. Environment: GLM4VOICE_<NAME>, nested as GLM4VOICE_ENGINE__MAX_MODEL_LEN."""
+
+    model_config = SettingsConfigDict(env_prefix="GLM4VOICE_", env_nested_delimiter="__", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    model_dir: Path | None = Field(
+        None,
+        description="Folder holding the three official folders glm-4-voice-9b, glm-4-voice-tokenizer and "
+        "glm-4-voice-decoder. Without any model path the built-in tiny random-weight set is served.",
+    )
+    llm_path: Path | None = Field(None, description="The glm-4-voice-9b folder (overrides --model-dir).")
+    speech_tokenizer_path: Path | None = Field(None, description="The glm-4-voice-tokenizer folder.")
+    decoder_path: Path | None = Field(None, description="The glm-4-voice-decoder folder.")
+    served_model_name: str = Field("glm-4-voice-9b", description="Model id clients use and /v1/models lists.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "glm4voice-api", description="Where the built-in default checkpoints are created."
+    )
+    interleave_constraint: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Enforce the 13-text/26-audio reply pattern in the sampler. auto: on for random weights "
+        "(the real model emits the pattern by itself).",
+    )
+    log_level: str = Field("info", description="Log level.")
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+
+    def model_paths(self) -> dict[str, Path | None]:
+        """The three checkpoint folders; None where the built-in default is to be used."""
+        paths: dict[str, Path | None] = {}
+        for key, folder in OFFICIAL_FOLDERS.items():
+            explicit = getattr(self, f"{key}_path")
+            paths[key] = explicit or (self.model_dir / folder if self.model_dir else None)
+        return paths

@@ -1,0 +1,188 @@
+"""The vLLM adapter: the only module that imports vllm.
+
+vLLM runs only the 9B LLM, on token ids: `skip_tokenizer_init=True`, token-id prompts, DELTA outputs (cumulative
+outputs lose ids when a step yields several), explicit stop ids. Our plugin (`plugins/glm4voice_vllm`) registers the
+GLM-4-Voice architecture (padding rows masked) and the interleave logits processor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from glm4voice_api.config import EngineSettings
+from glm4voice_api.engine.base import (
+    EngineDeadError,
+    EngineInfo,
+    EngineRequestError,
+    GenerationDelta,
+    GenerationParams,
+)
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURE = "Glm4VoiceForCausalLM"
+LOGITS_PROCESSOR = "glm4voice_vllm.logits:InterleaveLogitsProcessor"
+DEFAULT_MAX_MODEL_LEN = 8192  # what the official GLM-4-Voice vLLM server used
+
+
+def _cuda_available() -> bool:
+    import torch  # noqa: PLC0415
+
+    return torch.cuda.is_available()
+
+
+class VllmLLMEngine:
+    """`AsyncLLM` behind the `LLMEngine` protocol."""
+
+    def __init__(self, llm, info: EngineInfo, vocab_size: int) -> None:  # noqa: ANN001 - vllm type
+        self._llm = llm
+        self.info = info
+        self._vocab_size = vocab_size
+        self._active: set[str] = set()
+
+    @classmethod
+    async def start(
+        cls, llm_path: Path, settings: EngineSettings, *, num_valid_tokens: int, random_weights: bool
+    ) -> VllmLLMEngine:
+        from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: PLC0415
+        from vllm.usage.usage_lib import UsageContext  # noqa: PLC0415
+        from vllm.v1.engine.async_llm import AsyncLLM  # noqa: PLC0415
+
+        config = json.loads((llm_path / "config.json").read_text())
+        on_gpu = _cuda_available()
+        if not on_gpu:
+            # Read by the engine core process, which inherits our environment.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
+        max_model_len = settings.max_model_len or min(DEFAULT_MAX_MODEL_LEN, int(config.get("seq_length", 8192)))
+        max_num_seqs = settings.max_num_seqs or (256 if on_gpu else 8)
+        args = AsyncEngineArgs(
+            model=str(llm_path),
+            skip_tokenizer_init=True,
+            dtype=settings.dtype,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            pipeline_parallel_size=settings.pipeline_parallel_size,
+            data_parallel_size=settings.data_parallel_size,
+            enforce_eager=settings.enforce_eager if settings.enforce_eager is not None else not on_gpu,
+            load_format=settings.load_format,
+            seed=settings.seed,
+            enable_prefix_caching=settings.enable_prefix_caching,
+            hf_overrides={"architectures": [ARCHITECTURE], "glm4voice_num_valid_tokens": num_valid_tokens},
+            logits_processors=[LOGITS_PROCESSOR],
+        )
+        llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        info = EngineInfo(
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            random_weights=random_weights or settings.load_format == "dummy",
+            extra={"device": "cuda" if on_gpu else "cpu"},
+        )
+        engine = cls(llm, info, vocab_size=int(config.get("padded_vocab_size", config.get("vocab_size", 0))))
+        sizes = settings.warmup_batch_sizes
+        if sizes is None:
+            sizes = [1, 2] if not on_gpu else [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_num_seqs]
+        await engine.warm_up(sizes)
+        return engine
+
+    async def warm_up(self, batch_sizes: list[int], prompt_len: int = 32, max_tokens: int = 4) -> None:
+        """Run each batch size once, so the first real requests do not pay for new shapes (2.5 s on an H100)."""
+        params = GenerationParams(max_tokens=max_tokens, temperature=1.0)
+
+        async def one(i: int) -> None:
+            async for _ in self.generate([1 + (i % 1000)] * prompt_len, params, f"warmup-{i}"):
+                pass
+
+        for size in batch_sizes:
+            await asyncio.gather(*(one(size * 1000 + i) for i in range(min(size, self.info.max_num_seqs))))
+        logger.info("engine warm-up done for batch sizes %s", batch_sizes)
+
+    def _sampling_params(self, params: GenerationParams) -> Any:
+        from vllm.sampling_params import RequestOutputKind, SamplingParams  # noqa: PLC0415
+
+        return SamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k > 0 else 0,
+            seed=params.seed,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            stop_token_ids=list(params.stop_token_ids),
+            output_kind=RequestOutputKind.DELTA,
+            detokenize=False,
+            skip_special_tokens=False,
+            extra_args=params.constraint.to_extra_args() if params.constraint else None,
+        )
+
+    def _validate(self, prompt_ids: list[int], params: GenerationParams) -> None:
+        """Reject here what the engine core would choke on: a rejected request must never kill the engine."""
+        if not prompt_ids:
+            raise EngineRequestError("empty prompt")
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self._vocab_size:
+            raise EngineRequestError(f"prompt holds token ids outside the vocabulary 0..{self._vocab_size - 1}")
+        if params.max_tokens < 1:
+            raise EngineRequestError("max_tokens must be at least 1")
+        if len(prompt_ids) + params.max_tokens > self.info.max_model_len:
+            raise EngineRequestError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceed the context length "
+                f"{self.info.max_model_len}"
+            )
+
+    async def generate(
+        self, prompt_ids: list[int], params: GenerationParams, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError  # noqa: PLC0415
+
+        self._validate(prompt_ids, params)
+        if self._llm.errored:
+            raise EngineDeadError("the engine is not running")
+        sampling = self._sampling_params(params)
+        self._active.add(request_id)
+        finished = False
+        try:
+            async for out in self._llm.generate({"prompt_token_ids": prompt_ids}, sampling, request_id):
+                completion = out.outputs[0]
+                finished = out.finished
+                yield GenerationDelta(
+                    token_ids=list(completion.token_ids),
+                    finished=out.finished,
+                    finish_reason=completion.finish_reason if out.finished else None,
+                    num_cached_tokens=out.num_cached_tokens or 0,
+                )
+        except VllmEngineDeadError as exc:
+            raise EngineDeadError(str(exc)) from exc
+        except ValueError as exc:
+            raise EngineRequestError(str(exc)) from exc
+        finally:
+            self._active.discard(request_id)
+            if not finished:
+                # The consumer went away (client disconnect, limit, shutdown): free the engine's slot now.
+                await self.abort(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        try:
+            await self._llm.abort(request_id)
+        except Exception:  # noqa: BLE001 - aborting a finished or unknown request must never raise
+            logger.debug("abort of %s failed", request_id, exc_info=True)
+
+    async def check_health(self) -> None:
+        if self._llm.errored:
+            raise EngineDeadError("the engine is not running")
+        try:
+            await self._llm.check_health()
+        except Exception as exc:
+            raise EngineDeadError(str(exc)) from exc
+
+    def active_requests(self) -> int:
+        return len(self._active)
+
+    async def shutdown(self) -> None:
+        self._llm.shutdown()

@@ -1,0 +1,94 @@
+"""Builds and owns the long-lived parts: checkpoints, text tokenizer, engine (and the audio models as they land)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glm4voice_api.checkpoints.default import ensure_default_checkpoints
+from glm4voice_api.checkpoints.llm import RANDOM_WEIGHTS_KEY
+from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
+from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
+from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.text.prompt import PromptBuilder
+from glm4voice_api.text.tokenizer import GLM4Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    tokenizer: GLM4Tokenizer
+    prompts: PromptBuilder
+    engine: LLMEngine
+    paths: dict[str, Path]
+    random_weights: bool
+    closers: list = field(default_factory=list)
+
+    def interleave_constraint(self, forced_text: list[int] | None = None, **kwargs: int | None) -> InterleaveConstraint | None:
+        """The sampler constraint for a reply, or None when the model is trusted to interleave by itself."""
+        mode = self.settings.interleave_constraint
+        if forced_text is None and (mode == "off" or (mode == "auto" and not self.random_weights)):
+            return None
+        ids = self.tokenizer.ids
+        return InterleaveConstraint(
+            text_range=(0, ids.num_text),
+            audio_range=(ids.audio_0, ids.audio_0 + ids.audio_count),
+            eos=(ids.user,),
+            forced_text=tuple(forced_text) if forced_text is not None else None,
+            **kwargs,
+        )
+
+    async def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - keep closing the rest
+                logger.exception("error while shutting down")
+
+
+def resolve_paths(settings: Settings) -> dict[str, Path]:
+    """The three checkpoint folders: given ones, else the built-in tiny default (created once)."""
+    paths = settings.model_paths()
+    if any(p is None for p in paths.values()):
+        default = ensure_default_checkpoints(settings.cache_dir)
+        for key, folder in OFFICIAL_FOLDERS.items():
+            paths[key] = paths[key] or default / folder
+    for key, path in paths.items():
+        if not path.is_dir():
+            raise CheckpointFormatError(f"{key} folder {path} does not exist")
+    return paths  # type: ignore[return-value]
+
+
+def is_random_weights(llm_path: Path, settings: Settings) -> bool:
+    config = json.loads((llm_path / "config.json").read_text())
+    return bool(config.get(RANDOM_WEIGHTS_KEY)) or settings.engine.load_format == "dummy"
+
+
+async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> Runtime:
+    """Load everything the server needs. `engine` lets unit tests pass a fake."""
+    paths = resolve_paths(settings)
+    tokenizer = GLM4Tokenizer.from_dir(paths["llm"])
+    random_weights = is_random_weights(paths["llm"], settings)
+    closers = []
+    if engine is None:
+        from glm4voice_api.engine.vllm_engine import VllmLLMEngine  # noqa: PLC0415 - vllm only when serving
+
+        engine = await VllmLLMEngine.start(
+            paths["llm"], settings.engine, num_valid_tokens=tokenizer.ids.num_valid, random_weights=random_weights
+        )
+    closers.append(engine.shutdown)
+    if random_weights:
+        logger.warning("serving RANDOM WEIGHTS from %s: the output is noise, not GLM-4-Voice", paths["llm"])
+    return Runtime(
+        settings=settings,
+        tokenizer=tokenizer,
+        prompts=PromptBuilder(tokenizer),
+        engine=engine,
+        paths=paths,
+        random_weights=random_weights,
+        closers=closers,
+    )

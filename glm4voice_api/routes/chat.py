@@ -1,0 +1,23 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from glm4voice_api.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
+from glm4voice_api.routes.deps import RequestIdDep, ServicesDep
+from glm4voice_api.routes.streaming import cancel_on_disconnect, sse_response
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, services: ServicesDep, request_id: RequestIdDep
+):  # noqa: ANN201 - JSON or SSE
+    if body.stream:
+        return sse_response(await services.chat.create_chat_completion(body, request_id))
+    result: ChatCompletionResponse = await cancel_on_disconnect(
+        request, services.chat.create_chat_completion(body, request_id)
+    )
+    return result

@@ -1,0 +1,23 @@
+"""Health probes and the metrics payload."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from glm4voice_api.engine.base import EngineDeadError
+from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.serving.services import Services
+
+
+async def probe_engine(services: Services) -> tuple[bool, str]:
+    try:
+        await services.runtime.engine.check_health()
+    except EngineDeadError as exc:
+        return False, f"engine: {exc}"
+    return True, "ok"
+
+
+def metrics_payload(metrics: Metrics) -> tuple[bytes, str]:
+    # The global registry holds vLLM's own engine metrics (vllm:*), registered by AsyncLLM in this process.
+    return generate_latest(REGISTRY) + generate_latest(metrics.registry), CONTENT_TYPE_LATEST

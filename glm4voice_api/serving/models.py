@@ -1,0 +1,38 @@
+"""ServingModels: what `/v1/models` reports, random weights labelled as such."""
+
+from __future__ import annotations
+
+import time
+
+from glm4voice_api.errors import model_not_found
+from glm4voice_api.pipeline.runtime import Runtime
+from glm4voice_api.protocol.models import ModelCard, ModelList
+
+RANDOM_WEIGHTS_NOTE = (
+    "RANDOM WEIGHTS: a tiny random-weight checkpoint set in the official formats (built-in default or "
+    "load_format=dummy). Its speech and text are noise, not GLM-4-Voice."
+)
+
+
+class ServingModels:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.created = int(time.time())
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            id=self.rt.settings.served_model_name,
+            created=self.created,
+            root=str(self.rt.paths["llm"]),
+            max_model_len=self.rt.engine.info.max_model_len,
+            random_weights=self.rt.random_weights,
+            description=RANDOM_WEIGHTS_NOTE if self.rt.random_weights else "GLM-4-Voice-9B",
+        )
+
+    def list_models(self) -> ModelList:
+        return ModelList(data=[self.card()])
+
+    def retrieve_model(self, model: str) -> ModelCard:
+        if model != self.rt.settings.served_model_name:
+            raise model_not_found(model)
+        return self.card()

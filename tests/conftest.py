@@ -1,0 +1,31 @@
+"""Shared fixtures: the tiny random-weight checkpoint set (created once per test session and machine)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFORMANCE = REPO.parent / "shared" / "conformance"
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    """One cache for all workers: the default set is built once (file-locked) and reused."""
+    path = Path(os.environ.get("GLM4VOICE_TEST_CACHE", REPO / ".cache" / "test"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_set(cache_dir: Path) -> Path:
+    from glm4voice_api.checkpoints.default import ensure_default_checkpoints
+
+    return ensure_default_checkpoints(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(default_set: Path) -> Path:
+    return default_set / "glm-4-voice-9b"
