@@ -1,0 +1,13 @@
+# GPU server image: CUDA vLLM (the wheels bring torch and the CUDA libraries); mount the three official folders
+# at /models. Build: docker build -t glm4voice-api .   Run: docker run --gpus all -v /path:/models -p 8000:8000 glm4voice-api
+FROM python:3.12-slim
+# Triton compiles small C launchers at run time, so a C compiler is needed in the image.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY glm4voice_api ./glm4voice_api
+COPY plugins ./plugins
+RUN pip install --no-cache-dir ".[gpu]"
+ENV GLM4VOICE_HOST=0.0.0.0 GLM4VOICE_PORT=8000 GLM4VOICE_MODEL_DIR=/models
+EXPOSE 8000
+ENTRYPOINT ["glm4voice-api", "serve"]

