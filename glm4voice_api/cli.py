@@ -37,7 +37,8 @@ def _add_flag(parser: argparse._ArgumentGroup, dest: str, field: FieldInfo) -> N
         parser.add_argument(flag, **kwargs)
         return
     kwargs["metavar"] = dest.split(".")[-1].upper()
-    elif origin is Literal:
+    if origin is Literal:
+        kwargs.pop("metavar")
         kwargs["choices"] = list(typing.get_args(annotation))
     elif origin is list:
         kwargs |= {"type": typing.get_args(annotation)[0], "nargs": "+"}

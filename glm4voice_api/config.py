@@ -33,7 +33,7 @@ class EngineSettings(BaseModel):
     load_format: str = Field("auto", description="vLLM load format; 'dummy' gives random weights at full size.")
     seed: int = Field(0, description="Engine seed (per-request seeds still apply).")
     enable_prefix_caching: bool = Field(True, description="Reuse KV cache of shared prompt prefixes.")
-    cpu_kv_cache_gib: float = Field(1.0, gt=0, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     warmup_batch_sizes: list[int] | None = Field(
         None,
         description="Batch sizes run once before the server reports ready. Default: powers of two up to "

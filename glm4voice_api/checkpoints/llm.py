@@ -34,11 +34,11 @@ class TinyLLMConfig:
     """Layer sizes of the tiny model; the vocabulary and token layout are always the real ones."""
 
     num_layers: int = 2
-    hidden_size: int = 64
+    hidden_size: int = 128
     num_attention_heads: int = 4
-    kv_channels: int = 16
+    kv_channels: int = 32  # vLLM's CPU attention kernels support head sizes 32, 64, 80, 96, 112, 128, ...
     multi_query_group_num: int = 2
-    ffn_hidden_size: int = 128
+    ffn_hidden_size: int = 256
     seq_length: int = 8192
 
 

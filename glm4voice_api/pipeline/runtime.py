@@ -52,14 +52,11 @@ class Runtime:
 
 def resolve_paths(settings: Settings) -> dict[str, Path]:
     """The three checkpoint folders: given ones, else the built-in tiny default (created once)."""
-    paths = settings.model_paths()
+    paths = {k: (p.resolve() if p else None) for k, p in settings.model_paths().items()}
     if any(p is None for p in paths.values()):
-        default = ensure_default_checkpoints(settings.cache_dir)
+        default = ensure_default_checkpoints(settings.cache_dir.resolve())
         for key, folder in OFFICIAL_FOLDERS.items():
             paths[key] = paths[key] or default / folder
-    for key, path in paths.items():
-        if not path.is_dir():
-            raise CheckpointFormatError(f"{key} folder {path} does not exist")
     return paths  # type: ignore[return-value]
 
 
@@ -71,6 +68,8 @@ def is_random_weights(llm_path: Path, settings: Settings) -> bool:
 async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> Runtime:
     """Load everything the server needs. `engine` lets unit tests pass a fake."""
     paths = resolve_paths(settings)
+    if not paths["llm"].is_dir():
+        raise CheckpointFormatError(f"LLM folder {paths['llm']} does not exist")
     tokenizer = GLM4Tokenizer.from_dir(paths["llm"])
     random_weights = is_random_weights(paths["llm"], settings)
     closers = []

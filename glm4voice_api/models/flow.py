@@ -1,0 +1,314 @@
+"""Speech tokens -> 80-bin mel: the GLM-4-Voice flow model (CosyVoice ``MaskedDiffWithXvec`` inference).
+
+speaker affine -> token embedding -> block-causal Conformer -> ``encoder_proj`` -> nearest-interpolation
+length regulator -> conditional flow matching (Euler, cosine schedule, classifier-free guidance).
+
+Differences from the reference, all deliberate:
+- always eval mode (the demo leaves dropout on, which makes its output depend on the RNG history);
+- the noise comes from a caller's ``torch.Generator`` (default: a fresh CPU one seeded 42, which draws the
+  same numbers as the reference's ``torch.manual_seed(42); randn_like(mu)``) and the global RNG is
+  never touched;
+- rows of different lengths can share one padded forward pass; each row equals its separate decode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - conventional alias
+from torch import nn
+
+from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
+from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.flow_encoder import BlockConformerEncoder, FlowEncoderConfig
+from glm4voice_api.models.flow_estimator import ConditionalDecoder, EstimatorConfig, masked_group_norm
+
+__all__ = ["FlowConfig", "FlowInput", "FlowModel", "mel_length"]
+
+FLOW_CLASS = "cosyvoice.flow.flow.MaskedDiffWithXvec"
+REGULATOR_CLASS = "cosyvoice.flow.length_regulator.InterpolateRegulator"
+CFM_CLASS = "cosyvoice.flow.flow_matching.ConditionalCFM"
+NOISE_SEED = 42  # the reference reseeds with 42 before every flow call
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Flow model sizes and inference constants (defaults = the released decoder config)."""
+
+    encoder: FlowEncoderConfig = field(default_factory=FlowEncoderConfig)
+    estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
+    input_size: int = 512  # token embedding width
+    output_size: int = 80  # mel bins
+    spk_embed_dim: int = 192
+    vocab_size: int = 16384
+    input_frame_rate: float = 12.5  # speech tokens per second
+    regulator_channels: int = 80
+    regulator_ratios: tuple[int, ...] = (1, 1, 1, 1)
+    inference_cfg_rate: float = 0.7
+    t_scheduler: str = "cosine"
+    n_timesteps: int = 10  # hard-coded in the reference's flow.py, not in the YAML
+    sample_rate: int = 22050  # mel frame rate = sample_rate / hop_length (also hard-coded in flow.py)
+    hop_length: int = 256
+
+    @classmethod
+    def full(cls) -> FlowConfig:
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> FlowConfig:
+        return cls(encoder=FlowEncoderConfig.tiny(), estimator=EstimatorConfig.tiny(), input_size=48)
+
+    @classmethod
+    def from_yaml(cls, obj: YamlObject, *, sample_rate: int = 22050, hop_length: int = 256) -> FlowConfig:
+        """Build from the parsed ``flow:`` node; every size comes from the file."""
+        expect_class(obj, FLOW_CLASS, where="flow")
+        if obj.get("output_type", "mel") != "mel":
+            msg = f"flow: unsupported output_type {obj['output_type']!r}"
+            raise CheckpointFormatError(msg)
+        reg = expect_class(obj["length_regulator"], REGULATOR_CLASS, where="flow.length_regulator")
+        cfm = expect_class(obj["decoder"], CFM_CLASS, where="flow.decoder")
+        params = cfm.get("cfm_params")
+        if isinstance(params, YamlObject):  # !new:omegaconf.DictConfig {content: {...}}
+            params = params.get("content", params.kwargs)
+        params = params or {}
+        cfg = cls(
+            encoder=FlowEncoderConfig.from_yaml(obj["encoder"]),
+            estimator=EstimatorConfig.from_yaml(cfm["estimator"]),
+            input_size=int(obj["input_size"]),
+            output_size=int(obj["output_size"]),
+            spk_embed_dim=int(obj["spk_embed_dim"]),
+            vocab_size=int(obj["vocab_size"]),
+            input_frame_rate=float(obj["input_frame_rate"]),
+            regulator_channels=int(reg.get("channels", 80)),
+            regulator_ratios=tuple(int(r) for r in reg.get("sampling_ratios", (1, 1, 1, 1))),
+            inference_cfg_rate=float(params.get("inference_cfg_rate", 0.7)),
+            t_scheduler=str(params.get("t_scheduler", "cosine")),
+            sample_rate=int(sample_rate),
+            hop_length=int(hop_length),
+        )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        problems = []
+        if self.t_scheduler not in ("cosine", "linear"):
+            problems.append(f"t_scheduler {self.t_scheduler!r}")
+        if self.encoder.input_size != self.input_size:
+            problems.append(f"encoder input_size {self.encoder.input_size} != embedding size {self.input_size}")
+        if self.regulator_channels != self.output_size:
+            problems.append(f"length_regulator channels {self.regulator_channels} != output_size {self.output_size}")
+        if self.estimator.in_channels != 4 * self.output_size or self.estimator.out_channels != self.output_size:
+            problems.append(
+                f"estimator in/out {self.estimator.in_channels}/{self.estimator.out_channels} do not fit "
+                f"[x, mu, spks, cond] of {self.output_size} channels"
+            )
+        if problems:
+            msg = "flow config not supported: " + "; ".join(problems)
+            raise CheckpointFormatError(msg)
+
+
+def mel_length(num_tokens: int, cfg: FlowConfig) -> int:
+    """Mel frames for L tokens exactly as the reference: ``int(L / 12.5 * 22050 / 256)`` in float32.
+
+    float32 is one frame short of floor(L * 441 / 64) for some L (3392, 3776, ...); the goldens follow it.
+    """
+    length = torch.tensor([num_tokens], dtype=torch.int32) / cfg.input_frame_rate * cfg.sample_rate / cfg.hop_length
+    return int(length.int().item())
+
+
+@dataclass
+class FlowInput:
+    """One row of a flow batch: prompt+new tokens, the prompt's mel, optional injected noise."""
+
+    tokens: torch.Tensor  # [L] int, prompt tokens then new tokens
+    prompt_mel: torch.Tensor  # [80, F_p]
+    noise: torch.Tensor | None = None  # [80, T_total]; drawn from `generator` when None
+    generator: torch.Generator | None = None  # default: fresh CPU generator seeded 42
+    embedding: torch.Tensor | None = None  # [spk_embed_dim]; zeros (as GLM-4-Voice) when None
+
+
+class InterpolateRegulator(nn.Module):
+    """Nearest-neighbour upsampling of token features to mel frames, then a small conv stack."""
+
+    def __init__(self, channels: int, ratios: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in ratios:
+            layers += [nn.Conv1d(channels, channels, 3, 1, 1), nn.GroupNorm(1, channels), nn.Mish()]
+        layers.append(nn.Conv1d(channels, channels, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, h: torch.Tensor, lengths: list[int], feat_lens: list[int]) -> torch.Tensor:
+        # h: [B, L, C] -> mu: [B, C, T]
+        t_max = max(feat_lens)
+        x = h.new_zeros(h.size(0), h.size(2), t_max)
+        for i, (n, t) in enumerate(zip(lengths, feat_lens, strict=True)):
+            # Per row: interpolating a padded row would stretch its padding into the valid frames.
+            x[i, :, :t] = F.interpolate(h[i : i + 1, :n].transpose(1, 2), size=t, mode="nearest")[0]
+        padded = min(feat_lens) != t_max
+        mask = (torch.arange(t_max, device=h.device)[None, :] < torch.tensor(feat_lens, device=h.device)[:, None])
+        mask = mask.unsqueeze(1).to(h.dtype)  # [B, 1, T]
+        for layer in self.model:
+            if isinstance(layer, nn.GroupNorm):
+                x = masked_group_norm(x, layer, mask if padded else None)
+            elif isinstance(layer, nn.Conv1d) and padded:
+                # Zero the padding so the conv sees what an unpadded row's zero padding would give.
+                x = layer(x * mask)
+            else:
+                x = layer(x)
+        return x * mask
+
+
+class ConditionalCFM(nn.Module):
+    """Euler ODE solver with classifier-free guidance; holds the estimator as ``decoder.estimator``."""
+
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.estimator = ConditionalDecoder(cfg.estimator)
+
+    def time_span(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        t_span = torch.linspace(0, 1, self.cfg.n_timesteps + 1, device=device, dtype=dtype)
+        if self.cfg.t_scheduler == "cosine":
+            t_span = 1 - torch.cos(t_span * 0.5 * torch.pi)
+        return t_span
+
+    def forward(
+        self, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+    ) -> torch.Tensor:
+        # z, mu, cond: [B, 80, T]; mask: [B, 1, T]; spks: [B, 80]
+        rate = self.cfg.inference_cfg_rate
+        padded = bool((mask == 0).any())
+        t_span = self.time_span(mu.device, mu.dtype)
+        x, t, dt = z, t_span[0], t_span[1] - t_span[0]
+        # The unconditional (CFG) branch zeroes mu, spks and cond; both branches share one batched pass.
+        mu2 = torch.cat([mu, torch.zeros_like(mu)])
+        spks2 = torch.cat([spks, torch.zeros_like(spks)])
+        cond2 = torch.cat([cond, torch.zeros_like(cond)])
+        mask2 = torch.cat([mask, mask])
+        for step in range(1, len(t_span)):
+            v = self.estimator(torch.cat([x, x]), mask2, mu2, t, spks2, cond2, padded=padded)
+            v_cond, v_uncond = v.chunk(2)
+            v = (1.0 + rate) * v_cond - rate * v_uncond if rate > 0 else v_cond
+            x = x + dt * v
+            t = t + dt
+            if step < len(t_span) - 1:
+                dt = t_span[step + 1] - t
+        return x
+
+
+class FlowModel(nn.Module):
+    """``MaskedDiffWithXvec`` for inference. Submodule names match ``flow.pt``."""
+
+    def __init__(self, cfg: FlowConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.input_embedding = nn.Embedding(cfg.vocab_size, cfg.input_size)
+        self.spk_embed_affine_layer = nn.Linear(cfg.spk_embed_dim, cfg.output_size)
+        self.encoder = BlockConformerEncoder(cfg.encoder)
+        self.encoder_proj = nn.Linear(cfg.encoder.output_size, cfg.output_size)
+        self.decoder = ConditionalCFM(cfg)
+        self.length_regulator = InterpolateRegulator(cfg.regulator_channels, cfg.regulator_ratios)
+
+    # -- stages (exposed for the conformance tests) ------------------------------------------------------
+
+    def speaker(self, embedding: torch.Tensor) -> torch.Tensor:
+        # embedding: [B, spk_embed_dim] -> spks: [B, 80]; zeros give the layer's bias
+        return self.spk_embed_affine_layer(F.normalize(embedding, dim=1))
+
+    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, L] (right-padded) -> (encoder output [B, L, D], projected h [B, L, 80])."""
+        valid = (torch.arange(tokens.size(1), device=tokens.device)[None, :] < lengths[:, None]).unsqueeze(-1)
+        # Negative ids (padding in the reference) are clamped to 0 and then zeroed by the mask.
+        x = self.input_embedding(torch.clamp(tokens, min=0)) * valid.to(self.input_embedding.weight.dtype)
+        enc = self.encoder(x, lengths)
+        return enc, self.encoder_proj(enc)
+
+    def regulate(self, h: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[int]]:
+        """h [B, L, 80] -> (mu [B, 80, T_max], per-row mel lengths)."""
+        feat_lens = [mel_length(n, self.cfg) for n in lengths]
+        return self.length_regulator(h, lengths, feat_lens), feat_lens
+
+    def draw_noise(self, total_frames: int, generator: torch.Generator | None) -> torch.Tensor:
+        """The reference's ``randn_like(mu)`` over the FULL prompt+new length, on CPU: [80, T]."""
+        gen = generator if generator is not None else torch.Generator(device="cpu").manual_seed(NOISE_SEED)
+        return torch.randn((1, self.cfg.output_size, total_frames), generator=gen, device=gen.device)[0]
+
+    # -- inference ---------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward_batch(self, items: list[FlowInput]) -> list[torch.Tensor]:
+        """Run several rows in one padded pass; returns each row's NEW frames [80, T_i - F_p_i]."""
+        if not items:
+            return []
+        w = self.input_embedding.weight
+        device, dtype = w.device, w.dtype
+        lengths = [int(it.tokens.numel()) for it in items]
+        if min(lengths) == 0:
+            msg = "flow input needs at least one token (prompt or new)"
+            raise ValueError(msg)
+        tokens = torch.zeros(len(items), max(lengths), dtype=torch.long, device=device)
+        for i, it in enumerate(items):
+            check_vocab(it.tokens, self.cfg)
+            tokens[i, : lengths[i]] = it.tokens.to(device=device, dtype=torch.long)
+        _, h = self.encode(tokens, torch.tensor(lengths, device=device))
+        mu, feat_lens = self.regulate(h, lengths)  # [B, 80, T]
+        t_max = mu.size(2)
+        mask = (torch.arange(t_max, device=device)[None, :] < torch.tensor(feat_lens, device=device)[:, None])
+        mask = mask.unsqueeze(1).to(dtype)  # [B, 1, T]
+
+        cond = torch.zeros_like(mu)
+        z = torch.zeros_like(mu)
+        emb = torch.zeros(len(items), self.cfg.spk_embed_dim, device=device, dtype=dtype)
+        prompt_lens = []
+        for i, it in enumerate(items):
+            f_p = int(it.prompt_mel.shape[-1])
+            if f_p > feat_lens[i]:
+                msg = f"prompt mel has {f_p} frames but the prompt+new tokens only give {feat_lens[i]}"
+                raise ValueError(msg)
+            prompt_lens.append(f_p)
+            cond[i, :, :f_p] = it.prompt_mel.to(device=device, dtype=dtype)
+            noise = it.noise if it.noise is not None else self.draw_noise(feat_lens[i], it.generator)
+            noise = noise[0] if noise.dim() == 3 and noise.shape[0] == 1 else noise  # noqa: PLR2004 - [1, 80, T] as in the goldens
+            if tuple(noise.shape) != (self.cfg.output_size, feat_lens[i]):
+                msg = f"noise must be [{self.cfg.output_size}, {feat_lens[i]}], got {list(noise.shape)}"
+                raise ValueError(msg)
+            z[i, :, : feat_lens[i]] = noise.to(device=device, dtype=dtype)
+            if it.embedding is not None:
+                emb[i] = it.embedding.to(device=device, dtype=dtype)
+        spks = self.speaker(emb)  # [B, 80]
+        x = self.decoder(z, mask, mu, spks, cond)  # [B, 80, T]
+        return [x[i, :, prompt_lens[i] : feat_lens[i]] for i in range(len(items))]
+
+    def inference(
+        self,
+        token: torch.Tensor,
+        prompt_token: torch.Tensor | None = None,
+        prompt_feat: torch.Tensor | None = None,
+        *,
+        embedding: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Reference-shaped single call: token [1, N], prompt_token [1, P], prompt_feat [1, F_p, 80].
+
+        Returns the new mel [1, 80, T - F_p]; ``noise`` is [1, 80, T] like the goldens' ``z``.
+        """
+        prompt_token = prompt_token if prompt_token is not None else token.new_zeros(1, 0)
+        prompt_mel = prompt_feat[0].transpose(0, 1) if prompt_feat is not None else torch.zeros(self.cfg.output_size, 0)
+        item = FlowInput(
+            tokens=torch.cat([prompt_token[0], token[0]]),
+            prompt_mel=prompt_mel,
+            noise=noise[0] if noise is not None else None,
+            generator=generator,
+            embedding=embedding[0] if embedding is not None else None,
+        )
+        return self.forward_batch([item])[0].unsqueeze(0)
+
+
+def check_vocab(tokens: torch.Tensor, cfg: FlowConfig) -> None:
+    """Token ids past the embedding table are a caller bug; fail with a message instead of an IndexError."""
+    if tokens.numel() and (int(tokens.max()) >= cfg.vocab_size):
+        msg = f"speech token id {int(tokens.max())} out of range (vocab_size {cfg.vocab_size})"
+        raise ValueError(msg)

@@ -1,0 +1,432 @@
+"""HiFT vocoder of GLM-4-Voice-Decoder (CosyVoice ``HiFTGenerator``): mel [B, 80, T] -> 22.05 kHz waveform [B, 256*T].
+
+Spec §5.4. The module's parameter names are those of hift.pt with legacy weight norm folded: hift.pt stores
+``weight_g``/``weight_v``; the module holds the plain ``weight`` = g * v / ||v|| (inference only, so folding
+once at load is cheaper than recomputing the norm every call).
+
+Batching: ``inference`` takes same-length batches [B, 80, T]; callers with ragged lengths must group or pad
+(padding frames change the padded item's tail only through the convolutions' receptive field, so trim it).
+Item b of a batch equals a separate call on item b when the source is injected or when one generator per
+item is passed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
+from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.hift_source import (
+    ConvRNNF0Predictor,
+    GeneratorArg,
+    SourceModuleHnNSF,
+    WNConv1d,
+    WNConvTranspose1d,
+)
+
+__all__ = [
+    "HiFTConfig",
+    "HiFTGenerator",
+    "hift_checkpoint_shapes",
+    "init_random_hift_state_dict",
+    "load_hift",
+]
+
+HIFT_CLASS = "cosyvoice.hifigan.generator.HiFTGenerator"
+F0_PREDICTOR_CLASS = "cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor"
+
+
+@dataclass(frozen=True)
+class HiFTConfig:
+    """HiFTGenerator constructor arguments (defaults = the reference's defaults = the released config)."""
+
+    in_channels: int = 80
+    base_channels: int = 512
+    nb_harmonics: int = 8
+    sampling_rate: int = 22050
+    nsf_alpha: float = 0.1
+    nsf_sigma: float = 0.003
+    nsf_voiced_threshold: float = 10.0
+    upsample_rates: tuple[int, ...] = (8, 8)
+    upsample_kernel_sizes: tuple[int, ...] = (16, 16)
+    istft_n_fft: int = 16
+    istft_hop_len: int = 4
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    source_resblock_kernel_sizes: tuple[int, ...] = (7, 11)
+    source_resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5))
+    lrelu_slope: float = 0.1
+    audio_limit: float = 0.99
+    f0_num_class: int = 1
+    f0_in_channels: int = 80
+    f0_cond_channels: int = 512
+
+    def __post_init__(self) -> None:
+        n_up = len(self.upsample_rates)
+        if len(self.upsample_kernel_sizes) != n_up or len(self.source_resblock_kernel_sizes) != n_up:
+            msg = "hift: upsample_rates, upsample_kernel_sizes and source_resblock_kernel_sizes must have equal length"
+            raise CheckpointFormatError(msg)
+        if self.f0_num_class != 1 or self.f0_in_channels != self.in_channels:
+            msg = "hift: f0_predictor must have num_class 1 and in_channels equal to the mel channels"
+            raise CheckpointFormatError(msg)
+
+    @property
+    def upsample_factor(self) -> int:
+        """Waveform samples per mel frame (256 as released): the upsampling stages times the iSTFT hop."""
+        return math.prod(self.upsample_rates) * self.istft_hop_len
+
+    @classmethod
+    def tiny(cls) -> HiFTConfig:
+        """The conformance tiny variant A: base and F0 channels 48, everything else as released."""
+        return cls(base_channels=48, f0_cond_channels=48)
+
+    @classmethod
+    def full(cls) -> HiFTConfig:
+        """The released GLM-4-Voice-Decoder HiFT (20.46 M parameters)."""
+        return cls()
+
+    @classmethod
+    def from_yaml(cls, obj: YamlObject) -> HiFTConfig:
+        """Build from the parsed ``hift:`` node of the decoder config.yaml (incl. its ``f0_predictor`` node)."""
+        expect_class(obj, HIFT_CLASS, where="hift")
+        f0 = expect_class(obj["f0_predictor"], F0_PREDICTOR_CLASS, where="hift.f0_predictor")
+        plain = {f.name for f in fields(cls)} - {"istft_n_fft", "istft_hop_len"}
+        plain = {n for n in plain if not n.startswith("f0_")}
+        _reject_unknown(obj, plain | {"istft_params", "f0_predictor"}, "hift")
+        _reject_unknown(f0, {"num_class", "in_channels", "cond_channels"}, "hift.f0_predictor")
+        defaults = cls()
+        kw = {name: _coerce(obj.get(name, getattr(defaults, name)), getattr(defaults, name)) for name in plain}
+        istft = obj.get("istft_params", {"n_fft": defaults.istft_n_fft, "hop_len": defaults.istft_hop_len})
+        return cls(
+            **kw,
+            istft_n_fft=int(istft["n_fft"]),
+            istft_hop_len=int(istft["hop_len"]),
+            f0_num_class=int(f0.get("num_class", 1)),
+            f0_in_channels=int(f0.get("in_channels", 80)),
+            f0_cond_channels=int(f0.get("cond_channels", 512)),
+        )
+
+
+def _reject_unknown(obj: YamlObject, allowed: set[str], where: str) -> None:
+    # The reference constructor would raise TypeError on these; silently ignoring one could hide a new feature.
+    unknown = sorted(set(obj.kwargs) - allowed)
+    if unknown:
+        msg = f"{where}: unknown constructor arguments {unknown}"
+        raise CheckpointFormatError(msg)
+
+
+def _coerce(value: object, like: object) -> object:
+    """Give a YAML value the type of the dataclass default (lists -> tuples, ints -> floats where needed)."""
+    if isinstance(like, tuple):
+        return tuple(_coerce(v, like[0]) if like else v for v in value)  # type: ignore[union-attr]
+    if isinstance(like, bool):
+        return bool(value)
+    if isinstance(like, float):
+        return float(value)  # type: ignore[arg-type]
+    if isinstance(like, int):
+        return int(value)  # type: ignore[call-overload]
+    return value
+
+
+class Snake(nn.Module):
+    """Snake activation x + sin^2(alpha x) / alpha with a per-channel, linear-scale alpha (BigVGAN)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha[None, :, None]  # [1, C, 1]
+        return x + (1.0 / (alpha + 1e-9)) * torch.sin(x * alpha).pow(2)
+
+
+class ResBlock(nn.Module):
+    """HiFi-GAN residual block: per dilation, Snake -> dilated conv -> Snake -> conv, added to the input."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(
+            WNConv1d(channels, channels, kernel_size, dilation=d, padding=(kernel_size * d - d) // 2) for d in dilations
+        )
+        self.convs2 = nn.ModuleList(
+            WNConv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations
+        )
+        self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: [B, C, L] -> [B, C, L]
+        for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True):
+            x = c2(a2(c1(a1(x)))) + x
+        return x
+
+
+class HiFTGenerator(nn.Module):
+    """HiFT: F0 predictor -> NSF sine source -> source STFT fused into a HiFi-GAN upsampler -> iSTFT.
+
+    Submodules are registered in the reference's order so ``state_dict()`` order matches hift.pt.
+    Build it through ``load_hift`` (weights) or on the ``meta`` device (shapes only).
+    """
+
+    def __init__(self, cfg: HiFTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        base, n_fft = cfg.base_channels, cfg.istft_n_fft
+        self.m_source = SourceModuleHnNSF(
+            cfg.sampling_rate, cfg.nb_harmonics, cfg.nsf_alpha, cfg.nsf_sigma, cfg.nsf_voiced_threshold
+        )
+        self.conv_pre = WNConv1d(cfg.in_channels, base, 7, padding=3)
+        self.ups = nn.ModuleList(
+            WNConvTranspose1d(base // 2**i, base // 2 ** (i + 1), k, u, padding=(k - u) // 2)
+            for i, (u, k) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True))
+        )
+        # The source STFT runs at the final frame rate; stage i sees it downsampled by the later stages' rates.
+        down_rates = [1, *cfg.upsample_rates[::-1][:-1]]
+        cum_rates = [math.prod(down_rates[: j + 1]) for j in range(len(down_rates))][::-1]
+        self.source_downs = nn.ModuleList()
+        self.source_resblocks = nn.ModuleList()
+        for i, (u, k, d) in enumerate(
+            zip(cum_rates, cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, strict=True)
+        ):
+            ch = base // 2 ** (i + 1)
+            if u == 1:
+                self.source_downs.append(nn.Conv1d(n_fft + 2, ch, 1, 1))
+            else:
+                self.source_downs.append(nn.Conv1d(n_fft + 2, ch, u * 2, u, padding=u // 2))
+            self.source_resblocks.append(ResBlock(ch, k, tuple(d)))
+        self.resblocks = nn.ModuleList(
+            ResBlock(base // 2 ** (i + 1), k, tuple(d))
+            for i in range(len(self.ups))
+            for k, d in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=True)
+        )
+        self.conv_post = WNConv1d(base // 2 ** len(self.ups), n_fft + 2, 7, padding=3)
+        self.reflection_pad = nn.ReflectionPad1d((1, 0))
+        self.register_buffer("stft_window", _periodic_hann(n_fft), persistent=False)
+        self.f0_predictor = ConvRNNF0Predictor(cfg.f0_num_class, cfg.f0_in_channels, cfg.f0_cond_channels)
+
+    @property
+    def upsample_factor(self) -> int:
+        """Waveform samples per mel frame (256 as released)."""
+        return self.cfg.upsample_factor
+
+    def source_from_f0(
+        self,
+        f0: torch.Tensor,
+        phase_vec: torch.Tensor | None = None,
+        *,
+        noise: bool = True,
+        generator: GeneratorArg = None,
+    ) -> torch.Tensor:
+        """f0: [B, T] Hz per frame -> source [B, 1, T*upsample_factor] (nearest upsampling, then the NSF source)."""
+        f0_up = f0[:, None, :].float().repeat_interleave(self.upsample_factor, dim=-1)  # [B, 1, N]
+        return self.m_source(f0_up, phase_vec, noise=noise, generator=generator)
+
+    def decode(self, mel: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """mel [B, in_channels, T] + source [B, 1, N] -> waveform [B, N], clamped to +-audio_limit."""
+        cfg = self.cfg
+        dtype = self.conv_pre.weight.dtype
+        window = self.stft_window.float()
+        spec = torch.stft(
+            source.squeeze(1).float(),
+            cfg.istft_n_fft,
+            cfg.istft_hop_len,
+            cfg.istft_n_fft,
+            window=window,
+            return_complex=True,
+        )  # [B, F, 64T+1]
+        s_stft = torch.cat([spec.real, spec.imag], dim=1).to(dtype)  # [B, 2F, 64T+1]
+
+        x = self.conv_pre(mel.to(dtype))  # [B, base, T]
+        n_kernels = len(cfg.resblock_kernel_sizes)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, cfg.lrelu_slope))  # [B, base/2^(i+1), T * prod(rates[:i+1])]
+            if i == len(self.ups) - 1:
+                x = self.reflection_pad(x)  # +1 frame so the length matches the centred source STFT
+            x = x + self.source_resblocks[i](self.source_downs[i](s_stft))
+            xs = self.resblocks[i * n_kernels](x)
+            for j in range(1, n_kernels):
+                xs = xs + self.resblocks[i * n_kernels + j](x)
+            x = xs / n_kernels
+
+        x = self.conv_post(F.leaky_relu(x)).float()  # default slope 0.01 here, as in the reference
+        n_bins = cfg.istft_n_fft // 2 + 1
+        magnitude = torch.clip(torch.exp(x[:, :n_bins, :]), max=1e2)
+        phase = torch.sin(x[:, n_bins:, :])  # the reference's sin() before cos/sin is redundant but changes values
+        spec_out = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        wav = torch.istft(spec_out, cfg.istft_n_fft, cfg.istft_hop_len, cfg.istft_n_fft, window=window)
+        return torch.clamp(wav, -cfg.audio_limit, cfg.audio_limit)  # [B, N]
+
+    @torch.no_grad()
+    def inference(
+        self,
+        mel: torch.Tensor,
+        cache_source: torch.Tensor | None = None,
+        source: torch.Tensor | None = None,
+        generator: GeneratorArg = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """mel [B, in_channels, T] -> (wav [B, N], source [B, 1, N]) with N = T * upsample_factor.
+
+        - ``source`` [B, 1, N] replaces the whole source module output (no F0 prediction, no random draws).
+        - ``cache_source`` [B, 1, S] overwrites the first S source samples before the source STFT (phase
+          continuity across streaming chunks); the returned source includes the splice.
+        - ``generator``: one ``torch.Generator`` (draws shaped for the whole batch, as the reference would) or one
+          per item (item b then equals a separate call). None -> a fresh default-seeded CPU generator.
+        """
+        batch, _, frames = mel.shape
+        n = frames * self.upsample_factor
+        if source is None:
+            f0 = self.f0_predictor(mel.to(self.f0_predictor.classifier.weight.dtype))  # [B, T]
+            s = self.source_from_f0(f0, generator=generator)  # [B, 1, N]
+        else:
+            _expect_shape("source", source, (batch, 1, n))
+            s = source.to(device=mel.device, dtype=torch.float32).clone()
+        if cache_source is not None and cache_source.shape[-1] > 0:
+            cached = cache_source.shape[-1]
+            if cache_source.shape[:2] != (batch, 1) or cached > n:
+                msg = f"cache_source must be [{batch}, 1, S<={n}], got {list(cache_source.shape)}"
+                raise ValueError(msg)
+            s[:, :, :cached] = cache_source.to(s)
+        return self.decode(mel, s), s
+
+
+def _expect_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(t.shape) != shape:
+        msg = f"{name} must have shape {list(shape)}, got {list(t.shape)}"
+        raise ValueError(msg)
+
+
+def _periodic_hann(n: int) -> torch.Tensor:
+    # scipy's get_window("hann", n, fftbins=True) is computed in float64 and cast: do the same.
+    return torch.hann_window(n, periodic=True, dtype=torch.float64).float()
+
+
+def _weight_normed(model: nn.Module) -> set[str]:
+    """Module names whose weights hift.pt stores as weight_g/weight_v."""
+    return {name for name, m in model.named_modules() if isinstance(m, WNConv1d | WNConvTranspose1d)}
+
+
+def hift_checkpoint_shapes(cfg: HiFTConfig) -> dict[str, tuple[int, ...]]:
+    """hift.pt keys -> shapes in state-dict order (weight-normed modules: bias, weight_g, weight_v)."""
+    with torch.device("meta"):
+        model = HiFTGenerator(cfg)
+    wn = _weight_normed(model)
+    out: dict[str, tuple[int, ...]] = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        params = dict(module.named_parameters(recurse=False))
+        if name in wn:
+            # Legacy weight_norm deletes `weight` and appends g and v after the remaining `bias`.
+            w = params.pop("weight")
+            params |= {"weight_g": torch.empty(w.shape[0], 1, 1, device="meta"), "weight_v": w}
+        out |= {prefix + k: tuple(p.shape) for k, p in params.items()}
+    return out
+
+
+def _check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [
+        f"{k}: {list(state_dict[k].shape)} != {list(shape)}"
+        for k, shape in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != shape
+    ]
+    problems = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+        if items:
+            more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
+            problems.append(f"{label}: {', '.join(items[:10])}{more}")
+    if problems:
+        msg = "hift.pt does not match the HiFT config: " + "; ".join(problems)
+        raise CheckpointFormatError(msg)
+
+
+def load_hift(
+    state_dict: Mapping[str, torch.Tensor],
+    cfg: HiFTConfig,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HiFTGenerator:
+    """Build an eval-mode HiFTGenerator from a hift.pt state dict (weight norm folded into ``weight``).
+
+    ``dtype`` applies to the generator convolutions only: the F0 predictor, source module, STFT and iSTFT stay
+    float32 because the source phase is a cumulative sum over every sample and bf16 would wreck it.
+    """
+    _check_state_dict(state_dict, hift_checkpoint_shapes(cfg))
+    with torch.device("meta"):
+        model = HiFTGenerator(cfg)  # no init, no global-RNG draws
+    wn = _weight_normed(model)
+    folded: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        prefix, _, leaf = key.rpartition(".")
+        if prefix in wn and leaf == "weight_v":
+            g = state_dict[f"{prefix}.weight_g"].float()
+            # The reference's own weight-norm kernel (norm over every dim but 0), so the fold is bit-identical.
+            folded[f"{prefix}.weight"] = torch._weight_norm(value.float(), g, 0)  # noqa: SLF001
+        elif not (prefix in wn and leaf == "weight_g"):
+            folded[key] = value.float()
+    model.load_state_dict(folded, strict=True, assign=True)
+    model.stft_window = _periodic_hann(cfg.istft_n_fft)
+    model.requires_grad_(False).eval().to(device)
+    if dtype != torch.float32:
+        for part in (
+            model.conv_pre,
+            model.ups,
+            model.source_downs,
+            model.source_resblocks,
+            model.resblocks,
+            model.conv_post,
+        ):
+            part.to(dtype)
+    return model
+
+
+def init_random_hift_state_dict(cfg: HiFTConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Seeded random weights in the hift.pt format (weight_g/weight_v), for tiny test checkpoints.
+
+    Scaled so random mels give an audible waveform mostly below the +-audio_limit clamp, and an F0 mostly in
+    the voiced range (threshold ``nsf_voiced_threshold``) so the sine source is exercised.
+    """
+    shapes = hift_checkpoint_shapes(cfg)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator)
+
+    out: dict[str, torch.Tensor] = {}
+    for key, shape in shapes.items():
+        prefix, _, leaf = key.rpartition(".")
+        if leaf == "alpha":
+            out[key] = 0.5 + torch.rand(shape, generator=generator)
+        elif leaf == "bias":
+            out[key] = 0.1 * randn(*shape)
+        elif leaf == "weight_g":
+            continue  # drawn with its weight_v below
+        else:
+            fan_in = math.prod(shape[1:])
+            if prefix.startswith("ups."):
+                # ConvTranspose [in, out, k]: each output sample sees in * k / stride taps.
+                fan_in = shape[0] * shape[2] // cfg.upsample_rates[int(prefix.split(".")[1])]
+            w = randn(*shape) / math.sqrt(fan_in)
+            if leaf == "weight_v":
+                norm = w.flatten(1).norm(dim=1).reshape(-1, 1, 1)
+                out[f"{prefix}.weight_g"] = norm * (1 + 0.1 * randn(shape[0], 1, 1))
+            out[key] = w
+    _scale_outputs(out, cfg, generator)
+    return {k: out[k] for k in shapes}
+
+
+def _scale_outputs(sd: dict[str, torch.Tensor], cfg: HiFTConfig, generator: torch.Generator) -> None:
+    """Put F0 around 150 Hz and the log-magnitudes low enough that the iSTFT output stays mostly unclipped."""
+    sd["f0_predictor.classifier.weight"] = sd["f0_predictor.classifier.weight"] * 40.0
+    sd["f0_predictor.classifier.bias"] = 150.0 + 10.0 * torch.randn(1, generator=generator)
+    n_bins = cfg.istft_n_fft // 2 + 1
+    # Tuned on tiny and full: random mels then give an RMS of about 0.05-0.17 with under 1 % of samples clipped.
+    sd["conv_post.weight_g"] = sd["conv_post.weight_g"] * 0.15
+    bias = sd["conv_post.bias"].clone()
+    bias[:n_bins] -= 3.0
+    sd["conv_post.bias"] = bias

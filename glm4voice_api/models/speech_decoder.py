@@ -1,0 +1,394 @@
+"""GLM-4-Voice-Decoder: speech tokens -> 22.05 kHz waveform (flow + HiFT), offline, streaming and batched.
+
+``load_speech_decoder`` reads the official folder (config.yaml, flow.pt, hift.pt) unchanged. The
+streaming algorithm is ``AudioDecoder.token2wav`` with PR #86's fix (the returned mel excludes the
+prepended HiFT cache frame, so the prompt features never drift): crossfade the first 34 new frames with
+the previous chunk's held-back tail (hamming(68), float64), hold back the last 34 frames and the last
+256 samples of every non-final chunk, carry 1 mel frame + 256 source samples into the next HiFT call.
+
+Chunks of many streams can share one padded flow pass (``decode_batch``); every stream keeps its own
+state in its ``DecoderStream`` (see ``decoder_stream.py``), nothing is kept here per session.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from glm4voice_api.models.decoder_yaml import load_decoder_yaml
+from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.flow import NOISE_SEED, FlowConfig, FlowInput, FlowModel, mel_length
+from glm4voice_api.models.hift import HiFTConfig, HiFTGenerator, load_hift
+
+if TYPE_CHECKING:
+    from glm4voice_api.models.decoder_stream import DecoderStream, DecoderStreamConfig
+
+__all__ = [
+    "ChunkRequest",
+    "ChunkResult",
+    "SpeechDecoder",
+    "SpeechTokenizerLike",
+    "StreamingConstants",
+    "Voice",
+    "load_speech_decoder",
+]
+
+CONFIG_FILE = "config.yaml"
+FLOW_FILE = "flow.pt"
+HIFT_FILE = "hift.pt"
+TOKEN_OVERLAP_LEN = 5  # flow_inference.py: tokens of mel regenerated and crossfaded at every chunk boundary
+MEL_CACHE_LEN = 1  # mel frames carried into the next HiFT call
+
+
+@dataclass(frozen=True)
+class StreamingConstants:
+    """token2wav constants, derived from the config like the reference derives them."""
+
+    mel_overlap_len: int  # int(5 / 12.5 * 22050 / 256) = 34
+    mel_cache_len: int  # 1
+    source_cache_len: int  # mel_cache_len * hop = 256
+    window: torch.Tensor  # numpy.hamming(2 * mel_overlap_len), float64
+
+    @classmethod
+    def from_config(cls, flow: FlowConfig) -> StreamingConstants:
+        overlap = int(TOKEN_OVERLAP_LEN / flow.input_frame_rate * flow.sample_rate / flow.hop_length)
+        window = torch.from_numpy(np.hamming(2 * overlap))
+        return cls(overlap, MEL_CACHE_LEN, MEL_CACHE_LEN * flow.hop_length, window)
+
+
+@dataclass
+class Voice:
+    """A speaker prompt: speech tokens and the 80-bin mel of the same audio, aligned (F = mel_length(P))."""
+
+    prompt_tokens: list[int]
+    prompt_mel: np.ndarray  # [80, F] float32
+
+
+class SpeechTokenizerLike(Protocol):
+    def tokenize(self, waveform: np.ndarray, sample_rate: int) -> list[int]: ...
+
+
+@dataclass
+class ChunkRequest:
+    """One stream's pending chunk, self-contained so a scheduler can batch chunks of many streams.
+
+    ``noise`` ([80, T_total] flow noise) and ``source`` ([1, 256 * HiFT frames] source before the cache
+    splice) may be set to inject the reference's random draws; otherwise both come from ``generator``
+    (default: a fresh CPU generator seeded 42, drawn by the flow first and then by HiFT, the reference's
+    order after its ``manual_seed(42)``).
+    """
+
+    tokens: list[int]  # new tokens of this chunk
+    prompt_tokens: list[int]  # earlier tokens given as context (voice + bounded history)
+    prompt_mel: torch.Tensor  # [80, F_p] mel of the context
+    final: bool
+    overlap_tail: torch.Tensor | None = None  # [80, 34] held-back frames of the previous chunk
+    cache_mel: torch.Tensor | None = None  # [80, 1] last vocoded frame of the previous chunk
+    cache_source: torch.Tensor | None = None  # [1, 256] its last source samples
+    noise: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class ChunkResult:
+    """What a decoded chunk returns: new audio plus the state the stream must carry to its next chunk."""
+
+    request: ChunkRequest
+    speech: np.ndarray  # [S] float32, 22.05 kHz
+    mel: torch.Tensor  # [80, M] returned mel (PR #86: without the prepended cache frame)
+    flow_mel: torch.Tensor  # [80, M_raw] raw flow output before crossfade/trim (for tests and metrics)
+    overlap_tail: torch.Tensor | None = None
+    cache_mel: torch.Tensor | None = None
+    cache_source: torch.Tensor | None = None
+    hift_source: torch.Tensor | None = field(default=None, repr=False)  # [1, N] source HiFT used
+
+
+class SpeechDecoder:
+    """Flow + HiFT with the token2wav chunking logic. Stateless between calls; streams hold the state."""
+
+    def __init__(self, flow: FlowModel, hift: HiFTGenerator) -> None:
+        if hift.cfg.in_channels != flow.cfg.output_size:
+            msg = f"hift in_channels {hift.cfg.in_channels} != flow output_size {flow.cfg.output_size}"
+            raise CheckpointFormatError(msg)
+        if hift.upsample_factor != flow.cfg.hop_length:
+            msg = f"hift upsampling {hift.upsample_factor} != flow hop {flow.cfg.hop_length}"
+            raise CheckpointFormatError(msg)
+        self.flow = flow.eval()
+        self.hift = hift.eval()
+        self.consts = StreamingConstants.from_config(flow.cfg)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.flow.cfg.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        return self.flow.cfg.hop_length
+
+    @property
+    def device(self) -> torch.device:
+        return self.flow.input_embedding.weight.device
+
+    def mel_frames(self, num_tokens: int) -> int:
+        """Mel frames the flow produces for ``num_tokens`` tokens (the reference's float32 formula)."""
+        return mel_length(num_tokens, self.flow.cfg)
+
+    # -- single-shot helpers -----------------------------------------------------------------------------
+
+    def flow_mel(
+        self,
+        tokens: list[int] | np.ndarray | torch.Tensor,
+        prompt_tokens: list[int] | np.ndarray | torch.Tensor | None = None,
+        prompt_mel: np.ndarray | torch.Tensor | None = None,
+        noise: np.ndarray | torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """New-token mel [80, T_new]; ``noise`` [80, T_total] (or [1, 80, T_total]) replaces the seeded draw."""
+        tokens_t = _as_tokens(tokens)
+        prompt_t = _as_tokens(prompt_tokens if prompt_tokens is not None else [])
+        mel = _as_mel(prompt_mel, self.flow.cfg.output_size)
+        z = torch.as_tensor(noise).reshape(self.flow.cfg.output_size, -1) if noise is not None else None
+        item = FlowInput(torch.cat([prompt_t, tokens_t]), mel, noise=z)
+        return self.flow.forward_batch([item])[0].float().cpu().numpy()
+
+    def vocode(
+        self,
+        mel: np.ndarray | torch.Tensor,
+        source: np.ndarray | torch.Tensor | None = None,
+        cache_source: np.ndarray | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> np.ndarray:
+        """HiFT on one mel [80, T] -> waveform [256 * T]; optional injected source / cache_source ([.., N])."""
+        mel_t = torch.as_tensor(mel).reshape(1, self.flow.cfg.output_size, -1).to(self.device)
+        src = torch.as_tensor(source).reshape(1, 1, -1) if source is not None else None
+        cache = torch.as_tensor(cache_source).reshape(1, 1, -1) if cache_source is not None else None
+        wav, _ = self.hift.inference(mel_t, cache_source=cache, source=src, generator=generator)
+        return wav[0].float().cpu().numpy()
+
+    def decode(self, tokens: list[int] | np.ndarray | torch.Tensor, voice: Voice | None = None) -> np.ndarray:
+        """Offline token2wav (one final call): float32 mono at ``sample_rate``. ``voice`` prompts the speaker."""
+        request = self.offline_request(tokens, voice)
+        return self.decode_batch([request])[0].speech
+
+    def offline_request(self, tokens: list[int] | np.ndarray | torch.Tensor, voice: Voice | None = None) -> ChunkRequest:
+        prompt_tokens, prompt_mel = self.voice_prompt(voice)
+        return ChunkRequest(_as_tokens(tokens).tolist(), prompt_tokens, prompt_mel, final=True)
+
+    def voice_prompt(self, voice: Voice | None) -> tuple[list[int], torch.Tensor]:
+        if voice is None:
+            return [], torch.zeros(self.flow.cfg.output_size, 0)
+        mel = _as_mel(voice.prompt_mel, self.flow.cfg.output_size)
+        want = self.mel_frames(len(voice.prompt_tokens))
+        if mel.shape[1] != want:
+            msg = f"voice prompt_mel has {mel.shape[1]} frames; {len(voice.prompt_tokens)} tokens need {want}"
+            raise ValueError(msg)
+        return list(voice.prompt_tokens), mel
+
+    # -- streaming ---------------------------------------------------------------------------------------
+
+    def open_stream(self, voice: Voice | None = None, config: DecoderStreamConfig | None = None) -> DecoderStream:
+        """A new streaming session; its output excludes the voice prompt. Close it to free its state."""
+        from glm4voice_api.models.decoder_stream import DecoderStream, DecoderStreamConfig  # noqa: PLC0415 - cycle
+
+        return DecoderStream(self, voice, config or DecoderStreamConfig())
+
+    # -- voices ------------------------------------------------------------------------------------------
+
+    def make_voice(self, waveform: np.ndarray, sample_rate: int, speech_tokenizer: SpeechTokenizerLike) -> Voice:
+        """Voice prompt from reference audio: its speech tokens plus its 22.05 kHz mel, aligned to the tokens."""
+        import soxr  # noqa: PLC0415 - only needed for voice prompts
+
+        from glm4voice_api.models.mel import mel_spectrogram  # noqa: PLC0415 - keeps the base import light
+
+        wav = np.asarray(waveform, dtype=np.float32).reshape(-1)
+        tokens = [int(t) for t in speech_tokenizer.tokenize(wav, sample_rate)]
+        if not tokens:
+            msg = "voice audio produced no speech tokens"
+            raise ValueError(msg)
+        wav22 = wav if sample_rate == self.sample_rate else soxr.resample(wav, sample_rate, self.sample_rate)
+        frames = self.mel_frames(len(tokens))
+        # Zero-pad (or cut) to exactly the tokens' span, as the tokenizer pads its last 80 ms token with zeros.
+        span = frames * self.hop_length
+        wav22 = np.pad(wav22, (0, max(0, span - wav22.shape[0])))[:span].astype(np.float32)
+        mel = mel_spectrogram(torch.from_numpy(wav22)[None])[0, :, :frames]  # [80, F]
+        return Voice(prompt_tokens=tokens, prompt_mel=mel.numpy().astype(np.float32))
+
+    # -- batched chunk decoding --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def decode_batch(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
+        """Decode many streams' chunks: ONE padded flow pass, then HiFT per group of equal mel length.
+
+        Each row equals its separate decode (padding is masked throughout; every row draws from its own
+        generator). HiFT is grouped rather than padded because its non-causal convolutions would let a
+        longer row's padding reach a shorter row's last samples.
+        """
+        gens = [r.generator or torch.Generator(device="cpu").manual_seed(NOISE_SEED) for r in requests]
+        flow_rows = [i for i, r in enumerate(requests) if r.tokens]
+        items = [
+            FlowInput(
+                tokens=torch.tensor(requests[i].prompt_tokens + requests[i].tokens, dtype=torch.long),
+                prompt_mel=requests[i].prompt_mel,
+                noise=_as_tensor(requests[i].noise),
+                generator=gens[i],
+            )
+            for i in flow_rows
+        ]
+        flow_out = dict(zip(flow_rows, self.flow.forward_batch(items), strict=True))
+        staged = [self._crossfade_and_trim(r, flow_out.get(i)) for i, r in enumerate(requests)]
+        speech = self._vocode_groups(requests, staged, gens)
+        return [self._finish(r, s, wav, src) for r, s, (wav, src) in zip(requests, staged, speech, strict=True)]
+
+    def _crossfade_and_trim(self, req: ChunkRequest, flow_mel: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """token2wav steps 2-3 (PR #86 order): crossfade, hold back the overlap, prepend the cache frame."""
+        c = self.consts
+        n_mels = self.flow.cfg.output_size
+        if flow_mel is None:  # final flush without new tokens: vocode the held-back tail as it is
+            raw = torch.zeros(n_mels, 0)
+            mel = req.overlap_tail.float().cpu() if req.overlap_tail is not None else raw
+        else:
+            raw = flow_mel.float().cpu()
+            mel = raw.clone()
+            if req.overlap_tail is not None:
+                k = c.mel_overlap_len
+                if mel.shape[1] < k:
+                    msg = f"chunk produced {mel.shape[1]} mel frames, fewer than the {k}-frame crossfade"
+                    raise ValueError(msg)
+                # numpy window: float64 arithmetic, cast back (the reference's tensor * ndarray promotion).
+                faded = mel[:, :k].double() * c.window[:k] + req.overlap_tail.double()[:, -k:] * c.window[k:]
+                mel[:, :k] = faded.float()
+        tail = None
+        if not req.final:
+            if mel.shape[1] <= c.mel_overlap_len:
+                msg = f"non-final chunk has {mel.shape[1]} mel frames; more than {c.mel_overlap_len} are needed"
+                raise ValueError(msg)
+            tail = mel[:, -c.mel_overlap_len :].clone()
+            mel = mel[:, : -c.mel_overlap_len]
+        hift_mel = torch.cat([req.cache_mel.float().cpu(), mel], dim=1) if req.cache_mel is not None else mel
+        return {"raw": raw, "mel": mel, "tail": tail, "hift_mel": hift_mel}
+
+    def _vocode_groups(
+        self, requests: list[ChunkRequest], staged: list[dict], gens: list[torch.Generator]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """HiFT for every row, batching rows whose (mel length, cache, injected-source) agree."""
+        groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
+        for i, (req, st) in enumerate(zip(requests, staged, strict=True)):
+            cache_len = req.cache_source.shape[-1] if req.cache_source is not None else 0
+            groups[(st["hift_mel"].shape[1], cache_len, req.source is not None)].append(i)
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(requests)
+        for (frames, cache_len, injected), rows in groups.items():
+            if frames == 0:
+                for i in rows:
+                    out[i] = (torch.zeros(1, 0), torch.zeros(1, 1, 0))
+                continue
+            mel = torch.stack([staged[i]["hift_mel"] for i in rows]).to(self.device)  # [G, 80, T]
+            cache = torch.stack([requests[i].cache_source.reshape(1, -1) for i in rows]) if cache_len else None
+            src = torch.stack([_as_tensor(requests[i].source).reshape(1, -1) for i in rows]) if injected else None
+            wav, source = self.hift.inference(mel, cache_source=cache, source=src, generator=[gens[i] for i in rows])
+            for j, i in enumerate(rows):
+                out[i] = (wav[j : j + 1].float().cpu(), source[j : j + 1].float().cpu())
+        return out  # type: ignore[return-value]
+
+    def _finish(
+        self, req: ChunkRequest, st: dict, wav: torch.Tensor, source: torch.Tensor
+    ) -> ChunkResult:
+        """token2wav step 4/5: keep the HiFT cache and hold back the last 256 samples of non-final chunks."""
+        c = self.consts
+        result = ChunkResult(request=req, speech=wav[0].numpy(), mel=st["mel"], flow_mel=st["raw"],
+                             hift_source=source[0])
+        if not req.final:
+            result.overlap_tail = st["tail"]
+            result.cache_mel = st["mel"][:, -c.mel_cache_len :].clone()
+            result.cache_source = source[0, :, -c.source_cache_len :].clone()
+            result.speech = wav[0, : -c.source_cache_len].numpy()
+        result.speech = np.ascontiguousarray(result.speech, dtype=np.float32)
+        return result
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else torch.as_tensor(x).float()
+
+
+def _as_tokens(tokens: list[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(tokens, dtype=np.int64) if not isinstance(tokens, torch.Tensor) else tokens)
+    t = t.reshape(-1).long()
+    if t.numel() and int(t.min()) < 0:
+        msg = f"speech token ids must be >= 0, got {int(t.min())}"
+        raise ValueError(msg)
+    return t
+
+
+def _as_mel(mel: np.ndarray | torch.Tensor | None, n_mels: int) -> torch.Tensor:
+    if mel is None:
+        return torch.zeros(n_mels, 0)
+    t = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not isinstance(mel, torch.Tensor) else mel).float()
+    t = t.reshape(n_mels, -1) if t.dim() == 3 and t.shape[0] == 1 and t.shape[1] == n_mels else t  # noqa: PLR2004
+    if t.dim() != 2 or t.shape[0] != n_mels:  # noqa: PLR2004
+        msg = f"mel must be [{n_mels}, T], got {list(t.shape)}"
+        raise ValueError(msg)
+    return t
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        msg = f"missing decoder file {path}"
+        raise CheckpointFormatError(msg)
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a pickle with code, or not a torch file
+        msg = f"{path.name}: not a plain torch state dict ({exc})"
+        raise CheckpointFormatError(msg) from exc
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        msg = f"{path.name}: expected a dict of tensors"
+        raise CheckpointFormatError(msg)
+    return sd
+
+
+def check_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, name: str) -> None:
+    """Strict key and shape check with a message naming what differs (the model may live on 'meta')."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k}: {list(state_dict[k].shape)} != {list(s)}" for k, s in expected.items()
+             if k in state_dict and tuple(state_dict[k].shape) != s]
+    problems = [f"{label}: {', '.join(items[:8])}{f' (+{len(items) - 8} more)' if len(items) > 8 else ''}"  # noqa: PLR2004
+                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", wrong)) if items]
+    if problems:
+        msg = f"{name} does not match config.yaml: " + "; ".join(problems)
+        raise CheckpointFormatError(msg)
+
+
+def load_flow(state_dict: dict[str, torch.Tensor], cfg: FlowConfig, device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32) -> FlowModel:
+    with torch.device("meta"):
+        model = FlowModel(cfg)  # no random init: every tensor comes from the checkpoint
+    check_state_dict(state_dict, model, FLOW_FILE)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).requires_grad_(False).eval()
+
+
+def load_speech_decoder(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> SpeechDecoder:
+    """Load an official GLM-4-Voice-Decoder folder (config.yaml + flow.pt + hift.pt) without executing the YAML."""
+    folder = Path(path)
+    if not (folder / CONFIG_FILE).is_file():
+        msg = f"{folder}: no {CONFIG_FILE}"
+        raise CheckpointFormatError(msg)
+    doc = load_decoder_yaml(folder / CONFIG_FILE)
+    for key in ("flow", "hift"):
+        if key not in doc:
+            msg = f"{CONFIG_FILE}: no '{key}' section"
+            raise CheckpointFormatError(msg)
+    hift_cfg = HiFTConfig.from_yaml(doc["hift"])
+    flow_cfg = FlowConfig.from_yaml(doc["flow"], sample_rate=hift_cfg.sampling_rate,
+                                    hop_length=hift_cfg.upsample_factor)
+    flow = load_flow(_load_state_dict(folder / FLOW_FILE), flow_cfg, device, dtype)
+    hift = load_hift(_load_state_dict(folder / HIFT_FILE), hift_cfg, device, dtype)
+    return SpeechDecoder(flow, hift)
