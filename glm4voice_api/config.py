@@ -41,6 +41,17 @@ class EngineSettings(BaseModel):
     )
 
 
+class AudioModelSettings(BaseModel):
+    """Where and how the speech tokenizer and decoder run (outside vLLM)."""
+
+    audio_device: str = Field("auto", description="Device of the speech tokenizer and decoder: auto, cpu, cuda, cuda:N.")
+    tokenizer_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Speech tokenizer dtype (float32 reproduces the reference tokens exactly)."
+    )
+    tokenizer_max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
+    tokenizer_max_wait_ms: float = Field(5.0, ge=0, description="How long the tokenizer worker waits to fill a batch.")
+
+
 class LimitSettings(BaseModel):
     """Caps on what one request may ask for."""
 
@@ -79,6 +90,7 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    audio: AudioModelSettings = Field(default_factory=AudioModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
     def model_paths(self) -> dict[str, Path | None]:

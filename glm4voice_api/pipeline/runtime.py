@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from glm4voice_api.checkpoints.llm import RANDOM_WEIGHTS_KEY
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.pipeline.audio_input import AudioInput
+from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 from glm4voice_api.text.prompt import PromptBuilder
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
 
@@ -26,6 +29,7 @@ class Runtime:
     engine: LLMEngine
     paths: dict[str, Path]
     random_weights: bool
+    audio_input: AudioInput
     closers: list = field(default_factory=list)
 
     def interleave_constraint(self, forced_text: list[int] | None = None, **kwargs: int | None) -> InterleaveConstraint | None:
@@ -65,6 +69,28 @@ def is_random_weights(llm_path: Path, settings: Settings) -> bool:
     return bool(config.get(RANDOM_WEIGHTS_KEY)) or settings.engine.load_format == "dummy"
 
 
+def audio_device(settings: Settings) -> str:
+    import torch  # noqa: PLC0415
+
+    if settings.audio.audio_device != "auto":
+        return settings.audio.audio_device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
+    import torch  # noqa: PLC0415
+
+    from glm4voice_api.models.speech_tokenizer import load_speech_tokenizer  # noqa: PLC0415
+
+    dtype = getattr(torch, settings.audio.tokenizer_dtype)
+    model = await asyncio.to_thread(load_speech_tokenizer, path, audio_device(settings), dtype)
+    worker = SpeechTokenizerWorker(
+        model, max_batch=settings.audio.tokenizer_max_batch, max_wait_ms=settings.audio.tokenizer_max_wait_ms
+    )
+    worker.start()
+    return AudioInput(worker, settings.limits)
+
+
 async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> Runtime:
     """Load everything the server needs. `engine` lets unit tests pass a fake."""
     paths = resolve_paths(settings)
@@ -73,6 +99,8 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     tokenizer = GLM4Tokenizer.from_dir(paths["llm"])
     random_weights = is_random_weights(paths["llm"], settings)
     closers = []
+    audio_input = await start_audio_input(settings, paths["speech_tokenizer"])
+    closers.append(audio_input.worker.close)
     if engine is None:
         from glm4voice_api.engine.vllm_engine import VllmLLMEngine  # noqa: PLC0415 - vllm only when serving
 
@@ -89,5 +117,6 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
         engine=engine,
         paths=paths,
         random_weights=random_weights,
+        audio_input=audio_input,
         closers=closers,
     )

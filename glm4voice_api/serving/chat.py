@@ -16,8 +16,8 @@ from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.pipeline.turn import AudioTokensDelta, TranscriptDelta, Turn, TurnDone, TurnUsage
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
-from glm4voice_api.serving.errors import engine_errors
-from glm4voice_api.text.prompt import AssistantMessage, Prompt, TextPart, UserMessage
+from glm4voice_api.serving.errors import audio_errors, engine_errors
+from glm4voice_api.text.prompt import AssistantMessage, AudioPart, Prompt, TextPart, UserMessage
 
 # Sampling defaults of the model (its generation config and the official servers), used when a request gives none.
 DEFAULT_TEMPERATURE = 0.8
@@ -126,10 +126,13 @@ class ServingChat:
         for j, part in enumerate(m.content):
             if isinstance(part, wire.TextContentPart):
                 parts.append(TextPart(part.text))
-            else:
-                raise invalid_request(
-                    "Audio input is not available on this server yet.", f"messages[{index}].content[{j}]"
+                continue
+            param = f"messages[{index}].content[{j}].input_audio"
+            async with audio_errors():
+                tokens = await self.rt.audio_input.tokens_from_base64(
+                    part.input_audio.data, part.input_audio.format, param
                 )
+            parts.append(AudioPart(tuple(tokens)))
         return UserMessage(parts=tuple(parts))
 
     def _params(self, req: wire.ChatCompletionRequest, prompt: Prompt) -> GenerationParams:

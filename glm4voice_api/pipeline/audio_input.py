@@ -1,0 +1,30 @@
+"""Client audio -> 16 kHz mono -> speech tokens. Decoding runs in worker threads, tokenizing in the batching worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from glm4voice_api.audio.decode import decode_audio, decode_base64
+from glm4voice_api.config import LimitSettings
+from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
+
+TOKENIZER_RATE = 16000
+
+
+class AudioInput:
+    def __init__(self, worker: SpeechTokenizerWorker, limits: LimitSettings) -> None:
+        self.worker = worker
+        self.limits = limits
+
+    def _decode(self, data: bytes, fmt: str | None, param: str | None):  # noqa: ANN202 - np.ndarray
+        return decode_audio(data, format=fmt, target_rate=TOKENIZER_RATE, max_bytes=self.limits.max_audio_bytes,
+                            max_seconds=self.limits.max_audio_seconds, param=param)  # fmt: skip
+
+    async def tokens_from_bytes(self, data: bytes, fmt: str | None, param: str | None) -> list[int]:
+        """Speech tokens of an audio file; AudioError (a 400/413) names what is wrong with it."""
+        waveform = await asyncio.to_thread(self._decode, data, fmt, param)
+        return await self.worker.tokenize(waveform)
+
+    async def tokens_from_base64(self, data: str, fmt: str | None, param: str | None) -> list[int]:
+        raw = await asyncio.to_thread(decode_base64, data, max_bytes=self.limits.max_audio_bytes, param=param)
+        return await self.tokens_from_bytes(raw, fmt, param)
