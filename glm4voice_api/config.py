@@ -50,6 +50,16 @@ class AudioModelSettings(BaseModel):
     )
     tokenizer_max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
     tokenizer_max_wait_ms: float = Field(5.0, ge=0, description="How long the tokenizer worker waits to fill a batch.")
+    decoder_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Speech decoder dtype (bf16 flow matching can add hiss; measure before switching)."
+    )
+    decoder_schedule: list[int] = Field(
+        [10, 20, 40], description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early."
+    )
+    decoder_max_prompt_tokens: int | None = Field(
+        200, ge=1, description="Earlier tokens given to the flow as context per chunk (bounds the cost; None = all)."
+    )
+    decoder_max_batch: int = Field(16, ge=1, description="Most stream chunks decoded in one flow + HiFT pass.")
 
 
 class LimitSettings(BaseModel):
@@ -89,6 +99,10 @@ class Settings(BaseSettings):
         "(the real model emits the pattern by itself).",
     )
     log_level: str = Field("info", description="Log level.")
+    store: str | None = Field(
+        None, description="Where audio ids and voices are kept: sqlite:///path (default <cache_dir>/store.sqlite3)."
+    )
+    audio_ttl_seconds: int = Field(3600, ge=60, description="How long an audio reply can be referred to by its id.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     audio: AudioModelSettings = Field(default_factory=AudioModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

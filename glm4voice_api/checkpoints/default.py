@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from glm4voice_api.checkpoints.llm import write_tiny_llm
+from glm4voice_api.checkpoints.speech_decoder import write_tiny_speech_decoder
 from glm4voice_api.checkpoints.speech_tokenizer import write_tiny_speech_tokenizer
 from glm4voice_api.config import OFFICIAL_FOLDERS
 
@@ -23,6 +24,7 @@ def _writers() -> dict:
     return {
         OFFICIAL_FOLDERS["llm"]: write_tiny_llm,
         OFFICIAL_FOLDERS["speech_tokenizer"]: write_tiny_speech_tokenizer,
+        OFFICIAL_FOLDERS["decoder"]: write_tiny_speech_decoder,
     }
 
 

@@ -110,7 +110,7 @@ class DecoderStream:
             msg = "a chunk is still in flight: commit() its result first"
             raise RuntimeError(msg)
         new = [int(t) for t in np.asarray(tokens, dtype=np.int64).reshape(-1)]
-        if self._done and (new or not final):
+        if self._done and new:
             msg = "stream already finished"
             raise StreamClosedError(msg)
         if any(t < 0 for t in new):

@@ -14,6 +14,8 @@ from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.pipeline.audio_input import AudioInput
+from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.store import Store, open_store
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 from glm4voice_api.text.prompt import PromptBuilder
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
@@ -30,6 +32,8 @@ class Runtime:
     paths: dict[str, Path]
     random_weights: bool
     audio_input: AudioInput
+    decoder: DecoderScheduler
+    store: Store
     closers: list = field(default_factory=list)
 
     def interleave_constraint(self, forced_text: list[int] | None = None, **kwargs: int | None) -> InterleaveConstraint | None:
@@ -91,6 +95,22 @@ async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
     return AudioInput(worker, settings.limits)
 
 
+async def start_decoder(settings: Settings, path: Path) -> DecoderScheduler:
+    import torch  # noqa: PLC0415
+
+    from glm4voice_api.models.decoder_stream import DecoderStreamConfig  # noqa: PLC0415
+    from glm4voice_api.models.speech_decoder import load_speech_decoder  # noqa: PLC0415
+
+    dtype = getattr(torch, settings.audio.decoder_dtype)
+    decoder = await asyncio.to_thread(load_speech_decoder, path, audio_device(settings), dtype)
+    config = DecoderStreamConfig(
+        schedule=tuple(settings.audio.decoder_schedule), max_prompt_tokens=settings.audio.decoder_max_prompt_tokens
+    )
+    scheduler = DecoderScheduler(decoder, config, max_batch=settings.audio.decoder_max_batch)
+    scheduler.start()
+    return scheduler
+
+
 async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> Runtime:
     """Load everything the server needs. `engine` lets unit tests pass a fake."""
     paths = resolve_paths(settings)
@@ -101,6 +121,10 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     closers = []
     audio_input = await start_audio_input(settings, paths["speech_tokenizer"])
     closers.append(audio_input.worker.close)
+    decoder = await start_decoder(settings, paths["decoder"])
+    closers.append(decoder.close)
+    store = open_store(settings.store, settings.cache_dir.resolve())
+    closers.append(store.close)
     if engine is None:
         from glm4voice_api.engine.vllm_engine import VllmLLMEngine  # noqa: PLC0415 - vllm only when serving
 
@@ -118,5 +142,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
         paths=paths,
         random_weights=random_weights,
         audio_input=audio_input,
+        decoder=decoder,
+        store=store,
         closers=closers,
     )

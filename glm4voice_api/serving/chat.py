@@ -1,44 +1,30 @@
-"""ServingChat: validates a chat request, builds the GLM-4-Voice prompt, runs the turn, shapes OpenAI objects.
+"""ServingChat: validates a chat request, builds the GLM-4-Voice prompt and runs the turn.
 
-Every 4xx is decided before the first byte: `create_chat_completion` validates and only then returns either a
-response or an async iterator of chunks.
+Every 4xx is decided before the first byte: `create_chat_completion` validates (audio decoded and tokenized,
+audio ids and voices resolved) and only then returns a response or an async iterator of chunks.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 from glm4voice_api.engine.base import GenerationParams
 from glm4voice_api.errors import APIError, invalid_request, model_not_found
 from glm4voice_api.pipeline.runtime import Runtime
-from glm4voice_api.pipeline.turn import AudioTokensDelta, TranscriptDelta, Turn, TurnDone, TurnUsage
+from glm4voice_api.pipeline.turn import Turn
 from glm4voice_api.protocol import chat as wire
-from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
-from glm4voice_api.serving.errors import audio_errors, engine_errors
+from glm4voice_api.serving.chat_output import ChatPlan, complete, stream
+from glm4voice_api.serving.errors import audio_errors
+from glm4voice_api.serving.voices import resolve_voice
 from glm4voice_api.text.prompt import AssistantMessage, AudioPart, Prompt, TextPart, UserMessage
 
 # Sampling defaults of the model (its generation config and the official servers), used when a request gives none.
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.8
 RANDOM_WEIGHTS_MAX_TOKENS = 195  # 5 cycles of 13 text + 26 audio: random weights never end a reply by themselves
-
-
-def usage_of(u: TurnUsage) -> Usage:
-    return Usage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.prompt_tokens + u.completion_tokens,
-        prompt_tokens_details=PromptTokensDetails(
-            audio_tokens=u.prompt_audio_tokens,
-            text_tokens=u.prompt_tokens - u.prompt_audio_tokens,
-            cached_tokens=u.cached_tokens,
-        ),
-        completion_tokens_details=CompletionTokensDetails(
-            audio_tokens=u.completion_audio_tokens, text_tokens=u.completion_text_tokens
-        ),
-    )
+DEFAULT_TENANT = "default"
 
 
 def _text_of(content: str | list[wire.TextContentPart] | None) -> str:
@@ -47,16 +33,15 @@ def _text_of(content: str | list[wire.TextContentPart] | None) -> str:
     return content if isinstance(content, str) else "".join(p.text for p in content)
 
 
-@dataclass
-class ChatTurnPlan:
-    """A validated request, ready to run."""
-
-    prompt: Prompt
-    params: GenerationParams
-    stream: bool
-    include_usage: bool
-    created: int
-    response_id: str
+def context_length_error(max_len: int, n_prompt: int, requested: int | None, param: str) -> APIError:
+    if requested is None:
+        message = (f"This model's maximum context length is {max_len} tokens. However, your messages resulted in "
+                   f"{n_prompt} tokens. Please reduce the length of the messages.")  # fmt: skip
+    else:
+        message = (f"This model's maximum context length is {max_len} tokens. However, you requested "
+                   f"{n_prompt + requested} tokens ({n_prompt} in the messages, {requested} in the completion). "
+                   "Please reduce the length of the messages or completion.")  # fmt: skip
+    return APIError(message, param=param, code="context_length_exceeded")
 
 
 class ServingChat:
@@ -65,38 +50,53 @@ class ServingChat:
         self.model_name = runtime.settings.served_model_name
 
     async def create_chat_completion(
-        self, request: wire.ChatCompletionRequest, request_id: str
+        self, request: wire.ChatCompletionRequest, request_id: str, tenant: str = DEFAULT_TENANT
     ) -> wire.ChatCompletionResponse | AsyncIterator[wire.ChatCompletionChunk]:
-        plan = await self._plan(request, request_id)
+        plan = await self._plan(request, request_id, tenant)
         turn = Turn(self.rt.engine, self.rt.tokenizer, plan.prompt, plan.params, request_id)
         if plan.stream:
-            return self._stream(turn, plan)
-        return await self._complete(turn, plan)
+            return stream(self.rt, turn, plan)
+        return await complete(self.rt, turn, plan)
 
-    async def _plan(self, req: wire.ChatCompletionRequest, request_id: str) -> ChatTurnPlan:
+    async def _plan(self, req: wire.ChatCompletionRequest, request_id: str, tenant: str) -> ChatPlan:
         if req.model != self.model_name:
             raise model_not_found(req.model)
         if req.n not in (None, 1):
             raise invalid_request("Only n=1 is supported.", param="n")
         if req.stop:
             raise invalid_request("Stop sequences are not supported by this model.", param="stop")
-        modalities = req.modalities or ["text"]
-        if "audio" in modalities:
-            raise invalid_request("Audio output is not available on this server yet.", param="modalities")
-        system, messages = await self._conversation(req)
+        audio_out = "audio" in (req.modalities or ["text"])
+        voice = None
+        if audio_out:
+            if req.audio is None:
+                raise invalid_request(
+                    "The 'audio' parameter (voice and format) is required when 'audio' is in modalities.", "audio"
+                )
+            if req.stream and req.audio.format != "pcm16":
+                raise APIError(
+                    f"Unsupported value: 'audio.format' does not support '{req.audio.format}' when stream=true. "
+                    "Supported values are: 'pcm16'.", param="audio.format", code="unsupported_value",
+                )  # fmt: skip
+            voice = await resolve_voice(self.rt, req.audio.voice, tenant, param="audio.voice")
+        system, messages = await self._conversation(req, tenant)
         prompt = self.rt.prompts.build(messages, system=system)
-        params = self._params(req, prompt)
-        return ChatTurnPlan(
+        now = int(time.time())
+        return ChatPlan(
             prompt=prompt,
-            params=params,
+            params=self._params(req, prompt),
             stream=bool(req.stream),
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
-            created=int(time.time()),
+            created=now,
             response_id=f"chatcmpl-{request_id}",
+            model=self.model_name,
+            tenant=tenant,
+            audio_format=req.audio.format if audio_out and req.audio else None,
+            voice=voice,
+            audio_id=f"audio_{uuid.uuid4().hex}" if audio_out else None,
+            expires_at=now + self.rt.settings.audio_ttl_seconds,
         )
 
-    async def _conversation(self, req: wire.ChatCompletionRequest) -> tuple[str | None, list]:
-        limit = self.rt.settings.limits.max_text_chars
+    async def _conversation(self, req: wire.ChatCompletionRequest, tenant: str) -> tuple[str | None, list]:
         system_parts: list[str] = []
         messages: list[UserMessage | AssistantMessage] = []
         for i, m in enumerate(req.messages):
@@ -105,26 +105,33 @@ class ServingChat:
             elif isinstance(m, wire.UserMessage):
                 messages.append(await self._user_message(m, i))
             elif isinstance(m, wire.AssistantMessage):
-                if m.audio is not None:
-                    raise invalid_request(f"Audio with id '{m.audio.id}' was not found.", f"messages[{i}].audio.id")
-                messages.append(AssistantMessage(text=_text_of(m.content)))
+                messages.append(await self._assistant_message(m, i, tenant))
             else:
                 raise invalid_request("Tool and function messages are not supported.", f"messages[{i}].role")
-        for i, m in enumerate(messages):
-            for part in getattr(m, "parts", ()):
-                if isinstance(part, TextPart) and len(part.text) > limit:
-                    raise invalid_request(f"Message text is longer than {limit} characters.", f"messages[{i}]")
         if not messages or not isinstance(messages[-1], UserMessage):
             raise invalid_request("The last message must be a user message.", "messages")
         system = "\n".join(p for p in system_parts if p) or None
         return system, messages
 
+    async def _assistant_message(self, m: wire.AssistantMessage, index: int, tenant: str) -> AssistantMessage:
+        if m.audio is None:
+            return AssistantMessage(text=_text_of(m.content))
+        stored = await self.rt.store.get_audio(tenant, m.audio.id, int(time.time()))
+        if stored is None:
+            raise invalid_request(
+                f"Audio with id '{m.audio.id}' was not found or has expired.", f"messages[{index}].audio.id",
+                code="audio_not_found",
+            )  # fmt: skip
+        return AssistantMessage(token_ids=tuple(stored.token_ids))
+
     async def _user_message(self, m: wire.UserMessage, index: int) -> UserMessage:
-        if isinstance(m.content, str):
-            return UserMessage(parts=(TextPart(m.content),))
-        parts = []
-        for j, part in enumerate(m.content):
+        limit = self.rt.settings.limits.max_text_chars
+        raw_parts = [wire.TextContentPart(type="text", text=m.content)] if isinstance(m.content, str) else m.content
+        parts: list[TextPart | AudioPart] = []
+        for j, part in enumerate(raw_parts):
             if isinstance(part, wire.TextContentPart):
+                if len(part.text) > limit:
+                    raise invalid_request(f"Message text is longer than {limit} characters.", f"messages[{index}]")
                 parts.append(TextPart(part.text))
                 continue
             param = f"messages[{index}].content[{j}].input_audio"
@@ -138,22 +145,12 @@ class ServingChat:
     def _params(self, req: wire.ChatCompletionRequest, prompt: Prompt) -> GenerationParams:
         max_len = self.rt.engine.info.max_model_len
         n_prompt = len(prompt.token_ids)
-        if n_prompt >= max_len:
-            raise APIError(
-                f"This model's maximum context length is {max_len} tokens. However, your messages resulted in "
-                f"{n_prompt} tokens. Please reduce the length of the messages.",
-                param="messages",
-                code="context_length_exceeded",
-            )
         requested = req.max_completion_tokens or req.max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        if n_prompt >= max_len:
+            raise context_length_error(max_len, n_prompt, None, "messages")
         if requested is not None and n_prompt + requested > max_len:
-            raise APIError(
-                f"This model's maximum context length is {max_len} tokens. However, you requested "
-                f"{n_prompt + requested} tokens ({n_prompt} in the messages, {requested} in the completion). "
-                "Please reduce the length of the messages or completion.",
-                param="max_completion_tokens" if req.max_completion_tokens else "max_tokens",
-                code="context_length_exceeded",
-            )
+            raise context_length_error(max_len, n_prompt, requested, param)
         if requested is None:
             budget = self.rt.settings.limits.default_max_tokens
             if self.rt.random_weights:
@@ -169,43 +166,3 @@ class ServingChat:
             stop_token_ids=self.rt.tokenizer.ids.stop_ids,
             constraint=self.rt.interleave_constraint(),
         )
-
-    async def _complete(self, turn: Turn, plan: ChatTurnPlan) -> wire.ChatCompletionResponse:
-        done: TurnDone | None = None
-        async with engine_errors():
-            async for event in turn.events():
-                if isinstance(event, TurnDone):
-                    done = event
-        assert done is not None
-        return wire.ChatCompletionResponse(
-            id=plan.response_id,
-            created=plan.created,
-            model=self.model_name,
-            choices=[wire.Choice(message=wire.ChatCompletionMessage(content=done.transcript),
-                                 finish_reason=done.finish_reason)],
-            usage=usage_of(done.usage),
-        )  # fmt: skip
-
-    async def _stream(self, turn: Turn, plan: ChatTurnPlan) -> AsyncIterator[wire.ChatCompletionChunk]:
-        def chunk(delta: wire.ChoiceDelta, finish_reason: str | None = None) -> wire.ChatCompletionChunk:
-            return wire.ChatCompletionChunk(
-                id=plan.response_id,
-                created=plan.created,
-                model=self.model_name,
-                choices=[wire.StreamChoice(delta=delta, finish_reason=finish_reason)],
-            )
-
-        yield chunk(wire.ChoiceDelta(role="assistant", content=""))
-        async with engine_errors():
-            async for event in turn.events():
-                if isinstance(event, TranscriptDelta):
-                    yield chunk(wire.ChoiceDelta(content=event.text))
-                elif isinstance(event, AudioTokensDelta):
-                    continue
-                elif isinstance(event, TurnDone):
-                    yield chunk(wire.ChoiceDelta(), finish_reason=event.finish_reason)
-                    if plan.include_usage:
-                        yield wire.ChatCompletionChunk(
-                            id=plan.response_id, created=plan.created, model=self.model_name, choices=[],
-                            usage=usage_of(event.usage),
-                        )  # fmt: skip

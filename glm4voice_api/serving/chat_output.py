@@ -1,0 +1,135 @@
+"""Shapes a running chat turn into OpenAI objects: one response, or a stream of chunks.
+
+Streaming audio follows OpenAI's observed wire shape: `delta.audio` chunks carrying `transcript` pieces and `data`
+(base64 pcm16, 24 kHz mono little-endian), the first carrying `id`, then a chunk with only `expires_at`, then the
+`finish_reason` chunk (so both SDK behaviours work), then the optional usage chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from glm4voice_api.audio.encode import encode_whole, make_encoder
+from glm4voice_api.engine.base import GenerationParams
+from glm4voice_api.models.speech_decoder import Voice
+from glm4voice_api.pipeline.runtime import Runtime
+from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
+from glm4voice_api.pipeline.turn import TranscriptDelta, Turn, TurnDone, TurnUsage
+from glm4voice_api.protocol import chat as wire
+from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
+from glm4voice_api.serving.errors import engine_errors
+from glm4voice_api.store import StoredAudio
+from glm4voice_api.text.prompt import Prompt
+
+
+@dataclass
+class ChatPlan:
+    """A validated request, ready to run."""
+
+    prompt: Prompt
+    params: GenerationParams
+    stream: bool
+    include_usage: bool
+    created: int
+    response_id: str
+    model: str
+    tenant: str
+    audio_format: str | None  # None: text-only reply
+    voice: Voice | None
+    audio_id: str | None
+    expires_at: int
+
+
+def usage_of(u: TurnUsage) -> Usage:
+    return Usage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.prompt_tokens + u.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(
+            audio_tokens=u.prompt_audio_tokens,
+            text_tokens=u.prompt_tokens - u.prompt_audio_tokens,
+            cached_tokens=u.cached_tokens,
+        ),
+        completion_tokens_details=CompletionTokensDetails(
+            audio_tokens=u.completion_audio_tokens, text_tokens=u.completion_text_tokens
+        ),
+    )
+
+
+def _events(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator:
+    if plan.audio_format is None:
+        return turn.events()
+    return SpokenTurn(turn, rt.decoder, plan.voice).events()
+
+
+async def _store_reply(rt: Runtime, plan: ChatPlan, done: TurnDone) -> None:
+    assert plan.audio_id is not None
+    await rt.store.put_audio(StoredAudio(
+        id=plan.audio_id, tenant=plan.tenant, token_ids=done.reply_ids, transcript=done.transcript,
+        created_at=plan.created, expires_at=plan.expires_at,
+    ))  # fmt: skip
+
+
+async def complete(rt: Runtime, turn: Turn, plan: ChatPlan) -> wire.ChatCompletionResponse:
+    done: TurnDone | None = None
+    chunks: list[np.ndarray] = []
+    async with engine_errors():
+        async for event in _events(rt, turn, plan):
+            if isinstance(event, TurnDone):
+                done = event
+            elif isinstance(event, AudioChunk):
+                chunks.append(event.samples)
+    assert done is not None
+    message = wire.ChatCompletionMessage(content=done.transcript)
+    if plan.audio_format is not None:
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        data = await asyncio.to_thread(encode_whole, plan.audio_format, samples, rt.decoder.sample_rate)
+        await _store_reply(rt, plan, done)
+        message = wire.ChatCompletionMessage(content=None, audio=wire.ChatCompletionAudio(
+            id=plan.audio_id, data=base64.b64encode(data).decode(), expires_at=plan.expires_at,
+            transcript=done.transcript,
+        ))  # fmt: skip
+    return wire.ChatCompletionResponse(
+        id=plan.response_id, created=plan.created, model=plan.model,
+        choices=[wire.Choice(message=message, finish_reason=done.finish_reason)], usage=usage_of(done.usage),
+    )  # fmt: skip
+
+
+async def stream(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.ChatCompletionChunk]:
+    def chunk(delta: wire.ChoiceDelta, finish_reason: str | None = None) -> wire.ChatCompletionChunk:
+        return wire.ChatCompletionChunk(id=plan.response_id, created=plan.created, model=plan.model,
+                                        choices=[wire.StreamChoice(delta=delta, finish_reason=finish_reason)])  # fmt: skip
+
+    audio = plan.audio_format is not None
+    first_audio = [True]
+
+    def audio_delta(**fields: object) -> wire.ChatCompletionChunk:
+        if first_audio[0]:
+            fields["id"] = plan.audio_id
+            first_audio[0] = False
+        return chunk(wire.ChoiceDelta(audio=wire.DeltaAudio(**fields)))
+
+    encoder = make_encoder("pcm16", input_rate=rt.decoder.sample_rate) if audio else None
+    yield chunk(wire.ChoiceDelta(role="assistant", content=None if audio else ""))
+    async with engine_errors():
+        async for event in _events(rt, turn, plan):
+            if isinstance(event, TranscriptDelta):
+                yield audio_delta(transcript=event.text) if audio else chunk(wire.ChoiceDelta(content=event.text))
+            elif isinstance(event, AudioChunk) and encoder is not None:
+                if data := encoder.feed(event.samples):
+                    yield audio_delta(data=base64.b64encode(data).decode())
+            elif isinstance(event, TurnDone):
+                if encoder is not None:
+                    if tail := encoder.finish():
+                        yield audio_delta(data=base64.b64encode(tail).decode())
+                    await _store_reply(rt, plan, event)
+                    yield audio_delta(expires_at=plan.expires_at)
+                yield chunk(wire.ChoiceDelta(), finish_reason=event.finish_reason)
+                if plan.include_usage:
+                    yield wire.ChatCompletionChunk(id=plan.response_id, created=plan.created, model=plan.model,
+                                                   choices=[], usage=usage_of(event.usage))  # fmt: skip

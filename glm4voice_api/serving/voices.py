@@ -1,0 +1,22 @@
+"""Voice resolution: OpenAI voice names map to the model's native voice; `{"id": ...}` is a tenant's custom voice."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from glm4voice_api.errors import invalid_request
+from glm4voice_api.models.speech_decoder import Voice
+from glm4voice_api.pipeline.runtime import Runtime
+from glm4voice_api.protocol.chat import VoiceId
+
+
+async def resolve_voice(rt: Runtime, voice: str | VoiceId | dict, tenant: str, *, param: str) -> Voice | None:
+    """None means the native voice (GLM-4-Voice has one; every named voice maps to it)."""
+    voice_id = voice.id if isinstance(voice, VoiceId) else voice.get("id") if isinstance(voice, dict) else None
+    if voice_id is None:
+        return None
+    stored = await rt.store.get_voice(tenant, voice_id)
+    if stored is None:
+        raise invalid_request(f"Voice with id '{voice_id}' was not found.", param, code="voice_not_found")
+    mel = np.frombuffer(stored.prompt_mel, dtype=np.float32).reshape(80, stored.mel_frames).copy()
+    return Voice(prompt_tokens=list(stored.prompt_tokens), prompt_mel=mel)
