@@ -45,6 +45,7 @@ class VllmLLMEngine:
         self.info = info
         self._vocab_size = vocab_size
         self._active: set[str] = set()
+        self.aborted = 0
 
     @classmethod
     async def start(
@@ -139,6 +140,7 @@ class VllmLLMEngine:
     async def generate(
         self, prompt_ids: list[int], params: GenerationParams, request_id: str
     ) -> AsyncIterator[GenerationDelta]:
+        from vllm.exceptions import VLLMValidationError  # noqa: PLC0415
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError  # noqa: PLC0415
 
         self._validate(prompt_ids, params)
@@ -159,13 +161,15 @@ class VllmLLMEngine:
                 )
         except VllmEngineDeadError as exc:
             raise EngineDeadError(str(exc)) from exc
-        except ValueError as exc:
+        except (ValueError, VLLMValidationError) as exc:  # 0.32's VLLMValidationError is no ValueError
             raise EngineRequestError(str(exc)) from exc
         finally:
             self._active.discard(request_id)
             if not finished:
                 # The consumer went away (client disconnect, limit, shutdown): free the engine's slot now.
-                await self.abort(request_id)
+                self.aborted += 1
+                # Shielded: under anyio's level-triggered cancellation a plain await here would be cancelled too.
+                await asyncio.shield(self.abort(request_id))
 
     async def abort(self, request_id: str) -> None:
         try:
@@ -183,6 +187,9 @@ class VllmLLMEngine:
 
     def active_requests(self) -> int:
         return len(self._active)
+
+    def aborted_requests(self) -> int:
+        return self.aborted
 
     async def shutdown(self) -> None:
         self._llm.shutdown()

@@ -8,8 +8,8 @@ streams uses ``prepare`` -> ``SpeechDecoder.decode_batch`` -> ``commit`` instead
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 import torch
@@ -17,13 +17,57 @@ import torch
 from glm4voice_api.models.flow import NOISE_SEED
 
 if TYPE_CHECKING:
-    from glm4voice_api.models.speech_decoder import ChunkRequest, ChunkResult, SpeechDecoder, Voice
+    from glm4voice_api.models.speech_decoder import SpeechDecoder
 
-__all__ = ["DecoderStream", "DecoderStreamConfig", "StreamClosedError"]
+__all__ = ["ChunkRequest", "ChunkResult", "DecoderStream", "DecoderStreamConfig", "StreamClosedError", "Voice"]
 
 # Frames kept before the current context start: the frame offset of a fixed token offset can move by one
 # frame between calls (the mel length formula floors), so pruning exactly at it could drop a needed frame.
 _PRUNE_MARGIN_FRAMES = 8
+
+
+@dataclass
+class Voice:
+    """A speaker prompt: speech tokens and the 80-bin mel of the same audio, aligned (F = mel_length(P))."""
+
+    prompt_tokens: list[int]
+    prompt_mel: np.ndarray  # [80, F] float32
+
+
+@dataclass
+class ChunkRequest:
+    """One stream's pending chunk, self-contained so a scheduler can batch chunks of many streams.
+
+    ``noise`` ([80, T_total] flow noise) and ``source`` ([1, 256 * HiFT frames] source before the cache
+    splice) may be set to inject the reference's random draws; otherwise both come from ``generator``
+    (default: a fresh CPU generator seeded 42, drawn by the flow first and then by HiFT, the reference's
+    order after its ``manual_seed(42)``).
+    """
+
+    tokens: list[int]  # new tokens of this chunk
+    prompt_tokens: list[int]  # earlier tokens given as context (voice + bounded history)
+    prompt_mel: torch.Tensor  # [80, F_p] mel of the context
+    final: bool
+    overlap_tail: torch.Tensor | None = None  # [80, 34] held-back frames of the previous chunk
+    cache_mel: torch.Tensor | None = None  # [80, 1] last vocoded frame of the previous chunk
+    cache_source: torch.Tensor | None = None  # [1, 256] its last source samples
+    noise: torch.Tensor | None = None
+    source: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class ChunkResult:
+    """What a decoded chunk returns: new audio plus the state the stream must carry to its next chunk."""
+
+    request: ChunkRequest
+    speech: np.ndarray  # [S] float32, 22.05 kHz
+    mel: torch.Tensor  # [80, M] returned mel (PR #86: without the prepended cache frame)
+    flow_mel: torch.Tensor  # [80, M_raw] raw flow output before crossfade/trim (for tests and metrics)
+    overlap_tail: torch.Tensor | None = None
+    cache_mel: torch.Tensor | None = None
+    cache_source: torch.Tensor | None = None
+    hift_source: torch.Tensor | None = field(default=None, repr=False)  # [1, N] source HiFT used
 
 
 class StreamClosedError(RuntimeError):
@@ -46,7 +90,7 @@ class DecoderStreamConfig:
 
     def __post_init__(self) -> None:
         # A non-final chunk must yield more mel frames than the 34-frame overlap it holds back (5 tokens).
-        if not self.schedule or min(self.schedule) <= 5:  # noqa: PLR2004 - token_overlap_len
+        if not self.schedule or min(self.schedule) <= 5:
             msg = f"schedule must be non-empty with every step > 5 tokens, got {self.schedule}"
             raise ValueError(msg)
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
@@ -94,7 +138,7 @@ class DecoderStream:
     def decoded_tokens(self) -> int:
         return self._n_tokens
 
-    def feed(self, tokens: list[int] | np.ndarray = (), final: bool = False) -> np.ndarray:  # noqa: FBT001, FBT002
+    def feed(self, tokens: list[int] | np.ndarray = (), final: bool = False) -> np.ndarray:
         """Buffer tokens; decode every chunk the schedule allows (all remaining ones when ``final``)."""
         out = []
         request = self.prepare(tokens, final=final)
@@ -164,7 +208,7 @@ class DecoderStream:
         self._voice_tokens, self._voice_mel = [], torch.zeros(0, 0)
         self._free()
 
-    def __enter__(self) -> DecoderStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -205,9 +249,7 @@ class DecoderStream:
             skip -= block
         return 0, 0
 
-    def _build_request(self, chunk: list[int], final: bool) -> ChunkRequest:  # noqa: FBT001
-        from glm4voice_api.models.speech_decoder import ChunkRequest  # noqa: PLC0415 - cycle
-
+    def _build_request(self, chunk: list[int], final: bool) -> ChunkRequest:
         skip, frames = self._context_start(len(chunk))
         if skip < self._token_base or frames < self._frame_base:
             msg = "bounded context needs history that was already pruned"

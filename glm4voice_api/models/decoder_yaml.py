@@ -105,7 +105,7 @@ def _new(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> YamlObject:
     return YamlObject(cls=suffix)
 
 
-def _call(kind: str):  # noqa: ANN202 - yaml constructor factory
+def _call(kind: str):
     def construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> YamlCall:
         return YamlCall(kind=kind, target=suffix, args=_plain(loader, node))
 
@@ -186,7 +186,7 @@ def _resolve(root: dict[str, Any], value: Any, stack: tuple[str, ...] = ()) -> A
 def parse_decoder_yaml(text: str) -> dict[str, Any]:
     """Parse HyperPyYAML text as data; see the module docstring."""
     try:
-        doc = yaml.load(text, Loader=_DecoderConfigLoader)  # noqa: S506 - SafeLoader subclass, no python tags
+        doc = yaml.load(text, Loader=_DecoderConfigLoader)
     except yaml.YAMLError as exc:
         msg = f"decoder config is not valid YAML: {exc}"
         raise CheckpointFormatError(msg) from exc

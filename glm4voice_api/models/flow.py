@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - conventional alias
+import torch.nn.functional as F
 from torch import nn
 
 from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
@@ -147,7 +147,7 @@ class InterpolateRegulator(nn.Module):
             # Per row: interpolating a padded row would stretch its padding into the valid frames.
             x[i, :, :t] = F.interpolate(h[i : i + 1, :n].transpose(1, 2), size=t, mode="nearest")[0]
         padded = min(feat_lens) != t_max
-        mask = (torch.arange(t_max, device=h.device)[None, :] < torch.tensor(feat_lens, device=h.device)[:, None])
+        mask = torch.arange(t_max, device=h.device)[None, :] < torch.tensor(feat_lens, device=h.device)[:, None]
         mask = mask.unsqueeze(1).to(h.dtype)  # [B, 1, T]
         for layer in self.model:
             if isinstance(layer, nn.GroupNorm):
@@ -180,15 +180,18 @@ class ConditionalCFM(nn.Module):
         # z, mu, cond: [B, 80, T]; mask: [B, 1, T]; spks: [B, 80]
         rate = self.cfg.inference_cfg_rate
         padded = bool((mask == 0).any())
-        t_span = self.time_span(mu.device, mu.dtype)
-        x, t, dt = z, t_span[0], t_span[1] - t_span[0]
+        # The ODE state and time grid stay float32 even when the estimator runs in bf16/fp16: ten Euler
+        # updates accumulated in bf16 would cost more accuracy than the estimator's own rounding.
+        t_span = self.time_span(mu.device, torch.float32)
+        x, t, dt = z.float(), t_span[0], t_span[1] - t_span[0]
         # The unconditional (CFG) branch zeroes mu, spks and cond; both branches share one batched pass.
         mu2 = torch.cat([mu, torch.zeros_like(mu)])
         spks2 = torch.cat([spks, torch.zeros_like(spks)])
         cond2 = torch.cat([cond, torch.zeros_like(cond)])
         mask2 = torch.cat([mask, mask])
         for step in range(1, len(t_span)):
-            v = self.estimator(torch.cat([x, x]), mask2, mu2, t, spks2, cond2, padded=padded)
+            x_in = x.to(mu.dtype)
+            v = self.estimator(torch.cat([x_in, x_in]), mask2, mu2, t, spks2, cond2, padded=padded).float()
             v_cond, v_uncond = v.chunk(2)
             v = (1.0 + rate) * v_cond - rate * v_uncond if rate > 0 else v_cond
             x = x + dt * v
@@ -255,7 +258,7 @@ class FlowModel(nn.Module):
         _, h = self.encode(tokens, torch.tensor(lengths, device=device))
         mu, feat_lens = self.regulate(h, lengths)  # [B, 80, T]
         t_max = mu.size(2)
-        mask = (torch.arange(t_max, device=device)[None, :] < torch.tensor(feat_lens, device=device)[:, None])
+        mask = torch.arange(t_max, device=device)[None, :] < torch.tensor(feat_lens, device=device)[:, None]
         mask = mask.unsqueeze(1).to(dtype)  # [B, 1, T]
 
         cond = torch.zeros_like(mu)
@@ -270,7 +273,7 @@ class FlowModel(nn.Module):
             prompt_lens.append(f_p)
             cond[i, :, :f_p] = it.prompt_mel.to(device=device, dtype=dtype)
             noise = it.noise if it.noise is not None else self.draw_noise(feat_lens[i], it.generator)
-            noise = noise[0] if noise.dim() == 3 and noise.shape[0] == 1 else noise  # noqa: PLR2004 - [1, 80, T] as in the goldens
+            noise = noise[0] if noise.dim() == 3 and noise.shape[0] == 1 else noise
             if tuple(noise.shape) != (self.cfg.output_size, feat_lens[i]):
                 msg = f"noise must be [{self.cfg.output_size}, {feat_lens[i]}], got {list(noise.shape)}"
                 raise ValueError(msg)

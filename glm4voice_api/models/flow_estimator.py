@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812 - conventional alias
+import torch.nn.functional as F
 from torch import nn
 
 from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
@@ -239,7 +239,9 @@ class ConditionalDecoder(nn.Module):
             blocks = nn.ModuleList(
                 BasicTransformerBlock(ch[-1], cfg.num_heads, cfg.attention_head_dim) for _ in range(cfg.n_blocks)
             )
-            self.mid_blocks.append(nn.ModuleList([ResnetBlock1D(ch[-1], ch[-1], cfg.time_embed_dim, cfg.groups), blocks]))
+            self.mid_blocks.append(
+                nn.ModuleList([ResnetBlock1D(ch[-1], ch[-1], cfg.time_embed_dim, cfg.groups), blocks])
+            )
         up = (*ch[::-1], ch[0])
         self.up_blocks = nn.ModuleList()
         for i in range(len(up) - 1):

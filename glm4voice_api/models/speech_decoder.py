@@ -13,24 +13,24 @@ state in its ``DecoderStream`` (see ``decoder_stream.py``), nothing is kept here
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from glm4voice_api.models.decoder_stream import ChunkRequest, ChunkResult, DecoderStream, DecoderStreamConfig, Voice
 from glm4voice_api.models.decoder_yaml import load_decoder_yaml
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.flow import NOISE_SEED, FlowConfig, FlowInput, FlowModel, mel_length
 from glm4voice_api.models.hift import HiFTConfig, HiFTGenerator, load_hift
 
-if TYPE_CHECKING:
-    from glm4voice_api.models.decoder_stream import DecoderStream, DecoderStreamConfig
-
 __all__ = [
     "ChunkRequest",
     "ChunkResult",
+    "DecoderStream",
+    "DecoderStreamConfig",
     "SpeechDecoder",
     "SpeechTokenizerLike",
     "StreamingConstants",
@@ -61,52 +61,8 @@ class StreamingConstants:
         return cls(overlap, MEL_CACHE_LEN, MEL_CACHE_LEN * flow.hop_length, window)
 
 
-@dataclass
-class Voice:
-    """A speaker prompt: speech tokens and the 80-bin mel of the same audio, aligned (F = mel_length(P))."""
-
-    prompt_tokens: list[int]
-    prompt_mel: np.ndarray  # [80, F] float32
-
-
 class SpeechTokenizerLike(Protocol):
     def tokenize(self, waveform: np.ndarray, sample_rate: int) -> list[int]: ...
-
-
-@dataclass
-class ChunkRequest:
-    """One stream's pending chunk, self-contained so a scheduler can batch chunks of many streams.
-
-    ``noise`` ([80, T_total] flow noise) and ``source`` ([1, 256 * HiFT frames] source before the cache
-    splice) may be set to inject the reference's random draws; otherwise both come from ``generator``
-    (default: a fresh CPU generator seeded 42, drawn by the flow first and then by HiFT, the reference's
-    order after its ``manual_seed(42)``).
-    """
-
-    tokens: list[int]  # new tokens of this chunk
-    prompt_tokens: list[int]  # earlier tokens given as context (voice + bounded history)
-    prompt_mel: torch.Tensor  # [80, F_p] mel of the context
-    final: bool
-    overlap_tail: torch.Tensor | None = None  # [80, 34] held-back frames of the previous chunk
-    cache_mel: torch.Tensor | None = None  # [80, 1] last vocoded frame of the previous chunk
-    cache_source: torch.Tensor | None = None  # [1, 256] its last source samples
-    noise: torch.Tensor | None = None
-    source: torch.Tensor | None = None
-    generator: torch.Generator | None = None
-
-
-@dataclass
-class ChunkResult:
-    """What a decoded chunk returns: new audio plus the state the stream must carry to its next chunk."""
-
-    request: ChunkRequest
-    speech: np.ndarray  # [S] float32, 22.05 kHz
-    mel: torch.Tensor  # [80, M] returned mel (PR #86: without the prepended cache frame)
-    flow_mel: torch.Tensor  # [80, M_raw] raw flow output before crossfade/trim (for tests and metrics)
-    overlap_tail: torch.Tensor | None = None
-    cache_mel: torch.Tensor | None = None
-    cache_source: torch.Tensor | None = None
-    hift_source: torch.Tensor | None = field(default=None, repr=False)  # [1, N] source HiFT used
 
 
 class SpeechDecoder:
@@ -175,7 +131,9 @@ class SpeechDecoder:
         request = self.offline_request(tokens, voice)
         return self.decode_batch([request])[0].speech
 
-    def offline_request(self, tokens: list[int] | np.ndarray | torch.Tensor, voice: Voice | None = None) -> ChunkRequest:
+    def offline_request(
+        self, tokens: list[int] | np.ndarray | torch.Tensor, voice: Voice | None = None
+    ) -> ChunkRequest:
         prompt_tokens, prompt_mel = self.voice_prompt(voice)
         return ChunkRequest(_as_tokens(tokens).tolist(), prompt_tokens, prompt_mel, final=True)
 
@@ -193,17 +151,15 @@ class SpeechDecoder:
 
     def open_stream(self, voice: Voice | None = None, config: DecoderStreamConfig | None = None) -> DecoderStream:
         """A new streaming session; its output excludes the voice prompt. Close it to free its state."""
-        from glm4voice_api.models.decoder_stream import DecoderStream, DecoderStreamConfig  # noqa: PLC0415 - cycle
-
         return DecoderStream(self, voice, config or DecoderStreamConfig())
 
     # -- voices ------------------------------------------------------------------------------------------
 
     def make_voice(self, waveform: np.ndarray, sample_rate: int, speech_tokenizer: SpeechTokenizerLike) -> Voice:
         """Voice prompt from reference audio: its speech tokens plus its 22.05 kHz mel, aligned to the tokens."""
-        import soxr  # noqa: PLC0415 - only needed for voice prompts
+        import soxr
 
-        from glm4voice_api.models.mel import mel_spectrogram  # noqa: PLC0415 - keeps the base import light
+        from glm4voice_api.models.mel import mel_spectrogram
 
         wav = np.asarray(waveform, dtype=np.float32).reshape(-1)
         tokens = [int(t) for t in speech_tokenizer.tokenize(wav, sample_rate)]
@@ -228,7 +184,10 @@ class SpeechDecoder:
         generator). HiFT is grouped rather than padded because its non-causal convolutions would let a
         longer row's padding reach a shorter row's last samples.
         """
-        gens = [r.generator or torch.Generator(device="cpu").manual_seed(NOISE_SEED) for r in requests]
+        gens = [
+            r.generator if r.generator is not None else torch.Generator(device="cpu").manual_seed(NOISE_SEED)
+            for r in requests
+        ]
         flow_rows = [i for i, r in enumerate(requests) if r.tokens]
         items = [
             FlowInput(
@@ -294,13 +253,12 @@ class SpeechDecoder:
                 out[i] = (wav[j : j + 1].float().cpu(), source[j : j + 1].float().cpu())
         return out  # type: ignore[return-value]
 
-    def _finish(
-        self, req: ChunkRequest, st: dict, wav: torch.Tensor, source: torch.Tensor
-    ) -> ChunkResult:
+    def _finish(self, req: ChunkRequest, st: dict, wav: torch.Tensor, source: torch.Tensor) -> ChunkResult:
         """token2wav step 4/5: keep the HiFT cache and hold back the last 256 samples of non-final chunks."""
         c = self.consts
-        result = ChunkResult(request=req, speech=wav[0].numpy(), mel=st["mel"], flow_mel=st["raw"],
-                             hift_source=source[0])
+        result = ChunkResult(
+            request=req, speech=wav[0].numpy(), mel=st["mel"], flow_mel=st["raw"], hift_source=source[0]
+        )
         if not req.final:
             result.overlap_tail = st["tail"]
             result.cache_mel = st["mel"][:, -c.mel_cache_len :].clone()
@@ -327,8 +285,8 @@ def _as_mel(mel: np.ndarray | torch.Tensor | None, n_mels: int) -> torch.Tensor:
     if mel is None:
         return torch.zeros(n_mels, 0)
     t = torch.as_tensor(np.asarray(mel, dtype=np.float32) if not isinstance(mel, torch.Tensor) else mel).float()
-    t = t.reshape(n_mels, -1) if t.dim() == 3 and t.shape[0] == 1 and t.shape[1] == n_mels else t  # noqa: PLR2004
-    if t.dim() != 2 or t.shape[0] != n_mels:  # noqa: PLR2004
+    t = t.reshape(n_mels, -1) if t.dim() == 3 and t.shape[0] == 1 and t.shape[1] == n_mels else t
+    if t.dim() != 2 or t.shape[0] != n_mels:
         msg = f"mel must be [{n_mels}, T], got {list(t.shape)}"
         raise ValueError(msg)
     return t
@@ -354,18 +312,27 @@ def check_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k}: {list(state_dict[k].shape)} != {list(s)}" for k, s in expected.items()
-             if k in state_dict and tuple(state_dict[k].shape) != s]
-    problems = [f"{label}: {', '.join(items[:8])}{f' (+{len(items) - 8} more)' if len(items) > 8 else ''}"  # noqa: PLR2004
-                for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", wrong)) if items]
+    wrong = [
+        f"{k}: {list(state_dict[k].shape)} != {list(s)}"
+        for k, s in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != s
+    ]
+    problems = [
+        f"{label}: {', '.join(items[:8])}{f' (+{len(items) - 8} more)' if len(items) > 8 else ''}"
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong))
+        if items
+    ]
     if problems:
         msg = f"{name} does not match config.yaml: " + "; ".join(problems)
         raise CheckpointFormatError(msg)
 
 
-def load_flow(state_dict: dict[str, torch.Tensor], cfg: FlowConfig, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> FlowModel:
+def load_flow(
+    state_dict: dict[str, torch.Tensor],
+    cfg: FlowConfig,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> FlowModel:
     with torch.device("meta"):
         model = FlowModel(cfg)  # no random init: every tensor comes from the checkpoint
     check_state_dict(state_dict, model, FLOW_FILE)
@@ -387,8 +354,9 @@ def load_speech_decoder(
             msg = f"{CONFIG_FILE}: no '{key}' section"
             raise CheckpointFormatError(msg)
     hift_cfg = HiFTConfig.from_yaml(doc["hift"])
-    flow_cfg = FlowConfig.from_yaml(doc["flow"], sample_rate=hift_cfg.sampling_rate,
-                                    hop_length=hift_cfg.upsample_factor)
+    flow_cfg = FlowConfig.from_yaml(
+        doc["flow"], sample_rate=hift_cfg.sampling_rate, hop_length=hift_cfg.upsample_factor
+    )
     flow = load_flow(_load_state_dict(folder / FLOW_FILE), flow_cfg, device, dtype)
     hift = load_hift(_load_state_dict(folder / HIFT_FILE), hift_cfg, device, dtype)
     return SpeechDecoder(flow, hift)

@@ -78,7 +78,9 @@ class SpokenTurn:
                     raise item
                 yield item
         finally:
+            # Synchronous cleanup first: under anyio's level-triggered cancellation (sse-starlette's disconnect
+            # handling) every await in this block raises again, so nothing after the first await is guaranteed.
             for task in (engine_task, decoder_task):
                 task.cancel()
-            await asyncio.gather(engine_task, decoder_task, return_exceptions=True)
             stream.close()
+            await asyncio.gather(engine_task, decoder_task, return_exceptions=True)

@@ -105,6 +105,8 @@ class ChatCompletionRequest(OpenAIBaseModel):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     stop: str | list[str] | None = None
     user: str | None = None
+    return_token_ids: bool = False
+    """Extension (as vLLM's): include the prompt's and the reply's token ids in a non-streaming response."""
 
 
 class ChatCompletionAudio(BaseModel):
@@ -126,6 +128,8 @@ class Choice(BaseModel):
     message: ChatCompletionMessage
     finish_reason: str | None
     logprobs: None = None
+    token_ids: list[int] | None = None
+    """Extension: the reply's generated ids (with `return_token_ids`)."""
 
 
 class ChatCompletionResponse(BaseModel):
@@ -136,6 +140,8 @@ class ChatCompletionResponse(BaseModel):
     choices: list[Choice]
     usage: Usage
     system_fingerprint: str | None = None
+    prompt_token_ids: list[int] | None = None
+    """Extension: the prompt's token ids (with `return_token_ids`)."""
 
 
 class _DropNone(BaseModel):

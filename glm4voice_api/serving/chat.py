@@ -94,6 +94,7 @@ class ServingChat:
             voice=voice,
             audio_id=f"audio_{uuid.uuid4().hex}" if audio_out else None,
             expires_at=now + self.rt.settings.audio_ttl_seconds,
+            return_token_ids=req.return_token_ids,
         )
 
     async def _conversation(self, req: wire.ChatCompletionRequest, tenant: str) -> tuple[str | None, list]:

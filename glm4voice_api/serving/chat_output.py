@@ -43,6 +43,7 @@ class ChatPlan:
     voice: Voice | None
     audio_id: str | None
     expires_at: int
+    return_token_ids: bool = False
 
 
 def usage_of(u: TurnUsage) -> Usage:
@@ -94,9 +95,12 @@ async def complete(rt: Runtime, turn: Turn, plan: ChatPlan) -> wire.ChatCompleti
             id=plan.audio_id, data=base64.b64encode(data).decode(), expires_at=plan.expires_at,
             transcript=done.transcript,
         ))  # fmt: skip
+    ids = plan.return_token_ids
     return wire.ChatCompletionResponse(
         id=plan.response_id, created=plan.created, model=plan.model,
-        choices=[wire.Choice(message=message, finish_reason=done.finish_reason)], usage=usage_of(done.usage),
+        choices=[wire.Choice(message=message, finish_reason=done.finish_reason,
+                             token_ids=done.reply_ids if ids else None)],
+        usage=usage_of(done.usage), prompt_token_ids=plan.prompt.token_ids if ids else None,
     )  # fmt: skip
 
 

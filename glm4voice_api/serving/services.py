@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.serving.chat import ServingChat
 from glm4voice_api.serving.models import ServingModels
+from glm4voice_api.serving.speech import ServingSpeech
+from glm4voice_api.serving.transcription import ServingTranscription
+from glm4voice_api.serving.voices_api import ServingVoices
 
 
 @dataclass
@@ -14,7 +17,17 @@ class Services:
     runtime: Runtime
     chat: ServingChat
     models: ServingModels
+    speech: ServingSpeech
+    transcription: ServingTranscription
+    voices: ServingVoices
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> Services:
-        return cls(runtime=runtime, chat=ServingChat(runtime), models=ServingModels(runtime))
+        return cls(
+            runtime=runtime,
+            chat=ServingChat(runtime),
+            models=ServingModels(runtime),
+            speech=ServingSpeech(runtime),
+            transcription=ServingTranscription(runtime),
+            voices=ServingVoices(runtime),
+        )

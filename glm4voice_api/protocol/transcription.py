@@ -1,0 +1,106 @@
+"""`/v1/audio/transcriptions` wire types (openai-python `types/audio/transcription*.py`).
+
+https://platform.openai.com/docs/api-reference/audio/createTranscription
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import UploadFile
+from pydantic import BaseModel, Field
+
+from glm4voice_api.protocol.common import OpenAIBaseModel
+
+ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+
+
+class TranscriptionRequest(OpenAIBaseModel):
+    """The multipart form; unknown fields (`include[]`, `chunking_strategy`, ...) are accepted and ignored."""
+
+    file: UploadFile
+    """The audio file: flac, mp3, mp4, m4a, ogg, opus, wav, webm or aac (the content is probed, not the name)."""
+    model: str
+    """The served model id (`/v1/models`)."""
+    language: str | None = None
+    """ISO-639-1 code of the spoken language; a hint written into the instruction."""
+    prompt: str | None = None
+    """Text that precedes the audio (spelling, names, style); a hint written into the instruction."""
+    response_format: ResponseFormat = "json"
+    """json, text, srt, verbose_json or vtt."""
+    temperature: float | None = Field(None, ge=0, le=1)
+    """Sampling temperature; 0 (the default) decodes greedily."""
+    timestamp_granularities: list[Literal["word", "segment"]] = Field(
+        default_factory=list, alias="timestamp_granularities[]"
+    )
+    """verbose_json only; `segment` is supported (one segment per file), `word` is not."""
+    stream: bool | None = False
+    """Stream `transcript.text.delta` events, then one `transcript.text.done` (json and text formats only)."""
+
+
+class InputTokenDetails(BaseModel):
+    audio_tokens: int
+    text_tokens: int
+
+
+class TranscriptionUsage(BaseModel):
+    """Token usage: input = the whole prompt (audio + instruction), output = every id generated (text and audio)."""
+
+    type: Literal["tokens"] = "tokens"
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_token_details: InputTokenDetails
+
+
+class DurationUsage(BaseModel):
+    """verbose_json's usage, as OpenAI's (`TranscriptionVerbose.usage`)."""
+
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+
+class TranscriptionResponse(BaseModel):
+    text: str
+    usage: TranscriptionUsage
+
+
+class TranscriptionSegment(BaseModel):
+    """One segment spanning the whole file: the model gives no timestamps."""
+
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    """Not computed (0.0): the engine is not asked for logprobs."""
+    compression_ratio: float
+    no_speech_prob: float
+    """Not computed (0.0): there is no voice-activity model."""
+
+
+class TranscriptionVerboseResponse(BaseModel):
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    """The `language` hint as an English name ("english"), or "unknown" when none was given."""
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+    usage: DurationUsage
+
+
+class TranscriptTextDeltaEvent(BaseModel):
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TranscriptTextDoneEvent(BaseModel):
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
+    usage: TranscriptionUsage
+
+
+TranscriptionStreamEvent = TranscriptTextDeltaEvent | TranscriptTextDoneEvent

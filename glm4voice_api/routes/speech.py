@@ -1,0 +1,23 @@
+"""POST /v1/audio/speech."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from glm4voice_api.protocol.speech import SpeechRequest
+from glm4voice_api.routes.deps import RequestIdDep, ServicesDep
+from glm4voice_api.routes.streaming import sse_response
+from glm4voice_api.serving.speech import SpeechAudio
+
+router = APIRouter()
+
+
+@router.post("/v1/audio/speech", response_model=None)
+async def create_speech(body: SpeechRequest, services: ServicesDep, request_id: RequestIdDep):
+    result = await services.speech.create_speech(body, request_id)
+    if isinstance(result, SpeechAudio):
+        # Always streamed (chunked): the first encoded bytes go out while the rest is still being generated.
+        return StreamingResponse(result.chunks, media_type=result.content_type)
+    # OpenAI's speech SSE stream ends with speech.audio.done, without chat's [DONE] marker.
+    return sse_response(result, done_marker=False)

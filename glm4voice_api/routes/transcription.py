@@ -1,0 +1,30 @@
+"""POST /v1/audio/transcriptions (multipart)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import PlainTextResponse
+
+from glm4voice_api.protocol.transcription import TranscriptionRequest
+from glm4voice_api.routes.deps import RequestIdDep, ServicesDep
+from glm4voice_api.routes.streaming import cancel_on_disconnect, sse_response
+from glm4voice_api.routes.uploads import read_upload
+
+router = APIRouter()
+
+
+@router.post("/v1/audio/transcriptions", response_model=None)
+async def create_transcription(
+    body: Annotated[TranscriptionRequest, Form()], request: Request, services: ServicesDep, request_id: RequestIdDep
+):  # noqa: ANN201 - JSON, text or SSE
+    service = services.transcription
+    audio = await read_upload(body.file, service.max_audio_bytes, param="file")
+    if body.stream:
+        # OpenAI's transcription stream ends with transcript.text.done, without a [DONE] marker.
+        return sse_response(await service.create_transcription(body, audio, request_id), done_marker=False)
+    result = await cancel_on_disconnect(request, service.create_transcription(body, audio, request_id))
+    if isinstance(result, str):
+        return PlainTextResponse(result)
+    return result

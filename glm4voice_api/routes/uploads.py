@@ -1,0 +1,17 @@
+"""Reading multipart uploads with a byte cap (the body cap in app.py bounds the whole request, this one the file)."""
+
+from __future__ import annotations
+
+from fastapi import UploadFile
+
+from glm4voice_api.errors import APIError
+
+
+async def read_upload(upload: UploadFile, max_bytes: int, param: str) -> bytes:
+    """The file's bytes; 413 in the envelope when it is larger than `max_bytes` (read at most one byte past it)."""
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        size = upload.size if upload.size is not None else len(data)
+        raise APIError(f"The '{param}' file is {size} bytes; the limit is {max_bytes} bytes.", param=param,
+                       code="audio_too_large", status=413)  # fmt: skip
+    return data

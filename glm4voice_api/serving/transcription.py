@@ -1,0 +1,272 @@
+"""ServingTranscription: /v1/audio/transcriptions with the chat model itself (GLM-4-Voice has no ASR head).
+
+The user turn is [the audio] + an instruction to repeat exactly what was said; the transcript is the TEXT of the
+interleaved reply. The speech the model then produces for those words is not needed, so the engine request is
+aborted as soon as the text is over (see `TextEndDetector`), and its budget is bounded by the audio duration.
+Every 4xx is decided before the first byte: the audio is decoded and tokenized and the prompt built first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import zlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import PurePath
+
+
+from glm4voice_api.audio.decode import PCM_FORMATS, SUPPORTED_INPUT_FORMATS, decode_audio
+from glm4voice_api.engine.base import GenerationParams
+from glm4voice_api.errors import APIError, invalid_request, model_not_found
+from glm4voice_api.pipeline.audio_input import TOKENIZER_RATE
+from glm4voice_api.pipeline.runtime import Runtime
+from glm4voice_api.protocol import transcription as wire
+from glm4voice_api.serving.chat import context_length_error
+from glm4voice_api.serving.errors import audio_errors, engine_errors
+from glm4voice_api.text.prompt import AudioPart, Prompt, TextPart, UserMessage
+
+TEXT_SLOTS, AUDIO_SLOTS = 13, 26  # the reply layout (glm4voice-spec.md 3.1)
+# Text budget: fast Mandarin is ~5 characters (~5 tokens) a second, English ~3.5 tokens; +1 group of slack. Each
+# text token costs 3 reply slots (13 text + 26 audio), so the budget in reply tokens is 3x the text budget.
+TEXT_TOKENS_PER_SECOND = 5
+INSTRUCTION = ("Transcribe the speech above exactly, word for word, in the language it is spoken in. "
+               "Do not answer it, translate it or add anything.")  # fmt: skip
+LANGUAGE_NAMES = {
+    "en": "English", "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "fr": "French", "de": "German",
+    "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "hi": "Hindi",
+    "nl": "Dutch", "tr": "Turkish", "vi": "Vietnamese", "th": "Thai", "id": "Indonesian", "pl": "Polish",
+    "uk": "Ukrainian", "sv": "Swedish", "yue": "Cantonese",
+}  # fmt: skip
+_LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}$")
+
+
+def upload_format_hint(filename: str | None) -> str | None:
+    """The file extension as a decode hint (only a fallback: the content is probed first), when it names one.
+
+    Raw PCM is excluded: a `.pcm` name would otherwise switch the decoder to headerless 24 kHz samples.
+    """
+    ext = PurePath(filename or "").suffix.lower().removeprefix(".")
+    return ext if ext in SUPPORTED_INPUT_FORMATS - PCM_FORMATS else None
+
+
+class TextEndDetector:
+    """Tells when the reply's text is over, from the 13-text/26-audio layout alone.
+
+    The reply starts at a text slot and repeats 13 text slots then 26 audio slots. While the model has text left it
+    fills every text slot with text; when the text runs out the last group is cut short and only audio follows. So
+    the first audio id at a text slot means the transcript is complete (an immediate audio id: nothing was said).
+    """
+
+    def __init__(self, is_audio: Callable[[int], bool]) -> None:
+        self.is_audio = is_audio
+        self.position = 0
+
+    def text_over(self, token_id: int) -> bool:
+        at_text_slot = self.position % (TEXT_SLOTS + AUDIO_SLOTS) < TEXT_SLOTS
+        self.position += 1
+        return at_text_slot and self.is_audio(token_id)
+
+
+@dataclass
+class TranscriptionPlan:
+    """A validated request, ready to run."""
+
+    prompt: Prompt
+    params: GenerationParams
+    request_id: str
+    response_format: str
+    duration: float
+    language: str | None
+
+
+@dataclass
+class _Done:
+    text_ids: list[int] = field(default_factory=list)
+    generated: int = 0
+
+
+class ServingTranscription:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.model_name = runtime.settings.served_model_name
+
+    @property
+    def max_audio_bytes(self) -> int:
+        return self.rt.settings.limits.max_audio_bytes
+
+    async def create_transcription(
+        self, request: wire.TranscriptionRequest, audio: bytes, request_id: str
+    ) -> wire.TranscriptionResponse | wire.TranscriptionVerboseResponse | str | AsyncIterator[wire.TranscriptionStreamEvent]:  # fmt: skip
+        """A response (str for text/srt/vtt), or the stream's events when `request.stream`."""
+        plan = await self._plan(request, audio, request_id)
+        if request.stream:
+            return self._stream(plan)
+        return await self._complete(plan)
+
+    async def _plan(self, req: wire.TranscriptionRequest, audio: bytes, request_id: str) -> TranscriptionPlan:
+        if req.model != self.model_name:
+            raise model_not_found(req.model)
+        if req.stream and req.response_format not in ("json", "text"):
+            raise APIError(f"Unsupported value: 'response_format' does not support '{req.response_format}' when "
+                           "stream=true. Supported values are: 'json' and 'text'.", param="response_format",
+                           code="unsupported_value")  # fmt: skip
+        if req.timestamp_granularities and req.response_format != "verbose_json":
+            raise invalid_request("timestamp_granularities needs response_format 'verbose_json'.",
+                                  "timestamp_granularities")  # fmt: skip
+        if "word" in req.timestamp_granularities:
+            raise APIError("Word timestamps are not supported by this model; use 'segment'.",
+                           param="timestamp_granularities", code="unsupported_value")  # fmt: skip
+        if req.language is not None and not _LANGUAGE_CODE.match(req.language):
+            raise invalid_request(f"Invalid language '{req.language}': give an ISO-639-1 code such as 'en'.",
+                                  "language")  # fmt: skip
+        if req.prompt and len(req.prompt) > self.rt.settings.limits.max_text_chars:
+            raise invalid_request(f"The prompt is longer than {self.rt.settings.limits.max_text_chars} characters.",
+                                  "prompt")  # fmt: skip
+        tokens, duration = await self._speech_tokens(audio, upload_format_hint(req.file.filename))
+        message = UserMessage(parts=(AudioPart(tuple(tokens)), TextPart(_instruction(req.language, req.prompt))))
+        prompt = self.rt.prompts.build([message], input_mode="audio")
+        return TranscriptionPlan(
+            prompt=prompt,
+            params=self._params(prompt, duration, req.temperature or 0.0),
+            request_id=request_id,
+            response_format=req.response_format,
+            duration=duration,
+            language=req.language,
+        )
+
+    async def _speech_tokens(self, audio: bytes, hint: str | None) -> tuple[list[int], float]:
+        limits = self.rt.settings.limits
+        async with audio_errors():
+            waveform = await asyncio.to_thread(
+                decode_audio, audio, format=hint, target_rate=TOKENIZER_RATE, max_bytes=limits.max_audio_bytes,
+                max_seconds=limits.max_audio_seconds, param="file",
+            )  # fmt: skip
+        tokens = await self.rt.audio_input.worker.tokenize(waveform)
+        if not tokens:
+            raise APIError("The audio is too short to transcribe.", param="file", code="empty_audio")
+        return tokens, waveform.shape[0] / TOKENIZER_RATE
+
+    def _params(self, prompt: Prompt, duration: float, temperature: float) -> GenerationParams:
+        max_len = self.rt.engine.info.max_model_len
+        n_prompt = len(prompt.token_ids)
+        if n_prompt >= max_len:
+            raise context_length_error(max_len, n_prompt, None, "file")
+        text_budget = math.ceil(TEXT_TOKENS_PER_SECOND * duration) + TEXT_SLOTS
+        budget = text_budget * (TEXT_SLOTS + AUDIO_SLOTS) // TEXT_SLOTS
+        return GenerationParams(
+            max_tokens=min(budget, max_len - n_prompt),
+            temperature=temperature,
+            top_p=1.0,
+            stop_token_ids=self.rt.tokenizer.ids.stop_ids,
+            constraint=self.rt.interleave_constraint(),
+        )
+
+    async def _pieces(self, plan: TranscriptionPlan) -> AsyncIterator[str | _Done]:
+        """Transcript pieces as they are generated, then a `_Done`; stops the engine once the text is over."""
+        ids = self.rt.tokenizer.ids
+        text_decoder = self.rt.tokenizer.incremental_decoder()
+        detector = TextEndDetector(ids.is_audio)
+        done = _Done()
+        stream = self.rt.engine.generate(plan.prompt.token_ids, plan.params, plan.request_id)
+        try:
+            async for delta in stream:
+                done.generated += len(delta.token_ids)
+                new: list[int] = []
+                over = False
+                for token_id in delta.token_ids:
+                    if token_id in ids.stop_ids or detector.text_over(token_id):
+                        over = True
+                        break
+                    if not ids.is_audio(token_id):
+                        new.append(token_id)
+                done.text_ids += new
+                if new and (piece := text_decoder.feed(new)):
+                    yield piece
+                if over:
+                    break
+        finally:
+            await stream.aclose()  # before the engine finished (the early stop, a disconnect): aborts the request
+        if tail := text_decoder.flush():
+            yield tail
+        yield done
+
+    def _usage(self, plan: TranscriptionPlan, done: _Done) -> wire.TranscriptionUsage:
+        n_prompt = len(plan.prompt.token_ids)
+        return wire.TranscriptionUsage(
+            input_tokens=n_prompt, output_tokens=done.generated, total_tokens=n_prompt + done.generated,
+            input_token_details=wire.InputTokenDetails(audio_tokens=plan.prompt.audio_tokens,
+                                                       text_tokens=plan.prompt.text_tokens),
+        )  # fmt: skip
+
+    async def _complete(
+        self, plan: TranscriptionPlan
+    ) -> wire.TranscriptionResponse | wire.TranscriptionVerboseResponse | str:
+        pieces: list[str] = []
+        done = _Done()
+        async with engine_errors():
+            async for item in self._pieces(plan):
+                if isinstance(item, _Done):
+                    done = item
+                else:
+                    pieces.append(item)
+        text = "".join(pieces).strip()
+        fmt = plan.response_format
+        if fmt == "json":
+            return wire.TranscriptionResponse(text=text, usage=self._usage(plan, done))
+        if fmt == "verbose_json":
+            return _verbose(plan, text, done.text_ids)
+        if fmt in ("srt", "vtt"):
+            return _subtitles(fmt, text, plan.duration)
+        return text
+
+    async def _stream(self, plan: TranscriptionPlan) -> AsyncIterator[wire.TranscriptionStreamEvent]:
+        pieces: list[str] = []
+        async with engine_errors():
+            async for item in self._pieces(plan):
+                if isinstance(item, _Done):
+                    text = "".join(pieces).strip()
+                    yield wire.TranscriptTextDoneEvent(text=text, usage=self._usage(plan, item))
+                    continue
+                piece = item if pieces else item.lstrip()  # the done text is stripped; so is the first delta
+                if piece:
+                    pieces.append(piece)
+                    yield wire.TranscriptTextDeltaEvent(delta=piece)
+
+
+def _instruction(language: str | None, prompt: str | None) -> str:
+    text = INSTRUCTION
+    if language:
+        text += f" The speech is in {LANGUAGE_NAMES.get(language.lower(), language)}."
+    if prompt:
+        text += f' For names and spelling, the text just before it was: "{prompt}"'
+    return text
+
+
+def _verbose(plan: TranscriptionPlan, text: str, text_ids: list[int]) -> wire.TranscriptionVerboseResponse:
+    duration = round(plan.duration, 3)
+    raw = text.encode()
+    segments = [wire.TranscriptionSegment(
+        id=0, seek=0, start=0.0, end=duration, text=text, tokens=text_ids, temperature=plan.params.temperature,
+        avg_logprob=0.0, compression_ratio=len(raw) / len(zlib.compress(raw)), no_speech_prob=0.0,
+    )] if text else []  # fmt: skip
+    language = LANGUAGE_NAMES.get(plan.language.lower(), plan.language).lower() if plan.language else "unknown"
+    return wire.TranscriptionVerboseResponse(
+        language=language, duration=duration, text=text, segments=segments,
+        usage=wire.DurationUsage(seconds=duration),
+    )  # fmt: skip
+
+
+def _timestamp(seconds: float, sep: str) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{sep}{ms % 1000:03d}"
+
+
+def _subtitles(fmt: str, text: str, duration: float) -> str:
+    """One cue from 0 to the end of the audio (the model gives no timestamps)."""
+    if fmt == "vtt":
+        cue = f"{_timestamp(0, '.')} --> {_timestamp(duration, '.')}\n{text}\n\n" if text else ""
+        return "WEBVTT\n\n" + cue
+    return f"1\n{_timestamp(0, ',')} --> {_timestamp(duration, ',')}\n{text}\n\n" if text else ""
+
