@@ -72,6 +72,9 @@ class FlowConfig:
         if isinstance(params, YamlObject):  # !new:omegaconf.DictConfig {content: {...}}
             params = params.get("content", params.kwargs)
         params = params or {}
+        if params.get("solver", "euler") != "euler":
+            msg = f"flow.decoder: unsupported solver {params['solver']!r} (only 'euler')"
+            raise CheckpointFormatError(msg)
         cfg = cls(
             encoder=FlowEncoderConfig.from_yaml(obj["encoder"]),
             estimator=EstimatorConfig.from_yaml(cfm["estimator"]),

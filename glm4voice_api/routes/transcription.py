@@ -18,7 +18,7 @@ router = APIRouter()
 @router.post("/v1/audio/transcriptions", response_model=None)
 async def create_transcription(
     body: Annotated[TranscriptionRequest, Form()], request: Request, services: ServicesDep, request_id: RequestIdDep
-):  # noqa: ANN201 - JSON, text or SSE
+):
     service = services.transcription
     audio = await read_upload(body.file, service.max_audio_bytes, param="file")
     if body.stream:

@@ -107,8 +107,8 @@ class SpeechAudio:
 class _ThreadedEncoder:
     """Runs a streaming encoder off the event loop (mp3/opus cost ~20 ms of CPU per second of audio).
 
-    A cancelled `await` does not stop the worker thread, so `close` waits for the call in flight before
-    freeing the codec: closing an FFmpeg context while another thread encodes with it could crash the process.
+    A cancelled `await` does not stop the worker thread, so `close` defers to the end of the call in flight:
+    closing an FFmpeg context while another thread encodes with it could crash the process.
     """
 
     def __init__(self, encoder: AudioEncoder) -> None:
@@ -125,10 +125,13 @@ class _ThreadedEncoder:
     async def finish(self) -> bytes:
         return await self._run(self._encoder.finish)
 
-    async def close(self) -> None:
-        if self._busy is not None:
-            await asyncio.wait([self._busy])
-        self._encoder.close()
+    def close(self) -> None:
+        # No await: under anyio's level-triggered cancellation (client gone) an await here would be cancelled too.
+        busy = self._busy
+        if busy is not None and not busy.done():
+            busy.add_done_callback(lambda _: self._encoder.close())
+        else:
+            self._encoder.close()
 
 
 class ServingSpeech:
@@ -197,7 +200,7 @@ class ServingSpeech:
                             yield tail
                         yield event
         finally:
-            await encoder.close()
+            encoder.close()
 
     async def _bytes(self, turn: Turn, plan: SpeechPlan) -> AsyncIterator[bytes]:
         # Past the first byte no error envelope can be sent: an exception here makes the server drop the

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-
 from glm4voice_api.audio.decode import PCM_FORMATS, SUPPORTED_INPUT_FORMATS, decode_audio
 from glm4voice_api.engine.base import GenerationParams
 from glm4voice_api.errors import APIError, invalid_request, model_not_found
@@ -269,4 +268,3 @@ def _subtitles(fmt: str, text: str, duration: float) -> str:
         cue = f"{_timestamp(0, '.')} --> {_timestamp(duration, '.')}\n{text}\n\n" if text else ""
         return "WEBVTT\n\n" + cue
     return f"1\n{_timestamp(0, ',')} --> {_timestamp(duration, ',')}\n{text}\n\n" if text else ""
-

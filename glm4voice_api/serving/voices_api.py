@@ -38,7 +38,7 @@ class _KnownTokens:
     def __init__(self, tokens: list[int]) -> None:
         self.tokens = tokens
 
-    def tokenize(self, waveform: np.ndarray, sample_rate: int) -> list[int]:  # noqa: ARG002 - protocol signature
+    def tokenize(self, waveform: np.ndarray, sample_rate: int) -> list[int]:
         return self.tokens
 
 
