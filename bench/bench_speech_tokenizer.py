@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         items = [(w, SAMPLE_RATE) for w in audio[:batch_size]]
         row = bench_batch(tokenizer, items, warmup=args.warmup, iters=args.iters)
         results.append(row)
-        print(  # noqa: T201 - progress for whoever runs the benchmark
+        print(
             f"batch {batch_size:3d}: {row['audio_seconds_per_second']:9.1f} s audio/s "
             f"({row['mean_s'] * 1000:.1f} ms per call, log-mel {row['log_mel_s'] * 1000:.1f} ms)"
         )

@@ -93,9 +93,13 @@ class VllmLLMEngine:
         await engine.warm_up(sizes)
         return engine
 
-    async def warm_up(self, batch_sizes: list[int], prompt_len: int = 32, max_tokens: int = 4) -> None:
-        """Run each batch size once, so the first real requests do not pay for new shapes (2.5 s on an H100)."""
-        params = GenerationParams(max_tokens=max_tokens, temperature=1.0)
+    async def warm_up(self, batch_sizes: list[int], prompt_len: int = 64, max_tokens: int = 4) -> None:
+        """Run each batch size once with the serving sampler, so first requests do not pay for new shapes.
+
+        Measured on an H100 (vLLM 0.26): without this the first burst of 32 requests waited 6.5 s for its first
+        token, compiling the top-k/top-p kernel, which only runs when top_p < 1 (the serving default 0.8).
+        """
+        params = GenerationParams(max_tokens=max_tokens, temperature=0.8, top_p=0.8)
 
         async def one(i: int) -> None:
             async for _ in self.generate([1 + (i % 1000)] * prompt_len, params, f"warmup-{i}"):
