@@ -18,7 +18,7 @@ from glm4voice_api.config import Settings
 from glm4voice_api.engine.base import LLMEngine
 from glm4voice_api.errors import APIError, payload_too_large, server_error
 from glm4voice_api.pipeline.runtime import build_runtime
-from glm4voice_api.routes import chat, health, models, speech, transcription, voices
+from glm4voice_api.routes import chat, health, models, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         runtime = await build_runtime(settings, engine=engine)
         metrics.bind(active_requests=runtime.engine.active_requests, aborted_requests=runtime.engine.aborted_requests,
                      decoder_sessions=runtime.decoder.active_streams)  # fmt: skip
+        runtime.observe_first_audio = metrics.first_audio.observe
         app.state.services = Services.from_runtime(runtime)
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
@@ -161,5 +162,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     _install_error_handlers(app)
     for router in (chat.router, speech.router, transcription.router, voices.router, models.router, health.router):
         app.include_router(router)
+    if settings.web_demo:
+        app.include_router(web.router)
     app.add_middleware(RequestContextMiddleware, max_body=settings.limits.max_request_bytes, metrics=metrics)
     return app

@@ -103,6 +103,7 @@ class Settings(BaseSettings):
         None, description="Where audio ids and voices are kept: sqlite:///path (default <cache_dir>/store.sqlite3)."
     )
     audio_ttl_seconds: int = Field(3600, ge=60, description="How long an audio reply can be referred to by its id.")
+    web_demo: bool = Field(True, description="Serve the browser demo (talk to the model) at / and /web/.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     audio: AudioModelSettings = Field(default_factory=AudioModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

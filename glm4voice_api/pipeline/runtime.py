@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ class Runtime:
     decoder: DecoderScheduler
     store: Store
     closers: list = field(default_factory=list)
+    observe_first_audio: Callable[[float], None] = lambda _seconds: None
+    """Called with the seconds from request to first audio bytes (the app binds it to its metrics)."""
 
     def interleave_constraint(self, forced_text: list[int] | None = None, **kwargs: int | None) -> InterleaveConstraint | None:
         """The sampler constraint for a reply, or None when the model is trusted to interleave by itself."""

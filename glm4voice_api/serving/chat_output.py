@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class ChatPlan:
     audio_id: str | None
     expires_at: int
     return_token_ids: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 def usage_of(u: TurnUsage) -> Usage:
@@ -111,6 +113,7 @@ async def stream(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.
 
     audio = plan.audio_format is not None
     first_audio = [True]
+    first_data = [False]
 
     def audio_delta(**fields: object) -> wire.ChatCompletionChunk:
         if first_audio[0]:
@@ -126,6 +129,9 @@ async def stream(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.
                 yield audio_delta(transcript=event.text) if audio else chunk(wire.ChoiceDelta(content=event.text))
             elif isinstance(event, AudioChunk) and encoder is not None:
                 if data := encoder.feed(event.samples):
+                    if not first_data[0]:
+                        first_data[0] = True
+                        rt.observe_first_audio(time.monotonic() - plan.started)
                     yield audio_delta(data=base64.b64encode(data).decode())
             elif isinstance(event, TurnDone):
                 if encoder is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -189,11 +190,15 @@ class ServingSpeech:
         encoder = _ThreadedEncoder(
             make_encoder(plan.response_format, input_rate=self.rt.decoder.sample_rate, speed=plan.speed)
         )
+        started, first = time.monotonic(), True
         try:
             async with engine_errors(), aclosing(SpokenTurn(turn, self.rt.decoder, plan.voice).events()) as events:
                 async for event in events:
                     if isinstance(event, AudioChunk):
                         if data := await encoder.feed(event.samples):
+                            if first:
+                                first = False
+                                self.rt.observe_first_audio(time.monotonic() - started)
                             yield data
                     elif isinstance(event, TurnDone):
                         if tail := await encoder.finish():

@@ -59,6 +59,7 @@ def test_non_streaming_audio_reply_in_every_format(server: RunningServer, fmt: s
 
 
 def test_streaming_audio_arrives_before_the_reply_ends(server: RunningServer) -> None:
+    observed = server.metric("glm4voice_first_audio_seconds_count")
     stream = server.client().chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Tell me more"}], max_tokens=195, stream=True,
         modalities=["text", "audio"], audio={"voice": "verse", "format": "pcm16"}, stream_options={"include_usage": True},
@@ -78,6 +79,7 @@ def test_streaming_audio_arrives_before_the_reply_ends(server: RunningServer) ->
     assert audio_tokens == 130
     assert len(samples) / 24000 == pytest.approx(audio_tokens * TOKEN_SECONDS, abs=0.12)
     assert np.abs(samples).max() > 0
+    assert server.metric("glm4voice_first_audio_seconds_count") == observed + 1
 
 
 def test_stream_with_other_format_is_openai_400(server: RunningServer) -> None:
