@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.api.conftest import RunningServer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO.parent / "shared" / "conformance"
@@ -29,3 +34,13 @@ def default_set(cache_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_llm_dir(default_set: Path) -> Path:
     return default_set / "glm-4-voice-9b"
+
+
+@pytest.fixture(scope="session")
+def server(default_set: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The one real server of the session (tests/api/conftest.py), shared by tests/api and tests/web."""
+    from tests.api.conftest import start_server, stop_server
+
+    running = start_server(cache_dir, tmp_path_factory.mktemp("server") / "server.log")
+    yield running
+    stop_server(running)

@@ -11,13 +11,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import openai
-import pytest
 
 STARTUP_TIMEOUT_S = 420
 
@@ -81,10 +79,3 @@ def stop_server(server: RunningServer) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(server.process.pid, signal.SIGKILL)
             server.process.wait()
-
-
-@pytest.fixture(scope="session")
-def server(default_set: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(cache_dir, tmp_path_factory.mktemp("server") / "server.log")
-    yield running
-    stop_server(running)
