@@ -121,13 +121,14 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
         raise CheckpointFormatError(f"LLM folder {paths['llm']} does not exist")
     tokenizer = GLM4Tokenizer.from_dir(paths["llm"])
     random_weights = is_random_weights(paths["llm"], settings)
-    closers = []
+    # The store first: a bad or unreachable store URL fails the start before minutes of model loading.
+    store = open_store(settings.store, settings.cache_dir.resolve())
+    closers = [store.close]
+    await store.ping()
     audio_input = await start_audio_input(settings, paths["speech_tokenizer"])
     closers.append(audio_input.worker.close)
     decoder = await start_decoder(settings, paths["decoder"])
     closers.append(decoder.close)
-    store = open_store(settings.store, settings.cache_dir.resolve())
-    closers.append(store.close)
     if engine is None:
         from glm4voice_api.engine.vllm_engine import VllmLLMEngine  # noqa: PLC0415 - vllm only when serving
 

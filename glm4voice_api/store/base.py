@@ -1,11 +1,14 @@
-"""What the server keeps between requests: earlier replies' token ids (by audio id) and custom voices.
+"""What the server keeps between requests: earlier replies' token ids (by audio id), custom voices, API keys and
+per-tenant request counters.
 
 Everything is scoped to a tenant: a lookup with another tenant's id finds nothing (404/400, never 403), so ids
-leak nothing about other tenants.
+leak nothing about other tenants. API keys are stored only as their SHA-256 (keys are long random tokens, so a
+plain hash is enough; no salt or slow KDF is needed) plus a short non-secret prefix for listing.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,6 +36,22 @@ class StoredVoice:
     created_at: int
 
 
+@dataclass
+class StoredKey:
+    id: str
+    tenant: str
+    prefix: str
+    """The key's first characters: enough to recognise it in a list, useless to authenticate."""
+    key_hash: str
+    """sha256 hex of the whole key."""
+    created_at: int
+    revoked_at: int | None = None
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class Store(Protocol):
     async def put_audio(self, item: StoredAudio) -> None: ...
 
@@ -47,5 +66,32 @@ class Store(Protocol):
     async def list_voices(self, tenant: str) -> list[StoredVoice]: ...
 
     async def delete_voice(self, tenant: str, voice_id: str) -> bool: ...
+
+    async def put_key(self, key: StoredKey) -> None: ...
+
+    async def find_key(self, key_hash: str) -> StoredKey | None:
+        """The key with this hash if it exists and is not revoked."""
+        ...
+
+    async def list_keys(self) -> list[StoredKey]:
+        """Every key of every tenant, revoked ones included, oldest first."""
+        ...
+
+    async def revoke_key(self, key_id: str, now: int) -> bool:
+        """Mark the key revoked; False when there is no such key or it was already revoked."""
+        ...
+
+    async def has_keys(self) -> bool:
+        """Whether any key was ever stored (revoked ones count: revoking the last key must not open the server)."""
+        ...
+
+    async def count_request(self, tenant: str, window_start: int, ttl_s: int) -> int:
+        """Add one request to `tenant`'s fixed window starting at `window_start` (epoch s); return the window's
+        count including this one. Windows older than ttl_s may be dropped."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot be reached (checked once at startup, so a bad URL fails fast)."""
+        ...
 
     async def close(self) -> None: ...

@@ -1,4 +1,7 @@
-"""SQLite store (the default): one file, WAL mode, calls run in a worker thread so the event loop never blocks."""
+"""SQLite store (the default): one file, WAL mode, calls run in a worker thread so the event loop never blocks.
+
+One process (one server replica) per file: several replicas need a shared store (`redis://`).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +9,13 @@ import asyncio
 import sqlite3
 import threading
 from array import array
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from glm4voice_api.store.base import StoredAudio, StoredVoice
+from glm4voice_api.store.base import StoredAudio, StoredKey, StoredVoice
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audio (
@@ -19,7 +26,16 @@ CREATE TABLE IF NOT EXISTS voices (
     id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, prompt_tokens BLOB NOT NULL,
     prompt_mel BLOB NOT NULL, mel_frames INTEGER NOT NULL, created_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS voices_tenant ON voices (tenant);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, prefix TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL, revoked_at INTEGER);
+CREATE TABLE IF NOT EXISTS rate_windows (
+    tenant TEXT NOT NULL, window_start INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (tenant, window_start));
+CREATE INDEX IF NOT EXISTS rate_windows_start ON rate_windows (window_start);
 """
+
+_KEY_COLUMNS = "id, tenant, prefix, key_hash, created_at, revoked_at"
 
 
 def _pack(ids: list[int]) -> bytes:
@@ -35,21 +51,28 @@ def _unpack(blob: bytes) -> list[int]:
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        # The CLI and the server (or several CLI calls) may open the file at once: wait for locks, do not fail.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
-        return cls(Path(url.removeprefix("sqlite:///")))
+        path = url.removeprefix("sqlite:///")
+        if not path:
+            raise ValueError(f"store URL {url!r} names no file (expected sqlite:///path)")
+        return cls(Path(path))
+
+    async def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return work(self._db)
+
+        return await asyncio.to_thread(locked)
 
     async def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
-        def work() -> list[tuple]:
-            with self._lock:
-                return self._db.execute(sql, args).fetchall()
-
-        return await asyncio.to_thread(work)
+        return await self._call(lambda db: db.execute(sql, args).fetchall())
 
     async def put_audio(self, item: StoredAudio) -> None:
         await self._run("DELETE FROM audio WHERE expires_at < ?", (item.created_at,))
@@ -88,9 +111,47 @@ class SqliteStore:
         return [self._voice(r) for r in rows]
 
     async def delete_voice(self, tenant: str, voice_id: str) -> bool:
-        before = await self._run("SELECT 1 FROM voices WHERE id = ? AND tenant = ?", (voice_id, tenant))
-        await self._run("DELETE FROM voices WHERE id = ? AND tenant = ?", (voice_id, tenant))
-        return bool(before)
+        sql = "DELETE FROM voices WHERE id = ? AND tenant = ?"
+        return await self._call(lambda db: db.execute(sql, (voice_id, tenant)).rowcount > 0)
+
+    async def put_key(self, key: StoredKey) -> None:
+        await self._run(
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (key.id, key.tenant, key.prefix, key.key_hash, key.created_at, key.revoked_at),
+        )
+
+    async def find_key(self, key_hash: str) -> StoredKey | None:
+        rows = await self._run(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL", (key_hash,)
+        )
+        return StoredKey(*rows[0]) if rows else None
+
+    async def list_keys(self) -> list[StoredKey]:
+        rows = await self._run(f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        return [StoredKey(*r) for r in rows]
+
+    async def revoke_key(self, key_id: str, now: int) -> bool:
+        sql = "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+        return await self._call(lambda db: db.execute(sql, (now, key_id)).rowcount > 0)
+
+    async def has_keys(self) -> bool:
+        return bool(await self._run("SELECT 1 FROM api_keys LIMIT 1"))
+
+    async def count_request(self, tenant: str, window_start: int, ttl_s: int) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            # One UPSERT is atomic across processes sharing the file; pruning rides along on the same call.
+            (count,) = db.execute(
+                "INSERT INTO rate_windows VALUES (?, ?, 1) ON CONFLICT (tenant, window_start) "
+                "DO UPDATE SET count = count + 1 RETURNING count",
+                (tenant, window_start),
+            ).fetchone()
+            db.execute("DELETE FROM rate_windows WHERE window_start < ?", (window_start - ttl_s,))
+            return count
+
+        return await self._call(work)
+
+    async def ping(self) -> None:
+        await self._run("SELECT 1")
 
     async def close(self) -> None:
         with self._lock:
