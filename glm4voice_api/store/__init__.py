@@ -1,19 +1,37 @@
-"""Stored state: audio ids and voices (SQLite by default)."""
+"""Stored state: audio ids, voices, API keys, rate-limit windows (SQLite by default, Redis for several replicas)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from glm4voice_api.store.base import Store, StoredAudio, StoredVoice
+from glm4voice_api.store.base import (
+    DEFAULT_TENANT,
+    Store,
+    StoredAudio,
+    StoredKey,
+    StoredVoice,
+    StoreError,
+    hash_api_key,
+)
+from glm4voice_api.store.redis_store import RedisStore
 from glm4voice_api.store.sqlite import SqliteStore
 
-__all__ = ["SqliteStore", "Store", "StoredAudio", "StoredVoice", "open_store"]
+__all__ = ["DEFAULT_TENANT", "RedisStore", "SqliteStore", "Store", "StoreError", "StoredAudio", "StoredKey", "StoredVoice", "hash_api_key",
+           "open_store"]  # fmt: skip
+
+_EXPECTED = "expected sqlite:///path or redis://host:port/db"
 
 
 def open_store(url: str | None, default_dir: Path) -> Store:
-    """`sqlite:///path` (default: <cache_dir>/store.sqlite3)."""
-    if url is None:
+    """The backend the URL's scheme names: `sqlite:///path` (default: <cache_dir>/store.sqlite3),
+    `redis://host:port/db` (also `rediss://`, `unix://`)."""
+    if url is None or not url.strip():
         return SqliteStore(default_dir / "store.sqlite3")
-    if url.startswith("sqlite:///"):
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "sqlite":
+        if not url.startswith("sqlite:///"):
+            raise ValueError(f"bad store URL {url!r} ({_EXPECTED})")
         return SqliteStore.from_url(url)
-    raise ValueError(f"unsupported store URL {url!r} (expected sqlite:///path)")
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisStore(url)
+    raise ValueError(f"unsupported store URL {url!r} ({_EXPECTED})")

@@ -12,6 +12,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
+DEFAULT_TENANT = "default"
+"""The tenant of requests that need no key, and of the static keys in the settings."""
+
 
 @dataclass
 class StoredAudio:
@@ -46,6 +49,10 @@ class StoredKey:
     """sha256 hex of the whole key."""
     created_at: int
     revoked_at: int | None = None
+
+
+class StoreError(RuntimeError):
+    """The store cannot be reached or used (a startup error, not a client's fault)."""
 
 
 def hash_api_key(key: str) -> str:
