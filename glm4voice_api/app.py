@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from glm4voice_api.auth import AuthMiddleware, KeyResolver
 from glm4voice_api.config import Settings
 from glm4voice_api.engine.base import LLMEngine
 from glm4voice_api.errors import APIError, payload_too_large, server_error
@@ -146,17 +147,20 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         metrics.bind(active_requests=runtime.engine.active_requests, aborted_requests=runtime.engine.aborted_requests,
                      decoder_sessions=runtime.decoder.active_streams)  # fmt: skip
         runtime.observe_first_audio = metrics.first_audio.observe
+        auth.bind(runtime.store)  # before the services: never serve while auto auth cannot see the stored keys
         app.state.services = Services.from_runtime(runtime)
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
             app.state.services = None
+            auth.bind(None)
             await runtime.close()
 
     app = FastAPI(title="glm4voice-api", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.auth = auth = KeyResolver(settings)
     app.state.services = None
     app.state.draining = False
     _install_error_handlers(app)
@@ -164,5 +168,8 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         app.include_router(router)
     if settings.web_demo:
         app.include_router(web.router)
+    # Added before (so inside) the request-context middleware: 401s carry x-request-id and are counted; added after
+    # any middleware that reads request.state.tenant (admission, rate limits), so the tenant is set before they run.
+    app.add_middleware(AuthMiddleware, resolver=auth, protect_health_metrics=settings.protect_health_metrics)
     app.add_middleware(RequestContextMiddleware, max_body=settings.limits.max_request_bytes, metrics=metrics)
     return app

@@ -7,10 +7,10 @@ default and one help text. Nothing else in the code base reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OFFICIAL_FOLDERS = {"llm": "glm-4-voice-9b", "speech_tokenizer": "glm-4-voice-tokenizer", "decoder": "glm-4-voice-decoder"}
 
@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     decoder_path: Path | None = Field(None, description="The glm-4-voice-decoder folder.")
     served_model_name: str = Field("glm-4-voice-9b", description="Model id clients use and /v1/models lists.")
     cache_dir: Path = Field(
-        Path.home() / ".cache" / "glm4voice-api", description="Where the built-in default checkpoints are created."
+        Path.home() / ".cache" / "glm4voice-api",
+        description="Where the built-in default checkpoints (and the default store) are created.",
     )
     interleave_constraint: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -100,13 +101,38 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level.")
     store: str | None = Field(
-        None, description="Where audio ids and voices are kept: sqlite:///path (default <cache_dir>/store.sqlite3)."
+        None,
+        description="Where audio ids, voices, API keys and rate-limit counters are kept: sqlite:///path (default "
+        "<cache_dir>/store.sqlite3; one replica) or redis://host:port/db (shared by several replicas).",
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Require 'Authorization: Bearer <key>' on /v1. auto: on as soon as any key is configured "
+        "(--api-keys) or stored (`glm4voice-api keys create`), revoked ones included.",
+    )
+    # NoDecode: the environment gives a plain comma-separated list, not the JSON pydantic-settings expects.
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        [], description="Static API keys (comma-separated in GLM4VOICE_API_KEYS), all for tenant 'default'."
+    )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="How long a key lookup is cached in memory: a revoked key works at most this long."
+    )
+    protect_health_metrics: bool = Field(
+        False, description="Require a key on /health, /health/ready and /metrics too (off: open for probes)."
     )
     audio_ttl_seconds: int = Field(3600, ge=60, description="How long an audio reply can be referred to by its id.")
     web_demo: bool = Field(True, description="Serve the browser demo (talk to the model) at / and /web/.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     audio: AudioModelSettings = Field(default_factory=AudioModelSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple):
+            return [k.strip() for k in items if isinstance(k, str) and k.strip()]
+        return value
 
     def model_paths(self) -> dict[str, Path | None]:
         """The three checkpoint folders; None where the built-in default is to be used."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from glm4voice_api.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
-from glm4voice_api.routes.deps import RequestIdDep, ServicesDep
+from glm4voice_api.routes.deps import RequestIdDep, ServicesDep, TenantDep
 from glm4voice_api.routes.streaming import cancel_on_disconnect, sse_response
 
 router = APIRouter()
@@ -13,11 +13,11 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=None)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, services: ServicesDep, request_id: RequestIdDep
-):  # noqa: ANN201 - JSON or SSE
+    body: ChatCompletionRequest, request: Request, services: ServicesDep, request_id: RequestIdDep, tenant: TenantDep
+):  # JSON or SSE: no return annotation
     if body.stream:
-        return sse_response(await services.chat.create_chat_completion(body, request_id))
+        return sse_response(await services.chat.create_chat_completion(body, request_id, tenant))
     result: ChatCompletionResponse = await cancel_on_disconnect(
-        request, services.chat.create_chat_completion(body, request_id)
+        request, services.chat.create_chat_completion(body, request_id, tenant)
     )
     return result

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from glm4voice_api.protocol.speech import SpeechRequest
-from glm4voice_api.routes.deps import RequestIdDep, ServicesDep
+from glm4voice_api.routes.deps import RequestIdDep, ServicesDep, TenantDep
 from glm4voice_api.routes.streaming import sse_response
 from glm4voice_api.serving.speech import SpeechAudio
 
@@ -14,8 +14,8 @@ router = APIRouter()
 
 
 @router.post("/v1/audio/speech", response_model=None)
-async def create_speech(body: SpeechRequest, services: ServicesDep, request_id: RequestIdDep):
-    result = await services.speech.create_speech(body, request_id)
+async def create_speech(body: SpeechRequest, services: ServicesDep, request_id: RequestIdDep, tenant: TenantDep):
+    result = await services.speech.create_speech(body, request_id, tenant)
     if isinstance(result, SpeechAudio):
         # Always streamed (chunked): the first encoded bytes go out while the rest is still being generated.
         return StreamingResponse(result.chunks, media_type=result.content_type)

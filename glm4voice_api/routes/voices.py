@@ -7,23 +7,25 @@ from typing import Annotated
 from fastapi import APIRouter, Form
 
 from glm4voice_api.protocol.voices import VoiceCreateRequest, VoiceDeleted, VoiceList, VoiceObject
-from glm4voice_api.routes.deps import ServicesDep
+from glm4voice_api.routes.deps import ServicesDep, TenantDep
 from glm4voice_api.routes.uploads import read_upload
 
 router = APIRouter()
 
 
 @router.post("/v1/audio/voices")
-async def create_voice(body: Annotated[VoiceCreateRequest, Form()], services: ServicesDep) -> VoiceObject:
+async def create_voice(
+    body: Annotated[VoiceCreateRequest, Form()], services: ServicesDep, tenant: TenantDep
+) -> VoiceObject:
     sample = await read_upload(body.audio_sample, services.voices.max_sample_bytes, param="audio_sample")
-    return await services.voices.create_voice(body, sample)
+    return await services.voices.create_voice(body, sample, tenant)
 
 
 @router.get("/v1/audio/voices")
-async def list_voices(services: ServicesDep) -> VoiceList:
-    return await services.voices.list_voices()
+async def list_voices(services: ServicesDep, tenant: TenantDep) -> VoiceList:
+    return await services.voices.list_voices(tenant)
 
 
 @router.delete("/v1/audio/voices/{voice_id}")
-async def delete_voice(voice_id: str, services: ServicesDep) -> VoiceDeleted:
-    return await services.voices.delete_voice(voice_id)
+async def delete_voice(voice_id: str, services: ServicesDep, tenant: TenantDep) -> VoiceDeleted:
+    return await services.voices.delete_voice(voice_id, tenant)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.errors import APIError, invalid_request, model_not_found
+from glm4voice_api.errors import APIError, invalid_request, model_not_found, not_found
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.pipeline.turn import Turn
 from glm4voice_api.protocol import chat as wire
@@ -24,7 +24,6 @@ from glm4voice_api.text.prompt import AssistantMessage, AudioPart, Prompt, TextP
 DEFAULT_TEMPERATURE = 0.8
 DEFAULT_TOP_P = 0.8
 RANDOM_WEIGHTS_MAX_TOKENS = 195  # 5 cycles of 13 text + 26 audio: random weights never end a reply by themselves
-DEFAULT_TENANT = "default"
 
 
 def _text_of(content: str | list[wire.TextContentPart] | None) -> str:
@@ -50,7 +49,7 @@ class ServingChat:
         self.model_name = runtime.settings.served_model_name
 
     async def create_chat_completion(
-        self, request: wire.ChatCompletionRequest, request_id: str, tenant: str = DEFAULT_TENANT
+        self, request: wire.ChatCompletionRequest, request_id: str, tenant: str
     ) -> wire.ChatCompletionResponse | AsyncIterator[wire.ChatCompletionChunk]:
         plan = await self._plan(request, request_id, tenant)
         turn = Turn(self.rt.engine, self.rt.tokenizer, plan.prompt, plan.params, request_id)
@@ -118,8 +117,8 @@ class ServingChat:
         if m.audio is None:
             return AssistantMessage(text=_text_of(m.content))
         stored = await self.rt.store.get_audio(tenant, m.audio.id, int(time.time()))
-        if stored is None:
-            raise invalid_request(
+        if stored is None:  # another tenant's id reads exactly as a nonexistent one
+            raise not_found(
                 f"Audio with id '{m.audio.id}' was not found or has expired.", f"messages[{index}].audio.id",
                 code="audio_not_found",
             )  # fmt: skip

@@ -37,7 +37,7 @@ from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
 from glm4voice_api.pipeline.turn import Turn, TurnDone
 from glm4voice_api.protocol import speech as wire
-from glm4voice_api.serving.chat import DEFAULT_TEMPERATURE, DEFAULT_TENANT, DEFAULT_TOP_P
+from glm4voice_api.serving.chat import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.serving.voices import resolve_voice
 from glm4voice_api.text.prompt import Prompt, TextPart, UserMessage
@@ -141,7 +141,7 @@ class ServingSpeech:
         self.model_name = runtime.settings.served_model_name
 
     async def create_speech(
-        self, request: wire.SpeechRequest, request_id: str, tenant: str = DEFAULT_TENANT
+        self, request: wire.SpeechRequest, request_id: str, tenant: str
     ) -> SpeechAudio | AsyncIterator[wire.SpeechAudioDelta | wire.SpeechAudioDone]:
         plan = await self._plan(request, tenant)
         turn = Turn(self.rt.engine, self.rt.tokenizer, plan.prompt, plan.params, request_id)

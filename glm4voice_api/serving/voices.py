@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from glm4voice_api.errors import invalid_request
+from glm4voice_api.errors import not_found
 from glm4voice_api.models.speech_decoder import Voice
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.protocol.chat import VoiceId
@@ -16,7 +16,7 @@ async def resolve_voice(rt: Runtime, voice: str | VoiceId | dict, tenant: str, *
     if voice_id is None:
         return None
     stored = await rt.store.get_voice(tenant, voice_id)
-    if stored is None:
-        raise invalid_request(f"Voice with id '{voice_id}' was not found.", param, code="voice_not_found")
+    if stored is None:  # another tenant's voice reads exactly as a nonexistent one
+        raise not_found(f"Voice with id '{voice_id}' was not found.", param, code="voice_not_found")
     mel = np.frombuffer(stored.prompt_mel, dtype=np.float32).reshape(80, stored.mel_frames).copy()
     return Voice(prompt_tokens=list(stored.prompt_tokens), prompt_mel=mel)

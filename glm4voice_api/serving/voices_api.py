@@ -20,7 +20,6 @@ from glm4voice_api.models.speech_decoder import Voice
 from glm4voice_api.pipeline.audio_input import TOKENIZER_RATE
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.protocol import voices as wire
-from glm4voice_api.serving.chat import DEFAULT_TENANT
 from glm4voice_api.serving.errors import audio_errors
 from glm4voice_api.serving.transcription import upload_format_hint
 from glm4voice_api.store import StoredVoice
@@ -54,9 +53,7 @@ class ServingVoices:
     def max_sample_bytes(self) -> int:
         return min(MAX_SAMPLE_BYTES, self.rt.settings.limits.max_audio_bytes)
 
-    async def create_voice(
-        self, request: wire.VoiceCreateRequest, sample: bytes, tenant: str = DEFAULT_TENANT
-    ) -> wire.VoiceObject:
+    async def create_voice(self, request: wire.VoiceCreateRequest, sample: bytes, tenant: str) -> wire.VoiceObject:
         name = request.name.strip()
         if not 0 < len(name) <= MAX_NAME_CHARS:
             raise invalid_request(f"The voice name must be 1 to {MAX_NAME_CHARS} characters.", "name")
@@ -98,10 +95,10 @@ class ServingVoices:
             decoder.make_voice, wav_mel[: int(MAX_VOICE_SECONDS * rate)], rate, _KnownTokens(tokens)
         )
 
-    async def list_voices(self, tenant: str = DEFAULT_TENANT) -> wire.VoiceList:
+    async def list_voices(self, tenant: str) -> wire.VoiceList:
         return wire.VoiceList(data=[_voice_object(v) for v in await self.rt.store.list_voices(tenant)])
 
-    async def delete_voice(self, voice_id: str, tenant: str = DEFAULT_TENANT) -> wire.VoiceDeleted:
+    async def delete_voice(self, voice_id: str, tenant: str) -> wire.VoiceDeleted:
         if not await self.rt.store.delete_voice(tenant, voice_id):
             raise not_found(f"Voice with id '{voice_id}' was not found.", param="voice_id", code="voice_not_found")
         return wire.VoiceDeleted(id=voice_id)

@@ -1,0 +1,148 @@
+"""Bearer API keys -> tenants, as a plain ASGI middleware in front of the routes.
+
+Plain ASGI (not BaseHTTPMiddleware, which breaks disconnect detection of streams). The tenant is put into the
+request's scope state (`request.state.tenant`) before any inner middleware or handler runs, so admission, rate
+limits and metrics further in can read it. Every request gets a tenant: `default` where no key is needed.
+
+Keys come from two places: the static list in the settings (`--api-keys`, tenant `default`) and the store (hashed,
+per tenant, managed by `glm4voice-api keys`). Store lookups are cached in memory for `auth_cache_seconds`, so a
+revoked key keeps working on a running server for at most that long.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from glm4voice_api.config import Settings
+from glm4voice_api.errors import APIError, unavailable
+from glm4voice_api.store import DEFAULT_TENANT, Store, hash_api_key
+
+logger = logging.getLogger(__name__)
+
+OPEN_PROBES = ("/health", "/health/ready", "/metrics")
+_CACHE_MAX = 10_000
+_MISSING = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
+    "(i.e. Authorization: Bearer YOUR_KEY)."
+)
+
+
+def _masked(key: str) -> str:
+    return f"{key[:8]}***{key[-4:]}" if len(key) >= 20 else "***"
+
+
+def invalid_key(key: str | None) -> APIError:
+    message = _MISSING if not key else f"Incorrect API key provided: {_masked(key)}."
+    return APIError(message, code="invalid_api_key", status=401, headers={"WWW-Authenticate": "Bearer"})
+
+
+class KeyResolver:
+    """Which tenant a key belongs to, and whether keys are required at all (`auth` = auto|on|off)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.mode = settings.auth
+        self.ttl = settings.auth_cache_seconds
+        self.static = {hash_api_key(k): DEFAULT_TENANT for k in settings.api_keys}
+        self.store: Store | None = None
+        self._tenants: dict[str, tuple[float, str | None]] = {}
+        self._has_keys: tuple[float, bool] = (0.0, False)
+
+    def bind(self, store: Store | None) -> None:
+        """Called by the lifespan once the store is open (None again at shutdown)."""
+        self.store = store
+        self._tenants.clear()
+        self._has_keys = (0.0, False)
+
+    async def required(self) -> bool:
+        if self.mode != "auto":
+            return self.mode == "on"
+        if self.static:
+            return True
+        if self.store is None:
+            return False  # starting up: the routes answer 503 anyway
+        # Re-checked every ttl, so a key created on a running server turns auth on without a restart.
+        expires, known = self._has_keys
+        if time.monotonic() >= expires:
+            known = await self.store.has_keys()
+            self._has_keys = (time.monotonic() + self.ttl, known)
+        return known
+
+    async def tenant(self, key: str) -> str | None:
+        """The key's tenant; None for an unknown or revoked key."""
+        key_hash = hash_api_key(key)
+        if key_hash in self.static:
+            return self.static[key_hash]
+        if self.store is None:
+            raise unavailable("The server is starting up.")
+        now = time.monotonic()
+        cached = self._tenants.get(key_hash)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        record = await self.store.find_key(key_hash)
+        tenant = record.tenant if record is not None else None
+        if len(self._tenants) >= _CACHE_MAX:  # unknown keys are cached too: bound what guessing can fill
+            self._tenants.clear()
+        self._tenants[key_hash] = (now + self.ttl, tenant)
+        return tenant
+
+
+def bearer_key(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, credentials = value.decode("latin-1").strip().partition(" ")
+            if scheme.lower() == "bearer" and credentials.strip():
+                return credentials.strip()
+            return None
+    return None
+
+
+class AuthMiddleware:
+    """Checks the Bearer key on /v1 (and on the probes when `protect_health_metrics`); sets the tenant."""
+
+    def __init__(self, app: ASGIApp, resolver: KeyResolver, protect_health_metrics: bool) -> None:
+        self.app = app
+        self.resolver = resolver
+        self.protect_probes = protect_health_metrics
+
+    def _guarded(self, path: str) -> bool:
+        return path == "/v1" or path.startswith("/v1/") or (self.protect_probes and path in OPEN_PROBES)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        state["tenant"] = DEFAULT_TENANT
+        if self._guarded(scope["path"]):
+            try:
+                if await self.resolver.required():
+                    key = bearer_key(scope)
+                    tenant = await self.resolver.tenant(key) if key else None
+                    if tenant is None:
+                        raise invalid_key(key)
+                    state["tenant"] = tenant
+            except APIError as error:
+                await _reject(scope, send, error)
+                return
+            except Exception:  # the key store failing is the server's problem, and retryable: 503
+                logger.exception("API key lookup failed")
+                await _reject(scope, send, unavailable("The API key store is unavailable; try again shortly."))
+                return
+        await self.app(scope, receive, send)
+
+
+async def _reject(scope: Scope, send: Send, error: APIError) -> None:
+    if scope["type"] == "websocket":
+        # Before accept: closing makes the server answer the handshake with 403 (1008 = policy violation).
+        await send({"type": "websocket.close", "code": 1008, "reason": error.message[:120]})
+        return
+    response = JSONResponse(error.to_dict(), status_code=error.status, headers=error.headers)
+    await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
