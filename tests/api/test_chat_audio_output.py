@@ -121,15 +121,15 @@ def test_second_turn_by_audio_id_holds_the_stored_tokens(server: RunningServer, 
     assert second.model_extra["prompt_token_ids"] == expected
 
 
-def test_unknown_audio_id_is_a_400_naming_it(server: RunningServer) -> None:
-    with pytest.raises(openai.BadRequestError) as err:
+def test_unknown_audio_id_is_a_404_naming_it(server: RunningServer) -> None:
+    with pytest.raises(openai.NotFoundError) as err:
         server.client().chat.completions.create(
             model=MODEL, max_tokens=5,
             messages=[{"role": "user", "content": "a"}, {"role": "assistant", "audio": {"id": "audio_nope"}},
                       {"role": "user", "content": "b"}],
         )  # fmt: skip
     assert "audio_nope" in err.value.body["message"]
-    assert err.value.body["param"] == "messages[1].audio.id"
+    assert (err.value.body["param"], err.value.body["code"]) == ("messages[1].audio.id", "audio_not_found")
 
 
 def test_disconnect_mid_audio_frees_engine_request_and_decoder_session(server: RunningServer) -> None:

@@ -133,7 +133,7 @@ LONG_TEXT = " ".join(f"word{i}" for i in range(900))[:4096]  # fits 4096 chars, 
      ({"speed": 5}, 400, "speed", None),
      ({"response_format": "ogg"}, 400, "response_format", None),
      ({"stream_format": "json"}, 400, "stream_format", None),
-     ({"voice": {"id": "voice_nope"}}, 400, "voice", "voice_not_found"),
+     ({"voice": {"id": "voice_nope"}}, 404, "voice", "voice_not_found"),
      ({"model": "tts-nope"}, 404, "model", "model_not_found"),
      ({"input": LONG_TEXT}, 400, "input", "context_length_exceeded")],
 )  # fmt: skip

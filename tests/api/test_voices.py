@@ -132,7 +132,7 @@ def test_chat_reply_in_a_custom_voice(server: RunningServer) -> None:
     assert not np.array_equal(a[:n], b[:n])
     assert np.abs(b).max() > 0
     assert _delete(server, voice_id).status_code == 200
-    with pytest.raises(openai.BadRequestError) as err:
+    with pytest.raises(openai.NotFoundError) as err:
         _spoken(server, {"id": voice_id})
     assert (err.value.body["code"], err.value.body["param"]) == ("voice_not_found", "audio.voice")
 
