@@ -19,6 +19,7 @@ from glm4voice_api.config import Settings
 from glm4voice_api.engine.base import LLMEngine
 from glm4voice_api.errors import APIError, payload_too_large, server_error
 from glm4voice_api.pipeline.runtime import build_runtime
+from glm4voice_api.protocol.common import ErrorResponse
 from glm4voice_api.routes import chat, health, models, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.metrics import Metrics
@@ -136,6 +137,33 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error.to_dict(), status_code=error.status)
 
 
+def _publish_error_envelope(app: FastAPI) -> None:
+    """/openapi.json as the server behaves: FastAPI documents a 422 `HTTPValidationError` on every route, but every
+    error here, validation included, is a 4xx/5xx in the OpenAI envelope (generated clients and fuzzers rely on it)."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            envelope = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+            schemas.update(envelope.pop("$defs", {}))
+            schemas["ErrorResponse"] = envelope
+            ref = {"$ref": "#/components/schemas/ErrorResponse"}
+            error = {"description": "OpenAI error envelope", "content": {"application/json": {"schema": ref}}}
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.setdefault("responses", {})
+                    responses.pop("422", None)
+                    responses.setdefault("4XX", error)
+                    responses.setdefault("5XX", error)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = None) -> FastAPI:
     """Build the app. The lifespan loads the models and starts (and warms up) the engine before serving."""
     settings = settings or Settings()
@@ -164,6 +192,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     app.state.services = None
     app.state.draining = False
     _install_error_handlers(app)
+    _publish_error_envelope(app)
     for router in (chat.router, speech.router, transcription.router, voices.router, models.router, health.router):
         app.include_router(router)
     if settings.web_demo:

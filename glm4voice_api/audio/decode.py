@@ -13,6 +13,7 @@ import contextlib
 import errno
 import io
 import math
+import re
 from typing import TYPE_CHECKING
 
 import av
@@ -64,6 +65,9 @@ _OPEN_OPTIONS = {"format_whitelist": _ALLOWED_DEMUXERS, "protocol_whitelist": "n
 # A forged sample rate would otherwise make a short byte stream count as "short" audio while decoding
 # to an enormous number of samples; with this cap the duration limit also caps the decoded sample count.
 MAX_SOURCE_RATE = 384_000
+
+# FFmpeg names its PCM codecs by sample size ("pcm_s16le", "pcm_f32be", "pcm_u8").
+_PCM_BITS = re.compile(r"pcm_[suf](\d+)(?:le|be)?(?:planar)?")
 
 
 def decode_audio(  # noqa: PLR0913 - the limits are deliberately explicit keyword arguments
@@ -207,6 +211,7 @@ def _decode_container(data: bytes, hint: str | None, accumulator: _MonoAccumulat
         if stream.codec_context is None:  # PyAV leaves it unset when FFmpeg has no decoder for the codec
             msg = f"the audio codec in this {container.format.name} file is not supported"
             raise AudioError(msg, code=UNSUPPORTED_FORMAT, param=param)
+        _check_wav_header(container, stream, param)
         failure = _decode_stream(container, stream, accumulator)
     if accumulator.samples_in == 0:
         if failure is not None:
@@ -214,6 +219,26 @@ def _decode_container(data: bytes, hint: str | None, accumulator: _MonoAccumulat
             raise AudioError(msg, code=INVALID_AUDIO, param=param)
         msg = "the audio stream contains no samples"
         raise AudioError(msg, code=EMPTY_AUDIO, param=param)
+
+
+def _check_wav_header(container: InputContainer, stream: av.AudioStream, param: str | None) -> None:
+    """Reject a PCM WAV whose byte rate disagrees with its rate, channels and sample size.
+
+    FFmpeg picks the PCM codec from the declared bits, rounding odd sizes (a forged "7 bits" becomes u8), and
+    never checks the header's byte rate, so such a file would decode as noise at the wrong speed.
+    """
+    codec = stream.codec_context
+    bits = _PCM_BITS.fullmatch(codec.name)
+    if container.format.name != "wav" or bits is None or not codec.bit_rate:
+        return
+    channels = codec.layout.nb_channels
+    expected = codec.sample_rate * channels * int(bits.group(1))
+    if codec.bit_rate != expected:
+        msg = (
+            f"the WAV header contradicts itself: it declares {codec.bit_rate // 8} bytes per second, but "
+            f"{codec.sample_rate} Hz x {channels} channel(s) of {codec.name} is {expected // 8}"
+        )
+        raise AudioError(msg, code=INVALID_AUDIO, param=param)
 
 
 def _open_container(data: bytes, hint: str | None, param: str | None) -> InputContainer:

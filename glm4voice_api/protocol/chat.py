@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, model_serializer
 
-from glm4voice_api.protocol.common import OpenAIBaseModel, Usage
+from glm4voice_api.protocol.common import EVENT_STREAM, BoundedList, OpenAIBaseModel, Usage
 
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
                  "marin", "cedar")  # fmt: skip
@@ -37,13 +37,13 @@ UserContentPart = Annotated[TextContentPart | InputAudioContentPart, Field(discr
 
 class SystemMessage(OpenAIBaseModel):
     role: Literal["system", "developer"]
-    content: str | list[TextContentPart]
+    content: str | BoundedList[TextContentPart]
     name: str | None = None
 
 
 class UserMessage(OpenAIBaseModel):
     role: Literal["user"]
-    content: str | list[UserContentPart]
+    content: str | BoundedList[UserContentPart]
     name: str | None = None
 
 
@@ -54,7 +54,7 @@ class AudioReference(OpenAIBaseModel):
 
 class AssistantMessage(OpenAIBaseModel):
     role: Literal["assistant"]
-    content: str | list[TextContentPart] | None = None
+    content: str | BoundedList[TextContentPart] | None = None
     audio: AudioReference | None = None
     name: str | None = None
     refusal: str | None = None
@@ -62,7 +62,7 @@ class AssistantMessage(OpenAIBaseModel):
 
 class ToolMessage(OpenAIBaseModel):
     role: Literal["tool", "function"]
-    content: str | list[TextContentPart] | None = None
+    content: str | BoundedList[TextContentPart] | None = None
 
 
 ChatMessage = Annotated[
@@ -87,8 +87,8 @@ class StreamOptions(OpenAIBaseModel):
 
 class ChatCompletionRequest(OpenAIBaseModel):
     model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    modalities: list[Literal["text", "audio"]] | None = None
+    messages: BoundedList[ChatMessage] = Field(min_length=1)
+    modalities: BoundedList[Literal["text", "audio"]] | None = None
     """Default ["text"]; ["text", "audio"] returns speech with its transcript."""
     audio: AudioOutputParams | None = None
     """Required when "audio" is in `modalities`."""
@@ -103,7 +103,7 @@ class ChatCompletionRequest(OpenAIBaseModel):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    stop: str | list[str] | None = None
+    stop: str | BoundedList[str] | None = None
     user: str | None = None
     return_token_ids: bool = False
     """Extension (as vLLM's): include the prompt's and the reply's token ids in a non-streaming response."""
@@ -181,3 +181,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[StreamChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+CHAT_RESPONSES = {200: {"model": ChatCompletionResponse, "content": EVENT_STREAM, "description": "JSON, or SSE chunks"}}
+"""OpenAPI responses of the route: `stream: true` answers `text/event-stream` (ChatCompletionChunk events)."""

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from glm4voice_api.protocol.chat import VoiceId
-from glm4voice_api.protocol.common import OpenAIBaseModel
+from glm4voice_api.protocol.common import EVENT_STREAM, OpenAIBaseModel
 
 MAX_INPUT_CHARS = 4096  # OpenAI's maxLength for `input` and `instructions`
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -55,3 +55,15 @@ class SpeechAudioDone(BaseModel):
 
 
 SpeechStreamEvent = Annotated[SpeechAudioDelta | SpeechAudioDone, Field(discriminator="type")]
+
+SPEECH_MEDIA_TYPES = ("audio/mpeg", "audio/opus", "audio/aac", "audio/flac", "audio/wav", "audio/pcm")
+SPEECH_RESPONSES = {
+    200: {
+        "description": "The audio file in `response_format` (chunked), or SSE events with `stream_format: sse`",
+        "content": {
+            **{t: {"schema": {"type": "string", "format": "binary"}} for t in SPEECH_MEDIA_TYPES},
+            **EVENT_STREAM,
+        },
+    }
+}
+"""OpenAPI responses of the route (the Content-Type follows `response_format`)."""

@@ -10,7 +10,7 @@ from typing import Literal
 from fastapi import UploadFile
 from pydantic import BaseModel, Field
 
-from glm4voice_api.protocol.common import OpenAIBaseModel
+from glm4voice_api.protocol.common import EVENT_STREAM, OpenAIBaseModel
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 
@@ -104,3 +104,12 @@ class TranscriptTextDoneEvent(BaseModel):
 
 
 TranscriptionStreamEvent = TranscriptTextDeltaEvent | TranscriptTextDoneEvent
+
+TRANSCRIPTION_RESPONSES = {
+    200: {
+        "model": TranscriptionResponse | TranscriptionVerboseResponse,
+        "content": {"text/plain": {"schema": {"type": "string"}}, **EVENT_STREAM},
+        "description": "json/verbose_json, text/srt/vtt as text/plain, or SSE events with `stream: true`",
+    }
+}
+"""OpenAPI responses of the route."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from glm4voice_api.protocol.chat import ChatCompletionRequest, ChatCompletionResponse
+from glm4voice_api.protocol.chat import CHAT_RESPONSES, ChatCompletionRequest, ChatCompletionResponse
 from glm4voice_api.routes.deps import RequestIdDep, ServicesDep, TenantDep
 from glm4voice_api.routes.streaming import cancel_on_disconnect, sse_response
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, services: ServicesDep, request_id: RequestIdDep, tenant: TenantDep
 ):  # JSON or SSE: no return annotation

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from glm4voice_api.routes.deps import ServicesDep
 from glm4voice_api.serving.health import metrics_payload, probe_engine
@@ -26,7 +26,7 @@ async def ready(request: Request, services: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": status, "detail": detail}, status_code=200 if ready_now else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # documents the Prometheus text format
 async def metrics(request: Request) -> Response:
     body, content_type = metrics_payload(request.app.state.metrics)
     return Response(body, media_type=content_type)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from glm4voice_api.protocol.speech import SpeechRequest
+from glm4voice_api.protocol.speech import SPEECH_RESPONSES, SpeechRequest
 from glm4voice_api.routes.deps import RequestIdDep, ServicesDep, TenantDep
 from glm4voice_api.routes.streaming import sse_response
 from glm4voice_api.serving.speech import SpeechAudio
@@ -13,7 +13,7 @@ from glm4voice_api.serving.speech import SpeechAudio
 router = APIRouter()
 
 
-@router.post("/v1/audio/speech", response_model=None)
+@router.post("/v1/audio/speech", response_model=None, responses=SPEECH_RESPONSES)
 async def create_speech(body: SpeechRequest, services: ServicesDep, request_id: RequestIdDep, tenant: TenantDep):
     result = await services.speech.create_speech(body, request_id, tenant)
     if isinstance(result, SpeechAudio):

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from glm4voice_api.protocol.transcription import TranscriptionRequest
+from glm4voice_api.protocol.transcription import TRANSCRIPTION_RESPONSES, TranscriptionRequest
 from glm4voice_api.routes.deps import RequestIdDep, ServicesDep
 from glm4voice_api.routes.streaming import cancel_on_disconnect, sse_response
-from glm4voice_api.routes.uploads import read_upload
+from glm4voice_api.routes.uploads import multipart_form, read_upload
 
 router = APIRouter()
 
 
-@router.post("/v1/audio/transcriptions", response_model=None)
+@router.post("/v1/audio/transcriptions", response_model=None, responses=TRANSCRIPTION_RESPONSES)
 async def create_transcription(
-    body: Annotated[TranscriptionRequest, Form()], request: Request, services: ServicesDep, request_id: RequestIdDep
+    body: Annotated[TranscriptionRequest, multipart_form()],
+    request: Request,
+    services: ServicesDep,
+    request_id: RequestIdDep,
 ):
     service = services.transcription
     audio = await read_upload(body.file, service.max_audio_bytes, param="file")

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form
+from fastapi import APIRouter
 
 from glm4voice_api.protocol.voices import VoiceCreateRequest, VoiceDeleted, VoiceList, VoiceObject
 from glm4voice_api.routes.deps import ServicesDep, TenantDep
-from glm4voice_api.routes.uploads import read_upload
+from glm4voice_api.routes.uploads import multipart_form, read_upload
 
 router = APIRouter()
 
 
 @router.post("/v1/audio/voices")
 async def create_voice(
-    body: Annotated[VoiceCreateRequest, Form()], services: ServicesDep, tenant: TenantDep
+    body: Annotated[VoiceCreateRequest, multipart_form()], services: ServicesDep, tenant: TenantDep
 ) -> VoiceObject:
     sample = await read_upload(body.audio_sample, services.voices.max_sample_bytes, param="audio_sample")
     return await services.voices.create_voice(body, sample, tenant)
