@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -17,29 +19,38 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from glm4voice_api.auth import AuthMiddleware, KeyResolver
 from glm4voice_api.config import Settings
 from glm4voice_api.engine.base import LLMEngine
-from glm4voice_api.errors import APIError, payload_too_large, server_error
+from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down
 from glm4voice_api.pipeline.runtime import build_runtime
 from glm4voice_api.protocol.common import ErrorResponse
+from glm4voice_api.request_context import RequestContext, bind_request, unbind_request
 from glm4voice_api.routes import chat, health, models, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("glm4voice_api.access")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_OPEN_WHILE_DRAINING = ("/health", "/health/ready", "/metrics")
 
 
 class RequestContextMiddleware:
-    """Request id (`x-request-id`, taken from the client when sane) and the body-size cap, as plain ASGI.
+    """Request id (`x-request-id`, taken from the client when sane), the body-size cap, the drain's 503, the request
+    count and the access log line, as plain ASGI.
 
     Plain ASGI rather than BaseHTTPMiddleware: the latter breaks disconnect detection of streaming responses.
     The body cap is enforced on the bytes as they arrive, so a lying or absent Content-Length cannot get past it.
+    The request context (id, and the tenant once the auth middleware has set it) is bound for the request's whole
+    life, so every log line written while serving it carries both.
     """
 
-    def __init__(self, app: ASGIApp, max_body: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body: int, metrics: Metrics, draining: Callable[[], bool] = lambda: False
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.metrics = metrics
+        self.draining = draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,9 +59,27 @@ class RequestContextMiddleware:
         headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope.get("headers", [])}
         given = headers.get("x-request-id", "")
         request_id = given if _REQUEST_ID_OK.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        context = RequestContext(request_id, state)
+        token = bind_request(context)
+        started = time.perf_counter()
         status_holder = {"status": 500}
+        try:
+            await self._handle(scope, receive, send, request_id, headers, status_holder)
+        finally:
+            status = status_holder["status"]
+            self._count(scope, status, context.tenant)
+            access_logger.info(
+                "%s %s %s", scope.get("method"), scope.get("path"), status,
+                extra={"method": scope.get("method"), "path": scope.get("path"), "status": status,
+                       "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
+            )  # fmt: skip
+            unbind_request(token)
 
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, headers: dict, status_holder: dict
+    ) -> None:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
@@ -58,11 +87,14 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
+        if self.draining() and scope.get("path") not in _OPEN_WHILE_DRAINING:
+            # Readiness already answers 503, so balancers stop sending; whatever still arrives is told to retry.
+            await _send_error(send_with_id, shutting_down())
+            return
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
             await _send_error(send_with_id, payload_too_large(
                 f"The request body is larger than the {self.max_body} byte limit.", param="body"))  # fmt: skip
-            self._count(scope, 413)
             return
         received = 0
 
@@ -76,15 +108,12 @@ class RequestContextMiddleware:
                                    param="body", code="request_too_large", status=413)  # fmt: skip
             return message
 
-        try:
-            await self.app(scope, capped_receive, send_with_id)
-        finally:
-            self._count(scope, status_holder["status"])
+        await self.app(scope, capped_receive, send_with_id)
 
-    def _count(self, scope: Scope, status: int) -> None:
+    def _count(self, scope: Scope, status: int, tenant: str) -> None:
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
-        self.metrics.requests.labels(route=path, status=str(status)).inc()
+        self.metrics.requests.labels(route=path, status=str(status), tenant=tenant).inc()
 
 
 async def _send_error(send: Send, error: APIError) -> None:
@@ -176,7 +205,15 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
                      decoder_sessions=runtime.decoder.active_streams)  # fmt: skip
         runtime.observe_first_audio = metrics.first_audio.observe
         auth.bind(runtime.store)  # before the services: never serve while auto auth cannot see the stored keys
-        app.state.services = Services.from_runtime(runtime)
+        runtime.observe_audio_out = metrics.audio_out.inc
+        runtime.observe_rtf = metrics.rtf.observe
+        runtime.observe_rejection = metrics.reject
+        runtime.audio_input.observe_seconds = metrics.audio_in.inc
+        services = Services.from_runtime(runtime)
+        services.admission.on_reject = metrics.reject
+        metrics.bind_serving(active_streams=lambda: runtime.open_streams, admitted=lambda: services.admission.in_flight,
+                             queued=lambda: services.admission.queue.queued)  # fmt: skip
+        app.state.services = services
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
@@ -200,5 +237,33 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     # Added before (so inside) the request-context middleware: 401s carry x-request-id and are counted; added after
     # any middleware that reads request.state.tenant (admission, rate limits), so the tenant is set before they run.
     app.add_middleware(AuthMiddleware, resolver=auth, protect_health_metrics=settings.protect_health_metrics)
-    app.add_middleware(RequestContextMiddleware, max_body=settings.limits.max_request_bytes, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, max_body=settings.limits.max_request_bytes, metrics=metrics,
+                       draining=lambda: app.state.draining)  # fmt: skip
     return app
+
+
+async def drain(app: FastAPI) -> None:
+    """Stop taking requests and let the running ones finish, aborting those still running after
+    `drain_timeout_s` (their engine requests are aborted and decoder sessions freed as on a disconnect).
+
+    Readiness answers 503 from the first moment, new requests get 503 with Retry-After, queued ones too.
+    """
+    app.state.draining = True
+    services: Services | None = app.state.services
+    if services is None:
+        return
+    admission = services.admission
+    admission.start_draining()
+    timeout = app.state.settings.drain_timeout_s
+    logger.info("draining: %d request(s) in flight, waiting up to %g s", admission.in_flight, timeout)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while admission.in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    if admission.in_flight:
+        logger.warning("drain timeout: aborting %d request(s)", admission.abort_all(shutting_down()))
+        # An aborted request ends at its next step (its error event written, engine and decoder freed): bounded.
+        deadline = loop.time() + 10
+        while admission.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+    logger.info("drained: %d request(s) left", admission.in_flight)

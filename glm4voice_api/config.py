@@ -50,16 +50,26 @@ class AudioModelSettings(BaseModel):
     )
     tokenizer_max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
     tokenizer_max_wait_ms: float = Field(5.0, ge=0, description="How long the tokenizer worker waits to fill a batch.")
-    decoder_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Speech decoder dtype (bf16 flow matching can add hiss; measure before switching)."
+    decoder_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Speech decoder dtype. auto: bfloat16 on CUDA (2-3x the streams of float32 per GPU, "
+        "bench/results), float32 on CPU (bf16 matmuls are slow there).",
     )
     decoder_schedule: list[int] = Field(
-        [10, 20, 40], description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early."
+        [10, 20, 40, 80],
+        description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early; later "
+        "chunks grow because each one re-runs the flow over its context (fewer, longer chunks cost less).",
     )
     decoder_max_prompt_tokens: int | None = Field(
-        200, ge=1, description="Earlier tokens given to the flow as context per chunk (bounds the cost; None = all)."
+        100,
+        ge=1,
+        description="Earlier tokens (8 s at 100) given to the flow as context per chunk: bounds the cost of a chunk; "
+        "None = the whole history, as the reference.",
     )
     decoder_max_batch: int = Field(16, ge=1, description="Most stream chunks decoded in one flow + HiFT pass.")
+    decoder_cuda_graphs: bool = Field(
+        True, description="On CUDA, run the flow's 10-step ODE as captured CUDA graphs (per shape bucket)."
+    )
 
 
 class LimitSettings(BaseModel):
@@ -72,6 +82,33 @@ class LimitSettings(BaseModel):
         2048, ge=1, description="Reply token budget when a request gives none (capped by the context left)."
     )
     max_text_chars: int = Field(32768, ge=1, description="Most characters of text in one message.")
+    max_tokens: int | None = Field(
+        None, ge=0, description="Largest max_tokens a request may ask for (400 above it). 0/None: the context length."
+    )
+    # Admission: sized to what the engine and decoder serve in real time. Above max_active_requests requests wait
+    # in a bounded queue; a full queue or an expired wait is a 429 with Retry-After (the openai SDK retries it).
+    max_active_requests: int | None = Field(
+        None, ge=0, description="Requests running model work at once (per replica). Default: the engine's "
+        "max_num_seqs. 0: unlimited.",
+    )  # fmt: skip
+    max_queued_requests: int | None = Field(
+        None, ge=0, description="Requests waiting for a slot; more are refused with 429. Default: max_active_requests."
+    )
+    max_queue_wait_s: float = Field(10.0, gt=0, description="Longest wait in the queue before a 429.")
+    # Per-tenant limits (0/None = unlimited): concurrency is counted in this process (per replica); requests per
+    # minute go through the store, so replicas sharing a Redis store share the limit.
+    tenant_max_concurrent: int | None = Field(
+        None, ge=0, description="Requests one tenant may have running or queued at once, per replica (429 above)."
+    )
+    tenant_requests_per_minute: int | None = Field(
+        None, ge=0, description="Requests one tenant may start per fixed 60 s window, over all replicas (429 above)."
+    )
+    first_audio_timeout_s: float | None = Field(
+        120.0, ge=0, description="Most seconds from the start of generation to the first audio (0/None: no limit)."
+    )
+    request_timeout_s: float | None = Field(
+        600.0, ge=0, description="Most seconds from the start of generation to its end (0/None: no limit)."
+    )
 
 
 class Settings(BaseSettings):
@@ -100,6 +137,13 @@ class Settings(BaseSettings):
         "(the real model emits the pattern by itself).",
     )
     log_level: str = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines as JSON objects (request id and tenant on each line of a request) or text."
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On SIGTERM: how long in-flight requests may run on (new ones get 503) before they "
+        "are aborted and the server exits.",
+    )  # fmt: skip
     store: str | None = Field(
         None,
         description="Where audio ids, voices, API keys and rate-limit counters are kept: sqlite:///path (default "

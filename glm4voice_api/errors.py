@@ -48,6 +48,25 @@ def overloaded(message: str, retry_after: int = 1) -> APIError:
                     headers={"Retry-After": str(retry_after)})  # fmt: skip
 
 
+def too_many_requests(message: str, code: str, retry_after: int) -> APIError:
+    """429 with `Retry-After` (whole seconds, at least 1): a tenant's limit or a full server."""
+    return APIError(message, code=code, status=429, type="rate_limit_error",
+                    headers={"Retry-After": str(max(1, int(retry_after)))})  # fmt: skip
+
+
+def shutting_down(retry_after: int = 5) -> APIError:
+    return APIError("The server is shutting down; retry the request (another replica will take it).",
+                    code="server_shutting_down", status=503, type="server_error",
+                    headers={"Retry-After": str(retry_after)})  # fmt: skip
+
+
+def timed_out(message: str, code: str, retry_after: int = 5) -> APIError:
+    """A time limit ran out: 503 + Retry-After rather than 504. Both are retried by the openai SDK (it retries every
+    5xx), but 504 tells proxies and clients a gateway timed out, while 503 with Retry-After says this server could
+    not serve it in time now (overload is the usual cause) and when to try again; load balancers read it that way."""
+    return APIError(message, code=code, status=503, type="server_error", headers={"Retry-After": str(retry_after)})
+
+
 def unavailable(message: str, retry_after: int = 5) -> APIError:
     return APIError(message, code="service_unavailable", status=503, type="server_error",
                     headers={"Retry-After": str(retry_after)})  # fmt: skip

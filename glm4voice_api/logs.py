@@ -15,7 +15,7 @@ from typing import Literal
 from glm4voice_api.request_context import current_request
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and goes into the JSON object.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id", "tenant"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id", "tenant", "color_message"}
 
 
 class RequestContextFilter(logging.Filter):

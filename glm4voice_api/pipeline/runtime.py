@@ -16,8 +16,8 @@ from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
-from glm4voice_api.store import Store, open_store
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
+from glm4voice_api.store import Store, open_store
 from glm4voice_api.text.prompt import PromptBuilder
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
 
@@ -38,6 +38,14 @@ class Runtime:
     closers: list = field(default_factory=list)
     observe_first_audio: Callable[[float], None] = lambda _seconds: None
     """Called with the seconds from request to first audio bytes (the app binds it to its metrics)."""
+    observe_audio_out: Callable[[float], None] = lambda _seconds: None
+    """Called with the seconds of audio each reply generated."""
+    observe_rtf: Callable[[float], None] = lambda _rtf: None
+    """Called with each audio stream's real-time factor (generation time over audio seconds)."""
+    observe_rejection: Callable[[str], None] = lambda _reason: None
+    """Called when a request is refused or stopped by a limit (reason: first_audio_timeout, request_timeout, ...)."""
+    open_streams: int = 0
+    """Streaming responses generating now."""
 
     def interleave_constraint(self, forced_text: list[int] | None = None, **kwargs: int | None) -> InterleaveConstraint | None:
         """The sampler constraint for a reply, or None when the model is trusted to interleave by itself."""
@@ -57,7 +65,7 @@ class Runtime:
         for close in reversed(self.closers):
             try:
                 await close()
-            except Exception:  # noqa: BLE001 - keep closing the rest
+            except Exception:
                 logger.exception("error while shutting down")
 
 
@@ -77,7 +85,7 @@ def is_random_weights(llm_path: Path, settings: Settings) -> bool:
 
 
 def audio_device(settings: Settings) -> str:
-    import torch  # noqa: PLC0415
+    import torch
 
     if settings.audio.audio_device != "auto":
         return settings.audio.audio_device
@@ -85,9 +93,9 @@ def audio_device(settings: Settings) -> str:
 
 
 async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
-    import torch  # noqa: PLC0415
+    import torch
 
-    from glm4voice_api.models.speech_tokenizer import load_speech_tokenizer  # noqa: PLC0415
+    from glm4voice_api.models.speech_tokenizer import load_speech_tokenizer
 
     dtype = getattr(torch, settings.audio.tokenizer_dtype)
     model = await asyncio.to_thread(load_speech_tokenizer, path, audio_device(settings), dtype)
@@ -99,13 +107,25 @@ async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
 
 
 async def start_decoder(settings: Settings, path: Path) -> DecoderScheduler:
-    import torch  # noqa: PLC0415
+    import torch
 
-    from glm4voice_api.models.decoder_stream import DecoderStreamConfig  # noqa: PLC0415
-    from glm4voice_api.models.speech_decoder import load_speech_decoder  # noqa: PLC0415
+    from glm4voice_api.models.decoder_stream import DecoderStreamConfig
+    from glm4voice_api.models.speech_decoder import load_speech_decoder
 
-    dtype = getattr(torch, settings.audio.decoder_dtype)
-    decoder = await asyncio.to_thread(load_speech_decoder, path, audio_device(settings), dtype)
+    device = audio_device(settings)
+    name = settings.audio.decoder_dtype
+    dtype = getattr(torch, ("bfloat16" if device.startswith("cuda") else "float32") if name == "auto" else name)
+    decoder = await asyncio.to_thread(load_speech_decoder, path, device, dtype)
+    if settings.audio.decoder_cuda_graphs and device.startswith("cuda"):
+        decoder.flow.enable_graphs()
+        # Every shape bucket is captured before the server is ready: a capture costs ~1 s, which would
+        # otherwise land on some user's first audio.
+        longest = (settings.audio.decoder_max_prompt_tokens or 200) + max(settings.audio.decoder_schedule)
+        like = decoder.flow.input_embedding.weight
+        count = await asyncio.to_thread(
+            decoder.flow.graphed.warmup, settings.audio.decoder_max_batch, decoder.mel_frames(longest), like
+        )
+        logger.info("decoder: %d CUDA graphs captured", count)
     config = DecoderStreamConfig(
         schedule=tuple(settings.audio.decoder_schedule), max_prompt_tokens=settings.audio.decoder_max_prompt_tokens
     )
@@ -130,7 +150,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     decoder = await start_decoder(settings, paths["decoder"])
     closers.append(decoder.close)
     if engine is None:
-        from glm4voice_api.engine.vllm_engine import VllmLLMEngine  # noqa: PLC0415 - vllm only when serving
+        from glm4voice_api.engine.vllm_engine import VllmLLMEngine
 
         engine = await VllmLLMEngine.start(
             paths["llm"], settings.engine, num_valid_tokens=tokenizer.ids.num_valid, random_weights=random_weights

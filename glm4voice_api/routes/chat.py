@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from glm4voice_api.protocol.chat import CHAT_RESPONSES, ChatCompletionRequest, ChatCompletionResponse
+from glm4voice_api.routes.admission import AdmittedDep
 from glm4voice_api.routes.deps import RequestIdDep, ServicesDep, TenantDep
 from glm4voice_api.routes.streaming import cancel_on_disconnect, sse_response
 
@@ -13,7 +14,12 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, services: ServicesDep, request_id: RequestIdDep, tenant: TenantDep
+    body: ChatCompletionRequest,
+    request: Request,
+    services: ServicesDep,
+    request_id: RequestIdDep,
+    tenant: TenantDep,
+    _lease: AdmittedDep,  # held until the response (the stream included) has ended
 ):  # JSON or SSE: no return annotation
     if body.stream:
         return sse_response(await services.chat.create_chat_completion(body, request_id, tenant))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
 from glm4voice_api.protocol.transcription import TRANSCRIPTION_RESPONSES, TranscriptionRequest
+from glm4voice_api.routes.admission import AdmittedDep
 from glm4voice_api.routes.deps import RequestIdDep, ServicesDep
 from glm4voice_api.routes.streaming import cancel_on_disconnect, sse_response
 from glm4voice_api.routes.uploads import multipart_form, read_upload
@@ -21,6 +22,7 @@ async def create_transcription(
     request: Request,
     services: ServicesDep,
     request_id: RequestIdDep,
+    _lease: AdmittedDep,
 ):
     service = services.transcription
     audio = await read_upload(body.file, service.max_audio_bytes, param="file")

@@ -23,6 +23,7 @@ from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
 from glm4voice_api.pipeline.turn import TranscriptDelta, Turn, TurnDone, TurnUsage
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
+from glm4voice_api.serving.deadlines import AudioMeter, bounded
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.store import StoredAudio
 from glm4voice_api.text.prompt import Prompt
@@ -66,8 +67,9 @@ def usage_of(u: TurnUsage) -> Usage:
 
 def _events(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator:
     if plan.audio_format is None:
-        return turn.events()
-    return SpokenTurn(turn, rt.decoder, plan.voice).events()
+        return bounded(rt, turn.events(), stream=plan.stream)
+    events = SpokenTurn(turn, rt.decoder, plan.voice).events()
+    return bounded(rt, events, is_audio=lambda e: isinstance(e, AudioChunk), stream=plan.stream)
 
 
 async def _store_reply(rt: Runtime, plan: ChatPlan, done: TurnDone) -> None:
@@ -81,13 +83,16 @@ async def _store_reply(rt: Runtime, plan: ChatPlan, done: TurnDone) -> None:
 async def complete(rt: Runtime, turn: Turn, plan: ChatPlan) -> wire.ChatCompletionResponse:
     done: TurnDone | None = None
     chunks: list[np.ndarray] = []
+    meter = AudioMeter(rt, stream=False)
     async with engine_errors():
         async for event in _events(rt, turn, plan):
             if isinstance(event, TurnDone):
                 done = event
             elif isinstance(event, AudioChunk):
                 chunks.append(event.samples)
+                meter.add(len(event.samples))
     assert done is not None
+    meter.done()
     message = wire.ChatCompletionMessage(content=done.transcript)
     if plan.audio_format is not None:
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
@@ -122,18 +127,21 @@ async def stream(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.
         return chunk(wire.ChoiceDelta(audio=wire.DeltaAudio(**fields)))
 
     encoder = make_encoder("pcm16", input_rate=rt.decoder.sample_rate) if audio else None
+    meter = AudioMeter(rt, stream=True)
     yield chunk(wire.ChoiceDelta(role="assistant", content=None if audio else ""))
     async with engine_errors():
         async for event in _events(rt, turn, plan):
             if isinstance(event, TranscriptDelta):
                 yield audio_delta(transcript=event.text) if audio else chunk(wire.ChoiceDelta(content=event.text))
             elif isinstance(event, AudioChunk) and encoder is not None:
+                meter.add(len(event.samples))
                 if data := encoder.feed(event.samples):
                     if not first_data[0]:
                         first_data[0] = True
                         rt.observe_first_audio(time.monotonic() - plan.started)
                     yield audio_delta(data=base64.b64encode(data).decode())
             elif isinstance(event, TurnDone):
+                meter.done()
                 if encoder is not None:
                     if tail := encoder.finish():
                         yield audio_delta(data=base64.b64encode(tail).decode())

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from glm4voice_api.pipeline.runtime import Runtime
+from glm4voice_api.serving.admission import Admission
 from glm4voice_api.serving.chat import ServingChat
 from glm4voice_api.serving.models import ServingModels
 from glm4voice_api.serving.speech import ServingSpeech
@@ -20,6 +21,7 @@ class Services:
     speech: ServingSpeech
     transcription: ServingTranscription
     voices: ServingVoices
+    admission: Admission
 
     @classmethod
     def from_runtime(cls, runtime: Runtime) -> Services:
@@ -30,4 +32,5 @@ class Services:
             speech=ServingSpeech(runtime),
             transcription=ServingTranscription(runtime),
             voices=ServingVoices(runtime),
+            admission=Admission.from_limits(runtime.settings.limits, runtime.engine.info.max_num_seqs, runtime.store),
         )

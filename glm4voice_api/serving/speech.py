@@ -38,6 +38,7 @@ from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
 from glm4voice_api.pipeline.turn import Turn, TurnDone
 from glm4voice_api.protocol import speech as wire
 from glm4voice_api.serving.chat import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from glm4voice_api.serving.deadlines import AudioMeter, bounded
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.serving.voices import resolve_voice
 from glm4voice_api.text.prompt import Prompt, TextPart, UserMessage
@@ -191,16 +192,21 @@ class ServingSpeech:
             make_encoder(plan.response_format, input_rate=self.rt.decoder.sample_rate, speed=plan.speed)
         )
         started, first = time.monotonic(), True
+        meter = AudioMeter(self.rt, stream=True)
+        spoken = SpokenTurn(turn, self.rt.decoder, plan.voice).events()
+        is_audio = lambda e: isinstance(e, AudioChunk)
         try:
-            async with engine_errors(), aclosing(SpokenTurn(turn, self.rt.decoder, plan.voice).events()) as events:
+            async with engine_errors(), aclosing(bounded(self.rt, spoken, is_audio=is_audio, stream=True)) as events:
                 async for event in events:
                     if isinstance(event, AudioChunk):
+                        meter.add(len(event.samples))
                         if data := await encoder.feed(event.samples):
                             if first:
                                 first = False
                                 self.rt.observe_first_audio(time.monotonic() - started)
                             yield data
                     elif isinstance(event, TurnDone):
+                        meter.done()
                         if tail := await encoder.finish():
                             yield tail
                         yield event

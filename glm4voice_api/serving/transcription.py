@@ -23,6 +23,7 @@ from glm4voice_api.pipeline.audio_input import TOKENIZER_RATE
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.protocol import transcription as wire
 from glm4voice_api.serving.chat import context_length_error
+from glm4voice_api.serving.deadlines import bounded
 from glm4voice_api.serving.errors import audio_errors, engine_errors
 from glm4voice_api.text.prompt import AudioPart, Prompt, TextPart, UserMessage
 
@@ -142,6 +143,7 @@ class ServingTranscription:
                 decode_audio, audio, format=hint, target_rate=TOKENIZER_RATE, max_bytes=limits.max_audio_bytes,
                 max_seconds=limits.max_audio_seconds, param="file",
             )  # fmt: skip
+        self.rt.audio_input.observe_seconds(waveform.shape[0] / TOKENIZER_RATE)
         tokens = await self.rt.audio_input.worker.tokenize(waveform)
         if not tokens:
             raise APIError("The audio is too short to transcribe.", param="file", code="empty_audio")
@@ -205,7 +207,7 @@ class ServingTranscription:
         pieces: list[str] = []
         done = _Done()
         async with engine_errors():
-            async for item in self._pieces(plan):
+            async for item in bounded(self.rt, self._pieces(plan)):
                 if isinstance(item, _Done):
                     done = item
                 else:
@@ -223,7 +225,7 @@ class ServingTranscription:
     async def _stream(self, plan: TranscriptionPlan) -> AsyncIterator[wire.TranscriptionStreamEvent]:
         pieces: list[str] = []
         async with engine_errors():
-            async for item in self._pieces(plan):
+            async for item in bounded(self.rt, self._pieces(plan), stream=True):
                 if isinstance(item, _Done):
                     text = "".join(pieces).strip()
                     yield wire.TranscriptTextDoneEvent(text=text, usage=self._usage(plan, item))
