@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
+    parser.add_argument("--graphs", action="store_true", help="flow ODE as CUDA graphs (bucketed; the server's default)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -194,9 +195,14 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     decoder = build_decoder(args, device, _DTYPES[args.dtype])
+    if args.graphs:
+        decoder.flow.enable_graphs(use_graphs=device.type == "cuda")
     schedule = [int(s) for s in args.schedule.split(",")]
     sizes = chunk_sizes(schedule, args.tokens)
     run_streams(decoder, 1, sizes[:1], args.seed)  # warm-up (allocator, kernels, oneDNN primitives)
+    if args.graphs:  # capture every bucket the timed runs will meet, as a served warm-up round does
+        for n in (int(s) for s in args.streams.split(",")):
+            run_streams(decoder, n, sizes, args.seed)
 
     results, hift_rows = [], []
     report = {
@@ -207,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "dtype": args.dtype,
+        "cuda_graphs": bool(args.graphs),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "schedule": schedule,

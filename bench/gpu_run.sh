@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # GPU benchmark driver, run ON the GPU machine from the repository root once the vLLM bundle is stashed
-# (../shared/gpu/README.md). Usage: bash bench/gpu_run.sh audio|vllm   (results under $OUT)
+# (../shared/gpu/README.md). Usage: bash bench/gpu_run.sh audio|vllm|graphs|suite   (results under $OUT)
 #   audio: speech tokenizer (fp32, bf16; batch 1, 8, 32) and decoder (fp32, tf32, bf16; 1, 4, 16, 64 streams)
 #   vllm:  bench/gpu_smoke_vllm.py (full-size GLM-4-Voice-9B config, dummy weights) + a no-processor engine
+#   graphs: decoder with the flow ODE as CUDA graphs vs eager, fp32 / tf32 / bf16 (1, 16, 64, 128 streams)
+#   suite: bench/gpu_suite.py -- the served path over HTTP vs the seed's pattern, same run (latest.json)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -12,7 +14,8 @@ export PYTHONPATH=$PYTHONPATH:$PWD/plugins
 python3 -c "from glm4voice_vllm.gpu_entrypoint import write_dist_info; write_dist_info('/tmp/site')" || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
-case "${1:-}" in
+mode=${1:-}
+case "$mode" in
   audio)
     for dt in float32 bfloat16; do
       timeout 70 python3 -m bench.bench_speech_tokenizer --preset full --device cuda --dtype $dt \
@@ -27,5 +30,31 @@ case "${1:-}" in
     timeout 560 python3 -m bench.gpu_smoke_vllm --compare-mrv2 --out "$OUT/gpu_vllm_smoke.json" \
       || echo "smoke failed rc=$?"
     ;;
-  *) echo "usage: bash bench/gpu_run.sh audio|vllm"; exit 2 ;;
+  graphs)
+    for dt in bf16 fp32 tf32; do
+      timeout 150 python3 -m bench.bench_speech_decoder --preset full --device cuda --dtype $dt --graphs \
+        --streams 1,16,64,128 --hift-iters 0 --out "$OUT/dec_graphs_$dt.json" || echo "graphs $dt failed rc=$?"
+    done
+    timeout 120 python3 -m bench.bench_speech_decoder --preset full --device cuda --dtype bf16 \
+      --streams 1,16,64,128 --hift-iters 0 --out "$OUT/dec_eager_bf16.json" || echo "eager bf16 failed rc=$?"
+    ;;
+  prepare)
+    python3 -m bench.gpu_suite --prepare-only ;;
+  suite)
+    shift
+    timeout 585 python3 -m bench.gpu_suite --out "$OUT" "$@" || echo "suite failed rc=$?"
+    ;;
+  multigpu)
+    # Issue 9: 1 GPU, then tp or dp over every visible GPU, same machine, same run. The decoder and the speech
+    # tokenizer go on cuda:0 (tp) or one of each per GPU (dp: --audio-device all).
+    par=${2:-tp}; n=$(nvidia-smi -L | wc -l)
+    timeout 290 python3 -m bench.gpu_suite --out "$OUT/one" --levels 1,32,64,128 --baseline-max 0 \
+      || echo "one-GPU suite failed rc=$?"
+    if [ "$par" = tp ]; then extra="ENGINE__TENSOR_PARALLEL_SIZE=$n"; else extra="ENGINE__DATA_PARALLEL_SIZE=$n"; fi
+    timeout 290 python3 -m bench.gpu_suite --out "$OUT/$par$n" --levels 1,32,64,128,192,256 --baseline-max 0 \
+      --port 8012 --set "$extra" --set AUDIO__AUDIO_DEVICE=all || echo "$par suite failed rc=$?"
+    python3 -m bench.multigpu_report --one "$OUT/one/gpu_suite.json" --multi "$OUT/$par$n/gpu_suite.json" \
+      --mode "$par" --gpus "$n" --out "$OUT/multigpu.json"
+    ;;
+  *) echo "usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|multigpu [tp|dp]"; exit 2 ;;
 esac

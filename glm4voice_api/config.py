@@ -56,7 +56,7 @@ class AudioModelSettings(BaseModel):
         "bench/results), float32 on CPU (bf16 matmuls are slow there).",
     )
     decoder_schedule: list[int] = Field(
-        [10, 20, 40, 80],
+        [10, 20, 40, 80, 160],
         description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early; later "
         "chunks grow because each one re-runs the flow over its context (fewer, longer chunks cost less).",
     )

@@ -70,10 +70,10 @@ MAX_SOURCE_RATE = 384_000
 _PCM_BITS = re.compile(r"pcm_[suf](\d+)(?:le|be)?(?:planar)?")
 
 
-def decode_audio(  # noqa: PLR0913 - the limits are deliberately explicit keyword arguments
+def decode_audio(
     data: bytes | bytearray | memoryview,
     *,
-    format: str | None = None,  # noqa: A002 - mirrors OpenAI's input_audio.format
+    format: str | None = None,
     target_rate: int = 16000,
     max_bytes: int,
     max_seconds: float,
@@ -104,10 +104,10 @@ def _is_riff_wave(data: bytes) -> bool:
     return data[:4] == b"RIFF" and data[8:12] == b"WAVE"
 
 
-def decode_base64_audio(  # noqa: PLR0913
+def decode_base64_audio(
     b64: str | bytes,
     *,
-    format: str | None = None,  # noqa: A002
+    format: str | None = None,
     target_rate: int = 16000,
     max_bytes: int,
     max_seconds: float,
@@ -159,7 +159,7 @@ def decode_base64(b64: str | bytes, *, max_bytes: int, param: str | None = None)
     return data
 
 
-def normalize_format(format: str | None, *, param: str | None = None) -> str | None:  # noqa: A002
+def normalize_format(format: str | None, *, param: str | None = None) -> str | None:
     """Lower-case a format hint and accept MIME spellings ("audio/x-wav", "audio/webm;codecs=opus")."""
     if format is None:
         return None

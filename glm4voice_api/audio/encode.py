@@ -201,10 +201,10 @@ class _Tempo:
 
 def _atempo_factors(speed: float) -> list[float]:
     factors: list[float] = []
-    while speed > 2.0:  # noqa: PLR2004
+    while speed > 2.0:
         factors.append(2.0)
         speed /= 2.0
-    while speed < 0.5:  # noqa: PLR2004
+    while speed < 0.5:
         factors.append(0.5)
         speed /= 0.5
     return [*factors, speed]

@@ -115,7 +115,7 @@ def _pseudo_words() -> itertools.chain[bytes]:
     """Endless distinct pronounceable pseudo-words, so a random model's transcript reads as gibberish words."""
     syllables = [c + v for c in "bdfghklmnprstvz" for v in "aeiou"]
 
-    def words(n: int):  # noqa: ANN202 - a local generator
+    def words(n: int):
         for combo in itertools.product(syllables, repeat=n):
             yield (" " + "".join(combo)).encode()
 
@@ -168,8 +168,8 @@ def _tokenizer_config() -> dict:
 
 def write_tiny_llm(out_dir: Path, *, seed: int = 0, config: TinyLLMConfig | None = None) -> Path:
     """Write the tiny random-weight glm-4-voice-9b folder into `out_dir` and return it."""
-    import torch  # noqa: PLC0415 - only the writer needs torch (bf16 safetensors)
-    from safetensors.torch import save_file  # noqa: PLC0415
+    import torch
+    from safetensors.torch import save_file
 
     cfg = config or TinyLLMConfig()
     out_dir = Path(out_dir)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ DEFAULT_MAX_MODEL_LEN = 8192  # what the official GLM-4-Voice vLLM server used
 
 
 def _cuda_available() -> bool:
-    import torch  # noqa: PLC0415
+    import torch
 
     return torch.cuda.is_available()
 
@@ -40,20 +41,22 @@ def _cuda_available() -> bool:
 class VllmLLMEngine:
     """`AsyncLLM` behind the `LLMEngine` protocol."""
 
-    def __init__(self, llm, info: EngineInfo, vocab_size: int) -> None:  # noqa: ANN001 - vllm type
+    def __init__(self, llm, info: EngineInfo, vocab_size: int) -> None:
         self._llm = llm
         self.info = info
         self._vocab_size = vocab_size
         self._active: set[str] = set()
         self.aborted = 0
+        self._busy_total = 0.0
+        self._busy_since: float | None = None
 
     @classmethod
     async def start(
         cls, llm_path: Path, settings: EngineSettings, *, num_valid_tokens: int, random_weights: bool
     ) -> VllmLLMEngine:
-        from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: PLC0415
-        from vllm.usage.usage_lib import UsageContext  # noqa: PLC0415
-        from vllm.v1.engine.async_llm import AsyncLLM  # noqa: PLC0415
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         config = json.loads((llm_path / "config.json").read_text())
         on_gpu = _cuda_available()
@@ -110,13 +113,13 @@ class VllmLLMEngine:
         logger.info("engine warm-up done for batch sizes %s", batch_sizes)
 
     def _sampling_params(self, params: GenerationParams) -> Any:
-        from vllm.sampling_params import RequestOutputKind, SamplingParams  # noqa: PLC0415
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         return SamplingParams(
             max_tokens=params.max_tokens,
             temperature=params.temperature,
             top_p=params.top_p,
-            top_k=params.top_k if params.top_k > 0 else 0,
+            top_k=max(0, params.top_k),
             seed=params.seed,
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
@@ -144,13 +147,15 @@ class VllmLLMEngine:
     async def generate(
         self, prompt_ids: list[int], params: GenerationParams, request_id: str
     ) -> AsyncIterator[GenerationDelta]:
-        from vllm.exceptions import VLLMValidationError  # noqa: PLC0415
-        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError  # noqa: PLC0415
+        from vllm.exceptions import VLLMValidationError
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 
         self._validate(prompt_ids, params)
         if self._llm.errored:
             raise EngineDeadError("the engine is not running")
         sampling = self._sampling_params(params)
+        if not self._active:
+            self._busy_since = time.perf_counter()
         self._active.add(request_id)
         finished = False
         try:
@@ -169,6 +174,9 @@ class VllmLLMEngine:
             raise EngineRequestError(str(exc)) from exc
         finally:
             self._active.discard(request_id)
+            if not self._active and self._busy_since is not None:
+                self._busy_total += time.perf_counter() - self._busy_since
+                self._busy_since = None
             if not finished:
                 # The consumer went away (client disconnect, limit, shutdown): free the engine's slot now.
                 self.aborted += 1
@@ -178,7 +186,7 @@ class VllmLLMEngine:
     async def abort(self, request_id: str) -> None:
         try:
             await self._llm.abort(request_id)
-        except Exception:  # noqa: BLE001 - aborting a finished or unknown request must never raise
+        except Exception:
             logger.debug("abort of %s failed", request_id, exc_info=True)
 
     async def check_health(self) -> None:
@@ -194,6 +202,11 @@ class VllmLLMEngine:
 
     def aborted_requests(self) -> int:
         return self.aborted
+
+    def busy_seconds(self) -> float:
+        """Wall time with at least one request in the engine (an upper bound on its GPU time; benchmarks)."""
+        open_interval = time.perf_counter() - self._busy_since if self._busy_since is not None else 0.0
+        return self._busy_total + open_interval
 
     async def shutdown(self) -> None:
         self._llm.shutdown()

@@ -23,6 +23,7 @@ from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.flow_encoder import BlockConformerEncoder, FlowEncoderConfig
 from glm4voice_api.models.flow_estimator import ConditionalDecoder, EstimatorConfig, masked_group_norm
+from glm4voice_api.models.flow_graphs import FlowGraphConfig, GraphedCFM
 
 __all__ = ["FlowConfig", "FlowInput", "FlowModel", "mel_length"]
 
@@ -178,11 +179,19 @@ class ConditionalCFM(nn.Module):
         return t_span
 
     def forward(
-        self, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+        self,
+        z: torch.Tensor,
+        mask: torch.Tensor,
+        mu: torch.Tensor,
+        spks: torch.Tensor,
+        cond: torch.Tensor,
+        *,
+        padded: bool | None = None,
     ) -> torch.Tensor:
         # z, mu, cond: [B, 80, T]; mask: [B, 1, T]; spks: [B, 80]
         rate = self.cfg.inference_cfg_rate
-        padded = bool((mask == 0).any())
+        if padded is None:  # a host sync; CUDA-graph capture passes it explicitly
+            padded = bool((mask == 0).any())
         # The ODE state and time grid stay float32 even when the estimator runs in bf16/fp16: ten Euler
         # updates accumulated in bf16 would cost more accuracy than the estimator's own rounding.
         t_span = self.time_span(mu.device, torch.float32)
@@ -216,6 +225,12 @@ class FlowModel(nn.Module):
         self.encoder_proj = nn.Linear(cfg.encoder.output_size, cfg.output_size)
         self.decoder = ConditionalCFM(cfg)
         self.length_regulator = InterpolateRegulator(cfg.regulator_channels, cfg.regulator_ratios)
+        self.graphed: GraphedCFM | None = None
+        """Bucketed/CUDA-graph runner of the ODE loop (`enable_graphs`); None = eager."""
+
+    def enable_graphs(self, config: FlowGraphConfig | None = None, *, use_graphs: bool = True) -> None:
+        """Run the ODE through `GraphedCFM` (CUDA graphs on a CUDA device; bucket padding only elsewhere)."""
+        self.graphed = GraphedCFM(self.decoder, config, use_graphs=use_graphs)
 
     # -- stages (exposed for the conformance tests) ------------------------------------------------------
 
@@ -284,7 +299,7 @@ class FlowModel(nn.Module):
             if it.embedding is not None:
                 emb[i] = it.embedding.to(device=device, dtype=dtype)
         spks = self.speaker(emb)  # [B, 80]
-        x = self.decoder(z, mask, mu, spks, cond)  # [B, 80, T]
+        x = (self.graphed or self.decoder)(z, mask, mu, spks, cond)  # [B, 80, T]
         return [x[i, :, prompt_lens[i] : feat_lens[i]] for i in range(len(items))]
 
     def inference(

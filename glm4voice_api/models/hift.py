@@ -369,7 +369,7 @@ def load_hift(
         if prefix in wn and leaf == "weight_v":
             g = state_dict[f"{prefix}.weight_g"].float()
             # The reference's own weight-norm kernel (norm over every dim but 0), so the fold is bit-identical.
-            folded[f"{prefix}.weight"] = torch._weight_norm(value.float(), g, 0)  # noqa: SLF001
+            folded[f"{prefix}.weight"] = torch._weight_norm(value.float(), g, 0)
         elif not (prefix in wn and leaf == "weight_g"):
             folded[key] = value.float()
     model.load_state_dict(folded, strict=True, assign=True)

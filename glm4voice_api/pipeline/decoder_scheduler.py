@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from glm4voice_api.models.decoder_stream import DecoderStream, DecoderStreamConfig
+from glm4voice_api.models.decoder_stream import ChunkRequest, ChunkResult, DecoderStream, DecoderStreamConfig
 from glm4voice_api.models.speech_decoder import SpeechDecoder, Voice
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class DecoderScheduler:
         self._lock = threading.Lock()
         self.batches = 0
         self.chunks = 0
+        self.busy_seconds = 0.0
+        """Wall time inside `decode_batch` (results come back on the CPU, so that includes the GPU work)."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="decoder-scheduler", daemon=True)
@@ -121,79 +123,111 @@ class DecoderScheduler:
         self._queue.put(("close", stream))
 
     def _run(self) -> None:
+        # Work is re-prioritised before EVERY batch (not once per drained round), so a stream's first chunk
+        # that arrives while many steady-state chunks are waiting goes into the very next pass.
+        pending: list[tuple[_Job, ChunkRequest]] = []
+        stopping = False
         while True:
-            item = self._queue.get()
-            if item is None:
+            for item in self._drain(block=not pending and not stopping):
+                if item is None:
+                    stopping = True
+                elif isinstance(item, _Job):
+                    self._admit(item, pending)
+                else:
+                    self._close(item[1], pending)
+            if pending:
+                self._decode_next(pending)
+            elif stopping:
                 return
-            items = [item]
-            while len(items) < 4 * self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # finish this round, then stop
-                    break
-                items.append(nxt)
-            jobs = [i for i in items if isinstance(i, _Job)]
-            if jobs:
-                self._decode(jobs)
-            for i in items:
-                if isinstance(i, tuple):
-                    self._close(i[1])
 
-    def _close(self, stream: ScheduledStream) -> None:
-        stream._free()  # noqa: SLF001 - the scheduler owns its streams' state
+    def _drain(self, *, block: bool) -> list:
+        items = [self._queue.get()] if block else []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _admit(self, job: _Job, pending: list) -> None:
+        if job.stream.closed or job.future.cancelled():
+            _settle(job, np.zeros(0, np.float32))
+            return
+        try:
+            request = job.stream._ensure_stream().prepare(job.tokens, final=job.final)
+        except Exception as exc:  # noqa: BLE001 - goes back to the caller
+            _settle(job, exc=exc)
+            return
+        if request is None:
+            _settle(job, np.zeros(0, np.float32))
+        else:
+            pending.append((job, request))
+
+    def _close(self, stream: ScheduledStream, pending: list | None = None) -> None:
+        if pending:
+            for entry in [e for e in pending if e[0].stream is stream]:
+                pending.remove(entry)
+                _settle(entry[0], np.zeros(0, np.float32))
+        stream._free()
         with self._lock:
             self._open -= 1
 
-    def _decode(self, jobs: list[_Job]) -> None:
-        now = time.monotonic()
-        due = []
-        for job in jobs:
-            if job.stream.closed or job.future.cancelled():
-                _settle(job, np.zeros(0, np.float32))
-                continue
-            try:
-                request = job.stream._ensure_stream().prepare(job.tokens, final=job.final)  # noqa: SLF001
-            except Exception as exc:  # noqa: BLE001 - goes back to the caller
-                _settle(job, exc=exc)
-                continue
-            if request is None:
-                _settle(job, np.zeros(0, np.float32))
-            else:
-                due.append((job, request))
-        due.sort(key=lambda jr: jr[0].stream.buffered_seconds(now))
-        # A job may hold several due chunks (a final flush); each round decodes one chunk per stream.
-        while due:
-            batch, due = due[: self.max_batch], due[self.max_batch :]
-            try:
-                results = self.decoder.decode_batch([r for _, r in batch])
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("decoder batch failed")
-                for job, _ in batch:
-                    _settle(job, exc=exc)
-                continue
-            self.batches += 1
-            self.chunks += len(batch)
-            for (job, _), result in zip(batch, results, strict=True):
-                self._commit(job, result, due)
+    def _pick(self, pending: list) -> list:
+        """The most urgent chunk plus the next most urgent ones of similar length (up to max_batch).
 
-    def _commit(self, job: _Job, result, due: list) -> None:  # noqa: ANN001
-        stream = job.stream._ensure_stream()  # noqa: SLF001
+        Urgency: a stream with no audio yet first, then the least audio buffered ahead of playback. Rows much
+        longer than the most urgent one wait: a padded pass costs as much as its longest row, and a first
+        chunk (10 tokens) must not be padded to a steady-state chunk's 100+ tokens of context.
+        """
+        now = time.monotonic()
+        pending.sort(key=lambda jr: jr[0].stream.buffered_seconds(now))
+        head_len = _row_tokens(pending[0][1])
+        limit = 1.25 * head_len + 16
+        batch = [pending[0]]
+        for entry in pending[1:]:
+            if len(batch) >= self.max_batch:
+                break
+            if _row_tokens(entry[1]) <= limit:
+                batch.append(entry)
+        for entry in batch:
+            pending.remove(entry)
+        return batch
+
+    def _decode_next(self, pending: list) -> None:
+        batch = self._pick(pending)
+        start = time.perf_counter()
+        try:
+            results = self.decoder.decode_batch([r for _, r in batch])
+        except Exception as exc:
+            logger.exception("decoder batch failed")
+            for job, _ in batch:
+                _settle(job, exc=exc)
+            return
+        finally:
+            self.busy_seconds += time.perf_counter() - start
+        self.batches += 1
+        self.chunks += len(batch)
+        for (job, _), result in zip(batch, results, strict=True):
+            self._commit(job, result, pending)
+
+    def _commit(self, job: _Job, result: ChunkResult, pending: list) -> None:
+        stream = job.stream._ensure_stream()
         samples = stream.commit(result)
         acc = getattr(job, "_acc", [])
         acc.append(samples)
-        job._acc = acc  # type: ignore[attr-defined]  # noqa: SLF001
+        job._acc = acc  # type: ignore[attr-defined]
         nxt = stream.prepare(final=job.final)
-        if nxt is not None:
-            due.append((job, nxt))
+        if nxt is not None:  # a job may hold several due chunks (a final flush): one per pass
+            pending.append((job, nxt))
             return
         out = np.concatenate(acc) if acc else np.zeros(0, np.float32)
         if len(out) and job.stream.first_emit is None:
             job.stream.first_emit = time.monotonic()
         job.stream.emitted_samples += len(out)
         _settle(job, out)
+
+
+def _row_tokens(request: ChunkRequest) -> int:
+    return len(request.prompt_tokens) + len(request.tokens)
 
 
 def _settle(job: _Job, result: np.ndarray | None = None, exc: BaseException | None = None) -> None:

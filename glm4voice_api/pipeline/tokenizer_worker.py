@@ -63,6 +63,8 @@ class SpeechTokenizerWorker:
         self._lock = threading.Lock()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self.busy_seconds = 0.0
+        """Wall time spent in tokenizer passes (its results are on the CPU, so the GPU work is done)."""
 
     def start(self) -> None:
         """Start the owner thread (idempotent)."""
@@ -106,7 +108,9 @@ class SpeechTokenizerWorker:
                 live = [r for r in batch if not r.cancelled]
                 try:
                     if live:
+                        start = time.perf_counter()
                         self._process(live)
+                        self.busy_seconds += time.perf_counter() - start
                 except BaseException:
                     # The thread is going down (e.g. KeyboardInterrupt): its callers must not wait forever.
                     for request in live:

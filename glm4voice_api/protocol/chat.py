@@ -148,7 +148,7 @@ class _DropNone(BaseModel):
     """Deltas carry only the keys that changed, as OpenAI's stream does."""
 
     @model_serializer(mode="wrap")
-    def _drop_none(self, handler):  # noqa: ANN001, ANN202 - pydantic serializer signature
+    def _drop_none(self, handler):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 

@@ -24,7 +24,7 @@ class OpenAIBaseModel(BaseModel):
 
     @model_validator(mode="wrap")
     @classmethod
-    def _log_extra_fields(cls, data, handler):  # noqa: ANN001, ANN206 - pydantic validator signature
+    def _log_extra_fields(cls, data, handler):
         result = handler(data)
         if result.model_extra:
             logger.debug("%s: ignoring fields %s", cls.__name__, sorted(result.model_extra))

@@ -26,8 +26,8 @@ def sse_response(events: AsyncIterator[BaseModel], *, done_marker: bool = True) 
         except APIError as exc:
             yield {"data": json.dumps(exc.to_dict())}
             return
-        except Exception:  # noqa: BLE001 - the stream has started: report, never break off silently
-            import logging  # noqa: PLC0415
+        except Exception:
+            import logging
 
             logging.getLogger(__name__).exception("stream failed")
             yield {"data": json.dumps(server_error().to_dict())}

@@ -26,7 +26,7 @@ class RunningServer:
     process: subprocess.Popen
     log_path: Path
 
-    def client(self, **kwargs) -> openai.OpenAI:  # noqa: ANN003
+    def client(self, **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key="unused", max_retries=0, **kwargs)
 
     def metric(self, name: str, labels: str = "") -> float:

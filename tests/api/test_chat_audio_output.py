@@ -31,7 +31,7 @@ def _decode(data: bytes, fmt: str) -> tuple[int, float]:
     return stream.rate, n / stream.rate
 
 
-def _delta_audio(delta) -> dict:  # noqa: ANN001 - the SDK's ChoiceDelta
+def _delta_audio(delta) -> dict:
     """`delta.audio` as a dict, whether this SDK version types it or keeps it as an extra field."""
     audio = getattr(delta, "audio", None) or (delta.model_extra or {}).get("audio")
     if audio is None:
@@ -99,7 +99,7 @@ def test_audio_modality_needs_audio_params(server: RunningServer) -> None:
     assert err.value.body["param"] == "audio"
 
 
-def test_second_turn_by_audio_id_holds_the_stored_tokens(server: RunningServer, tiny_llm_dir) -> None:  # noqa: ANN001
+def test_second_turn_by_audio_id_holds_the_stored_tokens(server: RunningServer, tiny_llm_dir) -> None:
     client = server.client()
     first_messages = [{"role": "user", "content": "First question"}]
     first = client.chat.completions.create(

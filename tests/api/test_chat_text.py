@@ -103,7 +103,7 @@ def test_over_long_prompt_is_a_400_in_the_envelope(server: RunningServer) -> Non
         (b'{"model": "glm-4-voice-9b", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0"),
     ],
 )  # fmt: skip
-def test_malformed_bodies_get_the_envelope(server: RunningServer, content: bytes, status: int, param) -> None:  # noqa: ANN001
+def test_malformed_bodies_get_the_envelope(server: RunningServer, content: bytes, status: int, param) -> None:
     response = httpx.post(server.base_url + "/v1/chat/completions", content=content,
                           headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
     assert response.status_code == status

@@ -1,0 +1,102 @@
+"""The seed's serving pattern, reimplemented as the benchmark baseline (same process, same GPU, same engine).
+
+What the seed (GLM-4-Voice's model_server.py + web_demo.py) does per spoken turn, and so what this does:
+- ONE request at a time: the seed's model worker holds a lock around generation; here a FIFO lock around the
+  whole turn, so concurrent users queue.
+- The speech tokenizer at batch 1, then the LLM streams the reply. The LLM runs on vLLM through our engine
+  adapter with one request at a time: stronger than the seed's transformers loop, so the ratio is conservative.
+- The decoder is called inline as audio tokens arrive, with block sizes 25, 50, 100, 150, 200 (the last
+  repeating), and every call re-runs the flow over the WHOLE history (all earlier tokens and mel as its prompt:
+  `max_prompt_tokens=None`), at float32, eager (no CUDA graphs), one stream per call (no batching).
+
+A turn's figures are measured like the load generator's (bench/loadgen.py): first-audio latency and the
+real-time factor (arrival -> last audio, over the audio's length), both from the moment the turn ARRIVED, so
+queueing behind other users counts, as it does for a user of the seed's demo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from glm4voice_api.engine.base import GenerationParams
+from glm4voice_api.models.decoder_stream import DecoderStreamConfig
+from glm4voice_api.models.speech_decoder import SpeechDecoder
+from glm4voice_api.text.prompt import AudioPart, UserMessage
+
+SEED_SCHEDULE = (25, 50, 100, 150, 200)
+
+
+@dataclass
+class BaselineTurn:
+    arrived: float
+    first_audio_s: float | None = None
+    done_s: float | None = None
+    audio_s: float = 0.0
+    tokens: int = 0
+
+    @property
+    def rtf(self) -> float | None:
+        return self.done_s / self.audio_s if self.done_s is not None and self.audio_s > 0 else None
+
+
+class SeedBaseline:
+    def __init__(self, runtime, decoder: SpeechDecoder) -> None:
+        self.rt = runtime
+        self.decoder = decoder
+        self.lock = asyncio.Lock()  # asyncio.Lock is FIFO: users are served in arrival order
+        self.config = DecoderStreamConfig(schedule=SEED_SCHEDULE, max_prompt_tokens=None)
+
+    async def turn(self, wav16k: np.ndarray, max_tokens: int) -> BaselineTurn:
+        result = BaselineTurn(arrived=time.perf_counter())
+        async with self.lock:
+            tokens = await self.rt.audio_input.worker.tokenize(wav16k)
+            prompt = self.rt.prompts.build([UserMessage(parts=(AudioPart(tuple(tokens)),))])
+            ids = self.rt.tokenizer.ids
+            params = GenerationParams(
+                max_tokens=max_tokens, temperature=0.8, top_p=0.8, stop_token_ids=ids.stop_ids,
+                constraint=self.rt.interleave_constraint(),
+            )  # fmt: skip
+            pending: asyncio.Queue[list[int] | None] = asyncio.Queue()
+
+            async def produce() -> None:
+                try:
+                    request_id = f"baseline-{id(result)}"
+                    async for delta in self.rt.engine.generate(prompt.token_ids, params, request_id):
+                        result.tokens += len(delta.token_ids)
+                        audio = [t - ids.audio_0 for t in delta.token_ids if t >= ids.audio_0]
+                        if audio:
+                            await pending.put(audio)
+                finally:
+                    await pending.put(None)
+
+            producer = asyncio.create_task(produce())
+            stream = self.decoder.open_stream(None, self.config)
+            try:
+                finished = False
+                while not finished:
+                    got = [await pending.get()]
+                    while not pending.empty():
+                        got.append(pending.get_nowait())
+                    finished = got[-1] is None
+                    new = [t for chunk in got if chunk for t in chunk]
+                    # Inline, blocking the turn (the seed decodes in its request loop); a thread only keeps the
+                    # event loop (and so the engine's output handling) alive meanwhile.
+                    speech = await asyncio.to_thread(stream.feed, new, finished)
+                    if len(speech):
+                        now = time.perf_counter() - result.arrived
+                        if result.first_audio_s is None:
+                            result.first_audio_s = now
+                        result.done_s = now
+                        result.audio_s += len(speech) / self.decoder.sample_rate
+            finally:
+                stream.close()
+                await producer
+        return result
+
+    async def level(self, concurrency: int, wav16k: np.ndarray, max_tokens: int) -> list[BaselineTurn]:
+        """`concurrency` users each send one turn at the same moment."""
+        return list(await asyncio.gather(*(self.turn(wav16k, max_tokens) for _ in range(concurrency))))
