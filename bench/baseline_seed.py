@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +50,8 @@ class SeedBaseline:
         self.decoder = decoder
         self.lock = asyncio.Lock()  # asyncio.Lock is FIFO: users are served in arrival order
         self.config = DecoderStreamConfig(schedule=SEED_SCHEDULE, max_prompt_tokens=None)
+        # One decoding thread, as the seed's request loop (and one cuBLAS handle, not one per pool thread).
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seed-decoder")
 
     async def turn(self, wav16k: np.ndarray, max_tokens: int) -> BaselineTurn:
         result = BaselineTurn(arrived=time.perf_counter())
@@ -85,7 +88,8 @@ class SeedBaseline:
                     new = [t for chunk in got if chunk for t in chunk]
                     # Inline, blocking the turn (the seed decodes in its request loop); a thread only keeps the
                     # event loop (and so the engine's output handling) alive meanwhile.
-                    speech = await asyncio.to_thread(stream.feed, new, finished)
+                    loop = asyncio.get_running_loop()
+                    speech = await loop.run_in_executor(self.executor, stream.feed, new, finished)
                     if len(speech):
                         now = time.perf_counter() - result.arrived
                         if result.first_audio_s is None:

@@ -56,6 +56,8 @@ def build(settings: Settings):
         from glm4voice_api.models.speech_decoder import load_speech_decoder
 
         rt = request.app.state.services.runtime
+        if torch.cuda.is_available():  # the load levels before leave the caching allocator holding most memory
+            torch.cuda.empty_cache()
         if "baseline" not in state:
             # The seed's decoder: its own float32, eager instance (no CUDA graphs, no batching).
             device = rt.decoder.decoder.device

@@ -88,7 +88,7 @@ def settings_used(env: dict[str, str]) -> dict[str, str]:
 
 
 def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log = log_path.open("w")  # noqa: SIM115 - lives as long as the subprocess
+    log = log_path.open("w")
     return subprocess.Popen([sys.executable, "-m", "bench.gpu_server", "--port", str(port)], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
 
@@ -147,7 +147,7 @@ async def our_path(args: argparse.Namespace, url: str) -> list[dict]:
         after = await stats(url)
         summary = level.summary() | {"gpu_split": split(before, after, level.wall_s)}
         levels.append(summary)
-        print(json.dumps({k: summary[k] for k in ("concurrency", "ok", "errors", "realtime", "ttfa_ms", "rtf",
+        print(json.dumps({k: summary[k] for k in ("concurrency", "ok", "errors", "realtime", "ttfa_ms", "first_text_ms", "rtf",
                                                    "tokens_per_s", "gpu_split")}), flush=True)  # fmt: skip
         if not summary["realtime"] and summary["rtf"]["p50"] and summary["rtf"]["p50"] > 1.5:
             break  # far past capacity: the next levels would only take time
@@ -160,7 +160,11 @@ async def baseline(args: argparse.Namespace, url: str) -> list[dict]:
         for concurrency in range(1, args.baseline_max + 1):
             start = time.perf_counter()
             body = {"concurrency": concurrency, "max_tokens": args.max_tokens, "question_seconds": 3}
-            turns = (await client.post("/bench/baseline", json=body)).json()["turns"]
+            response = await client.post("/bench/baseline", json=body)
+            if response.status_code != 200:
+                print("baseline failed:", response.status_code, response.text[:300], flush=True)
+                break
+            turns = response.json()["turns"]
             rtf = [t["rtf"] for t in turns if t["rtf"] is not None]
             ttfa = [t["first_audio_s"] * 1000 for t in turns if t["first_audio_s"] is not None]
             level = {
@@ -248,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ramp", type=float, default=1.0)
     p.add_argument("--baseline-max", type=int, default=8)
     p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.75)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.7)
     p.add_argument("--decoder-dtype", default="bfloat16")
     p.add_argument("--decoder-max-batch", type=int, default=32)
     p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True)

@@ -42,6 +42,8 @@ class TurnResult:
     status: int = 0
     error: str | None = None
     sent: float = 0.0
+    first_text_s: float | None = None
+    """Request sent -> first transcript text (the LLM's first tokens: the part of first audio that is not decoder)."""
     first_audio_s: float | None = None
     done_s: float | None = None
     audio_s: float = 0.0
@@ -72,6 +74,7 @@ class LevelResult:
                 key = str(t.status) if t.status and t.status != 200 else (t.error or "no audio")[:60]
                 errors[key] = errors.get(key, 0) + 1
         ttfa = [t.first_audio_s * 1000 for t in ok if t.first_audio_s is not None]
+        ttft = [t.first_text_s * 1000 for t in ok if t.first_text_s is not None]
         rtf = [t.rtf for t in ok if t.rtf is not None]
         tokens = sum(t.completion_tokens for t in ok)
         return {
@@ -82,6 +85,7 @@ class LevelResult:
             "realtime": bool(ok) and len(ok) == len(self.turns) and all(r < 1 for r in rtf),
             "realtime_fraction": sum(r < 1 for r in rtf) / len(self.turns) if self.turns else 0.0,
             "ttfa_ms": _percentiles(ttfa),
+            "first_text_ms": _percentiles(ttft),
             "rtf": _percentiles(rtf),
             "stalled_turns": sum(t.stalls > 0 for t in ok),
             "audio_seconds": round(sum(t.audio_s for t in ok), 2),
@@ -175,6 +179,8 @@ async def run_turn(
                 for choice in chunk.get("choices") or []:
                     audio = (choice.get("delta") or {}).get("audio") or {}
                     audio_id = audio.get("id", audio_id)
+                    if audio.get("transcript") and result.first_text_s is None:
+                        result.first_text_s = time.perf_counter() - result.sent
                     if audio.get("data"):
                         now = time.perf_counter()
                         seconds = len(base64.b64decode(audio["data"])) / 2 / OUT_RATE

@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib as mpl
 
 mpl.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot(result: dict, out: Path) -> list[Path]:

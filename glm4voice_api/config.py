@@ -44,7 +44,11 @@ class EngineSettings(BaseModel):
 class AudioModelSettings(BaseModel):
     """Where and how the speech tokenizer and decoder run (outside vLLM)."""
 
-    audio_device: str = Field("auto", description="Device of the speech tokenizer and decoder: auto, cpu, cuda, cuda:N.")
+    audio_device: str = Field(
+        "auto",
+        description="Device of the speech tokenizer and decoder: auto, cpu, cuda, cuda:N, or all (a decoder on "
+        "every GPU, for tensor/data-parallel engines; the tokenizer on cuda:0).",
+    )
     tokenizer_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Speech tokenizer dtype (float32 reproduces the reference tokens exactly)."
     )

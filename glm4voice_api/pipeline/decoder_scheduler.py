@@ -240,3 +240,45 @@ def _settle(job: _Job, result: np.ndarray | None = None, exc: BaseException | No
             job.future.set_result(result)
 
     job.loop.call_soon_threadsafe(apply)
+
+
+class DecoderPool:
+    """Several `DecoderScheduler`s, one per device (`--audio-device all`: one per GPU), behind one interface.
+
+    Why: with vLLM spread over several GPUs (tensor or data parallel), a single decoder would leave the other GPUs'
+    share of the speech work undone. A new stream goes to the scheduler with the fewest open sessions, and stays
+    there (its state lives on that device).
+    """
+
+    def __init__(self, schedulers: list[DecoderScheduler]) -> None:
+        if not schedulers:
+            raise ValueError("a decoder pool needs at least one scheduler")
+        self.schedulers = schedulers
+        self.decoder = schedulers[0].decoder  # voice creation and introspection use the first device's model
+        self.sample_rate = schedulers[0].sample_rate
+
+    def start(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.start()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.schedulers))
+
+    def open_stream(self, voice: Voice | None = None) -> ScheduledStream:
+        return min(self.schedulers, key=DecoderScheduler.active_streams).open_stream(voice)
+
+    def active_streams(self) -> int:
+        return sum(s.active_streams() for s in self.schedulers)
+
+    @property
+    def batches(self) -> int:
+        return sum(s.batches for s in self.schedulers)
+
+    @property
+    def chunks(self) -> int:
+        return sum(s.chunks for s in self.schedulers)
+
+    @property
+    def busy_seconds(self) -> float:
+        """Summed over devices (so it can exceed the wall time: the devices work in parallel)."""
+        return sum(s.busy_seconds for s in self.schedulers)

@@ -15,7 +15,7 @@ from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.pipeline.audio_input import AudioInput
-from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 from glm4voice_api.store import Store, open_store
 from glm4voice_api.text.prompt import PromptBuilder
@@ -33,7 +33,7 @@ class Runtime:
     paths: dict[str, Path]
     random_weights: bool
     audio_input: AudioInput
-    decoder: DecoderScheduler
+    decoder: DecoderScheduler | DecoderPool
     store: Store
     closers: list = field(default_factory=list)
     observe_first_audio: Callable[[float], None] = lambda _seconds: None
@@ -47,7 +47,9 @@ class Runtime:
     open_streams: int = 0
     """Streaming responses generating now."""
 
-    def interleave_constraint(self, forced_text: list[int] | None = None, **kwargs: int | None) -> InterleaveConstraint | None:
+    def interleave_constraint(
+        self, forced_text: list[int] | None = None, **kwargs: int | None
+    ) -> InterleaveConstraint | None:
         """The sampler constraint for a reply, or None when the model is trusted to interleave by itself."""
         mode = self.settings.interleave_constraint
         if forced_text is None and (mode == "off" or (mode == "auto" and not self.random_weights)):
@@ -85,11 +87,20 @@ def is_random_weights(llm_path: Path, settings: Settings) -> bool:
 
 
 def audio_device(settings: Settings) -> str:
+    """Where the speech tokenizer runs (and the decoder, unless `all` spreads it over every GPU)."""
     import torch
 
-    if settings.audio.audio_device != "auto":
+    if settings.audio.audio_device not in ("auto", "all"):
         return settings.audio.audio_device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def decoder_devices(settings: Settings) -> list[str]:
+    import torch
+
+    if settings.audio.audio_device == "all":
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+    return [audio_device(settings)]
 
 
 async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
@@ -106,13 +117,21 @@ async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
     return AudioInput(worker, settings.limits)
 
 
-async def start_decoder(settings: Settings, path: Path) -> DecoderScheduler:
+async def start_decoder(settings: Settings, path: Path) -> DecoderScheduler | DecoderPool:
+    devices = decoder_devices(settings)
+    schedulers = await asyncio.gather(*(_start_scheduler(settings, path, device) for device in devices))
+    if len(schedulers) == 1:
+        return schedulers[0]
+    logger.info("decoder: one per device on %s", ", ".join(devices))
+    return DecoderPool(list(schedulers))
+
+
+async def _start_scheduler(settings: Settings, path: Path, device: str) -> DecoderScheduler:
     import torch
 
     from glm4voice_api.models.decoder_stream import DecoderStreamConfig
     from glm4voice_api.models.speech_decoder import load_speech_decoder
 
-    device = audio_device(settings)
     name = settings.audio.decoder_dtype
     dtype = getattr(torch, ("bfloat16" if device.startswith("cuda") else "float32") if name == "auto" else name)
     decoder = await asyncio.to_thread(load_speech_decoder, path, device, dtype)
@@ -125,7 +144,7 @@ async def start_decoder(settings: Settings, path: Path) -> DecoderScheduler:
         count = await asyncio.to_thread(
             decoder.flow.graphed.warmup, settings.audio.decoder_max_batch, decoder.mel_frames(longest), like
         )
-        logger.info("decoder: %d CUDA graphs captured", count)
+        logger.info("decoder on %s: %d CUDA graphs captured", device, count)
     config = DecoderStreamConfig(
         schedule=tuple(settings.audio.decoder_schedule), max_prompt_tokens=settings.audio.decoder_max_prompt_tokens
     )

@@ -11,7 +11,7 @@ import pytest
 
 from glm4voice_api.models.decoder_stream import DecoderStreamConfig
 from glm4voice_api.models.speech_decoder import load_speech_decoder
-from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 
 TINY = Path("/work/shared/conformance/tiny_a")
 pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="conformance data not available")
@@ -19,11 +19,11 @@ CONFIG = DecoderStreamConfig(schedule=(10, 20), max_prompt_tokens=30)
 
 
 @pytest.fixture(scope="module")
-def decoder():  # noqa: ANN201
+def decoder():
     return load_speech_decoder(TINY / "speech_decoder")
 
 
-def test_scheduled_streams_equal_direct_decoding(decoder) -> None:  # noqa: ANN001
+def test_scheduled_streams_equal_direct_decoding(decoder) -> None:
     rng = np.random.default_rng(5)
     seqs = [rng.integers(0, 16384, n).tolist() for n in (47, 63, 25)]
     expected = []
@@ -35,6 +35,7 @@ def test_scheduled_streams_equal_direct_decoding(decoder) -> None:  # noqa: ANN0
         scheduler = DecoderScheduler(decoder, CONFIG, max_batch=4)
         scheduler.start()
         try:
+
             async def one(seq: list[int]) -> np.ndarray:
                 stream = scheduler.open_stream()
                 try:
@@ -67,9 +68,30 @@ def test_pick_most_urgent_first_and_keeps_short_rows_short() -> None:
     steady = [_entry(b, 170) for b in (0.5, 2.0, 4.0)]
     other_first = _entry(-1.0, 12)
     pending = [*steady, first_chunk, other_first]
-    batch = scheduler._pick(pending)  # noqa: SLF001
+    batch = scheduler._pick(pending)
     # The two first chunks go together; 170-token rows would pad them 10x, so they wait for the next pass.
     assert {id(e) for e in batch} == {id(first_chunk), id(other_first)}
-    batch = scheduler._pick(pending)  # noqa: SLF001
+    batch = scheduler._pick(pending)
     assert [e[0].stream.buffered_seconds(0) for e in batch] == [0.5, 2.0, 4.0]  # least buffered first, max_batch
     assert pending == []
+
+
+def test_pool_spreads_streams_and_counts_sessions(decoder) -> None:
+
+    async def run() -> None:
+        pool = DecoderPool([DecoderScheduler(decoder, CONFIG), DecoderScheduler(decoder, CONFIG)])
+        pool.start()
+        try:
+            streams = [pool.open_stream() for _ in range(4)]
+            assert [s.active_streams() for s in pool.schedulers] == [2, 2]  # least-loaded placement
+            audio = await asyncio.gather(*(s.feed(list(range(i, i + 20)), final=True) for i, s in enumerate(streams)))
+            assert all(len(a) > 0 for a in audio)
+            for s in streams:
+                s.close()
+            await asyncio.sleep(0.2)
+            assert pool.active_streams() == 0
+            assert pool.chunks == 4 and all(s.chunks for s in pool.schedulers)  # both devices did work
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
