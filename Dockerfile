@@ -10,4 +10,9 @@ COPY plugins ./plugins
 RUN pip install --no-cache-dir ".[gpu]"
 ENV GLM4VOICE_HOST=0.0.0.0 GLM4VOICE_PORT=8000 GLM4VOICE_MODEL_DIR=/models
 EXPOSE 8000
+# SIGTERM drains (503 to new requests, in-flight streams finish for up to GLM4VOICE_DRAIN_TIMEOUT_S, default 30 s):
+# give the container more than that before SIGKILL, e.g. `docker stop -t 40` / terminationGracePeriodSeconds: 40.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=15s --timeout=5s --start-period=600s \
+  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready').status != 200)"
 ENTRYPOINT ["glm4voice-api", "serve"]

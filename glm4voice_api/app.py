@@ -150,7 +150,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        # 400 here is Starlette failing to parse the body (bad UTF-8 JSON, nesting, multipart without boundary).
+        kind = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         error = APIError(str(exc.detail), code=kind, status=exc.status_code)
         return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 

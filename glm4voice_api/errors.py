@@ -36,7 +36,9 @@ def not_found(message: str, param: str | None = None, code: str | None = "not_fo
 
 
 def model_not_found(model: str) -> APIError:
-    return APIError(f"The model '{model}' does not exist.", param="model", code="model_not_found", status=404)
+    # Echo at most 200 characters: a 30 MB model name must not come back as a 30 MB error.
+    shown = model if len(model) <= 200 else model[:200] + "..."
+    return APIError(f"The model '{shown}' does not exist.", param="model", code="model_not_found", status=404)
 
 
 def payload_too_large(message: str, param: str | None = None) -> APIError:

@@ -9,6 +9,7 @@ plain hash is enough; no salt or slow KDF is needed) plus a short non-secret pre
 from __future__ import annotations
 
 import hashlib
+from array import array
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -102,3 +103,14 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def pack_ids(ids: list[int]) -> bytes:
+    """Token ids as int32 bytes: what both backends store for an audio reply (compact, exact)."""
+    return array("i", ids).tobytes()
+
+
+def unpack_ids(blob: bytes) -> list[int]:
+    out = array("i")
+    out.frombytes(blob)
+    return out.tolist()

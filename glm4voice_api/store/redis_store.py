@@ -11,25 +11,14 @@ makes up can never reach another tenant's key.
 
 from __future__ import annotations
 
-from array import array
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from glm4voice_api.store.base import StoredAudio, StoredKey, StoredVoice, StoreError
+from glm4voice_api.store.base import StoredAudio, StoredKey, StoredVoice, StoreError, pack_ids, unpack_ids
 
 NAMESPACE = "glm4voice"
-
-
-def _pack(ids: list[int]) -> bytes:
-    return array("i", ids).tobytes()
-
-
-def _unpack(blob: bytes) -> list[int]:
-    out = array("i")
-    out.frombytes(blob)
-    return out.tolist()
 
 
 def redact_url(url: str) -> str:
@@ -70,7 +59,7 @@ class RedisStore:
     async def put_audio(self, item: StoredAudio) -> None:
         key = self._k("audio", item.tenant, item.id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"tenant": item.tenant, "token_ids": _pack(item.token_ids),
+            pipe.hset(key, mapping={"tenant": item.tenant, "token_ids": pack_ids(item.token_ids),
                                     "transcript": item.transcript, "created_at": item.created_at,
                                     "expires_at": item.expires_at})  # fmt: skip
             # get_audio accepts the item up to and including expires_at, so Redis keeps it one second longer.
@@ -81,13 +70,13 @@ class RedisStore:
         h = await self._redis.hgetall(self._k("audio", tenant, audio_id))
         if not h or _str(h[b"tenant"]) != tenant or int(h[b"expires_at"]) < now:
             return None
-        return StoredAudio(audio_id, tenant, _unpack(h[b"token_ids"]), _str(h[b"transcript"]),
+        return StoredAudio(audio_id, tenant, unpack_ids(h[b"token_ids"]), _str(h[b"transcript"]),
                            int(h[b"created_at"]), int(h[b"expires_at"]))  # fmt: skip
 
     async def put_voice(self, voice: StoredVoice) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._k("voice", voice.tenant, voice.id),
-                      mapping={"tenant": voice.tenant, "name": voice.name, "prompt_tokens": _pack(voice.prompt_tokens),
+                      mapping={"tenant": voice.tenant, "name": voice.name, "prompt_tokens": pack_ids(voice.prompt_tokens),
                                "prompt_mel": voice.prompt_mel, "mel_frames": voice.mel_frames,
                                "created_at": voice.created_at})  # fmt: skip
             pipe.zadd(self._k("voices", voice.tenant), {voice.id: voice.created_at})
@@ -97,7 +86,7 @@ class RedisStore:
     def _voice(voice_id: str, tenant: str, h: dict[bytes, bytes]) -> StoredVoice | None:
         if not h or _str(h[b"tenant"]) != tenant:
             return None
-        return StoredVoice(voice_id, tenant, _str(h[b"name"]), _unpack(h[b"prompt_tokens"]), h[b"prompt_mel"],
+        return StoredVoice(voice_id, tenant, _str(h[b"name"]), unpack_ids(h[b"prompt_tokens"]), h[b"prompt_mel"],
                            int(h[b"mel_frames"]), int(h[b"created_at"]))  # fmt: skip
 
     async def get_voice(self, tenant: str, voice_id: str) -> StoredVoice | None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from glm4voice_api.store.base import StoredAudio, StoredKey, StoredVoice
+from glm4voice_api.store.base import StoredAudio, StoredKey, StoredVoice, pack_ids, unpack_ids
 
 T = TypeVar("T")
 
@@ -36,16 +35,6 @@ CREATE INDEX IF NOT EXISTS rate_windows_start ON rate_windows (window_start);
 """
 
 _KEY_COLUMNS = "id, tenant, prefix, key_hash, created_at, revoked_at"
-
-
-def _pack(ids: list[int]) -> bytes:
-    return array("i", ids).tobytes()
-
-
-def _unpack(blob: bytes) -> list[int]:
-    out = array("i")
-    out.frombytes(blob)
-    return out.tolist()
 
 
 class SqliteStore:
@@ -78,7 +67,7 @@ class SqliteStore:
         await self._run("DELETE FROM audio WHERE expires_at < ?", (item.created_at,))
         await self._run(
             "INSERT INTO audio VALUES (?, ?, ?, ?, ?, ?)",
-            (item.id, item.tenant, _pack(item.token_ids), item.transcript, item.created_at, item.expires_at),
+            (item.id, item.tenant, pack_ids(item.token_ids), item.transcript, item.created_at, item.expires_at),
         )
 
     async def get_audio(self, tenant: str, audio_id: str, now: int) -> StoredAudio | None:
@@ -90,17 +79,17 @@ class SqliteStore:
         if not rows:
             return None
         r = rows[0]
-        return StoredAudio(r[0], r[1], _unpack(r[2]), r[3], r[4], r[5])
+        return StoredAudio(r[0], r[1], unpack_ids(r[2]), r[3], r[4], r[5])
 
     async def put_voice(self, voice: StoredVoice) -> None:
         await self._run(
             "INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (voice.id, voice.tenant, voice.name, _pack(voice.prompt_tokens), voice.prompt_mel, voice.mel_frames,
+            (voice.id, voice.tenant, voice.name, pack_ids(voice.prompt_tokens), voice.prompt_mel, voice.mel_frames,
              voice.created_at),
         )  # fmt: skip
 
     def _voice(self, r: tuple) -> StoredVoice:
-        return StoredVoice(r[0], r[1], r[2], _unpack(r[3]), r[4], r[5], r[6])
+        return StoredVoice(r[0], r[1], r[2], unpack_ids(r[3]), r[4], r[5], r[6])
 
     async def get_voice(self, tenant: str, voice_id: str) -> StoredVoice | None:
         rows = await self._run("SELECT * FROM voices WHERE id = ? AND tenant = ?", (voice_id, tenant))
