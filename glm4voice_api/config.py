@@ -21,7 +21,9 @@ class EngineSettings(BaseModel):
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
     pipeline_parallel_size: int = Field(1, ge=1, description="vLLM pipeline parallel size.")
     data_parallel_size: int = Field(1, ge=1, description="vLLM data parallel size.")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="Fraction of GPU memory vLLM may use.")
+    gpu_memory_utilization: float = Field(
+        0.75, gt=0, le=1, description="Fraction of GPU memory vLLM may use (the rest: speech tokenizer, decoder, graphs)."
+    )
     max_model_len: int | None = Field(
         None, ge=64, description="Context length (prompt + reply). Default: 8192, as the official vLLM server."
     )
