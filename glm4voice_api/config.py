@@ -12,7 +12,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-OFFICIAL_FOLDERS = {"llm": "glm-4-voice-9b", "speech_tokenizer": "glm-4-voice-tokenizer", "decoder": "glm-4-voice-decoder"}
+OFFICIAL_FOLDERS = {
+    "llm": "glm-4-voice-9b",
+    "speech_tokenizer": "glm-4-voice-tokenizer",
+    "decoder": "glm-4-voice-decoder",
+}
 
 
 class EngineSettings(BaseModel):
@@ -22,7 +26,10 @@ class EngineSettings(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1, description="vLLM pipeline parallel size.")
     data_parallel_size: int = Field(1, ge=1, description="vLLM data parallel size.")
     gpu_memory_utilization: float = Field(
-        0.75, gt=0, le=1, description="Fraction of GPU memory vLLM may use (the rest: speech tokenizer, decoder, graphs)."
+        0.75,
+        gt=0,
+        le=1,
+        description="Fraction of GPU memory vLLM may use (the rest: speech tokenizer, decoder, graphs).",
     )
     max_model_len: int | None = Field(
         None, ge=64, description="Context length (prompt + reply). Default: 8192, as the official vLLM server."
