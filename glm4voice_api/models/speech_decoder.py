@@ -185,7 +185,7 @@ class SpeechDecoder:
         longer row's padding reach a shorter row's last samples.
         """
         gens = [
-            r.generator if r.generator is not None else torch.Generator(device="cpu").manual_seed(NOISE_SEED)
+            r.generator if r.generator is not None else torch.Generator(device=r.rng_device).manual_seed(NOISE_SEED)
             for r in requests
         ]
         flow_rows = [i for i, r in enumerate(requests) if r.tokens]

@@ -146,7 +146,11 @@ async def _start_scheduler(settings: Settings, path: Path, device: str) -> Decod
         )
         logger.info("decoder on %s: %d CUDA graphs captured", device, count)
     config = DecoderStreamConfig(
-        schedule=tuple(settings.audio.decoder_schedule), max_prompt_tokens=settings.audio.decoder_max_prompt_tokens
+        schedule=tuple(settings.audio.decoder_schedule),
+        max_prompt_tokens=settings.audio.decoder_max_prompt_tokens,
+        # On a GPU the per-chunk noise is drawn there (see DecoderStreamConfig.rng_device); CPU keeps the
+        # reference's exact draws.
+        rng_device=device if device.startswith("cuda") else "cpu",
     )
     scheduler = DecoderScheduler(decoder, config, max_batch=settings.audio.decoder_max_batch)
     scheduler.start()
