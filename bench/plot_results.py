@@ -58,8 +58,8 @@ def plot(result: dict, out: Path) -> list[Path]:
                width, label=label)  # fmt: skip
     ax.set_xticks(list(x), [str(lv["concurrency"]) for lv in levels])
     ax.set(xlabel="concurrent spoken-chat streams", ylabel="busy fraction of the level's wall time",
-           title=f"GPU time split (busy time per component; they overlap)\n{title}")  # fmt: skip
-    ax.legend(fontsize=8)
+           title=f"GPU time split (busy time per component; they overlap)\n{title}", ylim=(0, 1.15))  # fmt: skip
+    ax.legend(fontsize=8, loc="upper center", ncol=3)
     ax.grid(alpha=0.3, axis="y")
     files.append(_save(fig, out / "gpu_split.png"))
     return files
