@@ -26,7 +26,8 @@ from glm4voice_api.request_context import RequestContext, bind_request, unbind_r
 from glm4voice_api.routes import chat, health, models, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.metrics import Metrics
-from glm4voice_api.serving.services import Services
+from glm4voice_api.serving.capacity import CapacityController, run_controller
+from glm4voice_api.serving.services import Services, capacity_signals, measured_capacity
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("glm4voice_api.access")
@@ -213,12 +214,23 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         services = Services.from_runtime(runtime)
         services.admission.on_reject = metrics.reject
         metrics.bind_serving(active_streams=lambda: runtime.open_streams, admitted=lambda: services.admission.in_flight,
-                             queued=lambda: services.admission.queue.queued)  # fmt: skip
+                             queued=lambda: services.admission.queue.queued,
+                             limit=lambda: services.admission.queue.max_active or 0)  # fmt: skip
+        runtime.decoder.set_underrun_callback(metrics.underruns.inc)
         app.state.services = services
+        capacity = None
+        if measured_capacity(runtime):
+            controller = CapacityController(ceiling=runtime.engine.info.max_num_seqs)
+            app.state.capacity = controller
+            capacity = asyncio.create_task(run_controller(
+                controller, capacity_signals(runtime, services.admission), services.admission.queue.set_limit
+            ))  # fmt: skip
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
+            if capacity is not None:
+                capacity.cancel()
             app.state.services = None
             auth.bind(None)
             await runtime.close()
@@ -228,6 +240,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     app.state.metrics = metrics
     app.state.auth = auth = KeyResolver(settings)
     app.state.services = None
+    app.state.capacity = None
     app.state.draining = False
     _install_error_handlers(app)
     _publish_error_envelope(app)

@@ -68,10 +68,25 @@ class AudioModelSettings(BaseModel):
         description="Speech decoder dtype. auto: bfloat16 on CUDA (2-3x the streams of float32 per GPU, "
         "bench/results), float32 on CPU (bf16 matmuls are slow there).",
     )
+    decoder_chunking: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="How chunks are sized. adaptive: from each stream's buffered audio (small while the listener's "
+        "buffer is thin, up to decoder_max_chunk once ahead; the scheduler also wakes a stream whose buffer nears "
+        "its end); fixed: decoder_schedule, whatever the timing.",
+    )
+    decoder_first_chunk: int = Field(
+        10, ge=6, description="Audio tokens in a reply's first chunk (adaptive): first audio after this many."
+    )
+    decoder_max_chunk: int = Field(160, ge=6, description="Most audio tokens in one chunk (adaptive).")
+    decoder_lead_ms: float = Field(
+        300.0,
+        ge=0,
+        description="Adaptive: a stream decodes whatever it has once its listener's buffer falls below this plus "
+        "the expected decoder wait.",
+    )
     decoder_schedule: list[int] = Field(
         [10, 20, 40, 80, 160],
-        description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early; later "
-        "chunks grow because each one re-runs the flow over its context (fewer, longer chunks cost less).",
+        description="Fixed chunking: audio tokens per decoder chunk, in order; the last repeats.",
     )
     decoder_max_prompt_tokens: int | None = Field(
         100,
@@ -79,7 +94,9 @@ class AudioModelSettings(BaseModel):
         description="Earlier tokens (8 s at 100) given to the flow as context per chunk: bounds the cost of a chunk; "
         "None = the whole history, as the reference.",
     )
-    decoder_max_batch: int = Field(16, ge=1, description="Most stream chunks decoded in one flow + HiFT pass.")
+    decoder_max_batch: int = Field(
+        32, ge=1, description="Most stream chunks decoded in one flow + HiFT pass (CUDA graphs: powers of two)."
+    )
     decoder_cuda_graphs: bool = Field(
         True, description="On CUDA, run the flow's 10-step ODE as captured CUDA graphs (per shape bucket)."
     )
@@ -101,8 +118,9 @@ class LimitSettings(BaseModel):
     # Admission: sized to what the engine and decoder serve in real time. Above max_active_requests requests wait
     # in a bounded queue; a full queue or an expired wait is a 429 with Retry-After (the openai SDK retries it).
     max_active_requests: int | None = Field(
-        None, ge=0, description="Requests running model work at once (per replica). Default: the engine's "
-        "max_num_seqs. 0: unlimited.",
+        None, ge=0, description="Requests running model work at once (per replica). Default on a GPU: measured "
+        "while serving (the streams this server keeps gap-free, up to max_num_seqs); on CPU: max_num_seqs. "
+        "0: unlimited.",
     )  # fmt: skip
     max_queued_requests: int | None = Field(
         None, ge=0, description="Requests waiting for a slot; more are refused with 429. Default: max_active_requests."

@@ -47,6 +47,7 @@ class VllmLLMEngine:
         self._vocab_size = vocab_size
         self._active: set[str] = set()
         self.aborted = 0
+        self.generated = 0
         self._busy_total = 0.0
         self._busy_since: float | None = None
 
@@ -162,6 +163,7 @@ class VllmLLMEngine:
             async for out in self._llm.generate({"prompt_token_ids": prompt_ids}, sampling, request_id):
                 completion = out.outputs[0]
                 finished = out.finished
+                self.generated += len(completion.token_ids)
                 yield GenerationDelta(
                     token_ids=list(completion.token_ids),
                     finished=out.finished,
@@ -202,6 +204,10 @@ class VllmLLMEngine:
 
     def aborted_requests(self) -> int:
         return self.aborted
+
+    def generated_tokens(self) -> int:
+        """Tokens generated since start (cumulative; capacity control reads the per-stream rate from it)."""
+        return self.generated
 
     def busy_seconds(self) -> float:
         """Wall time with at least one request in the engine (an upper bound on its GPU time; benchmarks)."""

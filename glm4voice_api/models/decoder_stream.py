@@ -19,7 +19,18 @@ from glm4voice_api.models.flow import NOISE_SEED
 if TYPE_CHECKING:
     from glm4voice_api.models.speech_decoder import SpeechDecoder
 
-__all__ = ["ChunkRequest", "ChunkResult", "DecoderStream", "DecoderStreamConfig", "StreamClosedError", "Voice"]
+__all__ = [
+    "MIN_CHUNK_TOKENS",
+    "ChunkRequest",
+    "ChunkResult",
+    "DecoderStream",
+    "DecoderStreamConfig",
+    "StreamClosedError",
+    "Voice",
+]
+
+MIN_CHUNK_TOKENS = 6
+"""A non-final chunk must yield more mel frames than the 34-frame overlap it holds back (5 tokens)."""
 
 # Frames kept before the current context start: the frame offset of a fixed token offset can move by one
 # frame between calls (the mel length formula floors), so pruning exactly at it could drop a needed frame.
@@ -95,8 +106,7 @@ class DecoderStreamConfig:
     rng_device: str = "cpu"
 
     def __post_init__(self) -> None:
-        # A non-final chunk must yield more mel frames than the 34-frame overlap it holds back (5 tokens).
-        if not self.schedule or min(self.schedule) <= 5:
+        if not self.schedule or min(self.schedule) < MIN_CHUNK_TOKENS:
             msg = f"schedule must be non-empty with every step > 5 tokens, got {self.schedule}"
             raise ValueError(msg)
         if self.max_prompt_tokens is not None and self.max_prompt_tokens < 1:
@@ -141,6 +151,11 @@ class DecoderStream:
         return self._done
 
     @property
+    def pending_tokens(self) -> int:
+        """Tokens buffered and not decoded yet."""
+        return len(self._pending)
+
+    @property
     def decoded_tokens(self) -> int:
         return self._n_tokens
 
@@ -153,8 +168,14 @@ class DecoderStream:
             request = self.prepare(final=final)
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
-    def prepare(self, tokens: list[int] | np.ndarray = (), *, final: bool = False) -> ChunkRequest | None:
-        """Buffer tokens and return the next due chunk (None if none is due). Commit it before the next."""
+    def prepare(
+        self, tokens: list[int] | np.ndarray = (), *, final: bool = False, size: int | None = None
+    ) -> ChunkRequest | None:
+        """Buffer tokens and return the next due chunk (None if none is due). Commit it before the next.
+
+        ``size`` overrides the schedule for this chunk (a scheduler that sizes chunks from each stream's buffered
+        audio): exactly ``size`` buffered tokens are decoded now, or None is returned while fewer are buffered.
+        """
         self._check_open()
         if self._inflight is not None:
             msg = "a chunk is still in flight: commit() its result first"
@@ -170,7 +191,10 @@ class DecoderStream:
         self._final = self._final or final
         if self._done:
             return None
-        step = self.config.schedule[min(self._step, len(self.config.schedule) - 1)]
+        step = size if size is not None else self.config.schedule[min(self._step, len(self.config.schedule) - 1)]
+        if step < MIN_CHUNK_TOKENS:
+            msg = f"a chunk needs at least {MIN_CHUNK_TOKENS} tokens, got {step}"
+            raise ValueError(msg)
         if self._final:
             # One final chunk with everything left: more context, fewer seams than splitting it.
             chunk, is_final = self._pending, True

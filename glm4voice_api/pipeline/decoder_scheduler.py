@@ -1,12 +1,15 @@
-"""DecoderScheduler: one thread owns the speech decoder and batches the due chunks of many streams.
+"""DecoderScheduler: one thread owns the speech decoder and decodes the due chunks of many streams in batches.
 
-Why one owner: the flow + HiFT forward passes are the scarce resource (per-pass launch overhead dominates at batch
-1 on a GPU), so chunks of many streams go through `decode_batch` together. Order: a stream's first chunk jumps the
-queue (first-audio latency), then the stream with the least audio buffered ahead of its playback goes first (what
-keeps many streams real time).
+Why one owner: the flow + HiFT passes are the scarce resource (per-pass launch overhead dominates at batch 1 on a
+GPU), so chunks of many streams share one `decode_batch` pass. What is due, and how many tokens a chunk takes, is
+the chunk policy's decision (`chunk_policy.py`), made from each stream's buffered audio: the scheduler re-decides
+before every pass, and also wakes up by itself when a waiting stream's buffer is about to run out (no new tokens
+needed for that). Order within a pass: most urgent first (least audio buffered; a first chunk counts as nearly
+dry), rows of similar length together (a padded pass costs as much as its longest row), and the rows a CUDA-graph
+bucket would pad anyway are filled with streams that have enough tokens waiting (free work that fattens buffers).
 
-Streams are touched only by the worker thread (prepare, commit, close), so no stream state is shared across
-threads; the event loop only enqueues work and awaits futures.
+Streams' decoder state is touched only by the worker thread; the event loop pushes tokens and reads audio through
+an asyncio queue per stream. A failing chunk fails only its own stream; the thread keeps serving the others.
 """
 
 from __future__ import annotations
@@ -16,90 +19,131 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
-from glm4voice_api.models.decoder_stream import ChunkRequest, ChunkResult, DecoderStream, DecoderStreamConfig
+from glm4voice_api.models.decoder_stream import ChunkRequest, DecoderStream, DecoderStreamConfig
 from glm4voice_api.models.speech_decoder import SpeechDecoder, Voice
+from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, StreamView
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class _Job:
-    stream: ScheduledStream
-    tokens: list[int]
-    final: bool
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    enqueued: float = field(default_factory=time.monotonic)
+_MIN_WAIT_S = 0.002
+_END = None  # put on a stream's audio queue after its last chunk
 
 
 class ScheduledStream:
-    """One reply's decoder session, driven through the scheduler."""
+    """One reply's decoder session: push audio tokens in, iterate decoded audio out."""
 
     def __init__(self, scheduler: DecoderScheduler, voice: Voice | None) -> None:
         self._scheduler = scheduler
         self._voice = voice
-        self._stream: DecoderStream | None = None  # created by the worker thread on first use
+        self._loop = asyncio.get_running_loop()
+        self._audio: asyncio.Queue = asyncio.Queue()
+        self.closed = False
+        # Worker-thread side.
+        self._stream: DecoderStream | None = None
+        self._tokens: list[int] = []
+        self._final = False
+        self.finished = False
+        self.decoded = 0
         self.emitted_samples = 0
         self.first_emit: float | None = None
-        self.closed = False
 
-    def buffered_seconds(self, now: float) -> float:
-        """Audio emitted minus audio already played (assuming playback started at the first chunk)."""
-        if self.first_emit is None:
-            return -1.0  # no audio yet: most urgent
-        return self.emitted_samples / self._scheduler.sample_rate - (now - self.first_emit)
-
-    async def feed(self, tokens: list[int], *, final: bool = False) -> np.ndarray:
-        """New 22.05 kHz samples once the schedule makes a chunk due (empty if none is due yet)."""
+    def push(self, tokens: list[int], *, final: bool = False) -> None:
+        """Hand new audio tokens to the decoder (non-blocking); `final` flushes everything left."""
         if self.closed:
             raise RuntimeError("stream is closed")
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._scheduler.submit(_Job(self, list(tokens), final, future, loop))
-        return await future
+        self._scheduler._put(("tokens", self, list(tokens), final))
+
+    async def audio(self) -> AsyncIterator[np.ndarray]:
+        """Decoded 22.05 kHz float32 chunks as they are ready, until the final flush; a decoder error is raised."""
+        while (item := await self._audio.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def decode(self, tokens: list[int]) -> np.ndarray:
+        """All of `tokens` as one final flush, concatenated (voices, tests)."""
+        self.push(tokens, final=True)
+        chunks = [c async for c in self.audio()]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
     def close(self) -> None:
         """Free the session (on the worker thread); safe to call more than once and from any path."""
         if not self.closed:
             self.closed = True
-            self._scheduler.submit_close(self)
+            self._scheduler._put(("close", self))
 
     # Worker-thread side.
-    def _ensure_stream(self) -> DecoderStream:
+    def buffered_seconds(self, now: float) -> float:
+        """Audio emitted minus audio already played (playback assumed to start at the first chunk)."""
+        if self.first_emit is None:
+            return 0.0
+        return self.emitted_samples / self._scheduler.sample_rate - (now - self.first_emit)
+
+    def view(self, now: float) -> StreamView:
+        return StreamView(
+            pending=len(self._tokens),
+            started=self.first_emit is not None,
+            buffered_s=self.buffered_seconds(now),
+            decoded=self.decoded,
+        )
+
+    def _decoder_stream(self) -> DecoderStream:
         if self._stream is None:
             self._stream = self._scheduler.decoder.open_stream(self._voice, self._scheduler.stream_config)
         return self._stream
+
+    def _send(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._audio.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+            pass
 
     def _free(self) -> None:
         if self._stream is not None:
             self._stream.close()
             self._stream = None
+        self._tokens = []
 
 
 class DecoderScheduler:
     def __init__(
-        self, decoder: SpeechDecoder, stream_config: DecoderStreamConfig | None = None, *, max_batch: int = 16
+        self,
+        decoder: SpeechDecoder,
+        stream_config: DecoderStreamConfig | None = None,
+        *,
+        policy: ChunkPolicy | None = None,
+        max_batch: int = 16,
     ) -> None:
         self.decoder = decoder
         self.stream_config = stream_config or DecoderStreamConfig()
+        self.policy: ChunkPolicy = policy or AdaptiveChunkPolicy()
         self.max_batch = max_batch
         self.sample_rate = decoder.sample_rate
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._open = 0
         self._lock = threading.Lock()
+        self._pass_ewma = 0.05
+        self.on_underrun: Callable[[], None] = lambda: None
+        """Called (on the worker thread) when a stream's listener ran out of audio before its next chunk."""
         self.batches = 0
         self.chunks = 0
+        self.underruns = 0
+        self.failures = 0
         self.busy_seconds = 0.0
         """Wall time inside `decode_batch` (results come back on the CPU, so that includes the GPU work)."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="decoder-scheduler", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     async def close(self) -> None:
         self._queue.put(None)
@@ -116,130 +160,181 @@ class DecoderScheduler:
         with self._lock:
             return self._open
 
-    def submit(self, job: _Job) -> None:
-        self._queue.put(job)
+    def set_underrun_callback(self, callback: Callable[[], None]) -> None:
+        self.on_underrun = callback
 
-    def submit_close(self, stream: ScheduledStream) -> None:
-        self._queue.put(("close", stream))
+    def pass_seconds(self) -> float:
+        """Expected wait for a pass started now: one may be running, then ours (EWMA of measured passes)."""
+        return 2.0 * self._pass_ewma
+
+    def _put(self, item: object) -> None:
+        self._queue.put(item)
+
+    # -- worker thread -------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        # Work is re-prioritised before EVERY batch (not once per drained round), so a stream's first chunk
-        # that arrives while many steady-state chunks are waiting goes into the very next pass.
-        pending: list[tuple[_Job, ChunkRequest]] = []
+        streams: set[ScheduledStream] = set()
         stopping = False
         while True:
-            for item in self._drain(block=not pending and not stopping):
+            timeout = self._wait_time(streams, stopping)
+            for item in self._drain(timeout):
                 if item is None:
                     stopping = True
-                elif isinstance(item, _Job):
-                    self._admit(item, pending)
+                elif item[0] == "tokens":
+                    self._take_tokens(item[1], item[2], item[3], streams)
                 else:
-                    self._close(item[1], pending)
-            if pending:
-                self._decode_next(pending)
+                    self._close(item[1], streams)
+            batch = self._pick(streams)
+            if batch:
+                self._decode(batch, streams)
             elif stopping:
                 return
 
-    def _drain(self, *, block: bool) -> list:
-        items = [self._queue.get()] if block else []
+    def _wait_time(self, streams: set[ScheduledStream], stopping: bool) -> float | None:
+        """How long the worker may sleep: until a waiting stream's buffer nears its end (None: until new work)."""
+        if stopping:
+            return 0.0
+        now = time.monotonic()
+        pass_s = self.pass_seconds()
+        waits = [w for s in streams if (w := self.policy.wake_in(s.view(now), pass_s)) is not None]
+        return max(_MIN_WAIT_S, min(waits)) if waits else None
+
+    def _drain(self, timeout: float | None) -> list:
+        items = []
+        try:
+            items.append(self._queue.get(timeout=timeout) if timeout != 0.0 else self._queue.get_nowait())
+        except queue.Empty:
+            pass
         while True:
             try:
                 items.append(self._queue.get_nowait())
             except queue.Empty:
                 return items
 
-    def _admit(self, job: _Job, pending: list) -> None:
-        if job.stream.closed or job.future.cancelled():
-            _settle(job, np.zeros(0, np.float32))
+    def _take_tokens(self, s: ScheduledStream, tokens: list[int], final: bool, streams: set) -> None:
+        if s.closed or s.finished:
             return
-        try:
-            request = job.stream._ensure_stream().prepare(job.tokens, final=job.final)
-        except Exception as exc:  # noqa: BLE001 - goes back to the caller
-            _settle(job, exc=exc)
-            return
-        if request is None:
-            _settle(job, np.zeros(0, np.float32))
-        else:
-            pending.append((job, request))
+        s._tokens.extend(tokens)
+        s._final = s._final or final
+        streams.add(s)
 
-    def _close(self, stream: ScheduledStream, pending: list | None = None) -> None:
-        if pending:
-            for entry in [e for e in pending if e[0].stream is stream]:
-                pending.remove(entry)
-                _settle(entry[0], np.zeros(0, np.float32))
-        stream._free()
+    def _close(self, s: ScheduledStream, streams: set) -> None:
+        streams.discard(s)
+        s._free()
+        s._send(_END)
         with self._lock:
             self._open -= 1
 
-    def _pick(self, pending: list) -> list:
-        """The most urgent chunk plus the next most urgent ones of similar length (up to max_batch).
+    def _size(self, s: ScheduledStream, now: float, pass_s: float) -> int | None:
+        """Tokens due now (-1: the final flush of everything left), or None."""
+        if s.finished:
+            return None
+        if s._final:
+            return -1
+        return self.policy.chunk_size(s.view(now), pass_s)
 
-        Urgency: a stream with no audio yet first, then the least audio buffered ahead of playback. Rows much
-        longer than the most urgent one wait: a padded pass costs as much as its longest row, and a first
-        chunk (10 tokens) must not be padded to a steady-state chunk's 100+ tokens of context.
-        """
+    def _row_len(self, s: ScheduledStream, size: int) -> int:
+        context = self.stream_config.max_prompt_tokens
+        history = s.decoded if context is None else min(s.decoded, context)
+        return history + (len(s._tokens) if size < 0 else size)
+
+    def _pick(self, streams: set[ScheduledStream]) -> list[tuple[ScheduledStream, int]]:
+        """The most urgent due chunk plus others of similar length, then free riders up to the graph bucket."""
         now = time.monotonic()
-        pending.sort(key=lambda jr: jr[0].stream.buffered_seconds(now))
-        head_len = _row_tokens(pending[0][1])
-        limit = 1.25 * head_len + 16
-        batch = [pending[0]]
-        for entry in pending[1:]:
+        pass_s = self.pass_seconds()
+        due = [(s, n) for s in streams if (n := self._size(s, now, pass_s)) is not None]
+        if not due:
+            return []
+        due.sort(key=lambda e: self.policy.urgency(e[0].view(now)))
+        limit = 1.25 * self._row_len(*due[0]) + 16
+        batch = [due[0]]
+        for entry in due[1:]:
             if len(batch) >= self.max_batch:
                 break
-            if _row_tokens(entry[1]) <= limit:
+            if self._row_len(*entry) <= limit:
                 batch.append(entry)
-        for entry in batch:
-            pending.remove(entry)
+        # A CUDA-graph pass is padded to a power-of-two batch: those rows cost nothing, so give them to streams
+        # that have a steady-size chunk waiting (they get ahead, and their next chunk can be longer).
+        room = min(self.max_batch, 1 << (len(batch) - 1).bit_length()) - len(batch)
+        if room > 0:
+            chosen = {id(s) for s, _ in batch}
+            riders = [s for s in streams if id(s) not in chosen and not s.finished and not s._final]
+            riders.sort(key=lambda s: self.policy.urgency(s.view(now)))
+            for s in riders:
+                if room == 0:
+                    break
+                size = min(len(s._tokens), getattr(self.policy, "max_chunk", 0))
+                if s.first_emit is not None and size >= getattr(self.policy, "first_chunk", 1 << 30):
+                    if self._row_len(s, size) <= limit:
+                        batch.append((s, size))
+                        room -= 1
         return batch
 
-    def _decode_next(self, pending: list) -> None:
-        batch = self._pick(pending)
+    def _prepare(self, s: ScheduledStream, size: int) -> ChunkRequest | None:
+        stream = s._decoder_stream()
+        if size < 0:
+            tokens, s._tokens = s._tokens, []
+            return stream.prepare(tokens, final=True)
+        tokens, s._tokens = s._tokens[:size], s._tokens[size:]
+        return stream.prepare(tokens, size=size)
+
+    def _decode(self, batch: list[tuple[ScheduledStream, int]], streams: set) -> None:
+        rows: list[tuple[ScheduledStream, ChunkRequest]] = []
+        for s, size in batch:
+            try:
+                request = self._prepare(s, size)
+            except Exception as exc:  # noqa: BLE001 - this stream fails, the others go on
+                self._fail(s, exc, streams)
+                continue
+            if request is None:  # a final flush with nothing ever decoded
+                self._finish(s, streams)
+            else:
+                rows.append((s, request))
+        if not rows:
+            return
         start = time.perf_counter()
         try:
-            results = self.decoder.decode_batch([r for _, r in batch])
-        except Exception as exc:
-            logger.exception("decoder batch failed")
-            for job, _ in batch:
-                _settle(job, exc=exc)
+            results = self.decoder.decode_batch([r for _, r in rows])
+        except Exception as exc:  # noqa: BLE001 - every stream of the pass fails; the thread goes on
+            logger.exception("decoder pass failed (%d streams)", len(rows))
+            for s, _ in rows:
+                self._fail(s, exc, streams)
             return
         finally:
-            self.busy_seconds += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.busy_seconds += elapsed
+            self._pass_ewma = 0.8 * self._pass_ewma + 0.2 * elapsed
         self.batches += 1
-        self.chunks += len(batch)
-        for (job, _), result in zip(batch, results, strict=True):
-            self._commit(job, result, pending)
+        self.chunks += len(rows)
+        now = time.monotonic()
+        for (s, request), result in zip(rows, results, strict=True):
+            try:
+                samples = s._decoder_stream().commit(result)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(s, exc, streams)
+                continue
+            s.decoded += len(request.tokens)
+            if len(samples):
+                if s.first_emit is None:
+                    s.first_emit = now
+                elif s.buffered_seconds(now) < 0:
+                    self.underruns += 1
+                    self.on_underrun()
+                s.emitted_samples += len(samples)
+                s._send(samples)
+            if request.final:
+                self._finish(s, streams)
 
-    def _commit(self, job: _Job, result: ChunkResult, pending: list) -> None:
-        stream = job.stream._ensure_stream()
-        samples = stream.commit(result)
-        acc = getattr(job, "_acc", [])
-        acc.append(samples)
-        job._acc = acc  # type: ignore[attr-defined]
-        nxt = stream.prepare(final=job.final)
-        if nxt is not None:  # a job may hold several due chunks (a final flush): one per pass
-            pending.append((job, nxt))
-            return
-        out = np.concatenate(acc) if acc else np.zeros(0, np.float32)
-        if len(out) and job.stream.first_emit is None:
-            job.stream.first_emit = time.monotonic()
-        job.stream.emitted_samples += len(out)
-        _settle(job, out)
+    def _finish(self, s: ScheduledStream, streams: set) -> None:
+        s.finished = True
+        streams.discard(s)
+        s._send(_END)
 
-
-def _row_tokens(request: ChunkRequest) -> int:
-    return len(request.prompt_tokens) + len(request.tokens)
-
-
-def _settle(job: _Job, result: np.ndarray | None = None, exc: BaseException | None = None) -> None:
-    def apply() -> None:
-        if job.future.done():
-            return
-        if exc is not None:
-            job.future.set_exception(exc)
-        else:
-            job.future.set_result(result)
-
-    job.loop.call_soon_threadsafe(apply)
+    def _fail(self, s: ScheduledStream, exc: BaseException, streams: set) -> None:
+        self.failures += 1
+        s.finished = True
+        streams.discard(s)
+        s._send(exc)
 
 
 class DecoderPool:
@@ -261,6 +356,10 @@ class DecoderPool:
         for scheduler in self.schedulers:
             scheduler.start()
 
+    @property
+    def alive(self) -> bool:
+        return all(s.alive for s in self.schedulers)
+
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.schedulers))
 
@@ -270,6 +369,10 @@ class DecoderPool:
     def active_streams(self) -> int:
         return sum(s.active_streams() for s in self.schedulers)
 
+    def set_underrun_callback(self, callback: Callable[[], None]) -> None:
+        for s in self.schedulers:
+            s.on_underrun = callback
+
     @property
     def batches(self) -> int:
         return sum(s.batches for s in self.schedulers)
@@ -277,6 +380,10 @@ class DecoderPool:
     @property
     def chunks(self) -> int:
         return sum(s.chunks for s in self.schedulers)
+
+    @property
+    def underruns(self) -> int:
+        return sum(s.underruns for s in self.schedulers)
 
     @property
     def busy_seconds(self) -> float:

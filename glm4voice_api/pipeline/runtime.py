@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.pipeline.audio_input import AudioInput
+from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 from glm4voice_api.store import Store, open_store
@@ -71,6 +73,19 @@ class Runtime:
                 logger.exception("error while shutting down")
 
 
+async def _close_started(audio: list[asyncio.Future], closers: list) -> None:
+    """A failed start: stop whatever did start (audio workers that finished loading, the engine, the store)."""
+    for part in await asyncio.gather(*audio, return_exceptions=True):
+        close = getattr(getattr(part, "worker", part), "close", None)
+        if close is not None and not isinstance(part, BaseException):
+            closers.append(close)
+    for close in reversed(closers):
+        try:
+            await close()
+        except Exception:
+            logger.exception("error while stopping after a failed start")
+
+
 def resolve_paths(settings: Settings) -> dict[str, Path]:
     """The three checkpoint folders: given ones, else the built-in tiny default (created once)."""
     paths = {k: (p.resolve() if p else None) for k, p in settings.model_paths().items()}
@@ -103,58 +118,84 @@ def decoder_devices(settings: Settings) -> list[str]:
     return [audio_device(settings)]
 
 
-async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
+def _load_audio_input(settings: Settings, path: Path) -> AudioInput:
     import torch
 
     from glm4voice_api.models.speech_tokenizer import load_speech_tokenizer
 
+    start = time.perf_counter()
     dtype = getattr(torch, settings.audio.tokenizer_dtype)
-    model = await asyncio.to_thread(load_speech_tokenizer, path, audio_device(settings), dtype)
+    model = load_speech_tokenizer(path, audio_device(settings), dtype)
     worker = SpeechTokenizerWorker(
         model, max_batch=settings.audio.tokenizer_max_batch, max_wait_ms=settings.audio.tokenizer_max_wait_ms
     )
     worker.start()
+    logger.info("speech tokenizer ready in %.1f s", time.perf_counter() - start)
     return AudioInput(worker, settings.limits)
 
 
-async def start_decoder(settings: Settings, path: Path) -> DecoderScheduler | DecoderPool:
-    devices = decoder_devices(settings)
-    schedulers = await asyncio.gather(*(_start_scheduler(settings, path, device) for device in devices))
-    if len(schedulers) == 1:
-        return schedulers[0]
-    logger.info("decoder: one per device on %s", ", ".join(devices))
-    return DecoderPool(list(schedulers))
-
-
-async def _start_scheduler(settings: Settings, path: Path, device: str) -> DecoderScheduler:
+def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderScheduler:
     import torch
 
     from glm4voice_api.models.decoder_stream import DecoderStreamConfig
     from glm4voice_api.models.speech_decoder import load_speech_decoder
 
-    name = settings.audio.decoder_dtype
+    audio = settings.audio
+    name = audio.decoder_dtype
     dtype = getattr(torch, ("bfloat16" if device.startswith("cuda") else "float32") if name == "auto" else name)
-    decoder = await asyncio.to_thread(load_speech_decoder, path, device, dtype)
-    if settings.audio.decoder_cuda_graphs and device.startswith("cuda"):
+    start = time.perf_counter()
+    decoder = load_speech_decoder(path, device, dtype)
+    loaded = time.perf_counter() - start
+    longest_chunk = audio.decoder_max_chunk if audio.decoder_chunking == "adaptive" else max(audio.decoder_schedule)
+    if audio.decoder_cuda_graphs and device.startswith("cuda"):
         decoder.flow.enable_graphs()
         # Every shape bucket is captured before the server is ready: a capture costs ~1 s, which would
         # otherwise land on some user's first audio.
-        longest = (settings.audio.decoder_max_prompt_tokens or 200) + max(settings.audio.decoder_schedule)
+        longest = (audio.decoder_max_prompt_tokens or 200) + longest_chunk
         like = decoder.flow.input_embedding.weight
-        count = await asyncio.to_thread(
-            decoder.flow.graphed.warmup, settings.audio.decoder_max_batch, decoder.mel_frames(longest), like
-        )
+        count = decoder.flow.graphed.warmup(audio.decoder_max_batch, decoder.mel_frames(longest), like)
         logger.info("decoder on %s: %d CUDA graphs captured", device, count)
+    logger.info("decoder on %s ready in %.1f s (weights %.1f s)", device, time.perf_counter() - start, loaded)
     config = DecoderStreamConfig(
-        schedule=tuple(settings.audio.decoder_schedule),
-        max_prompt_tokens=settings.audio.decoder_max_prompt_tokens,
+        schedule=tuple(audio.decoder_schedule),
+        max_prompt_tokens=audio.decoder_max_prompt_tokens,
         # On a GPU the per-chunk noise is drawn there (see DecoderStreamConfig.rng_device); CPU keeps the
         # reference's exact draws.
         rng_device=device if device.startswith("cuda") else "cpu",
     )
-    scheduler = DecoderScheduler(decoder, config, max_batch=settings.audio.decoder_max_batch)
+    policy = (
+        AdaptiveChunkPolicy(
+            first_chunk=audio.decoder_first_chunk,
+            max_chunk=audio.decoder_max_chunk,
+            lead_s=audio.decoder_lead_ms / 1000,
+        )
+        if audio.decoder_chunking == "adaptive"
+        else FixedSchedule(tuple(audio.decoder_schedule))
+    )
+    scheduler = DecoderScheduler(decoder, config, policy=policy, max_batch=audio.decoder_max_batch)
     scheduler.start()
     return scheduler
+
+
+def start_audio_models(settings: Settings, paths: dict[str, Path]) -> list[asyncio.Future]:
+    """Load the speech tokenizer and decoder(s) on worker threads, starting NOW (not when awaited).
+
+    Why now: `build_runtime` then starts vLLM, whose start blocks the event loop for about a minute on a GPU
+    (engine process, weights, compilation, warm-up); the speech models load and capture their CUDA graphs
+    meanwhile instead of before it (ready in max(engine, audio) rather than their sum).
+    """
+    loop = asyncio.get_running_loop()
+    devices = decoder_devices(settings)
+    futures = [loop.run_in_executor(None, _load_audio_input, settings, paths["speech_tokenizer"])]
+    futures += [loop.run_in_executor(None, _build_scheduler, settings, paths["decoder"], d) for d in devices]
+    return futures
+
+
+def _as_decoder(schedulers: list[DecoderScheduler]) -> DecoderScheduler | DecoderPool:
+    if len(schedulers) == 1:
+        return schedulers[0]
+    logger.info("decoder: one per device (%d devices)", len(schedulers))
+    return DecoderPool(schedulers)
 
 
 async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> Runtime:
@@ -168,17 +209,21 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     store = open_store(settings.store, settings.cache_dir.resolve())
     closers = [store.close]
     await store.ping()
-    audio_input = await start_audio_input(settings, paths["speech_tokenizer"])
-    closers.append(audio_input.worker.close)
-    decoder = await start_decoder(settings, paths["decoder"])
-    closers.append(decoder.close)
-    if engine is None:
-        from glm4voice_api.engine.vllm_engine import VllmLLMEngine
+    audio = start_audio_models(settings, paths)
+    try:
+        if engine is None:
+            from glm4voice_api.engine.vllm_engine import VllmLLMEngine
 
-        engine = await VllmLLMEngine.start(
-            paths["llm"], settings.engine, num_valid_tokens=tokenizer.ids.num_valid, random_weights=random_weights
-        )
-    closers.append(engine.shutdown)
+            engine = await VllmLLMEngine.start(
+                paths["llm"], settings.engine, num_valid_tokens=tokenizer.ids.num_valid, random_weights=random_weights
+            )
+        closers.append(engine.shutdown)
+        audio_input, *schedulers = await asyncio.gather(*audio)
+    except BaseException:
+        await _close_started(audio, closers)
+        raise
+    closers += [audio_input.worker.close, *(s.close for s in schedulers)]
+    decoder = _as_decoder(schedulers)
     if random_weights:
         logger.warning("serving RANDOM WEIGHTS from %s: the output is noise, not GLM-4-Voice", paths["llm"])
     return Runtime(

@@ -1,8 +1,9 @@
 """A turn with speech: the text turn's events plus decoded audio, as soon as each decoder chunk is ready.
 
-Two tasks run side by side: one reads the engine stream (transcript and audio tokens), one feeds the audio tokens
-to this reply's decoder session. Transcript pieces are never held up by the decoder, and the first audio goes out
-as soon as the schedule's first chunk (10 tokens by default) is decoded. Whatever way the consumer leaves (end,
+Two tasks run side by side: one reads the engine stream (transcript and audio tokens) and pushes the audio tokens to
+this reply's decoder session, one reads the decoded audio. Transcript pieces are never held up by the decoder, and
+the first audio goes out as soon as the first chunk (10 tokens by default) is decoded; later chunks are sized by the
+scheduler's chunk policy from the audio this stream has buffered. Whatever way the consumer leaves (end,
 disconnect, error), both tasks are cancelled, the engine request is aborted and the decoder session is freed.
 """
 
@@ -36,7 +37,6 @@ class SpokenTurn:
 
     async def events(self) -> AsyncIterator[TurnEvent | AudioChunk]:
         out: asyncio.Queue = asyncio.Queue()
-        tokens: asyncio.Queue = asyncio.Queue()
         stream = self.scheduler.open_stream(self.voice)
 
         async def read_engine() -> None:
@@ -48,10 +48,11 @@ class SpokenTurn:
                             done = event
                             continue
                         if isinstance(event, AudioTokensDelta):
-                            tokens.put_nowait(event.tokens)
+                            stream.push(event.tokens)
                         out.put_nowait(event)
                 finally:
-                    tokens.put_nowait(None)  # flush the decoder in every case
+                    if not stream.closed:
+                        stream.push([], final=True)  # flush the decoder in every case
                 await decoder_task
                 out.put_nowait(done)
             except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
@@ -59,16 +60,10 @@ class SpokenTurn:
             out.put_nowait(_END)
 
         async def decode() -> None:
-            final = False
-            while not final:
-                batch = [await tokens.get()]
-                while not tokens.empty():
-                    batch.append(tokens.get_nowait())
-                final = batch[-1] is None or None in batch
-                new = [t for part in batch if part is not None for t in part]
-                samples = await stream.feed(new, final=final)
-                if len(samples):
-                    out.put_nowait(AudioChunk(samples))
+            # The scheduler decides when each chunk is due (from this stream's buffered audio), so audio is read
+            # as it comes, independently of the token deltas.
+            async for samples in stream.audio():
+                out.put_nowait(AudioChunk(samples))
 
         decoder_task = asyncio.ensure_future(decode())
         engine_task = asyncio.ensure_future(read_engine())

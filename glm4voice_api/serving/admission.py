@@ -128,7 +128,20 @@ class AdmissionQueue:
             on_reject("draining")  # closed while waiting
             raise
 
+    def set_limit(self, max_active: int) -> None:
+        """A new limit (capacity control): a higher one admits waiters at once; a lower one takes effect as running
+        requests end (nothing running is stopped)."""
+        self.max_active = max_active
+        while self._waiters and self.active < max_active:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self.active += 1
+
     def release(self) -> None:
+        if self.max_active is not None and self.active > self.max_active:
+            self.active -= 1  # the limit was lowered: this slot goes away instead of to a waiter
+            return
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -217,9 +230,14 @@ class Admission:
         self.draining = False
 
     @classmethod
-    def from_limits(cls, limits: LimitSettings, engine_max_num_seqs: int, store: Store) -> Admission:
+    def from_limits(
+        cls, limits: LimitSettings, engine_max_num_seqs: int, store: Store, *, measured: bool = False
+    ) -> Admission:
+        """`measured`: max_active_requests unset and a GPU server, so a CapacityController will set the limit
+        (it starts low and grows; the queue may then hold up to the engine's batch size)."""
         max_active = engine_max_num_seqs if limits.max_active_requests is None else (limits.max_active_requests or None)
-        max_queued = limits.max_queued_requests if limits.max_queued_requests is not None else (max_active or 0)
+        default_queue = engine_max_num_seqs if measured else (max_active or 0)
+        max_queued = limits.max_queued_requests if limits.max_queued_requests is not None else default_queue
         return cls(
             AdmissionQueue(max_active, max_queued, limits.max_queue_wait_s),
             TenantLimits(store, limits.tenant_max_concurrent, limits.tenant_requests_per_minute),

@@ -47,6 +47,14 @@ class Metrics:
         self.queue_depth = Gauge(
             "glm4voice_admission_queue_depth", "Requests waiting for an admission slot.", registry=self.registry
         )
+        self.admission_limit = Gauge(
+            "glm4voice_admission_limit", "Requests admitted at once now (measured capacity on a GPU, else the "
+            "configured limit; 0: unlimited).", registry=self.registry,
+        )  # fmt: skip
+        self.underruns = Counter(
+            "glm4voice_decoder_underruns", "Audio chunks emitted after the stream's earlier audio had finished "
+            "playing (a listener heard a gap).", registry=self.registry,
+        )  # fmt: skip
         self.rejections = Counter(
             "glm4voice_rejections", "Requests refused or stopped by a limit, by reason (tenant_concurrency, "
             "tenant_rate, queue_full, queue_timeout, draining, first_audio_timeout, request_timeout, drain_abort).",
@@ -60,7 +68,8 @@ class Metrics:
         self.decoder_sessions.set_function(decoder_sessions)
 
     def bind_serving(self, *, active_streams: Callable[[], int], admitted: Callable[[], int],
-                     queued: Callable[[], int]) -> None:  # fmt: skip
+                     queued: Callable[[], int], limit: Callable[[], int]) -> None:  # fmt: skip
+        self.admission_limit.set_function(limit)
         self.active_streams.set_function(active_streams)
         self.admitted.set_function(admitted)
         self.queue_depth.set_function(queued)

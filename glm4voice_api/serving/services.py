@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.serving.admission import Admission
+from glm4voice_api.serving.capacity import CapacitySignals
 from glm4voice_api.serving.chat import ServingChat
 from glm4voice_api.serving.models import ServingModels
 from glm4voice_api.serving.speech import ServingSpeech
@@ -32,5 +35,34 @@ class Services:
             speech=ServingSpeech(runtime),
             transcription=ServingTranscription(runtime),
             voices=ServingVoices(runtime),
-            admission=Admission.from_limits(runtime.settings.limits, runtime.engine.info.max_num_seqs, runtime.store),
+            admission=Admission.from_limits(
+                runtime.settings.limits,
+                runtime.engine.info.max_num_seqs,
+                runtime.store,
+                measured=measured_capacity(runtime),
+            ),
         )
+
+
+def measured_capacity(runtime: Runtime) -> bool:
+    """Whether the admission limit is measured while serving (unset, on a GPU) rather than fixed."""
+    return runtime.settings.limits.max_active_requests is None and runtime.engine.info.extra.get("device") == "cuda"
+
+
+def capacity_signals(runtime: Runtime, admission: Admission) -> Callable[[], CapacitySignals]:
+    """What the capacity controller reads: decoder and engine counters, the admission queue's counts."""
+    engine, decoder = runtime.engine, runtime.decoder
+    generated = getattr(engine, "generated_tokens", lambda: 0)
+
+    def read() -> CapacitySignals:
+        return CapacitySignals(
+            at=time.monotonic(),
+            decoder_busy_s=decoder.busy_seconds,
+            underruns=decoder.underruns,
+            generated_tokens=generated(),
+            engine_active=engine.active_requests(),
+            active=admission.queue.active,
+            queued=admission.queue.queued,
+        )
+
+    return read

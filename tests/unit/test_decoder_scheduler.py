@@ -1,4 +1,5 @@
-"""DecoderScheduler: batched output equals separate decoding; urgency and length decide each pass; close frees."""
+"""DecoderScheduler: batched output equals separate decoding; urgency and length decide each pass; failures stay
+local; close frees."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from glm4voice_api.models.decoder_stream import DecoderStreamConfig
 from glm4voice_api.models.speech_decoder import load_speech_decoder
+from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule, StreamView
 from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 
 TINY = Path("/work/shared/conformance/tiny_a")
@@ -32,14 +34,18 @@ def test_scheduled_streams_equal_direct_decoding(decoder) -> None:
             expected.append(np.concatenate([stream.feed(seq[:30]), stream.feed(seq[30:], final=True)]))
 
     async def run() -> list[np.ndarray]:
-        scheduler = DecoderScheduler(decoder, CONFIG, max_batch=4)
+        scheduler = DecoderScheduler(decoder, CONFIG, policy=FixedSchedule(CONFIG.schedule), max_batch=4)
         scheduler.start()
         try:
 
             async def one(seq: list[int]) -> np.ndarray:
                 stream = scheduler.open_stream()
                 try:
-                    return np.concatenate([await stream.feed(seq[:30]), await stream.feed(seq[30:], final=True)])
+                    audio = stream.audio()
+                    stream.push(seq[:30])  # the fixed schedule makes two chunks of it: 10 and 20 tokens
+                    head = [await anext(audio), await anext(audio)]
+                    stream.push(seq[30:], final=True)
+                    return np.concatenate(head + [c async for c in audio])
                 finally:
                     stream.close()
 
@@ -56,24 +62,81 @@ def test_scheduled_streams_equal_direct_decoding(decoder) -> None:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
 
 
-def _entry(buffered: float, tokens: int) -> tuple:
-    stream = SimpleNamespace(buffered_seconds=lambda _now, b=buffered: b)
-    return (SimpleNamespace(stream=stream), SimpleNamespace(prompt_tokens=[0] * (tokens - 10), tokens=[0] * 10))
+def test_adaptive_streams_decode_everything_in_order(decoder) -> None:
+    """Timing-driven chunking: every token is decoded once, in order, the stream ends, and a close frees it."""
+
+    async def run() -> None:
+        scheduler = DecoderScheduler(decoder, CONFIG, policy=AdaptiveChunkPolicy(first_chunk=10), max_batch=4)
+        scheduler.start()
+        try:
+            stream = scheduler.open_stream()
+            chunks: list[np.ndarray] = []
+
+            async def read() -> None:
+                async for c in stream.audio():
+                    chunks.append(c)
+
+            reader = asyncio.ensure_future(read())
+            for i in range(0, 60, 7):  # tokens trickle in as the LLM makes them
+                stream.push(list(range(i, min(i + 7, 60))))
+                await asyncio.sleep(0.01)
+            stream.push([], final=True)
+            await asyncio.wait_for(reader, 60)
+            stream.close()
+            assert len(chunks) >= 2 and all(len(c) for c in chunks)
+            total = sum(len(c) for c in chunks)
+            with decoder.open_stream(config=CONFIG) as direct:
+                assert total == len(direct.feed(list(range(60)), final=True))  # same length as one offline call
+            await asyncio.sleep(0.1)
+            assert scheduler.active_streams() == 0 and scheduler.failures == 0
+        finally:
+            await scheduler.close()
+
+    asyncio.run(run())
 
 
-def test_pick_most_urgent_first_and_keeps_short_rows_short() -> None:
+def test_a_failing_stream_does_not_stop_the_others(decoder) -> None:
+    async def run() -> None:
+        scheduler = DecoderScheduler(decoder, CONFIG, policy=FixedSchedule((10,)), max_batch=4)
+        scheduler.start()
+        try:
+            bad, good = scheduler.open_stream(), scheduler.open_stream()
+            bad.push([-1] * 12, final=True)  # invalid token ids: prepare raises for this stream only
+            good.push(list(range(25)), final=True)
+            with pytest.raises(ValueError):
+                _ = [c async for c in bad.audio()]
+            assert sum(len(c) for c in [c async for c in good.audio()]) > 0
+            assert scheduler.alive and scheduler.failures == 1
+            bad.close()
+            good.close()
+        finally:
+            await scheduler.close()
+
+    asyncio.run(run())
+
+
+def _stream(pending: int, buffered: float, decoded: int = 40, *, started: bool = True) -> SimpleNamespace:
+    view = StreamView(pending=pending, started=started, buffered_s=buffered, decoded=decoded)
+    return SimpleNamespace(
+        view=lambda _now, v=view: v, finished=False, _final=False, _tokens=[0] * pending, decoded=decoded,
+        first_emit=0.0 if started else None,
+    )
+
+
+def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() -> None:
     scheduler = DecoderScheduler.__new__(DecoderScheduler)
-    scheduler.max_batch = 3
-    first_chunk = _entry(-1.0, 10)  # no audio yet: most urgent
-    steady = [_entry(b, 170) for b in (0.5, 2.0, 4.0)]
-    other_first = _entry(-1.0, 12)
-    pending = [*steady, first_chunk, other_first]
-    batch = scheduler._pick(pending)
-    # The two first chunks go together; 170-token rows would pad them 10x, so they wait for the next pass.
-    assert {id(e) for e in batch} == {id(first_chunk), id(other_first)}
-    batch = scheduler._pick(pending)
-    assert [e[0].stream.buffered_seconds(0) for e in batch] == [0.5, 2.0, 4.0]  # least buffered first, max_batch
-    assert pending == []
+    scheduler.max_batch = 4
+    scheduler.policy = AdaptiveChunkPolicy(first_chunk=10, lead_s=0.3)
+    scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
+    scheduler._pass_ewma = 0.05
+    first = _stream(10, 0.0, decoded=0, started=False)
+    dry = _stream(12, 0.1)  # about to run dry: due with what it has
+    ahead = _stream(20, 5.0)  # 5 s buffered: waits for ~60 tokens
+    rider = _stream(30, 3.0, decoded=0)  # not due, but has a steady chunk waiting and a short row
+    batch = scheduler._pick({first, dry, ahead, rider})
+    assert [s for s, _ in batch][:2] == [dry, first]  # least buffered first; a first chunk ranks as nearly dry
+    assert (rider, 30) in batch and all(s is not ahead for s, _ in batch)  # free rows go to a waiting stream
+    assert dict((id(s), n) for s, n in batch)[id(first)] == 10
 
 
 def test_pool_spreads_streams_and_counts_sessions(decoder) -> None:
@@ -84,7 +147,7 @@ def test_pool_spreads_streams_and_counts_sessions(decoder) -> None:
         try:
             streams = [pool.open_stream() for _ in range(4)]
             assert [s.active_streams() for s in pool.schedulers] == [2, 2]  # least-loaded placement
-            audio = await asyncio.gather(*(s.feed(list(range(i, i + 20)), final=True) for i, s in enumerate(streams)))
+            audio = await asyncio.gather(*(s.decode(list(range(i, i + 20))) for i, s in enumerate(streams)))
             assert all(len(a) > 0 for a in audio)
             for s in streams:
                 s.close()

@@ -1,0 +1,103 @@
+"""Capacity-aware admission: how many streams this server keeps gap-free, measured while it serves.
+
+Admitting every request the engine could batch (vLLM's max_num_seqs, 256 on a GPU) lets overload degrade every
+listener at once: past the point where the GPU keeps up, all streams start to stutter. The admission limit is
+therefore not a setting but a measurement, adjusted once a second from what the server sees:
+
+- a stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing, counted
+  by the decoder scheduler): the limit drops to ~90% of what is running, and stays put for `cooldown_s`;
+- the decoder is busy nearly all the time, or the LLM's token supply per stream is close to real time (13 text +
+  26 audio tokens per 2.08 s of speech = 18.75 tokens/s): no growth (the next stream would tip it over);
+- otherwise, when requests are waiting and every slot is used, the limit grows by ~15% (at least one).
+
+Newcomers beyond the limit wait in the bounded queue (or get 429 with Retry-After), so the streams already admitted
+stay gap-free. The limit starts at `initial` (a level a GPU server sustains easily) and never leaves
+[`floor`, `ceiling`] (the ceiling is the engine's batch size). Pure logic over cumulative counters: unit-tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+REALTIME_TOKENS_PER_S = 39 / 2.08  # 13 text + 26 audio tokens per 26 x 80 ms of speech
+
+
+@dataclass(frozen=True)
+class CapacitySignals:
+    """Cumulative counters (monotone) plus current counts; the controller differences successive readings."""
+
+    at: float
+    decoder_busy_s: float
+    underruns: int
+    generated_tokens: int
+    engine_active: int
+    active: int
+    queued: int
+
+
+@dataclass
+class CapacityController:
+    ceiling: int
+    initial: int = 16
+    floor: int = 2
+    busy_high: float = 0.9
+    """Decoder busy fraction above which the limit stops growing."""
+    supply_margin: float = 1.5
+    """Per-stream LLM tokens/s must exceed this x real time for the limit to grow."""
+    cooldown_s: float = 5.0
+    step: float = 0.15
+
+    def __post_init__(self) -> None:
+        self.floor = max(1, min(self.floor, self.ceiling))
+        self.limit = max(self.floor, min(self.initial, self.ceiling))
+        self._last: CapacitySignals | None = None
+        self._hold_until = 0.0
+        self.reason = "initial"
+
+    def update(self, now: CapacitySignals) -> int:
+        """Take a new reading; returns the (possibly changed) limit."""
+        last, self._last = self._last, now
+        if last is None or now.at <= last.at:
+            return self.limit
+        wall = now.at - last.at
+        busy = (now.decoder_busy_s - last.decoder_busy_s) / wall
+        per_stream = (now.generated_tokens - last.generated_tokens) / wall / max(1, now.engine_active)
+        if now.underruns > last.underruns:
+            cut = max(1, math.ceil(0.1 * now.active))
+            self._set(min(self.limit, now.active) - cut, "underrun")
+            self._hold_until = now.at + self.cooldown_s
+        elif busy > self.busy_high:
+            self.reason = "decoder busy"
+        elif now.engine_active and per_stream < self.supply_margin * REALTIME_TOKENS_PER_S:
+            self.reason = "token supply"
+        elif now.at >= self._hold_until and now.queued > 0 and now.active >= self.limit:
+            self._set(self.limit + max(1, math.ceil(self.step * self.limit)), "demand")
+        return self.limit
+
+    def _set(self, value: int, reason: str) -> None:
+        new = max(self.floor, min(self.ceiling, value))
+        if new != self.limit:
+            logger.info("admission limit %d -> %d (%s)", self.limit, new, reason)
+        self.limit, self.reason = new, reason
+
+
+async def run_controller(
+    controller: CapacityController,
+    read: Callable[[], CapacitySignals],
+    apply: Callable[[int], None],
+    interval_s: float = 1.0,
+) -> None:
+    """Read the signals every `interval_s` and apply the limit, until cancelled."""
+    apply(controller.limit)
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            apply(controller.update(read()))
+        except Exception:  # a bad reading must not stop admission control
+            logger.exception("capacity controller step failed")
