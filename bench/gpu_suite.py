@@ -274,6 +274,9 @@ class Suite:
         except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
             run.error = f"{type(exc).__name__}: {exc}"[:300]
             log(f"{spec.name}: {run.error} (see server_{spec.name}.log)")
+        except (SystemExit, asyncio.CancelledError):
+            run.error = "interrupted (SIGTERM: the time limit)"
+            raise
         finally:
             stop_server(proc)
             self.write()
