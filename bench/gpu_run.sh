@@ -4,7 +4,8 @@
 #   audio: speech tokenizer (fp32, bf16; batch 1, 8, 32) and decoder (fp32, tf32, bf16; 1, 4, 16, 64 streams)
 #   vllm:  bench/gpu_smoke_vllm.py (full-size GLM-4-Voice-9B config, dummy weights) + a no-processor engine
 #   graphs: decoder with the flow ODE as CUDA graphs vs eager, fp32 / tf32 / bf16 (1, 16, 64, 128 streams)
-#   suite: bench/gpu_suite.py -- the served path over HTTP vs the seed's pattern, same run (latest.json)
+#   suite: bench/gpu_suite.py -- the product defaults over HTTP (load ladder, 2x overload) vs the seed's pattern,
+#          same run (latest.json); extra args go to it, e.g. --levels 1,32,128 --config NAME:KEY=VAL,KEY=VAL
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -45,16 +46,13 @@ case "$mode" in
     timeout 585 python3 -m bench.gpu_suite --out "$OUT" "$@" || echo "suite failed rc=$?"
     ;;
   multigpu)
-    # Issue 9: 1 GPU, then tp or dp over every visible GPU, same machine, same run. The decoder and the speech
-    # tokenizer go on cuda:0 (tp) or one of each per GPU (dp: --audio-device all).
+    # Issue 9: the product defaults on 1 GPU, then tp or dp over every visible GPU, same call (two fresh servers).
+    # The decoder and the speech tokenizer go on cuda:0 (tp) or one of each per GPU (dp: AUDIO_DEVICE=all).
     par=${2:-tp}; n=$(nvidia-smi -L | wc -l)
-    timeout 290 python3 -m bench.gpu_suite --out "$OUT/one" --levels 1,32,64,128 --baseline-max 0 \
-      || echo "one-GPU suite failed rc=$?"
     if [ "$par" = tp ]; then extra="ENGINE__TENSOR_PARALLEL_SIZE=$n"; else extra="ENGINE__DATA_PARALLEL_SIZE=$n"; fi
-    timeout 290 python3 -m bench.gpu_suite --out "$OUT/$par$n" --levels 1,32,64,128,192,256 --baseline-max 0 \
-      --port 8012 --set "$extra" --set AUDIO__AUDIO_DEVICE=all || echo "$par suite failed rc=$?"
-    python3 -m bench.multigpu_report --one "$OUT/one/gpu_suite.json" --multi "$OUT/$par$n/gpu_suite.json" \
-      --mode "$par" --gpus "$n" --out "$OUT/multigpu.json"
+    timeout 585 python3 -m bench.gpu_suite --out "$OUT" --levels 1,32,64,128 --baseline-max 0 --overload-seconds 0 \
+      --config "$par$n:$extra,AUDIO__AUDIO_DEVICE=all" --configs-levels 1,32,64,128,192,256 || echo "suite failed rc=$?"
+    python3 -m bench.multigpu_report --suite "$OUT/gpu_suite.json" --mode "$par" --gpus "$n" --out "$OUT/multigpu.json"
     ;;
   *) echo "usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|multigpu [tp|dp]"; exit 2 ;;
 esac

@@ -1,18 +1,27 @@
-"""GPU suite: our serving path vs the seed's serving pattern, in one run, on one GPU, at full size.
+"""GPU suite: the product's defaults vs the seed's serving pattern, in one run, on one GPU, at full size.
 
 1. Writes full-size folders once (under --work): GLM-4-Voice-9B's config.json + our tokenizer files (weights come
    from vLLM's `load_format="dummy"`), and random-weight speech tokenizer and decoder folders at the released
    sizes, in the official formats. All weights are random: the figures are speed, not quality.
-2. Starts the real server (bench/gpu_server.py = `create_app(settings)` + /bench routes) as a subprocess.
-3. OUR PATH: bench/loadgen.py over HTTP at each concurrency in --levels (spoken turns: audio in, streamed audio
-   out), recording first-audio latency, per-turn real-time factor, tokens/s and errors, plus the busy seconds of
-   LLM, decoder and speech tokenizer per level (the GPU time split).
-4. BASELINE: POST /bench/baseline at 1, 2, 3, ... concurrent users until a level is no longer real time
-   (bench/baseline_seed.py: one request at a time, decoder re-run over the whole history with the
-   25/50/100/150/200 schedule, no batching, fp32 eager) on the SAME engine in the same process.
-5. Writes $OUT/gpu_suite.json (everything) and $OUT/latest.json (the headline figures, see the issue).
+2. Starts the real server (bench/gpu_server.py = `create_app(settings)` + /bench routes) with the PRODUCT DEFAULTS:
+   only the three model paths, `ENGINE__LOAD_FORMAT=dummy` and the cache folder. ready_s = process start ->
+   /health/ready 200.
+3. Load ladder (--levels): bench/loadgen.py over HTTP (spoken turns: audio in, streamed pcm16 out), judged as a
+   listener hears it (bench/playback.py): first audio, playable latency, gaps, answer ratio, tokens/s, errors, plus
+   the GPU time split and the admission limit from /bench/stats. A level is real time when every turn succeeded and
+   every playable latency <= 1 s. The ladder stops once a level's playable p50 passes 3 s or 10% of its turns fail.
+4. Overload: 2 x the real-time level (at least 2) closed-loop clients for --overload-seconds; 429s retry after
+   Retry-After (at most 2 s). Reports offered / admitted / rejected and how many admitted turns were gap-free.
+5. Baseline: POST /bench/baseline at 1, 2, 3, ... users (bench/baseline_seed.py, the seed's pattern, on the SAME
+   engine in the same process) until a level is no longer real time under the same rule, at most --baseline-max.
+6. Each `--config NAME:KEY=VAL[,KEY=VAL...]` then gets a fresh server with those settings over the defaults and a
+   ladder over --configs-levels (no overload or baseline), reported under `configs`, never instead of the defaults.
 
-On the GPU machine (see ../shared/gpu/README.md and bench/gpu_run.sh):  bash bench/gpu_run.sh suite
+$OUT/gpu_suite.json (everything) and $OUT/latest.json (the headline, see the issue) are rewritten after every level,
+so a run cut off by its time limit still leaves its results; progress lines carry the time.
+
+On the GPU machine (bench/gpu_run.sh):  bash bench/gpu_run.sh suite [--levels 1,32,128 --config fp8:ENGINE__...]
+On a CPU against a running tiny server:  python -m bench.gpu_suite --url http://127.0.0.1:8123 --levels 1,2 ...
 """
 
 from __future__ import annotations
@@ -20,10 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as dt
 import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -36,6 +44,17 @@ if str(REPO / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO / "plugins"))
 
 from bench import loadgen
+from bench.playback import TurnResult, level_summary
+from bench.suite_results import ConfigRun, ConfigSpec, GpuSplit, ServerStats, SuiteLevel, gpu_name, write_results
+
+STOP_PLAYABLE_P50_MS = 3000.0
+"""A level whose playable p50 is past this ends the ladder: higher levels would only take device time."""
+STOP_ERROR_FRACTION = 0.1
+_T0 = time.perf_counter()
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} +{time.perf_counter() - _T0:5.0f}s] {message}", flush=True)
 
 
 def prepare_folders(work: Path) -> dict[str, Path]:
@@ -46,8 +65,8 @@ def prepare_folders(work: Path) -> dict[str, Path]:
     from glm4voice_api.models.hift import HiFTConfig
     from glm4voice_api.models.whisper_vq import WhisperVQConfig
 
-    paths = {k: work / v for k, v in
-             {"llm": "glm-4-voice-9b", "tok": "glm-4-voice-tokenizer", "dec": "glm-4-voice-decoder"}.items()}  # fmt: skip
+    names = {"llm": "glm-4-voice-9b", "tok": "glm-4-voice-tokenizer", "dec": "glm-4-voice-decoder"}
+    paths = {k: work / v for k, v in names.items()}
     done = work / ".complete"
     if not done.exists():
         t0 = time.perf_counter()
@@ -55,31 +74,21 @@ def prepare_folders(work: Path) -> dict[str, Path]:
         write_tiny_speech_tokenizer(paths["tok"], config=WhisperVQConfig.full())
         write_tiny_speech_decoder(paths["dec"], flow=FlowConfig.full(), hift=HiFTConfig.full())
         done.write_text("ok")
-        print(f"full-size folders written in {time.perf_counter() - t0:.0f} s", flush=True)
+        log(f"full-size folders written in {time.perf_counter() - t0:.0f} s")
     return paths
 
 
-def server_env(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
+def server_env(work: Path, paths: dict[str, Path], spec: ConfigSpec) -> dict[str, str]:
+    """The product defaults (model paths, dummy weights, a cache folder) plus the config's own settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GLM4VOICE_")}  # nothing leaks in from the shell
+    env |= {
         "GLM4VOICE_LLM_PATH": str(paths["llm"]),
         "GLM4VOICE_SPEECH_TOKENIZER_PATH": str(paths["tok"]),
         "GLM4VOICE_DECODER_PATH": str(paths["dec"]),
-        "GLM4VOICE_CACHE_DIR": str(Path(args.work) / "cache"),
         "GLM4VOICE_ENGINE__LOAD_FORMAT": "dummy",
-        "GLM4VOICE_ENGINE__MAX_NUM_SEQS": str(args.max_num_seqs),
-        "GLM4VOICE_ENGINE__MAX_MODEL_LEN": "4096",
-        "GLM4VOICE_ENGINE__GPU_MEMORY_UTILIZATION": str(args.gpu_memory_utilization),
-        "GLM4VOICE_AUDIO__DECODER_DTYPE": args.decoder_dtype,
-        "GLM4VOICE_AUDIO__TOKENIZER_DTYPE": "bfloat16",
-        "GLM4VOICE_AUDIO__DECODER_MAX_BATCH": str(args.decoder_max_batch),
-        "GLM4VOICE_AUDIO__DECODER_CUDA_GRAPHS": "true" if args.graphs else "false",
-        "GLM4VOICE_WEB_DEMO": "false",
-        "GLM4VOICE_LOG_LEVEL": "warning",
-    })  # fmt: skip
-    for item in args.set:  # e.g. --set AUDIO__DECODER_SCHEDULE=[10,20,40,80,160]
-        key, _, value = item.partition("=")
-        env[f"GLM4VOICE_{key.upper()}"] = value
+        "GLM4VOICE_CACHE_DIR": str(work / "cache"),
+    }
+    env |= {f"GLM4VOICE_{key}": value for key, value in spec.overrides.items()}
     return env
 
 
@@ -87,181 +96,245 @@ def settings_used(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("GLM4VOICE_") and not k.endswith("_PATH")}
 
 
+_SERVERS: list[subprocess.Popen] = []
+
+
 def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log = log_path.open("w")
-    return subprocess.Popen([sys.executable, "-m", "bench.gpu_server", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
+    with log_path.open("w") as server_log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.gpu_server", "--port", str(port)],
+            env=env,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+    _SERVERS.append(proc)
+    return proc
 
 
-def gpu_names() -> list[str]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                         text=True, check=False)  # fmt: skip
-    return out.stdout.strip().splitlines()
+def stop_server(proc: subprocess.Popen | None, wait_s: float = 60) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(30)
 
 
-async def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float) -> float:
-    start = time.perf_counter()
+def _on_sigterm(signum: int, _frame: object) -> None:
+    """`timeout` ends the suite with SIGTERM: stop the server too, or it would hold the GPU for the next call."""
+    log("SIGTERM: stopping the server; the results written so far stay")
+    for proc in _SERVERS:
+        stop_server(proc, wait_s=10)
+    raise SystemExit(128 + signum)
+
+
+async def wait_ready(url: str, proc: subprocess.Popen | None, started: float, timeout: float) -> float:
+    """Seconds from `started` (the process start) to the first /health/ready 200."""
     async with httpx.AsyncClient(base_url=url, timeout=5) as client:
-        while time.perf_counter() - start < timeout:
+        while time.perf_counter() - started < timeout:
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
+                raise RuntimeError(f"server exited with {proc.returncode} before it was ready")
             try:
                 if (await client.get("/health/ready")).status_code == 200:
-                    return time.perf_counter() - start
+                    return time.perf_counter() - started
             except httpx.HTTPError:
                 pass
-            await asyncio.sleep(2)
-    raise TimeoutError("server not ready")
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"server not ready within {timeout:g} s")
 
 
-async def stats(url: str) -> dict:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        return (await client.get("/bench/stats")).json()
+async def server_stats(url: str) -> ServerStats:
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            response = await client.get("/bench/stats")
+        return ServerStats.from_json(response.json() if response.status_code == 200 else {})
+    except (httpx.HTTPError, ValueError):
+        return ServerStats()
 
 
-def split(before: dict, after: dict, wall: float) -> dict:
-    out = {}
-    for key in ("llm_busy_s", "decoder_busy_s", "tokenizer_busy_s"):
-        if before.get(key) is not None and after.get(key) is not None:
-            busy = after[key] - before[key]
-            out[key] = round(busy, 2)
-            out[key.replace("_busy_s", "_busy_fraction")] = round(busy / wall, 3) if wall else None
-    chunks = after["decoder_chunks"] - before["decoder_chunks"]
-    batches = after["decoder_batches"] - before["decoder_batches"]
-    out["decoder_mean_batch"] = round(chunks / batches, 2) if batches else None
-    out["graph_captures"] = after["graph_captures"] - before["graph_captures"]
-    return out
+def loadgen_args(args: argparse.Namespace, url: str, turns: int | None = None) -> argparse.Namespace:
+    return loadgen.parse_args(
+        ["--url", url, "--turns", str(turns or args.turns), "--max-tokens", str(args.max_tokens)]
+        + ["--ramp", str(args.ramp), "--question-seconds", "3", "--timeout", str(args.turn_timeout)]
+    )
 
 
-async def our_path(args: argparse.Namespace, url: str) -> list[dict]:
-    levels = []
-    for concurrency in args.levels:
-        lg = loadgen.parse_args([
-            "--url", url, "--turns", str(args.turns), "--max-tokens", str(args.max_tokens),
-            "--ramp", str(args.ramp), "--question-seconds", "3", "--timeout", "240",
-        ])  # fmt: skip
-        before = await stats(url)
-        level = await loadgen.run_level(url, concurrency, lg, args.wav_b64)
-        after = await stats(url)
-        summary = level.summary() | {"gpu_split": split(before, after, level.wall_s)}
-        levels.append(summary)
-        print(json.dumps({k: summary[k] for k in ("concurrency", "ok", "errors", "realtime", "ttfa_ms", "first_text_ms", "rtf",
-                                                   "tokens_per_s", "gpu_split")}), flush=True)  # fmt: skip
-        if not summary["realtime"] and summary["rtf"]["p50"] and summary["rtf"]["p50"] > 1.5:
-            break  # far past capacity: the next levels would only take time
-    return levels
+class Suite:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.runs: list[ConfigRun] = []
+        self.gpu = gpu_name()
+        self.wav_b64 = base64.b64encode(loadgen.make_question_wav(3.0)).decode()
+        self.settings = {
+            "turns": args.turns,
+            "max_tokens": args.max_tokens,
+            "ramp_s": args.ramp,
+            "question_s": 3.0,
+            "warmup_levels": args.warmup,
+        }
 
+    def write(self) -> None:
+        suite = {"settings": self.settings, "elapsed_s": round(time.perf_counter() - _T0, 1), "url": self.args.url}
+        write_results(self.out, self.runs, self.gpu, suite)
 
-async def baseline(args: argparse.Namespace, url: str) -> list[dict]:
-    levels = []
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        for concurrency in range(1, args.baseline_max + 1):
-            start = time.perf_counter()
-            body = {"concurrency": concurrency, "max_tokens": args.max_tokens, "question_seconds": 3}
-            response = await client.post("/bench/baseline", json=body)
-            if response.status_code != 200:
-                print("baseline failed:", response.status_code, response.text[:300], flush=True)
+    async def run_config(
+        self, run: ConfigRun, url: str, levels: list[int], extras: bool, proc: subprocess.Popen | None = None
+    ) -> None:
+        """Ladder (+ overload and baseline when `extras`) against a server that is ready at `url`."""
+        args = self.args
+        lg = loadgen_args(args, url, turns=1)
+        for c in args.warmup:  # captures the decoder's CUDA graphs for the common buckets
+            await loadgen.run_level(url, c, lg, self.wav_b64)
+        run.warm_stats = await server_stats(url)
+        log(f"{run.name}: warm-up {args.warmup} done: {run.warm_stats}")
+        lg = loadgen_args(args, url)
+        for concurrency in levels:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            before = await server_stats(url)
+            level = await loadgen.run_level(url, concurrency, lg, self.wav_b64)
+            after = await server_stats(url)
+            summary = level.summary()
+            split = GpuSplit.between(before, after, level.wall_s)
+            run.levels.append(SuiteLevel(summary, split, after.admission_limit))
+            self.write()
+            log(
+                f"{run.name}: {json.dumps(loadgen.progress_line(summary) | {'admission_limit': after.admission_limit})}"
+            )
+            failed = summary.turns - summary.ok
+            if summary.playable_ms.p50 is not None and summary.playable_ms.p50 > STOP_PLAYABLE_P50_MS:
+                run.stopped_early = f"playable p50 {summary.playable_ms.p50:.0f} ms at {concurrency} streams"
+            elif failed > STOP_ERROR_FRACTION * summary.turns:
+                run.stopped_early = f"{failed} of {summary.turns} turns failed at {concurrency} streams"
+            if run.stopped_early:
+                log(f"{run.name}: ladder stopped: {run.stopped_early}")
                 break
-            turns = response.json()["turns"]
-            rtf = [t["rtf"] for t in turns if t["rtf"] is not None]
-            ttfa = [t["first_audio_s"] * 1000 for t in turns if t["first_audio_s"] is not None]
-            level = {
-                "concurrency": concurrency,
-                "realtime": len(rtf) == len(turns) and all(r < 1 for r in rtf),
-                "rtf": loadgen._percentiles(rtf),
-                "ttfa_ms": loadgen._percentiles(ttfa),
-                "audio_seconds": round(sum(t["audio_s"] for t in turns), 2),
-                "wall_s": round(time.perf_counter() - start, 2),
-            }
-            levels.append(level)
-            print("baseline", json.dumps(level), flush=True)
-            if not level["realtime"]:
-                break
-    return levels
+        if not extras:
+            return
+        if args.overload_seconds > 0:
+            sessions = max(2, 2 * run.realtime_streams)
+            log(f"{run.name}: overload: {sessions} closed-loop sessions for {args.overload_seconds:g} s")
+            result = await loadgen.run_overload(url, sessions, args.overload_seconds, lg, self.wav_b64)
+            run.overload = result.summary()
+            self.write()
+            o = run.overload
+            log(
+                f"{run.name}: overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
+                f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
+            )
+        if args.baseline_max:
+            await self.baseline(run, url)
+
+    async def baseline(self, run: ConfigRun, url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=self.args.turn_timeout * self.args.baseline_max) as client:
+            for concurrency in range(1, self.args.baseline_max + 1):
+                start = time.perf_counter()
+                body = {"concurrency": concurrency, "max_tokens": self.args.max_tokens, "question_seconds": 3}
+                response = await client.post("/bench/baseline", json=body)
+                if response.status_code != 200:
+                    log(f"baseline failed: {response.status_code} {response.text[:300]}")
+                    break
+                turns = [
+                    TurnResult(
+                        session=i,
+                        status=200,
+                        error=t.get("error"),
+                        completion_tokens=int(t.get("tokens") or 0),
+                        arrivals=[(float(a), float(d)) for a, d in t.get("arrivals") or []],
+                    )
+                    for i, t in enumerate(response.json()["turns"])
+                ]
+                summary = level_summary(concurrency, turns, time.perf_counter() - start)
+                run.baseline.append(summary)
+                self.write()
+                log(f"{run.name}: baseline {json.dumps(loadgen.progress_line(summary))}")
+                if not summary.realtime:
+                    break
+
+    async def start_and_run(self, spec: ConfigSpec, paths: dict[str, Path], port: int, levels: list[int]) -> None:
+        env = server_env(Path(self.args.work), paths, spec)
+        run = ConfigRun(name=spec.name, settings=settings_used(env), defaults=not spec.overrides)
+        self.runs.append(run)
+        url = f"http://127.0.0.1:{port}"
+        log(
+            f"{spec.name}: starting the server ({json.dumps(spec.overrides) if spec.overrides else 'product defaults'})"
+        )
+        started = time.perf_counter()
+        proc = start_server(port, env, self.out / f"server_{spec.name}.log")
+        try:
+            run.ready_s = round(await wait_ready(url, proc, started, self.args.ready_timeout), 1)
+            log(f"{spec.name}: ready in {run.ready_s:.1f} s")
+            self.write()
+            await self.run_config(run, url, levels, extras=not spec.overrides, proc=proc)
+        except (RuntimeError, TimeoutError, httpx.HTTPError) as exc:
+            run.error = f"{type(exc).__name__}: {exc}"[:300]
+            log(f"{spec.name}: {run.error} (see server_{spec.name}.log)")
+        except (SystemExit, asyncio.CancelledError):
+            run.error = "interrupted (SIGTERM: the time limit)"
+            raise
+        finally:
+            stop_server(proc)
+            self.write()
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    suite = Suite(args)
+    log(f"GPU suite on {suite.gpu}: levels {args.levels}, configs {[c.name for c in args.config]}")
     if args.url:  # an already running bench/gpu_server.py (a CPU check of this script)
-        env, url, proc = {}, args.url, None
+        run = ConfigRun(name="url", settings={}, defaults=False)
+        suite.runs.append(run)
+        started = time.perf_counter()
+        run.ready_s = round(await wait_ready(args.url, None, started, args.ready_timeout), 1)
+        await suite.run_config(run, args.url, args.levels, extras=True)
     else:
         paths = prepare_folders(Path(args.work))
         if args.prepare_only:
             return {}
-        env = server_env(args, paths)
-        url = f"http://127.0.0.1:{args.port}"
-        proc = start_server(args.port, env, out / "server.log")
-    try:
-        ready_s = await wait_ready(url, proc, args.ready_timeout)
-        print(f"server ready in {ready_s:.0f} s", flush=True)
-        args.wav_b64 = base64.b64encode(loadgen.make_question_wav(3.0)).decode()
-        # Warm-up: captures the decoder's CUDA graphs for the common buckets, compiles nothing else.
-        lg = loadgen.parse_args(["--url", url, "--turns", "1", "--max-tokens", str(args.max_tokens)])
-        for c in args.warmup:
-            await loadgen.run_level(url, c, lg, args.wav_b64)
-        warm = await stats(url)
-        print("warm-up done", json.dumps(warm), flush=True)
-        ours = await our_path(args, url)
-        base = await baseline(args, url) if args.baseline_max else []
-    finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    gpu = gpu_names()
-    by_c = {lv["concurrency"]: lv for lv in ours}
-    at32 = by_c.get(32, {}).get("ttfa_ms", {})
-    realtime_streams = max((lv["concurrency"] for lv in ours if lv["realtime"]), default=0)
-    baseline_rt = max((lv["concurrency"] for lv in base if lv["realtime"]), default=0)
-    latest = {
-        "gpu": gpu[0] if gpu else "unknown",
-        "date": dt.date.today().isoformat(),
-        "realtime_streams": realtime_streams,
-        "ttfa_p50_ms_at_32": at32.get("p50"),
-        "ttfa_p99_ms_at_32": at32.get("p99"),
-        "baseline_realtime_streams": baseline_rt,
-        "ratio_vs_baseline": round(realtime_streams / baseline_rt, 1) if baseline_rt else None,
-        "levels_tested": [lv["concurrency"] for lv in ours],
-        "definition": "a level is real time when every turn's (arrival -> last audio byte) / audio seconds < 1",
-        "settings": settings_used(env) | {"turns": args.turns, "max_tokens": args.max_tokens, "ramp_s": args.ramp},
-        "weights": "random (vLLM load_format=dummy; random-weight tokenizer and decoder at released sizes)",
-    }
-    full = {"latest": latest, "server_ready_s": round(ready_s, 1), "warm_stats": warm, "ours": ours,
-            "baseline": base}  # fmt: skip
-    (out / "gpu_suite.json").write_text(json.dumps(full, indent=2) + "\n")
-    (out / "latest.json").write_text(json.dumps(latest, indent=2) + "\n")
-    print(json.dumps(latest, indent=2), flush=True)
-    return full
+        await suite.start_and_run(ConfigSpec("defaults"), paths, args.port, args.levels)
+        for i, spec in enumerate(args.config, start=1):
+            await suite.start_and_run(spec, paths, args.port + i, args.configs_levels or args.levels)
+    suite.write()
+    latest = json.loads((suite.out / "latest.json").read_text())
+    log("latest.json:\n" + json.dumps({k: v for k, v in latest.items() if k != "definitions"}, indent=2))
+    return latest
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ints = lambda s: [int(x) for x in s.split(",") if x]
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x]
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT", "/tmp/out"))
     p.add_argument("--work", default="/tmp/g4v_full")
     p.add_argument("--port", type=int, default=8011)
-    p.add_argument("--levels", type=ints, default=[1, 8, 32, 64, 128, 192, 256])
-    p.add_argument("--warmup", type=ints, default=[1, 16, 64])
+    p.add_argument("--levels", type=ints, default=[1, 16, 32, 64, 96, 128, 160, 192, 256])
+    p.add_argument("--warmup", type=ints, default=[1, 16, 64], help="levels run before measuring ('' for none)")
     p.add_argument("--turns", type=int, default=1)
-    p.add_argument("--max-tokens", type=int, default=390)
-    p.add_argument("--ramp", type=float, default=1.0)
-    p.add_argument("--baseline-max", type=int, default=8)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.7)
-    p.add_argument("--decoder-dtype", default="bfloat16")
-    p.add_argument("--decoder-max-batch", type=int, default=32)
-    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max-tokens", type=int, default=390, help="390 = 10 x (13 text + 26 audio) = 20.8 s of speech")
+    p.add_argument("--ramp", type=float, default=1.0, help="streams start uniformly within this many seconds")
+    p.add_argument("--turn-timeout", type=float, default=240.0)
+    p.add_argument("--overload-seconds", type=float, default=60.0, help="0: no overload run")
+    p.add_argument("--baseline-max", type=int, default=8, help="most users of the baseline ladder (0: none)")
+    p.add_argument(
+        "--config",
+        type=ConfigSpec.parse,
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VAL[,KEY=VAL...]",
+        help="an extra configuration beside the defaults (fresh server; KEY as in GLM4VOICE_KEY); repeatable",
+    )
+    p.add_argument("--configs-levels", type=ints, default=None, help="ladder of the --config runs (default --levels)")
     p.add_argument("--ready-timeout", type=float, default=420)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra server setting")
     p.add_argument("--prepare-only", action="store_true")
     p.add_argument("--url", default=None, help="use a running bench/gpu_server.py instead of starting one")
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_sigterm)
     asyncio.run(main_async(parse_args()))

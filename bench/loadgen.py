@@ -5,11 +5,16 @@ the previous reply by `audio.id`, as a voice assistant does), streaming with `mo
 `audio.format="pcm16"`. Sessions start spread over `--ramp` seconds, as real users do not all press "talk" in the
 same millisecond.
 
-Per turn it records: first-audio latency (request sent -> first audio bytes), the real-time factor
-(request sent -> last audio byte, over the seconds of audio received; < 1 means the whole answer arrived faster
-than it plays), playback stalls (a chunk arriving after everything before it would have finished playing, with
-playback starting at the first chunk), completion tokens (from `stream_options.include_usage`) and errors by
-HTTP status. A turn is "real time" when its RTF < 1; a concurrency level is real time when every turn is.
+Every audio chunk's arrival is recorded (seconds since the request was sent, seconds of audio in it), and from those
+(bench/playback.py) per turn: first audio, playable latency (the start delay a player needs to never run dry), gaps
+and their total silence for a player starting at the first chunk, the answer ratio (sent -> last audio byte, over
+the audio's length), completion tokens (`stream_options.include_usage`) and errors by HTTP status. A level is real
+time when every turn succeeded and every playable latency is at most 1 s (playback.REALTIME_PLAYABLE_S).
+
+Overload mode (`--overload-sessions N --overload-seconds S`, or `run_overload`): N closed-loop clients send turns
+back to back for S seconds; a 429 waits its Retry-After (at most 2 s) and tries again. It reports offered, admitted
+and rejected requests, other errors, and the fraction of admitted turns that play without a gap once a player has a
+250 ms jitter buffer after the first audio (queue wait excluded).
 
     python -m bench.loadgen --url http://127.0.0.1:8000 --concurrency 1,8,32 --turns 2 --max-tokens 390 \\
         --out bench/results/loadgen.json
@@ -32,32 +37,17 @@ from dataclasses import asdict, dataclass, field
 import httpx
 import numpy as np
 
+from bench.playback import (
+    LevelSummary,
+    OverloadSummary,
+    TurnResult,
+    level_summary,
+    overload_summary,
+)
+
 OUT_RATE = 24000  # pcm16 output of the chat API
-
-
-@dataclass
-class TurnResult:
-    session: int
-    turn: int
-    status: int = 0
-    error: str | None = None
-    sent: float = 0.0
-    first_text_s: float | None = None
-    """Request sent -> first transcript text (the LLM's first tokens: the part of first audio that is not decoder)."""
-    first_audio_s: float | None = None
-    done_s: float | None = None
-    audio_s: float = 0.0
-    completion_tokens: int = 0
-    stalls: int = 0
-    stall_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200 and self.error is None and self.audio_s > 0
-
-    @property
-    def rtf(self) -> float | None:
-        return self.done_s / self.audio_s if self.ok and self.done_s is not None else None
+RETRY_AFTER_CAP_S = 2.0
+"""An overload client waits the server's Retry-After, but at most this, before it tries again."""
 
 
 @dataclass
@@ -66,46 +56,44 @@ class LevelResult:
     wall_s: float
     turns: list[TurnResult] = field(default_factory=list)
 
-    def summary(self) -> dict:
-        ok = [t for t in self.turns if t.ok]
-        errors: dict[str, int] = {}
-        for t in self.turns:
-            if not t.ok:
-                key = str(t.status) if t.status and t.status != 200 else (t.error or "no audio")[:60]
-                errors[key] = errors.get(key, 0) + 1
-        ttfa = [t.first_audio_s * 1000 for t in ok if t.first_audio_s is not None]
-        ttft = [t.first_text_s * 1000 for t in ok if t.first_text_s is not None]
-        rtf = [t.rtf for t in ok if t.rtf is not None]
-        tokens = sum(t.completion_tokens for t in ok)
-        return {
-            "concurrency": self.concurrency,
-            "turns": len(self.turns),
-            "ok": len(ok),
-            "errors": errors,
-            "realtime": bool(ok) and len(ok) == len(self.turns) and all(r < 1 for r in rtf),
-            "realtime_fraction": sum(r < 1 for r in rtf) / len(self.turns) if self.turns else 0.0,
-            "ttfa_ms": _percentiles(ttfa),
-            "first_text_ms": _percentiles(ttft),
-            "rtf": _percentiles(rtf),
-            "stalled_turns": sum(t.stalls > 0 for t in ok),
-            "audio_seconds": round(sum(t.audio_s for t in ok), 2),
-            "completion_tokens": tokens,
-            "tokens_per_s": round(tokens / self.wall_s, 1) if self.wall_s else 0.0,
-            "wall_s": round(self.wall_s, 2),
-        }
+    def summary(self) -> LevelSummary:
+        return level_summary(self.concurrency, self.turns, self.wall_s)
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
-    arr = np.asarray(values, dtype=np.float64)
+@dataclass
+class OverloadResult:
+    sessions: int
+    seconds: float
+    wall_s: float = 0.0
+    turns: list[TurnResult] = field(default_factory=list)
+
+    def summary(self) -> OverloadSummary:
+        return overload_summary(self.sessions, self.seconds, self.turns, self.wall_s)
+
+
+def progress_line(summary: LevelSummary) -> dict:
+    """The figures of a level worth a line of progress output."""
     return {
-        "p50": round(float(np.percentile(arr, 50)), 3),
-        "p90": round(float(np.percentile(arr, 90)), 3),
-        "p99": round(float(np.percentile(arr, 99)), 3),
-        "max": round(float(arr.max()), 3),
-        "mean": round(float(arr.mean()), 3),
+        "concurrency": summary.concurrency,
+        "ok": summary.ok,
+        "errors": summary.errors,
+        "realtime": summary.realtime,
+        "first_audio_ms": [summary.first_audio_ms.p50, summary.first_audio_ms.p99],
+        "playable_ms": [summary.playable_ms.p50, summary.playable_ms.p99],
+        "streams_with_gap": summary.streams_with_gap,
+        "answer_ratio_p50": summary.answer_ratio.p50,
+        "tokens_per_s": summary.tokens_per_s,
     }
+
+
+def turn_details(turns: list[TurnResult]) -> list[dict]:
+    """Every turn's record and derived figures (for --keep-turns), arrivals included."""
+    out = []
+    for t in turns:
+        stats = t.stats
+        derived = asdict(stats) | {"answer_ratio": stats.answer_ratio} if stats else {}
+        out.append(asdict(t) | {"ok": t.ok} | derived)
+    return out
 
 
 def make_question_wav(seconds: float = 3.0, sample_rate: int = 16000, seed: int = 0) -> bytes:
@@ -134,15 +122,15 @@ async def run_turn(
     result: TurnResult,
     previous_audio_id: str | None,
 ) -> str | None:
+    """Send one spoken turn and record every audio chunk's arrival into `result`; returns the reply's audio id."""
+    audio_part = {"type": "input_audio", "input_audio": {"data": wav_b64, "format": "wav"}}
     messages: list[dict] = []
     if previous_audio_id:
         messages += [
-            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": wav_b64, "format": "wav"}}]},
+            {"role": "user", "content": [audio_part]},
             {"role": "assistant", "audio": {"id": previous_audio_id}},
         ]
-    messages.append(
-        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": wav_b64, "format": "wav"}}]}
-    )
+    messages.append({"role": "user", "content": [audio_part]})
     body = {
         "model": args.model,
         "messages": messages,
@@ -156,12 +144,12 @@ async def run_turn(
     }
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     audio_id = None
-    played_until: float | None = None  # wall time at which the audio received so far finishes playing
-    result.sent = time.perf_counter()
+    sent = time.perf_counter()
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
             result.status = response.status_code
             if response.status_code != 200:
+                result.retry_after_s = _retry_after(response.headers.get("retry-after"))
                 result.error = (await response.aread()).decode(errors="replace")[:200]
                 return None
             async for line in response.aiter_lines():
@@ -180,44 +168,72 @@ async def run_turn(
                     audio = (choice.get("delta") or {}).get("audio") or {}
                     audio_id = audio.get("id", audio_id)
                     if audio.get("transcript") and result.first_text_s is None:
-                        result.first_text_s = time.perf_counter() - result.sent
+                        result.first_text_s = time.perf_counter() - sent
                     if audio.get("data"):
-                        now = time.perf_counter()
                         seconds = len(base64.b64decode(audio["data"])) / 2 / OUT_RATE
-                        if result.first_audio_s is None:
-                            result.first_audio_s = now - result.sent
-                            played_until = now
-                        elif played_until is not None and now > played_until:
-                            result.stalls += 1
-                            result.stall_s += now - played_until
-                            played_until = now
-                        played_until = (played_until or now) + seconds
-                        result.audio_s += seconds
-                        result.done_s = now - result.sent
+                        result.arrivals.append((time.perf_counter() - sent, seconds))
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"[:200]
     return audio_id
 
 
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: not sent by this server
+
+
+def _client(url: str, clients: int, args: argparse.Namespace) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=clients + 8, max_keepalive_connections=clients + 8)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=httpx.Timeout(args.timeout, connect=30))
+
+
 async def run_level(url: str, concurrency: int, args: argparse.Namespace, wav_b64: str) -> LevelResult:
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
-    timeout = httpx.Timeout(args.timeout, connect=30)
     rng = random.Random(args.seed + concurrency)
     level = LevelResult(concurrency=concurrency, wall_s=0.0)
 
-    async def session(index: int, client: httpx.AsyncClient) -> None:
+    async def session(index: int, client: httpx.AsyncClient, start: float) -> None:
         await asyncio.sleep(rng.uniform(0, args.ramp))
         audio_id = None
         for turn in range(args.turns):
-            result = TurnResult(session=index, turn=turn)
+            result = TurnResult(session=index, turn=turn, started_s=time.perf_counter() - start)
             level.turns.append(result)
             audio_id = await run_turn(client, args, wav_b64, result, audio_id)
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+    async with _client(url, concurrency, args) as client:
         start = time.perf_counter()
-        await asyncio.gather(*(session(i, client) for i in range(concurrency)))
+        await asyncio.gather(*(session(i, client, start) for i in range(concurrency)))
         level.wall_s = time.perf_counter() - start
     return level
+
+
+async def run_overload(
+    url: str, sessions: int, seconds: float, args: argparse.Namespace, wav_b64: str
+) -> OverloadResult:
+    """`sessions` closed-loop clients send single turns back to back until `seconds` have passed (no turn starts
+    after; those running finish). A 429 waits Retry-After, capped at RETRY_AFTER_CAP_S, then tries again."""
+    rng = random.Random(args.seed + 7919 * sessions)
+    result = OverloadResult(sessions=sessions, seconds=seconds)
+
+    async def session(index: int, client: httpx.AsyncClient, start: float) -> None:
+        await asyncio.sleep(rng.uniform(0, min(args.ramp, seconds)))
+        turn = 0
+        while time.perf_counter() - start < seconds:
+            record = TurnResult(session=index, turn=turn, started_s=time.perf_counter() - start)
+            result.turns.append(record)
+            turn += 1
+            await run_turn(client, args, wav_b64, record, None)
+            if record.status == 429:
+                await asyncio.sleep(min(record.retry_after_s or 1.0, RETRY_AFTER_CAP_S))
+            elif not record.ok:
+                await asyncio.sleep(0.1)  # a failing server must not turn the client into a busy loop
+
+    async with _client(url, sessions, args) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(session(i, client, start) for i in range(sessions)))
+        result.wall_s = time.perf_counter() - start
+    return result
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -226,12 +242,12 @@ async def run(args: argparse.Namespace) -> dict:
     for concurrency in args.concurrency:
         level = await run_level(args.url, concurrency, args, wav_b64)
         summary = level.summary()
+        entry = asdict(summary)
         if args.keep_turns:
-            summary["turn_details"] = [asdict(t) | {"rtf": t.rtf} for t in level.turns]
-        levels.append(summary)
-        print(json.dumps({k: summary[k] for k in ("concurrency", "ok", "errors", "realtime", "ttfa_ms", "rtf")}),
-              flush=True)  # fmt: skip
-    return {
+            entry["turn_details"] = turn_details(level.turns)
+        levels.append(entry)
+        print(json.dumps(progress_line(summary)), flush=True)
+    out = {
         "url": args.url,
         "turns_per_session": args.turns,
         "max_tokens": args.max_tokens,
@@ -239,6 +255,12 @@ async def run(args: argparse.Namespace) -> dict:
         "levels": levels,
         "realtime_streams": max((lv["concurrency"] for lv in levels if lv["realtime"]), default=0),
     }
+    if args.overload_sessions and args.overload_seconds > 0:
+        overload = await run_overload(args.url, args.overload_sessions, args.overload_seconds, args, wav_b64)
+        out["overload"] = asdict(overload.summary())
+        if args.keep_turns:
+            out["overload"]["turn_details"] = turn_details(overload.turns)
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -246,14 +268,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--model", default="glm-4-voice-9b")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32])
+    p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 8, 32])
     p.add_argument("--turns", type=int, default=2, help="spoken turns per session (later ones use audio.id)")
     p.add_argument("--max-tokens", type=int, default=390, help="390 = 10 x (13 text + 26 audio) = 20.8 s of speech")
     p.add_argument("--question-seconds", type=float, default=3.0)
     p.add_argument("--ramp", type=float, default=1.0, help="sessions start uniformly within this many seconds")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--keep-turns", action="store_true", help="write every turn's figures too")
+    p.add_argument("--overload-sessions", type=int, default=0, help="closed-loop clients of the overload run (0: none)")
+    p.add_argument("--overload-seconds", type=float, default=60.0)
+    p.add_argument("--keep-turns", action="store_true", help="write every turn's figures and chunk arrivals too")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 

@@ -1,5 +1,6 @@
-"""PNG plots of a GPU suite result (bench/gpu_suite.py): first-audio latency, real-time factor and the GPU time
-split against concurrency, ours vs the seed-pattern baseline of the same run.
+"""PNG plots of a GPU suite result (bench/gpu_suite.py): playable latency, first audio, streams with a gap and the
+GPU time split against concurrent streams; the product defaults vs the seed-pattern baseline of the same run, and
+any extra configurations of the run beside them.
 
     python -m bench.plot_results bench/results/gpu_suite.json --out bench/results
 
@@ -17,52 +18,117 @@ import matplotlib as mpl
 mpl.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+plt.rcParams["axes.titlesize"] = 9
 
-def plot(result: dict, out: Path) -> list[Path]:
-    ours, base, latest = result["ours"], result["baseline"], result["latest"]
-    title = f"{latest['gpu']}, {latest['date']} (full-size shapes, random weights)"
-    files = []
+REALTIME_MS = 1000.0  # bench.playback.REALTIME_PLAYABLE_S, in ms (plotting must not import the numpy side)
+STREAMS = "concurrent spoken-chat streams"
 
+
+def _title(result: dict, what: str) -> str:
+    latest = result.get("latest") or {}
+    flag = "product defaults" if latest.get("defaults") else "NOT the product defaults"
+    return f"{what}\n{latest.get('gpu', '?')}, {latest.get('date', '?')}: {flag}, full-size shapes, random weights"
+
+
+def _series(result: dict) -> list[tuple[str, list[dict], str]]:
+    """(label, levels, line style): ours (defaults), the baseline, then each extra configuration."""
+    defaults = result.get("defaults") or {}
+    out = [("ours (defaults)", defaults.get("levels") or [], "-o")]
+    if defaults.get("baseline"):
+        out.append(("seed pattern (baseline)", defaults["baseline"], "--s"))
+    for config in result.get("configs") or []:
+        if config.get("levels"):
+            out.append((config["name"], config["levels"], ":^"))
+    return out
+
+
+def _percentile_plot(result: dict, key: str, ylabel: str, what: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for series, label, style in ((ours, "ours", "-o"), (base, "seed pattern (baseline)", "--s")):
-        c = [lv["concurrency"] for lv in series]
-        ax.plot(c, [lv["ttfa_ms"]["p50"] for lv in series], style, label=f"{label} p50")
-        ax.plot(c, [lv["ttfa_ms"]["p99"] for lv in series], style, alpha=0.5, label=f"{label} p99")
-    ax.axhline(250, color="grey", lw=0.8, ls=":")
-    ax.axhline(800, color="grey", lw=0.8, ls=":")
-    ax.set(xscale="log", yscale="log", xlabel="concurrent spoken-chat streams", ylabel="first audio (ms)",
-           title=f"First-audio latency vs concurrency\n{title}")  # fmt: skip
-    ax.legend(fontsize=8)
+    for label, levels, style in _series(result):
+        points = [(lv["concurrency"], lv[key]) for lv in levels if lv[key]["p50"] is not None]
+        if not points:
+            continue
+        c = [x for x, _ in points]
+        (line,) = ax.plot(c, [p["p50"] for _, p in points], style, label=f"{label} p50")
+        ax.plot(c, [p["p99"] for _, p in points], style, color=line.get_color(), alpha=0.45, label=f"{label} p99")
+    ax.axhline(REALTIME_MS, color="red", lw=0.8, ls=":", label="1000 ms (real-time rule)")
+    ax.set(xscale="log", yscale="log", xlabel=STREAMS, ylabel=ylabel, title=_title(result, what))
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    files.append(_save(fig, out / "ttfa_vs_concurrency.png"))
+    return _save(fig, path)
 
+
+def _gap_plot(result: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for series, label, style in ((ours, "ours", "-o"), (base, "seed pattern (baseline)", "--s")):
-        c = [lv["concurrency"] for lv in series]
-        ax.plot(c, [lv["rtf"]["p50"] for lv in series], style, label=f"{label} RTF p50")
-        ax.plot(c, [lv["rtf"]["max"] for lv in series], style, alpha=0.5, label=f"{label} RTF max")
-    ax.axhline(1.0, color="red", lw=0.8, ls=":", label="real time")
-    ax.set(xscale="log", xlabel="concurrent spoken-chat streams", ylabel="(arrival -> last audio) / audio s",
-           title=f"Real-time factor per stream vs concurrency (< 1: real time)\n{title}")  # fmt: skip
-    ax.legend(fontsize=8)
+    for label, levels, style in _series(result):
+        levels = [lv for lv in levels if lv["turns"]]
+        if not levels:
+            continue
+        c = [lv["concurrency"] for lv in levels]
+        frac = [lv["streams_with_gap"] / lv["turns"] for lv in levels]
+        ax.plot(c, frac, style, label=label)
+        for x, y, lv in zip(c, frac, levels, strict=True):
+            ax.annotate(
+                f"{lv['streams_with_gap']}/{lv['turns']}",
+                (x, y),
+                textcoords="offset points",
+                xytext=(0, 5),
+                ha="center",
+                fontsize=6,
+            )
+    ax.set(
+        xscale="log",
+        xlabel=STREAMS,
+        ylabel="fraction of streams with a gap",
+        ylim=(-0.05, 1.15),
+        title=_title(result, "Streams whose playback runs dry (player starting at the first chunk)"),
+    )
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    files.append(_save(fig, out / "realtime_vs_concurrency.png"))
+    return _save(fig, path)
 
+
+def _split_plot(result: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    levels = [lv for lv in ours if lv.get("gpu_split")]
+    levels = [lv for lv in (result.get("defaults") or {}).get("levels") or [] if lv.get("gpu_split")]
     x = range(len(levels))
     width = 0.27
-    for k, (key, label) in enumerate((("llm", "LLM (vLLM)"), ("decoder", "speech decoder"),
-                                      ("tokenizer", "speech tokenizer"))):  # fmt: skip
-        ax.bar([i + (k - 1) * width for i in x], [lv["gpu_split"].get(f"{key}_busy_fraction") or 0 for lv in levels],
-               width, label=label)  # fmt: skip
+    parts = (("llm", "LLM (vLLM)"), ("decoder", "speech decoder"), ("tokenizer", "speech tokenizer"))
+    for k, (key, label) in enumerate(parts):
+        values = [lv["gpu_split"].get(f"{key}_busy_fraction") or 0 for lv in levels]
+        ax.bar([i + (k - 1) * width for i in x], values, width, label=label)
     ax.set_xticks(list(x), [str(lv["concurrency"]) for lv in levels])
-    ax.set(xlabel="concurrent spoken-chat streams", ylabel="busy fraction of the level's wall time",
-           title=f"GPU time split (busy time per component; they overlap)\n{title}", ylim=(0, 1.15))  # fmt: skip
+    ax.set(
+        xlabel=STREAMS,
+        ylabel="busy fraction of the level's wall time",
+        ylim=(0, 1.15),
+        title=_title(result, "GPU time split (busy time per component; they overlap)"),
+    )
     ax.legend(fontsize=8, loc="upper center", ncol=3)
     ax.grid(alpha=0.3, axis="y")
-    files.append(_save(fig, out / "gpu_split.png"))
-    return files
+    return _save(fig, path)
+
+
+def plot(result: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        _percentile_plot(
+            result,
+            "playable_ms",
+            "playable latency (ms)",
+            "Playable latency (start delay for gap-free playback) vs streams",
+            out / "playable_vs_streams.png",
+        ),
+        _percentile_plot(
+            result,
+            "first_audio_ms",
+            "first audio (ms)",
+            "First-audio latency vs streams",
+            out / "first_audio_vs_streams.png",
+        ),
+        _gap_plot(result, out / "gaps_vs_streams.png"),
+        _split_plot(result, out / "gpu_split.png"),
+    ]
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

@@ -1,0 +1,78 @@
+"""The GPU suite's bookkeeping (bench/suite_results.py): --config parsing, the GPU split, the headline figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.playback import TurnResult, level_summary, overload_summary
+from bench.suite_results import (
+    ConfigRun,
+    ConfigSpec,
+    GpuSplit,
+    ServerStats,
+    SuiteLevel,
+    realtime_streams,
+    write_results,
+)
+
+
+def test_config_spec_parse():
+    spec = ConfigSpec.parse("fp8:ENGINE__QUANTIZATION=fp8,audio__decoder_schedule=[10,20,40],GLM4VOICE_LOG_LEVEL=info")
+    assert spec.name == "fp8"
+    assert spec.overrides == {
+        "ENGINE__QUANTIZATION": "fp8",
+        "AUDIO__DECODER_SCHEDULE": "[10,20,40]",
+        "LOG_LEVEL": "info",
+    }
+    for bad in ("fp8", "fp8:", ":A=1", "fp8:A"):
+        with pytest.raises(ValueError):
+            ConfigSpec.parse(bad)
+
+
+def test_gpu_split_tolerates_missing_figures():
+    before = ServerStats(llm_busy_s=10.0, decoder_busy_s=2.0, decoder_batches=10, decoder_chunks=40)
+    after = ServerStats(llm_busy_s=15.0, decoder_busy_s=4.0, decoder_batches=20, decoder_chunks=120)
+    split = GpuSplit.between(before, after, wall_s=10.0)
+    assert split.llm_busy_s == 5.0 and split.llm_busy_fraction == 0.5
+    assert split.decoder_busy_fraction == 0.2
+    assert split.decoder_mean_batch == 8.0
+    assert split.tokenizer_busy_s is None and split.graph_captures is None
+    assert ServerStats.from_json({"llm_busy_s": 1.0, "renamed": 3}).llm_busy_s == 1.0
+
+
+def _level(concurrency: int, playable: float) -> TurnResult:
+    return TurnResult(status=200, arrivals=[(0.2, 0.4), (playable + 0.4, 0.4)])
+
+
+def test_realtime_streams_needs_every_smaller_level():
+    levels = [
+        level_summary(c, [_level(c, p)] * c, 1.0)
+        for c, p in ((1, 0.3), (16, 0.9), (32, 1.2), (64, 0.8))  # 64 passing alone does not count
+    ]
+    assert realtime_streams(levels) == 16
+    assert realtime_streams([]) == 0
+
+
+def test_latest_json_layout(tmp_path):
+    run = ConfigRun(name="defaults", settings={"GLM4VOICE_ENGINE__LOAD_FORMAT": "dummy"}, defaults=True, ready_s=80.04)
+    for c in (1, 32):
+        run.levels.append(SuiteLevel(level_summary(c, [_level(c, 0.5)] * c, 5.0), GpuSplit(), admission_limit=64))
+    run.overload = overload_summary(64, 60, [_level(1, 0.4), TurnResult(status=429, retry_after_s=1)], 61.0)
+    run.baseline = [level_summary(1, [_level(1, 0.9)], 20.0), level_summary(2, [_level(2, 2.0)] * 2, 40.0)]
+    write_results(tmp_path, [run], "NVIDIA H100", {"settings": {"max_tokens": 390}})
+    latest = json.loads((tmp_path / "latest.json").read_text())
+    assert latest["defaults"] is True
+    assert latest["realtime_streams"] == 32
+    assert latest["playable_p50_ms_at_32"] == 500.0 and latest["playable_p99_ms_at_32"] == 500.0
+    assert latest["ttfa_p50_ms_at_1"] == 200.0
+    assert latest["baseline_realtime_streams"] == 1
+    assert latest["ready_s"] == 80.0
+    overload = latest["overload"]
+    assert (overload["offered"], overload["admitted"], overload["rejected_429"]) == (2, 1, 1)
+    assert overload["gap_free_fraction_of_admitted"] == 1.0 and overload["errors_other_than_429"] == 0
+    assert latest["settings"]["max_tokens"] == 390 and "realtime" in latest["definitions"]
+    full = json.loads((tmp_path / "gpu_suite.json").read_text())
+    assert full["defaults"]["levels"][1]["admission_limit"] == 64
+    assert full["configs"] == []
