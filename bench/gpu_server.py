@@ -59,6 +59,8 @@ def collect_stats(services: Any) -> dict:
         "tokenizer_busy_s": _first(rt, "audio_input.worker.busy_seconds", "speech_tokenizer.busy_seconds"),
         "decoder_batches": _first(rt, "decoder.batches"),
         "decoder_chunks": _first(rt, "decoder.chunks"),
+        "decoder_underruns": _first(rt, "decoder.underruns"),
+        "llm_generated_tokens": _first(rt, "engine.generated_tokens"),
         "graph_captures": _first(graphs, "captures"),
         "graph_capture_s": _first(graphs, "capture_seconds"),
         "engine_active": _first(rt, "engine.active_requests"),

@@ -55,6 +55,8 @@ class ServerStats:
     graph_captures: int | None = None
     graph_capture_s: float | None = None
     admission_limit: int | None = None
+    decoder_underruns: int | None = None
+    llm_generated_tokens: int | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> ServerStats:
@@ -72,6 +74,10 @@ class GpuSplit:
     tokenizer_busy_s: float | None = None
     tokenizer_busy_fraction: float | None = None
     decoder_mean_batch: float | None = None
+    decoder_chunks: int | None = None
+    decoder_underruns: int | None = None
+    """Chunks the server emitted after the listener's audio had run out (its own view of gaps)."""
+    llm_tokens_per_s: float | None = None
     graph_captures: int | None = None
 
     @classmethod
@@ -87,6 +93,7 @@ class GpuSplit:
         llm, dec, tok = busy("llm_busy_s"), busy("decoder_busy_s"), busy("tokenizer_busy_s")
         chunks, batches = delta("decoder_chunks"), delta("decoder_batches")
         captures = delta("graph_captures")
+        underruns, generated = delta("decoder_underruns"), delta("llm_generated_tokens")
         return cls(
             llm_busy_s=llm[0],
             llm_busy_fraction=llm[1],
@@ -95,6 +102,9 @@ class GpuSplit:
             tokenizer_busy_s=tok[0],
             tokenizer_busy_fraction=tok[1],
             decoder_mean_batch=round(chunks / batches, 2) if chunks is not None and batches else None,
+            decoder_chunks=int(chunks) if chunks is not None else None,
+            decoder_underruns=int(underruns) if underruns is not None else None,
+            llm_tokens_per_s=round(generated / wall_s, 1) if generated is not None and wall_s > 0 else None,
             graph_captures=int(captures) if captures is not None else None,
         )
 

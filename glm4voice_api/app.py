@@ -220,7 +220,8 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         app.state.services = services
         capacity = None
         if measured_capacity(runtime):
-            controller = CapacityController(ceiling=runtime.engine.info.max_num_seqs)
+            ceiling = runtime.engine.info.max_num_seqs
+            controller = CapacityController(ceiling=ceiling, initial=max(1, ceiling // 4))
             app.state.capacity = controller
             capacity = asyncio.create_task(run_controller(
                 controller, capacity_signals(runtime, services.admission), services.admission.queue.set_limit

@@ -12,6 +12,7 @@ the 13 text tokens in between, while the first chunk plays for 0.4 s. Under load
 - otherwise a stream waits until its pending tokens match the audio it already has buffered (`growth` x buffered
   seconds, in tokens, between `first_chunk` and `max_chunk`): long chunks once it is ahead, since every chunk
   re-runs the flow over its context and fewer, longer chunks cost less per second of audio.
+A due chunk takes every pending token (up to `max_chunk`).
 
 `FixedSchedule` is the reference behaviour (the tests compare batched and direct decoding with it).
 Pure logic over `StreamView`s: unit-tested with made-up clocks.
@@ -78,11 +79,8 @@ class AdaptiveChunkPolicy:
             return self.first_chunk if view.pending >= self.first_chunk else None
         if view.pending < MIN_CHUNK_TOKENS:
             return None
-        target = self.target(view.buffered_s)
-        if view.pending >= target:
-            return target
-        if view.buffered_s <= self.lead_s + pass_s:
-            return min(view.pending, self.max_chunk)
+        if view.pending >= self.target(view.buffered_s) or view.buffered_s <= self.lead_s + pass_s:
+            return min(view.pending, self.max_chunk)  # all there is: more audio per pass, fewer passes
         return None
 
     def wake_in(self, view: StreamView, pass_s: float) -> float | None:

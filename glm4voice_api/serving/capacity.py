@@ -8,10 +8,12 @@ therefore not a setting but a measurement, adjusted once a second from what the 
   by the decoder scheduler): the limit drops to ~90% of what is running, and stays put for `cooldown_s`;
 - the decoder is busy nearly all the time, or the LLM's token supply per stream is close to real time (13 text +
   26 audio tokens per 2.08 s of speech = 18.75 tokens/s): no growth (the next stream would tip it over);
-- otherwise, when requests are waiting and every slot is used, the limit grows by ~15% (at least one).
+- the decoder is saturated (busy > `busy_cut`): the limit drops to what is running, before gaps appear;
+- otherwise, when nearly every slot is used (or requests wait), the limit grows by `step` (at least one): the
+  signals above react within a second to the load the new streams bring, so growth is stopped before it hurts.
 
 Newcomers beyond the limit wait in the bounded queue (or get 429 with Retry-After), so the streams already admitted
-stay gap-free. The limit starts at `initial` (a level a GPU server sustains easily) and never leaves
+stay gap-free. The limit starts at a quarter of the engine's batch size (`initial`) and never leaves
 [`floor`, `ceiling`] (the ceiling is the engine's batch size). Pure logic over cumulative counters: unit-tested.
 """
 
@@ -44,14 +46,16 @@ class CapacitySignals:
 @dataclass
 class CapacityController:
     ceiling: int
-    initial: int = 16
+    initial: int = 64
     floor: int = 2
-    busy_high: float = 0.9
+    busy_high: float = 0.85
     """Decoder busy fraction above which the limit stops growing."""
+    busy_cut: float = 0.97
+    """Decoder busy fraction at which the limit falls back to what is running."""
     supply_margin: float = 1.5
     """Per-stream LLM tokens/s must exceed this x real time for the limit to grow."""
     cooldown_s: float = 5.0
-    step: float = 0.15
+    step: float = 0.25
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))
@@ -72,11 +76,13 @@ class CapacityController:
             cut = max(1, math.ceil(0.1 * now.active))
             self._set(min(self.limit, now.active) - cut, "underrun")
             self._hold_until = now.at + self.cooldown_s
+        elif busy > self.busy_cut:
+            self._set(min(self.limit, now.active), "decoder saturated")
         elif busy > self.busy_high:
             self.reason = "decoder busy"
         elif now.engine_active and per_stream < self.supply_margin * REALTIME_TOKENS_PER_S:
             self.reason = "token supply"
-        elif now.at >= self._hold_until and now.queued > 0 and now.active >= self.limit:
+        elif now.at >= self._hold_until and (now.queued > 0 or now.active >= 0.9 * self.limit):
             self._set(self.limit + max(1, math.ceil(self.step * self.limit)), "demand")
         return self.limit
 

@@ -115,9 +115,13 @@ def test_a_failing_stream_does_not_stop_the_others(decoder) -> None:
     asyncio.run(run())
 
 
+class _Fake(SimpleNamespace):
+    __hash__ = object.__hash__  # held in a set, as the scheduler's streams are
+
+
 def _stream(pending: int, buffered: float, decoded: int = 40, *, started: bool = True) -> SimpleNamespace:
     view = StreamView(pending=pending, started=started, buffered_s=buffered, decoded=decoded)
-    return SimpleNamespace(
+    return _Fake(
         view=lambda _now, v=view: v, finished=False, _final=False, _tokens=[0] * pending, decoded=decoded,
         first_emit=0.0 if started else None,
     )
@@ -130,11 +134,13 @@ def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() ->
     scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
     scheduler._pass_ewma = 0.05
     first = _stream(10, 0.0, decoded=0, started=False)
-    dry = _stream(12, 0.1)  # about to run dry: due with what it has
+    dry = _stream(12, 0.0)  # running dry: due with what it has
     ahead = _stream(20, 5.0)  # 5 s buffered: waits for ~60 tokens
+    dry2 = _stream(8, 0.25)
     rider = _stream(30, 3.0, decoded=0)  # not due, but has a steady chunk waiting and a short row
-    batch = scheduler._pick({first, dry, ahead, rider})
-    assert [s for s, _ in batch][:2] == [dry, first]  # least buffered first; a first chunk ranks as nearly dry
+    batch = scheduler._pick({first, dry, dry2, ahead, rider})
+    # Least buffered first; a first chunk ranks as nearly dry; 3 due rows make a 4-row bucket: one free row.
+    assert [s for s, _ in batch][:3] == [dry, first, dry2] and len(batch) == 4
     assert (rider, 30) in batch and all(s is not ahead for s, _ in batch)  # free rows go to a waiting stream
     assert dict((id(s), n) for s, n in batch)[id(first)] == 10
 

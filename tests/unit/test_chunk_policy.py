@@ -1,0 +1,50 @@
+"""The adaptive chunk policy: first chunk early, small chunks while the buffer is thin, long ones once ahead."""
+
+from __future__ import annotations
+
+import pytest
+
+from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule, StreamView
+
+POLICY = AdaptiveChunkPolicy(first_chunk=10, max_chunk=160, lead_s=0.3)
+
+
+def view(pending: int, buffered: float, started: bool = True, decoded: int = 40) -> StreamView:
+    return StreamView(pending=pending, started=started, buffered_s=buffered, decoded=decoded)
+
+
+def test_first_chunk_as_soon_as_it_is_there() -> None:
+    assert POLICY.chunk_size(view(9, 0.0, started=False), 0.1) is None
+    assert POLICY.chunk_size(view(14, 0.0, started=False), 0.1) == 10
+    assert POLICY.wake_in(view(14, 0.0, started=False), 0.1) is None  # only tokens make it due
+
+
+def test_thin_buffer_decodes_what_it_has() -> None:
+    assert POLICY.chunk_size(view(7, 0.35), 0.1) == 7  # 0.35 <= lead 0.3 + pass 0.1
+    assert POLICY.chunk_size(view(5, 0.0), 0.1) is None  # below the 6-token minimum: nothing can be decoded
+    assert POLICY.chunk_size(view(300, 0.1), 0.1) == 160  # never more than max_chunk
+
+
+def test_ahead_waits_for_a_chunk_as_long_as_the_buffer() -> None:
+    assert POLICY.target(2.0) == 25  # 2 s buffered -> 25 tokens (2 s of audio)
+    assert POLICY.chunk_size(view(20, 2.0), 0.1) is None
+    assert POLICY.chunk_size(view(26, 2.0), 0.1) == 26  # due: takes all it has
+    assert POLICY.target(60.0) == 160 and POLICY.target(0.2) == 10
+    assert POLICY.wake_in(view(20, 2.0), 0.1) == pytest.approx(1.6)  # wakes when 0.4 s are left
+
+
+def test_urgency_orders_dry_streams_and_first_chunks_first() -> None:
+    keys = [POLICY.urgency(v) for v in (view(10, 3.0), view(10, 0.0, started=False), view(10, -0.2))]
+    assert sorted(range(3), key=keys.__getitem__) == [2, 1, 0]
+
+
+def test_fixed_schedule_counts_chunks_from_decoded_tokens() -> None:
+    fixed = FixedSchedule((10, 20))
+    assert fixed.chunk_size(view(10, 0, decoded=0), 0) == 10
+    assert fixed.chunk_size(view(19, 0, decoded=10), 0) is None
+    assert fixed.chunk_size(view(25, 0, decoded=30), 0) == 20  # the last step repeats
+
+
+def test_bad_sizes_are_refused() -> None:
+    with pytest.raises(ValueError):
+        AdaptiveChunkPolicy(first_chunk=5)
