@@ -42,6 +42,15 @@ class EngineSettings(BaseModel):
     load_format: str = Field("auto", description="vLLM load format; 'dummy' gives random weights at full size.")
     seed: int = Field(0, description="Engine seed (per-request seeds still apply).")
     enable_prefix_caching: bool = Field(True, description="Reuse KV cache of shared prompt prefixes.")
+    process: Literal["auto", "inproc", "separate"] = Field(
+        "auto",
+        description="Where vLLM's engine core runs. inproc: in the server process (one CUDA context shared with the "
+        "speech decoder: their kernels interleave instead of time-slicing the GPU); separate: its own process "
+        "(AsyncLLM). auto: inproc on one GPU, separate otherwise (parallel engines, CPU).",
+    )
+    quantization: str | None = Field(
+        None, description="vLLM quantization of the LLM's weights, e.g. fp8 (Hopper); None: the checkpoint's dtype."
+    )
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     warmup_batch_sizes: list[int] | None = Field(
         None,

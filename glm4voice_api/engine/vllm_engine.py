@@ -38,6 +38,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _in_process(settings: EngineSettings, on_gpu: bool) -> bool:
+    if settings.process != "auto":
+        return settings.process == "inproc"
+    single = settings.tensor_parallel_size == settings.pipeline_parallel_size == settings.data_parallel_size == 1
+    return on_gpu and single
+
+
 class VllmLLMEngine:
     """`AsyncLLM` behind the `LLMEngine` protocol."""
 
@@ -82,8 +89,16 @@ class VllmLLMEngine:
             enable_prefix_caching=settings.enable_prefix_caching,
             hf_overrides={"architectures": [ARCHITECTURE], "glm4voice_num_valid_tokens": num_valid_tokens},
             logits_processors=[LOGITS_PROCESSOR],
+            quantization=settings.quantization,
         )
-        llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
+        if _in_process(settings, on_gpu):
+            args.distributed_executor_backend = "uni"  # the model itself in this process, not in a worker process
+            from glm4voice_api.engine.inproc import InprocAsyncLLM
+
+            logger.info("vLLM engine core in this process (one CUDA context with the speech decoder)")
+            llm = InprocAsyncLLM.from_engine_args(args, UsageContext.OPENAI_API_SERVER)
+        else:
+            llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
         info = EngineInfo(
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
@@ -151,6 +166,8 @@ class VllmLLMEngine:
         from vllm.exceptions import VLLMValidationError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDeadError
 
+        from glm4voice_api.engine.inproc import InprocEngineDead
+
         self._validate(prompt_ids, params)
         if self._llm.errored:
             raise EngineDeadError("the engine is not running")
@@ -170,7 +187,7 @@ class VllmLLMEngine:
                     finish_reason=completion.finish_reason if out.finished else None,
                     num_cached_tokens=out.num_cached_tokens or 0,
                 )
-        except VllmEngineDeadError as exc:
+        except (VllmEngineDeadError, InprocEngineDead) as exc:
             raise EngineDeadError(str(exc)) from exc
         except (ValueError, VLLMValidationError) as exc:  # 0.32's VLLMValidationError is no ValueError
             raise EngineRequestError(str(exc)) from exc

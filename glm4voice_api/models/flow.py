@@ -189,28 +189,59 @@ class ConditionalCFM(nn.Module):
         padded: bool | None = None,
     ) -> torch.Tensor:
         # z, mu, cond: [B, 80, T]; mask: [B, 1, T]; spks: [B, 80]
-        rate = self.cfg.inference_cfg_rate
         if padded is None:  # a host sync; CUDA-graph capture passes it explicitly
             padded = bool((mask == 0).any())
-        # The ODE state and time grid stay float32 even when the estimator runs in bf16/fp16: ten Euler
-        # updates accumulated in bf16 would cost more accuracy than the estimator's own rounding.
-        t_span = self.time_span(mu.device, torch.float32)
-        x, t, dt = z.float(), t_span[0], t_span[1] - t_span[0]
-        # The unconditional (CFG) branch zeroes mu, spks and cond; both branches share one batched pass.
+        x, *doubled = self.prepare(z, mask, mu, spks, cond)
+        for t, dt in self.steps(mu.device):
+            self.step(x, *doubled, t, dt, padded=padded)
+        return x
+
+    def prepare(
+        self, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """The ODE state x (float32) and the doubled inputs (mask2, mu2, spks2, cond2) every step reads.
+
+        The ODE state and time grid stay float32 even when the estimator runs in bf16/fp16: ten Euler updates
+        accumulated in bf16 would cost more accuracy than the estimator's own rounding. The unconditional (CFG)
+        branch zeroes mu, spks and cond; both branches share one batched pass.
+        """
+        x = z.float().clone()
         mu2 = torch.cat([mu, torch.zeros_like(mu)])
         spks2 = torch.cat([spks, torch.zeros_like(spks)])
         cond2 = torch.cat([cond, torch.zeros_like(cond)])
-        mask2 = torch.cat([mask, mask])
+        return x, torch.cat([mask, mask]), mu2, spks2, cond2
+
+    def steps(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(t, dt) of every Euler step, computed exactly as the reference's loop does (t accumulates dt)."""
+        t_span = self.time_span(device, torch.float32)
+        t, dt = t_span[0], t_span[1] - t_span[0]
+        out = []
         for step in range(1, len(t_span)):
-            x_in = x.to(mu.dtype)
-            v = self.estimator(torch.cat([x_in, x_in]), mask2, mu2, t, spks2, cond2, padded=padded).float()
-            v_cond, v_uncond = v.chunk(2)
-            v = (1.0 + rate) * v_cond - rate * v_uncond if rate > 0 else v_cond
-            x = x + dt * v
+            out.append((t, dt))
             t = t + dt
             if step < len(t_span) - 1:
                 dt = t_span[step + 1] - t
-        return x
+        return out
+
+    def step(
+        self,
+        x: torch.Tensor,
+        mask2: torch.Tensor,
+        mu2: torch.Tensor,
+        spks2: torch.Tensor,
+        cond2: torch.Tensor,
+        t: torch.Tensor,
+        dt: torch.Tensor,
+        *,
+        padded: bool,
+    ) -> None:
+        """One Euler step with classifier-free guidance, updating x in place (one CUDA graph captures this)."""
+        rate = self.cfg.inference_cfg_rate
+        x_in = x.to(mu2.dtype)
+        v = self.estimator(torch.cat([x_in, x_in]), mask2, mu2, t, spks2, cond2, padded=padded).float()
+        v_cond, v_uncond = v.chunk(2)
+        v = (1.0 + rate) * v_cond - rate * v_uncond if rate > 0 else v_cond
+        x.add_(dt * v)
 
 
 class FlowModel(nn.Module):

@@ -2,8 +2,8 @@
 
 Why: one decoder chunk runs the flow estimator 10 times (Euler steps), each pass on [2B, 80, T] and each pass
 ~1000 small kernels. On a GPU at small batch the launches, not the math, take the time (measured: ~0.4-0.7 s per
-chunk whatever its size). Capturing the whole 10-step loop as one CUDA graph turns those launches into one
-replay.
+chunk whatever its size). Capturing one Euler step as a CUDA graph and replaying it per step turns those launches
+into ten replays.
 
 A graph has fixed shapes, so inputs are padded to a bucket: the frame count up to a multiple of `frame_bucket`
 (padded frames carry mask 0, which the estimator already honours everywhere: masked GroupNorm, attention bias,
@@ -43,23 +43,30 @@ def _pow2_at_least(n: int) -> int:
 
 
 class _Captured:
-    """One bucket's static input buffers, its graph and its output buffer."""
+    """One bucket's static buffers (the ODE state, the doubled CFG inputs, the step's t and dt) and its graph."""
 
     def __init__(self, batch: int, frames: int, like: torch.Tensor, mel: int) -> None:
         dev, dt = like.device, like.dtype
-        self.z = torch.zeros(batch, mel, frames, device=dev, dtype=dt)
-        self.mu = torch.zeros(batch, mel, frames, device=dev, dtype=dt)
-        self.cond = torch.zeros(batch, mel, frames, device=dev, dtype=dt)
-        self.mask = torch.ones(batch, 1, frames, device=dev, dtype=dt)
-        self.spks = torch.zeros(batch, mel, device=dev, dtype=dt)
+        self.x = torch.zeros(batch, mel, frames, device=dev, dtype=torch.float32)
+        self.mask2 = torch.ones(2 * batch, 1, frames, device=dev, dtype=dt)
+        self.mu2 = torch.zeros(2 * batch, mel, frames, device=dev, dtype=dt)
+        self.spks2 = torch.zeros(2 * batch, mel, device=dev, dtype=dt)
+        self.cond2 = torch.zeros(2 * batch, mel, frames, device=dev, dtype=dt)
+        self.t = torch.zeros((), device=dev, dtype=torch.float32)
+        self.dt = torch.zeros((), device=dev, dtype=torch.float32)
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.out: torch.Tensor | None = None
+
+    def step_args(self) -> tuple[torch.Tensor, ...]:
+        return self.x, self.mask2, self.mu2, self.spks2, self.cond2, self.t, self.dt
 
 
 class GraphedCFM:
     """Drop-in for `ConditionalCFM.forward(z, mask, mu, spks, cond)` with bucket padding and CUDA graphs.
 
-    `use_graphs=False` keeps the bucket padding but runs eagerly: the CPU test path, and a switch for debugging.
+    One graph per bucket holds ONE Euler step (the estimator pass with CFG and the in-place update of the ODE state),
+    replayed once per step with that step's t and dt copied in: the same kernels as capturing the whole loop, at a
+    tenth of the capture time (the server captures every bucket before it is ready).
+    `use_graphs=False` runs the same buffers and steps eagerly: the CPU test path, and a switch for debugging.
     """
 
     def __init__(self, cfm: torch.nn.Module, config: FlowGraphConfig | None = None, *, use_graphs: bool = True) -> None:
@@ -95,21 +102,25 @@ class GraphedCFM:
         batch, mel, frames = mu.shape
         if frames > self.config.max_frames:
             return self.cfm(z, mask, mu, spks, cond)
-        b_pad, t_pad = self.bucket(batch, frames)
+        key = self.bucket(batch, frames)
         if not self.use_graphs:
-            buf = _Captured(b_pad, t_pad, mu, mel)
+            buf = _Captured(key[0], key[1], mu, mel)
             _fill(buf, z, mask, mu, spks, cond)
-            return self.cfm(buf.z, buf.mask, buf.mu, buf.spks, buf.cond, padded=True)[:batch, :, :frames]
-        key = (b_pad, t_pad)
+            for t, dt in self.cfm.steps(mu.device):
+                self.cfm.step(*buf.step_args()[:5], t, dt, padded=True)
+            return buf.x[:batch, :, :frames].clone()
         buf = self._graphs.get(key)
         if buf is None:
             buf = self._capture(key, mu, mel)
         else:
             self._graphs.move_to_end(key)
         _fill(buf, z, mask, mu, spks, cond)
-        buf.graph.replay()  # type: ignore[union-attr]
+        for t, dt in self.cfm.steps(mu.device):
+            buf.t.copy_(t)
+            buf.dt.copy_(dt)
+            buf.graph.replay()  # type: ignore[union-attr]
         # Cloned: the next replay (any bucket, shared pool) may overwrite this memory.
-        return buf.out[:batch, :, :frames].clone()  # type: ignore[index]
+        return buf.x[:batch, :, :frames].clone()
 
     def _capture(self, key: tuple[int, int], like: torch.Tensor, mel: int) -> _Captured:
         start = time.perf_counter()
@@ -122,28 +133,34 @@ class GraphedCFM:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self.cfm(buf.z, buf.mask, buf.mu, buf.spks, buf.cond, padded=True)
+            self.cfm.step(*buf.step_args(), padded=True)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            buf.out = self.cfm(buf.z, buf.mask, buf.mu, buf.spks, buf.cond, padded=True)
+            self.cfm.step(*buf.step_args(), padded=True)
         buf.graph = graph
         self._graphs[key] = buf
         self.captures += 1
         self.capture_seconds += time.perf_counter() - start
-        logger.debug("captured flow graph batch=%d frames=%d", *key)
+        logger.debug("captured flow step graph batch=%d frames=%d", *key)
         return buf
 
 
 def _fill(
     buf: _Captured, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
 ) -> None:
+    """Real rows first in each half of the doubled (CFG) batch; padding rows stay all-valid zeros (no NaN from an
+    empty softmax row), padding frames carry mask 0; the unconditional half keeps mu, spks and cond at zero."""
     b, _, t = mu.shape
-    for static, value in ((buf.z, z), (buf.mu, mu), (buf.cond, cond)):
+    half = buf.x.shape[0]
+    buf.x.zero_()
+    buf.x[:b, :, :t].copy_(z)
+    for static, value in ((buf.mu2, mu), (buf.cond2, cond)):
         static.zero_()
         static[:b, :, :t].copy_(value)
-    buf.mask.fill_(1.0)  # padding rows stay all-valid (no NaN from empty softmax rows); they are cut off
-    buf.mask[:b].zero_()
-    buf.mask[:b, :, :t].copy_(mask)
-    buf.spks.zero_()
-    buf.spks[:b].copy_(spks)
+    buf.spks2.zero_()
+    buf.spks2[:b].copy_(spks)
+    buf.mask2.fill_(1.0)
+    for rows in (slice(0, b), slice(half, half + b)):
+        buf.mask2[rows].zero_()
+        buf.mask2[rows, :, :t].copy_(mask)

@@ -30,6 +30,10 @@ from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy
 logger = logging.getLogger(__name__)
 
 _MIN_WAIT_S = 0.002
+# A chunk emitted with less audio than this left to play, once a stream is past its first seconds, was nearly late:
+# capacity control stops admitting more streams on these before listeners hear gaps.
+NEAR_MISS_S = 0.1
+_SETTLED_S = 2.0
 _END = None  # put on a stream's audio queue after its last chunk
 
 
@@ -133,6 +137,7 @@ class DecoderScheduler:
         self.batches = 0
         self.chunks = 0
         self.underruns = 0
+        self.near_misses = 0
         self.failures = 0
         self.busy_seconds = 0.0
         """Wall time inside `decode_batch` (results come back on the CPU, so that includes the GPU work)."""
@@ -173,6 +178,7 @@ class DecoderScheduler:
     # -- worker thread -------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        _own_cuda_stream(self.decoder.device)
         streams: set[ScheduledStream] = set()
         stopping = False
         while True:
@@ -317,9 +323,11 @@ class DecoderScheduler:
             if len(samples):
                 if s.first_emit is None:
                     s.first_emit = now
-                elif s.buffered_seconds(now) < 0:
+                elif (left := s.buffered_seconds(now)) < 0:
                     self.underruns += 1
                     self.on_underrun()
+                elif left < NEAR_MISS_S and s.emitted_samples >= _SETTLED_S * self.sample_rate:
+                    self.near_misses += 1
                 s.emitted_samples += len(samples)
                 s._send(samples)
             if request.final:
@@ -335,6 +343,20 @@ class DecoderScheduler:
         s.finished = True
         streams.discard(s)
         s._send(exc)
+
+
+def _own_cuda_stream(device: object) -> None:
+    """Give this thread a high-priority CUDA stream of its own (no-op on CPU).
+
+    With the LLM in the same process (engine `process: inproc`), kernels on separate streams of one context can
+    overlap, and the priority lets a decoder pass (what a listener is waiting for) start between the LLM's kernels
+    rather than after them. On the default stream everything would run in one line.
+    """
+    import torch
+
+    dev = torch.device(device)  # type: ignore[arg-type]
+    if dev.type == "cuda":
+        torch.cuda.set_stream(torch.cuda.Stream(dev, priority=-1))
 
 
 class DecoderPool:
@@ -384,6 +406,10 @@ class DecoderPool:
     @property
     def underruns(self) -> int:
         return sum(s.underruns for s in self.schedulers)
+
+    @property
+    def near_misses(self) -> int:
+        return sum(s.near_misses for s in self.schedulers)
 
     @property
     def busy_seconds(self) -> float:

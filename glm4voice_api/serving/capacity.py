@@ -6,11 +6,14 @@ therefore not a setting but a measurement, adjusted once a second from what the 
 
 - a stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing, counted
   by the decoder scheduler): the limit drops to ~90% of what is running, and stays put for `cooldown_s`;
-- the decoder is busy nearly all the time, or the LLM's token supply per stream is close to real time (13 text +
-  26 audio tokens per 2.08 s of speech = 18.75 tokens/s): no growth (the next stream would tip it over);
-- the decoder is saturated (busy > `busy_cut`): the limit drops to what is running, before gaps appear;
-- otherwise, when nearly every slot is used (or requests wait), the limit grows by `step` (at least one): the
-  signals above react within a second to the load the new streams bring, so growth is stopped before it hurts.
+- chunks arrive just in time (emitted with under 0.1 s of audio left once a stream is past its start: a near
+  miss, counted by the decoder scheduler), or the LLM's
+  token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75 tokens/s):
+  no growth (the next stream would tip it over);
+- otherwise, when nearly every slot is used (or requests wait), the limit grows by `step` (at least one).
+
+The decoder's busy time is deliberately not a signal: the chunk policy spends idle decoder time on smaller chunks
+(a thinner, safer buffer costs nothing when the GPU is free), so a busy decoder is not a saturated one.
 
 Newcomers beyond the limit wait in the bounded queue (or get 429 with Retry-After), so the streams already admitted
 stay gap-free. The limit starts at a quarter of the engine's batch size (`initial`) and never leaves
@@ -35,8 +38,8 @@ class CapacitySignals:
     """Cumulative counters (monotone) plus current counts; the controller differences successive readings."""
 
     at: float
-    decoder_busy_s: float
     underruns: int
+    near_misses: int
     generated_tokens: int
     engine_active: int
     active: int
@@ -48,10 +51,6 @@ class CapacityController:
     ceiling: int
     initial: int = 64
     floor: int = 2
-    busy_high: float = 0.85
-    """Decoder busy fraction above which the limit stops growing."""
-    busy_cut: float = 0.97
-    """Decoder busy fraction at which the limit falls back to what is running."""
     supply_margin: float = 1.5
     """Per-stream LLM tokens/s must exceed this x real time for the limit to grow."""
     cooldown_s: float = 5.0
@@ -70,16 +69,13 @@ class CapacityController:
         if last is None or now.at <= last.at:
             return self.limit
         wall = now.at - last.at
-        busy = (now.decoder_busy_s - last.decoder_busy_s) / wall
         per_stream = (now.generated_tokens - last.generated_tokens) / wall / max(1, now.engine_active)
         if now.underruns > last.underruns:
             cut = max(1, math.ceil(0.1 * now.active))
             self._set(min(self.limit, now.active) - cut, "underrun")
             self._hold_until = now.at + self.cooldown_s
-        elif busy > self.busy_cut:
-            self._set(min(self.limit, now.active), "decoder saturated")
-        elif busy > self.busy_high:
-            self.reason = "decoder busy"
+        elif now.near_misses > last.near_misses:
+            self.reason = "near miss"
         elif now.engine_active and per_stream < self.supply_margin * REALTIME_TOKENS_PER_S:
             self.reason = "token supply"
         elif now.at >= self._hold_until and (now.queued > 0 or now.active >= 0.9 * self.limit):

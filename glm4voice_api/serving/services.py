@@ -57,8 +57,8 @@ def capacity_signals(runtime: Runtime, admission: Admission) -> Callable[[], Cap
     def read() -> CapacitySignals:
         return CapacitySignals(
             at=time.monotonic(),
-            decoder_busy_s=decoder.busy_seconds,
             underruns=decoder.underruns,
+            near_misses=decoder.near_misses,
             generated_tokens=generated(),
             engine_active=engine.active_requests(),
             active=admission.queue.active,

@@ -12,48 +12,48 @@ class Feed:
     """Cumulative counters advanced one second at a time."""
 
     def __init__(self) -> None:
-        self.at, self.busy, self.underruns, self.tokens = 0.0, 0.0, 0, 0
+        self.at, self.underruns, self.near, self.tokens = 0.0, 0, 0, 0
 
-    def tick(self, *, busy: float, tok_per_stream: float, active: int, queued: int = 0, underruns: int = 0):
+    def tick(self, *, tok_per_stream: float, active: int, queued: int = 0, underruns: int = 0, near: int = 0):
         self.at += 1.0
-        self.busy += busy
         self.underruns += underruns
+        self.near += near
         self.tokens += int(tok_per_stream * active)
-        return CapacitySignals(self.at, self.busy, self.underruns, self.tokens, active, active, queued)
+        return CapacitySignals(self.at, self.underruns, self.near, self.tokens, active, active, queued)
 
 
-def test_grows_while_healthy_and_busy_then_holds_when_the_decoder_is_busy() -> None:
+def test_grows_while_healthy_and_full_then_holds_on_near_misses_and_thin_supply() -> None:
     c = CapacityController(ceiling=256, initial=16)
     feed = Feed()
-    c.update(feed.tick(busy=0.2, tok_per_stream=80, active=16))
-    assert c.update(feed.tick(busy=0.3, tok_per_stream=80, active=16, queued=10)) == 20  # +25%
-    assert c.update(feed.tick(busy=0.3, tok_per_stream=80, active=20, queued=10)) == 25
-    assert c.update(feed.tick(busy=0.9, tok_per_stream=80, active=25, queued=10)) == 25  # decoder busy: hold
-    assert c.reason == "decoder busy"
-    assert c.update(feed.tick(busy=0.5, tok_per_stream=REALTIME_TOKENS_PER_S * 1.2, active=25, queued=5)) == 25
+    c.update(feed.tick(tok_per_stream=80, active=16))
+    assert c.update(feed.tick(tok_per_stream=80, active=16, queued=10)) == 20  # +25%
+    assert c.update(feed.tick(tok_per_stream=80, active=20, queued=10)) == 25
+    assert c.update(feed.tick(tok_per_stream=80, active=25, queued=10, near=1)) == 25  # a near miss: hold
+    assert c.reason == "near miss"
+    assert c.update(feed.tick(tok_per_stream=REALTIME_TOKENS_PER_S * 1.2, active=25, queued=5)) == 25
     assert c.reason == "token supply"
+    assert c.update(feed.tick(tok_per_stream=80, active=10)) == 25  # not full, nobody waiting: no growth
 
 
 def test_underrun_cuts_and_holds_off_growth() -> None:
     c = CapacityController(ceiling=256, initial=64, cooldown_s=3)
     feed = Feed()
-    c.update(feed.tick(busy=0.5, tok_per_stream=60, active=64))
-    assert c.update(feed.tick(busy=0.6, tok_per_stream=60, active=60, underruns=2)) == 54  # 60 - 10%
+    c.update(feed.tick(tok_per_stream=60, active=64))
+    assert c.update(feed.tick(tok_per_stream=60, active=60, underruns=2)) == 54  # 60 - 10%
     for _ in range(2):  # cooling down: no growth although healthy and full
-        assert c.update(feed.tick(busy=0.3, tok_per_stream=60, active=54, queued=9)) == 54
-    assert c.update(feed.tick(busy=0.3, tok_per_stream=60, active=54, queued=9)) > 54
+        assert c.update(feed.tick(tok_per_stream=60, active=54, queued=9)) == 54
+    assert c.update(feed.tick(tok_per_stream=60, active=54, queued=9)) > 54
 
 
-def test_saturated_decoder_falls_back_to_what_runs_and_bounds_hold() -> None:
+def test_bounds_hold() -> None:
     c = CapacityController(ceiling=8, initial=8, floor=2)
     feed = Feed()
-    c.update(feed.tick(busy=0.5, tok_per_stream=60, active=8))
-    assert c.update(feed.tick(busy=0.99, tok_per_stream=60, active=6)) == 6
+    c.update(feed.tick(tok_per_stream=60, active=8))
     for _ in range(10):
-        c.update(feed.tick(busy=0.99, tok_per_stream=60, active=0, underruns=1))
+        c.update(feed.tick(tok_per_stream=60, active=0, underruns=1))
     assert c.limit == 2  # never below the floor
     for _ in range(20):
-        c.update(feed.tick(busy=0.1, tok_per_stream=90, active=c.limit, queued=3))
+        c.update(feed.tick(tok_per_stream=90, active=c.limit, queued=3))
     assert c.limit == 8  # never above the ceiling (the engine's batch size)
 
 
