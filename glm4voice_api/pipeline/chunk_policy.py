@@ -12,7 +12,9 @@ the 13 text tokens in between, while the first chunk plays for 0.4 s. Under load
 - otherwise a stream waits until its pending tokens match the audio it already has buffered (`growth` x buffered
   seconds, in tokens, between `first_chunk` and `max_chunk`): long chunks once it is ahead, since every chunk
   re-runs the flow over its context and fewer, longer chunks cost less per second of audio.
-A due chunk takes every pending token (up to `max_chunk`).
+A due chunk takes as many pending tokens as it can, rounded down to one of `sizes`: HiFT vocodes the rows of a
+pass in groups of equal mel length (padding would leak across its non-causal convolutions), so free-form sizes
+would make one HiFT call per stream; a handful of sizes keeps the groups large.
 
 `FixedSchedule` is the reference behaviour (the tests compare batched and direct decoding with it).
 Pure logic over `StreamView`s: unit-tested with made-up clocks.
@@ -47,6 +49,10 @@ class ChunkPolicy(Protocol):
         """Tokens to decode now (None: wait). `pass_s`: expected seconds until a pass started now returns."""
         ...
 
+    def rider_size(self, view: StreamView) -> int | None:
+        """Tokens to decode if a pass has a free row (None: not worth it)."""
+        ...
+
     def wake_in(self, view: StreamView, pass_s: float) -> float | None:
         """Seconds until this stream could become due without new tokens (None: only new tokens can do it)."""
         ...
@@ -64,11 +70,20 @@ class AdaptiveChunkPolicy:
     """Safety margin kept in the listener's buffer (network, event loop, jitter)."""
     growth: float = 1.0
     """Target chunk = growth x buffered audio: 1.0 roughly doubles the buffer with each chunk while tokens last."""
+    sizes: tuple[int, ...] = (6, 10, 16, 26, 40, 64, 100, 160)
+    """The chunk sizes used (about x1.6 apart); `first_chunk` and `max_chunk` are added."""
 
     def __post_init__(self) -> None:
         if not MIN_CHUNK_TOKENS <= self.first_chunk <= self.max_chunk:
             msg = f"need {MIN_CHUNK_TOKENS} <= first_chunk <= max_chunk, got {self.first_chunk}, {self.max_chunk}"
             raise ValueError(msg)
+        allowed = {n for n in self.sizes if MIN_CHUNK_TOKENS <= n <= self.max_chunk}
+        object.__setattr__(self, "sizes", tuple(sorted(allowed | {self.first_chunk, self.max_chunk})))
+
+    def quantize(self, pending: int) -> int | None:
+        """The largest allowed size that `pending` tokens fill (None: fewer than the smallest)."""
+        fits = [n for n in self.sizes if n <= pending]
+        return fits[-1] if fits else None
 
     def target(self, buffered_s: float) -> int:
         want = int(buffered_s * TOKENS_PER_SECOND * self.growth)
@@ -80,8 +95,13 @@ class AdaptiveChunkPolicy:
         if view.pending < MIN_CHUNK_TOKENS:
             return None
         if view.pending >= self.target(view.buffered_s) or view.buffered_s <= self.lead_s + pass_s:
-            return min(view.pending, self.max_chunk)  # all there is: more audio per pass, fewer passes
+            return self.quantize(view.pending)  # as much as there is: more audio per pass, fewer passes
         return None
+
+    def rider_size(self, view: StreamView) -> int | None:
+        if not view.started or view.pending < self.first_chunk:
+            return None
+        return self.quantize(view.pending)
 
     def wake_in(self, view: StreamView, pass_s: float) -> float | None:
         if not view.started or view.pending < MIN_CHUNK_TOKENS:
@@ -106,6 +126,9 @@ class FixedSchedule:
             k += 1
         step = self.schedule[min(k, len(self.schedule) - 1)]
         return step if view.pending >= step else None
+
+    def rider_size(self, view: StreamView) -> int | None:
+        return None  # chunk boundaries stay exactly the schedule's
 
     def wake_in(self, view: StreamView, pass_s: float) -> float | None:
         return None

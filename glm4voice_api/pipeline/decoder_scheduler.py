@@ -269,11 +269,10 @@ class DecoderScheduler:
             for s in riders:
                 if room == 0:
                     break
-                size = min(len(s._tokens), getattr(self.policy, "max_chunk", 0))
-                if s.first_emit is not None and size >= getattr(self.policy, "first_chunk", 1 << 30):
-                    if self._row_len(s, size) <= limit:
-                        batch.append((s, size))
-                        room -= 1
+                size = self.policy.rider_size(s.view(now))
+                if size is not None and self._row_len(s, size) <= limit:
+                    batch.append((s, size))
+                    room -= 1
         return batch
 
     def _prepare(self, s: ScheduledStream, size: int) -> ChunkRequest | None:

@@ -20,7 +20,7 @@ def test_first_chunk_as_soon_as_it_is_there() -> None:
 
 
 def test_thin_buffer_decodes_what_it_has() -> None:
-    assert POLICY.chunk_size(view(7, 0.35), 0.1) == 7  # 0.35 <= lead 0.3 + pass 0.1
+    assert POLICY.chunk_size(view(7, 0.35), 0.1) == 6  # 0.35 <= lead 0.3 + pass 0.1; sizes are 6, 10, 16, ...
     assert POLICY.chunk_size(view(5, 0.0), 0.1) is None  # below the 6-token minimum: nothing can be decoded
     assert POLICY.chunk_size(view(300, 0.1), 0.1) == 160  # never more than max_chunk
 
@@ -28,7 +28,8 @@ def test_thin_buffer_decodes_what_it_has() -> None:
 def test_ahead_waits_for_a_chunk_as_long_as_the_buffer() -> None:
     assert POLICY.target(2.0) == 25  # 2 s buffered -> 25 tokens (2 s of audio)
     assert POLICY.chunk_size(view(20, 2.0), 0.1) is None
-    assert POLICY.chunk_size(view(26, 2.0), 0.1) == 26  # due: takes all it has
+    assert POLICY.chunk_size(view(26, 2.0), 0.1) == 26  # due: takes all it has (26 is one of the sizes)
+    assert POLICY.chunk_size(view(39, 2.0), 0.1) == 26  # rounded down to a size: HiFT batches equal lengths
     assert POLICY.target(60.0) == 160 and POLICY.target(0.2) == 10
     assert POLICY.wake_in(view(20, 2.0), 0.1) == pytest.approx(1.6)  # wakes when 0.4 s are left
 
@@ -43,6 +44,12 @@ def test_fixed_schedule_counts_chunks_from_decoded_tokens() -> None:
     assert fixed.chunk_size(view(10, 0, decoded=0), 0) == 10
     assert fixed.chunk_size(view(19, 0, decoded=10), 0) is None
     assert fixed.chunk_size(view(25, 0, decoded=30), 0) == 20  # the last step repeats
+
+
+def test_riders_need_a_steady_chunk() -> None:
+    assert POLICY.rider_size(view(9, 1.0)) is None
+    assert POLICY.rider_size(view(70, 1.0)) == 64
+    assert POLICY.rider_size(view(70, 1.0, started=False)) is None
 
 
 def test_bad_sizes_are_refused() -> None:
