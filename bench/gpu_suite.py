@@ -40,11 +40,11 @@ from bench import loadgen
 
 def prepare_folders(work: Path) -> dict[str, Path]:
     from bench.gpu_smoke_vllm import write_full_folder
-    from glm4voice_api.checkpoints.speech_decoder import write_tiny_speech_decoder
-    from glm4voice_api.checkpoints.speech_tokenizer import write_tiny_speech_tokenizer
-    from glm4voice_api.models.flow import FlowConfig
-    from glm4voice_api.models.hift import HiFTConfig
-    from glm4voice_api.models.whisper_vq import WhisperVQConfig
+    from glm4voice_api.models.speech_decoder.flow import FlowConfig
+    from glm4voice_api.models.speech_decoder.hift import HiFTConfig
+    from glm4voice_api.models.speech_tokenizer.encoder import WhisperVQConfig
+    from glm4voice_api.random_checkpoints.speech_decoder import write_tiny_speech_decoder
+    from glm4voice_api.random_checkpoints.speech_tokenizer import write_tiny_speech_tokenizer
 
     paths = {k: work / v for k, v in
              {"llm": "glm-4-voice-9b", "tok": "glm-4-voice-tokenizer", "dec": "glm-4-voice-decoder"}.items()}  # fmt: skip

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from glm4voice_api.models.decoder_stream import ChunkRequest, ChunkResult, DecoderStream, DecoderStreamConfig
-from glm4voice_api.models.speech_decoder import SpeechDecoder, Voice
+from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult, Voice
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glm4voice_api.checkpoints.default import ensure_default_checkpoints
-from glm4voice_api.checkpoints.llm import RANDOM_WEIGHTS_KEY
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
+from glm4voice_api.random_checkpoints.default import ensure_default_checkpoints
+from glm4voice_api.random_checkpoints.llm import RANDOM_WEIGHTS_KEY
 from glm4voice_api.store import Store, open_store
 from glm4voice_api.text.prompt import PromptBuilder
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
@@ -106,7 +106,7 @@ def decoder_devices(settings: Settings) -> list[str]:
 async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
     import torch
 
-    from glm4voice_api.models.speech_tokenizer import load_speech_tokenizer
+    from glm4voice_api.models.speech_tokenizer.loader import load_speech_tokenizer
 
     dtype = getattr(torch, settings.audio.tokenizer_dtype)
     model = await asyncio.to_thread(load_speech_tokenizer, path, audio_device(settings), dtype)
@@ -129,8 +129,8 @@ async def start_decoder(settings: Settings, path: Path) -> DecoderScheduler | De
 async def _start_scheduler(settings: Settings, path: Path, device: str) -> DecoderScheduler:
     import torch
 
-    from glm4voice_api.models.decoder_stream import DecoderStreamConfig
-    from glm4voice_api.models.speech_decoder import load_speech_decoder
+    from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+    from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 
     name = settings.audio.decoder_dtype
     dtype = getattr(torch, ("bfloat16" if device.startswith("cuda") else "float32") if name == "auto" else name)
