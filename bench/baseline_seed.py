@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.models.decoder_stream import DecoderStreamConfig
-from glm4voice_api.models.speech_decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.text.prompt import AudioPart, UserMessage
 
 SEED_SCHEDULE = (25, 50, 100, 150, 200)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import time
@@ -31,33 +30,15 @@ from typing import Any
 
 import torch
 
-from glm4voice_api.models.flow import FlowConfig, FlowModel
-from glm4voice_api.models.hift import HiFTConfig, init_random_hift_state_dict, load_hift
-from glm4voice_api.models.speech_decoder import (
-    ChunkRequest,
-    ChunkResult,
-    SpeechDecoder,
-    load_flow,
-    load_speech_decoder,
-)
+from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.flow import FlowConfig
+from glm4voice_api.models.speech_decoder.hift import HiFTConfig
+from glm4voice_api.models.speech_decoder.loader import load_flow, load_hift, load_speech_decoder
+from glm4voice_api.random_checkpoints.speech_decoder import init_random_flow_state_dict, init_random_hift_state_dict
 
 _PRESETS = {"tiny": (FlowConfig.tiny, HiFTConfig.tiny), "full": (FlowConfig.full, HiFTConfig.full)}
 _DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
-
-
-def random_flow_state_dict(cfg: FlowConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """flow.pt-shaped random weights: N(0, 1/fan_in) matrices, unit norm gains, small biases (timing only)."""
-    with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in FlowModel(cfg).state_dict().items()}
-    out = {}
-    for key, shape in shapes.items():
-        if len(shape) >= 2:
-            out[key] = torch.randn(shape, generator=generator) / math.sqrt(math.prod(shape[1:]))
-        elif key.endswith("weight"):  # LayerNorm / GroupNorm gains
-            out[key] = 1 + 0.1 * torch.randn(shape, generator=generator)
-        else:
-            out[key] = 0.02 * torch.randn(shape, generator=generator)
-    return out
 
 
 def build_decoder(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> SpeechDecoder:
@@ -65,7 +46,7 @@ def build_decoder(args: argparse.Namespace, device: torch.device, dtype: torch.d
         return load_speech_decoder(args.checkpoint, device, dtype)
     flow_cfg, hift_cfg = (make() for make in _PRESETS[args.preset])
     gen = torch.Generator().manual_seed(args.seed)
-    flow = load_flow(random_flow_state_dict(flow_cfg, gen), flow_cfg, device, dtype)
+    flow = load_flow(init_random_flow_state_dict(flow_cfg, gen), flow_cfg, device, dtype)
     hift = load_hift(init_random_hift_state_dict(hift_cfg, gen), hift_cfg, device, dtype)
     return SpeechDecoder(flow, hift)
 

@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from transformers import WhisperFeatureExtractor
 
-from glm4voice_api.checkpoints.speech_tokenizer import (
+from glm4voice_api.models.speech_tokenizer.encoder import WhisperVQConfig, WhisperVQEncoder
+from glm4voice_api.models.speech_tokenizer.frontend import SAMPLE_RATE
+from glm4voice_api.models.speech_tokenizer.tokenizer import SpeechTokenizer
+from glm4voice_api.random_checkpoints.speech_tokenizer import (
     calibration_audio,
     init_random_weights,
     released_preprocessor_config,
 )
-from glm4voice_api.models.speech_tokenizer import SAMPLE_RATE, SpeechTokenizer
-from glm4voice_api.models.whisper_vq import WhisperVQConfig, WhisperVQEncoder
 
 _PRESETS = {"tiny": WhisperVQConfig.tiny, "full": WhisperVQConfig.full}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

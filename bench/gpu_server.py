@@ -97,7 +97,7 @@ def build(settings: Settings):
         from bench.baseline_seed import SeedBaseline
         from bench.loadgen import make_question_wav
         from glm4voice_api.audio.decode import decode_audio
-        from glm4voice_api.models.speech_decoder import load_speech_decoder
+        from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 
         rt = request.app.state.services.runtime
         if torch.cuda.is_available():  # the load levels before leave the caching allocator holding most memory

@@ -41,7 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "plugins") not in sys.path:  # glm4voice_vllm lives in plugins/ when nothing is pip-installed
     sys.path.insert(0, str(REPO / "plugins"))
 
-from glm4voice_api.checkpoints.llm import (
+from glm4voice_api.config import EngineSettings
+from glm4voice_api.engine.base import GenerationParams, InterleaveConstraint
+from glm4voice_api.random_checkpoints.llm import (
     AUDIO_0,
     AUDIO_COUNT,
     TinyLLMConfig,
@@ -50,8 +52,6 @@ from glm4voice_api.checkpoints.llm import (
     tiny_ranks,
     write_tiny_llm,
 )
-from glm4voice_api.config import EngineSettings
-from glm4voice_api.engine.base import GenerationParams, InterleaveConstraint
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
 
 TEXT_RANGE = (0, 151329)

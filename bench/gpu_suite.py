@@ -59,11 +59,11 @@ def log(message: str) -> None:
 
 def prepare_folders(work: Path) -> dict[str, Path]:
     from bench.gpu_smoke_vllm import write_full_folder
-    from glm4voice_api.checkpoints.speech_decoder import write_tiny_speech_decoder
-    from glm4voice_api.checkpoints.speech_tokenizer import write_tiny_speech_tokenizer
-    from glm4voice_api.models.flow import FlowConfig
-    from glm4voice_api.models.hift import HiFTConfig
-    from glm4voice_api.models.whisper_vq import WhisperVQConfig
+    from glm4voice_api.models.speech_decoder.flow import FlowConfig
+    from glm4voice_api.models.speech_decoder.hift import HiFTConfig
+    from glm4voice_api.models.speech_tokenizer.encoder import WhisperVQConfig
+    from glm4voice_api.random_checkpoints.speech_decoder import write_tiny_speech_decoder
+    from glm4voice_api.random_checkpoints.speech_tokenizer import write_tiny_speech_tokenizer
 
     names = {"llm": "glm-4-voice-9b", "tok": "glm-4-voice-tokenizer", "dec": "glm-4-voice-decoder"}
     paths = {k: work / v for k, v in names.items()}

@@ -10,6 +10,10 @@ if [ "${1:-}" = "test" ]; then
   if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
   fi
+  # Speech recordings for the voice activity and Realtime tests are spoken by espeak-ng (tests/speech.py).
+  if ! command -v espeak-ng >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  fi
   # The store tests and the tenants end-to-end test run their own private redis-server (no persistence).
   if ! command -v redis-server >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null

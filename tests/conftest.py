@@ -30,7 +30,7 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def default_set(cache_dir: Path) -> Path:
-    from glm4voice_api.checkpoints.default import ensure_default_checkpoints
+    from glm4voice_api.random_checkpoints.default import ensure_default_checkpoints
 
     return ensure_default_checkpoints(cache_dir)
 

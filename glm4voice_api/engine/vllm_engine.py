@@ -38,7 +38,8 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _in_process(settings: EngineSettings, on_gpu: bool) -> bool:
+def in_process(settings: EngineSettings, on_gpu: bool) -> bool:
+    """Whether the engine core runs in this process (`process` setting; auto: on exactly one GPU)."""
     if settings.process != "auto":
         return settings.process == "inproc"
     single = settings.tensor_parallel_size == settings.pipeline_parallel_size == settings.data_parallel_size == 1
@@ -91,7 +92,7 @@ class VllmLLMEngine:
             logits_processors=[LOGITS_PROCESSOR],
             quantization=settings.quantization,
         )
-        if _in_process(settings, on_gpu):
+        if in_process(settings, on_gpu):
             args.distributed_executor_backend = "uni"  # the model itself in this process, not in a worker process
             from glm4voice_api.engine.inproc import InprocAsyncLLM
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from glm4voice_api.models.decoder_stream import MIN_CHUNK_TOKENS
+from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS
 
 TOKENS_PER_SECOND = 12.5  # speech tokens per second of audio
 

@@ -23,8 +23,9 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
-from glm4voice_api.models.decoder_stream import ChunkRequest, DecoderStream, DecoderStreamConfig
-from glm4voice_api.models.speech_decoder import SpeechDecoder, Voice
+from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, Voice
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, StreamView
 
 logger = logging.getLogger(__name__)
@@ -121,11 +122,14 @@ class DecoderScheduler:
         *,
         policy: ChunkPolicy | None = None,
         max_batch: int = 16,
+        own_stream: bool = False,
     ) -> None:
         self.decoder = decoder
         self.stream_config = stream_config or DecoderStreamConfig()
         self.policy: ChunkPolicy = policy or AdaptiveChunkPolicy()
         self.max_batch = max_batch
+        self.own_stream = own_stream
+        """Run on a high-priority CUDA stream of its own (with the LLM in this process, see `_own_cuda_stream`)."""
         self.sample_rate = decoder.sample_rate
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -178,7 +182,8 @@ class DecoderScheduler:
     # -- worker thread -------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        _own_cuda_stream(self.decoder.device)
+        if self.own_stream:
+            _own_cuda_stream(self.decoder.device)
         streams: set[ScheduledStream] = set()
         stopping = False
         while True:
@@ -349,7 +354,9 @@ def _own_cuda_stream(device: object) -> None:
 
     With the LLM in the same process (engine `process: inproc`), kernels on separate streams of one context can
     overlap, and the priority lets a decoder pass (what a listener is waiting for) start between the LLM's kernels
-    rather than after them. On the default stream everything would run in one line.
+    rather than after them. On the default stream everything would run in one line. Only used in that mode: with
+    vLLM in its own process one H100 run of this (the speech tokenizer on the default stream beside it) hit an
+    illegal memory access that runs on the default stream never showed; not understood yet, so not risked there.
     """
     import torch
 

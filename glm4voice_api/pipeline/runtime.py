@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glm4voice_api.checkpoints.default import ensure_default_checkpoints
-from glm4voice_api.checkpoints.llm import RANDOM_WEIGHTS_KEY
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
@@ -19,6 +17,8 @@ from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
+from glm4voice_api.random_checkpoints.default import ensure_default_checkpoints
+from glm4voice_api.random_checkpoints.llm import RANDOM_WEIGHTS_KEY
 from glm4voice_api.store import Store, open_store
 from glm4voice_api.text.prompt import PromptBuilder
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
@@ -121,7 +121,7 @@ def decoder_devices(settings: Settings) -> list[str]:
 def _load_audio_input(settings: Settings, path: Path) -> AudioInput:
     import torch
 
-    from glm4voice_api.models.speech_tokenizer import load_speech_tokenizer
+    from glm4voice_api.models.speech_tokenizer.loader import load_speech_tokenizer
 
     start = time.perf_counter()
     dtype = getattr(torch, settings.audio.tokenizer_dtype)
@@ -137,8 +137,8 @@ def _load_audio_input(settings: Settings, path: Path) -> AudioInput:
 def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderScheduler:
     import torch
 
-    from glm4voice_api.models.decoder_stream import DecoderStreamConfig
-    from glm4voice_api.models.speech_decoder import load_speech_decoder
+    from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+    from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 
     audio = settings.audio
     name = audio.decoder_dtype
@@ -172,7 +172,12 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         if audio.decoder_chunking == "adaptive"
         else FixedSchedule(tuple(audio.decoder_schedule))
     )
-    scheduler = DecoderScheduler(decoder, config, policy=policy, max_batch=audio.decoder_max_batch)
+    from glm4voice_api.engine.vllm_engine import in_process
+
+    own_stream = device.startswith("cuda") and in_process(settings.engine, on_gpu=True)
+    scheduler = DecoderScheduler(
+        decoder, config, policy=policy, max_batch=audio.decoder_max_batch, own_stream=own_stream
+    )
     scheduler.start()
     return scheduler
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from glm4voice_api.models.speech_decoder import Voice
+from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.turn import AudioTokensDelta, Turn, TurnDone, TurnEvent
 

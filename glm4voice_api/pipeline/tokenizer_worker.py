@@ -25,7 +25,7 @@ SAMPLE_RATE = 16000
 
 
 class BatchTokenizer(Protocol):
-    """What the worker needs from `glm4voice_api.models.speech_tokenizer.SpeechTokenizer`."""
+    """What the worker needs from `glm4voice_api.models.speech_tokenizer.tokenizer.SpeechTokenizer`."""
 
     def tokenize_batch(self, items: list[tuple[np.ndarray, int]]) -> list[list[int]]: ...
 

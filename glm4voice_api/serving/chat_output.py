@@ -17,7 +17,7 @@ import numpy as np
 
 from glm4voice_api.audio.encode import encode_whole, make_encoder
 from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.models.speech_decoder import Voice
+from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
 from glm4voice_api.pipeline.turn import TranscriptDelta, Turn, TurnDone, TurnUsage

@@ -32,7 +32,7 @@ import numpy as np
 from glm4voice_api.audio.encode import AudioEncoder, content_type, make_encoder
 from glm4voice_api.engine.base import GenerationParams, InterleaveConstraint
 from glm4voice_api.errors import APIError, model_not_found
-from glm4voice_api.models.speech_decoder import Voice
+from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
 from glm4voice_api.pipeline.turn import Turn, TurnDone

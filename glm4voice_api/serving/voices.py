@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from glm4voice_api.errors import not_found
-from glm4voice_api.models.speech_decoder import Voice
+from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.protocol.chat import VoiceId
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from glm4voice_api.audio.decode import decode_audio
 from glm4voice_api.errors import APIError, invalid_request, not_found
-from glm4voice_api.models.speech_decoder import Voice
+from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.audio_input import TOKENIZER_RATE
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.protocol import voices as wire

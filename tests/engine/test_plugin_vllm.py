@@ -65,7 +65,7 @@ def _own_tiny_config(out_dir: Path) -> Path:
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("glm-4-voice-9b")
     try:
-        from glm4voice_api.checkpoints.llm import write_tiny_llm
+        from glm4voice_api.random_checkpoints.llm import write_tiny_llm
     except ImportError:
         return _own_tiny_config(out), "dummy"
     return write_tiny_llm(out, seed=0), "auto"

@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from glm4voice_api.models.decoder_yaml import YamlCall, YamlObject, expect_class, load_decoder_yaml, parse_decoder_yaml
 from glm4voice_api.models.errors import CheckpointFormatError
-from glm4voice_api.models.flow import FlowConfig, FlowInput, FlowModel, mel_length
-from glm4voice_api.models.speech_decoder import load_flow
+from glm4voice_api.models.speech_decoder.flow import FlowConfig, FlowInput, FlowModel, mel_length
+from glm4voice_api.models.speech_decoder.loader import load_flow
+from glm4voice_api.models.speech_decoder.yaml_config import (
+    YamlCall,
+    YamlObject,
+    expect_class,
+    load_decoder_yaml,
+    parse_decoder_yaml,
+)
 
 CONFORMANCE = Path("/work/shared/conformance")
 TINY = CONFORMANCE / "tiny_a"
@@ -131,10 +137,10 @@ def test_bad_flow_state_dict(doc: dict) -> None:
     sd = torch.load(TINY / "speech_decoder" / "flow.pt", map_location="cpu", weights_only=True)
     missing = dict(sd)
     del missing["encoder.after_norm.bias"]
-    with pytest.raises(CheckpointFormatError, match=r"missing keys: encoder\.after_norm\.bias"):
+    with pytest.raises(CheckpointFormatError, match=r"missing keys \(1\): encoder\.after_norm\.bias"):
         load_flow(missing, cfg)
     wrong = dict(sd) | {"encoder_proj.bias": torch.zeros(81)}
-    with pytest.raises(CheckpointFormatError, match=r"encoder_proj\.bias: \[81\] != \[80\]"):
+    with pytest.raises(CheckpointFormatError, match=r"encoder_proj\.bias: file \[81\] vs expected \[80\]"):
         load_flow(wrong, cfg)
     extra = dict(sd) | {"encoder.embed.pos_enc.pe": torch.zeros(1)}
     with pytest.raises(CheckpointFormatError, match="unexpected keys"):

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from glm4voice_api.models.decoder_stream import DecoderStreamConfig
-from glm4voice_api.models.flow_graphs import FlowGraphConfig, GraphedCFM
-from glm4voice_api.models.speech_decoder import SpeechDecoder, load_speech_decoder
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM
+from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 
 TINY = Path("/work/shared/conformance/tiny_a")
 pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="conformance data not available")

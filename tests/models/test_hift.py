@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from glm4voice_api.models.decoder_yaml import load_decoder_yaml
 from glm4voice_api.models.errors import CheckpointFormatError
-from glm4voice_api.models.hift import (
-    HiFTConfig,
-    HiFTGenerator,
-    hift_checkpoint_shapes,
-    init_random_hift_state_dict,
-    load_hift,
-)
-from glm4voice_api.models.mel import mel_filterbank, mel_spectrogram
+from glm4voice_api.models.speech_decoder.hift import HiFTConfig, HiFTGenerator, hift_checkpoint_shapes
+from glm4voice_api.models.speech_decoder.loader import load_hift
+from glm4voice_api.models.speech_decoder.mel import mel_filterbank, mel_spectrogram
+from glm4voice_api.models.speech_decoder.yaml_config import load_decoder_yaml
+from glm4voice_api.random_checkpoints.speech_decoder import init_random_hift_state_dict
 
 CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 DECODER = CONFORMANCE / "tiny_a" / "speech_decoder"
@@ -127,9 +123,9 @@ def test_full_preset_builds_on_meta() -> None:
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
-        (lambda sd: sd.pop("conv_post.weight_g"), "missing keys: conv_post.weight_g"),
-        (lambda sd: sd.__setitem__("extra.weight", torch.zeros(1)), "unexpected keys: extra.weight"),
-        (lambda sd: sd.__setitem__("ups.0.weight_g", torch.zeros(1, 1, 1)), "ups.0.weight_g: [1, 1, 1]"),
+        (lambda sd: sd.pop("conv_post.weight_g"), "missing keys (1): conv_post.weight_g"),
+        (lambda sd: sd.__setitem__("extra.weight", torch.zeros(1)), "unexpected keys (1): extra.weight"),
+        (lambda sd: sd.__setitem__("ups.0.weight_g", torch.zeros(1, 1, 1)), "ups.0.weight_g: file [1, 1, 1]"),
         (lambda sd: sd.__setitem__("source_downs.0.weight_g", torch.zeros(1)), "source_downs.0.weight_g"),
     ],
 )

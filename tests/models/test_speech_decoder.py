@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from glm4voice_api.checkpoints.speech_decoder import write_tiny_speech_decoder
-from glm4voice_api.models.decoder_stream import DecoderStreamConfig, StreamClosedError
-from glm4voice_api.models.decoder_yaml import load_decoder_yaml
 from glm4voice_api.models.errors import CheckpointFormatError
-from glm4voice_api.models.speech_decoder import SpeechDecoder, Voice, load_speech_decoder
+from glm4voice_api.models.speech_decoder.chunks import Voice
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig, StreamClosedError
+from glm4voice_api.models.speech_decoder.yaml_config import load_decoder_yaml
+from glm4voice_api.random_checkpoints.speech_decoder import write_tiny_speech_decoder
 
 TINY = Path("/work/shared/conformance/tiny_a")
 pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="conformance data not available")

@@ -13,15 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from glm4voice_api.checkpoints.speech_tokenizer import (
+from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.speech_tokenizer.encoder import WhisperVQConfig, WhisperVQEncoder
+from glm4voice_api.models.speech_tokenizer.loader import load_speech_tokenizer
+from glm4voice_api.models.speech_tokenizer.tokenizer import SpeechTokenizer
+from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
+from glm4voice_api.random_checkpoints.speech_tokenizer import (
     NOTE_KEY,
     released_hf_config,
     write_tiny_speech_tokenizer,
 )
-from glm4voice_api.models.errors import CheckpointFormatError
-from glm4voice_api.models.speech_tokenizer import SpeechTokenizer, load_speech_tokenizer
-from glm4voice_api.models.whisper_vq import WhisperVQConfig, WhisperVQEncoder
-from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from glm4voice_api.models.decoder_stream import DecoderStreamConfig
-from glm4voice_api.models.speech_decoder import load_speech_decoder
+from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule, StreamView
 from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 

@@ -8,6 +8,7 @@ exercised without the 1.46 GB download. The weights are noise: the tokens mean n
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import WhisperFeatureExtractor
 
-from glm4voice_api.models.speech_tokenizer import (
-    CONFIG_FILE,
-    PREPROCESSOR_FILE,
-    SAMPLE_RATE,
-    WEIGHTS_FILE,
-    SpeechTokenizer,
-)
-from glm4voice_api.models.whisper_vq import WhisperVQConfig, WhisperVQEncoder, sinusoids
+from glm4voice_api.models.speech_tokenizer.encoder import WhisperVQConfig, WhisperVQEncoder
+from glm4voice_api.models.speech_tokenizer.frontend import SAMPLE_RATE
+from glm4voice_api.models.speech_tokenizer.loader import CONFIG_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE
+from glm4voice_api.models.speech_tokenizer.tokenizer import SpeechTokenizer
 
 NOTE_KEY = "_glm4voice_api_note"
 NOTE = "random weights, not the real model"
@@ -141,6 +138,14 @@ def hf_config_for(cfg: WhisperVQConfig) -> dict[str, Any]:
         activation_function=cfg.activation,
     )
     return hf
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
+    """Whisper's fixed positional table [length, channels] (sin half, then cos half), the base of random init."""
+    log_inc = math.log(max_timescale) / (channels // 2 - 1)
+    inv = torch.exp(-log_inc * torch.arange(channels // 2, dtype=torch.float32))
+    angle = torch.arange(length, dtype=torch.float32)[:, None] * inv[None, :]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
 
 
 @torch.no_grad()

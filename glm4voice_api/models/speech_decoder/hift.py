@@ -14,30 +14,23 @@ amplifies that to ~1e-4 in the source and ~1e-3 in the waveform (conformance REA
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
 from glm4voice_api.models.errors import CheckpointFormatError
-from glm4voice_api.models.hift_source import (
+from glm4voice_api.models.speech_decoder.hift_source import (
     ConvRNNF0Predictor,
     GeneratorArg,
     SourceModuleHnNSF,
     WNConv1d,
     WNConvTranspose1d,
 )
+from glm4voice_api.models.speech_decoder.yaml_config import YamlObject, expect_class
 
-__all__ = [
-    "HiFTConfig",
-    "HiFTGenerator",
-    "hift_checkpoint_shapes",
-    "init_random_hift_state_dict",
-    "load_hift",
-]
+__all__ = ["HiFTConfig", "HiFTGenerator", "hift_checkpoint_shapes", "periodic_hann", "weight_normed_modules"]
 
 HIFT_CLASS = "cosyvoice.hifigan.generator.HiFTGenerator"
 F0_PREDICTOR_CLASS = "cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor"
@@ -173,7 +166,7 @@ class HiFTGenerator(nn.Module):
     """HiFT: F0 predictor -> NSF sine source -> source STFT fused into a HiFi-GAN upsampler -> iSTFT.
 
     Submodules are registered in the reference's order so ``state_dict()`` order matches hift.pt.
-    Build it through ``load_hift`` (weights) or on the ``meta`` device (shapes only).
+    Build it through ``loader.load_hift`` (weights) or on the ``meta`` device (shapes only).
     """
 
     def __init__(self, cfg: HiFTConfig) -> None:
@@ -209,7 +202,7 @@ class HiFTGenerator(nn.Module):
         )
         self.conv_post = WNConv1d(base // 2 ** len(self.ups), n_fft + 2, 7, padding=3)
         self.reflection_pad = nn.ReflectionPad1d((1, 0))
-        self.register_buffer("stft_window", _periodic_hann(n_fft), persistent=False)
+        self.register_buffer("stft_window", periodic_hann(n_fft), persistent=False)
         self.f0_predictor = ConvRNNF0Predictor(cfg.f0_num_class, cfg.f0_in_channels, cfg.f0_cond_channels)
 
     @property
@@ -303,12 +296,12 @@ def _expect_shape(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
         raise ValueError(msg)
 
 
-def _periodic_hann(n: int) -> torch.Tensor:
+def periodic_hann(n: int) -> torch.Tensor:
     # scipy's get_window("hann", n, fftbins=True) is computed in float64 and cast: do the same.
     return torch.hann_window(n, periodic=True, dtype=torch.float64).float()
 
 
-def _weight_normed(model: nn.Module) -> set[str]:
+def weight_normed_modules(model: nn.Module) -> set[str]:
     """Module names whose weights hift.pt stores as weight_g/weight_v."""
     return {name for name, m in model.named_modules() if isinstance(m, WNConv1d | WNConvTranspose1d)}
 
@@ -317,7 +310,7 @@ def hift_checkpoint_shapes(cfg: HiFTConfig) -> dict[str, tuple[int, ...]]:
     """hift.pt keys -> shapes in state-dict order (weight-normed modules: bias, weight_g, weight_v)."""
     with torch.device("meta"):
         model = HiFTGenerator(cfg)
-    wn = _weight_normed(model)
+    wn = weight_normed_modules(model)
     out: dict[str, tuple[int, ...]] = {}
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
@@ -328,107 +321,3 @@ def hift_checkpoint_shapes(cfg: HiFTConfig) -> dict[str, tuple[int, ...]]:
             params |= {"weight_g": torch.empty(w.shape[0], 1, 1, device="meta"), "weight_v": w}
         out |= {prefix + k: tuple(p.shape) for k, p in params.items()}
     return out
-
-
-def _check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k}: {list(state_dict[k].shape)} != {list(shape)}"
-        for k, shape in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != shape
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
-        if items:
-            more = f" (+{len(items) - 10} more)" if len(items) > 10 else ""
-            problems.append(f"{label}: {', '.join(items[:10])}{more}")
-    if problems:
-        msg = "hift.pt does not match the HiFT config: " + "; ".join(problems)
-        raise CheckpointFormatError(msg)
-
-
-def load_hift(
-    state_dict: Mapping[str, torch.Tensor],
-    cfg: HiFTConfig,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> HiFTGenerator:
-    """Build an eval-mode HiFTGenerator from a hift.pt state dict (weight norm folded into ``weight``).
-
-    ``dtype`` applies to the generator convolutions only: the F0 predictor, source module, STFT and iSTFT stay
-    float32 because the source phase is a cumulative sum over every sample and bf16 would wreck it.
-    """
-    _check_state_dict(state_dict, hift_checkpoint_shapes(cfg))
-    with torch.device("meta"):
-        model = HiFTGenerator(cfg)  # no init, no global-RNG draws
-    wn = _weight_normed(model)
-    folded: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        prefix, _, leaf = key.rpartition(".")
-        if prefix in wn and leaf == "weight_v":
-            g = state_dict[f"{prefix}.weight_g"].float()
-            # The reference's own weight-norm kernel (norm over every dim but 0), so the fold is bit-identical.
-            folded[f"{prefix}.weight"] = torch._weight_norm(value.float(), g, 0)
-        elif not (prefix in wn and leaf == "weight_g"):
-            folded[key] = value.float()
-    model.load_state_dict(folded, strict=True, assign=True)
-    model.stft_window = _periodic_hann(cfg.istft_n_fft)
-    model.requires_grad_(False).eval().to(device)
-    if dtype != torch.float32:
-        for part in (
-            model.conv_pre,
-            model.ups,
-            model.source_downs,
-            model.source_resblocks,
-            model.resblocks,
-            model.conv_post,
-        ):
-            part.to(dtype)
-    return model
-
-
-def init_random_hift_state_dict(cfg: HiFTConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Seeded random weights in the hift.pt format (weight_g/weight_v), for tiny test checkpoints.
-
-    Scaled so random mels give an audible waveform mostly below the +-audio_limit clamp, and an F0 mostly in
-    the voiced range (threshold ``nsf_voiced_threshold``) so the sine source is exercised.
-    """
-    shapes = hift_checkpoint_shapes(cfg)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator)
-
-    out: dict[str, torch.Tensor] = {}
-    for key, shape in shapes.items():
-        prefix, _, leaf = key.rpartition(".")
-        if leaf == "alpha":
-            out[key] = 0.5 + torch.rand(shape, generator=generator)
-        elif leaf == "bias":
-            out[key] = 0.1 * randn(*shape)
-        elif leaf == "weight_g":
-            continue  # drawn with its weight_v below
-        else:
-            fan_in = math.prod(shape[1:])
-            if prefix.startswith("ups."):
-                # ConvTranspose [in, out, k]: each output sample sees in * k / stride taps.
-                fan_in = shape[0] * shape[2] // cfg.upsample_rates[int(prefix.split(".")[1])]
-            w = randn(*shape) / math.sqrt(fan_in)
-            if leaf == "weight_v":
-                norm = w.flatten(1).norm(dim=1).reshape(-1, 1, 1)
-                out[f"{prefix}.weight_g"] = norm * (1 + 0.1 * randn(shape[0], 1, 1))
-            out[key] = w
-    _scale_outputs(out, cfg, generator)
-    return {k: out[k] for k in shapes}
-
-
-def _scale_outputs(sd: dict[str, torch.Tensor], cfg: HiFTConfig, generator: torch.Generator) -> None:
-    """Put F0 around 150 Hz and the log-magnitudes low enough that the iSTFT output stays mostly unclipped."""
-    sd["f0_predictor.classifier.weight"] = sd["f0_predictor.classifier.weight"] * 40.0
-    sd["f0_predictor.classifier.bias"] = 150.0 + 10.0 * torch.randn(1, generator=generator)
-    n_bins = cfg.istft_n_fft // 2 + 1
-    # Tuned on tiny and full: random mels then give an RMS of about 0.05-0.17 with under 1 % of samples clipped.
-    sd["conv_post.weight_g"] = sd["conv_post.weight_g"] * 0.15
-    bias = sd["conv_post.bias"].clone()
-    bias[:n_bins] -= 3.0
-    sd["conv_post.bias"] = bias

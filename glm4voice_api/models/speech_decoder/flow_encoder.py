@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
 from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.speech_decoder.yaml_config import YamlObject, expect_class
 
 __all__ = ["BlockConformerEncoder", "FlowEncoderConfig", "block_causal_mask", "rel_pos_embedding"]
 

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
 from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.speech_decoder.yaml_config import YamlObject, expect_class
 
 __all__ = ["ConditionalDecoder", "EstimatorConfig", "masked_group_norm"]
 

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glm4voice_api.models.decoder_yaml import YamlObject, expect_class
 from glm4voice_api.models.errors import CheckpointFormatError
-from glm4voice_api.models.flow_encoder import BlockConformerEncoder, FlowEncoderConfig
-from glm4voice_api.models.flow_estimator import ConditionalDecoder, EstimatorConfig, masked_group_norm
-from glm4voice_api.models.flow_graphs import FlowGraphConfig, GraphedCFM
+from glm4voice_api.models.speech_decoder.flow_encoder import BlockConformerEncoder, FlowEncoderConfig
+from glm4voice_api.models.speech_decoder.flow_estimator import ConditionalDecoder, EstimatorConfig, masked_group_norm
+from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM
+from glm4voice_api.models.speech_decoder.yaml_config import YamlObject, expect_class
 
 __all__ = ["FlowConfig", "FlowInput", "FlowModel", "mel_length"]
 

@@ -7,7 +7,6 @@ keys of the official `model.safetensors` (no prefix), so a state dict loads with
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,14 +207,6 @@ def block_causal_mask(key_valid: Tensor, block_size: int | None) -> Tensor:
         block = pos // block_size
         allowed = (pos[None, :] <= pos[:, None]) | (block[None, :] == block[:, None])  # [T_q, T_k]
     return (allowed[None] & key_valid[:, None, :].bool())[:, None]
-
-
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
-    """Whisper's fixed positional table [length, channels] (sin half, then cos half); used for random init."""
-    log_inc = math.log(max_timescale) / (channels // 2 - 1)
-    inv = torch.exp(-log_inc * torch.arange(channels // 2, dtype=torch.float32))
-    angle = torch.arange(length, dtype=torch.float32)[:, None] * inv[None, :]
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
 
 
 def vector_quantize(x: Tensor, codebook: Tensor) -> Tensor:

@@ -12,10 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from glm4voice_api.checkpoints.llm import write_tiny_llm
-from glm4voice_api.checkpoints.speech_decoder import write_tiny_speech_decoder
-from glm4voice_api.checkpoints.speech_tokenizer import write_tiny_speech_tokenizer
 from glm4voice_api.config import OFFICIAL_FOLDERS
+from glm4voice_api.random_checkpoints.llm import write_tiny_llm
+from glm4voice_api.random_checkpoints.speech_decoder import write_tiny_speech_decoder
+from glm4voice_api.random_checkpoints.speech_tokenizer import write_tiny_speech_tokenizer
 
 DEFAULT_SET = "tiny-random-v2"  # bump when a writer's output changes, so caches are rebuilt
 

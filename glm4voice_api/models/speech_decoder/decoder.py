@@ -1,46 +1,32 @@
 """GLM-4-Voice-Decoder: speech tokens -> 22.05 kHz waveform (flow + HiFT), offline, streaming and batched.
 
-``load_speech_decoder`` reads the official folder (config.yaml, flow.pt, hift.pt) unchanged. The
-streaming algorithm is ``AudioDecoder.token2wav`` with PR #86's fix (the returned mel excludes the
+The streaming algorithm is ``AudioDecoder.token2wav`` with PR #86's fix (the returned mel excludes the
 prepended HiFT cache frame, so the prompt features never drift): crossfade the first 34 new frames with
 the previous chunk's held-back tail (hamming(68), float64), hold back the last 34 frames and the last
 256 samples of every non-final chunk, carry 1 mel frame + 256 source samples into the next HiFT call.
 
 Chunks of many streams can share one padded flow pass (``decode_batch``); every stream keeps its own
-state in its ``DecoderStream`` (see ``decoder_stream.py``), nothing is kept here per session.
+state in its ``DecoderStream`` (see ``stream.py``), nothing is kept here per session. ``loader.py`` reads the
+official folder (config.yaml, flow.pt, hift.pt) unchanged.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from glm4voice_api.models.decoder_stream import ChunkRequest, ChunkResult, DecoderStream, DecoderStreamConfig, Voice
-from glm4voice_api.models.decoder_yaml import load_decoder_yaml
 from glm4voice_api.models.errors import CheckpointFormatError
-from glm4voice_api.models.flow import NOISE_SEED, FlowConfig, FlowInput, FlowModel, mel_length
-from glm4voice_api.models.hift import HiFTConfig, HiFTGenerator, load_hift
+from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult, Voice
+from glm4voice_api.models.speech_decoder.flow import NOISE_SEED, FlowConfig, FlowInput, FlowModel, mel_length
+from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
+from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
 
-__all__ = [
-    "ChunkRequest",
-    "ChunkResult",
-    "DecoderStream",
-    "DecoderStreamConfig",
-    "SpeechDecoder",
-    "SpeechTokenizerLike",
-    "StreamingConstants",
-    "Voice",
-    "load_speech_decoder",
-]
+__all__ = ["SpeechDecoder", "SpeechTokenizerLike", "StreamingConstants"]
 
-CONFIG_FILE = "config.yaml"
-FLOW_FILE = "flow.pt"
-HIFT_FILE = "hift.pt"
 TOKEN_OVERLAP_LEN = 5  # flow_inference.py: tokens of mel regenerated and crossfaded at every chunk boundary
 MEL_CACHE_LEN = 1  # mel frames carried into the next HiFT call
 
@@ -91,9 +77,18 @@ class SpeechDecoder:
     def device(self) -> torch.device:
         return self.flow.input_embedding.weight.device
 
+    @property
+    def context_block(self) -> int:
+        """Tokens per flow-encoder attention block: a stream's bounded context starts on a multiple of it."""
+        return self.flow.cfg.encoder.block_size
+
     def mel_frames(self, num_tokens: int) -> int:
         """Mel frames the flow produces for ``num_tokens`` tokens (the reference's float32 formula)."""
         return mel_length(num_tokens, self.flow.cfg)
+
+    def draw_noise(self, total_frames: int, generator: torch.Generator | None) -> torch.Tensor:
+        """The flow's noise over ``total_frames`` frames, drawn from ``generator`` (default: seeded 42): [80, T]."""
+        return self.flow.draw_noise(total_frames, generator)
 
     # -- single-shot helpers -----------------------------------------------------------------------------
 
@@ -159,7 +154,7 @@ class SpeechDecoder:
         """Voice prompt from reference audio: its speech tokens plus its 22.05 kHz mel, aligned to the tokens."""
         import soxr
 
-        from glm4voice_api.models.mel import mel_spectrogram
+        from glm4voice_api.models.speech_decoder.mel import mel_spectrogram
 
         wav = np.asarray(waveform, dtype=np.float32).reshape(-1)
         tokens = [int(t) for t in speech_tokenizer.tokenize(wav, sample_rate)]
@@ -290,73 +285,3 @@ def _as_mel(mel: np.ndarray | torch.Tensor | None, n_mels: int) -> torch.Tensor:
         msg = f"mel must be [{n_mels}, T], got {list(t.shape)}"
         raise ValueError(msg)
     return t
-
-
-def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        msg = f"missing decoder file {path}"
-        raise CheckpointFormatError(msg)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a pickle with code, or not a torch file
-        msg = f"{path.name}: not a plain torch state dict ({exc})"
-        raise CheckpointFormatError(msg) from exc
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        msg = f"{path.name}: expected a dict of tensors"
-        raise CheckpointFormatError(msg)
-    return sd
-
-
-def check_state_dict(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, name: str) -> None:
-    """Strict key and shape check with a message naming what differs (the model may live on 'meta')."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k}: {list(state_dict[k].shape)} != {list(s)}"
-        for k, s in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != s
-    ]
-    problems = [
-        f"{label}: {', '.join(items[:8])}{f' (+{len(items) - 8} more)' if len(items) > 8 else ''}"
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong))
-        if items
-    ]
-    if problems:
-        msg = f"{name} does not match config.yaml: " + "; ".join(problems)
-        raise CheckpointFormatError(msg)
-
-
-def load_flow(
-    state_dict: dict[str, torch.Tensor],
-    cfg: FlowConfig,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> FlowModel:
-    with torch.device("meta"):
-        model = FlowModel(cfg)  # no random init: every tensor comes from the checkpoint
-    check_state_dict(state_dict, model, FLOW_FILE)
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    return model.to(device=device, dtype=dtype).requires_grad_(False).eval()
-
-
-def load_speech_decoder(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> SpeechDecoder:
-    """Load an official GLM-4-Voice-Decoder folder (config.yaml + flow.pt + hift.pt) without executing the YAML."""
-    folder = Path(path)
-    if not (folder / CONFIG_FILE).is_file():
-        msg = f"{folder}: no {CONFIG_FILE}"
-        raise CheckpointFormatError(msg)
-    doc = load_decoder_yaml(folder / CONFIG_FILE)
-    for key in ("flow", "hift"):
-        if key not in doc:
-            msg = f"{CONFIG_FILE}: no '{key}' section"
-            raise CheckpointFormatError(msg)
-    hift_cfg = HiFTConfig.from_yaml(doc["hift"])
-    flow_cfg = FlowConfig.from_yaml(
-        doc["flow"], sample_rate=hift_cfg.sampling_rate, hop_length=hift_cfg.upsample_factor
-    )
-    flow = load_flow(_load_state_dict(folder / FLOW_FILE), flow_cfg, device, dtype)
-    hift = load_hift(_load_state_dict(folder / HIFT_FILE), hift_cfg, device, dtype)
-    return SpeechDecoder(flow, hift)

@@ -2,32 +2,23 @@
 
 All per-session state (history, crossfade tail, HiFT cache) lives in the ``DecoderStream`` and is freed on
 ``close()``. A stream never runs the model itself except through ``feed``; a scheduler that batches many
-streams uses ``prepare`` -> ``SpeechDecoder.decode_batch`` -> ``commit`` instead.
+streams uses ``prepare`` -> ``decode_batch`` -> ``commit`` instead. The stream sees the decoder only through the
+narrow ``ChunkDecoder`` protocol.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Self
+from dataclasses import dataclass
+from typing import Protocol, Self
 
 import numpy as np
 import torch
 
-from glm4voice_api.models.flow import NOISE_SEED
+from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult, Voice
+from glm4voice_api.models.speech_decoder.flow import NOISE_SEED
 
-if TYPE_CHECKING:
-    from glm4voice_api.models.speech_decoder import SpeechDecoder
-
-__all__ = [
-    "MIN_CHUNK_TOKENS",
-    "ChunkRequest",
-    "ChunkResult",
-    "DecoderStream",
-    "DecoderStreamConfig",
-    "StreamClosedError",
-    "Voice",
-]
+__all__ = ["MIN_CHUNK_TOKENS", "ChunkDecoder", "DecoderStream", "DecoderStreamConfig", "StreamClosedError"]
 
 MIN_CHUNK_TOKENS = 6
 """A non-final chunk must yield more mel frames than the 34-frame overlap it holds back (5 tokens)."""
@@ -37,50 +28,21 @@ MIN_CHUNK_TOKENS = 6
 _PRUNE_MARGIN_FRAMES = 8
 
 
-@dataclass
-class Voice:
-    """A speaker prompt: speech tokens and the 80-bin mel of the same audio, aligned (F = mel_length(P))."""
+class ChunkDecoder(Protocol):
+    """What a stream needs from the decoder (``SpeechDecoder`` is one): geometry, voice prompts, noise, decoding."""
 
-    prompt_tokens: list[int]
-    prompt_mel: np.ndarray  # [80, F] float32
+    @property
+    def context_block(self) -> int:
+        """Tokens per flow-encoder attention block: a bounded context starts on a multiple of it."""
+        ...
 
+    def mel_frames(self, num_tokens: int) -> int: ...
 
-@dataclass
-class ChunkRequest:
-    """One stream's pending chunk, self-contained so a scheduler can batch chunks of many streams.
+    def voice_prompt(self, voice: Voice | None) -> tuple[list[int], torch.Tensor]: ...
 
-    ``noise`` ([80, T_total] flow noise) and ``source`` ([1, 256 * HiFT frames] source before the cache
-    splice) may be set to inject the reference's random draws; otherwise both come from ``generator``
-    (default: a fresh CPU generator seeded 42, drawn by the flow first and then by HiFT, the reference's
-    order after its ``manual_seed(42)``).
-    """
+    def draw_noise(self, total_frames: int, generator: torch.Generator | None) -> torch.Tensor: ...
 
-    tokens: list[int]  # new tokens of this chunk
-    prompt_tokens: list[int]  # earlier tokens given as context (voice + bounded history)
-    prompt_mel: torch.Tensor  # [80, F_p] mel of the context
-    final: bool
-    overlap_tail: torch.Tensor | None = None  # [80, 34] held-back frames of the previous chunk
-    cache_mel: torch.Tensor | None = None  # [80, 1] last vocoded frame of the previous chunk
-    cache_source: torch.Tensor | None = None  # [1, 256] its last source samples
-    noise: torch.Tensor | None = None
-    source: torch.Tensor | None = None
-    generator: torch.Generator | None = None
-    rng_device: str = "cpu"
-    """Where the fresh seed-42 generator is made when ``generator`` is None (see DecoderStreamConfig)."""
-
-
-@dataclass
-class ChunkResult:
-    """What a decoded chunk returns: new audio plus the state the stream must carry to its next chunk."""
-
-    request: ChunkRequest
-    speech: np.ndarray  # [S] float32, 22.05 kHz
-    mel: torch.Tensor  # [80, M] returned mel (PR #86: without the prepended cache frame)
-    flow_mel: torch.Tensor  # [80, M_raw] raw flow output before crossfade/trim (for tests and metrics)
-    overlap_tail: torch.Tensor | None = None
-    cache_mel: torch.Tensor | None = None
-    cache_source: torch.Tensor | None = None
-    hift_source: torch.Tensor | None = field(default=None, repr=False)  # [1, N] source HiFT used
+    def decode_batch(self, requests: list[ChunkRequest]) -> list[ChunkResult]: ...
 
 
 class StreamClosedError(RuntimeError):
@@ -120,7 +82,7 @@ class DecoderStream:
     ``feed(tokens, final=False)`` returns the audio that became available (float32, may be empty).
     """
 
-    def __init__(self, decoder: SpeechDecoder, voice: Voice | None, config: DecoderStreamConfig) -> None:
+    def __init__(self, decoder: ChunkDecoder, voice: Voice | None, config: DecoderStreamConfig) -> None:
         self._decoder = decoder
         self.config = config
         self._voice_tokens, self._voice_mel = decoder.voice_prompt(voice)
@@ -269,7 +231,7 @@ class DecoderStream:
         limit = self.config.max_prompt_tokens
         if limit is None or self._n_tokens <= limit:
             return 0, 0
-        block = self._decoder.flow.cfg.encoder.block_size
+        block = self._decoder.context_block
         total = len(self._voice_tokens) + self._n_tokens + n_new
         skip = math.ceil((self._n_tokens - limit) / block) * block
         while skip > 0:
@@ -293,7 +255,7 @@ class DecoderStream:
             # unbounded call (and HiFT continues from the same generator state): only the context differs.
             generator = torch.Generator(device=self.config.rng_device).manual_seed(NOISE_SEED)
             total = self._decoder.mel_frames(len(self._voice_tokens) + self._n_tokens + len(chunk))
-            noise = self._decoder.flow.draw_noise(total, generator)[:, frames:]
+            noise = self._decoder.draw_noise(total, generator)[:, frames:]
         return ChunkRequest(
             noise=noise,
             generator=generator,
@@ -313,7 +275,7 @@ class DecoderStream:
             return
         skip, frames = self._context_start(0)
         frames = max(self._frame_base, frames - _PRUNE_MARGIN_FRAMES)
-        block = self._decoder.flow.cfg.encoder.block_size
+        block = self._decoder.context_block
         skip = max(self._token_base, skip - block)  # a later call may fall back by one block
         history_mel = torch.cat(self._mels, dim=1)
         self._mels = [history_mel[:, frames - self._frame_base :].clone()]

@@ -12,18 +12,23 @@ from pathlib import Path
 
 import torch
 
-from glm4voice_api.models.flow import FlowConfig, FlowModel
-from glm4voice_api.models.hift import HiFTConfig, init_random_hift_state_dict
-from glm4voice_api.models.speech_decoder import CONFIG_FILE, FLOW_FILE, HIFT_FILE
+from glm4voice_api.models.speech_decoder.flow import FlowConfig, FlowModel
+from glm4voice_api.models.speech_decoder.hift import HiFTConfig, hift_checkpoint_shapes
+from glm4voice_api.models.speech_decoder.loader import CONFIG_FILE, FLOW_FILE, HIFT_FILE
 
-__all__ = ["init_random_flow_state_dict", "render_decoder_yaml", "write_tiny_speech_decoder"]
+__all__ = [
+    "init_random_flow_state_dict",
+    "init_random_hift_state_dict",
+    "render_decoder_yaml",
+    "write_tiny_speech_decoder",
+]
 
 _OFFSET_STD = 0.1  # biases, norm offsets and gains spread (same recipe as conformance tiny_a)
 
 # The released config.yaml with the flow/hift sizes as placeholders. The llm section is kept verbatim: it
 # is part of the official format even though nothing uses it.
 _TEMPLATE = """\
-# RANDOM WEIGHTS: a tiny test decoder written by glm4voice_api.checkpoints.speech_decoder (seed {seed}).
+# RANDOM WEIGHTS: a tiny test decoder written by glm4voice_api.random_checkpoints.speech_decoder (seed {seed}).
 # Same layout as the released GLM-4-Voice decoder config.yaml; only sizes differ. Not a usable vocoder.
 # set random seed, so that you may reproduce your result.
 __set_seed1: !apply:random.seed [1986]
@@ -227,6 +232,52 @@ def init_random_flow_state_dict(cfg: FlowConfig, generator: torch.Generator) -> 
         else:
             out[key] = noise / math.sqrt(math.prod(shape[1:]))
     return out
+
+
+def init_random_hift_state_dict(cfg: HiFTConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Seeded random weights in the hift.pt format (weight_g/weight_v), for tiny test checkpoints.
+
+    Scaled so random mels give an audible waveform mostly below the +-audio_limit clamp, and an F0 mostly in
+    the voiced range (threshold ``nsf_voiced_threshold``) so the sine source is exercised.
+    """
+    shapes = hift_checkpoint_shapes(cfg)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=generator)
+
+    out: dict[str, torch.Tensor] = {}
+    for key, shape in shapes.items():
+        prefix, _, leaf = key.rpartition(".")
+        if leaf == "alpha":
+            out[key] = 0.5 + torch.rand(shape, generator=generator)
+        elif leaf == "bias":
+            out[key] = 0.1 * randn(*shape)
+        elif leaf == "weight_g":
+            continue  # drawn with its weight_v below
+        else:
+            fan_in = math.prod(shape[1:])
+            if prefix.startswith("ups."):
+                # ConvTranspose [in, out, k]: each output sample sees in * k / stride taps.
+                fan_in = shape[0] * shape[2] // cfg.upsample_rates[int(prefix.split(".")[1])]
+            w = randn(*shape) / math.sqrt(fan_in)
+            if leaf == "weight_v":
+                norm = w.flatten(1).norm(dim=1).reshape(-1, 1, 1)
+                out[f"{prefix}.weight_g"] = norm * (1 + 0.1 * randn(shape[0], 1, 1))
+            out[key] = w
+    _scale_outputs(out, cfg, generator)
+    return {k: out[k] for k in shapes}
+
+
+def _scale_outputs(sd: dict[str, torch.Tensor], cfg: HiFTConfig, generator: torch.Generator) -> None:
+    """Put F0 around 150 Hz and the log-magnitudes low enough that the iSTFT output stays mostly unclipped."""
+    sd["f0_predictor.classifier.weight"] = sd["f0_predictor.classifier.weight"] * 40.0
+    sd["f0_predictor.classifier.bias"] = 150.0 + 10.0 * torch.randn(1, generator=generator)
+    n_bins = cfg.istft_n_fft // 2 + 1
+    # Tuned on tiny and full: random mels then give an RMS of about 0.05-0.17 with under 1 % of samples clipped.
+    sd["conv_post.weight_g"] = sd["conv_post.weight_g"] * 0.15
+    bias = sd["conv_post.bias"].clone()
+    bias[:n_bins] -= 3.0
+    sd["conv_post.bias"] = bias
 
 
 def write_tiny_speech_decoder(
