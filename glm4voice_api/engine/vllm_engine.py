@@ -38,6 +38,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def preload_vllm() -> None:
+    """Import vLLM (and the torch parts it pulls in, torch._dynamo and inductor) on the calling thread."""
+    import vllm.engine.arg_utils  # noqa: F401
+    import vllm.v1.engine.async_llm  # noqa: F401
+    import vllm.v1.engine.llm_engine  # noqa: F401
+
+
 def in_process(settings: EngineSettings, on_gpu: bool) -> bool:
     """Whether the engine core runs in this process (`process` setting; auto: on exactly one GPU)."""
     if settings.process != "auto":

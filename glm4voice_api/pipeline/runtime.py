@@ -214,6 +214,15 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     store = open_store(settings.store, settings.cache_dir.resolve())
     closers = [store.close]
     await store.ping()
+    # Every module the parallel start needs is imported here first, on this thread: two threads importing
+    # overlapping parts of torch at once can deadlock on the import locks (seen: torch._dynamo under vLLM).
+    import glm4voice_api.models.speech_decoder.loader  # noqa: F401
+    import glm4voice_api.models.speech_tokenizer.loader  # noqa: F401
+
+    if engine is None:
+        from glm4voice_api.engine.vllm_engine import preload_vllm
+
+        preload_vllm()
     audio = start_audio_models(settings, paths)
     try:
         if engine is None:

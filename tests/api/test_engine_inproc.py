@@ -1,0 +1,55 @@
+"""The in-process engine mode (the default on one GPU: vLLM's engine core in the server process, one CUDA context
+with the speech decoder), run here on the CPU through the real server: a spoken reply streams, a disconnect aborts
+its engine request and frees its decoder session, and the admission limit and decoder underruns are exported."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.conftest import RunningServer, start_server, stop_server
+
+pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("inproc")]
+
+
+@pytest.fixture(scope="module")
+def inproc(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("inproc")
+    running = start_server(cache_dir, tmp / "server.log", "--process", "inproc",
+                           "--store", f"sqlite:///{tmp / 'store.sqlite3'}")  # fmt: skip
+    yield running
+    stop_server(running)
+
+
+def test_spoken_reply_streams_and_a_disconnect_frees_everything(inproc: RunningServer) -> None:
+    assert "engine core in this process" in inproc.log()
+    client = inproc.client()
+    stream = client.chat.completions.create(
+        model="glm-4-voice-9b", messages=[{"role": "user", "content": "Hello"}], stream=True, max_tokens=78,
+        modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
+    )  # fmt: skip
+    pieces = [getattr(getattr(c.choices[0].delta, "audio", None), "data", None) for c in stream if c.choices]
+    audio = b"".join(base64.b64decode(p) for p in pieces if p)
+    assert len(audio) > 24000  # more than half a second of pcm16 at 24 kHz
+
+    body = {"model": "glm-4-voice-9b", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+            "max_tokens": 400, "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
+    with httpx.stream("POST", inproc.base_url + "/v1/chat/completions", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if '"data":"' in line.replace(" ", ""):  # first audio: hang up mid-reply
+                break
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        inproc.metric("glm4voice_engine_active_requests") or inproc.metric("glm4voice_decoder_active_sessions")
+    ):
+        time.sleep(0.2)
+    assert inproc.metric("glm4voice_engine_active_requests") == 0
+    assert inproc.metric("glm4voice_decoder_active_sessions") == 0
+    assert inproc.metric("glm4voice_engine_aborted_requests") >= 1
+    assert inproc.metric("glm4voice_admission_limit") >= 1  # CPU: the engine's batch size, not measured
+    assert inproc.metric("glm4voice_decoder_underruns_total") >= 0
