@@ -141,6 +141,7 @@ class DecoderScheduler:
         self.batches = 0
         self.chunks = 0
         self.underruns = 0
+        self.settled_underruns = 0
         self.near_misses = 0
         self.failures = 0
         self.busy_seconds = 0.0
@@ -327,15 +328,24 @@ class DecoderScheduler:
             if len(samples):
                 if s.first_emit is None:
                     s.first_emit = now
-                elif (left := s.buffered_seconds(now)) < 0:
-                    self.underruns += 1
-                    self.on_underrun()
-                elif left < NEAR_MISS_S and s.emitted_samples >= _SETTLED_S * self.sample_rate:
-                    self.near_misses += 1
+                else:
+                    self._check_timing(s, s.buffered_seconds(now))
                 s.emitted_samples += len(samples)
                 s._send(samples)
             if request.final:
                 self._finish(s, streams)
+
+    def _check_timing(self, s: ScheduledStream, left: float) -> None:
+        """Count a chunk that came after the listener ran dry (underrun) or nearly so; capacity control reads the
+        counts of settled streams only (past their first seconds, where gaps come from the first chunk's size,
+        not from load)."""
+        settled = s.emitted_samples >= _SETTLED_S * self.sample_rate
+        if left < 0:
+            self.underruns += 1
+            self.settled_underruns += settled
+            self.on_underrun()
+        elif left < NEAR_MISS_S and settled:
+            self.near_misses += 1
 
     def _finish(self, s: ScheduledStream, streams: set) -> None:
         s.finished = True
@@ -412,6 +422,10 @@ class DecoderPool:
     @property
     def underruns(self) -> int:
         return sum(s.underruns for s in self.schedulers)
+
+    @property
+    def settled_underruns(self) -> int:
+        return sum(s.settled_underruns for s in self.schedulers)
 
     @property
     def near_misses(self) -> int:

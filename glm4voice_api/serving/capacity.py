@@ -4,8 +4,9 @@ Admitting every request the engine could batch (vLLM's max_num_seqs, 256 on a GP
 listener at once: past the point where the GPU keeps up, all streams start to stutter. The admission limit is
 therefore not a setting but a measurement, adjusted once a second from what the server sees:
 
-- a stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing, counted
-  by the decoder scheduler): the limit drops to ~90% of what is running, and stays put for `cooldown_s`;
+- a settled stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing,
+  past the stream's first 2 s: earlier gaps come from the first chunk's size, not from load; counted by the decoder
+  scheduler): the limit drops to ~90% of what is running, and stays put for `cooldown_s`;
 - chunks arrive just in time (emitted with under 0.1 s of audio left once a stream is past its start: a near
   miss, counted by the decoder scheduler), or the LLM's
   token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75 tokens/s):

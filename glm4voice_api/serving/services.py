@@ -57,7 +57,7 @@ def capacity_signals(runtime: Runtime, admission: Admission) -> Callable[[], Cap
     def read() -> CapacitySignals:
         return CapacitySignals(
             at=time.monotonic(),
-            underruns=decoder.underruns,
+            underruns=decoder.settled_underruns,
             near_misses=decoder.near_misses,
             generated_tokens=generated(),
             engine_active=engine.active_requests(),
