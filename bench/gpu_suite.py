@@ -227,6 +227,16 @@ class Suite:
                 f"{run.name}: overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
                 f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
             )
+        if args.overload_seconds > 0 and args.overload_extra:
+            log(f"{run.name}: extra overload: {args.overload_extra} sessions for {args.overload_seconds:g} s")
+            result = await loadgen.run_overload(url, args.overload_extra, args.overload_seconds, lg, self.wav_b64)
+            run.overload_extra = result.summary()
+            self.write()
+            o = run.overload_extra
+            log(
+                f"{run.name}: extra overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
+                f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
+            )
         if args.baseline_max:
             await self.baseline(run, url)
 
@@ -319,6 +329,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ramp", type=float, default=1.0, help="streams start uniformly within this many seconds")
     p.add_argument("--turn-timeout", type=float, default=240.0)
     p.add_argument("--overload-seconds", type=float, default=60.0, help="0: no overload run")
+    p.add_argument(
+        "--overload-extra", type=int, default=0, help="also offer this many sessions (beside 2 x real time; 0: no)"
+    )
     p.add_argument("--baseline-max", type=int, default=8, help="most users of the baseline ladder (0: none)")
     p.add_argument(
         "--config",

@@ -137,6 +137,8 @@ class ConfigRun:
     levels: list[SuiteLevel] = field(default_factory=list)
     stopped_early: str | None = None
     overload: OverloadSummary | None = None
+    overload_extra: OverloadSummary | None = None
+    """A second overload run at a fixed number of sessions (--overload-extra), beside the rule's 2 x real time."""
     baseline: list[LevelSummary] = field(default_factory=list)
     error: str | None = None
 
@@ -161,6 +163,7 @@ class ConfigRun:
             "levels": [lv.to_json() for lv in self.levels],
             "stopped_early": self.stopped_early,
             "overload": asdict(self.overload) if self.overload else None,
+            "overload_extra": asdict(self.overload_extra) if self.overload_extra else None,
             "baseline": [asdict(lv) for lv in self.baseline],
             "baseline_realtime_streams": self.baseline_realtime_streams,
             "warm_stats": asdict(self.warm_stats) if self.warm_stats else None,
