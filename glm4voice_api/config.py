@@ -46,7 +46,8 @@ class EngineSettings(BaseModel):
         "auto",
         description="Where vLLM's engine core runs. inproc: in the server process (one CUDA context shared with the "
         "speech decoder: their kernels interleave instead of time-slicing the GPU); separate: its own process "
-        "(AsyncLLM). auto: inproc on one GPU, separate otherwise (parallel engines, CPU).",
+        "(AsyncLLM). auto: separate (measured on an H100, bench/results: in-process the LLM made ~40% fewer tokens "
+        "per second at 32 streams beside the decoder).",
     )
     quantization: str | None = Field(
         None, description="vLLM quantization of the LLM's weights, e.g. fp8 (Hopper); None: the checkpoint's dtype."
@@ -78,10 +79,11 @@ class AudioModelSettings(BaseModel):
         "bench/results), float32 on CPU (bf16 matmuls are slow there).",
     )
     decoder_chunking: Literal["adaptive", "fixed"] = Field(
-        "adaptive",
+        "fixed",
         description="How chunks are sized. adaptive: from each stream's buffered audio (small while the listener's "
         "buffer is thin, up to decoder_max_chunk once ahead; the scheduler also wakes a stream whose buffer nears "
-        "its end); fixed: decoder_schedule, whatever the timing.",
+        "its end); fixed: decoder_schedule, whatever the timing. fixed is the default: on an H100 it gave earlier "
+        "first audio and lower p99 playable latency at 16 and 32 streams (bench/results/gpu_suite.json).",
     )
     decoder_first_chunk: int = Field(
         10, ge=6, description="Audio tokens in a reply's first chunk (adaptive): first audio after this many."

@@ -1,6 +1,7 @@
-"""The in-process engine mode (the default on one GPU: vLLM's engine core in the server process, one CUDA context
-with the speech decoder), run here on the CPU through the real server: a spoken reply streams, a disconnect aborts
-its engine request and frees its decoder session, and the admission limit and decoder underruns are exported."""
+"""The options beside the defaults, through the real server on the CPU: the in-process engine (vLLM's engine core in
+the server process, one CUDA context with the speech decoder on a GPU) with adaptive chunking. A spoken reply
+streams, a disconnect aborts its engine request and frees its decoder session, and the admission limit and decoder
+underruns are exported."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("inproc")]
 @pytest.fixture(scope="module")
 def inproc(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("inproc")
-    running = start_server(cache_dir, tmp / "server.log", "--process", "inproc",
+    running = start_server(cache_dir, tmp / "server.log", "--process", "inproc", "--decoder-chunking", "adaptive",
                            "--store", f"sqlite:///{tmp / 'store.sqlite3'}")  # fmt: skip
     yield running
     stop_server(running)
