@@ -219,11 +219,14 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     import glm4voice_api.models.speech_decoder.loader  # noqa: F401
     import glm4voice_api.models.speech_tokenizer.loader  # noqa: F401
 
-    if engine is None:
-        from glm4voice_api.engine.vllm_engine import preload_vllm
+    from glm4voice_api.engine.vllm_engine import in_process, preload_vllm
 
+    if engine is None:
         preload_vllm()
-    audio = start_audio_models(settings, paths)
+    # With the engine core in this process, its start captures CUDA graphs of its own: a capture of ours at the
+    # same time fails ("operation not permitted when stream is capturing"), so then the audio models come after.
+    overlap = engine is not None or not in_process(settings.engine, on_gpu=True)
+    audio = start_audio_models(settings, paths) if overlap else []
     try:
         if engine is None:
             from glm4voice_api.engine.vllm_engine import VllmLLMEngine
@@ -232,6 +235,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
                 paths["llm"], settings.engine, num_valid_tokens=tokenizer.ids.num_valid, random_weights=random_weights
             )
         closers.append(engine.shutdown)
+        audio = audio or start_audio_models(settings, paths)
         audio_input, *schedulers = await asyncio.gather(*audio)
     except BaseException:
         await _close_started(audio, closers)
