@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from glm4voice_api.auth import AuthMiddleware, KeyResolver
 from glm4voice_api.config import Settings
 from glm4voice_api.engine.base import LLMEngine
-from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down
+from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down, store_unavailable
 from glm4voice_api.pipeline.runtime import build_runtime
 from glm4voice_api.protocol.common import ErrorResponse
 from glm4voice_api.request_context import RequestContext, bind_request, unbind_request
@@ -27,6 +27,7 @@ from glm4voice_api.routes import chat, health, models, speech, transcription, vo
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
+from glm4voice_api.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("glm4voice_api.access")
@@ -154,6 +155,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         kind = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         error = APIError(str(exc.detail), code=kind, status=exc.status_code)
         return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StoreUnavailable)
+    async def on_store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        logger.warning("store unavailable: %s", exc)
+        error = store_unavailable()
+        return JSONResponse(error.to_dict(), status_code=error.status, headers=error.headers)
 
     @app.exception_handler(ClientDisconnectedError)
     async def on_disconnect(_: Request, __: ClientDisconnectedError) -> JSONResponse:

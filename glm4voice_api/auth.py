@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glm4voice_api.config import Settings
-from glm4voice_api.errors import APIError, unavailable
-from glm4voice_api.store import DEFAULT_TENANT, Store, hash_api_key
+from glm4voice_api.errors import APIError, store_unavailable, unavailable
+from glm4voice_api.store import DEFAULT_TENANT, Store, StoreUnavailable, hash_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,10 @@ class AuthMiddleware:
                     state["tenant"] = tenant
             except APIError as error:
                 await _reject(scope, send, error)
+                return
+            except StoreUnavailable as exc:  # keys cached before the outage keep working; others are told to retry
+                logger.warning("API key lookup failed: %s", exc)
+                await _reject(scope, send, store_unavailable())
                 return
             except Exception:  # the key store failing is the server's problem, and retryable: 503
                 logger.exception("API key lookup failed")

@@ -74,5 +74,12 @@ def unavailable(message: str, retry_after: int = 5) -> APIError:
                     headers={"Retry-After": str(retry_after)})  # fmt: skip
 
 
+def store_unavailable(retry_after: int = 5) -> APIError:
+    """The shared store (keys, audio ids, voices) cannot be reached now: retryable, and not the client's fault."""
+    return APIError("The server's data store is temporarily unavailable; retry the request shortly.",
+                    code="store_unavailable", status=503, type="server_error",
+                    headers={"Retry-After": str(retry_after)})  # fmt: skip
+
+
 def server_error(message: str = "The server had an error while processing your request.") -> APIError:
     return APIError(message, code="internal_error", status=500, type="server_error")

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 
 from glm4voice_api.app import create_app
 from glm4voice_api.config import Settings
-from glm4voice_api.store import SqliteStore
+from glm4voice_api.store import SqliteStore, StoreUnavailable
 from glm4voice_api.store.keys import create_key
 
 STATIC = "sk-static-0123456789abcdefghij"
@@ -139,10 +139,19 @@ class _BrokenStore:
         raise ConnectionError("store down")
 
 
-async def test_a_failing_key_store_is_a_503() -> None:
-    app = _app(_BrokenStore())
+class _UnreachableStore(_BrokenStore):
+    async def find_key(self, key_hash: str) -> None:
+        raise StoreUnavailable("the store at redis://127.0.0.1:1/0 is unavailable: connection refused")
+
+
+@pytest.mark.parametrize(("store", "code"), [(_BrokenStore(), "service_unavailable"),
+                                             (_UnreachableStore(), "store_unavailable")])  # fmt: skip
+async def test_a_failing_key_store_is_a_503(store: _BrokenStore, code: str) -> None:
+    app = _app(store)
     async with _client(app) as client:
         response = await client.get("/v1/test/whoami", headers=_bearer("sk-any-0123456789abcdef"))
     assert response.status_code == 503
-    assert response.json()["error"]["type"] == "server_error"
-    assert response.headers["retry-after"]
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", code)
+    assert "redis" not in error["message"]  # the store's address is for the logs only
+    assert int(response.headers["retry-after"]) >= 1
