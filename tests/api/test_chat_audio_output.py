@@ -13,6 +13,7 @@ import pytest
 from glm4voice_api.text.prompt import ASSISTANT_METADATA
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
 from tests.api.conftest import RunningServer
+from tests.api.conftest import delta_audio as _delta_audio
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("server")]
 MODEL = "glm-4-voice-9b"
@@ -29,14 +30,6 @@ def _decode(data: bytes, fmt: str) -> tuple[int, float]:
     stream = container.streams.audio[0]
     n = sum(f.samples for f in container.decode(stream))
     return stream.rate, n / stream.rate
-
-
-def _delta_audio(delta) -> dict:
-    """`delta.audio` as a dict, whether this SDK version types it or keeps it as an extra field."""
-    audio = getattr(delta, "audio", None) or (delta.model_extra or {}).get("audio")
-    if audio is None:
-        return {}
-    return audio if isinstance(audio, dict) else audio.model_dump(exclude_none=True)
 
 
 @pytest.mark.parametrize(("fmt", "rate"), [("wav", 24000), ("mp3", 24000), ("flac", 24000), ("opus", 48000),
