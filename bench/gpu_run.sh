@@ -46,13 +46,13 @@ case "$mode" in
     ;;
   multigpu)
     # Issue 9: 1 GPU, then tp or dp over every visible GPU, same machine, same run. The decoder and the speech
-    # tokenizer go on cuda:0 (tp) or one of each per GPU (dp: --audio-device all).
+    # tokenizer go on cuda:0 (tp) or one of each per GPU (dp: --audio-device all, env GLM4VOICE_AUDIO_DEVICE).
     par=${2:-tp}; n=$(nvidia-smi -L | wc -l)
     timeout 290 python3 -m bench.gpu_suite --out "$OUT/one" --levels 1,32,64,128 --baseline-max 0 \
       || echo "one-GPU suite failed rc=$?"
     if [ "$par" = tp ]; then extra="ENGINE__TENSOR_PARALLEL_SIZE=$n"; else extra="ENGINE__DATA_PARALLEL_SIZE=$n"; fi
     timeout 290 python3 -m bench.gpu_suite --out "$OUT/$par$n" --levels 1,32,64,128,192,256 --baseline-max 0 \
-      --port 8012 --set "$extra" --set AUDIO__AUDIO_DEVICE=all || echo "$par suite failed rc=$?"
+      --port 8012 --set "$extra" --set AUDIO_DEVICE=all || echo "$par suite failed rc=$?"
     python3 -m bench.multigpu_report --one "$OUT/one/gpu_suite.json" --multi "$OUT/$par$n/gpu_suite.json" \
       --mode "$par" --gpus "$n" --out "$OUT/multigpu.json"
     ;;

@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8000)
     args = p.parse_args()
     settings = Settings(host=args.host, port=args.port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(build(settings), host=args.host, port=args.port, log_level="warning")
 
 

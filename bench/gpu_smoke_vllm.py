@@ -265,7 +265,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         gpu_memory_utilization=args.gpu_memory_utilization,
-    )
+    ).resolved(cuda=True, model_seq_length=args.max_model_len)
     report: dict[str, Any] = {
         "benchmark": "vllm_smoke",
         "model": "tiny" if args.tiny else "full-size GLM-4-Voice-9B config, dummy weights",

@@ -70,14 +70,14 @@ def server_env(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, st
         "GLM4VOICE_ENGINE__MAX_NUM_SEQS": str(args.max_num_seqs),
         "GLM4VOICE_ENGINE__MAX_MODEL_LEN": "4096",
         "GLM4VOICE_ENGINE__GPU_MEMORY_UTILIZATION": str(args.gpu_memory_utilization),
-        "GLM4VOICE_AUDIO__DECODER_DTYPE": args.decoder_dtype,
-        "GLM4VOICE_AUDIO__TOKENIZER_DTYPE": "bfloat16",
-        "GLM4VOICE_AUDIO__DECODER_MAX_BATCH": str(args.decoder_max_batch),
-        "GLM4VOICE_AUDIO__DECODER_CUDA_GRAPHS": "true" if args.graphs else "false",
+        "GLM4VOICE_SPEECH_DECODER__DTYPE": args.decoder_dtype,
+        "GLM4VOICE_SPEECH_TOKENIZER__DTYPE": "bfloat16",
+        "GLM4VOICE_SPEECH_DECODER__MAX_BATCH": str(args.decoder_max_batch),
+        "GLM4VOICE_SPEECH_DECODER__CUDA_GRAPHS": "true" if args.graphs else "false",
         "GLM4VOICE_WEB_DEMO": "false",
-        "GLM4VOICE_LOG_LEVEL": "warning",
+        "GLM4VOICE_LOG__LEVEL": "warning",
     })  # fmt: skip
-    for item in args.set:  # e.g. --set AUDIO__DECODER_SCHEDULE=[10,20,40,80,160]
+    for item in args.set:  # e.g. --set SPEECH_DECODER__SCHEDULE=[10,20,40,80,160]
         key, _, value = item.partition("=")
         env[f"GLM4VOICE_{key.upper()}"] = value
     return env

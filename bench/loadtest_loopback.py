@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="glm-4-voice-9b")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "loopback_load.json"))
     p.add_argument("--server-log", default="/tmp/glm4voice-loadtest-server.log")
-    p.add_argument("--server-args", nargs=argparse.REMAINDER, default=["--max-model-len", "1024"],
+    p.add_argument("--server-args", nargs=argparse.REMAINDER, default=["--engine.max-model-len", "1024"],
                    help="flags for the server it starts (last on the command line)")  # fmt: skip
     return p.parse_args(argv)
 

@@ -244,15 +244,15 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         app.include_router(web.router)
     # Added before (so inside) the request-context middleware: 401s carry x-request-id and are counted; added after
     # any middleware that reads request.state.tenant (admission, rate limits), so the tenant is set before they run.
-    app.add_middleware(AuthMiddleware, resolver=auth, protect_health_metrics=settings.protect_health_metrics)
-    app.add_middleware(RequestContextMiddleware, max_body=settings.limits.max_request_bytes, metrics=metrics,
+    app.add_middleware(AuthMiddleware, resolver=auth, protect_health_metrics=settings.auth.protect_health_metrics)
+    app.add_middleware(RequestContextMiddleware, max_body=settings.request_limits.max_body_bytes, metrics=metrics,
                        draining=lambda: app.state.draining)  # fmt: skip
     return app
 
 
 async def drain(app: FastAPI) -> None:
     """Stop taking requests and let the running ones finish, aborting those still running after
-    `drain_timeout_s` (their engine requests are aborted and decoder sessions freed as on a disconnect).
+    `timeouts.drain_s` (their engine requests are aborted and decoder sessions freed as on a disconnect).
 
     Readiness answers 503 from the first moment, new requests get 503 with Retry-After, queued ones too.
     """
@@ -262,7 +262,7 @@ async def drain(app: FastAPI) -> None:
         return
     admission = services.admission
     admission.start_draining()
-    timeout = app.state.settings.drain_timeout_s
+    timeout = app.state.settings.timeouts.drain_s
     logger.info("draining: %d request(s) in flight, waiting up to %g s", admission.in_flight, timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

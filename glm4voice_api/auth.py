@@ -5,7 +5,7 @@ request's scope state (`request.state.tenant`) before any inner middleware or ha
 limits and metrics further in can read it. Every request gets a tenant: `default` where no key is needed.
 
 Keys come from two places: the static list in the settings (`--api-keys`, tenant `default`) and the store (hashed,
-per tenant, managed by `glm4voice-api keys`). Store lookups are cached in memory for `auth_cache_seconds`, so a
+per tenant, managed by `glm4voice-api keys`). Store lookups are cached in memory for `auth.cache_seconds`, so a
 revoked key keeps working on a running server for at most that long.
 """
 
@@ -44,9 +44,9 @@ class KeyResolver:
     """Which tenant a key belongs to, and whether keys are required at all (`auth` = auto|on|off)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.mode = settings.auth
-        self.ttl = settings.auth_cache_seconds
-        self.static = {hash_api_key(k): DEFAULT_TENANT for k in settings.api_keys}
+        self.mode = settings.auth.mode
+        self.ttl = settings.auth.cache_seconds
+        self.static = {hash_api_key(k): DEFAULT_TENANT for k in settings.auth.api_keys}
         self.store: Store | None = None
         self._tenants: dict[str, tuple[float, str | None]] = {}
         self._has_keys: tuple[float, bool] = (0.0, False)

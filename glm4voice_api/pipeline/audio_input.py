@@ -6,14 +6,14 @@ import asyncio
 from collections.abc import Callable
 
 from glm4voice_api.audio.decode import decode_audio, decode_base64
-from glm4voice_api.config import LimitSettings
+from glm4voice_api.config import RequestLimits
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 
 TOKENIZER_RATE = 16000
 
 
 class AudioInput:
-    def __init__(self, worker: SpeechTokenizerWorker, limits: LimitSettings) -> None:
+    def __init__(self, worker: SpeechTokenizerWorker, limits: RequestLimits) -> None:
         self.worker = worker
         self.limits = limits
         self.observe_seconds: Callable[[float], None] = lambda _seconds: None

@@ -81,26 +81,30 @@ def resolve_paths(settings: Settings) -> dict[str, Path]:
     return paths  # type: ignore[return-value]
 
 
-def is_random_weights(llm_path: Path, settings: Settings) -> bool:
-    config = json.loads((llm_path / "config.json").read_text())
-    return bool(config.get(RANDOM_WEIGHTS_KEY)) or settings.engine.load_format == "dummy"
+def is_random_weights(llm_config: dict, settings: Settings) -> bool:
+    return bool(llm_config.get(RANDOM_WEIGHTS_KEY)) or settings.engine.load_format == "dummy"
 
 
-def audio_device(settings: Settings) -> str:
-    """Where the speech tokenizer runs (and the decoder, unless `all` spreads it over every GPU)."""
+def cuda_available() -> bool:
     import torch
 
-    if settings.audio.audio_device not in ("auto", "all"):
-        return settings.audio.audio_device
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return torch.cuda.is_available()
 
 
 def decoder_devices(settings: Settings) -> list[str]:
+    """One decoder per GPU for `audio_device=all`, else the one (resolved) audio device."""
     import torch
 
-    if settings.audio.audio_device == "all":
+    if settings.audio_device == "all":
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
-    return [audio_device(settings)]
+    return [settings.audio_device]
+
+
+def tokenizer_device(settings: Settings) -> str:
+    """Where the speech tokenizer runs: the audio device, or cuda:0 when decoders spread over every GPU."""
+    if settings.audio_device == "all":
+        return "cuda:0" if cuda_available() else "cpu"
+    return settings.audio_device
 
 
 async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
@@ -108,13 +112,12 @@ async def start_audio_input(settings: Settings, path: Path) -> AudioInput:
 
     from glm4voice_api.models.speech_tokenizer.loader import load_speech_tokenizer
 
-    dtype = getattr(torch, settings.audio.tokenizer_dtype)
-    model = await asyncio.to_thread(load_speech_tokenizer, path, audio_device(settings), dtype)
-    worker = SpeechTokenizerWorker(
-        model, max_batch=settings.audio.tokenizer_max_batch, max_wait_ms=settings.audio.tokenizer_max_wait_ms
-    )
+    config = settings.speech_tokenizer
+    dtype = getattr(torch, config.dtype)
+    model = await asyncio.to_thread(load_speech_tokenizer, path, tokenizer_device(settings), dtype)
+    worker = SpeechTokenizerWorker(model, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms)
     worker.start()
-    return AudioInput(worker, settings.limits)
+    return AudioInput(worker, settings.request_limits)
 
 
 async def start_decoder(settings: Settings, path: Path) -> DecoderScheduler | DecoderPool:
@@ -132,27 +135,27 @@ async def _start_scheduler(settings: Settings, path: Path, device: str) -> Decod
     from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
     from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 
-    name = settings.audio.decoder_dtype
-    dtype = getattr(torch, ("bfloat16" if device.startswith("cuda") else "float32") if name == "auto" else name)
+    options = settings.speech_decoder
+    dtype = getattr(torch, options.dtype)
     decoder = await asyncio.to_thread(load_speech_decoder, path, device, dtype)
-    if settings.audio.decoder_cuda_graphs and device.startswith("cuda"):
+    if options.cuda_graphs and device.startswith("cuda"):
         decoder.flow.enable_graphs()
         # Every shape bucket is captured before the server is ready: a capture costs ~1 s, which would
         # otherwise land on some user's first audio.
-        longest = (settings.audio.decoder_max_prompt_tokens or 200) + max(settings.audio.decoder_schedule)
+        longest = (options.max_prompt_tokens or 200) + max(options.schedule)
         like = decoder.flow.input_embedding.weight
         count = await asyncio.to_thread(
-            decoder.flow.graphed.warmup, settings.audio.decoder_max_batch, decoder.mel_frames(longest), like
+            decoder.flow.graphed.warmup, options.max_batch, decoder.mel_frames(longest), like
         )
         logger.info("decoder on %s: %d CUDA graphs captured", device, count)
     config = DecoderStreamConfig(
-        schedule=tuple(settings.audio.decoder_schedule),
-        max_prompt_tokens=settings.audio.decoder_max_prompt_tokens,
+        schedule=tuple(options.schedule),
+        max_prompt_tokens=options.max_prompt_tokens or None,  # 0: the whole history
         # On a GPU the per-chunk noise is drawn there (see DecoderStreamConfig.rng_device); CPU keeps the
         # reference's exact draws.
         rng_device=device if device.startswith("cuda") else "cpu",
     )
-    scheduler = DecoderScheduler(decoder, config, max_batch=settings.audio.decoder_max_batch)
+    scheduler = DecoderScheduler(decoder, config, max_batch=options.max_batch)
     scheduler.start()
     return scheduler
 
@@ -163,7 +166,10 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     if not paths["llm"].is_dir():
         raise CheckpointFormatError(f"LLM folder {paths['llm']} does not exist")
     tokenizer = GLM4Tokenizer.from_dir(paths["llm"])
-    random_weights = is_random_weights(paths["llm"], settings)
+    llm_config = json.loads((paths["llm"] / "config.json").read_text())
+    random_weights = is_random_weights(llm_config, settings)
+    # Every machine- and model-dependent default is decided here, once, before anything starts.
+    settings = settings.resolved(cuda=cuda_available(), model_seq_length=int(llm_config.get("seq_length", 8192)))
     # The store first: a bad or unreachable store URL fails the start before minutes of model loading.
     store = open_store(settings.store, settings.cache_dir.resolve())
     closers = [store.close]

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from glm4voice_api.config import LimitSettings
+from glm4voice_api.config import AdmissionSettings, TenantLimitSettings
 from glm4voice_api.errors import APIError, shutting_down, too_many_requests
 from glm4voice_api.store import Store
 
@@ -217,12 +217,14 @@ class Admission:
         self.draining = False
 
     @classmethod
-    def from_limits(cls, limits: LimitSettings, engine_max_num_seqs: int, store: Store) -> Admission:
-        max_active = engine_max_num_seqs if limits.max_active_requests is None else (limits.max_active_requests or None)
-        max_queued = limits.max_queued_requests if limits.max_queued_requests is not None else (max_active or 0)
+    def from_settings(cls, admission: AdmissionSettings, tenants: TenantLimitSettings, store: Store) -> Admission:
+        """From resolved settings (`Settings.resolved`: `max_active` and `max_queued` are numbers; 0 = unlimited)."""
+        if admission.max_active is None or admission.max_queued is None:
+            msg = "admission settings must be resolved first (Settings.resolved)"
+            raise ValueError(msg)
         return cls(
-            AdmissionQueue(max_active, max_queued, limits.max_queue_wait_s),
-            TenantLimits(store, limits.tenant_max_concurrent, limits.tenant_requests_per_minute),
+            AdmissionQueue(admission.max_active or None, admission.max_queued, admission.max_queue_wait_s),
+            TenantLimits(store, tenants.max_concurrent, tenants.requests_per_minute),
         )
 
     @property

@@ -125,7 +125,7 @@ class ServingChat:
         return AssistantMessage(token_ids=tuple(stored.token_ids))
 
     async def _user_message(self, m: wire.UserMessage, index: int) -> UserMessage:
-        limit = self.rt.settings.limits.max_text_chars
+        limit = self.rt.settings.request_limits.max_text_chars
         raw_parts = [wire.TextContentPart(type="text", text=m.content)] if isinstance(m.content, str) else m.content
         parts: list[TextPart | AudioPart] = []
         for j, part in enumerate(raw_parts):
@@ -149,14 +149,14 @@ class ServingChat:
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         if n_prompt >= max_len:
             raise context_length_error(max_len, n_prompt, None, "messages")
-        cap = self.rt.settings.limits.max_tokens or None
+        cap = self.rt.settings.request_limits.max_tokens or None
         if requested is not None and cap is not None and requested > cap:
             # Refused rather than clamped: a silently shorter reply would look like the model's own choice to stop.
             raise invalid_request(f"{param} is {requested}; this server allows at most {cap}.", param)
         if requested is not None and n_prompt + requested > max_len:
             raise context_length_error(max_len, n_prompt, requested, param)
         if requested is None:
-            budget = self.rt.settings.limits.default_max_tokens
+            budget = self.rt.settings.request_limits.default_max_tokens
             if self.rt.random_weights:
                 budget = min(budget, RANDOM_WEIGHTS_MAX_TOKENS)
             requested = min(budget, max_len - n_prompt, cap or max_len)

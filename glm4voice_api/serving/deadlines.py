@@ -1,8 +1,8 @@
 """Time limits of one generation, and the drain's abort, around its event iterator.
 
-`bounded` runs each step of the underlying iterator under a deadline: the first audio (`first_audio_timeout_s`,
-spoken replies only) and the whole generation (`request_timeout_s`), both counted from the start of generation
-(time in the admission queue is bounded by `max_queue_wait_s` on its own). When a deadline passes, or the drain
+`bounded` runs each step of the underlying iterator under a deadline: the first audio (`timeouts.first_audio_s`,
+spoken replies only) and the whole generation (`timeouts.request_s`), both counted from the start of generation
+(time in the admission queue is bounded by `admission.max_queue_wait_s` on its own). When a deadline passes, or the drain
 aborts the request's lease, the step in progress is cancelled: the pipeline's generators clean up as on a client
 disconnect (engine request aborted, decoder session freed) and `bounded` raises the API error, which a stream
 reports as its error event and a non-streaming request as its response.
@@ -30,11 +30,11 @@ async def bounded(
     stream: bool = False,
 ) -> AsyncIterator[T]:
     """`events` under the request's time limits; `is_audio` tells the first audio (None: no first-audio limit)."""
-    limits = rt.settings.limits
+    limits = rt.settings.timeouts
     loop = asyncio.get_running_loop()
     start = loop.time()
-    total_at = start + limits.request_timeout_s if limits.request_timeout_s else None
-    first_at = start + limits.first_audio_timeout_s if limits.first_audio_timeout_s and is_audio else None
+    total_at = start + limits.request_s if limits.request_s else None
+    first_at = start + limits.first_audio_s if limits.first_audio_s and is_audio else None
     context = current_request()
     lease = context.lease if context is not None else None
     if stream:
@@ -73,13 +73,13 @@ def _expired(rt: Runtime, lease: object, first_at: float | None, now: float) -> 
     if abort_error is not None:
         rt.observe_rejection("drain_abort")
         return abort_error
-    limits = rt.settings.limits
+    limits = rt.settings.timeouts
     if first_at is not None and now >= first_at:
         rt.observe_rejection("first_audio_timeout")
-        return timed_out(f"No audio was ready within the server's {limits.first_audio_timeout_s:g} s limit; the "
+        return timed_out(f"No audio was ready within the server's {limits.first_audio_s:g} s limit; the "
                          "request was stopped. Retry later.", "first_audio_timeout")  # fmt: skip
     rt.observe_rejection("request_timeout")
-    return timed_out(f"The reply was not finished within the server's {limits.request_timeout_s:g} s limit; the "
+    return timed_out(f"The reply was not finished within the server's {limits.request_s:g} s limit; the "
                      "request was stopped. Retry later or ask for fewer tokens.", "request_timeout")  # fmt: skip
 
 

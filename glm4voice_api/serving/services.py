@@ -32,5 +32,7 @@ class Services:
             speech=ServingSpeech(runtime),
             transcription=ServingTranscription(runtime),
             voices=ServingVoices(runtime),
-            admission=Admission.from_limits(runtime.settings.limits, runtime.engine.info.max_num_seqs, runtime.store),
+            admission=Admission.from_settings(
+                runtime.settings.admission, runtime.settings.tenant_limits, runtime.store
+            ),
         )

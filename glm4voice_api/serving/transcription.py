@@ -94,7 +94,7 @@ class ServingTranscription:
 
     @property
     def max_audio_bytes(self) -> int:
-        return self.rt.settings.limits.max_audio_bytes
+        return self.rt.settings.request_limits.max_audio_bytes
 
     async def create_transcription(
         self, request: wire.TranscriptionRequest, audio: bytes, request_id: str
@@ -121,8 +121,8 @@ class ServingTranscription:
         if req.language is not None and not _LANGUAGE_CODE.match(req.language):
             raise invalid_request(f"Invalid language '{req.language}': give an ISO-639-1 code such as 'en'.",
                                   "language")  # fmt: skip
-        if req.prompt and len(req.prompt) > self.rt.settings.limits.max_text_chars:
-            raise invalid_request(f"The prompt is longer than {self.rt.settings.limits.max_text_chars} characters.",
+        if req.prompt and len(req.prompt) > self.rt.settings.request_limits.max_text_chars:
+            raise invalid_request(f"The prompt is longer than {self.rt.settings.request_limits.max_text_chars} characters.",
                                   "prompt")  # fmt: skip
         tokens, duration = await self._speech_tokens(audio, upload_format_hint(req.file.filename))
         message = UserMessage(parts=(AudioPart(tuple(tokens)), TextPart(_instruction(req.language, req.prompt))))
@@ -137,7 +137,7 @@ class ServingTranscription:
         )
 
     async def _speech_tokens(self, audio: bytes, hint: str | None) -> tuple[list[int], float]:
-        limits = self.rt.settings.limits
+        limits = self.rt.settings.request_limits
         async with audio_errors():
             waveform = await asyncio.to_thread(
                 decode_audio, audio, format=hint, target_rate=TOKENIZER_RATE, max_bytes=limits.max_audio_bytes,

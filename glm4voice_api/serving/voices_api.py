@@ -51,7 +51,7 @@ class ServingVoices:
 
     @property
     def max_sample_bytes(self) -> int:
-        return min(MAX_SAMPLE_BYTES, self.rt.settings.limits.max_audio_bytes)
+        return min(MAX_SAMPLE_BYTES, self.rt.settings.request_limits.max_audio_bytes)
 
     async def create_voice(self, request: wire.VoiceCreateRequest, sample: bytes, tenant: str) -> wire.VoiceObject:
         name = request.name.strip()
@@ -75,7 +75,7 @@ class ServingVoices:
 
         def decode(target_rate: int) -> np.ndarray:
             return decode_audio(sample, format=hint, target_rate=target_rate, max_bytes=self.max_sample_bytes,
-                                max_seconds=self.rt.settings.limits.max_audio_seconds, param="audio_sample")  # fmt: skip
+                                max_seconds=self.rt.settings.request_limits.max_audio_seconds, param="audio_sample")  # fmt: skip
 
         # Two decodes of the same bytes (16 kHz for the tokenizer, the decoder's rate for the mel) rather than a
         # resample of one: each then matches what the chat input path and the reference feed their models.

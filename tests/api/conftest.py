@@ -61,8 +61,8 @@ def launch_server(cache_dir: Path, log_path: Path, *extra: str, env: dict | None
     """Start the server process (on `port`, else a free one) without waiting for it: see wait_ready."""
     port = port or _free_port()
     cmd = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--cache-dir", str(cache_dir), "--max-model-len", "1024", "--max-num-seqs", "8",
-           "--warmup-batch-sizes", "1", *extra]  # fmt: skip
+           "--cache-dir", str(cache_dir), "--engine.max-model-len", "1024", "--engine.max-num-seqs", "8",
+           "--engine.warmup-batch-sizes", "1", *extra]  # fmt: skip
     log = log_path.open("w")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                                start_new_session=True)  # fmt: skip

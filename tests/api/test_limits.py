@@ -31,8 +31,8 @@ AUDIO = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": 
 def limited(cache_dir: Path, tmp_path: Path) -> Iterator[RunningServer]:
     running = start_server(
         cache_dir, tmp_path / "server.log", "--store", f"sqlite:///{tmp_path / 'store.sqlite3'}",
-        "--max-active-requests", "1", "--max-queued-requests", "1", "--max-queue-wait-s", "300",
-        "--tenant-requests-per-minute", str(RPM), "--max-tokens", "800",
+        "--admission.max-active", "1", "--admission.max-queued", "1", "--admission.max-queue-wait-s", "300",
+        "--tenant-limits.requests-per-minute", str(RPM), "--request-limits.max-tokens", "800",
     )  # fmt: skip
     yield running
     stop_server(running)

@@ -63,9 +63,9 @@ def tenants(default_set: Path, cache_dir: Path, redis_url: str, tmp_path_factory
             await store.close()
 
     keys = asyncio.run(make_keys())
-    # auth_cache_seconds 0: a revocation shows at once (the default, a few seconds, is for throughput).
-    server = start_server(cache_dir, tmp_path_factory.mktemp("tenants") / "server.log", "--auth-cache-seconds", "0",
-                          env={"GLM4VOICE_STORE": store_url, "GLM4VOICE_API_KEYS": STATIC_KEY})  # fmt: skip
+    # auth.cache_seconds 0: a revocation shows at once (the default, a few seconds, is for throughput).
+    server = start_server(cache_dir, tmp_path_factory.mktemp("tenants") / "server.log", "--auth.cache-seconds", "0",
+                          env={"GLM4VOICE_STORE": store_url, "GLM4VOICE_AUTH__API_KEYS": STATIC_KEY})  # fmt: skip
     yield Tenants(server, store_url, keys)
     stop_server(server)
 

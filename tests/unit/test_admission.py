@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from glm4voice_api.config import LimitSettings
+from glm4voice_api.config import AdmissionSettings, Settings, TenantLimitSettings, TimeoutSettings
 from glm4voice_api.errors import APIError, shutting_down
 from glm4voice_api.request_context import RequestContext, bind_request, unbind_request
 from glm4voice_api.serving.admission import Admission, AdmissionQueue, TenantLimits
@@ -193,17 +193,24 @@ async def test_draining_refuses_new_requests() -> None:
     assert refused.value.status == 503 and reasons == ["draining"]
 
 
+def _admission(**admission: int) -> Admission:
+    settings = Settings(admission=admission, engine={"max_num_seqs": 8}).resolved(cuda=False, model_seq_length=8192)
+    return Admission.from_settings(settings.admission, TenantLimitSettings(), FakeStore())
+
+
 def test_defaults_derive_from_the_engine() -> None:
-    admission = Admission.from_limits(LimitSettings(), 8, FakeStore())
+    admission = _admission()
     assert admission.queue.max_active == 8 and admission.queue.max_queued == 8
-    unlimited = Admission.from_limits(LimitSettings(max_active_requests=0), 8, FakeStore())
+    unlimited = _admission(max_active=0)
     assert unlimited.queue.max_active is None
+    with pytest.raises(ValueError, match="resolved"):
+        Admission.from_settings(AdmissionSettings(), TenantLimitSettings(), FakeStore())
 
 
-def _runtime(**limits: float | None) -> SimpleNamespace:
+def _runtime(**timeouts: float) -> SimpleNamespace:
     rejections: list[str] = []
     return SimpleNamespace(
-        settings=SimpleNamespace(limits=LimitSettings(**limits)),
+        settings=SimpleNamespace(timeouts=TimeoutSettings(**timeouts)),
         open_streams=0,
         observe_rejection=rejections.append,
         rejections=rejections,
@@ -227,7 +234,7 @@ class Source:
 
 
 async def test_first_audio_timeout_stops_the_generation() -> None:
-    rt = _runtime(first_audio_timeout_s=0.05, request_timeout_s=None)
+    rt = _runtime(first_audio_s=0.05, request_s=0)
     source = Source(["text", "text"])
     got: list[str] = []
     with pytest.raises(APIError) as expired:
@@ -239,7 +246,7 @@ async def test_first_audio_timeout_stops_the_generation() -> None:
 
 
 async def test_request_timeout_after_first_audio() -> None:
-    rt = _runtime(first_audio_timeout_s=30, request_timeout_s=0.05)
+    rt = _runtime(first_audio_s=30, request_s=0.05)
     source = Source(["audio"])
     with pytest.raises(APIError) as expired:
         async for _ in bounded(rt, source.events(), is_audio=lambda e: e == "audio"):
@@ -248,7 +255,7 @@ async def test_request_timeout_after_first_audio() -> None:
 
 
 async def test_no_limits_pass_everything_through() -> None:
-    rt = _runtime(first_audio_timeout_s=0, request_timeout_s=None)
+    rt = _runtime(first_audio_s=0, request_s=0)
 
     async def finite():
         for item in ("a", "b"):
@@ -258,7 +265,7 @@ async def test_no_limits_pass_everything_through() -> None:
 
 
 async def test_aborted_lease_ends_the_generation_with_its_error() -> None:
-    rt = _runtime(first_audio_timeout_s=None, request_timeout_s=None)
+    rt = _runtime(first_audio_s=0, request_s=0)
     admission = Admission(AdmissionQueue(2, 2, 30), TenantLimits(FakeStore(), None, None))
     lease = await admission.admit("a")
     token = bind_request(RequestContext("req-1", lease=lease))

@@ -37,7 +37,9 @@ def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             targets |= {base} | {f"{base}.{alias.name}" for alias in node.names}
     # A module and its own packages are not a cycle: importing a submodule always runs its packages' __init__.
     return {
-        t for t in targets if t in modules and t != name and not name.startswith(t + ".") and not t.startswith(name + ".")
+        t
+        for t in targets
+        if t in modules and t != name and not name.startswith(t + ".") and not t.startswith(name + ".")
     }
 
 
