@@ -61,7 +61,7 @@ class SeedBaseline:
             ids = self.rt.tokenizer.ids
             params = GenerationParams(
                 max_tokens=max_tokens, temperature=0.8, top_p=0.8, stop_token_ids=ids.stop_ids,
-                constraint=self.rt.interleave_constraint(),
+                constraint=self.rt.sampling.constraint(),
             )  # fmt: skip
             pending: asyncio.Queue[list[int] | None] = asyncio.Queue()
 

@@ -29,7 +29,7 @@ def build(settings: Settings):
 
     @app.get("/bench/stats")
     async def stats(request: Request) -> dict:
-        rt = request.app.state.services.runtime
+        rt = request.app.state.runtime
         flow = rt.decoder.decoder.flow
         graphed = getattr(flow, "graphed", None)
         return {
@@ -55,7 +55,7 @@ def build(settings: Settings):
         from glm4voice_api.audio.decode import decode_audio
         from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 
-        rt = request.app.state.services.runtime
+        rt = request.app.state.runtime
         if torch.cuda.is_available():  # the load levels before leave the caching allocator holding most memory
             torch.cuda.empty_cache()
         if "baseline" not in state:

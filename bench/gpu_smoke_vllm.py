@@ -46,17 +46,20 @@ from glm4voice_api.engine.base import GenerationParams, InterleaveConstraint
 from glm4voice_api.random_checkpoints.llm import (
     AUDIO_0,
     AUDIO_COUNT,
+    EOS_TOKEN_IDS,
+    NUM_RANKS,
+    PAD_TOKEN_ID,
     TinyLLMConfig,
     _config_json,
     _tokenizer_config,
     tiny_ranks,
     write_tiny_llm,
 )
-from glm4voice_api.text.tokenizer import GLM4Tokenizer
+from glm4voice_api.text.tokenizer import GLM4_CORE_SPECIALS, GLM4Tokenizer
 
-TEXT_RANGE = (0, 151329)
+TEXT_RANGE = (0, NUM_RANKS)
 AUDIO_RANGE = (AUDIO_0, AUDIO_0 + AUDIO_COUNT)  # (152353, 168737)
-EOS = (151336,)  # <|user|>
+EOS = (NUM_RANKS + GLM4_CORE_SPECIALS.index("<|user|>"),)  # 151336
 REALTIME_TOK_S = 12.5 * 39 / 26  # 18.75: tokens per second of speech in the 13/26 interleave
 
 # GLM-4-Voice-9B (glm4voice-spec.md 1.1)
@@ -79,7 +82,7 @@ def write_full_folder(out_dir: Path) -> Path:
     config["_name_or_path"] = "glm4voice-api/full-size-dummy-glm-4-voice-9b"
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329}, indent=2)
+        json.dumps({"eos_token_id": EOS_TOKEN_IDS, "pad_token_id": PAD_TOKEN_ID}, indent=2)
     )
     with (out_dir / "tokenizer.model").open("w") as f:
         for rank, token in enumerate(tiny_ranks()):

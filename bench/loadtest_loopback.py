@@ -46,7 +46,7 @@ LEAK_GAUGES = (
 )
 REPORTED = (
     *LEAK_GAUGES,
-    "glm4voice_engine_aborted_requests",
+    "glm4voice_engine_aborted_requests_total",
     "glm4voice_audio_output_seconds_total",
     "glm4voice_audio_input_seconds_total",
     "glm4voice_first_audio_seconds_count",

@@ -209,24 +209,22 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await build_runtime(settings, engine=engine)
-        metrics.bind(active_requests=runtime.engine.active_requests, aborted_requests=runtime.engine.aborted_requests,
-                     decoder_sessions=runtime.decoder.active_streams)  # fmt: skip
-        runtime.observe_first_audio = metrics.first_audio.observe
+        metrics.bind(
+            active_requests=runtime.engine.active_requests,
+            aborted_requests=runtime.engine.aborted_requests,
+            decoder_sessions=runtime.decoder.active_streams,
+        )
         auth.bind(runtime.store)  # before the services: never serve while auto auth cannot see the stored keys
-        runtime.observe_audio_out = metrics.audio_out.inc
-        runtime.observe_rtf = metrics.rtf.observe
-        runtime.observe_rejection = metrics.reject
-        runtime.audio_input.observe_seconds = metrics.audio_in.inc
-        services = Services.from_runtime(runtime)
-        services.admission.on_reject = metrics.reject
-        metrics.bind_serving(active_streams=lambda: runtime.open_streams, admitted=lambda: services.admission.in_flight,
-                             queued=lambda: services.admission.queue.queued)  # fmt: skip
+        services = Services.build(runtime, metrics)
+        admission = services.admission
+        metrics.bind_admission(admitted=lambda: admission.in_flight, queued=lambda: admission.queue.queued)
         app.state.services = services
+        app.state.runtime = runtime  # introspection only (bench/gpu_server.py); routes go through the services
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
-            app.state.services = None
+            app.state.services = app.state.runtime = None
             auth.bind(None)
             await runtime.close()
 
@@ -235,6 +233,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     app.state.metrics = metrics
     app.state.auth = auth = KeyResolver(settings)
     app.state.services = None
+    app.state.runtime = None
     app.state.draining = False
     _install_error_handlers(app)
     _publish_error_envelope(app)

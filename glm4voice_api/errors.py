@@ -83,3 +83,19 @@ def store_unavailable(retry_after: int = 5) -> APIError:
 
 def server_error(message: str = "The server had an error while processing your request.") -> APIError:
     return APIError(message, code="internal_error", status=500, type="server_error")
+
+
+def context_length_exceeded(max_len: int, n_prompt: int, requested: int | None, param: str) -> APIError:
+    """OpenAI's wording for a prompt (plus the requested completion) longer than the model's context."""
+    if requested is None:
+        message = (
+            f"This model's maximum context length is {max_len} tokens. However, your messages resulted in "
+            f"{n_prompt} tokens. Please reduce the length of the messages."
+        )
+    else:
+        message = (
+            f"This model's maximum context length is {max_len} tokens. However, you requested "
+            f"{n_prompt + requested} tokens ({n_prompt} in the messages, {requested} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
+    return APIError(message, param=param, code="context_length_exceeded")

@@ -1,19 +1,26 @@
-"""Builds and owns the long-lived parts: checkpoints, text tokenizer, engine (and the audio models as they land)."""
+"""Builds and owns the long-lived parts: checkpoints, text tokenizer, engine, speech tokenizer and decoder, store.
+
+`build_runtime` resolves the settings' defaults once (`Settings.resolved`), loads the three models, starts the
+engine and the worker threads, and returns a `Runtime`: a plain record of what was built. The serving layer takes
+from it only the parts each service uses (`serving.services.Services.build`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
-from glm4voice_api.engine.base import InterleaveConstraint, LLMEngine
+from glm4voice_api.engine.base import LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
+from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 from glm4voice_api.random_checkpoints.default import ensure_default_checkpoints
 from glm4voice_api.random_checkpoints.llm import RANDOM_WEIGHTS_KEY
@@ -24,44 +31,33 @@ from glm4voice_api.text.tokenizer import GLM4Tokenizer
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """What the server says about the model it serves (`/v1/models`) and what requests are checked against."""
+
+    name: str
+    root: str
+    max_model_len: int
+    random_weights: bool
+
+
 @dataclass
 class Runtime:
     settings: Settings
+    """Resolved: every machine- and model-dependent default is filled in."""
+    model: ServedModel
     tokenizer: GLM4Tokenizer
     prompts: PromptBuilder
+    sampling: Sampling
     engine: LLMEngine
     paths: dict[str, Path]
-    random_weights: bool
     audio_input: AudioInput
     decoder: DecoderScheduler | DecoderPool
+    """Speech output: one decoder thread (per GPU with `audio_device=all`) batching every reply's chunks."""
+    voice_maker: SpeechDecoder
+    """Makes speaker prompts from reference audio (no model weights involved, only the decoder's mel geometry)."""
     store: Store
-    closers: list = field(default_factory=list)
-    observe_first_audio: Callable[[float], None] = lambda _seconds: None
-    """Called with the seconds from request to first audio bytes (the app binds it to its metrics)."""
-    observe_audio_out: Callable[[float], None] = lambda _seconds: None
-    """Called with the seconds of audio each reply generated."""
-    observe_rtf: Callable[[float], None] = lambda _rtf: None
-    """Called with each audio stream's real-time factor (generation time over audio seconds)."""
-    observe_rejection: Callable[[str], None] = lambda _reason: None
-    """Called when a request is refused or stopped by a limit (reason: first_audio_timeout, request_timeout, ...)."""
-    open_streams: int = 0
-    """Streaming responses generating now."""
-
-    def interleave_constraint(
-        self, forced_text: list[int] | None = None, **kwargs: int | None
-    ) -> InterleaveConstraint | None:
-        """The sampler constraint for a reply, or None when the model is trusted to interleave by itself."""
-        mode = self.settings.interleave_constraint
-        if forced_text is None and (mode == "off" or (mode == "auto" and not self.random_weights)):
-            return None
-        ids = self.tokenizer.ids
-        return InterleaveConstraint(
-            text_range=(0, ids.num_text),
-            audio_range=(ids.audio_0, ids.audio_0 + ids.audio_count),
-            eos=(ids.user,),
-            forced_text=tuple(forced_text) if forced_text is not None else None,
-            **kwargs,
-        )
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def close(self) -> None:
         for close in reversed(self.closers):
@@ -187,15 +183,18 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     closers.append(engine.shutdown)
     if random_weights:
         logger.warning("serving RANDOM WEIGHTS from %s: the output is noise, not GLM-4-Voice", paths["llm"])
+    model = ServedModel(settings.served_model_name, str(paths["llm"]), engine.info.max_model_len, random_weights)
     return Runtime(
         settings=settings,
+        model=model,
         tokenizer=tokenizer,
         prompts=PromptBuilder(tokenizer),
+        sampling=Sampling(tokenizer.ids, settings.interleave_constraint, random_weights=random_weights),
         engine=engine,
         paths=paths,
-        random_weights=random_weights,
         audio_input=audio_input,
         decoder=decoder,
+        voice_maker=decoder.decoder,
         store=store,
         closers=closers,
     )

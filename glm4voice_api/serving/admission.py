@@ -217,7 +217,13 @@ class Admission:
         self.draining = False
 
     @classmethod
-    def from_settings(cls, admission: AdmissionSettings, tenants: TenantLimitSettings, store: Store) -> Admission:
+    def from_settings(
+        cls,
+        admission: AdmissionSettings,
+        tenants: TenantLimitSettings,
+        store: Store,
+        on_reject: Callable[[str], None] = lambda _reason: None,
+    ) -> Admission:
         """From resolved settings (`Settings.resolved`: `max_active` and `max_queued` are numbers; 0 = unlimited)."""
         if admission.max_active is None or admission.max_queued is None:
             msg = "admission settings must be resolved first (Settings.resolved)"
@@ -225,6 +231,7 @@ class Admission:
         return cls(
             AdmissionQueue(admission.max_active or None, admission.max_queued, admission.max_queue_wait_s),
             TenantLimits(store, tenants.max_concurrent, tenants.requests_per_minute),
+            on_reject,
         )
 
     @property

@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _CallbackCounter(Collector):
+    """A counter whose value another component keeps (it only grows), read at each scrape."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read: Callable[[], float] = lambda: 0
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 class Metrics:
@@ -17,8 +32,8 @@ class Metrics:
         self.engine_active = Gauge(
             "glm4voice_engine_active_requests", "Engine requests submitted and not finished.", registry=self.registry
         )
-        self.engine_aborted = Gauge(
-            "glm4voice_engine_aborted_requests", "Engine requests aborted before finishing.", registry=self.registry
+        self.engine_aborted = _CallbackCounter(
+            "glm4voice_engine_aborted_requests", "Engine requests aborted before finishing.", self.registry
         )
         self.decoder_sessions = Gauge(
             "glm4voice_decoder_active_sessions", "Decoder sessions open (each frees on close).", registry=self.registry
@@ -56,12 +71,10 @@ class Metrics:
     def bind(self, *, active_requests: Callable[[], int], aborted_requests: Callable[[], int],
              decoder_sessions: Callable[[], int]) -> None:  # fmt: skip
         self.engine_active.set_function(active_requests)
-        self.engine_aborted.set_function(aborted_requests)
+        self.engine_aborted.read = aborted_requests
         self.decoder_sessions.set_function(decoder_sessions)
 
-    def bind_serving(self, *, active_streams: Callable[[], int], admitted: Callable[[], int],
-                     queued: Callable[[], int]) -> None:  # fmt: skip
-        self.active_streams.set_function(active_streams)
+    def bind_admission(self, *, admitted: Callable[[], int], queued: Callable[[], int]) -> None:
         self.admitted.set_function(admitted)
         self.queue_depth.set_function(queued)
 

@@ -128,7 +128,7 @@ def test_unknown_audio_id_is_a_404_naming_it(server: RunningServer) -> None:
 def test_disconnect_mid_audio_frees_engine_request_and_decoder_session(server: RunningServer) -> None:
     import time
 
-    aborted = server.metric("glm4voice_engine_aborted_requests")
+    aborted = server.metric("glm4voice_engine_aborted_requests_total")
     stream = server.client(timeout=60).chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "A long answer please"}], max_tokens=780, stream=True,
         modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
@@ -147,4 +147,4 @@ def test_disconnect_mid_audio_frees_engine_request_and_decoder_session(server: R
         time.sleep(0.2)
     assert server.metric("glm4voice_engine_active_requests") == 0
     assert server.metric("glm4voice_decoder_active_sessions") == 0
-    assert server.metric("glm4voice_engine_aborted_requests") == aborted + 1
+    assert server.metric("glm4voice_engine_aborted_requests_total") == aborted + 1

@@ -58,7 +58,7 @@ def test_streaming_chat_with_usage(server: RunningServer) -> None:
 
 
 def test_client_disconnect_aborts_the_engine_request(server: RunningServer) -> None:
-    aborted_before = server.metric("glm4voice_engine_aborted_requests")
+    aborted_before = server.metric("glm4voice_engine_aborted_requests_total")
     client = server.client(timeout=60)
     stream = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Talk for a long time"}], max_tokens=800, stream=True
@@ -76,7 +76,7 @@ def test_client_disconnect_aborts_the_engine_request(server: RunningServer) -> N
         time.sleep(0.2)
     assert server.metric("glm4voice_engine_active_requests") == 0
     assert server.metric("vllm:num_requests_running") == 0
-    assert server.metric("glm4voice_engine_aborted_requests") == aborted_before + 1
+    assert server.metric("glm4voice_engine_aborted_requests_total") == aborted_before + 1
 
 
 def test_over_long_prompt_is_a_400_in_the_envelope(server: RunningServer) -> None:

@@ -115,7 +115,7 @@ def _leak_gauges(server: RunningServer) -> dict[str, float]:
 
 def test_disconnect_storm_leaves_nothing_behind(server: RunningServer) -> None:
     """Many streams cut mid-audio (and some before their first byte, possibly while queued): all freed."""
-    aborted = server.metric("glm4voice_engine_aborted_requests")
+    aborted = server.metric("glm4voice_engine_aborted_requests_total")
     body = {"model": MODEL, "messages": [{"role": "user", "content": "A long answer"}], "stream": True,
             "max_tokens": 780, **AUDIO}  # fmt: skip
     cut_mid_audio = [False] * 10
@@ -148,7 +148,7 @@ def test_disconnect_storm_leaves_nothing_behind(server: RunningServer) -> None:
     while time.monotonic() < deadline and any(_leak_gauges(server).values()):
         time.sleep(0.3)
     assert _leak_gauges(server) == dict.fromkeys(_leak_gauges(server), 0.0)
-    assert server.metric("glm4voice_engine_aborted_requests") >= aborted + sum(cut_mid_audio)
+    assert server.metric("glm4voice_engine_aborted_requests_total") >= aborted + sum(cut_mid_audio)
 
 
 def test_loopback_load_small(server: RunningServer, tmp_path: Path) -> None:

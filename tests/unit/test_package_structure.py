@@ -99,6 +99,30 @@ def test_cycle_finder_sees_indirect_cycles() -> None:
     assert _cycles(graph) == [["a", "b", "c"]]
 
 
+# The serving layer's features: each is built with its own collaborators (serving.services) and imports none of the
+# others; what they share lives in the shared modules (replies, deadlines, voices, errors, metrics, admission).
+SERVING_FEATURES = {
+    "chat": {"chat", "chat_output"},
+    "speech": {"speech"},
+    "transcription": {"transcription"},
+    "voices": {"voices_api"},
+    "models": {"models"},
+}
+
+
+def test_serving_features_do_not_import_each_other() -> None:
+    modules = _modules()
+    prefix = f"{PACKAGE}.serving."
+    owner = {f"{prefix}{m}": feature for feature, members in SERVING_FEATURES.items() for m in members}
+    crossing = [
+        (name, target)
+        for name, feature in owner.items()
+        for target in _imported(name, modules[name], modules)
+        if owner.get(target, feature) != feature
+    ]
+    assert crossing == []
+
+
 def test_everything_compiles() -> None:
     for folder in (PACKAGE, "plugins", "bench", "tests"):
         assert compileall.compile_dir(REPO / folder, quiet=1, force=True, legacy=False, workers=1), folder

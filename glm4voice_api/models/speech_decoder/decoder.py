@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from glm4voice_api.models.speech_decoder.flow import NOISE_SEED, FlowConfig, Flo
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
 from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
 
-__all__ = ["SpeechDecoder", "SpeechTokenizerLike", "StreamingConstants"]
+__all__ = ["SpeechDecoder", "StreamingConstants"]
 
 TOKEN_OVERLAP_LEN = 5  # flow_inference.py: tokens of mel regenerated and crossfaded at every chunk boundary
 MEL_CACHE_LEN = 1  # mel frames carried into the next HiFT call
@@ -45,10 +44,6 @@ class StreamingConstants:
         overlap = int(TOKEN_OVERLAP_LEN / flow.input_frame_rate * flow.sample_rate / flow.hop_length)
         window = torch.from_numpy(np.hamming(2 * overlap))
         return cls(overlap, MEL_CACHE_LEN, MEL_CACHE_LEN * flow.hop_length, window)
-
-
-class SpeechTokenizerLike(Protocol):
-    def tokenize(self, waveform: np.ndarray, sample_rate: int) -> list[int]: ...
 
 
 class SpeechDecoder:
@@ -150,14 +145,15 @@ class SpeechDecoder:
 
     # -- voices ------------------------------------------------------------------------------------------
 
-    def make_voice(self, waveform: np.ndarray, sample_rate: int, speech_tokenizer: SpeechTokenizerLike) -> Voice:
-        """Voice prompt from reference audio: its speech tokens plus its 22.05 kHz mel, aligned to the tokens."""
+    def make_voice(self, waveform: np.ndarray, sample_rate: int, tokens: list[int]) -> Voice:
+        """Voice prompt from reference audio and its speech tokens: the tokens plus the audio's 22.05 kHz mel,
+        cut or padded to the tokens' span."""
         import soxr
 
         from glm4voice_api.models.speech_decoder.mel import mel_spectrogram
 
         wav = np.asarray(waveform, dtype=np.float32).reshape(-1)
-        tokens = [int(t) for t in speech_tokenizer.tokenize(wav, sample_rate)]
+        tokens = [int(t) for t in tokens]
         if not tokens:
             msg = "voice audio produced no speech tokens"
             raise ValueError(msg)
