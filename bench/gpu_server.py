@@ -61,7 +61,7 @@ def build(settings: Settings):
         if "baseline" not in state:
             # The seed's decoder: its own float32, eager instance (no CUDA graphs, no batching).
             device = rt.decoder.decoder.device
-            decoder = await asyncio.to_thread(load_speech_decoder, rt.paths["decoder"], device, torch.float32)
+            decoder = await asyncio.to_thread(load_speech_decoder, rt.paths.decoder, device, torch.float32)
             state["baseline"] = SeedBaseline(rt, decoder)
         clip = make_question_wav(float(body.get("question_seconds", 3.0)))
         wav = decode_audio(clip, format="wav", max_bytes=len(clip), max_seconds=60)

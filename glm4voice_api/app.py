@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,13 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("glm4voice_api.access")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _OPEN_WHILE_DRAINING = ("/health", "/health/ready", "/metrics")
+
+
+@dataclass
+class _ResponseStatus:
+    """The status the app sent (500 until it sends one), for the access log and the request counter."""
+
+    status: int = 500
 
 
 class RequestContextMiddleware:
@@ -65,11 +73,11 @@ class RequestContextMiddleware:
         context = RequestContext(request_id, state)
         token = bind_request(context)
         started = time.perf_counter()
-        status_holder = {"status": 500}
+        response = _ResponseStatus()
         try:
-            await self._handle(scope, receive, send, request_id, headers, status_holder)
+            await self._handle(scope, receive, send, request_id, headers, response)
         finally:
-            status = status_holder["status"]
+            status = response.status
             self._count(scope, status, context.tenant)
             access_logger.info(
                 "%s %s %s", scope.get("method"), scope.get("path"), status,
@@ -79,11 +87,11 @@ class RequestContextMiddleware:
             unbind_request(token)
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, headers: dict, status_holder: dict
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, headers: dict, response: _ResponseStatus
     ) -> None:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
+                response.status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)

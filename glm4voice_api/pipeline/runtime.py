@@ -41,6 +41,15 @@ class ServedModel:
     random_weights: bool
 
 
+@dataclass(frozen=True)
+class CheckpointFolders:
+    """The three official folders the server loads."""
+
+    llm: Path
+    speech_tokenizer: Path
+    decoder: Path
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -50,7 +59,7 @@ class Runtime:
     prompts: PromptBuilder
     sampling: Sampling
     engine: LLMEngine
-    paths: dict[str, Path]
+    paths: CheckpointFolders
     audio_input: AudioInput
     decoder: DecoderScheduler | DecoderPool
     """Speech output: one decoder thread (per GPU with `audio_device=all`) batching every reply's chunks."""
@@ -67,14 +76,14 @@ class Runtime:
                 logger.exception("error while shutting down")
 
 
-def resolve_paths(settings: Settings) -> dict[str, Path]:
+def resolve_paths(settings: Settings) -> CheckpointFolders:
     """The three checkpoint folders: given ones, else the built-in tiny default (created once)."""
     paths = {k: (p.resolve() if p else None) for k, p in settings.model_paths().items()}
     if any(p is None for p in paths.values()):
         default = ensure_default_checkpoints(settings.cache_dir.resolve())
         for key, folder in OFFICIAL_FOLDERS.items():
             paths[key] = paths[key] or default / folder
-    return paths  # type: ignore[return-value]
+    return CheckpointFolders(**paths)  # type: ignore[arg-type]
 
 
 def is_random_weights(llm_config: dict, settings: Settings) -> bool:
@@ -159,10 +168,10 @@ async def _start_scheduler(settings: Settings, path: Path, device: str) -> Decod
 async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> Runtime:
     """Load everything the server needs. `engine` lets unit tests pass a fake."""
     paths = resolve_paths(settings)
-    if not paths["llm"].is_dir():
-        raise CheckpointFormatError(f"LLM folder {paths['llm']} does not exist")
-    tokenizer = GLM4Tokenizer.from_dir(paths["llm"])
-    llm_config = json.loads((paths["llm"] / "config.json").read_text())
+    if not paths.llm.is_dir():
+        raise CheckpointFormatError(f"LLM folder {paths.llm} does not exist")
+    tokenizer = GLM4Tokenizer.from_dir(paths.llm)
+    llm_config = json.loads((paths.llm / "config.json").read_text())
     random_weights = is_random_weights(llm_config, settings)
     # Every machine- and model-dependent default is decided here, once, before anything starts.
     settings = settings.resolved(cuda=cuda_available(), model_seq_length=int(llm_config.get("seq_length", 8192)))
@@ -170,20 +179,20 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     store = open_store(settings.store, settings.cache_dir.resolve())
     closers = [store.close]
     await store.ping()
-    audio_input = await start_audio_input(settings, paths["speech_tokenizer"])
+    audio_input = await start_audio_input(settings, paths.speech_tokenizer)
     closers.append(audio_input.worker.close)
-    decoder = await start_decoder(settings, paths["decoder"])
+    decoder = await start_decoder(settings, paths.decoder)
     closers.append(decoder.close)
     if engine is None:
         from glm4voice_api.engine.vllm_engine import VllmLLMEngine
 
         engine = await VllmLLMEngine.start(
-            paths["llm"], settings.engine, num_valid_tokens=tokenizer.ids.num_valid, random_weights=random_weights
+            paths.llm, settings.engine, num_valid_tokens=tokenizer.ids.num_valid, random_weights=random_weights
         )
     closers.append(engine.shutdown)
     if random_weights:
-        logger.warning("serving RANDOM WEIGHTS from %s: the output is noise, not GLM-4-Voice", paths["llm"])
-    model = ServedModel(settings.served_model_name, str(paths["llm"]), engine.info.max_model_len, random_weights)
+        logger.warning("serving RANDOM WEIGHTS from %s: the output is noise, not GLM-4-Voice", paths.llm)
+    model = ServedModel(settings.served_model_name, str(paths.llm), engine.info.max_model_len, random_weights)
     return Runtime(
         settings=settings,
         model=model,
