@@ -60,9 +60,12 @@ class SeedBaseline:
             prompt = self.rt.prompts.build([UserMessage(parts=(AudioPart(tuple(tokens)),))])
             ids = self.rt.tokenizer.ids
             params = GenerationParams(
-                max_tokens=max_tokens, temperature=0.8, top_p=0.8, stop_token_ids=ids.stop_ids,
+                max_tokens=max_tokens,
+                temperature=0.8,
+                top_p=0.8,
+                stop_token_ids=ids.stop_ids,
                 constraint=self.rt.sampling.constraint(),
-            )  # fmt: skip
+            )
             pending: asyncio.Queue[list[int] | None] = asyncio.Queue()
 
             async def produce() -> None:

@@ -66,8 +66,18 @@ def build(settings: Settings):
         clip = make_question_wav(float(body.get("question_seconds", 3.0)))
         wav = decode_audio(clip, format="wav", max_bytes=len(clip), max_seconds=60)
         turns = await state["baseline"].level(int(body["concurrency"]), wav, int(body.get("max_tokens", 390)))
-        return {"turns": [{"first_audio_s": t.first_audio_s, "done_s": t.done_s, "audio_s": t.audio_s,
-                           "rtf": t.rtf, "tokens": t.tokens} for t in turns]}  # fmt: skip
+        return {
+            "turns": [
+                {
+                    "first_audio_s": t.first_audio_s,
+                    "done_s": t.done_s,
+                    "audio_s": t.audio_s,
+                    "rtf": t.rtf,
+                    "tokens": t.tokens,
+                }
+                for t in turns
+            ]
+        }
 
     return app
 

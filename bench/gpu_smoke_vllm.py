@@ -195,9 +195,17 @@ async def start_engine(model_dir: Path, settings: EngineSettings, num_valid: int
 
 
 async def run_engine(
-    label: str, model_dir: Path, settings: EngineSettings, num_valid: int, args: argparse.Namespace, *,
-    with_processor: bool, constrained_ns: list[int], unconstrained_ns: list[int], report: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+    label: str,
+    model_dir: Path,
+    settings: EngineSettings,
+    num_valid: int,
+    args: argparse.Namespace,
+    *,
+    with_processor: bool,
+    constrained_ns: list[int],
+    unconstrained_ns: list[int],
+    report: dict[str, Any],
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     engine = await start_engine(model_dir, settings, num_valid, with_processor=with_processor)
     ready_s = time.perf_counter() - t0
@@ -208,11 +216,13 @@ async def run_engine(
     try:
         # Short warm-up per configuration (new batch shapes, the processor's first use).
         for n in constrained_ns:
-            await run_batch(engine, n, prompt_len=args.prompt_len, max_tokens=45, constrained=True,
-                            tag=f"{label}-wc{n}", seed=7)  # fmt: skip
+            await run_batch(
+                engine, n, prompt_len=args.prompt_len, max_tokens=45, constrained=True, tag=f"{label}-wc{n}", seed=7
+            )
         for n in unconstrained_ns:
-            await run_batch(engine, n, prompt_len=args.prompt_len, max_tokens=45, constrained=False,
-                            tag=f"{label}-wu{n}", seed=8)  # fmt: skip
+            await run_batch(
+                engine, n, prompt_len=args.prompt_len, max_tokens=45, constrained=False, tag=f"{label}-wu{n}", seed=8
+            )
         for n in constrained_ns:
             result["runs"].append(
                 await run_batch(
@@ -289,13 +299,30 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         report["version_error"] = repr(exc)
     report["engines"] = []
-    await run_engine("adapter", model_dir, settings, num_valid, args, with_processor=True,
-                     constrained_ns=_ints(args.concurrency), unconstrained_ns=_ints(args.unconstrained),
-                     report=report)  # fmt: skip
+    await run_engine(
+        "adapter",
+        model_dir,
+        settings,
+        num_valid,
+        args,
+        with_processor=True,
+        constrained_ns=_ints(args.concurrency),
+        unconstrained_ns=_ints(args.unconstrained),
+        report=report,
+    )
     if args.compare_mrv2:
         await asyncio.sleep(5)  # let the first engine core release the GPU
-        await run_engine("no-processor", model_dir, settings, num_valid, args, with_processor=False,
-                         constrained_ns=[], unconstrained_ns=_ints(args.mrv2_concurrency), report=report)  # fmt: skip
+        await run_engine(
+            "no-processor",
+            model_dir,
+            settings,
+            num_valid,
+            args,
+            with_processor=False,
+            constrained_ns=[],
+            unconstrained_ns=_ints(args.mrv2_concurrency),
+            report=report,
+        )
     return report
 
 

@@ -46,8 +46,10 @@ def prepare_folders(work: Path) -> dict[str, Path]:
     from glm4voice_api.random_checkpoints.speech_decoder import write_tiny_speech_decoder
     from glm4voice_api.random_checkpoints.speech_tokenizer import write_tiny_speech_tokenizer
 
-    paths = {k: work / v for k, v in
-             {"llm": "glm-4-voice-9b", "tok": "glm-4-voice-tokenizer", "dec": "glm-4-voice-decoder"}.items()}  # fmt: skip
+    paths = {
+        k: work / v
+        for k, v in {"llm": "glm-4-voice-9b", "tok": "glm-4-voice-tokenizer", "dec": "glm-4-voice-decoder"}.items()
+    }
     done = work / ".complete"
     if not done.exists():
         t0 = time.perf_counter()
@@ -61,22 +63,24 @@ def prepare_folders(work: Path) -> dict[str, Path]:
 
 def server_env(args: argparse.Namespace, paths: dict[str, Path]) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "GLM4VOICE_LLM_PATH": str(paths["llm"]),
-        "GLM4VOICE_SPEECH_TOKENIZER_PATH": str(paths["tok"]),
-        "GLM4VOICE_DECODER_PATH": str(paths["dec"]),
-        "GLM4VOICE_CACHE_DIR": str(Path(args.work) / "cache"),
-        "GLM4VOICE_ENGINE__LOAD_FORMAT": "dummy",
-        "GLM4VOICE_ENGINE__MAX_NUM_SEQS": str(args.max_num_seqs),
-        "GLM4VOICE_ENGINE__MAX_MODEL_LEN": "4096",
-        "GLM4VOICE_ENGINE__GPU_MEMORY_UTILIZATION": str(args.gpu_memory_utilization),
-        "GLM4VOICE_SPEECH_DECODER__DTYPE": args.decoder_dtype,
-        "GLM4VOICE_SPEECH_TOKENIZER__DTYPE": "bfloat16",
-        "GLM4VOICE_SPEECH_DECODER__MAX_BATCH": str(args.decoder_max_batch),
-        "GLM4VOICE_SPEECH_DECODER__CUDA_GRAPHS": "true" if args.graphs else "false",
-        "GLM4VOICE_WEB_DEMO": "false",
-        "GLM4VOICE_LOG__LEVEL": "warning",
-    })  # fmt: skip
+    env.update(
+        {
+            "GLM4VOICE_LLM_PATH": str(paths["llm"]),
+            "GLM4VOICE_SPEECH_TOKENIZER_PATH": str(paths["tok"]),
+            "GLM4VOICE_DECODER_PATH": str(paths["dec"]),
+            "GLM4VOICE_CACHE_DIR": str(Path(args.work) / "cache"),
+            "GLM4VOICE_ENGINE__LOAD_FORMAT": "dummy",
+            "GLM4VOICE_ENGINE__MAX_NUM_SEQS": str(args.max_num_seqs),
+            "GLM4VOICE_ENGINE__MAX_MODEL_LEN": "4096",
+            "GLM4VOICE_ENGINE__GPU_MEMORY_UTILIZATION": str(args.gpu_memory_utilization),
+            "GLM4VOICE_SPEECH_DECODER__DTYPE": args.decoder_dtype,
+            "GLM4VOICE_SPEECH_TOKENIZER__DTYPE": "bfloat16",
+            "GLM4VOICE_SPEECH_DECODER__MAX_BATCH": str(args.decoder_max_batch),
+            "GLM4VOICE_SPEECH_DECODER__CUDA_GRAPHS": "true" if args.graphs else "false",
+            "GLM4VOICE_WEB_DEMO": "false",
+            "GLM4VOICE_LOG__LEVEL": "warning",
+        }
+    )
     for item in args.set:  # e.g. --set SPEECH_DECODER__SCHEDULE=[10,20,40,80,160]
         key, _, value = item.partition("=")
         env[f"GLM4VOICE_{key.upper()}"] = value
@@ -89,15 +93,21 @@ def settings_used(env: dict[str, str]) -> dict[str, str]:
 
 def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     log = log_path.open("w")
-    return subprocess.Popen([sys.executable, "-m", "bench.gpu_server", "--port", str(port)], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.gpu_server", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
 
 
 def gpu_names() -> list[str]:
     if not shutil.which("nvidia-smi"):
         return []
-    out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                         text=True, check=False)  # fmt: skip
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, check=False
+    )
     return out.stdout.strip().splitlines()
 
 
@@ -138,17 +148,46 @@ def split(before: dict, after: dict, wall: float) -> dict:
 async def our_path(args: argparse.Namespace, url: str) -> list[dict]:
     levels = []
     for concurrency in args.levels:
-        lg = loadgen.parse_args([
-            "--url", url, "--turns", str(args.turns), "--max-tokens", str(args.max_tokens),
-            "--ramp", str(args.ramp), "--question-seconds", "3", "--timeout", "240",
-        ])  # fmt: skip
+        lg = loadgen.parse_args(
+            [
+                "--url",
+                url,
+                "--turns",
+                str(args.turns),
+                "--max-tokens",
+                str(args.max_tokens),
+                "--ramp",
+                str(args.ramp),
+                "--question-seconds",
+                "3",
+                "--timeout",
+                "240",
+            ]
+        )
         before = await stats(url)
         level = await loadgen.run_level(url, concurrency, lg, args.wav_b64)
         after = await stats(url)
         summary = level.summary() | {"gpu_split": split(before, after, level.wall_s)}
         levels.append(summary)
-        print(json.dumps({k: summary[k] for k in ("concurrency", "ok", "errors", "realtime", "ttfa_ms", "first_text_ms", "rtf",
-                                                   "tokens_per_s", "gpu_split")}), flush=True)  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    k: summary[k]
+                    for k in (
+                        "concurrency",
+                        "ok",
+                        "errors",
+                        "realtime",
+                        "ttfa_ms",
+                        "first_text_ms",
+                        "rtf",
+                        "tokens_per_s",
+                        "gpu_split",
+                    )
+                }
+            ),
+            flush=True,
+        )
         if not summary["realtime"] and summary["rtf"]["p50"] and summary["rtf"]["p50"] > 1.5:
             break  # far past capacity: the next levels would only take time
     return levels
@@ -231,8 +270,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         "settings": settings_used(env) | {"turns": args.turns, "max_tokens": args.max_tokens, "ramp_s": args.ramp},
         "weights": "random (vLLM load_format=dummy; random-weight tokenizer and decoder at released sizes)",
     }
-    full = {"latest": latest, "server_ready_s": round(ready_s, 1), "warm_stats": warm, "ours": ours,
-            "baseline": base}  # fmt: skip
+    full = {"latest": latest, "server_ready_s": round(ready_s, 1), "warm_stats": warm, "ours": ours, "baseline": base}
     (out / "gpu_suite.json").write_text(json.dumps(full, indent=2) + "\n")
     (out / "latest.json").write_text(json.dumps(latest, indent=2) + "\n")
     print(json.dumps(latest, indent=2), flush=True)

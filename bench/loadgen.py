@@ -229,8 +229,10 @@ async def run(args: argparse.Namespace) -> dict:
         if args.keep_turns:
             summary["turn_details"] = [asdict(t) | {"rtf": t.rtf} for t in level.turns]
         levels.append(summary)
-        print(json.dumps({k: summary[k] for k in ("concurrency", "ok", "errors", "realtime", "ttfa_ms", "rtf")}),
-              flush=True)  # fmt: skip
+        print(
+            json.dumps({k: summary[k] for k in ("concurrency", "ok", "errors", "realtime", "ttfa_ms", "rtf")}),
+            flush=True,
+        )
     return {
         "url": args.url,
         "turns_per_session": args.turns,

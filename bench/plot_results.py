@@ -30,8 +30,13 @@ def plot(result: dict, out: Path) -> list[Path]:
         ax.plot(c, [lv["ttfa_ms"]["p99"] for lv in series], style, alpha=0.5, label=f"{label} p99")
     ax.axhline(250, color="grey", lw=0.8, ls=":")
     ax.axhline(800, color="grey", lw=0.8, ls=":")
-    ax.set(xscale="log", yscale="log", xlabel="concurrent spoken-chat streams", ylabel="first audio (ms)",
-           title=f"First-audio latency vs concurrency\n{title}")  # fmt: skip
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="concurrent spoken-chat streams",
+        ylabel="first audio (ms)",
+        title=f"First-audio latency vs concurrency\n{title}",
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     files.append(_save(fig, out / "ttfa_vs_concurrency.png"))
@@ -42,8 +47,12 @@ def plot(result: dict, out: Path) -> list[Path]:
         ax.plot(c, [lv["rtf"]["p50"] for lv in series], style, label=f"{label} RTF p50")
         ax.plot(c, [lv["rtf"]["max"] for lv in series], style, alpha=0.5, label=f"{label} RTF max")
     ax.axhline(1.0, color="red", lw=0.8, ls=":", label="real time")
-    ax.set(xscale="log", xlabel="concurrent spoken-chat streams", ylabel="(arrival -> last audio) / audio s",
-           title=f"Real-time factor per stream vs concurrency (< 1: real time)\n{title}")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlabel="concurrent spoken-chat streams",
+        ylabel="(arrival -> last audio) / audio s",
+        title=f"Real-time factor per stream vs concurrency (< 1: real time)\n{title}",
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     files.append(_save(fig, out / "realtime_vs_concurrency.png"))
@@ -52,13 +61,22 @@ def plot(result: dict, out: Path) -> list[Path]:
     levels = [lv for lv in ours if lv.get("gpu_split")]
     x = range(len(levels))
     width = 0.27
-    for k, (key, label) in enumerate((("llm", "LLM (vLLM)"), ("decoder", "speech decoder"),
-                                      ("tokenizer", "speech tokenizer"))):  # fmt: skip
-        ax.bar([i + (k - 1) * width for i in x], [lv["gpu_split"].get(f"{key}_busy_fraction") or 0 for lv in levels],
-               width, label=label)  # fmt: skip
+    for k, (key, label) in enumerate(
+        (("llm", "LLM (vLLM)"), ("decoder", "speech decoder"), ("tokenizer", "speech tokenizer"))
+    ):
+        ax.bar(
+            [i + (k - 1) * width for i in x],
+            [lv["gpu_split"].get(f"{key}_busy_fraction") or 0 for lv in levels],
+            width,
+            label=label,
+        )
     ax.set_xticks(list(x), [str(lv["concurrency"]) for lv in levels])
-    ax.set(xlabel="concurrent spoken-chat streams", ylabel="busy fraction of the level's wall time",
-           title=f"GPU time split (busy time per component; they overlap)\n{title}", ylim=(0, 1.15))  # fmt: skip
+    ax.set(
+        xlabel="concurrent spoken-chat streams",
+        ylabel="busy fraction of the level's wall time",
+        title=f"GPU time split (busy time per component; they overlap)\n{title}",
+        ylim=(0, 1.15),
+    )
     ax.legend(fontsize=8, loc="upper center", ncol=3)
     ax.grid(alpha=0.3, axis="y")
     files.append(_save(fig, out / "gpu_split.png"))

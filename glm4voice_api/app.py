@@ -80,10 +80,17 @@ class RequestContextMiddleware:
             status = response.status
             self._count(scope, status, context.tenant)
             access_logger.info(
-                "%s %s %s", scope.get("method"), scope.get("path"), status,
-                extra={"method": scope.get("method"), "path": scope.get("path"), "status": status,
-                       "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
-            )  # fmt: skip
+                "%s %s %s",
+                scope.get("method"),
+                scope.get("path"),
+                status,
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
             unbind_request(token)
 
     async def _handle(
@@ -102,8 +109,10 @@ class RequestContextMiddleware:
             return
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            await _send_error(send_with_id, payload_too_large(
-                f"The request body is larger than the {self.max_body} byte limit.", param="body"))  # fmt: skip
+            await _send_error(
+                send_with_id,
+                payload_too_large(f"The request body is larger than the {self.max_body} byte limit.", param="body"),
+            )
             return
         received = 0
 
@@ -113,8 +122,12 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise APIError(f"The request body is larger than the {self.max_body} byte limit.",
-                                   param="body", code="request_too_large", status=413)  # fmt: skip
+                    raise APIError(
+                        f"The request body is larger than the {self.max_body} byte limit.",
+                        param="body",
+                        code="request_too_large",
+                        status=413,
+                    )
             return message
 
         await self.app(scope, capped_receive, send_with_id)
@@ -172,8 +185,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientDisconnectedError)
     async def on_disconnect(_: Request, __: ClientDisconnectedError) -> JSONResponse:
-        return JSONResponse({"error": {"message": "client disconnected", "type": "invalid_request_error",
-                                       "param": None, "code": "client_disconnected"}}, status_code=499)  # fmt: skip
+        return JSONResponse(
+            {
+                "error": {
+                    "message": "client disconnected",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "client_disconnected",
+                }
+            },
+            status_code=499,
+        )
 
     @app.exception_handler(Exception)
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -252,8 +274,12 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     # Added before (so inside) the request-context middleware: 401s carry x-request-id and are counted; added after
     # any middleware that reads request.state.tenant (admission, rate limits), so the tenant is set before they run.
     app.add_middleware(AuthMiddleware, resolver=auth, protect_health_metrics=settings.auth.protect_health_metrics)
-    app.add_middleware(RequestContextMiddleware, max_body=settings.request_limits.max_body_bytes, metrics=metrics,
-                       draining=lambda: app.state.draining)  # fmt: skip
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body=settings.request_limits.max_body_bytes,
+        metrics=metrics,
+        draining=lambda: app.state.draining,
+    )
     return app
 
 

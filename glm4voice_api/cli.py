@@ -123,10 +123,16 @@ async def _keys_create(store: Store, args: argparse.Namespace, settings: Setting
 
 async def _keys_list(store: Store, args: argparse.Namespace, settings: Settings) -> list[str]:
     rows = [
-        (k.id, k.tenant, k.prefix + "...", _when(k.created_at),
-         "active" if k.revoked_at is None else f"revoked {_when(k.revoked_at)}")
-        for k in await store.list_keys() if args.tenant in (None, k.tenant)
-    ]  # fmt: skip
+        (
+            k.id,
+            k.tenant,
+            k.prefix + "...",
+            _when(k.created_at),
+            "active" if k.revoked_at is None else f"revoked {_when(k.revoked_at)}",
+        )
+        for k in await store.list_keys()
+        if args.tenant in (None, k.tenant)
+    ]
     return _table(("ID", "TENANT", "PREFIX", "CREATED", "STATUS"), rows)
 
 

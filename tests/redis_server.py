@@ -50,13 +50,27 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> RedisServer:
-        persistence = (["--appendonly", "yes", "--appendfsync", "always", "--save", ""] if self.persistent
-                       else ["--appendonly", "no", "--save", ""])  # fmt: skip
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+            if self.persistent
+            else ["--appendonly", "no", "--save", ""]
+        )
         self.process = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", *persistence, "--dir", str(self.folder),
-             "--logfile", str(self.folder / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                self.exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                *persistence,
+                "--dir",
+                str(self.folder),
+                "--logfile",
+                str(self.folder / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=1)
         try:
             deadline = time.monotonic() + START_TIMEOUT_S

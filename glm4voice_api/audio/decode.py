@@ -58,6 +58,7 @@ _DEMUXER_FOR_HINT = {
 }
 SUPPORTED_INPUT_FORMATS = frozenset(_DEMUXER_FOR_HINT) | PCM_FORMATS
 
+
 def upload_format_hint(filename: str | None) -> str | None:
     """The file extension as a decode hint (only a fallback: the content is probed first), when it names one.
 

@@ -85,7 +85,9 @@ class LLMEngine(Protocol):
 
     info: EngineInfo
 
-    def generate(self, prompt_ids: list[int], params: GenerationParams, request_id: str) -> AsyncIterator[GenerationDelta]:
+    def generate(
+        self, prompt_ids: list[int], params: GenerationParams, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
         """Stream the reply. Closing the iterator early aborts the request in the engine."""
         ...
 

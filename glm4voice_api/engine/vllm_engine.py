@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "Glm4VoiceForCausalLM"
 LOGITS_PROCESSOR = "glm4voice_vllm.logits:InterleaveLogitsProcessor"
+
+
 def cuda_available() -> bool:
     import torch
 

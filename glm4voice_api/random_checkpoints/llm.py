@@ -146,8 +146,14 @@ def tiny_ranks() -> list[bytes]:
 
 def _tokenizer_config() -> dict:
     def entry(content: str) -> dict:
-        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                "special": True}  # fmt: skip
+        return {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
 
     added = {str(NUM_RANKS + i): entry(c) for i, c in enumerate(GLM4_CORE_SPECIALS)}
     added[str(NUM_RANKS + len(GLM4_CORE_SPECIALS))] = entry("<|begin_of_audio|>")
@@ -156,8 +162,18 @@ def _tokenizer_config() -> dict:
         added[str(AUDIO_0 + i)] = entry(f"<|audio_{i}|>")
     return {
         "added_tokens_decoder": added,
-        "additional_special_tokens": ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
-                                      "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+        "additional_special_tokens": [
+            "<|endoftext|>",
+            "[MASK]",
+            "[gMASK]",
+            "[sMASK]",
+            "<sop>",
+            "<eop>",
+            "<|system|>",
+            "<|user|>",
+            "<|assistant|>",
+            "<|observation|>",
+        ],
         "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLM4Tokenizer", None]},
         "clean_up_tokenization_spaces": False,
         "do_lower_case": False,
@@ -167,7 +183,7 @@ def _tokenizer_config() -> dict:
         "padding_side": "left",
         "remove_space": False,
         "tokenizer_class": "ChatGLM4Tokenizer",
-    }  # fmt: skip
+    }
 
 
 def write_tiny_llm(out_dir: Path, *, seed: int = 0, config: TinyLLMConfig | None = None) -> Path:

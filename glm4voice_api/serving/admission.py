@@ -102,8 +102,10 @@ class AdmissionQueue:
             on_reject("queue_full")
             raise too_many_requests(
                 f"The server is at capacity ({self.active} requests running, {self.queued} waiting); "
-                "retry after the time in Retry-After.", "server_overloaded", self.retry_after,
-            )  # fmt: skip
+                "retry after the time in Retry-After.",
+                "server_overloaded",
+                self.retry_after,
+            )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -116,8 +118,10 @@ class AdmissionQueue:
             on_reject("queue_timeout")
             raise too_many_requests(
                 f"The server is at capacity: no slot became free within {self.max_wait_s:g} s; retry after the "
-                "time in Retry-After.", "server_overloaded", self.retry_after,
-            ) from None  # fmt: skip
+                "time in Retry-After.",
+                "server_overloaded",
+                self.retry_after,
+            ) from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release()  # handed a slot, but the caller is gone: pass it on
@@ -172,8 +176,10 @@ class TenantLimits:
         if self.max_concurrent is not None and count >= self.max_concurrent:
             raise too_many_requests(
                 f"Too many concurrent requests: at most {self.max_concurrent} at a time for your organization; "
-                "retry when one has finished.", "rate_limit_exceeded", 1,
-            )  # fmt: skip
+                "retry when one has finished.",
+                "rate_limit_exceeded",
+                1,
+            )
         self.running[tenant] = count + 1
 
     def leave(self, tenant: str) -> None:
@@ -197,8 +203,10 @@ class TenantLimits:
             retry_after = max(1, math.ceil(window_start + WINDOW_S - now))
             raise too_many_requests(
                 f"Rate limit reached: {self.requests_per_minute} requests per minute for your organization; "
-                f"retry in {retry_after} s.", "rate_limit_exceeded", retry_after,
-            )  # fmt: skip
+                f"retry in {retry_after} s.",
+                "rate_limit_exceeded",
+                retry_after,
+            )
 
 
 class Admission:

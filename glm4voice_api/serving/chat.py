@@ -85,8 +85,10 @@ class ServingChat:
             if req.stream and req.audio.format != "pcm16":
                 raise APIError(
                     f"Unsupported value: 'audio.format' does not support '{req.audio.format}' when stream=true. "
-                    "Supported values are: 'pcm16'.", param="audio.format", code="unsupported_value",
-                )  # fmt: skip
+                    "Supported values are: 'pcm16'.",
+                    param="audio.format",
+                    code="unsupported_value",
+                )
             voice = await self.voices.resolve(req.audio.voice, tenant, param="audio.voice")
         system, messages = await self._conversation(req, tenant)
         prompt = self.prompts.build(messages, system=system)
@@ -130,9 +132,10 @@ class ServingChat:
         stored = await self.store.get_audio(tenant, m.audio.id, int(time.time()))
         if stored is None:  # another tenant's id reads exactly as a nonexistent one
             raise not_found(
-                f"Audio with id '{m.audio.id}' was not found or has expired.", f"messages[{index}].audio.id",
+                f"Audio with id '{m.audio.id}' was not found or has expired.",
+                f"messages[{index}].audio.id",
                 code="audio_not_found",
-            )  # fmt: skip
+            )
         return AssistantMessage(token_ids=tuple(stored.token_ids))
 
     async def _user_message(self, m: wire.UserMessage, index: int) -> UserMessage:

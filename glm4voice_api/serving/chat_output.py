@@ -99,25 +99,36 @@ async def complete(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
         data = await asyncio.to_thread(encode_whole, plan.audio_format, samples, replies.sample_rate)
         await _store_reply(store, plan, done)
-        message = wire.ChatCompletionMessage(content=None, audio=wire.ChatCompletionAudio(
-            id=plan.audio_id, data=base64.b64encode(data).decode(), expires_at=plan.expires_at,
-            transcript=done.transcript,
-        ))  # fmt: skip
+        message = wire.ChatCompletionMessage(
+            content=None,
+            audio=wire.ChatCompletionAudio(
+                id=plan.audio_id,
+                data=base64.b64encode(data).decode(),
+                expires_at=plan.expires_at,
+                transcript=done.transcript,
+            ),
+        )
     ids = plan.return_token_ids
     return wire.ChatCompletionResponse(
-        id=plan.response_id, created=plan.created, model=plan.model,
-        choices=[wire.Choice(message=message, finish_reason=done.finish_reason,
-                             token_ids=done.reply_ids if ids else None)],
-        usage=usage_of(done.usage), prompt_token_ids=plan.prompt.token_ids if ids else None,
-    )  # fmt: skip
+        id=plan.response_id,
+        created=plan.created,
+        model=plan.model,
+        choices=[
+            wire.Choice(message=message, finish_reason=done.finish_reason, token_ids=done.reply_ids if ids else None)
+        ],
+        usage=usage_of(done.usage),
+        prompt_token_ids=plan.prompt.token_ids if ids else None,
+    )
 
 
-async def stream(
-    replies: Replies, store: Store, turn: Turn, plan: ChatPlan
-) -> AsyncIterator[wire.ChatCompletionChunk]:
+async def stream(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.ChatCompletionChunk]:
     def chunk(delta: wire.ChoiceDelta, finish_reason: str | None = None) -> wire.ChatCompletionChunk:
-        return wire.ChatCompletionChunk(id=plan.response_id, created=plan.created, model=plan.model,
-                                        choices=[wire.StreamChoice(delta=delta, finish_reason=finish_reason)])  # fmt: skip
+        return wire.ChatCompletionChunk(
+            id=plan.response_id,
+            created=plan.created,
+            model=plan.model,
+            choices=[wire.StreamChoice(delta=delta, finish_reason=finish_reason)],
+        )
 
     audio = plan.audio_format is not None
     first_audio = [True]
@@ -152,5 +163,10 @@ async def stream(
                     yield audio_delta(expires_at=plan.expires_at)
                 yield chunk(wire.ChoiceDelta(), finish_reason=event.finish_reason)
                 if plan.include_usage:
-                    yield wire.ChatCompletionChunk(id=plan.response_id, created=plan.created, model=plan.model,
-                                                   choices=[], usage=usage_of(event.usage))  # fmt: skip
+                    yield wire.ChatCompletionChunk(
+                        id=plan.response_id,
+                        created=plan.created,
+                        model=plan.model,
+                        choices=[],
+                        usage=usage_of(event.usage),
+                    )

@@ -195,8 +195,10 @@ class ServingSpeech:
             raise APIError(
                 f"This model's maximum context length is {max_len} tokens. However, speaking this input needs at "
                 f"least {needed} tokens ({n_prompt} in the prompt, {needed - n_prompt} for the interleaved text and "
-                "speech). Please shorten the input.", param="input", code="context_length_exceeded",
-            )  # fmt: skip
+                "speech). Please shorten the input.",
+                param="input",
+                code="context_length_exceeded",
+            )
         # A long input on a short context keeps the guaranteed minimum and gives up some slack above it.
         return SpeechLayout(layout.text_end, layout.min_audio_after_text, min(layout.max_audio_after_text, room))
 
@@ -242,6 +244,9 @@ class ServingSpeech:
                     yield wire.SpeechAudioDelta(audio=base64.b64encode(item).decode())
                     continue
                 u = item.usage
-                usage = wire.SpeechUsage(input_tokens=u.prompt_tokens, output_tokens=u.completion_tokens,
-                                         total_tokens=u.prompt_tokens + u.completion_tokens)  # fmt: skip
+                usage = wire.SpeechUsage(
+                    input_tokens=u.prompt_tokens,
+                    output_tokens=u.completion_tokens,
+                    total_tokens=u.prompt_tokens + u.completion_tokens,
+                )
                 yield wire.SpeechAudioDone(usage=usage, transcript=item.transcript)

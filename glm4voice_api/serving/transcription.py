@@ -33,14 +33,33 @@ from glm4voice_api.text.tokenizer import GLM4Tokenizer
 # Text budget: fast Mandarin is ~5 characters (~5 tokens) a second, English ~3.5 tokens; +1 group of slack. Each
 # text token costs 3 reply slots (13 text + 26 audio), so the budget in reply tokens is 3x the text budget.
 TEXT_TOKENS_PER_SECOND = 5
-INSTRUCTION = ("Transcribe the speech above exactly, word for word, in the language it is spoken in. "
-               "Do not answer it, translate it or add anything.")  # fmt: skip
+INSTRUCTION = (
+    "Transcribe the speech above exactly, word for word, in the language it is spoken in. "
+    "Do not answer it, translate it or add anything."
+)
 LANGUAGE_NAMES = {
-    "en": "English", "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "fr": "French", "de": "German",
-    "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "hi": "Hindi",
-    "nl": "Dutch", "tr": "Turkish", "vi": "Vietnamese", "th": "Thai", "id": "Indonesian", "pl": "Polish",
-    "uk": "Ukrainian", "sv": "Swedish", "yue": "Cantonese",
-}  # fmt: skip
+    "en": "English",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "fr": "French",
+    "de": "German",
+    "es": "Spanish",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "ar": "Arabic",
+    "hi": "Hindi",
+    "nl": "Dutch",
+    "tr": "Turkish",
+    "vi": "Vietnamese",
+    "th": "Thai",
+    "id": "Indonesian",
+    "pl": "Polish",
+    "uk": "Ukrainian",
+    "sv": "Swedish",
+    "yue": "Cantonese",
+}
 _LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}$")
 
 
@@ -111,7 +130,12 @@ class ServingTranscription:
 
     async def create_transcription(
         self, request: wire.TranscriptionRequest, audio: bytes, request_id: str
-    ) -> wire.TranscriptionResponse | wire.TranscriptionVerboseResponse | str | AsyncIterator[wire.TranscriptionStreamEvent]:  # fmt: skip
+    ) -> (
+        wire.TranscriptionResponse
+        | wire.TranscriptionVerboseResponse
+        | str
+        | AsyncIterator[wire.TranscriptionStreamEvent]
+    ):
         """A response (str for text/srt/vtt), or the stream's events when `request.stream`."""
         plan = await self._plan(request, audio, request_id)
         if request.stream:
@@ -122,18 +146,26 @@ class ServingTranscription:
         if req.model != self.model.name:
             raise model_not_found(req.model)
         if req.stream and req.response_format not in ("json", "text"):
-            raise APIError(f"Unsupported value: 'response_format' does not support '{req.response_format}' when "
-                           "stream=true. Supported values are: 'json' and 'text'.", param="response_format",
-                           code="unsupported_value")  # fmt: skip
+            raise APIError(
+                f"Unsupported value: 'response_format' does not support '{req.response_format}' when "
+                "stream=true. Supported values are: 'json' and 'text'.",
+                param="response_format",
+                code="unsupported_value",
+            )
         if req.timestamp_granularities and req.response_format != "verbose_json":
-            raise invalid_request("timestamp_granularities needs response_format 'verbose_json'.",
-                                  "timestamp_granularities")  # fmt: skip
+            raise invalid_request(
+                "timestamp_granularities needs response_format 'verbose_json'.", "timestamp_granularities"
+            )
         if "word" in req.timestamp_granularities:
-            raise APIError("Word timestamps are not supported by this model; use 'segment'.",
-                           param="timestamp_granularities", code="unsupported_value")  # fmt: skip
+            raise APIError(
+                "Word timestamps are not supported by this model; use 'segment'.",
+                param="timestamp_granularities",
+                code="unsupported_value",
+            )
         if req.language is not None and not _LANGUAGE_CODE.match(req.language):
-            raise invalid_request(f"Invalid language '{req.language}': give an ISO-639-1 code such as 'en'.",
-                                  "language")  # fmt: skip
+            raise invalid_request(
+                f"Invalid language '{req.language}': give an ISO-639-1 code such as 'en'.", "language"
+            )
         if req.prompt and len(req.prompt) > self.limits.max_text_chars:
             raise invalid_request(f"The prompt is longer than {self.limits.max_text_chars} characters.", "prompt")
         tokens, duration = await self._speech_tokens(audio, upload_format_hint(req.file.filename))
@@ -204,10 +236,13 @@ class ServingTranscription:
     def _usage(self, plan: TranscriptionPlan, done: _Done) -> wire.TranscriptionUsage:
         n_prompt = len(plan.prompt.token_ids)
         return wire.TranscriptionUsage(
-            input_tokens=n_prompt, output_tokens=done.generated, total_tokens=n_prompt + done.generated,
-            input_token_details=wire.InputTokenDetails(audio_tokens=plan.prompt.audio_tokens,
-                                                       text_tokens=plan.prompt.text_tokens),
-        )  # fmt: skip
+            input_tokens=n_prompt,
+            output_tokens=done.generated,
+            total_tokens=n_prompt + done.generated,
+            input_token_details=wire.InputTokenDetails(
+                audio_tokens=plan.prompt.audio_tokens, text_tokens=plan.prompt.text_tokens
+            ),
+        )
 
     async def _complete(
         self, plan: TranscriptionPlan
@@ -256,15 +291,32 @@ def _instruction(language: str | None, prompt: str | None) -> str:
 def _verbose(plan: TranscriptionPlan, text: str, text_ids: list[int]) -> wire.TranscriptionVerboseResponse:
     duration = round(plan.duration, 3)
     raw = text.encode()
-    segments = [wire.TranscriptionSegment(
-        id=0, seek=0, start=0.0, end=duration, text=text, tokens=text_ids, temperature=plan.params.temperature,
-        avg_logprob=0.0, compression_ratio=len(raw) / len(zlib.compress(raw)), no_speech_prob=0.0,
-    )] if text else []  # fmt: skip
+    segments = (
+        [
+            wire.TranscriptionSegment(
+                id=0,
+                seek=0,
+                start=0.0,
+                end=duration,
+                text=text,
+                tokens=text_ids,
+                temperature=plan.params.temperature,
+                avg_logprob=0.0,
+                compression_ratio=len(raw) / len(zlib.compress(raw)),
+                no_speech_prob=0.0,
+            )
+        ]
+        if text
+        else []
+    )
     language = LANGUAGE_NAMES.get(plan.language.lower(), plan.language).lower() if plan.language else "unknown"
     return wire.TranscriptionVerboseResponse(
-        language=language, duration=duration, text=text, segments=segments,
+        language=language,
+        duration=duration,
+        text=text,
+        segments=segments,
         usage=wire.DurationUsage(seconds=duration),
-    )  # fmt: skip
+    )
 
 
 def _timestamp(seconds: float, sep: str) -> str:

@@ -54,14 +54,21 @@ class ServingVoices:
         if not 0 < len(name) <= MAX_NAME_CHARS:
             raise invalid_request(f"The voice name must be 1 to {MAX_NAME_CHARS} characters.", "name")
         if request.type not in (None, "audio_sample"):
-            raise APIError(f"Unsupported value: 'type' does not support '{request.type}'. Supported values are: "
-                           "'audio_sample'.", param="type", code="unsupported_value")  # fmt: skip
+            raise APIError(
+                f"Unsupported value: 'type' does not support '{request.type}'. Supported values are: 'audio_sample'.",
+                param="type",
+                code="unsupported_value",
+            )
         voice = await self._make_voice(sample, upload_format_hint(request.audio_sample.filename))
         stored = StoredVoice(
-            id=f"voice_{uuid.uuid4().hex}", tenant=tenant, name=name, prompt_tokens=list(voice.prompt_tokens),
+            id=f"voice_{uuid.uuid4().hex}",
+            tenant=tenant,
+            name=name,
+            prompt_tokens=list(voice.prompt_tokens),
             prompt_mel=np.ascontiguousarray(voice.prompt_mel, dtype=np.float32).tobytes(),
-            mel_frames=int(voice.prompt_mel.shape[1]), created_at=int(time.time()),
-        )  # fmt: skip
+            mel_frames=int(voice.prompt_mel.shape[1]),
+            created_at=int(time.time()),
+        )
         await self.store.put_voice(stored)
         return _voice_object(stored)
 
@@ -69,8 +76,14 @@ class ServingVoices:
         rate = self.voice_maker.sample_rate
 
         def decode(target_rate: int) -> np.ndarray:
-            return decode_audio(sample, format=hint, target_rate=target_rate, max_bytes=self.max_sample_bytes,
-                                max_seconds=self.limits.max_audio_seconds, param="audio_sample")  # fmt: skip
+            return decode_audio(
+                sample,
+                format=hint,
+                target_rate=target_rate,
+                max_bytes=self.max_sample_bytes,
+                max_seconds=self.limits.max_audio_seconds,
+                param="audio_sample",
+            )
 
         # Two decodes of the same bytes (16 kHz for the tokenizer, the decoder's rate for the mel) rather than a
         # resample of one: each then matches what the chat input path and the reference feed their models.
@@ -80,8 +93,12 @@ class ServingVoices:
             )
         seconds = wav16.shape[0] / TOKENIZER_RATE
         if seconds < MIN_VOICE_SECONDS:
-            raise invalid_request(f"The audio sample is {seconds:.2f} s long; a voice needs at least "
-                                  f"{MIN_VOICE_SECONDS:.0f} s of speech.", "audio_sample", code="audio_too_short")  # fmt: skip
+            raise invalid_request(
+                f"The audio sample is {seconds:.2f} s long; a voice needs at least "
+                f"{MIN_VOICE_SECONDS:.0f} s of speech.",
+                "audio_sample",
+                code="audio_too_short",
+            )
         speech = await self.audio_input.tokenize(wav16[: int(MAX_VOICE_SECONDS * TOKENIZER_RATE)])
         tokens = speech.tokens
         if not tokens:

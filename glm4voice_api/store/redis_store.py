@@ -114,9 +114,16 @@ class RedisStore:
     async def put_audio(self, item: StoredAudio) -> None:
         key = self._k("audio", item.tenant, item.id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping={"tenant": item.tenant, "token_ids": pack_ids(item.token_ids),
-                                    "transcript": item.transcript, "created_at": item.created_at,
-                                    "expires_at": item.expires_at})  # fmt: skip
+            pipe.hset(
+                key,
+                mapping={
+                    "tenant": item.tenant,
+                    "token_ids": pack_ids(item.token_ids),
+                    "transcript": item.transcript,
+                    "created_at": item.created_at,
+                    "expires_at": item.expires_at,
+                },
+            )
             # get_audio accepts the item up to and including expires_at, so Redis keeps it one second longer.
             pipe.expireat(key, item.expires_at + 1)
             await pipe.execute()
@@ -126,16 +133,29 @@ class RedisStore:
         h = await self._redis.hgetall(self._k("audio", tenant, audio_id))
         if not h or _str(h[b"tenant"]) != tenant or int(h[b"expires_at"]) < now:
             return None
-        return StoredAudio(audio_id, tenant, unpack_ids(h[b"token_ids"]), _str(h[b"transcript"]),
-                           int(h[b"created_at"]), int(h[b"expires_at"]))  # fmt: skip
+        return StoredAudio(
+            audio_id,
+            tenant,
+            unpack_ids(h[b"token_ids"]),
+            _str(h[b"transcript"]),
+            int(h[b"created_at"]),
+            int(h[b"expires_at"]),
+        )
 
     @_reachable
     async def put_voice(self, voice: StoredVoice) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._k("voice", voice.tenant, voice.id),
-                      mapping={"tenant": voice.tenant, "name": voice.name, "prompt_tokens": pack_ids(voice.prompt_tokens),
-                               "prompt_mel": voice.prompt_mel, "mel_frames": voice.mel_frames,
-                               "created_at": voice.created_at})  # fmt: skip
+            pipe.hset(
+                self._k("voice", voice.tenant, voice.id),
+                mapping={
+                    "tenant": voice.tenant,
+                    "name": voice.name,
+                    "prompt_tokens": pack_ids(voice.prompt_tokens),
+                    "prompt_mel": voice.prompt_mel,
+                    "mel_frames": voice.mel_frames,
+                    "created_at": voice.created_at,
+                },
+            )
             pipe.zadd(self._k("voices", voice.tenant), {voice.id: voice.created_at})
             await pipe.execute()
 
@@ -143,8 +163,15 @@ class RedisStore:
     def _voice(voice_id: str, tenant: str, h: dict[bytes, bytes]) -> StoredVoice | None:
         if not h or _str(h[b"tenant"]) != tenant:
             return None
-        return StoredVoice(voice_id, tenant, _str(h[b"name"]), unpack_ids(h[b"prompt_tokens"]), h[b"prompt_mel"],
-                           int(h[b"mel_frames"]), int(h[b"created_at"]))  # fmt: skip
+        return StoredVoice(
+            voice_id,
+            tenant,
+            _str(h[b"name"]),
+            unpack_ids(h[b"prompt_tokens"]),
+            h[b"prompt_mel"],
+            int(h[b"mel_frames"]),
+            int(h[b"created_at"]),
+        )
 
     @_reachable
     async def get_voice(self, tenant: str, voice_id: str) -> StoredVoice | None:
@@ -170,8 +197,12 @@ class RedisStore:
 
     @_reachable
     async def put_key(self, key: StoredKey) -> None:
-        fields: dict[str, str | int] = {"id": key.id, "tenant": key.tenant, "prefix": key.prefix,
-                                        "created_at": key.created_at}  # fmt: skip
+        fields: dict[str, str | int] = {
+            "id": key.id,
+            "tenant": key.tenant,
+            "prefix": key.prefix,
+            "created_at": key.created_at,
+        }
         if key.revoked_at is not None:
             fields["revoked_at"] = key.revoked_at
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -182,8 +213,14 @@ class RedisStore:
     @staticmethod
     def _key(key_hash: str, h: dict[bytes, bytes]) -> StoredKey:
         revoked = h.get(b"revoked_at")
-        return StoredKey(_str(h[b"id"]), _str(h[b"tenant"]), _str(h[b"prefix"]), key_hash, int(h[b"created_at"]),
-                         int(revoked) if revoked is not None else None)  # fmt: skip
+        return StoredKey(
+            _str(h[b"id"]),
+            _str(h[b"tenant"]),
+            _str(h[b"prefix"]),
+            key_hash,
+            int(h[b"created_at"]),
+            int(revoked) if revoked is not None else None,
+        )
 
     @_reachable
     async def find_key(self, key_hash: str) -> StoredKey | None:

@@ -50,9 +50,17 @@ MAX_PATTERN_SLOTS = 4096
 MAX_TRAILING_AUDIO = 1 << 20
 
 _KEYS = frozenset(
-    {"text_range", "audio_range", "eos", "pattern", "forced_text", "min_audio_after_text",
-     "max_audio_after_text", "eos_at_text_slots"}
-)  # fmt: skip
+    {
+        "text_range",
+        "audio_range",
+        "eos",
+        "pattern",
+        "forced_text",
+        "min_audio_after_text",
+        "max_audio_after_text",
+        "eos_at_text_slots",
+    }
+)
 
 
 class SlotKind(enum.Enum):
@@ -164,9 +172,15 @@ class InterleaveParams:
         if bad:
             raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}: ids {bad[:5]} are padding ids (>= {num_valid})")
         return InterleaveParams(
-            text_range, audio_range, self.eos, self.pattern, self.forced_text,
-            self.min_audio_after_text, self.max_audio_after_text, self.eos_at_text_slots,
-        )  # fmt: skip
+            text_range,
+            audio_range,
+            self.eos,
+            self.pattern,
+            self.forced_text,
+            self.min_audio_after_text,
+            self.max_audio_after_text,
+            self.eos_at_text_slots,
+        )
 
 
 class InterleaveState:

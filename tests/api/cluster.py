@@ -32,8 +32,16 @@ MODEL = "glm-4-voice-9b"
 STATIC_KEY = "sk-static-replicas-0123456789abcdef"
 AUTH_CACHE_S = 2
 REQUESTS_PER_MINUTE = 8
-REPLICA_FLAGS = ("--auth-cache-seconds", str(AUTH_CACHE_S), "--tenant-requests-per-minute", str(REQUESTS_PER_MINUTE),
-                 "--drain-timeout-s", "180", "--log-format", "text")  # fmt: skip
+REPLICA_FLAGS = (
+    "--auth-cache-seconds",
+    str(AUTH_CACHE_S),
+    "--tenant-requests-per-minute",
+    str(REQUESTS_PER_MINUTE),
+    "--drain-timeout-s",
+    "180",
+    "--log-format",
+    "text",
+)
 
 
 class Balancer:
@@ -48,12 +56,22 @@ class Balancer:
         self.socket = folder / "haproxy.sock"
         self.log_path = folder / "haproxy.log"
         r1, r2 = (replicas[name].base_url.removeprefix("http://") for name in ("r1", "r2"))
-        env = {**os.environ, "GLM4VOICE_LB_BIND": f"127.0.0.1:{port}", "GLM4VOICE_REPLICA_1": r1,
-               "GLM4VOICE_REPLICA_2": r2, "GLM4VOICE_LB_ERRORS": str(HAPROXY_DIR / "errors"),
-               "GLM4VOICE_LB_STATS_SOCKET": str(self.socket)}  # fmt: skip
+        env = {
+            **os.environ,
+            "GLM4VOICE_LB_BIND": f"127.0.0.1:{port}",
+            "GLM4VOICE_REPLICA_1": r1,
+            "GLM4VOICE_REPLICA_2": r2,
+            "GLM4VOICE_LB_ERRORS": str(HAPROXY_DIR / "errors"),
+            "GLM4VOICE_LB_STATS_SOCKET": str(self.socket),
+        }
         with self.log_path.open("w") as log:
-            self.process = subprocess.Popen([exe, "-f", str(HAPROXY_DIR / "haproxy.cfg"), "-db"], stdout=log,
-                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
+            self.process = subprocess.Popen(
+                [exe, "-f", str(HAPROXY_DIR / "haproxy.cfg"), "-db"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -122,8 +140,9 @@ class Cluster:
         try:
             cluster.key("bootstrap")  # a stored key from the start: auth is on for stored keys everywhere
             for name in ("r1", "r2"):  # both engines start at once: the slow part, paid once per module
-                cluster.replicas[name] = launch_server(cache_dir, folder / f"{name}.log", *REPLICA_FLAGS,
-                                                       env=cluster.env)  # fmt: skip
+                cluster.replicas[name] = launch_server(
+                    cache_dir, folder / f"{name}.log", *REPLICA_FLAGS, env=cluster.env
+                )
             for server in cluster.replicas.values():
                 wait_ready(server)
             cluster.balancer = Balancer(folder, cluster.replicas)
@@ -149,8 +168,9 @@ class Cluster:
     def client(self, key: str = STATIC_KEY, **kwargs) -> openai.OpenAI:
         """The official SDK through the balancer, its own retries off: any error the balancer lets through shows."""
         assert self.balancer is not None
-        return openai.OpenAI(base_url=self.balancer.url + "/v1", api_key=key, max_retries=0,
-                             **{"timeout": 120, **kwargs})  # fmt: skip
+        return openai.OpenAI(
+            base_url=self.balancer.url + "/v1", api_key=key, max_retries=0, **{"timeout": 120, **kwargs}
+        )
 
     def sigterm(self, name: str) -> None:
         """What Kubernetes does to a pod it replaces: SIGTERM to the server process alone."""
@@ -199,9 +219,13 @@ class StreamRun(threading.Thread):
             # with_streaming_response: the headers (X-Replica) now, the body as it arrives (with_raw_response would
             # read the whole stream first).
             with self.client.chat.completions.with_streaming_response.create(
-                model=MODEL, messages=[{"role": "user", "content": "Tell me a long story"}], stream=True,
-                max_tokens=self.max_tokens, modalities=["text", "audio"], audio={"voice": "alloy", "format": "pcm16"},
-            ) as response:  # fmt: skip
+                model=MODEL,
+                messages=[{"role": "user", "content": "Tell me a long story"}],
+                stream=True,
+                max_tokens=self.max_tokens,
+                modalities=["text", "audio"],
+                audio={"voice": "alloy", "format": "pcm16"},
+            ) as response:
                 self.replica = response.headers.get("x-replica")
                 for chunk in response.parse():
                     if not chunk.choices:

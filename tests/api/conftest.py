@@ -56,16 +56,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_server(cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None, port: int | None = None
-                  ) -> RunningServer:  # fmt: skip
+def launch_server(
+    cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None, port: int | None = None
+) -> RunningServer:
     """Start the server process (on `port`, else a free one) without waiting for it: see wait_ready."""
     port = port or _free_port()
-    cmd = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--cache-dir", str(cache_dir), "--engine.max-model-len", "1024", "--engine.max-num-seqs", "8",
-           "--engine.warmup-batch-sizes", "1", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "glm4voice_api",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--cache-dir",
+        str(cache_dir),
+        "--engine.max-model-len",
+        "1024",
+        "--engine.max-num-seqs",
+        "8",
+        "--engine.warmup-batch-sizes",
+        "1",
+        *extra,
+    ]
     log = log_path.open("w")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+    )
     return RunningServer(f"http://127.0.0.1:{port}", process, log_path)
 
 

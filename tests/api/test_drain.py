@@ -24,9 +24,14 @@ def test_sigterm_drains_running_streams_then_exits_cleanly(cache_dir: Path, tmp_
     try:
         outcome: dict = {}
         audio = threading.Event()
-        body = {"model": "glm-4-voice-9b", "messages": [{"role": "user", "content": "A long answer"}],
-                "stream": True, "max_tokens": 780, "modalities": ["text", "audio"],
-                "audio": {"voice": "alloy", "format": "pcm16"}}  # fmt: skip
+        body = {
+            "model": "glm-4-voice-9b",
+            "messages": [{"role": "user", "content": "A long answer"}],
+            "stream": True,
+            "max_tokens": 780,
+            "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "pcm16"},
+        }
 
         def long_stream() -> None:
             with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=120) as response:

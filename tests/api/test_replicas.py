@@ -46,8 +46,14 @@ def cluster(default_set: Path, cache_dir: Path, tmp_path_factory: pytest.TempPat
 
 
 def _keys_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "glm4voice_api", "keys", *args], check=False, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "GLM4VOICE_STORE": cluster.store_url})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "glm4voice_api", "keys", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GLM4VOICE_STORE": cluster.store_url},
+    )
 
 
 def _chat(client: openai.OpenAI, **kwargs: object) -> tuple[str, ChatCompletion]:
@@ -58,14 +64,23 @@ def _chat(client: openai.OpenAI, **kwargs: object) -> tuple[str, ChatCompletion]
 
 
 def _spoken(client: openai.OpenAI) -> tuple[str, ChatCompletion]:
-    return _chat(client, messages=FIRST, max_tokens=39, modalities=["text", "audio"],
-                 audio={"voice": "alloy", "format": "wav"}, extra_body={"return_token_ids": True})  # fmt: skip
+    return _chat(
+        client,
+        messages=FIRST,
+        max_tokens=39,
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "wav"},
+        extra_body={"return_token_ids": True},
+    )
 
 
 def _follow_up(client: openai.OpenAI, audio_id: str) -> tuple[str, ChatCompletion]:
-    return _chat(client, max_tokens=5, extra_body={"return_token_ids": True},
-                 messages=[*FIRST, {"role": "assistant", "audio": {"id": audio_id}},
-                           {"role": "user", "content": "And then?"}])  # fmt: skip
+    return _chat(
+        client,
+        max_tokens=5,
+        extra_body={"return_token_ids": True},
+        messages=[*FIRST, {"role": "assistant", "audio": {"id": audio_id}}, {"role": "user", "content": "And then?"}],
+    )
 
 
 def _continues(first: ChatCompletion, second: ChatCompletion) -> bool:
@@ -133,7 +148,8 @@ def test_tenant_requests_per_minute_hold_across_both_replicas(cluster: Cluster) 
     for server in cluster.replicas.values():  # each replica on its own refuses too: the window lives in Redis
         with pytest.raises(openai.RateLimitError):
             openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0).chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)  # fmt: skip
+                model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1
+            )
 
 
 def _fails_fast_with_503(call: object, *args: object) -> openai.APIStatusError:

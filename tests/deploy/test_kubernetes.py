@@ -41,8 +41,15 @@ def _one(kind: str, name: str | None = None) -> dict:
 
 def test_every_manifest_matches_the_kubernetes_schemas() -> None:
     docs = _documents()
-    assert {d["kind"] for _, d in docs} >= {"Deployment", "Service", "StatefulSet", "Secret", "PodDisruptionBudget",
-                                            "HorizontalPodAutoscaler", "ServiceMonitor"}  # fmt: skip
+    assert {d["kind"] for _, d in docs} >= {
+        "Deployment",
+        "Service",
+        "StatefulSet",
+        "Secret",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+    }
     for file, doc in docs:
         assert doc["metadata"].get("namespace", "glm4voice") == "glm4voice", file
         if doc["kind"] in CRDS.get(doc["apiVersion"], ()):
@@ -58,9 +65,15 @@ def _checkov(*args: str) -> dict:
     if not CHECKOV.exists():
         pytest.fail(f"{CHECKOV} missing: `scripts/install.sh test` installs checkov in a venv of its own")
     # --skip-download: no network (policies ship with the package); JSON on stdout, progress on stderr.
-    result = subprocess.run([str(CHECKOV), *args, "-o", "json", "--skip-download", "--compact"], cwd=REPO,
-                            capture_output=True, text=True, timeout=600, check=False,
-                            env={"PATH": "/usr/bin:/bin", "HOME": str(REPO / ".venv" / "tools")})  # fmt: skip
+    result = subprocess.run(
+        [str(CHECKOV), *args, "-o", "json", "--skip-download", "--compact"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(REPO / ".venv" / "tools")},
+    )
     assert result.stdout.strip(), result.stderr[-3000:]
     report = json.loads(result.stdout)
     return report[0] if isinstance(report, list) else report
@@ -126,8 +139,9 @@ def test_selectors_ports_and_references_fit_together() -> None:
     # One GPU per replica, one replica per node.
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     anti = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert anti[0]["topologyKey"] == "kubernetes.io/hostname" and _selects(anti[0]["labelSelector"]["matchLabels"],
-                                                                           labels)  # fmt: skip
+    assert anti[0]["topologyKey"] == "kubernetes.io/hostname" and _selects(
+        anti[0]["labelSelector"]["matchLabels"], labels
+    )
 
     # Secrets, volumes and claims referred to exist.
     secret = _one("Secret")

@@ -144,8 +144,9 @@ class _UnreachableStore(_BrokenStore):
         raise StoreUnavailable("the store at redis://127.0.0.1:1/0 is unavailable: connection refused")
 
 
-@pytest.mark.parametrize(("store", "code"), [(_BrokenStore(), "service_unavailable"),
-                                             (_UnreachableStore(), "store_unavailable")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("store", "code"), [(_BrokenStore(), "service_unavailable"), (_UnreachableStore(), "store_unavailable")]
+)
 async def test_a_failing_key_store_is_a_503(store: _BrokenStore, code: str) -> None:
     app = _app(store)
     async with _client(app) as client:

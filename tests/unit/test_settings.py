@@ -1,4 +1,4 @@
-"""The settings tree: flags named by path, the environment with `__`, old names still accepted, defaults resolved once."""
+"""The settings tree: flags named by path, the environment with `__`, old names accepted, defaults resolved once."""
 
 from __future__ import annotations
 

@@ -257,9 +257,7 @@ class SpeechDecoder:
     def _finish(self, req: ChunkRequest, st: _StagedChunk, wav: torch.Tensor, source: torch.Tensor) -> ChunkResult:
         """token2wav step 4/5: keep the HiFT cache and hold back the last 256 samples of non-final chunks."""
         c = self.consts
-        result = ChunkResult(
-            request=req, speech=wav[0].numpy(), mel=st.mel, flow_mel=st.raw, hift_source=source[0]
-        )
+        result = ChunkResult(request=req, speech=wav[0].numpy(), mel=st.mel, flow_mel=st.raw, hift_source=source[0])
         if not req.final:
             result.overlap_tail = st.tail
             result.cache_mel = st.mel[:, -c.mel_cache_len :].clone()
