@@ -52,7 +52,7 @@ case "$mode" in
     timeout 585 python3 -m bench.gpu_suite --out "$OUT" "$@" || echo "suite failed rc=$?"
     ;;
   multigpu)
-    # Issue 9: 1 GPU, then tp or dp over every visible GPU, same machine, same run. The decoder and the speech
+    # 1 GPU, then tp or dp over every visible GPU, same machine, same run. The decoder and the speech
     # tokenizer go on cuda:0 (tp) or one of each per GPU (dp: --audio-device all, env GLM4VOICE_AUDIO_DEVICE).
     par=${2:-tp}; n=$(nvidia-smi -L | wc -l)
     timeout 290 python3 -m bench.gpu_suite --out "$OUT/one" --levels 1,32,64,128 --baseline-max 0 \

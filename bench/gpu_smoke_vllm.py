@@ -62,7 +62,7 @@ AUDIO_RANGE = (AUDIO_0, AUDIO_0 + AUDIO_COUNT)  # (152353, 168737)
 EOS = (NUM_RANKS + GLM4_CORE_SPECIALS.index("<|user|>"),)  # 151336
 REALTIME_TOK_S = 12.5 * 39 / 26  # 18.75: tokens per second of speech in the 13/26 interleave
 
-# GLM-4-Voice-9B (glm4voice-spec.md 1.1)
+# GLM-4-Voice-9B's released config.json sizes
 FULL = TinyLLMConfig(
     num_layers=40,
     hidden_size=4096,
@@ -78,7 +78,7 @@ def write_full_folder(out_dir: Path) -> Path:
     """config.json at full size + tokenizer files; no weights (load_format="dummy")."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = _config_json(FULL)
-    config["layernorm_epsilon"] = 3.90625e-08  # GLM-4-Voice's value (spec 1.1)
+    config["layernorm_epsilon"] = 3.90625e-08  # GLM-4-Voice's released value
     config["_name_or_path"] = "glm4voice-api/full-size-dummy-glm-4-voice-9b"
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "generation_config.json").write_text(

@@ -1,4 +1,4 @@
-"""The web demo (issue 7): `/` serves the one-page client, `/web/<file>` its script and style sheet.
+"""The web demo: `/` serves the one-page client, `/web/<file>` its script and style sheet.
 
 The page itself only uses the public API, so it doubles as an example client. Turned off by `--no-web-demo`.
 """

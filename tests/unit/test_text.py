@@ -1,4 +1,4 @@
-"""GLM-4 tokenizer and the exact GLM-4-Voice prompt ids (glm4voice-spec.md sections 1.4 and 2)."""
+"""GLM-4 tokenizer and the exact GLM-4-Voice prompt ids."""
 
 from __future__ import annotations
 

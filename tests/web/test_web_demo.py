@@ -1,4 +1,4 @@
-"""The web demo at `/` (issue 7), end to end in headless Chromium with a fake microphone, and its off switch."""
+"""The web demo at `/`, end to end in headless Chromium with a fake microphone, and its off switch."""
 
 from __future__ import annotations
 
