@@ -162,18 +162,8 @@ def _tokenizer_config() -> dict:
         added[str(AUDIO_0 + i)] = entry(f"<|audio_{i}|>")
     return {
         "added_tokens_decoder": added,
-        "additional_special_tokens": [
-            "<|endoftext|>",
-            "[MASK]",
-            "[gMASK]",
-            "[sMASK]",
-            "<sop>",
-            "<eop>",
-            "<|system|>",
-            "<|user|>",
-            "<|assistant|>",
-            "<|observation|>",
-        ],
+        # The released list: the core specials up to <|observation|> (not the image/video ones).
+        "additional_special_tokens": list(GLM4_CORE_SPECIALS[: GLM4_CORE_SPECIALS.index("<|observation|>") + 1]),
         "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLM4Tokenizer", None]},
         "clean_up_tokenization_spaces": False,
         "do_lower_case": False,
