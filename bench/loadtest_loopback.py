@@ -252,17 +252,8 @@ def _free_port() -> int:
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "glm4voice_api",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *args.server_args,
-    ]
+    serve = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [*serve, *args.server_args]
     log = open(args.server_log, "w")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

@@ -61,25 +61,9 @@ def launch_server(
 ) -> RunningServer:
     """Start the server process (on `port`, else a free one) without waiting for it: see wait_ready."""
     port = port or _free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "glm4voice_api",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--cache-dir",
-        str(cache_dir),
-        "--engine.max-model-len",
-        "1024",
-        "--engine.max-num-seqs",
-        "8",
-        "--engine.warmup-batch-sizes",
-        "1",
-        *extra,
-    ]
+    serve = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    small = ["--engine.max-model-len", "1024", "--engine.max-num-seqs", "8", "--engine.warmup-batch-sizes", "1"]
+    cmd = [*serve, "--cache-dir", str(cache_dir), *small, *extra]
     log = log_path.open("w")
     process = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
