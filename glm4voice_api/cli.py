@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from glm4voice_api.config import LEGACY_NAMES, Settings, settings_with
+from glm4voice_api.config import LEGACY_NAMES, Settings, setting_fields, settings_with
 
 if TYPE_CHECKING:
     from glm4voice_api.store import Store
@@ -64,21 +64,9 @@ def _add_flag(
     parser.add_argument(flag, **kwargs)
 
 
-def _leaf_fields() -> dict[str, FieldInfo]:
-    """Every leaf setting by its dotted path."""
-    leaves: dict[str, FieldInfo] = {}
-    for name, field in Settings.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            leaves |= {f"{name}.{sub}": sub_field for sub, sub_field in annotation.model_fields.items()}
-        else:
-            leaves[name] = field
-    return leaves
-
-
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """Add one flag per leaf field of `Settings`, grouped as the tree is, plus the hidden pre-group names."""
-    leaves = _leaf_fields()
+    leaves = setting_fields()
     groups = {"": parser.add_argument_group("server", Settings.__doc__)}
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
@@ -187,7 +175,7 @@ def _add_keys_command(commands: argparse._SubParsersAction) -> None:
     keys = commands.add_parser("keys", help="Create, list and revoke API keys (one tenant per key) in the store.")
     store_flags = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = store_flags.add_argument_group("store")
-    leaves = _leaf_fields()
+    leaves = setting_fields()
     for name in _STORE_FIELDS:
         _add_flag(group, name, leaves[name])
     _add_flag(store_flags, "auth.cache_seconds", leaves["auth.cache_seconds"], flag="--auth-cache-seconds")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 OFFICIAL_FOLDERS = {
@@ -356,6 +357,18 @@ class Settings(BaseSettings):
                 "audio_device": device,
             }
         )
+
+
+def setting_fields() -> dict[str, FieldInfo]:
+    """Every leaf setting by its dotted path (`host`, `engine.max_model_len`): its flag and env name derive from it."""
+    leaves: dict[str, FieldInfo] = {}
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            leaves |= {f"{name}.{sub}": sub_field for sub, sub_field in annotation.model_fields.items()}
+        else:
+            leaves[name] = field
+    return leaves
 
 
 def settings_with(base: Settings, values: Mapping[str, Any]) -> Settings:

@@ -33,13 +33,13 @@ STATIC_KEY = "sk-static-replicas-0123456789abcdef"
 AUTH_CACHE_S = 2
 REQUESTS_PER_MINUTE = 8
 REPLICA_FLAGS = (
-    "--auth-cache-seconds",
+    "--auth.cache-seconds",
     str(AUTH_CACHE_S),
-    "--tenant-requests-per-minute",
+    "--tenant-limits.requests-per-minute",
     str(REQUESTS_PER_MINUTE),
-    "--drain-timeout-s",
+    "--timeouts.drain-s",
     "180",
-    "--log-format",
+    "--log.format",
     "text",
 )
 
@@ -131,7 +131,7 @@ class Cluster:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"GLM4VOICE_STORE": self.store_url, "GLM4VOICE_API_KEYS": STATIC_KEY}
+        return {"GLM4VOICE_STORE": self.store_url, "GLM4VOICE_AUTH__API_KEYS": STATIC_KEY}
 
     @classmethod
     def start(cls, cache_dir: Path, folder: Path) -> Cluster:

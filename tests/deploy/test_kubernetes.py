@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from glm4voice_api.config import Settings
+from glm4voice_api.config import Settings, setting_fields, settings_with
 from glm4voice_api.routes.health import router as health_router
 from glm4voice_api.serving.metrics import Metrics
 
@@ -155,10 +155,14 @@ def test_selectors_ports_and_references_fit_together() -> None:
 def test_settings_probes_drain_and_metric_are_the_servers() -> None:
     container = _one("Deployment")["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e for e in container["env"]}
-    fields = Settings.model_fields
-    for name in env:  # every setting given is one the server reads (GLM4VOICE_<FIELD>)
-        assert name.startswith("GLM4VOICE_") and name.removeprefix("GLM4VOICE_").lower() in fields, name
-    Settings(**{n.removeprefix("GLM4VOICE_").lower(): e["value"] for n, e in env.items() if "value" in e})
+    fields = setting_fields()
+    for name in env:  # every setting given is one the server reads (GLM4VOICE_<GROUP>__<FIELD>)
+        path = name.removeprefix("GLM4VOICE_").lower().replace("__", ".")
+        assert name.startswith("GLM4VOICE_") and path in fields, name
+    values = {
+        n.removeprefix("GLM4VOICE_").lower().replace("__", "."): e["value"] for n, e in env.items() if "value" in e
+    }
+    settings_with(Settings(), values)  # the values validate
 
     routes = {route.path for route in health_router.routes}
     assert container["livenessProbe"]["httpGet"]["path"] in routes
@@ -168,7 +172,7 @@ def test_settings_probes_drain_and_metric_are_the_servers() -> None:
     pod = _one("Deployment")["spec"]["template"]["spec"]
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
-    drain = float(env["GLM4VOICE_DRAIN_TIMEOUT_S"]["value"])
+    drain = float(env["GLM4VOICE_TIMEOUTS__DRAIN_S"]["value"])
     assert pod["terminationGracePeriodSeconds"] >= int(pre_stop[1]) + drain + END_OF_STREAM_S
 
     # The autoscaler's metric is one /metrics exports, and the adapter rule serves that name.
