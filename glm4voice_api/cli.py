@@ -71,7 +71,9 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            groups[name] = parser.add_argument_group(name, (annotation.__doc__ or "").split("\n\n")[0])
+            groups[name] = parser.add_argument_group(
+                name.replace("_", "-"), (annotation.__doc__ or "").split("\n\n")[0]
+            )
     for path, field in leaves.items():
         group, _, _ = path.rpartition(".")
         _add_flag(groups[group], path, field)

@@ -143,8 +143,11 @@ class AdmissionSettings(BaseModel):
 
 
 class TenantLimitSettings(BaseModel):
-    """Per-tenant limits (0 = unlimited). Concurrency is counted in this process (per replica); requests per
-    minute go through the store, so replicas sharing a Redis store share the limit."""
+    """Per-tenant limits (0 = unlimited).
+
+    Concurrency is counted in this process (per replica); requests per minute go through the store, so replicas
+    sharing a Redis store share the limit.
+    """
 
     max_concurrent: int = Field(
         0, ge=0, description="Requests one tenant may have running or queued at once, per replica (429 above)."
@@ -269,7 +272,9 @@ class _EnvWithLegacyNames(EnvSettingsSource):
 
 
 class Settings(BaseSettings):
-    """glm4voice-api settings. Environment: GLM4VOICE_<NAME>, nested as GLM4VOICE_ENGINE__MAX_MODEL_LEN."""
+    """The server itself. Every flag is a setting's path and has an environment variable GLM4VOICE_<PATH>, with __
+    between group and field: --engine.max-model-len = GLM4VOICE_ENGINE__MAX_MODEL_LEN. Flags override the
+    environment, which overrides the defaults."""
 
     model_config = SettingsConfigDict(env_prefix="GLM4VOICE_", env_nested_delimiter="__", extra="ignore")
 

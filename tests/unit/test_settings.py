@@ -43,7 +43,7 @@ def test_every_field_has_its_own_path_flag() -> None:
 
 def test_help_is_grouped_and_lists_only_the_path_flags() -> None:
     text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
-    for group in ("engine:", "admission:", "tenant_limits:", "timeouts:", "speech_decoder:", "auth:"):
+    for group in ("engine:", "admission:", "tenant-limits:", "timeouts:", "speech-decoder:", "auth:"):
         assert group in text
     assert "--admission.max-active" in text and "--max-active-requests" not in text
 
