@@ -8,9 +8,12 @@ COPY pyproject.toml README.md ./
 COPY glm4voice_api ./glm4voice_api
 COPY plugins ./plugins
 RUN pip install --no-cache-dir ".[gpu]"
+# Runs unprivileged (uid 10001, as deploy/kubernetes expects); caches (the built-in set, Triton, vLLM) go to its home.
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/glm4voice glm4voice
+USER 10001
 ENV GLM4VOICE_HOST=0.0.0.0 GLM4VOICE_PORT=8000 GLM4VOICE_MODEL_DIR=/models
 EXPOSE 8000
-# SIGTERM drains (503 to new requests, in-flight streams finish for up to GLM4VOICE_DRAIN_TIMEOUT_S, default 30 s):
+# SIGTERM drains (503 to new requests, in-flight streams finish for up to GLM4VOICE_TIMEOUTS__DRAIN_S, default 30 s):
 # give the container more than that before SIGKILL, e.g. `docker stop -t 40` / terminationGracePeriodSeconds: 40.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s \

@@ -60,7 +60,7 @@ class SeedBaseline:
                 temperature=0.8,
                 top_p=0.8,
                 stop_token_ids=ids.stop_ids,
-                constraint=self.rt.interleave_constraint(),
+                constraint=self.rt.sampling.constraint(),
             )
             pending: asyncio.Queue[list[int] | None] = asyncio.Queue()
 

@@ -166,7 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
-    parser.add_argument("--graphs", action="store_true", help="flow ODE as CUDA graphs (bucketed; the server's default)")
+    parser.add_argument(
+        "--graphs", action="store_true", help="flow ODE as CUDA graphs (bucketed; the server's default)"
+    )
     args = parser.parse_args(argv)
 
     if args.threads:

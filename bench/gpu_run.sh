@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# GPU benchmark driver, run ON the GPU machine from the repository root once the vLLM bundle is stashed
-# (../shared/gpu/README.md). Usage: bash bench/gpu_run.sh audio|vllm|graphs|suite   (results under $OUT)
+# GPU benchmark driver, run ON the GPU machine from the repository root. Any GPU machine with a normal install:
+#   pip install -e ".[gpu,bench]" && bash bench/gpu_run.sh suite
+# (python3 on PATH must be that environment's). Aside: on machines without package access, the vLLM bundle carried
+# in ../shared/gpu (see its README.md) is set up first when /root/stash/setup-on-gpu.sh is there.
+# Usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|multigpu [tp|dp]   (results under $OUT, /tmp/out)
 #   audio: speech tokenizer (fp32, bf16; batch 1, 8, 32) and decoder (fp32, tf32, bf16; 1, 4, 16, 64 streams)
 #   vllm:  bench/gpu_smoke_vllm.py (full-size GLM-4-Voice-9B config, dummy weights) + a no-processor engine
 #   graphs: decoder with the flow ODE as CUDA graphs vs eager, fp32 / tf32 / bf16 (1, 16, 64, 128 streams)
@@ -9,10 +12,14 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-bash /root/stash/setup-on-gpu.sh >/dev/null || exit 1
-. /tmp/gpuenv.sh
-export PYTHONPATH=$PYTHONPATH:$PWD/plugins
-python3 -c "from glm4voice_vllm.gpu_entrypoint import write_dist_info; write_dist_info('/tmp/site')" || exit 1
+if [ -f /root/stash/setup-on-gpu.sh ]; then  # the carried-vLLM path (no package access on the machine)
+  bash /root/stash/setup-on-gpu.sh >/dev/null || exit 1
+  . /tmp/gpuenv.sh
+  export PYTHONPATH=$PYTHONPATH:$PWD/plugins
+  python3 -c "from glm4voice_vllm.gpu_entrypoint import write_dist_info; write_dist_info('/tmp/site')" || exit 1
+else  # a normal install: the package (and its vLLM plugin entry point) is installed in this environment
+  python3 -c "import vllm, glm4voice_api, glm4voice_vllm" || { echo 'install first: pip install -e ".[gpu,bench]"'; exit 1; }
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 mode=${1:-}
@@ -51,7 +58,7 @@ case "$mode" in
     par=${2:-tp}; n=$(nvidia-smi -L | wc -l)
     if [ "$par" = tp ]; then extra="ENGINE__TENSOR_PARALLEL_SIZE=$n"; else extra="ENGINE__DATA_PARALLEL_SIZE=$n"; fi
     timeout 585 python3 -m bench.gpu_suite --out "$OUT" --levels 1,32,64,128 --baseline-max 0 --overload-seconds 0 \
-      --config "$par$n:$extra,AUDIO__AUDIO_DEVICE=all" --configs-levels 1,32,64,128,192,256 || echo "suite failed rc=$?"
+      --config "$par$n:$extra,AUDIO_DEVICE=all" --configs-levels 1,32,64,128,192,256 || echo "suite failed rc=$?"
     python3 -m bench.multigpu_report --suite "$OUT/gpu_suite.json" --mode "$par" --gpus "$n" --out "$OUT/multigpu.json"
     ;;
   *) echo "usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|multigpu [tp|dp]"; exit 2 ;;

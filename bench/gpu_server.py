@@ -49,9 +49,8 @@ def _first(obj: Any, *paths: str) -> Any:
     return None
 
 
-def collect_stats(services: Any) -> dict:
+def collect_stats(services: Any, rt: Any) -> dict:
     """The GPU time split and counters, each None where this server's internals do not have it."""
-    rt = _path(services, "runtime")
     graphs = _first(rt, "decoder.decoder.flow.graphed", "decoder.decoder.graphed", "decoder.graphs")
     return {
         "llm_busy_s": _first(rt, "engine.busy_seconds"),
@@ -84,7 +83,8 @@ def build(settings: Settings):
     @app.get("/bench/stats")
     async def stats(request: Request) -> dict:
         try:
-            return collect_stats(getattr(request.app.state, "services", None))
+            state = request.app.state
+            return collect_stats(getattr(state, "services", None), getattr(state, "runtime", None))
         except Exception as exc:  # noqa: BLE001 - never a 500: the suite records what it gets
             return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 
@@ -99,13 +99,13 @@ def build(settings: Settings):
         from glm4voice_api.audio.decode import decode_audio
         from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 
-        rt = request.app.state.services.runtime
+        rt = request.app.state.runtime
         if torch.cuda.is_available():  # the load levels before leave the caching allocator holding most memory
             torch.cuda.empty_cache()
         if "baseline" not in state:
             # The seed's decoder: its own float32, eager instance (no CUDA graphs, no batching).
             device = rt.decoder.decoder.device
-            decoder = await asyncio.to_thread(load_speech_decoder, rt.paths["decoder"], device, torch.float32)
+            decoder = await asyncio.to_thread(load_speech_decoder, rt.paths.decoder, device, torch.float32)
             state["baseline"] = SeedBaseline(rt, decoder)
         clip = make_question_wav(float(body.get("question_seconds", 3.0)))
         wav = decode_audio(clip, format="wav", max_bytes=len(clip), max_seconds=60)
@@ -121,7 +121,7 @@ def main() -> None:
     p.add_argument("--port", type=int, default=8000)
     args = p.parse_args()
     settings = Settings(host=args.host, port=args.port)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(build(settings), host=args.host, port=args.port, log_level="warning")
 
 

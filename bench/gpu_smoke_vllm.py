@@ -46,20 +46,23 @@ from glm4voice_api.engine.base import GenerationParams, InterleaveConstraint
 from glm4voice_api.random_checkpoints.llm import (
     AUDIO_0,
     AUDIO_COUNT,
+    EOS_TOKEN_IDS,
+    NUM_RANKS,
+    PAD_TOKEN_ID,
     TinyLLMConfig,
     _config_json,
     _tokenizer_config,
     tiny_ranks,
     write_tiny_llm,
 )
-from glm4voice_api.text.tokenizer import GLM4Tokenizer
+from glm4voice_api.text.tokenizer import GLM4_CORE_SPECIALS, GLM4Tokenizer
 
-TEXT_RANGE = (0, 151329)
+TEXT_RANGE = (0, NUM_RANKS)
 AUDIO_RANGE = (AUDIO_0, AUDIO_0 + AUDIO_COUNT)  # (152353, 168737)
-EOS = (151336,)  # <|user|>
+EOS = (NUM_RANKS + GLM4_CORE_SPECIALS.index("<|user|>"),)  # 151336
 REALTIME_TOK_S = 12.5 * 39 / 26  # 18.75: tokens per second of speech in the 13/26 interleave
 
-# GLM-4-Voice-9B (glm4voice-spec.md 1.1)
+# GLM-4-Voice-9B's released config.json sizes
 FULL = TinyLLMConfig(
     num_layers=40,
     hidden_size=4096,
@@ -75,11 +78,11 @@ def write_full_folder(out_dir: Path) -> Path:
     """config.json at full size + tokenizer files; no weights (load_format="dummy")."""
     out_dir.mkdir(parents=True, exist_ok=True)
     config = _config_json(FULL)
-    config["layernorm_epsilon"] = 3.90625e-08  # GLM-4-Voice's value (spec 1.1)
+    config["layernorm_epsilon"] = 3.90625e-08  # GLM-4-Voice's released value
     config["_name_or_path"] = "glm4voice-api/full-size-dummy-glm-4-voice-9b"
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329}, indent=2)
+        json.dumps({"eos_token_id": EOS_TOKEN_IDS, "pad_token_id": PAD_TOKEN_ID}, indent=2)
     )
     with (out_dir / "tokenizer.model").open("w") as f:
         for rank, token in enumerate(tiny_ranks()):
@@ -192,9 +195,17 @@ async def start_engine(model_dir: Path, settings: EngineSettings, num_valid: int
 
 
 async def run_engine(
-    label: str, model_dir: Path, settings: EngineSettings, num_valid: int, args: argparse.Namespace, *,
-    with_processor: bool, constrained_ns: list[int], unconstrained_ns: list[int], report: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+    label: str,
+    model_dir: Path,
+    settings: EngineSettings,
+    num_valid: int,
+    args: argparse.Namespace,
+    *,
+    with_processor: bool,
+    constrained_ns: list[int],
+    unconstrained_ns: list[int],
+    report: dict[str, Any],
+) -> dict[str, Any]:
     t0 = time.perf_counter()
     engine = await start_engine(model_dir, settings, num_valid, with_processor=with_processor)
     ready_s = time.perf_counter() - t0
@@ -205,11 +216,13 @@ async def run_engine(
     try:
         # Short warm-up per configuration (new batch shapes, the processor's first use).
         for n in constrained_ns:
-            await run_batch(engine, n, prompt_len=args.prompt_len, max_tokens=45, constrained=True,
-                            tag=f"{label}-wc{n}", seed=7)  # fmt: skip
+            await run_batch(
+                engine, n, prompt_len=args.prompt_len, max_tokens=45, constrained=True, tag=f"{label}-wc{n}", seed=7
+            )
         for n in unconstrained_ns:
-            await run_batch(engine, n, prompt_len=args.prompt_len, max_tokens=45, constrained=False,
-                            tag=f"{label}-wu{n}", seed=8)  # fmt: skip
+            await run_batch(
+                engine, n, prompt_len=args.prompt_len, max_tokens=45, constrained=False, tag=f"{label}-wu{n}", seed=8
+            )
         for n in constrained_ns:
             result["runs"].append(
                 await run_batch(
@@ -265,7 +278,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         max_model_len=args.max_model_len,
         max_num_seqs=args.max_num_seqs,
         gpu_memory_utilization=args.gpu_memory_utilization,
-    )
+    ).resolved(cuda=True, model_seq_length=args.max_model_len)
     report: dict[str, Any] = {
         "benchmark": "vllm_smoke",
         "model": "tiny" if args.tiny else "full-size GLM-4-Voice-9B config, dummy weights",
@@ -286,13 +299,30 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001
         report["version_error"] = repr(exc)
     report["engines"] = []
-    await run_engine("adapter", model_dir, settings, num_valid, args, with_processor=True,
-                     constrained_ns=_ints(args.concurrency), unconstrained_ns=_ints(args.unconstrained),
-                     report=report)  # fmt: skip
+    await run_engine(
+        "adapter",
+        model_dir,
+        settings,
+        num_valid,
+        args,
+        with_processor=True,
+        constrained_ns=_ints(args.concurrency),
+        unconstrained_ns=_ints(args.unconstrained),
+        report=report,
+    )
     if args.compare_mrv2:
         await asyncio.sleep(5)  # let the first engine core release the GPU
-        await run_engine("no-processor", model_dir, settings, num_valid, args, with_processor=False,
-                         constrained_ns=[], unconstrained_ns=_ints(args.mrv2_concurrency), report=report)  # fmt: skip
+        await run_engine(
+            "no-processor",
+            model_dir,
+            settings,
+            num_valid,
+            args,
+            with_processor=False,
+            constrained_ns=[],
+            unconstrained_ns=_ints(args.mrv2_concurrency),
+            report=report,
+        )
     return report
 
 

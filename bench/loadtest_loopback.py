@@ -11,7 +11,7 @@ Without `--url` it starts the server itself on the built-in default (random weig
 stops it at the end. Exit status 1 when: any error other than 429, RSS grew by more than `--max-rss-growth-mib`
 from the end of warm-up to the end of the run, or something leaked.
 
-    python -m bench.loadtest_loopback                       # 100 streams x 60 s, writes bench/results/loopback_load.json
+    python -m bench.loadtest_loopback      # 100 streams x 60 s, writes bench/results/loopback_load.json
     python -m bench.loadtest_loopback --url http://127.0.0.1:8000 --pid 1234 --streams 12 --duration 10
 """
 
@@ -46,7 +46,7 @@ LEAK_GAUGES = (
 )
 REPORTED = (
     *LEAK_GAUGES,
-    "glm4voice_engine_aborted_requests",
+    "glm4voice_engine_aborted_requests_total",
     "glm4voice_audio_output_seconds_total",
     "glm4voice_audio_input_seconds_total",
     "glm4voice_first_audio_seconds_count",
@@ -153,12 +153,14 @@ async def run_load(url: str, args: argparse.Namespace, pid: int | None) -> dict:
     wav = base64.b64encode(make_question_wav(args.question_seconds)).decode()
     body = {
         "model": args.model,
-        "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}]}],
+        "messages": [
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}]}
+        ],
         "modalities": ["text", "audio"],
         "audio": {"voice": "alloy", "format": "pcm16"},
         "stream": True,
         "max_tokens": args.max_tokens,
-    }  # fmt: skip
+    }
     out = Outcomes()
     rss: list[tuple[float, float]] = []
     limits = httpx.Limits(max_connections=args.streams + 8, max_keepalive_connections=args.streams + 8)
@@ -213,8 +215,11 @@ def summarize(args: argparse.Namespace, out: Outcomes, before: dict, after: dict
         failures.append(f"RSS grew by {growth} MiB after warm-up (bound {args.max_rss_growth_mib} MiB)")
     if out.ok == 0:
         failures.append("no turn completed")
-    delta = {k: round(after.get(k, 0.0) - before.get(k, 0.0), 3) for k in sorted(set(before) | set(after))
-             if k.startswith(REPORTED) and after.get(k, 0.0) != before.get(k, 0.0)}  # fmt: skip
+    delta = {
+        k: round(after.get(k, 0.0) - before.get(k, 0.0), 3)
+        for k in sorted(set(before) | set(after))
+        if k.startswith(REPORTED) and after.get(k, 0.0) != before.get(k, 0.0)
+    }
     return {
         "streams": args.streams,
         "duration_s": args.duration,
@@ -247,8 +252,8 @@ def _free_port() -> int:
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port),
-           *args.server_args]  # fmt: skip
+    serve = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [*serve, *args.server_args]
     log = open(args.server_log, "w")  # noqa: SIM115 - lives as long as the server
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -281,8 +286,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="glm-4-voice-9b")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "loopback_load.json"))
     p.add_argument("--server-log", default="/tmp/glm4voice-loadtest-server.log")
-    p.add_argument("--server-args", nargs=argparse.REMAINDER, default=["--max-model-len", "1024"],
-                   help="flags for the server it starts (last on the command line)")  # fmt: skip
+    p.add_argument(
+        "--server-args",
+        nargs=argparse.REMAINDER,
+        default=["--engine.max-model-len", "1024"],
+        help="flags for the server it starts (last on the command line)",
+    )
     return p.parse_args(argv)
 
 
@@ -302,8 +311,10 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-    result["server"] = {"url": url if args.url else "started by the test (built-in default)",
-                        "args": [] if args.url else args.server_args}  # fmt: skip
+    result["server"] = {
+        "url": url if args.url else "started by the test (built-in default)",
+        "args": [] if args.url else args.server_args,
+    }
     if process is not None:
         result["server"]["exit_status"] = process.returncode
     text = json.dumps(result, indent=2)

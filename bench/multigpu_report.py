@@ -2,7 +2,7 @@
 
     python -m bench.multigpu_report --suite $OUT/gpu_suite.json --mode tp --gpus 2 --out $OUT/multigpu.json
 
-Written by `bash bench/gpu_run.sh multigpu tp|dp` on a machine with two or more GPUs (issue 9).
+Written by `bash bench/gpu_run.sh multigpu tp|dp` on a machine with two or more GPUs.
 """
 
 from __future__ import annotations

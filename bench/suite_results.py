@@ -29,8 +29,8 @@ class ConfigSpec:
 
     @classmethod
     def parse(cls, text: str) -> ConfigSpec:
-        """`NAME:KEY=VAL[,KEY=VAL...]`; KEY without the GLM4VOICE_ prefix (AUDIO__DECODER_MAX_BATCH); a value may
-        hold commas (AUDIO__DECODER_SCHEDULE=[10,20,40]) as long as what follows a comma is not `KEY=`."""
+        """`NAME:KEY=VAL[,KEY=VAL...]`; KEY without the GLM4VOICE_ prefix (SPEECH_DECODER__MAX_BATCH); a value may
+        hold commas (SPEECH_DECODER__SCHEDULE=[10,20,40]) as long as what follows a comma is not `KEY=`."""
         name, sep, body = text.partition(":")
         if not sep or not name or not body:
             raise ValueError(f"--config {text!r}: expected NAME:KEY=VAL[,KEY=VAL...]")

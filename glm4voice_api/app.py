@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,20 +20,29 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from glm4voice_api.auth import AuthMiddleware, KeyResolver
 from glm4voice_api.config import Settings
 from glm4voice_api.engine.base import LLMEngine
-from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down
-from glm4voice_api.pipeline.runtime import build_runtime
+from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down, store_unavailable
+from glm4voice_api.pipeline.runtime import Runtime, build_runtime
 from glm4voice_api.protocol.common import ErrorResponse
 from glm4voice_api.request_context import RequestContext, bind_request, unbind_request
 from glm4voice_api.routes import chat, health, models, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
+from glm4voice_api.serving.admission import Admission
+from glm4voice_api.serving.capacity import CapacityController, capacity_signals, run_controller
 from glm4voice_api.serving.metrics import Metrics
-from glm4voice_api.serving.capacity import CapacityController, run_controller
-from glm4voice_api.serving.services import Services, capacity_signals, measured_capacity
+from glm4voice_api.serving.services import Services
+from glm4voice_api.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("glm4voice_api.access")
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _OPEN_WHILE_DRAINING = ("/health", "/health/ready", "/metrics")
+
+
+@dataclass
+class _ResponseStatus:
+    """The status the app sent (500 until it sends one), for the access log and the request counter."""
+
+    status: int = 500
 
 
 class RequestContextMiddleware:
@@ -65,25 +75,32 @@ class RequestContextMiddleware:
         context = RequestContext(request_id, state)
         token = bind_request(context)
         started = time.perf_counter()
-        status_holder = {"status": 500}
+        response = _ResponseStatus()
         try:
-            await self._handle(scope, receive, send, request_id, headers, status_holder)
+            await self._handle(scope, receive, send, request_id, headers, response)
         finally:
-            status = status_holder["status"]
+            status = response.status
             self._count(scope, status, context.tenant)
             access_logger.info(
-                "%s %s %s", scope.get("method"), scope.get("path"), status,
-                extra={"method": scope.get("method"), "path": scope.get("path"), "status": status,
-                       "duration_ms": round((time.perf_counter() - started) * 1000, 1)},
-            )  # fmt: skip
+                "%s %s %s",
+                scope.get("method"),
+                scope.get("path"),
+                status,
+                extra={
+                    "method": scope.get("method"),
+                    "path": scope.get("path"),
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
             unbind_request(token)
 
     async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, request_id: str, headers: dict, status_holder: dict
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, headers: dict, response: _ResponseStatus
     ) -> None:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_holder["status"] = message["status"]
+                response.status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
@@ -94,8 +111,10 @@ class RequestContextMiddleware:
             return
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            await _send_error(send_with_id, payload_too_large(
-                f"The request body is larger than the {self.max_body} byte limit.", param="body"))  # fmt: skip
+            await _send_error(
+                send_with_id,
+                payload_too_large(f"The request body is larger than the {self.max_body} byte limit.", param="body"),
+            )
             return
         received = 0
 
@@ -105,8 +124,12 @@ class RequestContextMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise APIError(f"The request body is larger than the {self.max_body} byte limit.",
-                                   param="body", code="request_too_large", status=413)  # fmt: skip
+                    raise APIError(
+                        f"The request body is larger than the {self.max_body} byte limit.",
+                        param="body",
+                        code="request_too_large",
+                        status=413,
+                    )
             return message
 
         await self.app(scope, capped_receive, send_with_id)
@@ -156,10 +179,25 @@ def _install_error_handlers(app: FastAPI) -> None:
         error = APIError(str(exc.detail), code=kind, status=exc.status_code)
         return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(StoreUnavailable)
+    async def on_store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        logger.warning("store unavailable: %s", exc)
+        error = store_unavailable()
+        return JSONResponse(error.to_dict(), status_code=error.status, headers=error.headers)
+
     @app.exception_handler(ClientDisconnectedError)
     async def on_disconnect(_: Request, __: ClientDisconnectedError) -> JSONResponse:
-        return JSONResponse({"error": {"message": "client disconnected", "type": "invalid_request_error",
-                                       "param": None, "code": "client_disconnected"}}, status_code=499)  # fmt: skip
+        return JSONResponse(
+            {
+                "error": {
+                    "message": "client disconnected",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "client_disconnected",
+                }
+            },
+            status_code=499,
+        )
 
     @app.exception_handler(Exception)
     async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -195,6 +233,18 @@ def _publish_error_envelope(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _start_capacity_control(app: FastAPI, runtime: Runtime, admission: Admission) -> asyncio.Task | None:
+    """Measured admission (`admission.measured`, on by default on a GPU): a controller adjusts the active limit."""
+    settings = runtime.settings
+    if not settings.admission.measured:
+        return None
+    ceiling = settings.engine.max_num_seqs or 1
+    controller = CapacityController(ceiling=ceiling, initial=max(1, ceiling // 4))
+    app.state.capacity = controller
+    read = capacity_signals(runtime.engine, runtime.decoder, admission.queue)
+    return asyncio.create_task(run_controller(controller, read, admission.queue.set_limit))
+
+
 def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = None) -> FastAPI:
     """Build the app. The lifespan loads the models and starts (and warms up) the engine before serving."""
     settings = settings or Settings()
@@ -203,36 +253,30 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await build_runtime(settings, engine=engine)
-        metrics.bind(active_requests=runtime.engine.active_requests, aborted_requests=runtime.engine.aborted_requests,
-                     decoder_sessions=runtime.decoder.active_streams)  # fmt: skip
-        runtime.observe_first_audio = metrics.first_audio.observe
+        metrics.bind(
+            active_requests=runtime.engine.active_requests,
+            aborted_requests=runtime.engine.aborted_requests,
+            decoder_sessions=runtime.decoder.active_streams,
+        )
         auth.bind(runtime.store)  # before the services: never serve while auto auth cannot see the stored keys
-        runtime.observe_audio_out = metrics.audio_out.inc
-        runtime.observe_rtf = metrics.rtf.observe
-        runtime.observe_rejection = metrics.reject
-        runtime.audio_input.observe_seconds = metrics.audio_in.inc
-        services = Services.from_runtime(runtime)
-        services.admission.on_reject = metrics.reject
-        metrics.bind_serving(active_streams=lambda: runtime.open_streams, admitted=lambda: services.admission.in_flight,
-                             queued=lambda: services.admission.queue.queued,
-                             limit=lambda: services.admission.queue.max_active or 0)  # fmt: skip
+        services = Services.build(runtime, metrics)
+        admission = services.admission
+        metrics.bind_admission(
+            admitted=lambda: admission.in_flight,
+            queued=lambda: admission.queue.queued,
+            limit=lambda: admission.queue.max_active or 0,
+        )
         runtime.decoder.set_underrun_callback(metrics.underruns.inc)
         app.state.services = services
-        capacity = None
-        if measured_capacity(runtime):
-            ceiling = runtime.engine.info.max_num_seqs
-            controller = CapacityController(ceiling=ceiling, initial=max(1, ceiling // 4))
-            app.state.capacity = controller
-            capacity = asyncio.create_task(run_controller(
-                controller, capacity_signals(runtime, services.admission), services.admission.queue.set_limit
-            ))  # fmt: skip
+        app.state.runtime = runtime  # introspection only (bench/gpu_server.py); routes go through the services
+        capacity = _start_capacity_control(app, runtime, admission)
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
             if capacity is not None:
                 capacity.cancel()
-            app.state.services = None
+            app.state.services = app.state.runtime = None
             auth.bind(None)
             await runtime.close()
 
@@ -241,6 +285,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     app.state.metrics = metrics
     app.state.auth = auth = KeyResolver(settings)
     app.state.services = None
+    app.state.runtime = None
     app.state.capacity = None
     app.state.draining = False
     _install_error_handlers(app)
@@ -251,15 +296,19 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         app.include_router(web.router)
     # Added before (so inside) the request-context middleware: 401s carry x-request-id and are counted; added after
     # any middleware that reads request.state.tenant (admission, rate limits), so the tenant is set before they run.
-    app.add_middleware(AuthMiddleware, resolver=auth, protect_health_metrics=settings.protect_health_metrics)
-    app.add_middleware(RequestContextMiddleware, max_body=settings.limits.max_request_bytes, metrics=metrics,
-                       draining=lambda: app.state.draining)  # fmt: skip
+    app.add_middleware(AuthMiddleware, resolver=auth, protect_health_metrics=settings.auth.protect_health_metrics)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body=settings.request_limits.max_body_bytes,
+        metrics=metrics,
+        draining=lambda: app.state.draining,
+    )
     return app
 
 
 async def drain(app: FastAPI) -> None:
     """Stop taking requests and let the running ones finish, aborting those still running after
-    `drain_timeout_s` (their engine requests are aborted and decoder sessions freed as on a disconnect).
+    `timeouts.drain_s` (their engine requests are aborted and decoder sessions freed as on a disconnect).
 
     Readiness answers 503 from the first moment, new requests get 503 with Retry-After, queued ones too.
     """
@@ -269,7 +318,7 @@ async def drain(app: FastAPI) -> None:
         return
     admission = services.admission
     admission.start_draining()
-    timeout = app.state.settings.drain_timeout_s
+    timeout = app.state.settings.timeouts.drain_s
     logger.info("draining: %d request(s) in flight, waiting up to %g s", admission.in_flight, timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

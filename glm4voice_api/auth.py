@@ -5,7 +5,7 @@ request's scope state (`request.state.tenant`) before any inner middleware or ha
 limits and metrics further in can read it. Every request gets a tenant: `default` where no key is needed.
 
 Keys come from two places: the static list in the settings (`--api-keys`, tenant `default`) and the store (hashed,
-per tenant, managed by `glm4voice-api keys`). Store lookups are cached in memory for `auth_cache_seconds`, so a
+per tenant, managed by `glm4voice-api keys`). Store lookups are cached in memory for `auth.cache_seconds`, so a
 revoked key keeps working on a running server for at most that long.
 """
 
@@ -18,8 +18,8 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glm4voice_api.config import Settings
-from glm4voice_api.errors import APIError, unavailable
-from glm4voice_api.store import DEFAULT_TENANT, Store, hash_api_key
+from glm4voice_api.errors import APIError, store_unavailable, unavailable
+from glm4voice_api.store import DEFAULT_TENANT, Store, StoreUnavailable, hash_api_key
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ class KeyResolver:
     """Which tenant a key belongs to, and whether keys are required at all (`auth` = auto|on|off)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.mode = settings.auth
-        self.ttl = settings.auth_cache_seconds
-        self.static = {hash_api_key(k): DEFAULT_TENANT for k in settings.api_keys}
+        self.mode = settings.auth.mode
+        self.ttl = settings.auth.cache_seconds
+        self.static = {hash_api_key(k): DEFAULT_TENANT for k in settings.auth.api_keys}
         self.store: Store | None = None
         self._tenants: dict[str, tuple[float, str | None]] = {}
         self._has_keys: tuple[float, bool] = (0.0, False)
@@ -127,6 +127,10 @@ class AuthMiddleware:
                     state["tenant"] = tenant
             except APIError as error:
                 await _reject(scope, send, error)
+                return
+            except StoreUnavailable as exc:  # keys cached before the outage keep working; others are told to retry
+                logger.warning("API key lookup failed: %s", exc)
+                await _reject(scope, send, store_unavailable())
                 return
             except Exception:  # the key store failing is the server's problem, and retryable: 503
                 logger.exception("API key lookup failed")

@@ -1,8 +1,9 @@
 """`glm4voice-api` command line. Flags are generated from the `Settings` fields (one name, default and help each).
 
-Nested groups (engine, limits) contribute their fields under their own names: `--max-model-len`, not
-`--engine.max-model-len`, because the vLLM flags are what operators already know. Values given on the command line
-override the environment (GLM4VOICE_*), which overrides the defaults.
+A flag is the field's path in the settings tree: `--host` at the root, `--engine.max-model-len` in a group (env
+`GLM4VOICE_ENGINE__MAX_MODEL_LEN`), so fields of two groups never clash; `--help` lists them group by group. The flat
+names used before the groups (`--max-model-len`, `--max-tokens`, ...) are still accepted, hidden from `--help`.
+Values given on the command line override the environment (GLM4VOICE_*), which overrides the defaults.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from glm4voice_api.config import Settings
+from glm4voice_api.config import LEGACY_NAMES, Settings, setting_fields, settings_with
 
 if TYPE_CHECKING:
     from glm4voice_api.store import Store
@@ -32,16 +33,25 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def _add_flag(parser: argparse._ArgumentGroup, dest: str, field: FieldInfo) -> None:
+def flag_name(path: str) -> str:
+    """`engine.max_model_len` -> `--engine.max-model-len`."""
+    return "--" + path.replace("_", "-")
+
+
+def _add_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, dest: str, field: FieldInfo, *, flag: str | None = None
+) -> None:
     annotation = _unwrap_optional(field.annotation)
-    flag = "--" + dest.split(".")[-1].replace("_", "-")
-    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": field.description}
+    hidden = flag is not None
+    flag = flag or flag_name(dest)
+    help_text = argparse.SUPPRESS if hidden else field.description
+    kwargs: dict[str, Any] = {"dest": dest, "default": argparse.SUPPRESS, "help": help_text}
     origin = typing.get_origin(annotation)
     if annotation is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
         parser.add_argument(flag, **kwargs)
         return
-    kwargs["metavar"] = dest.split(".")[-1].upper()
+    kwargs["metavar"] = dest.rsplit(".", 1)[-1].upper()
     if origin is Literal:
         kwargs.pop("metavar")
         kwargs["choices"] = list(typing.get_args(annotation))
@@ -55,35 +65,28 @@ def _add_flag(parser: argparse._ArgumentGroup, dest: str, field: FieldInfo) -> N
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per leaf field of `Settings`."""
-    top = parser.add_argument_group("server")
+    """Add one flag per leaf field of `Settings`, grouped as the tree is, plus the hidden pre-group names."""
+    leaves = setting_fields()
+    groups = {"": parser.add_argument_group("server", Settings.__doc__)}
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            group = parser.add_argument_group(name)
-            for sub_name, sub_field in annotation.model_fields.items():
-                _add_flag(group, f"{name}.{sub_name}", sub_field)
-        else:
-            _add_flag(top, name, field)
+            groups[name] = parser.add_argument_group(
+                name.replace("_", "-"), (annotation.__doc__ or "").split("\n\n")[0]
+            )
+    for path, field in leaves.items():
+        group, _, _ = path.rpartition(".")
+        _add_flag(groups[group], path, field)
+    for old, new in LEGACY_NAMES.items():
+        legacy_flag = flag_name(old.rsplit(".", 1)[-1])
+        if legacy_flag != flag_name(new):
+            _add_flag(parser, new, leaves[new], flag=legacy_flag)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
-    base = Settings()
-    overrides: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {}
-    for dest, value in vars(args).items():
-        if dest in ("command", "func"):
-            continue
-        if "." in dest:
-            group, key = dest.split(".", 1)
-            nested.setdefault(group, {})[key] = value
-        else:
-            overrides[dest] = value
-    for group, values in nested.items():
-        overrides[group] = getattr(base, group).model_copy(update=values)
-    merged = base.model_dump() | {k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in overrides.items()}
-    return Settings(**merged)
+    given = {dest: value for dest, value in vars(args).items() if dest not in ("command", "func", "keys_command")}
+    return settings_with(Settings(), given)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -92,12 +95,12 @@ def _serve(args: argparse.Namespace) -> None:
     serve(settings_from_args(args))
 
 
-_STORE_FIELDS = ("store", "cache_dir", "auth_cache_seconds")
+_STORE_FIELDS = ("store", "cache_dir", "auth.cache_seconds")
 """The settings the `keys` commands use: the same store as the server (same flags, same environment)."""
 
 
 def _store_settings(args: argparse.Namespace) -> Settings:
-    return Settings(**{name: getattr(args, name) for name in _STORE_FIELDS if hasattr(args, name)})
+    return settings_with(Settings(), {name: getattr(args, name) for name in _STORE_FIELDS if hasattr(args, name)})
 
 
 async def _keys_create(store: Store, args: argparse.Namespace, settings: Settings) -> list[str]:
@@ -110,10 +113,16 @@ async def _keys_create(store: Store, args: argparse.Namespace, settings: Setting
 
 async def _keys_list(store: Store, args: argparse.Namespace, settings: Settings) -> list[str]:
     rows = [
-        (k.id, k.tenant, k.prefix + "...", _when(k.created_at),
-         "active" if k.revoked_at is None else f"revoked {_when(k.revoked_at)}")
-        for k in await store.list_keys() if args.tenant in (None, k.tenant)
-    ]  # fmt: skip
+        (
+            k.id,
+            k.tenant,
+            k.prefix + "...",
+            _when(k.created_at),
+            "active" if k.revoked_at is None else f"revoked {_when(k.revoked_at)}",
+        )
+        for k in await store.list_keys()
+        if args.tenant in (None, k.tenant)
+    ]
     return _table(("ID", "TENANT", "PREFIX", "CREATED", "STATUS"), rows)
 
 
@@ -127,7 +136,7 @@ async def _keys_revoke(store: Store, args: argparse.Namespace, settings: Setting
     key = matches[0]
     if not await store.revoke_key(key.id, int(time.time())):
         raise ValueError(f"{key.id} is already revoked")
-    ttl = f"{settings.auth_cache_seconds:g}"
+    ttl = f"{settings.auth.cache_seconds:g}"
     return [f"revoked {key.id} (tenant {key.tenant}, {key.prefix}...); running servers refuse it within {ttl} s"]
 
 
@@ -166,10 +175,12 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def _add_keys_command(commands: argparse._SubParsersAction) -> None:
     keys = commands.add_parser("keys", help="Create, list and revoke API keys (one tenant per key) in the store.")
-    store_flags = argparse.ArgumentParser(add_help=False)
+    store_flags = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     group = store_flags.add_argument_group("store")
+    leaves = setting_fields()
     for name in _STORE_FIELDS:
-        _add_flag(group, name, Settings.model_fields[name])
+        _add_flag(group, name, leaves[name])
+    _add_flag(store_flags, "auth.cache_seconds", leaves["auth.cache_seconds"], flag="--auth-cache-seconds")
     actions = keys.add_subparsers(dest="keys_command", required=True)
     create = actions.add_parser("create", parents=[store_flags], help="New key for a tenant; prints it last.")
     create.add_argument("--tenant", required=True, help="Tenant name: 1-64 of A-Z a-z 0-9 . _ -")
@@ -181,9 +192,11 @@ def _add_keys_command(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="glm4voice-api", description="OpenAI-compatible GLM-4-Voice server.")
+    parser = argparse.ArgumentParser(
+        prog="glm4voice-api", description="OpenAI-compatible GLM-4-Voice server.", allow_abbrev=False
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="Start the API server.")
+    serve = commands.add_parser("serve", help="Start the API server.", allow_abbrev=False)
     add_settings_flags(serve)
     serve.set_defaults(func=_serve)
     _add_keys_command(commands)

@@ -1,26 +1,36 @@
-"""One settings tree for the whole server (env prefix `GLM4VOICE_`, nested groups with `__`).
+"""One settings tree for the whole server: environment `GLM4VOICE_*` (groups nested with `__`) and `serve` flags.
 
-The CLI (`glm4voice_api.cli`) is generated from these same fields, so every setting has exactly one name, one
-default and one help text. Nothing else in the code base reads the environment.
+The groups follow the README's sections: the server itself at the root, then `engine` (vLLM), `speech_tokenizer`,
+`speech_decoder`, `request_limits`, `admission`, `tenant_limits`, `timeouts`, `auth` and `log`. A field's flag is its
+path (`--engine.max-model-len`, env `GLM4VOICE_ENGINE__MAX_MODEL_LEN`), so two groups can share a field name.
+
+Conventions: 0 means "unlimited" (or "off") wherever a limit can be lifted; None means "derive the default" and
+is resolved, with every other machine- or model-dependent default, in one place: `Settings.resolved`.
+
+Nothing else in the code base reads the environment. The names used before the groups existed are still accepted
+(`LEGACY_NAMES`: env `GLM4VOICE_LIMITS__MAX_TOKENS`, flag `--max-tokens`, ...).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 OFFICIAL_FOLDERS = {
     "llm": "glm-4-voice-9b",
     "speech_tokenizer": "glm-4-voice-tokenizer",
     "decoder": "glm-4-voice-decoder",
 }
+DEFAULT_MAX_MODEL_LEN = 8192  # the official vLLM server's context for GLM-4-Voice
 
 
 class EngineSettings(BaseModel):
-    """vLLM engine flags, passed through to `AsyncEngineArgs`."""
+    """vLLM engine: its own flags, passed through to `AsyncEngineArgs`."""
 
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallel size.")
     pipeline_parallel_size: int = Field(1, ge=1, description="vLLM pipeline parallel size.")
@@ -45,9 +55,9 @@ class EngineSettings(BaseModel):
     process: Literal["auto", "inproc", "separate"] = Field(
         "auto",
         description="Where vLLM's engine core runs. inproc: in the server process (one CUDA context shared with the "
-        "speech decoder: their kernels interleave instead of time-slicing the GPU); separate: its own process "
-        "(AsyncLLM). auto: separate (measured on an H100, bench/results: in-process the LLM made ~40% fewer tokens "
-        "per second at 32 streams beside the decoder).",
+        "speech decoder, which gets a high-priority CUDA stream); separate: its own process (AsyncLLM). auto: "
+        "separate (on an H100 the in-process LLM made ~40% fewer tokens/s at 32 streams beside the decoder, "
+        "bench/results).",
     )
     quantization: str | None = Field(
         None, description="vLLM quantization of the LLM's weights, e.g. fp8 (Hopper); None: the checkpoint's dtype."
@@ -59,102 +69,244 @@ class EngineSettings(BaseModel):
         "max_num_seqs on GPU, [1, 2] on CPU.",
     )
 
+    def resolved(self, *, cuda: bool, model_seq_length: int) -> EngineSettings:
+        """The same settings with every default that depends on the machine or the model filled in."""
+        max_num_seqs = self.max_num_seqs or (256 if cuda else 8)
+        warmup = [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_num_seqs] if cuda else [1, 2]
+        return self.model_copy(
+            update={
+                "max_model_len": self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, model_seq_length),
+                "max_num_seqs": max_num_seqs,
+                "enforce_eager": self.enforce_eager if self.enforce_eager is not None else not cuda,
+                "warmup_batch_sizes": self.warmup_batch_sizes if self.warmup_batch_sizes is not None else warmup,
+            }
+        )
 
-class AudioModelSettings(BaseModel):
-    """Where and how the speech tokenizer and decoder run (outside vLLM)."""
 
-    audio_device: str = Field(
-        "auto",
-        description="Device of the speech tokenizer and decoder: auto, cpu, cuda, cuda:N, or all (a decoder on "
-        "every GPU, for tensor/data-parallel engines; the tokenizer on cuda:0).",
-    )
-    tokenizer_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+class SpeechTokenizerSettings(BaseModel):
+    """Speech tokenizer (audio in -> speech tokens): its precision and how its worker thread batches requests."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Speech tokenizer dtype (float32 reproduces the reference tokens exactly)."
     )
-    tokenizer_max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
-    tokenizer_max_wait_ms: float = Field(5.0, ge=0, description="How long the tokenizer worker waits to fill a batch.")
-    decoder_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+    max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long the tokenizer worker waits to fill a batch.")
+
+
+class SpeechDecoderSettings(BaseModel):
+    """Speech decoder (speech tokens -> audio out): precision, chunk schedule, context bound and batching."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="Speech decoder dtype. auto: bfloat16 on CUDA (2-3x the streams of float32 per GPU, "
         "bench/results), float32 on CPU (bf16 matmuls are slow there).",
     )
-    decoder_chunking: Literal["adaptive", "fixed"] = Field(
+    schedule: list[int] = Field(
+        [10, 20, 40, 80, 160],
+        description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early; later "
+        "chunks grow because each one re-runs the flow over its context (fewer, longer chunks cost less).",
+    )
+    max_prompt_tokens: int = Field(
+        100,
+        ge=0,
+        description="Earlier tokens (8 s at 100) given to the flow as context per chunk: bounds the cost of a chunk; "
+        "0 = the whole history, as the reference.",
+    )
+    chunking: Literal["adaptive", "fixed"] = Field(
         "fixed",
-        description="How chunks are sized. adaptive: from each stream's buffered audio (small while the listener's "
-        "buffer is thin, up to decoder_max_chunk once ahead; the scheduler also wakes a stream whose buffer nears "
-        "its end); fixed: decoder_schedule, whatever the timing. fixed is the default: on an H100 it gave earlier "
-        "first audio and lower p99 playable latency at 16 and 32 streams (bench/results/gpu_suite.json).",
+        description="How chunks are sized. fixed: the schedule, whatever the timing; adaptive: from each stream's "
+        "buffered audio (small while the listener's buffer is thin, up to max_chunk once ahead). fixed is the default: "
+        "on an H100 it gave earlier first audio and lower p99 playable latency at 16 and 32 streams (bench/results).",
     )
-    decoder_first_chunk: int = Field(
-        10, ge=6, description="Audio tokens in a reply's first chunk (adaptive): first audio after this many."
-    )
-    decoder_max_chunk: int = Field(160, ge=6, description="Most audio tokens in one chunk (adaptive).")
-    decoder_lead_ms: float = Field(
+    first_chunk: int = Field(10, ge=6, description="Adaptive: audio tokens in a reply's first chunk.")
+    max_chunk: int = Field(160, ge=6, description="Adaptive: most audio tokens in one chunk.")
+    lead_ms: float = Field(
         300.0,
         ge=0,
-        description="Adaptive: a stream decodes whatever it has once its listener's buffer falls below this plus "
-        "the expected decoder wait.",
+        description="Adaptive: a stream decodes whatever it has once its listener's buffer falls below this plus the "
+        "expected decoder wait.",
     )
-    decoder_schedule: list[int] = Field(
-        [10, 20, 40, 80, 160],
-        description="Fixed chunking: audio tokens per decoder chunk, in order; the last repeats.",
-    )
-    decoder_max_prompt_tokens: int | None = Field(
-        100,
-        ge=1,
-        description="Earlier tokens (8 s at 100) given to the flow as context per chunk: bounds the cost of a chunk; "
-        "None = the whole history, as the reference.",
-    )
-    decoder_max_batch: int = Field(
+    max_batch: int = Field(
         32, ge=1, description="Most stream chunks decoded in one flow + HiFT pass (CUDA graphs: powers of two)."
     )
-    decoder_cuda_graphs: bool = Field(
+    cuda_graphs: bool = Field(
         True, description="On CUDA, run the flow's 10-step ODE as captured CUDA graphs (per shape bucket)."
     )
 
 
-class LimitSettings(BaseModel):
-    """Caps on what one request may ask for."""
+class RequestLimits(BaseModel):
+    """Caps on what one request may ask for (sizes and token budgets)."""
 
-    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body in bytes.")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body in bytes.")
     max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest input audio file in bytes.")
     max_audio_seconds: float = Field(300.0, gt=0, description="Longest input audio in seconds.")
+    max_text_chars: int = Field(32768, ge=1, description="Most characters of text in one message.")
+    max_tokens: int = Field(
+        0, ge=0, description="Largest max_tokens a request may ask for (400 above it). 0: the context length."
+    )
     default_max_tokens: int = Field(
         2048, ge=1, description="Reply token budget when a request gives none (capped by the context left)."
     )
-    max_text_chars: int = Field(32768, ge=1, description="Most characters of text in one message.")
-    max_tokens: int | None = Field(
-        None, ge=0, description="Largest max_tokens a request may ask for (400 above it). 0/None: the context length."
+
+
+class AdmissionSettings(BaseModel):
+    """Global admission: requests running model work at once, and the bounded queue in front of them.
+
+    Sized to what the engine and decoder serve in real time; a full queue or an expired wait is a 429 with
+    Retry-After (the openai SDK retries it).
+    """
+
+    max_active: int | None = Field(
+        None,
+        ge=0,
+        description="Requests running model work at once (per replica). Default: the engine's max_num_seqs; on a GPU "
+        "measured while serving instead (see measured). 0: unlimited.",
     )
-    # Admission: sized to what the engine and decoder serve in real time. Above max_active_requests requests wait
-    # in a bounded queue; a full queue or an expired wait is a 429 with Retry-After (the openai SDK retries it).
-    max_active_requests: int | None = Field(
-        None, ge=0, description="Requests running model work at once (per replica). Default on a GPU: measured "
-        "while serving (the streams this server keeps gap-free, up to max_num_seqs); on CPU: max_num_seqs. "
-        "0: unlimited.",
-    )  # fmt: skip
-    max_queued_requests: int | None = Field(
-        None, ge=0, description="Requests waiting for a slot; more are refused with 429. Default: max_active_requests."
+    measured: bool | None = Field(
+        None,
+        description="Capacity control: the active limit follows what the server measures (gaps of settled streams, "
+        "near misses, the LLM's token supply), between 1 and max_num_seqs. Default: on for a GPU server when "
+        "max_active is unset.",
+    )
+    max_queued: int | None = Field(
+        None, ge=0, description="Requests waiting for a slot; more are refused with 429. Default: max_active."
     )
     max_queue_wait_s: float = Field(10.0, gt=0, description="Longest wait in the queue before a 429.")
-    # Per-tenant limits (0/None = unlimited): concurrency is counted in this process (per replica); requests per
-    # minute go through the store, so replicas sharing a Redis store share the limit.
-    tenant_max_concurrent: int | None = Field(
-        None, ge=0, description="Requests one tenant may have running or queued at once, per replica (429 above)."
+
+
+class TenantLimitSettings(BaseModel):
+    """Per-tenant limits (0 = unlimited).
+
+    Concurrency is counted in this process (per replica); requests per minute go through the store, so replicas
+    sharing a Redis store share the limit.
+    """
+
+    max_concurrent: int = Field(
+        0, ge=0, description="Requests one tenant may have running or queued at once, per replica (429 above)."
     )
-    tenant_requests_per_minute: int | None = Field(
-        None, ge=0, description="Requests one tenant may start per fixed 60 s window, over all replicas (429 above)."
+    requests_per_minute: int = Field(
+        0, ge=0, description="Requests one tenant may start per fixed 60 s window, over all replicas (429 above)."
     )
-    first_audio_timeout_s: float | None = Field(
-        120.0, ge=0, description="Most seconds from the start of generation to the first audio (0/None: no limit)."
+
+
+class TimeoutSettings(BaseModel):
+    """Time limits of a generation (counted from its start; 0 = no limit) and of the drain on shutdown."""
+
+    first_audio_s: float = Field(
+        120.0, ge=0, description="Most seconds from the start of generation to the first audio."
     )
-    request_timeout_s: float | None = Field(
-        600.0, ge=0, description="Most seconds from the start of generation to its end (0/None: no limit)."
+    request_s: float = Field(600.0, ge=0, description="Most seconds from the start of generation to its end.")
+    drain_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests may run on (new ones get 503) before they "
+        "are aborted and the server exits.",
     )
+
+
+class AuthSettings(BaseModel):
+    """API keys: who may call /v1 (each key belongs to one tenant)."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Require 'Authorization: Bearer <key>' on /v1. auto: on as soon as any key is configured "
+        "(--auth.api-keys) or stored (`glm4voice-api keys create`), revoked ones included.",
+    )
+    # NoDecode: the environment gives a plain comma-separated list, not the JSON pydantic-settings expects.
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        [], description="Static API keys (comma-separated in GLM4VOICE_AUTH__API_KEYS), all for tenant 'default'."
+    )
+    cache_seconds: float = Field(
+        5.0, ge=0, description="How long a key lookup is cached in memory: a revoked key works at most this long."
+    )
+    protect_health_metrics: bool = Field(
+        False, description="Require a key on /health, /health/ready and /metrics too (off: open for probes)."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        items = value.split(",") if isinstance(value, str) else value
+        if isinstance(items, list | tuple):
+            return [k.strip() for k in items if isinstance(k, str) and k.strip()]
+        return value
+
+
+class LogSettings(BaseModel):
+    """Log lines: level and format."""
+
+    level: str = Field("info", description="Log level.")
+    format: Literal["json", "text"] = Field(
+        "json", description="Log lines as JSON objects (request id and tenant on each line of a request) or text."
+    )
+
+
+LEGACY_NAMES: dict[str, str] = {
+    # old path (flat flag = its last part) -> new path
+    **{
+        f"limits.{old}": new
+        for old, new in {
+            "max_request_bytes": "request_limits.max_body_bytes",
+            "max_audio_bytes": "request_limits.max_audio_bytes",
+            "max_audio_seconds": "request_limits.max_audio_seconds",
+            "max_text_chars": "request_limits.max_text_chars",
+            "max_tokens": "request_limits.max_tokens",
+            "default_max_tokens": "request_limits.default_max_tokens",
+            "max_active_requests": "admission.max_active",
+            "max_queued_requests": "admission.max_queued",
+            "max_queue_wait_s": "admission.max_queue_wait_s",
+            "tenant_max_concurrent": "tenant_limits.max_concurrent",
+            "tenant_requests_per_minute": "tenant_limits.requests_per_minute",
+            "first_audio_timeout_s": "timeouts.first_audio_s",
+            "request_timeout_s": "timeouts.request_s",
+        }.items()
+    },
+    **{
+        f"audio.{old}": new
+        for old, new in {
+            "audio_device": "audio_device",
+            "tokenizer_dtype": "speech_tokenizer.dtype",
+            "tokenizer_max_batch": "speech_tokenizer.max_batch",
+            "tokenizer_max_wait_ms": "speech_tokenizer.max_wait_ms",
+            "decoder_dtype": "speech_decoder.dtype",
+            "decoder_schedule": "speech_decoder.schedule",
+            "decoder_max_prompt_tokens": "speech_decoder.max_prompt_tokens",
+            "decoder_max_batch": "speech_decoder.max_batch",
+            "decoder_cuda_graphs": "speech_decoder.cuda_graphs",
+        }.items()
+    },
+    **{f"engine.{name}": f"engine.{name}" for name in EngineSettings.model_fields},
+    "drain_timeout_s": "timeouts.drain_s",
+    "auth": "auth.mode",
+    "api_keys": "auth.api_keys",
+    "auth_cache_seconds": "auth.cache_seconds",
+    "protect_health_metrics": "auth.protect_health_metrics",
+    "log_level": "log.level",
+    "log_format": "log.format",
+}
+"""Names from before the groups: still read from the environment (`GLM4VOICE_LIMITS__MAX_TOKENS`) and accepted as
+flags (`--max-tokens`, hidden from --help), so existing deployments and scripts keep working."""
+
+
+class _EnvWithLegacyNames(EnvSettingsSource):
+    """The environment source, with the old variable names renamed to their new paths first."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        env = dict(super()._load_env_vars())
+        prefix = self.env_prefix.lower()
+        for old, new in LEGACY_NAMES.items():
+            old_key = prefix + old.replace(".", "__")
+            new_key = prefix + new.replace(".", "__")
+            if old_key in env and old_key != new_key:
+                value = env.pop(old_key)
+                env.setdefault(new_key, value)
+        return env
 
 
 class Settings(BaseSettings):
-    """glm4voice-api settings. Environment: GLM4VOICE_<NAME>, nested as GLM4VOICE_ENGINE__MAX_MODEL_LEN."""
+    """The server itself. Every flag is a setting's path and has an environment variable GLM4VOICE_<PATH>, with __
+    between group and field: --engine.max-model-len = GLM4VOICE_ENGINE__MAX_MODEL_LEN. Flags override the
+    environment, which overrides the defaults."""
 
     model_config = SettingsConfigDict(env_prefix="GLM4VOICE_", env_nested_delimiter="__", extra="ignore")
 
@@ -173,52 +325,43 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "glm4voice-api",
         description="Where the built-in default checkpoints (and the default store) are created.",
     )
+    audio_device: str = Field(
+        "auto",
+        description="Device of the speech tokenizer and decoder: auto (cuda:0 if there is a GPU, else cpu), cpu, "
+        "cuda, cuda:N, or all (a decoder on every GPU, for tensor/data-parallel engines; the tokenizer on cuda:0).",
+    )
     interleave_constraint: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Enforce the 13-text/26-audio reply pattern in the sampler. auto: on for random weights "
         "(the real model emits the pattern by itself).",
     )
-    log_level: str = Field("info", description="Log level.")
-    log_format: Literal["json", "text"] = Field(
-        "json", description="Log lines as JSON objects (request id and tenant on each line of a request) or text."
-    )
-    drain_timeout_s: float = Field(
-        30.0, ge=0, description="On SIGTERM: how long in-flight requests may run on (new ones get 503) before they "
-        "are aborted and the server exits.",
-    )  # fmt: skip
     store: str | None = Field(
         None,
         description="Where audio ids, voices, API keys and rate-limit counters are kept: sqlite:///path (default "
         "<cache_dir>/store.sqlite3; one replica) or redis://host:port/db (shared by several replicas).",
     )
-    auth: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Require 'Authorization: Bearer <key>' on /v1. auto: on as soon as any key is configured "
-        "(--api-keys) or stored (`glm4voice-api keys create`), revoked ones included.",
-    )
-    # NoDecode: the environment gives a plain comma-separated list, not the JSON pydantic-settings expects.
-    api_keys: Annotated[list[str], NoDecode] = Field(
-        [], description="Static API keys (comma-separated in GLM4VOICE_API_KEYS), all for tenant 'default'."
-    )
-    auth_cache_seconds: float = Field(
-        5.0, ge=0, description="How long a key lookup is cached in memory: a revoked key works at most this long."
-    )
-    protect_health_metrics: bool = Field(
-        False, description="Require a key on /health, /health/ready and /metrics too (off: open for probes)."
-    )
     audio_ttl_seconds: int = Field(3600, ge=60, description="How long an audio reply can be referred to by its id.")
     web_demo: bool = Field(True, description="Serve the browser demo (talk to the model) at / and /web/.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
-    audio: AudioModelSettings = Field(default_factory=AudioModelSettings)
-    limits: LimitSettings = Field(default_factory=LimitSettings)
+    speech_tokenizer: SpeechTokenizerSettings = Field(default_factory=SpeechTokenizerSettings)
+    speech_decoder: SpeechDecoderSettings = Field(default_factory=SpeechDecoderSettings)
+    request_limits: RequestLimits = Field(default_factory=RequestLimits)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    tenant_limits: TenantLimitSettings = Field(default_factory=TenantLimitSettings)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
-    @field_validator("api_keys", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
-        items = value.split(",") if isinstance(value, str) else value
-        if isinstance(items, list | tuple):
-            return [k.strip() for k in items if isinstance(k, str) and k.strip()]
-        return value
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvWithLegacyNames(settings_cls), dotenv_settings, file_secret_settings
 
     def model_paths(self) -> dict[str, Path | None]:
         """The three checkpoint folders; None where the built-in default is to be used."""
@@ -227,3 +370,56 @@ class Settings(BaseSettings):
             explicit = getattr(self, f"{key}_path")
             paths[key] = explicit or (self.model_dir / folder if self.model_dir else None)
         return paths
+
+    def resolved(self, *, cuda: bool, model_seq_length: int) -> Settings:
+        """Every default that depends on the machine or the model, decided here and nowhere else.
+
+        ``cuda``: whether a GPU is there; ``model_seq_length``: the LLM's context from its config.json.
+        """
+        engine = self.engine.resolved(cuda=cuda, model_seq_length=model_seq_length)
+        max_active = engine.max_num_seqs if self.admission.max_active is None else self.admission.max_active
+        max_queued = max_active if self.admission.max_queued is None else self.admission.max_queued
+        measured = self.admission.measured
+        if measured is None:
+            measured = cuda and self.admission.max_active is None
+        device = self.audio_device
+        if device == "auto":
+            device = "cuda:0" if cuda else "cpu"
+        decoder_dtype = self.speech_decoder.dtype
+        if decoder_dtype == "auto":
+            on_gpu = cuda and (device == "all" or device.startswith("cuda"))
+            decoder_dtype = "bfloat16" if on_gpu else "float32"
+        return self.model_copy(
+            update={
+                "engine": engine,
+                "admission": self.admission.model_copy(
+                    update={"max_active": max_active, "max_queued": max_queued, "measured": measured}
+                ),
+                "speech_decoder": self.speech_decoder.model_copy(update={"dtype": decoder_dtype}),
+                "audio_device": device,
+            }
+        )
+
+
+def setting_fields() -> dict[str, FieldInfo]:
+    """Every leaf setting by its dotted path (`host`, `engine.max_model_len`): its flag and env name derive from it."""
+    leaves: dict[str, FieldInfo] = {}
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            leaves |= {f"{name}.{sub}": sub_field for sub, sub_field in annotation.model_fields.items()}
+        else:
+            leaves[name] = field
+    return leaves
+
+
+def settings_with(base: Settings, values: Mapping[str, Any]) -> Settings:
+    """``base`` with the given dotted paths (``engine.max_model_len``) replaced, validated as a whole."""
+    tree = base.model_dump()
+    for path, value in values.items():
+        node = tree
+        *groups, leaf = path.split(".")
+        for group in groups:
+            node = node[group]
+        node[leaf] = value
+    return Settings(**tree)

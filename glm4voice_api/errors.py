@@ -46,20 +46,30 @@ def payload_too_large(message: str, param: str | None = None) -> APIError:
 
 
 def overloaded(message: str, retry_after: int = 1) -> APIError:
-    return APIError(message, code="rate_limit_exceeded", status=429, type="rate_limit_error",
-                    headers={"Retry-After": str(retry_after)})  # fmt: skip
+    return APIError(
+        message,
+        code="rate_limit_exceeded",
+        status=429,
+        type="rate_limit_error",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def too_many_requests(message: str, code: str, retry_after: int) -> APIError:
     """429 with `Retry-After` (whole seconds, at least 1): a tenant's limit or a full server."""
-    return APIError(message, code=code, status=429, type="rate_limit_error",
-                    headers={"Retry-After": str(max(1, int(retry_after)))})  # fmt: skip
+    return APIError(
+        message, code=code, status=429, type="rate_limit_error", headers={"Retry-After": str(max(1, int(retry_after)))}
+    )
 
 
 def shutting_down(retry_after: int = 5) -> APIError:
-    return APIError("The server is shutting down; retry the request (another replica will take it).",
-                    code="server_shutting_down", status=503, type="server_error",
-                    headers={"Retry-After": str(retry_after)})  # fmt: skip
+    return APIError(
+        "The server is shutting down; retry the request (another replica will take it).",
+        code="server_shutting_down",
+        status=503,
+        type="server_error",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def timed_out(message: str, code: str, retry_after: int = 5) -> APIError:
@@ -70,9 +80,37 @@ def timed_out(message: str, code: str, retry_after: int = 5) -> APIError:
 
 
 def unavailable(message: str, retry_after: int = 5) -> APIError:
-    return APIError(message, code="service_unavailable", status=503, type="server_error",
-                    headers={"Retry-After": str(retry_after)})  # fmt: skip
+    return APIError(
+        message, code="service_unavailable", status=503, type="server_error", headers={"Retry-After": str(retry_after)}
+    )
+
+
+def store_unavailable(retry_after: int = 5) -> APIError:
+    """The shared store (keys, audio ids, voices) cannot be reached now: retryable, and not the client's fault."""
+    return APIError(
+        "The server's data store is temporarily unavailable; retry the request shortly.",
+        code="store_unavailable",
+        status=503,
+        type="server_error",
+        headers={"Retry-After": str(retry_after)},
+    )
 
 
 def server_error(message: str = "The server had an error while processing your request.") -> APIError:
     return APIError(message, code="internal_error", status=500, type="server_error")
+
+
+def context_length_exceeded(max_len: int, n_prompt: int, requested: int | None, param: str) -> APIError:
+    """OpenAI's wording for a prompt (plus the requested completion) longer than the model's context."""
+    if requested is None:
+        message = (
+            f"This model's maximum context length is {max_len} tokens. However, your messages resulted in "
+            f"{n_prompt} tokens. Please reduce the length of the messages."
+        )
+    else:
+        message = (
+            f"This model's maximum context length is {max_len} tokens. However, you requested "
+            f"{n_prompt + requested} tokens ({n_prompt} in the messages, {requested} in the completion). "
+            "Please reduce the length of the messages or completion."
+        )
+    return APIError(message, param=param, code="context_length_exceeded")

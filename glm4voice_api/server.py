@@ -3,11 +3,11 @@
 uvicorn's own shutdown stops listening at once and then only waits for connections; a voice stream may run for
 minutes. So the first SIGTERM (or Ctrl-C) starts the app's drain instead: readiness and new requests answer 503
 (the listener stays open, so clients get a retryable answer rather than a refused connection), running requests
-go on for up to `drain_timeout_s`, then the rest are aborted (engine requests aborted, decoder sessions freed).
+go on for up to `timeouts.drain_s`, then the rest are aborted (engine requests aborted, decoder sessions freed).
 Only then does uvicorn shut down (close the listener and idle connections, run the lifespan's shutdown, which
 stops the engine) and the process exits with status 0. A second signal exits at once.
 
-Kubernetes: terminationGracePeriodSeconds >= drain_timeout_s + ~15 s (abort, engine shutdown).
+Kubernetes: terminationGracePeriodSeconds >= timeouts.drain_s + ~15 s (abort, engine shutdown).
 """
 
 from __future__ import annotations
@@ -62,13 +62,13 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log.level, settings.log.format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level.lower(),
+        log_level=settings.log.level.lower(),
         log_config=None,  # our handler on the root logger formats uvicorn's lines too (logs.py)
         access_log=False,  # the app writes its own access line, with request id and tenant
         # After the drain nothing of ours is running; this bounds what is left (idle keep-alive, other routes).

@@ -21,8 +21,9 @@ def _espeak(text: str, voice: str, words_per_minute: int) -> tuple[np.ndarray, i
     exe = shutil.which("espeak-ng")
     if exe is None:
         pytest.fail("espeak-ng not found: `scripts/install.sh test` installs it (apt package espeak-ng)")
-    out = subprocess.run([exe, "-v", voice, "-s", str(words_per_minute), "--stdout", text],
-                         check=True, capture_output=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [exe, "-v", voice, "-s", str(words_per_minute), "--stdout", text], check=True, capture_output=True
+    ).stdout
     with wave.open(io.BytesIO(out)) as w:
         rate = w.getframerate()
         # espeak-ng writes a streaming header with a bogus frame count; read whatever data there is.

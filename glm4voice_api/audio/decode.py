@@ -14,6 +14,7 @@ import errno
 import io
 import math
 import re
+from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 import av
@@ -56,6 +57,16 @@ _DEMUXER_FOR_HINT = {
     "aac": "aac",
 }
 SUPPORTED_INPUT_FORMATS = frozenset(_DEMUXER_FOR_HINT) | PCM_FORMATS
+
+
+def upload_format_hint(filename: str | None) -> str | None:
+    """The file extension as a decode hint (only a fallback: the content is probed first), when it names one.
+
+    Raw PCM is excluded: a `.pcm` name would otherwise switch the decoder to headerless 24 kHz samples.
+    """
+    ext = PurePath(filename or "").suffix.lower().removeprefix(".")
+    return ext if ext in SUPPORTED_INPUT_FORMATS - PCM_FORMATS else None
+
 
 # FFmpeg refuses to run any other demuxer even if the probe picks one: this keeps playlist/concat/image
 # demuxers (which can open further URLs or parse unrelated formats) out of reach of user bytes.

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from glm4voice_vllm import EXTRA_ARGS_KEY, INTERLEAVE_PATTERN
+
 
 class EngineError(Exception):
     """Base of engine failures."""
@@ -26,7 +28,7 @@ class InterleaveConstraint:
     text_range: tuple[int, int]
     audio_range: tuple[int, int]
     eos: tuple[int, ...]
-    pattern: tuple[int, int] = (13, 26)
+    pattern: tuple[int, int] = INTERLEAVE_PATTERN
     forced_text: tuple[int, ...] | None = None
     min_audio_after_text: int | None = None
     max_audio_after_text: int | None = None
@@ -34,7 +36,7 @@ class InterleaveConstraint:
 
     def to_extra_args(self) -> dict:
         return {
-            "glm4voice": {
+            EXTRA_ARGS_KEY: {
                 "text_range": list(self.text_range),
                 "audio_range": list(self.audio_range),
                 "eos": list(self.eos),
@@ -83,7 +85,9 @@ class LLMEngine(Protocol):
 
     info: EngineInfo
 
-    def generate(self, prompt_ids: list[int], params: GenerationParams, request_id: str) -> AsyncIterator[GenerationDelta]:
+    def generate(
+        self, prompt_ids: list[int], params: GenerationParams, request_id: str
+    ) -> AsyncIterator[GenerationDelta]:
         """Stream the reply. Closing the iterator early aborts the request in the engine."""
         ...
 

@@ -29,10 +29,9 @@ logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "Glm4VoiceForCausalLM"
 LOGITS_PROCESSOR = "glm4voice_vllm.logits:InterleaveLogitsProcessor"
-DEFAULT_MAX_MODEL_LEN = 8192  # what the official GLM-4-Voice vLLM server used
 
 
-def _cuda_available() -> bool:
+def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -45,7 +44,7 @@ def preload_vllm() -> None:
     import vllm.v1.engine.llm_engine  # noqa: F401
 
 
-def in_process(settings: EngineSettings, on_gpu: bool) -> bool:
+def in_process(settings: EngineSettings) -> bool:
     """Whether the engine core runs in this process (`process` setting; auto: in its own process)."""
     # auto = separate: measured on an H100 (bench/results/gpu_suite.json), the in-process engine beside the decoder
     # made fewer LLM tokens per second at 32 streams than its own process did; kept as an option.
@@ -74,12 +73,14 @@ class VllmLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         config = json.loads((llm_path / "config.json").read_text())
-        on_gpu = _cuda_available()
+        on_gpu = cuda_available()
         if not on_gpu:
             # Read by the engine core process, which inherits our environment.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
-        max_model_len = settings.max_model_len or min(DEFAULT_MAX_MODEL_LEN, int(config.get("seq_length", 8192)))
-        max_num_seqs = settings.max_num_seqs or (256 if on_gpu else 8)
+        if settings.max_model_len is None or settings.max_num_seqs is None or settings.warmup_batch_sizes is None:
+            msg = "engine settings must be resolved first (EngineSettings.resolved)"
+            raise ValueError(msg)
+        max_model_len, max_num_seqs = settings.max_model_len, settings.max_num_seqs
         args = AsyncEngineArgs(
             model=str(llm_path),
             skip_tokenizer_init=True,
@@ -90,7 +91,7 @@ class VllmLLMEngine:
             tensor_parallel_size=settings.tensor_parallel_size,
             pipeline_parallel_size=settings.pipeline_parallel_size,
             data_parallel_size=settings.data_parallel_size,
-            enforce_eager=settings.enforce_eager if settings.enforce_eager is not None else not on_gpu,
+            enforce_eager=bool(settings.enforce_eager),
             load_format=settings.load_format,
             seed=settings.seed,
             enable_prefix_caching=settings.enable_prefix_caching,
@@ -98,7 +99,7 @@ class VllmLLMEngine:
             logits_processors=[LOGITS_PROCESSOR],
             quantization=settings.quantization,
         )
-        if in_process(settings, on_gpu):
+        if in_process(settings):
             args.distributed_executor_backend = "uni"  # the model itself in this process, not in a worker process
             from glm4voice_api.engine.inproc import InprocAsyncLLM
 
@@ -113,10 +114,7 @@ class VllmLLMEngine:
             extra={"device": "cuda" if on_gpu else "cpu"},
         )
         engine = cls(llm, info, vocab_size=int(config.get("padded_vocab_size", config.get("vocab_size", 0))))
-        sizes = settings.warmup_batch_sizes
-        if sizes is None:
-            sizes = [1, 2] if not on_gpu else [b for b in (1, 2, 4, 8, 16, 32, 64, 128, 256) if b <= max_num_seqs]
-        await engine.warm_up(sizes)
+        await engine.warm_up(settings.warmup_batch_sizes)
         return engine
 
     async def warm_up(self, batch_sizes: list[int], prompt_len: int = 64, max_tokens: int = 4) -> None:

@@ -11,8 +11,21 @@ from pydantic import BaseModel, Field, model_serializer
 
 from glm4voice_api.protocol.common import EVENT_STREAM, BoundedList, OpenAIBaseModel, Usage
 
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
-                 "marin", "cedar")  # fmt: skip
+OPENAI_VOICES = (
+    "alloy",
+    "ash",
+    "ballad",
+    "coral",
+    "echo",
+    "fable",
+    "nova",
+    "onyx",
+    "sage",
+    "shimmer",
+    "verse",
+    "marin",
+    "cedar",
+)
 
 
 class TextContentPart(OpenAIBaseModel):
@@ -65,9 +78,7 @@ class ToolMessage(OpenAIBaseModel):
     content: str | BoundedList[TextContentPart] | None = None
 
 
-ChatMessage = Annotated[
-    SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")
-]
+ChatMessage = Annotated[SystemMessage | UserMessage | AssistantMessage | ToolMessage, Field(discriminator="role")]
 
 
 class VoiceId(OpenAIBaseModel):

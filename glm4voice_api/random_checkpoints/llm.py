@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from glm4voice_vllm import GLM4VOICE_VOCAB_SIZE
 
 from glm4voice_api.text.tokenizer import GLM4_CORE_SPECIALS
 
@@ -26,7 +27,10 @@ RANDOM_WEIGHTS_KEY = "_glm4voice_api_random_weights"
 NUM_RANKS = 151329  # the real GLM-4 BPE size: the specials follow at 151329..151342
 AUDIO_0 = 152353  # as reported for glm-4-voice-9b
 AUDIO_COUNT = 16384
-PADDED_VOCAB = 168960
+PADDED_VOCAB = GLM4VOICE_VOCAB_SIZE
+# The released config's eos ids: <|endoftext|>, <|user|>, <|observation|> (the specials are numbered after the ranks).
+EOS_TOKEN_IDS = [NUM_RANKS + GLM4_CORE_SPECIALS.index(s) for s in ("<|endoftext|>", "<|user|>", "<|observation|>")]
+PAD_TOKEN_ID = NUM_RANKS + GLM4_CORE_SPECIALS.index("<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -81,8 +85,8 @@ def _config_json(cfg: TinyLLMConfig) -> dict:
         "torch_dtype": "bfloat16",
         "transformers_version": "4.44.1",
         "tie_word_embeddings": False,
-        "eos_token_id": [151329, 151336, 151338],
-        "pad_token_id": 151329,
+        "eos_token_id": EOS_TOKEN_IDS,
+        "pad_token_id": PAD_TOKEN_ID,
     }
 
 
@@ -142,8 +146,14 @@ def tiny_ranks() -> list[bytes]:
 
 def _tokenizer_config() -> dict:
     def entry(content: str) -> dict:
-        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
-                "special": True}  # fmt: skip
+        return {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
 
     added = {str(NUM_RANKS + i): entry(c) for i, c in enumerate(GLM4_CORE_SPECIALS)}
     added[str(NUM_RANKS + len(GLM4_CORE_SPECIALS))] = entry("<|begin_of_audio|>")
@@ -152,8 +162,8 @@ def _tokenizer_config() -> dict:
         added[str(AUDIO_0 + i)] = entry(f"<|audio_{i}|>")
     return {
         "added_tokens_decoder": added,
-        "additional_special_tokens": ["<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
-                                      "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"],
+        # The released list: the core specials up to <|observation|> (not the image/video ones).
+        "additional_special_tokens": list(GLM4_CORE_SPECIALS[: GLM4_CORE_SPECIALS.index("<|observation|>") + 1]),
         "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLM4Tokenizer", None]},
         "clean_up_tokenization_spaces": False,
         "do_lower_case": False,
@@ -163,7 +173,7 @@ def _tokenizer_config() -> dict:
         "padding_side": "left",
         "remove_space": False,
         "tokenizer_class": "ChatGLM4Tokenizer",
-    }  # fmt: skip
+    }
 
 
 def write_tiny_llm(out_dir: Path, *, seed: int = 0, config: TinyLLMConfig | None = None) -> Path:
@@ -176,7 +186,7 @@ def write_tiny_llm(out_dir: Path, *, seed: int = 0, config: TinyLLMConfig | None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(_config_json(cfg), indent=2))
     (out_dir / "generation_config.json").write_text(
-        json.dumps({"eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329}, indent=2)
+        json.dumps({"eos_token_id": EOS_TOKEN_IDS, "pad_token_id": PAD_TOKEN_ID}, indent=2)
     )
     rng = np.random.default_rng(seed)
     tensors = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in _weights(cfg, rng).items()}

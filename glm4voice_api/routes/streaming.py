@@ -11,7 +11,8 @@ from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from glm4voice_api.errors import APIError, server_error
+from glm4voice_api.errors import APIError, server_error, store_unavailable
+from glm4voice_api.store import StoreUnavailable
 
 T = TypeVar("T")
 
@@ -25,6 +26,9 @@ def sse_response(events: AsyncIterator[BaseModel], *, done_marker: bool = True) 
                 yield {"data": event.model_dump_json()}
         except APIError as exc:
             yield {"data": json.dumps(exc.to_dict())}
+            return
+        except StoreUnavailable:
+            yield {"data": json.dumps(store_unavailable().to_dict())}
             return
         except Exception:
             import logging

@@ -20,6 +20,10 @@ async def read_upload(upload: UploadFile, max_bytes: int, param: str) -> bytes:
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         size = upload.size if upload.size is not None else len(data)
-        raise APIError(f"The '{param}' file is {size} bytes; the limit is {max_bytes} bytes.", param=param,
-                       code="audio_too_large", status=413)  # fmt: skip
+        raise APIError(
+            f"The '{param}' file is {size} bytes; the limit is {max_bytes} bytes.",
+            param=param,
+            code="audio_too_large",
+            status=413,
+        )
     return data

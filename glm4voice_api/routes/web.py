@@ -1,4 +1,4 @@
-"""The web demo (issue 7): `/` serves the one-page client, `/web/<file>` its script and style sheet.
+"""The web demo: `/` serves the one-page client, `/web/<file>` its script and style sheet.
 
 The page itself only uses the public API, so it doubles as an example client. Turned off by `--no-web-demo`.
 """
@@ -13,8 +13,13 @@ from fastapi.responses import FileResponse
 from glm4voice_api.errors import not_found
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
-_MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
-                ".svg": "image/svg+xml"}  # fmt: skip
+_MEDIA_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
 
 router = APIRouter(include_in_schema=False)
 

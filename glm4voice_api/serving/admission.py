@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from glm4voice_api.config import LimitSettings
+from glm4voice_api.config import AdmissionSettings, TenantLimitSettings
 from glm4voice_api.errors import APIError, shutting_down, too_many_requests
 from glm4voice_api.store import Store
 
@@ -102,8 +102,10 @@ class AdmissionQueue:
             on_reject("queue_full")
             raise too_many_requests(
                 f"The server is at capacity ({self.active} requests running, {self.queued} waiting); "
-                "retry after the time in Retry-After.", "server_overloaded", self.retry_after,
-            )  # fmt: skip
+                "retry after the time in Retry-After.",
+                "server_overloaded",
+                self.retry_after,
+            )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
@@ -116,8 +118,10 @@ class AdmissionQueue:
             on_reject("queue_timeout")
             raise too_many_requests(
                 f"The server is at capacity: no slot became free within {self.max_wait_s:g} s; retry after the "
-                "time in Retry-After.", "server_overloaded", self.retry_after,
-            ) from None  # fmt: skip
+                "time in Retry-After.",
+                "server_overloaded",
+                self.retry_after,
+            ) from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release()  # handed a slot, but the caller is gone: pass it on
@@ -185,8 +189,10 @@ class TenantLimits:
         if self.max_concurrent is not None and count >= self.max_concurrent:
             raise too_many_requests(
                 f"Too many concurrent requests: at most {self.max_concurrent} at a time for your organization; "
-                "retry when one has finished.", "rate_limit_exceeded", 1,
-            )  # fmt: skip
+                "retry when one has finished.",
+                "rate_limit_exceeded",
+                1,
+            )
         self.running[tenant] = count + 1
 
     def leave(self, tenant: str) -> None:
@@ -210,8 +216,10 @@ class TenantLimits:
             retry_after = max(1, math.ceil(window_start + WINDOW_S - now))
             raise too_many_requests(
                 f"Rate limit reached: {self.requests_per_minute} requests per minute for your organization; "
-                f"retry in {retry_after} s.", "rate_limit_exceeded", retry_after,
-            )  # fmt: skip
+                f"retry in {retry_after} s.",
+                "rate_limit_exceeded",
+                retry_after,
+            )
 
 
 class Admission:
@@ -230,17 +238,21 @@ class Admission:
         self.draining = False
 
     @classmethod
-    def from_limits(
-        cls, limits: LimitSettings, engine_max_num_seqs: int, store: Store, *, measured: bool = False
+    def from_settings(
+        cls,
+        admission: AdmissionSettings,
+        tenants: TenantLimitSettings,
+        store: Store,
+        on_reject: Callable[[str], None] = lambda _reason: None,
     ) -> Admission:
-        """`measured`: max_active_requests unset and a GPU server, so a CapacityController will set the limit
-        (it starts low and grows; the queue may then hold up to the engine's batch size)."""
-        max_active = engine_max_num_seqs if limits.max_active_requests is None else (limits.max_active_requests or None)
-        default_queue = engine_max_num_seqs if measured else (max_active or 0)
-        max_queued = limits.max_queued_requests if limits.max_queued_requests is not None else default_queue
+        """From resolved settings (`Settings.resolved`: `max_active` and `max_queued` are numbers; 0 = unlimited)."""
+        if admission.max_active is None or admission.max_queued is None:
+            msg = "admission settings must be resolved first (Settings.resolved)"
+            raise ValueError(msg)
         return cls(
-            AdmissionQueue(max_active, max_queued, limits.max_queue_wait_s),
-            TenantLimits(store, limits.tenant_max_concurrent, limits.tenant_requests_per_minute),
+            AdmissionQueue(admission.max_active or None, admission.max_queued, admission.max_queue_wait_s),
+            TenantLimits(store, tenants.max_concurrent, tenants.requests_per_minute),
+            on_reject,
         )
 
     @property

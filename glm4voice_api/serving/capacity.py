@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,3 +105,21 @@ async def run_controller(
             apply(controller.update(read()))
         except Exception:  # a bad reading must not stop admission control
             logger.exception("capacity controller step failed")
+
+
+def capacity_signals(engine: object, decoder: object, queue: object) -> Callable[[], CapacitySignals]:
+    """What the controller reads: the decoder scheduler's and engine's counters, the admission queue's counts."""
+    generated = getattr(engine, "generated_tokens", lambda: 0)
+
+    def read() -> CapacitySignals:
+        return CapacitySignals(
+            at=time.monotonic(),
+            underruns=decoder.settled_underruns,  # type: ignore[attr-defined]
+            near_misses=decoder.near_misses,  # type: ignore[attr-defined]
+            generated_tokens=generated(),
+            engine_active=engine.active_requests(),  # type: ignore[attr-defined]
+            active=queue.active,  # type: ignore[attr-defined]
+            queued=queue.queued,  # type: ignore[attr-defined]
+        )
+
+    return read

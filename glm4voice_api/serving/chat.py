@@ -10,20 +10,20 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from glm4voice_api.config import RequestLimits
 from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.errors import APIError, invalid_request, model_not_found, not_found
-from glm4voice_api.pipeline.runtime import Runtime
-from glm4voice_api.pipeline.turn import Turn
+from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, model_not_found, not_found
+from glm4voice_api.pipeline.audio_input import AudioInput
+from glm4voice_api.pipeline.runtime import ServedModel
+from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, RANDOM_WEIGHTS_MAX_TOKENS, Sampling
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.serving.chat_output import ChatPlan, complete, stream
 from glm4voice_api.serving.errors import audio_errors
-from glm4voice_api.serving.voices import resolve_voice
-from glm4voice_api.text.prompt import AssistantMessage, AudioPart, Prompt, TextPart, UserMessage
-
-# Sampling defaults of the model (its generation config and the official servers), used when a request gives none.
-DEFAULT_TEMPERATURE = 0.8
-DEFAULT_TOP_P = 0.8
-RANDOM_WEIGHTS_MAX_TOKENS = 195  # 5 cycles of 13 text + 26 audio: random weights never end a reply by themselves
+from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.serving.replies import Replies
+from glm4voice_api.serving.voices import VoiceResolver
+from glm4voice_api.store import Store
+from glm4voice_api.text.prompt import AssistantMessage, AudioPart, Prompt, PromptBuilder, TextPart, UserMessage
 
 
 def _text_of(content: str | list[wire.TextContentPart] | None) -> str:
@@ -32,33 +32,44 @@ def _text_of(content: str | list[wire.TextContentPart] | None) -> str:
     return content if isinstance(content, str) else "".join(p.text for p in content)
 
 
-def context_length_error(max_len: int, n_prompt: int, requested: int | None, param: str) -> APIError:
-    if requested is None:
-        message = (f"This model's maximum context length is {max_len} tokens. However, your messages resulted in "
-                   f"{n_prompt} tokens. Please reduce the length of the messages.")  # fmt: skip
-    else:
-        message = (f"This model's maximum context length is {max_len} tokens. However, you requested "
-                   f"{n_prompt + requested} tokens ({n_prompt} in the messages, {requested} in the completion). "
-                   "Please reduce the length of the messages or completion.")  # fmt: skip
-    return APIError(message, param=param, code="context_length_exceeded")
-
-
 class ServingChat:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        self.model_name = runtime.settings.served_model_name
+    def __init__(
+        self,
+        model: ServedModel,
+        prompts: PromptBuilder,
+        sampling: Sampling,
+        limits: RequestLimits,
+        audio_input: AudioInput,
+        voices: VoiceResolver,
+        store: Store,
+        replies: Replies,
+        metrics: Metrics,
+        *,
+        audio_ttl_seconds: int,
+    ) -> None:
+        self.model = model
+        self.prompts = prompts
+        self.sampling = sampling
+        self.limits = limits
+        self.audio_input = audio_input
+        self.voices = voices
+        self.store = store
+        """Earlier replies' audio ids (read for the next turn's prompt, written when a spoken reply ends)."""
+        self.replies = replies
+        self.metrics = metrics
+        self.audio_ttl_seconds = audio_ttl_seconds
 
     async def create_chat_completion(
         self, request: wire.ChatCompletionRequest, request_id: str, tenant: str
     ) -> wire.ChatCompletionResponse | AsyncIterator[wire.ChatCompletionChunk]:
         plan = await self._plan(request, request_id, tenant)
-        turn = Turn(self.rt.engine, self.rt.tokenizer, plan.prompt, plan.params, request_id)
+        turn = self.replies.turn(plan.prompt, plan.params, request_id)
         if plan.stream:
-            return stream(self.rt, turn, plan)
-        return await complete(self.rt, turn, plan)
+            return stream(self.replies, self.store, turn, plan)
+        return await complete(self.replies, self.store, turn, plan)
 
     async def _plan(self, req: wire.ChatCompletionRequest, request_id: str, tenant: str) -> ChatPlan:
-        if req.model != self.model_name:
+        if req.model != self.model.name:
             raise model_not_found(req.model)
         if req.n not in (None, 1):
             raise invalid_request("Only n=1 is supported.", param="n")
@@ -74,11 +85,13 @@ class ServingChat:
             if req.stream and req.audio.format != "pcm16":
                 raise APIError(
                     f"Unsupported value: 'audio.format' does not support '{req.audio.format}' when stream=true. "
-                    "Supported values are: 'pcm16'.", param="audio.format", code="unsupported_value",
-                )  # fmt: skip
-            voice = await resolve_voice(self.rt, req.audio.voice, tenant, param="audio.voice")
+                    "Supported values are: 'pcm16'.",
+                    param="audio.format",
+                    code="unsupported_value",
+                )
+            voice = await self.voices.resolve(req.audio.voice, tenant, param="audio.voice")
         system, messages = await self._conversation(req, tenant)
-        prompt = self.rt.prompts.build(messages, system=system)
+        prompt = self.prompts.build(messages, system=system)
         now = int(time.time())
         return ChatPlan(
             prompt=prompt,
@@ -87,12 +100,12 @@ class ServingChat:
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
             created=now,
             response_id=f"chatcmpl-{request_id}",
-            model=self.model_name,
+            model=self.model.name,
             tenant=tenant,
             audio_format=req.audio.format if audio_out and req.audio else None,
             voice=voice,
             audio_id=f"audio_{uuid.uuid4().hex}" if audio_out else None,
-            expires_at=now + self.rt.settings.audio_ttl_seconds,
+            expires_at=now + self.audio_ttl_seconds,
             return_token_ids=req.return_token_ids,
         )
 
@@ -116,16 +129,17 @@ class ServingChat:
     async def _assistant_message(self, m: wire.AssistantMessage, index: int, tenant: str) -> AssistantMessage:
         if m.audio is None:
             return AssistantMessage(text=_text_of(m.content))
-        stored = await self.rt.store.get_audio(tenant, m.audio.id, int(time.time()))
+        stored = await self.store.get_audio(tenant, m.audio.id, int(time.time()))
         if stored is None:  # another tenant's id reads exactly as a nonexistent one
             raise not_found(
-                f"Audio with id '{m.audio.id}' was not found or has expired.", f"messages[{index}].audio.id",
+                f"Audio with id '{m.audio.id}' was not found or has expired.",
+                f"messages[{index}].audio.id",
                 code="audio_not_found",
-            )  # fmt: skip
+            )
         return AssistantMessage(token_ids=tuple(stored.token_ids))
 
     async def _user_message(self, m: wire.UserMessage, index: int) -> UserMessage:
-        limit = self.rt.settings.limits.max_text_chars
+        limit = self.limits.max_text_chars
         raw_parts = [wire.TextContentPart(type="text", text=m.content)] if isinstance(m.content, str) else m.content
         parts: list[TextPart | AudioPart] = []
         for j, part in enumerate(raw_parts):
@@ -136,28 +150,27 @@ class ServingChat:
                 continue
             param = f"messages[{index}].content[{j}].input_audio"
             async with audio_errors():
-                tokens = await self.rt.audio_input.tokens_from_base64(
-                    part.input_audio.data, part.input_audio.format, param
-                )
-            parts.append(AudioPart(tuple(tokens)))
+                speech = await self.audio_input.from_base64(part.input_audio.data, part.input_audio.format, param)
+            self.metrics.audio_in.inc(speech.seconds)
+            parts.append(AudioPart(tuple(speech.tokens)))
         return UserMessage(parts=tuple(parts))
 
     def _params(self, req: wire.ChatCompletionRequest, prompt: Prompt) -> GenerationParams:
-        max_len = self.rt.engine.info.max_model_len
+        max_len = self.model.max_model_len
         n_prompt = len(prompt.token_ids)
         requested = req.max_completion_tokens or req.max_tokens
         param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
         if n_prompt >= max_len:
-            raise context_length_error(max_len, n_prompt, None, "messages")
-        cap = self.rt.settings.limits.max_tokens or None
+            raise context_length_exceeded(max_len, n_prompt, None, "messages")
+        cap = self.limits.max_tokens or None  # 0: the context length
         if requested is not None and cap is not None and requested > cap:
             # Refused rather than clamped: a silently shorter reply would look like the model's own choice to stop.
             raise invalid_request(f"{param} is {requested}; this server allows at most {cap}.", param)
         if requested is not None and n_prompt + requested > max_len:
-            raise context_length_error(max_len, n_prompt, requested, param)
+            raise context_length_exceeded(max_len, n_prompt, requested, param)
         if requested is None:
-            budget = self.rt.settings.limits.default_max_tokens
-            if self.rt.random_weights:
+            budget = self.limits.default_max_tokens
+            if self.model.random_weights:
                 budget = min(budget, RANDOM_WEIGHTS_MAX_TOKENS)
             requested = min(budget, max_len - n_prompt, cap or max_len)
         return GenerationParams(
@@ -167,6 +180,6 @@ class ServingChat:
             seed=req.seed,
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
-            stop_token_ids=self.rt.tokenizer.ids.stop_ids,
-            constraint=self.rt.interleave_constraint(),
+            stop_token_ids=self.sampling.stop_ids,
+            constraint=self.sampling.constraint(),
         )

@@ -18,14 +18,13 @@ import numpy as np
 from glm4voice_api.audio.encode import encode_whole, make_encoder
 from glm4voice_api.engine.base import GenerationParams
 from glm4voice_api.models.speech_decoder.chunks import Voice
-from glm4voice_api.pipeline.runtime import Runtime
-from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
+from glm4voice_api.pipeline.spoken_turn import AudioChunk
 from glm4voice_api.pipeline.turn import TranscriptDelta, Turn, TurnDone, TurnUsage
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
-from glm4voice_api.serving.deadlines import AudioMeter, bounded
 from glm4voice_api.serving.errors import engine_errors
-from glm4voice_api.store import StoredAudio
+from glm4voice_api.serving.replies import Replies
+from glm4voice_api.store import Store, StoredAudio
 from glm4voice_api.text.prompt import Prompt
 
 
@@ -65,27 +64,29 @@ def usage_of(u: TurnUsage) -> Usage:
     )
 
 
-def _events(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator:
-    if plan.audio_format is None:
-        return bounded(rt, turn.events(), stream=plan.stream)
-    events = SpokenTurn(turn, rt.decoder, plan.voice).events()
-    return bounded(rt, events, is_audio=lambda e: isinstance(e, AudioChunk), stream=plan.stream)
+def _events(replies: Replies, turn: Turn, plan: ChatPlan) -> AsyncIterator:
+    return replies.events(turn, spoken=plan.audio_format is not None, voice=plan.voice, stream=plan.stream)
 
 
-async def _store_reply(rt: Runtime, plan: ChatPlan, done: TurnDone) -> None:
+async def _store_reply(store: Store, plan: ChatPlan, done: TurnDone) -> None:
     assert plan.audio_id is not None
-    await rt.store.put_audio(StoredAudio(
-        id=plan.audio_id, tenant=plan.tenant, token_ids=done.reply_ids, transcript=done.transcript,
-        created_at=plan.created, expires_at=plan.expires_at,
-    ))  # fmt: skip
+    reply = StoredAudio(
+        id=plan.audio_id,
+        tenant=plan.tenant,
+        token_ids=done.reply_ids,
+        transcript=done.transcript,
+        created_at=plan.created,
+        expires_at=plan.expires_at,
+    )
+    await store.put_audio(reply)
 
 
-async def complete(rt: Runtime, turn: Turn, plan: ChatPlan) -> wire.ChatCompletionResponse:
+async def complete(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> wire.ChatCompletionResponse:
     done: TurnDone | None = None
     chunks: list[np.ndarray] = []
-    meter = AudioMeter(rt, stream=False)
+    meter = replies.meter(stream=False)
     async with engine_errors():
-        async for event in _events(rt, turn, plan):
+        async for event in _events(replies, turn, plan):
             if isinstance(event, TurnDone):
                 done = event
             elif isinstance(event, AudioChunk):
@@ -96,25 +97,38 @@ async def complete(rt: Runtime, turn: Turn, plan: ChatPlan) -> wire.ChatCompleti
     message = wire.ChatCompletionMessage(content=done.transcript)
     if plan.audio_format is not None:
         samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        data = await asyncio.to_thread(encode_whole, plan.audio_format, samples, rt.decoder.sample_rate)
-        await _store_reply(rt, plan, done)
-        message = wire.ChatCompletionMessage(content=None, audio=wire.ChatCompletionAudio(
-            id=plan.audio_id, data=base64.b64encode(data).decode(), expires_at=plan.expires_at,
-            transcript=done.transcript,
-        ))  # fmt: skip
+        data = await asyncio.to_thread(encode_whole, plan.audio_format, samples, replies.sample_rate)
+        await _store_reply(store, plan, done)
+        message = wire.ChatCompletionMessage(
+            content=None,
+            audio=wire.ChatCompletionAudio(
+                id=plan.audio_id,
+                data=base64.b64encode(data).decode(),
+                expires_at=plan.expires_at,
+                transcript=done.transcript,
+            ),
+        )
     ids = plan.return_token_ids
     return wire.ChatCompletionResponse(
-        id=plan.response_id, created=plan.created, model=plan.model,
-        choices=[wire.Choice(message=message, finish_reason=done.finish_reason,
-                             token_ids=done.reply_ids if ids else None)],
-        usage=usage_of(done.usage), prompt_token_ids=plan.prompt.token_ids if ids else None,
-    )  # fmt: skip
+        id=plan.response_id,
+        created=plan.created,
+        model=plan.model,
+        choices=[
+            wire.Choice(message=message, finish_reason=done.finish_reason, token_ids=done.reply_ids if ids else None)
+        ],
+        usage=usage_of(done.usage),
+        prompt_token_ids=plan.prompt.token_ids if ids else None,
+    )
 
 
-async def stream(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.ChatCompletionChunk]:
+async def stream(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.ChatCompletionChunk]:
     def chunk(delta: wire.ChoiceDelta, finish_reason: str | None = None) -> wire.ChatCompletionChunk:
-        return wire.ChatCompletionChunk(id=plan.response_id, created=plan.created, model=plan.model,
-                                        choices=[wire.StreamChoice(delta=delta, finish_reason=finish_reason)])  # fmt: skip
+        return wire.ChatCompletionChunk(
+            id=plan.response_id,
+            created=plan.created,
+            model=plan.model,
+            choices=[wire.StreamChoice(delta=delta, finish_reason=finish_reason)],
+        )
 
     audio = plan.audio_format is not None
     first_audio = [True]
@@ -126,11 +140,11 @@ async def stream(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.
             first_audio[0] = False
         return chunk(wire.ChoiceDelta(audio=wire.DeltaAudio(**fields)))
 
-    encoder = make_encoder("pcm16", input_rate=rt.decoder.sample_rate) if audio else None
-    meter = AudioMeter(rt, stream=True)
+    encoder = make_encoder("pcm16", input_rate=replies.sample_rate) if audio else None
+    meter = replies.meter(stream=True)
     yield chunk(wire.ChoiceDelta(role="assistant", content=None if audio else ""))
     async with engine_errors():
-        async for event in _events(rt, turn, plan):
+        async for event in _events(replies, turn, plan):
             if isinstance(event, TranscriptDelta):
                 yield audio_delta(transcript=event.text) if audio else chunk(wire.ChoiceDelta(content=event.text))
             elif isinstance(event, AudioChunk) and encoder is not None:
@@ -138,16 +152,21 @@ async def stream(rt: Runtime, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.
                 if data := encoder.feed(event.samples):
                     if not first_data[0]:
                         first_data[0] = True
-                        rt.observe_first_audio(time.monotonic() - plan.started)
+                        replies.first_audio_sent(plan.started)
                     yield audio_delta(data=base64.b64encode(data).decode())
             elif isinstance(event, TurnDone):
                 meter.done()
                 if encoder is not None:
                     if tail := encoder.finish():
                         yield audio_delta(data=base64.b64encode(tail).decode())
-                    await _store_reply(rt, plan, event)
+                    await _store_reply(store, plan, event)
                     yield audio_delta(expires_at=plan.expires_at)
                 yield chunk(wire.ChoiceDelta(), finish_reason=event.finish_reason)
                 if plan.include_usage:
-                    yield wire.ChatCompletionChunk(id=plan.response_id, created=plan.created, model=plan.model,
-                                                   choices=[], usage=usage_of(event.usage))  # fmt: skip
+                    yield wire.ChatCompletionChunk(
+                        id=plan.response_id,
+                        created=plan.created,
+                        model=plan.model,
+                        choices=[],
+                        usage=usage_of(event.usage),
+                    )

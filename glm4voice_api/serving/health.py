@@ -12,7 +12,7 @@ from glm4voice_api.serving.services import Services
 
 async def probe_engine(services: Services) -> tuple[bool, str]:
     try:
-        await services.runtime.engine.check_health()
+        await services.engine.check_health()
     except EngineDeadError as exc:
         return False, f"engine: {exc}"
     return True, "ok"

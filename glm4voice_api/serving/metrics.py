@@ -2,31 +2,50 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _CallbackCounter(Collector):
+    """A counter whose value another component keeps (it only grows), read at each scrape."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.read: Callable[[], float] = lambda: 0
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "glm4voice_requests", "HTTP requests by route, status and tenant.", ["route", "status", "tenant"],
+            "glm4voice_requests",
+            "HTTP requests by route, status and tenant.",
+            ["route", "status", "tenant"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.engine_active = Gauge(
             "glm4voice_engine_active_requests", "Engine requests submitted and not finished.", registry=self.registry
         )
-        self.engine_aborted = Gauge(
-            "glm4voice_engine_aborted_requests", "Engine requests aborted before finishing.", registry=self.registry
+        self.engine_aborted = _CallbackCounter(
+            "glm4voice_engine_aborted_requests", "Engine requests aborted before finishing.", self.registry
         )
         self.decoder_sessions = Gauge(
             "glm4voice_decoder_active_sessions", "Decoder sessions open (each frees on close).", registry=self.registry
         )
         self.first_audio = Histogram(
-            "glm4voice_first_audio_seconds", "Time from request to the first audio bytes.", registry=self.registry,
+            "glm4voice_first_audio_seconds",
+            "Time from request to the first audio bytes.",
+            registry=self.registry,
             buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0),
-        )  # fmt: skip
+        )
         self.audio_in = Counter(
             "glm4voice_audio_input_seconds", "Seconds of input audio decoded.", registry=self.registry
         )
@@ -34,10 +53,11 @@ class Metrics:
             "glm4voice_audio_output_seconds", "Seconds of audio generated.", registry=self.registry
         )
         self.rtf = Histogram(
-            "glm4voice_stream_rtf", "Real-time factor per audio stream: generation time over audio seconds "
-            "(< 1: faster than playback).", registry=self.registry,
+            "glm4voice_stream_rtf",
+            "Real-time factor per audio stream: generation time over audio seconds (< 1: faster than playback).",
+            registry=self.registry,
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0),
-        )  # fmt: skip
+        )
         self.active_streams = Gauge(
             "glm4voice_active_streams", "Streaming responses generating now.", registry=self.registry
         )
@@ -48,29 +68,38 @@ class Metrics:
             "glm4voice_admission_queue_depth", "Requests waiting for an admission slot.", registry=self.registry
         )
         self.admission_limit = Gauge(
-            "glm4voice_admission_limit", "Requests admitted at once now (measured capacity on a GPU, else the "
-            "configured limit; 0: unlimited).", registry=self.registry,
-        )  # fmt: skip
+            "glm4voice_admission_limit",
+            "Requests admitted at once now (measured capacity on a GPU, else the configured limit; 0: unlimited).",
+            registry=self.registry,
+        )
         self.underruns = Counter(
-            "glm4voice_decoder_underruns", "Audio chunks emitted after the stream's earlier audio had finished "
-            "playing (a listener heard a gap).", registry=self.registry,
-        )  # fmt: skip
+            "glm4voice_decoder_underruns",
+            "Audio chunks emitted after the stream's earlier audio had finished playing (a listener heard a gap).",
+            registry=self.registry,
+        )
         self.rejections = Counter(
-            "glm4voice_rejections", "Requests refused or stopped by a limit, by reason (tenant_concurrency, "
+            "glm4voice_rejections",
+            "Requests refused or stopped by a limit, by reason (tenant_concurrency, "
             "tenant_rate, queue_full, queue_timeout, draining, first_audio_timeout, request_timeout, drain_abort).",
-            ["reason"], registry=self.registry,
-        )  # fmt: skip
+            ["reason"],
+            registry=self.registry,
+        )
 
-    def bind(self, *, active_requests: Callable[[], int], aborted_requests: Callable[[], int],
-             decoder_sessions: Callable[[], int]) -> None:  # fmt: skip
+    def bind(
+        self,
+        *,
+        active_requests: Callable[[], int],
+        aborted_requests: Callable[[], int],
+        decoder_sessions: Callable[[], int],
+    ) -> None:
         self.engine_active.set_function(active_requests)
-        self.engine_aborted.set_function(aborted_requests)
+        self.engine_aborted.read = aborted_requests
         self.decoder_sessions.set_function(decoder_sessions)
 
-    def bind_serving(self, *, active_streams: Callable[[], int], admitted: Callable[[], int],
-                     queued: Callable[[], int], limit: Callable[[], int]) -> None:  # fmt: skip
+    def bind_admission(
+        self, *, admitted: Callable[[], int], queued: Callable[[], int], limit: Callable[[], int]
+    ) -> None:
         self.admission_limit.set_function(limit)
-        self.active_streams.set_function(active_streams)
         self.admitted.set_function(admitted)
         self.queue_depth.set_function(queued)
 

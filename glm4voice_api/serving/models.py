@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from glm4voice_api.errors import model_not_found
-from glm4voice_api.pipeline.runtime import Runtime
+from glm4voice_api.pipeline.runtime import ServedModel
 from glm4voice_api.protocol.models import ModelCard, ModelList
 
 RANDOM_WEIGHTS_NOTE = (
@@ -15,24 +15,24 @@ RANDOM_WEIGHTS_NOTE = (
 
 
 class ServingModels:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, model: ServedModel) -> None:
+        self.model = model
         self.created = int(time.time())
 
     def card(self) -> ModelCard:
         return ModelCard(
-            id=self.rt.settings.served_model_name,
+            id=self.model.name,
             created=self.created,
-            root=str(self.rt.paths["llm"]),
-            max_model_len=self.rt.engine.info.max_model_len,
-            random_weights=self.rt.random_weights,
-            description=RANDOM_WEIGHTS_NOTE if self.rt.random_weights else "GLM-4-Voice-9B",
+            root=self.model.root,
+            max_model_len=self.model.max_model_len,
+            random_weights=self.model.random_weights,
+            description=RANDOM_WEIGHTS_NOTE if self.model.random_weights else "GLM-4-Voice-9B",
         )
 
     def list_models(self) -> ModelList:
         return ModelList(data=[self.card()])
 
     def retrieve_model(self, model: str) -> ModelCard:
-        if model != self.rt.settings.served_model_name:
+        if model != self.model.name:
             raise model_not_found(model)
         return self.card()

@@ -1,24 +1,27 @@
-"""The set of services the routes use, built once per app from the runtime."""
+"""The services the routes use, built once per app from the runtime: each gets only the parts it uses."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from glm4voice_api.engine.base import LLMEngine
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.serving.admission import Admission
-from glm4voice_api.serving.capacity import CapacitySignals
 from glm4voice_api.serving.chat import ServingChat
+from glm4voice_api.serving.deadlines import TimeLimits
+from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.models import ServingModels
+from glm4voice_api.serving.replies import Replies
 from glm4voice_api.serving.speech import ServingSpeech
 from glm4voice_api.serving.transcription import ServingTranscription
+from glm4voice_api.serving.voices import VoiceResolver
 from glm4voice_api.serving.voices_api import ServingVoices
 
 
 @dataclass
 class Services:
-    runtime: Runtime
+    engine: LLMEngine
+    """For the liveness probe."""
     chat: ServingChat
     models: ServingModels
     speech: ServingSpeech
@@ -27,42 +30,31 @@ class Services:
     admission: Admission
 
     @classmethod
-    def from_runtime(cls, runtime: Runtime) -> Services:
+    def build(cls, rt: Runtime, metrics: Metrics) -> Services:
+        settings = rt.settings
+        limits = settings.request_limits
+        time_limits = TimeLimits(settings.timeouts, metrics)
+        replies = Replies(rt.engine, rt.tokenizer, rt.decoder, time_limits, metrics)
+        voices = VoiceResolver(rt.store)
         return cls(
-            runtime=runtime,
-            chat=ServingChat(runtime),
-            models=ServingModels(runtime),
-            speech=ServingSpeech(runtime),
-            transcription=ServingTranscription(runtime),
-            voices=ServingVoices(runtime),
-            admission=Admission.from_limits(
-                runtime.settings.limits,
-                runtime.engine.info.max_num_seqs,
-                runtime.store,
-                measured=measured_capacity(runtime),
+            engine=rt.engine,
+            chat=ServingChat(
+                rt.model,
+                rt.prompts,
+                rt.sampling,
+                limits,
+                rt.audio_input,
+                voices,
+                rt.store,
+                replies,
+                metrics,
+                audio_ttl_seconds=settings.audio_ttl_seconds,
             ),
+            models=ServingModels(rt.model),
+            speech=ServingSpeech(rt.model, rt.prompts, rt.tokenizer, rt.sampling, voices, replies),
+            transcription=ServingTranscription(
+                rt.model, rt.prompts, rt.tokenizer, rt.sampling, limits, rt.audio_input, rt.engine, time_limits, metrics
+            ),
+            voices=ServingVoices(rt.store, limits, rt.audio_input, rt.voice_maker),
+            admission=Admission.from_settings(settings.admission, settings.tenant_limits, rt.store, metrics.reject),
         )
-
-
-def measured_capacity(runtime: Runtime) -> bool:
-    """Whether the admission limit is measured while serving (unset, on a GPU) rather than fixed."""
-    return runtime.settings.limits.max_active_requests is None and runtime.engine.info.extra.get("device") == "cuda"
-
-
-def capacity_signals(runtime: Runtime, admission: Admission) -> Callable[[], CapacitySignals]:
-    """What the capacity controller reads: decoder and engine counters, the admission queue's counts."""
-    engine, decoder = runtime.engine, runtime.decoder
-    generated = getattr(engine, "generated_tokens", lambda: 0)
-
-    def read() -> CapacitySignals:
-        return CapacitySignals(
-            at=time.monotonic(),
-            underruns=decoder.settled_underruns,
-            near_misses=decoder.near_misses,
-            generated_tokens=generated(),
-            engine_active=engine.active_requests(),
-            active=admission.queue.active,
-            queued=admission.queue.queued,
-        )
-
-    return read

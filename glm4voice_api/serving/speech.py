@@ -28,23 +28,24 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 import numpy as np
+from glm4voice_vllm import AUDIO_SLOTS, TEXT_SLOTS
 
 from glm4voice_api.audio.encode import AudioEncoder, content_type, make_encoder
-from glm4voice_api.engine.base import GenerationParams, InterleaveConstraint
+from glm4voice_api.engine.base import GenerationParams
 from glm4voice_api.errors import APIError, model_not_found
 from glm4voice_api.models.speech_decoder.chunks import Voice
-from glm4voice_api.pipeline.runtime import Runtime
-from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
+from glm4voice_api.pipeline.runtime import ServedModel
+from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
+from glm4voice_api.pipeline.spoken_turn import AudioChunk
 from glm4voice_api.pipeline.turn import Turn, TurnDone
 from glm4voice_api.protocol import speech as wire
-from glm4voice_api.serving.chat import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from glm4voice_api.serving.deadlines import AudioMeter, bounded
 from glm4voice_api.serving.errors import engine_errors
-from glm4voice_api.serving.voices import resolve_voice
-from glm4voice_api.text.prompt import Prompt, TextPart, UserMessage
+from glm4voice_api.serving.replies import Replies
+from glm4voice_api.serving.voices import VoiceResolver
+from glm4voice_api.text.prompt import Prompt, PromptBuilder, TextPart, UserMessage
+from glm4voice_api.text.tokenizer import GLM4Tokenizer
 
 READ_ALOUD = "Read the following text aloud exactly as written."
-TEXT_SLOTS, AUDIO_SLOTS = InterleaveConstraint.pattern
 AUDIO_PER_TEXT = AUDIO_SLOTS // TEXT_SLOTS  # the pattern's nominal 2 audio tokens per text token
 TRAILING_SLACK = AUDIO_SLOTS  # one audio group (~2 s): pauses, a final breath, very short inputs
 
@@ -137,34 +138,47 @@ class _ThreadedEncoder:
 
 
 class ServingSpeech:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        self.model_name = runtime.settings.served_model_name
+    def __init__(
+        self,
+        model: ServedModel,
+        prompts: PromptBuilder,
+        tokenizer: GLM4Tokenizer,
+        sampling: Sampling,
+        voices: VoiceResolver,
+        replies: Replies,
+    ) -> None:
+        self.model = model
+        self.prompts = prompts
+        self.tokenizer = tokenizer
+        """Encodes the input: its tokens are the reply's forced text."""
+        self.sampling = sampling
+        self.voices = voices
+        self.replies = replies
 
     async def create_speech(
         self, request: wire.SpeechRequest, request_id: str, tenant: str
     ) -> SpeechAudio | AsyncIterator[wire.SpeechAudioDelta | wire.SpeechAudioDone]:
         plan = await self._plan(request, tenant)
-        turn = Turn(self.rt.engine, self.rt.tokenizer, plan.prompt, plan.params, request_id)
+        turn = self.replies.turn(plan.prompt, plan.params, request_id)
         if request.stream_format == "sse":
             return self._events(turn, plan)
         return SpeechAudio(content_type(plan.response_format), self._bytes(turn, plan))
 
     async def _plan(self, req: wire.SpeechRequest, tenant: str) -> SpeechPlan:
-        if req.model != self.model_name:
+        if req.model != self.model.name:
             raise model_not_found(req.model)
-        voice = await resolve_voice(self.rt, req.voice, tenant, param="voice")
-        prompt = self.rt.prompts.build(
+        voice = await self.voices.resolve(req.voice, tenant, param="voice")
+        prompt = self.prompts.build(
             [UserMessage(parts=(TextPart(speech_text(req.input, req.instructions)),))], input_mode="text"
         )
-        forced = self.rt.tokenizer.encode(req.input)
+        forced = self.tokenizer.encode(req.input)
         layout = self._layout(len(prompt.token_ids), len(forced))
         params = GenerationParams(
             max_tokens=layout.max_tokens,
             temperature=DEFAULT_TEMPERATURE,
             top_p=DEFAULT_TOP_P,
-            stop_token_ids=self.rt.tokenizer.ids.stop_ids,
-            constraint=self.rt.interleave_constraint(
+            stop_token_ids=self.sampling.stop_ids,
+            constraint=self.sampling.constraint(
                 forced_text=forced,
                 min_audio_after_text=layout.min_audio_after_text,
                 max_audio_after_text=layout.max_audio_after_text,
@@ -173,37 +187,37 @@ class ServingSpeech:
         return SpeechPlan(prompt, params, req.response_format, req.speed, voice)
 
     def _layout(self, n_prompt: int, n_text: int) -> SpeechLayout:
-        layout = trailing_audio_bounds(n_text, random_weights=self.rt.random_weights)
-        max_len = self.rt.engine.info.max_model_len
+        layout = trailing_audio_bounds(n_text, random_weights=self.model.random_weights)
+        max_len = self.model.max_model_len
         room = max_len - n_prompt - layout.text_end - 1  # audio tokens that fit after the forced text
         if room < layout.min_audio_after_text:
             needed = n_prompt + layout.text_end + layout.min_audio_after_text + 1
             raise APIError(
                 f"This model's maximum context length is {max_len} tokens. However, speaking this input needs at "
                 f"least {needed} tokens ({n_prompt} in the prompt, {needed - n_prompt} for the interleaved text and "
-                "speech). Please shorten the input.", param="input", code="context_length_exceeded",
-            )  # fmt: skip
+                "speech). Please shorten the input.",
+                param="input",
+                code="context_length_exceeded",
+            )
         # A long input on a short context keeps the guaranteed minimum and gives up some slack above it.
         return SpeechLayout(layout.text_end, layout.min_audio_after_text, min(layout.max_audio_after_text, room))
 
     async def _encoded(self, turn: Turn, plan: SpeechPlan) -> AsyncIterator[bytes | TurnDone]:
         """The file's bytes as each decoder chunk is encoded, then the turn's TurnDone."""
-        encoder = _ThreadedEncoder(
-            make_encoder(plan.response_format, input_rate=self.rt.decoder.sample_rate, speed=plan.speed)
-        )
+        replies = self.replies
+        encoder = _ThreadedEncoder(make_encoder(plan.response_format, input_rate=replies.sample_rate, speed=plan.speed))
         started, first = time.monotonic(), True
-        meter = AudioMeter(self.rt, stream=True)
-        spoken = SpokenTurn(turn, self.rt.decoder, plan.voice).events()
-        is_audio = lambda e: isinstance(e, AudioChunk)
+        meter = replies.meter(stream=True)
+        spoken = replies.events(turn, spoken=True, voice=plan.voice, stream=True)
         try:
-            async with engine_errors(), aclosing(bounded(self.rt, spoken, is_audio=is_audio, stream=True)) as events:
+            async with engine_errors(), aclosing(spoken) as events:
                 async for event in events:
                     if isinstance(event, AudioChunk):
                         meter.add(len(event.samples))
                         if data := await encoder.feed(event.samples):
                             if first:
                                 first = False
-                                self.rt.observe_first_audio(time.monotonic() - started)
+                                replies.first_audio_sent(started)
                             yield data
                     elif isinstance(event, TurnDone):
                         meter.done()
@@ -230,6 +244,9 @@ class ServingSpeech:
                     yield wire.SpeechAudioDelta(audio=base64.b64encode(item).decode())
                     continue
                 u = item.usage
-                usage = wire.SpeechUsage(input_tokens=u.prompt_tokens, output_tokens=u.completion_tokens,
-                                         total_tokens=u.prompt_tokens + u.completion_tokens)  # fmt: skip
+                usage = wire.SpeechUsage(
+                    input_tokens=u.prompt_tokens,
+                    output_tokens=u.completion_tokens,
+                    total_tokens=u.prompt_tokens + u.completion_tokens,
+                )
                 yield wire.SpeechAudioDone(usage=usage, transcript=item.transcript)

@@ -8,47 +8,59 @@ Every 4xx is decided before the first byte: the audio is decoded and tokenized a
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import PurePath
 
-from glm4voice_api.audio.decode import PCM_FORMATS, SUPPORTED_INPUT_FORMATS, decode_audio
-from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.errors import APIError, invalid_request, model_not_found
-from glm4voice_api.pipeline.audio_input import TOKENIZER_RATE
-from glm4voice_api.pipeline.runtime import Runtime
+from glm4voice_vllm import AUDIO_SLOTS, TEXT_SLOTS
+
+from glm4voice_api.audio.decode import upload_format_hint
+from glm4voice_api.config import RequestLimits
+from glm4voice_api.engine.base import GenerationParams, LLMEngine
+from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, model_not_found
+from glm4voice_api.pipeline.audio_input import AudioInput
+from glm4voice_api.pipeline.runtime import ServedModel
+from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.protocol import transcription as wire
-from glm4voice_api.serving.chat import context_length_error
-from glm4voice_api.serving.deadlines import bounded
+from glm4voice_api.serving.deadlines import TimeLimits
 from glm4voice_api.serving.errors import audio_errors, engine_errors
-from glm4voice_api.text.prompt import AudioPart, Prompt, TextPart, UserMessage
+from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.text.prompt import AudioPart, Prompt, PromptBuilder, TextPart, UserMessage
+from glm4voice_api.text.tokenizer import GLM4Tokenizer
 
-TEXT_SLOTS, AUDIO_SLOTS = 13, 26  # the reply layout (glm4voice-spec.md 3.1)
 # Text budget: fast Mandarin is ~5 characters (~5 tokens) a second, English ~3.5 tokens; +1 group of slack. Each
 # text token costs 3 reply slots (13 text + 26 audio), so the budget in reply tokens is 3x the text budget.
 TEXT_TOKENS_PER_SECOND = 5
-INSTRUCTION = ("Transcribe the speech above exactly, word for word, in the language it is spoken in. "
-               "Do not answer it, translate it or add anything.")  # fmt: skip
+INSTRUCTION = (
+    "Transcribe the speech above exactly, word for word, in the language it is spoken in. "
+    "Do not answer it, translate it or add anything."
+)
 LANGUAGE_NAMES = {
-    "en": "English", "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "fr": "French", "de": "German",
-    "es": "Spanish", "it": "Italian", "pt": "Portuguese", "ru": "Russian", "ar": "Arabic", "hi": "Hindi",
-    "nl": "Dutch", "tr": "Turkish", "vi": "Vietnamese", "th": "Thai", "id": "Indonesian", "pl": "Polish",
-    "uk": "Ukrainian", "sv": "Swedish", "yue": "Cantonese",
-}  # fmt: skip
+    "en": "English",
+    "zh": "Chinese",
+    "ja": "Japanese",
+    "ko": "Korean",
+    "fr": "French",
+    "de": "German",
+    "es": "Spanish",
+    "it": "Italian",
+    "pt": "Portuguese",
+    "ru": "Russian",
+    "ar": "Arabic",
+    "hi": "Hindi",
+    "nl": "Dutch",
+    "tr": "Turkish",
+    "vi": "Vietnamese",
+    "th": "Thai",
+    "id": "Indonesian",
+    "pl": "Polish",
+    "uk": "Ukrainian",
+    "sv": "Swedish",
+    "yue": "Cantonese",
+}
 _LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}$")
-
-
-def upload_format_hint(filename: str | None) -> str | None:
-    """The file extension as a decode hint (only a fallback: the content is probed first), when it names one.
-
-    Raw PCM is excluded: a `.pcm` name would otherwise switch the decoder to headerless 24 kHz samples.
-    """
-    ext = PurePath(filename or "").suffix.lower().removeprefix(".")
-    return ext if ext in SUPPORTED_INPUT_FORMATS - PCM_FORMATS else None
 
 
 class TextEndDetector:
@@ -88,17 +100,42 @@ class _Done:
 
 
 class ServingTranscription:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
-        self.model_name = runtime.settings.served_model_name
+    def __init__(
+        self,
+        model: ServedModel,
+        prompts: PromptBuilder,
+        tokenizer: GLM4Tokenizer,
+        sampling: Sampling,
+        limits: RequestLimits,
+        audio_input: AudioInput,
+        engine: LLMEngine,
+        time_limits: TimeLimits,
+        metrics: Metrics,
+    ) -> None:
+        self.model = model
+        self.prompts = prompts
+        self.tokenizer = tokenizer
+        """Splits the reply into text and audio ids and decodes the text incrementally."""
+        self.sampling = sampling
+        self.limits = limits
+        self.audio_input = audio_input
+        self.engine = engine
+        """Driven directly (no decoder): the request is aborted as soon as the text is over."""
+        self.time_limits = time_limits
+        self.metrics = metrics
 
     @property
     def max_audio_bytes(self) -> int:
-        return self.rt.settings.limits.max_audio_bytes
+        return self.limits.max_audio_bytes
 
     async def create_transcription(
         self, request: wire.TranscriptionRequest, audio: bytes, request_id: str
-    ) -> wire.TranscriptionResponse | wire.TranscriptionVerboseResponse | str | AsyncIterator[wire.TranscriptionStreamEvent]:  # fmt: skip
+    ) -> (
+        wire.TranscriptionResponse
+        | wire.TranscriptionVerboseResponse
+        | str
+        | AsyncIterator[wire.TranscriptionStreamEvent]
+    ):
         """A response (str for text/srt/vtt), or the stream's events when `request.stream`."""
         plan = await self._plan(request, audio, request_id)
         if request.stream:
@@ -106,27 +143,34 @@ class ServingTranscription:
         return await self._complete(plan)
 
     async def _plan(self, req: wire.TranscriptionRequest, audio: bytes, request_id: str) -> TranscriptionPlan:
-        if req.model != self.model_name:
+        if req.model != self.model.name:
             raise model_not_found(req.model)
         if req.stream and req.response_format not in ("json", "text"):
-            raise APIError(f"Unsupported value: 'response_format' does not support '{req.response_format}' when "
-                           "stream=true. Supported values are: 'json' and 'text'.", param="response_format",
-                           code="unsupported_value")  # fmt: skip
+            raise APIError(
+                f"Unsupported value: 'response_format' does not support '{req.response_format}' when "
+                "stream=true. Supported values are: 'json' and 'text'.",
+                param="response_format",
+                code="unsupported_value",
+            )
         if req.timestamp_granularities and req.response_format != "verbose_json":
-            raise invalid_request("timestamp_granularities needs response_format 'verbose_json'.",
-                                  "timestamp_granularities")  # fmt: skip
+            raise invalid_request(
+                "timestamp_granularities needs response_format 'verbose_json'.", "timestamp_granularities"
+            )
         if "word" in req.timestamp_granularities:
-            raise APIError("Word timestamps are not supported by this model; use 'segment'.",
-                           param="timestamp_granularities", code="unsupported_value")  # fmt: skip
+            raise APIError(
+                "Word timestamps are not supported by this model; use 'segment'.",
+                param="timestamp_granularities",
+                code="unsupported_value",
+            )
         if req.language is not None and not _LANGUAGE_CODE.match(req.language):
-            raise invalid_request(f"Invalid language '{req.language}': give an ISO-639-1 code such as 'en'.",
-                                  "language")  # fmt: skip
-        if req.prompt and len(req.prompt) > self.rt.settings.limits.max_text_chars:
-            raise invalid_request(f"The prompt is longer than {self.rt.settings.limits.max_text_chars} characters.",
-                                  "prompt")  # fmt: skip
+            raise invalid_request(
+                f"Invalid language '{req.language}': give an ISO-639-1 code such as 'en'.", "language"
+            )
+        if req.prompt and len(req.prompt) > self.limits.max_text_chars:
+            raise invalid_request(f"The prompt is longer than {self.limits.max_text_chars} characters.", "prompt")
         tokens, duration = await self._speech_tokens(audio, upload_format_hint(req.file.filename))
         message = UserMessage(parts=(AudioPart(tuple(tokens)), TextPart(_instruction(req.language, req.prompt))))
-        prompt = self.rt.prompts.build([message], input_mode="audio")
+        prompt = self.prompts.build([message], input_mode="audio")
         return TranscriptionPlan(
             prompt=prompt,
             params=self._params(prompt, duration, req.temperature or 0.0),
@@ -137,40 +181,36 @@ class ServingTranscription:
         )
 
     async def _speech_tokens(self, audio: bytes, hint: str | None) -> tuple[list[int], float]:
-        limits = self.rt.settings.limits
         async with audio_errors():
-            waveform = await asyncio.to_thread(
-                decode_audio, audio, format=hint, target_rate=TOKENIZER_RATE, max_bytes=limits.max_audio_bytes,
-                max_seconds=limits.max_audio_seconds, param="file",
-            )  # fmt: skip
-        self.rt.audio_input.observe_seconds(waveform.shape[0] / TOKENIZER_RATE)
-        tokens = await self.rt.audio_input.worker.tokenize(waveform)
-        if not tokens:
+            waveform = await self.audio_input.decode(audio, hint, "file")
+        speech = await self.audio_input.tokenize(waveform)
+        self.metrics.audio_in.inc(speech.seconds)
+        if not speech.tokens:
             raise APIError("The audio is too short to transcribe.", param="file", code="empty_audio")
-        return tokens, waveform.shape[0] / TOKENIZER_RATE
+        return speech.tokens, speech.seconds
 
     def _params(self, prompt: Prompt, duration: float, temperature: float) -> GenerationParams:
-        max_len = self.rt.engine.info.max_model_len
+        max_len = self.model.max_model_len
         n_prompt = len(prompt.token_ids)
         if n_prompt >= max_len:
-            raise context_length_error(max_len, n_prompt, None, "file")
+            raise context_length_exceeded(max_len, n_prompt, None, "file")
         text_budget = math.ceil(TEXT_TOKENS_PER_SECOND * duration) + TEXT_SLOTS
         budget = text_budget * (TEXT_SLOTS + AUDIO_SLOTS) // TEXT_SLOTS
         return GenerationParams(
             max_tokens=min(budget, max_len - n_prompt),
             temperature=temperature,
             top_p=1.0,
-            stop_token_ids=self.rt.tokenizer.ids.stop_ids,
-            constraint=self.rt.interleave_constraint(),
+            stop_token_ids=self.sampling.stop_ids,
+            constraint=self.sampling.constraint(),
         )
 
     async def _pieces(self, plan: TranscriptionPlan) -> AsyncIterator[str | _Done]:
         """Transcript pieces as they are generated, then a `_Done`; stops the engine once the text is over."""
-        ids = self.rt.tokenizer.ids
-        text_decoder = self.rt.tokenizer.incremental_decoder()
+        ids = self.tokenizer.ids
+        text_decoder = self.tokenizer.incremental_decoder()
         detector = TextEndDetector(ids.is_audio)
         done = _Done()
-        stream = self.rt.engine.generate(plan.prompt.token_ids, plan.params, plan.request_id)
+        stream = self.engine.generate(plan.prompt.token_ids, plan.params, plan.request_id)
         try:
             async for delta in stream:
                 done.generated += len(delta.token_ids)
@@ -196,10 +236,13 @@ class ServingTranscription:
     def _usage(self, plan: TranscriptionPlan, done: _Done) -> wire.TranscriptionUsage:
         n_prompt = len(plan.prompt.token_ids)
         return wire.TranscriptionUsage(
-            input_tokens=n_prompt, output_tokens=done.generated, total_tokens=n_prompt + done.generated,
-            input_token_details=wire.InputTokenDetails(audio_tokens=plan.prompt.audio_tokens,
-                                                       text_tokens=plan.prompt.text_tokens),
-        )  # fmt: skip
+            input_tokens=n_prompt,
+            output_tokens=done.generated,
+            total_tokens=n_prompt + done.generated,
+            input_token_details=wire.InputTokenDetails(
+                audio_tokens=plan.prompt.audio_tokens, text_tokens=plan.prompt.text_tokens
+            ),
+        )
 
     async def _complete(
         self, plan: TranscriptionPlan
@@ -207,7 +250,7 @@ class ServingTranscription:
         pieces: list[str] = []
         done = _Done()
         async with engine_errors():
-            async for item in bounded(self.rt, self._pieces(plan)):
+            async for item in self.time_limits.bounded(self._pieces(plan)):
                 if isinstance(item, _Done):
                     done = item
                 else:
@@ -225,7 +268,7 @@ class ServingTranscription:
     async def _stream(self, plan: TranscriptionPlan) -> AsyncIterator[wire.TranscriptionStreamEvent]:
         pieces: list[str] = []
         async with engine_errors():
-            async for item in bounded(self.rt, self._pieces(plan), stream=True):
+            async for item in self.time_limits.bounded(self._pieces(plan), stream=True):
                 if isinstance(item, _Done):
                     text = "".join(pieces).strip()
                     yield wire.TranscriptTextDoneEvent(text=text, usage=self._usage(plan, item))
@@ -248,15 +291,32 @@ def _instruction(language: str | None, prompt: str | None) -> str:
 def _verbose(plan: TranscriptionPlan, text: str, text_ids: list[int]) -> wire.TranscriptionVerboseResponse:
     duration = round(plan.duration, 3)
     raw = text.encode()
-    segments = [wire.TranscriptionSegment(
-        id=0, seek=0, start=0.0, end=duration, text=text, tokens=text_ids, temperature=plan.params.temperature,
-        avg_logprob=0.0, compression_ratio=len(raw) / len(zlib.compress(raw)), no_speech_prob=0.0,
-    )] if text else []  # fmt: skip
+    segments = (
+        [
+            wire.TranscriptionSegment(
+                id=0,
+                seek=0,
+                start=0.0,
+                end=duration,
+                text=text,
+                tokens=text_ids,
+                temperature=plan.params.temperature,
+                avg_logprob=0.0,
+                compression_ratio=len(raw) / len(zlib.compress(raw)),
+                no_speech_prob=0.0,
+            )
+        ]
+        if text
+        else []
+    )
     language = LANGUAGE_NAMES.get(plan.language.lower(), plan.language).lower() if plan.language else "unknown"
     return wire.TranscriptionVerboseResponse(
-        language=language, duration=duration, text=text, segments=segments,
+        language=language,
+        duration=duration,
+        text=text,
+        segments=segments,
         usage=wire.DurationUsage(seconds=duration),
-    )  # fmt: skip
+    )
 
 
 def _timestamp(seconds: float, sep: str) -> str:

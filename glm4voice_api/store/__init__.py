@@ -11,13 +11,25 @@ from glm4voice_api.store.base import (
     StoredKey,
     StoredVoice,
     StoreError,
+    StoreUnavailable,
     hash_api_key,
 )
 from glm4voice_api.store.redis_store import RedisStore
 from glm4voice_api.store.sqlite import SqliteStore
 
-__all__ = ["DEFAULT_TENANT", "RedisStore", "SqliteStore", "Store", "StoreError", "StoredAudio", "StoredKey", "StoredVoice", "hash_api_key",
-           "open_store"]  # fmt: skip
+__all__ = [
+    "DEFAULT_TENANT",
+    "RedisStore",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredAudio",
+    "StoredKey",
+    "StoredVoice",
+    "hash_api_key",
+    "open_store",
+]
 
 _EXPECTED = "expected sqlite:///path or redis://host:port/db"
 

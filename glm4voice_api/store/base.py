@@ -56,6 +56,11 @@ class StoreError(RuntimeError):
     """The store cannot be reached or used (a startup error, not a client's fault)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (down, restarting, timed out). Retryable: serving answers 503
+    `store_unavailable` with Retry-After, and the backend reconnects by itself once the store is back."""
+
+
 def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 

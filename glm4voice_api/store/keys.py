@@ -24,8 +24,13 @@ def check_tenant(name: str) -> str:
 async def create_key(store: Store, tenant: str) -> tuple[StoredKey, str]:
     """A new key for `tenant`: (its stored record, the secret key itself, which is not kept anywhere)."""
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
-    record = StoredKey(id=f"key_{secrets.token_hex(8)}", tenant=check_tenant(tenant), prefix=secret[:SHOWN_CHARS],
-                       key_hash=hash_api_key(secret), created_at=int(time.time()))  # fmt: skip
+    record = StoredKey(
+        id=f"key_{secrets.token_hex(8)}",
+        tenant=check_tenant(tenant),
+        prefix=secret[:SHOWN_CHARS],
+        key_hash=hash_api_key(secret),
+        created_at=int(time.time()),
+    )
     await store.put_key(record)
     return record, secret
 

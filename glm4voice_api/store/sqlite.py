@@ -84,9 +84,16 @@ class SqliteStore:
     async def put_voice(self, voice: StoredVoice) -> None:
         await self._run(
             "INSERT INTO voices VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (voice.id, voice.tenant, voice.name, pack_ids(voice.prompt_tokens), voice.prompt_mel, voice.mel_frames,
-             voice.created_at),
-        )  # fmt: skip
+            (
+                voice.id,
+                voice.tenant,
+                voice.name,
+                pack_ids(voice.prompt_tokens),
+                voice.prompt_mel,
+                voice.mel_frames,
+                voice.created_at,
+            ),
+        )
 
     def _voice(self, r: tuple) -> StoredVoice:
         return StoredVoice(r[0], r[1], r[2], unpack_ids(r[3]), r[4], r[5], r[6])

@@ -1,4 +1,4 @@
-"""The exact GLM-4-Voice prompt format (glm4voice-spec.md section 2), built as token ids.
+"""The exact GLM-4-Voice prompt format (the official web demo's), built as token ids.
 
 The seed builds a string and re-tokenizes it. We build ids segment by segment, which gives the same ids (the
 HF tokenizer splits at added tokens and BPE-encodes the text between them), with one deliberate difference: text a

@@ -11,14 +11,26 @@ Nothing heavy is imported at import time: vLLM imports this package in every pro
 
 from __future__ import annotations
 
-from glm4voice_vllm.interleave import EXTRA_ARGS_KEY  # the SamplingParams.extra_args key of the constraint
+# The SamplingParams.extra_args key of the constraint, GLM-4-Voice's reply layout and its padded vocabulary size.
+from glm4voice_vllm.interleave import AUDIO_SLOTS, EXTRA_ARGS_KEY, GLM4VOICE_VOCAB_SIZE, INTERLEAVE_PATTERN, TEXT_SLOTS
 
 ARCHITECTURE = "Glm4VoiceForCausalLM"
 MODEL_CLASS = "glm4voice_vllm.model:Glm4VoiceForCausalLM"
 LOGITS_PROCESSOR = "glm4voice_vllm.logits:InterleaveLogitsProcessor"
 NUM_VALID_TOKENS_KEY = "glm4voice_num_valid_tokens"  # hf_overrides key read by the model and the processor
 
-__all__ = ["ARCHITECTURE", "EXTRA_ARGS_KEY", "LOGITS_PROCESSOR", "MODEL_CLASS", "NUM_VALID_TOKENS_KEY", "register"]
+__all__ = [
+    "ARCHITECTURE",
+    "AUDIO_SLOTS",
+    "EXTRA_ARGS_KEY",
+    "GLM4VOICE_VOCAB_SIZE",
+    "INTERLEAVE_PATTERN",
+    "LOGITS_PROCESSOR",
+    "MODEL_CLASS",
+    "NUM_VALID_TOKENS_KEY",
+    "TEXT_SLOTS",
+    "register",
+]
 
 
 def register() -> None:

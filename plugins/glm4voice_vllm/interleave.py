@@ -36,6 +36,11 @@ from pathlib import Path
 from typing import Any
 
 EXTRA_ARGS_KEY = "glm4voice"
+# GLM-4-Voice's reply layout: 13 text tokens, then 26 audio tokens, repeated (the model's trained pattern). Declared
+# here once; the server reads it from this package.
+TEXT_SLOTS = 13
+AUDIO_SLOTS = 26
+INTERLEAVE_PATTERN = (TEXT_SLOTS, AUDIO_SLOTS)
 # GLM-4-Voice-9B's padded vocabulary: the bound the frontend validates against, where the model's
 # config is out of reach (validate_params is a classmethod). The worker re-checks against the real model.
 GLM4VOICE_VOCAB_SIZE = 168960
@@ -45,9 +50,17 @@ MAX_PATTERN_SLOTS = 4096
 MAX_TRAILING_AUDIO = 1 << 20
 
 _KEYS = frozenset(
-    {"text_range", "audio_range", "eos", "pattern", "forced_text", "min_audio_after_text",
-     "max_audio_after_text", "eos_at_text_slots"}
-)  # fmt: skip
+    {
+        "text_range",
+        "audio_range",
+        "eos",
+        "pattern",
+        "forced_text",
+        "min_audio_after_text",
+        "max_audio_after_text",
+        "eos_at_text_slots",
+    }
+)
 
 
 class SlotKind(enum.Enum):
@@ -76,7 +89,7 @@ class InterleaveParams:
     text_range: tuple[int, int]
     audio_range: tuple[int, int]
     eos: tuple[int, ...]
-    pattern: tuple[int, int] = (13, 26)
+    pattern: tuple[int, int] = INTERLEAVE_PATTERN
     forced_text: tuple[int, ...] | None = None
     min_audio_after_text: int | None = None
     max_audio_after_text: int | None = None
@@ -114,7 +127,7 @@ class InterleaveParams:
             if text_range[0] <= tok < text_range[1] or audio_range[0] <= tok < audio_range[1]:
                 raise ValueError(f"{_name('eos')} id {tok} lies inside text_range or audio_range")
 
-        pattern_raw = raw.get("pattern", [13, 26])
+        pattern_raw = raw.get("pattern", list(INTERLEAVE_PATTERN))
         if not isinstance(pattern_raw, Sequence) or isinstance(pattern_raw, str) or len(pattern_raw) != 2:
             raise ValueError(f"{_name('pattern')} must be [text_slots, audio_slots]")
         pattern = (
@@ -159,9 +172,15 @@ class InterleaveParams:
         if bad:
             raise ValueError(f"extra_args.{EXTRA_ARGS_KEY}: ids {bad[:5]} are padding ids (>= {num_valid})")
         return InterleaveParams(
-            text_range, audio_range, self.eos, self.pattern, self.forced_text,
-            self.min_audio_after_text, self.max_audio_after_text, self.eos_at_text_slots,
-        )  # fmt: skip
+            text_range,
+            audio_range,
+            self.eos,
+            self.pattern,
+            self.forced_text,
+            self.min_audio_after_text,
+            self.max_audio_after_text,
+            self.eos_at_text_slots,
+        )
 
 
 class InterleaveState:

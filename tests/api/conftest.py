@@ -42,25 +42,41 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
 
+def delta_audio(delta) -> dict:
+    """`delta.audio` of a streamed chunk as a dict, whether this SDK version types it or keeps it as an extra field."""
+    audio = getattr(delta, "audio", None) or (delta.model_extra or {}).get("audio")
+    if audio is None:
+        return {}
+    return audio if isinstance(audio, dict) else audio.model_dump(exclude_none=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None) -> RunningServer:
-    port = _free_port()
-    cmd = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--cache-dir", str(cache_dir), "--max-model-len", "1024", "--max-num-seqs", "8",
-           "--warmup-batch-sizes", "1", *extra]  # fmt: skip
+def launch_server(
+    cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None, port: int | None = None
+) -> RunningServer:
+    """Start the server process (on `port`, else a free one) without waiting for it: see wait_ready."""
+    port = port or _free_port()
+    serve = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    small = ["--engine.max-model-len", "1024", "--engine.max-num-seqs", "8", "--engine.warmup-batch-sizes", "1"]
+    cmd = [*serve, "--cache-dir", str(cache_dir), *small, *extra]
     log = log_path.open("w")
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                               start_new_session=True)  # fmt: skip
-    server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    process = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+    )
+    return RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+
+
+def wait_ready(server: RunningServer, timeout_s: float = STARTUP_TIMEOUT_S) -> RunningServer:
+    """Wait for /health/ready; a server that exits or never gets ready is stopped and raises with its log's end."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()[-4000:]}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
         try:
             if httpx.get(server.base_url + "/health/ready", timeout=2).status_code == 200:
                 return server
@@ -68,7 +84,11 @@ def start_server(cache_dir: Path, log_path: Path, *extra: str, env: dict | None 
             pass
         time.sleep(1)
     stop_server(server)
-    raise RuntimeError(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{server.log()[-4000:]}")
+    raise RuntimeError(f"server not ready after {timeout_s} s:\n{server.log()[-4000:]}")
+
+
+def start_server(cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None) -> RunningServer:
+    return wait_ready(launch_server(cache_dir, log_path, *extra, env=env))
 
 
 def stop_server(server: RunningServer) -> None:

@@ -43,9 +43,12 @@ def test_non_streaming_chat(server: RunningServer) -> None:
 
 def test_streaming_chat_with_usage(server: RunningServer) -> None:
     stream = server.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=78, stream=True,
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a story"}],
+        max_tokens=78,
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -58,7 +61,7 @@ def test_streaming_chat_with_usage(server: RunningServer) -> None:
 
 
 def test_client_disconnect_aborts_the_engine_request(server: RunningServer) -> None:
-    aborted_before = server.metric("glm4voice_engine_aborted_requests")
+    aborted_before = server.metric("glm4voice_engine_aborted_requests_total")
     client = server.client(timeout=60)
     stream = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Talk for a long time"}], max_tokens=800, stream=True
@@ -76,7 +79,7 @@ def test_client_disconnect_aborts_the_engine_request(server: RunningServer) -> N
         time.sleep(0.2)
     assert server.metric("glm4voice_engine_active_requests") == 0
     assert server.metric("vllm:num_requests_running") == 0
-    assert server.metric("glm4voice_engine_aborted_requests") == aborted_before + 1
+    assert server.metric("glm4voice_engine_aborted_requests_total") == aborted_before + 1
 
 
 def test_over_long_prompt_is_a_400_in_the_envelope(server: RunningServer) -> None:
@@ -97,15 +100,22 @@ def test_over_long_prompt_is_a_400_in_the_envelope(server: RunningServer) -> Non
     [
         (b"{not json", 400, None),
         (b'{"model": "glm-4-voice-9b"}', 400, "messages"),
-        (b'{"model": "glm-4-voice-9b", "messages": [{"role": "user", "content": "x"}], "temperature": 9}', 400,
-         "temperature"),
+        (
+            b'{"model": "glm-4-voice-9b", "messages": [{"role": "user", "content": "x"}], "temperature": 9}',
+            400,
+            "temperature",
+        ),
         (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
         (b'{"model": "glm-4-voice-9b", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0"),
     ],
-)  # fmt: skip
+)
 def test_malformed_bodies_get_the_envelope(server: RunningServer, content: bytes, status: int, param) -> None:
-    response = httpx.post(server.base_url + "/v1/chat/completions", content=content,
-                          headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
+    response = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
     assert response.status_code == status
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}

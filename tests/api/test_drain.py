@@ -1,5 +1,5 @@
 """SIGTERM drain on the real server: readiness and new requests answer 503 at once, the running stream finishes or is
-aborted at drain_timeout_s (with its error event), nothing is left in the engine, and the process exits 0."""
+aborted at timeouts.drain_s (with its error event), nothing is left in the engine, and the process exits 0."""
 
 from __future__ import annotations
 
@@ -20,13 +20,18 @@ DRAIN_S = 4
 
 
 def test_sigterm_drains_running_streams_then_exits_cleanly(cache_dir: Path, tmp_path: Path) -> None:
-    server = start_server(cache_dir, tmp_path / "server.log", "--drain-timeout-s", str(DRAIN_S))
+    server = start_server(cache_dir, tmp_path / "server.log", "--timeouts.drain-s", str(DRAIN_S))
     try:
         outcome: dict = {}
         audio = threading.Event()
-        body = {"model": "glm-4-voice-9b", "messages": [{"role": "user", "content": "A long answer"}],
-                "stream": True, "max_tokens": 780, "modalities": ["text", "audio"],
-                "audio": {"voice": "alloy", "format": "pcm16"}}  # fmt: skip
+        body = {
+            "model": "glm-4-voice-9b",
+            "messages": [{"role": "user", "content": "A long answer"}],
+            "stream": True,
+            "max_tokens": 780,
+            "modalities": ["text", "audio"],
+            "audio": {"voice": "alloy", "format": "pcm16"},
+        }
 
         def long_stream() -> None:
             with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=120) as response:

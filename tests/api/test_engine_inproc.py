@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("inproc")]
 @pytest.fixture(scope="module")
 def inproc(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("inproc")
-    running = start_server(cache_dir, tmp / "server.log", "--process", "inproc", "--decoder-chunking", "adaptive",
+    running = start_server(cache_dir, tmp / "server.log", "--engine.process", "inproc", "--speech-decoder.chunking", "adaptive",
                            "--store", f"sqlite:///{tmp / 'store.sqlite3'}")  # fmt: skip
     yield running
     stop_server(running)

@@ -30,10 +30,21 @@ AUDIO = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": 
 @pytest.fixture
 def limited(cache_dir: Path, tmp_path: Path) -> Iterator[RunningServer]:
     running = start_server(
-        cache_dir, tmp_path / "server.log", "--store", f"sqlite:///{tmp_path / 'store.sqlite3'}",
-        "--max-active-requests", "1", "--max-queued-requests", "1", "--max-queue-wait-s", "300",
-        "--tenant-requests-per-minute", str(RPM), "--max-tokens", "800",
-    )  # fmt: skip
+        cache_dir,
+        tmp_path / "server.log",
+        "--store",
+        f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        "--admission.max-active",
+        "1",
+        "--admission.max-queued",
+        "1",
+        "--admission.max-queue-wait-s",
+        "300",
+        "--tenant-limits.requests-per-minute",
+        str(RPM),
+        "--request-limits.max-tokens",
+        "800",
+    )
     yield running
     stop_server(running)
 
@@ -47,8 +58,13 @@ def test_limits_on_a_small_server(limited: RunningServer) -> None:
 
 def _stream_chat(server: RunningServer, max_tokens: int, outcome: dict) -> None:
     """One streamed spoken chat over raw HTTP; records the status, the error envelope or how the stream ended."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "stream": True,
-            "max_tokens": max_tokens, **AUDIO}  # fmt: skip
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "stream": True,
+        "max_tokens": max_tokens,
+        **AUDIO,
+    }
     with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=300) as response:
         outcome["status"] = response.status_code
         outcome["retry_after"] = response.headers.get("retry-after")
@@ -64,8 +80,9 @@ def _stream_chat(server: RunningServer, max_tokens: int, outcome: dict) -> None:
 
 def _max_tokens_above_the_cap_is_a_400(limited: RunningServer) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
-        limited.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
-                                                 max_tokens=801)  # fmt: skip
+        limited.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=801
+        )
     assert refused.value.body["param"] == "max_tokens" and "800" in refused.value.body["message"]
 
 
@@ -108,16 +125,27 @@ def _tenant_requests_per_minute_is_a_rate_limit_error(limited: RunningServer) ->
 
 
 def _leak_gauges(server: RunningServer) -> dict[str, float]:
-    names = ("glm4voice_engine_active_requests", "glm4voice_decoder_active_sessions", "vllm:num_requests_running",
-             "glm4voice_active_streams", "glm4voice_admission_active", "glm4voice_admission_queue_depth")  # fmt: skip
+    names = (
+        "glm4voice_engine_active_requests",
+        "glm4voice_decoder_active_sessions",
+        "vllm:num_requests_running",
+        "glm4voice_active_streams",
+        "glm4voice_admission_active",
+        "glm4voice_admission_queue_depth",
+    )
     return {name: server.metric(name) for name in names}
 
 
 def test_disconnect_storm_leaves_nothing_behind(server: RunningServer) -> None:
     """Many streams cut mid-audio (and some before their first byte, possibly while queued): all freed."""
-    aborted = server.metric("glm4voice_engine_aborted_requests")
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "A long answer"}], "stream": True,
-            "max_tokens": 780, **AUDIO}  # fmt: skip
+    aborted = server.metric("glm4voice_engine_aborted_requests_total")
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "A long answer"}],
+        "stream": True,
+        "max_tokens": 780,
+        **AUDIO,
+    }
     cut_mid_audio = [False] * 10
 
     def mid_audio(i: int) -> None:
@@ -133,8 +161,10 @@ def test_disconnect_storm_leaves_nothing_behind(server: RunningServer) -> None:
     def early(_: int) -> None:
         # Sends the request and hangs up 0.3 s later, whatever state it is in (queued, prefill, first chunk).
         with socket.create_connection((host, int(port)), timeout=10) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload))  # fmt: skip
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+            )
             time.sleep(0.3)
 
     threads = [threading.Thread(target=mid_audio, args=(i,)) for i in range(10)]
@@ -148,15 +178,31 @@ def test_disconnect_storm_leaves_nothing_behind(server: RunningServer) -> None:
     while time.monotonic() < deadline and any(_leak_gauges(server).values()):
         time.sleep(0.3)
     assert _leak_gauges(server) == dict.fromkeys(_leak_gauges(server), 0.0)
-    assert server.metric("glm4voice_engine_aborted_requests") >= aborted + sum(cut_mid_audio)
+    assert server.metric("glm4voice_engine_aborted_requests_total") >= aborted + sum(cut_mid_audio)
 
 
 def test_loopback_load_small(server: RunningServer, tmp_path: Path) -> None:
     from bench.loadtest_loopback import main
 
     out = tmp_path / "load.json"
-    status = main(["--url", server.base_url, "--pid", str(server.process.pid), "--streams", "12", "--duration", "10",
-                   "--warmup-s", "3", "--max-rss-growth-mib", "512", "--out", str(out)])  # fmt: skip
+    status = main(
+        [
+            "--url",
+            server.base_url,
+            "--pid",
+            str(server.process.pid),
+            "--streams",
+            "12",
+            "--duration",
+            "10",
+            "--warmup-s",
+            "3",
+            "--max-rss-growth-mib",
+            "512",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert status == 0, result["failures"]
     assert result["outcomes"]["ok"] > 0 and not result["outcomes"]["errors"] and not result["leaks"]

@@ -59,9 +59,15 @@ def sse_events(response: openai._response.BinaryAPIResponse) -> list[dict]:
 
 @pytest.mark.parametrize(
     ("fmt", "rate", "media_type"),
-    [(None, 24000, "audio/mpeg"), ("opus", 48000, "audio/opus"), ("aac", 24000, "audio/aac"),
-     ("flac", 24000, "audio/flac"), ("wav", 24000, "audio/wav"), ("pcm", 24000, "audio/pcm")],
-)  # fmt: skip
+    [
+        (None, 24000, "audio/mpeg"),
+        ("opus", 48000, "audio/opus"),
+        ("aac", 24000, "audio/aac"),
+        ("flac", 24000, "audio/flac"),
+        ("wav", 24000, "audio/wav"),
+        ("pcm", 24000, "audio/pcm"),
+    ],
+)
 def test_every_format_decodes_with_the_expected_duration(
     server: RunningServer, tok: GLM4Tokenizer, fmt: str | None, rate: int, media_type: str
 ) -> None:
@@ -103,9 +109,13 @@ def test_sse_streams_deltas_then_done_with_usage_and_the_exact_transcript(
     server: RunningServer, tok: GLM4Tokenizer, text: str, fmt: str
 ) -> None:
     with server.client().audio.speech.with_streaming_response.create(
-        model=MODEL, voice="shimmer", input=text, response_format=fmt,
-        stream_format="sse", instructions="Excited, with a Berlin accent",
-    ) as response:  # fmt: skip
+        model=MODEL,
+        voice="shimmer",
+        input=text,
+        response_format=fmt,
+        stream_format="sse",
+        instructions="Excited, with a Berlin accent",
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = sse_events(response)
     kinds = [e["type"] for e in events]
@@ -128,15 +138,17 @@ LONG_TEXT = " ".join(f"word{i}" for i in range(900))[:4096]  # fits 4096 chars, 
 
 @pytest.mark.parametrize(
     ("change", "status", "param", "code"),
-    [({"input": ""}, 400, "input", None),
-     ({"input": "x" * 4097}, 400, "input", None),
-     ({"speed": 5}, 400, "speed", None),
-     ({"response_format": "ogg"}, 400, "response_format", None),
-     ({"stream_format": "json"}, 400, "stream_format", None),
-     ({"voice": {"id": "voice_nope"}}, 404, "voice", "voice_not_found"),
-     ({"model": "tts-nope"}, 404, "model", "model_not_found"),
-     ({"input": LONG_TEXT}, 400, "input", "context_length_exceeded")],
-)  # fmt: skip
+    [
+        ({"input": ""}, 400, "input", None),
+        ({"input": "x" * 4097}, 400, "input", None),
+        ({"speed": 5}, 400, "speed", None),
+        ({"response_format": "ogg"}, 400, "response_format", None),
+        ({"stream_format": "json"}, 400, "stream_format", None),
+        ({"voice": {"id": "voice_nope"}}, 404, "voice", "voice_not_found"),
+        ({"model": "tts-nope"}, 404, "model", "model_not_found"),
+        ({"input": LONG_TEXT}, 400, "input", "context_length_exceeded"),
+    ],
+)
 def test_bad_requests_get_the_openai_envelope(
     server: RunningServer, change: dict, status: int, param: str, code: str | None
 ) -> None:

@@ -41,15 +41,17 @@ class Tenants:
         return openai.OpenAI(base_url=self.server.base_url + "/v1", api_key=key, max_retries=0)
 
     def voice_ids(self, key: str) -> list[str]:
-        response = httpx.get(self.server.base_url + "/v1/audio/voices", headers={"Authorization": f"Bearer {key}"},
-                             timeout=30)  # fmt: skip
+        response = httpx.get(
+            self.server.base_url + "/v1/audio/voices", headers={"Authorization": f"Bearer {key}"}, timeout=30
+        )
         assert response.status_code == 200, response.text
         return [v["id"] for v in response.json()["data"]]
 
 
 @pytest.fixture(scope="module")
-def tenants(default_set: Path, cache_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[Tenants]:  # fmt: skip
+def tenants(
+    default_set: Path, cache_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Tenants]:
     import redis
 
     store_url = redis_url + "/2"
@@ -63,9 +65,14 @@ def tenants(default_set: Path, cache_dir: Path, redis_url: str, tmp_path_factory
             await store.close()
 
     keys = asyncio.run(make_keys())
-    # auth_cache_seconds 0: a revocation shows at once (the default, a few seconds, is for throughput).
-    server = start_server(cache_dir, tmp_path_factory.mktemp("tenants") / "server.log", "--auth-cache-seconds", "0",
-                          env={"GLM4VOICE_STORE": store_url, "GLM4VOICE_API_KEYS": STATIC_KEY})  # fmt: skip
+    # auth.cache_seconds 0: a revocation shows at once (the default, a few seconds, is for throughput).
+    server = start_server(
+        cache_dir,
+        tmp_path_factory.mktemp("tenants") / "server.log",
+        "--auth.cache-seconds",
+        "0",
+        env={"GLM4VOICE_STORE": store_url, "GLM4VOICE_AUTH__API_KEYS": STATIC_KEY},
+    )
     yield Tenants(server, store_url, keys)
     stop_server(server)
 
@@ -90,9 +97,14 @@ def test_no_wrong_or_revoked_key_is_401(tenants: Tenants) -> None:
 
     gamma = tenants.keys["gamma"]
     assert tenants.client(gamma).models.list().data[0].id == MODEL
-    revoke = subprocess.run([sys.executable, "-m", "glm4voice_api", "keys", "revoke", gamma[:13]], check=False,
-                            env={**os.environ, "GLM4VOICE_STORE": tenants.store_url}, capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
+    revoke = subprocess.run(
+        [sys.executable, "-m", "glm4voice_api", "keys", "revoke", gamma[:13]],
+        check=False,
+        env={**os.environ, "GLM4VOICE_STORE": tenants.store_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert revoke.returncode == 0, revoke.stderr
     with pytest.raises(openai.AuthenticationError):
         tenants.client(gamma).models.list()
@@ -112,8 +124,9 @@ def _sample() -> bytes:
     return encode_whole("wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
 
 
-def _same_wording(foreign: openai.APIStatusError, missing: openai.APIStatusError, foreign_id: str, missing_id: str
-                  ) -> None:  # fmt: skip
+def _same_wording(
+    foreign: openai.APIStatusError, missing: openai.APIStatusError, foreign_id: str, missing_id: str
+) -> None:
     assert foreign.status_code == missing.status_code == 404
     a, b = foreign.body, missing.body
     assert (a["type"], a["code"], a["param"]) == (b["type"], b["code"], b["param"])
@@ -122,10 +135,14 @@ def _same_wording(foreign: openai.APIStatusError, missing: openai.APIStatusError
 
 def _follow_up(client: openai.OpenAI, audio_id: str) -> ChatCompletion:
     return client.chat.completions.create(
-        model=MODEL, max_tokens=5,
-        messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "audio": {"id": audio_id}},
-                  {"role": "user", "content": "And then?"}],
-    )  # fmt: skip
+        model=MODEL,
+        max_tokens=5,
+        messages=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "audio": {"id": audio_id}},
+            {"role": "user", "content": "And then?"},
+        ],
+    )
 
 
 def _errors(call: Callable[..., object], *args: object) -> openai.APIStatusError:
@@ -138,22 +155,30 @@ def test_tenants_are_isolated(tenants: Tenants) -> None:
     acme, beta = tenants.client(tenants.keys["acme"]), tenants.client(tenants.keys["beta"])
     voice = acme.audio.voices.create(name="Acme voice", audio_sample=("me.wav", _sample()), consent="cons_1")
     reply = acme.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=39, modalities=["text", "audio"],
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=39,
+        modalities=["text", "audio"],
         audio={"voice": {"id": voice.id}, "format": "wav"},
-    )  # fmt: skip
+    )
     audio_id = reply.choices[0].message.audio.id
 
     # Audio ids: beta cannot continue acme's conversation; acme can.
-    _same_wording(_errors(_follow_up, beta, audio_id), _errors(_follow_up, beta, "audio_missing"), audio_id,
-                  "audio_missing")  # fmt: skip
+    _same_wording(
+        _errors(_follow_up, beta, audio_id), _errors(_follow_up, beta, "audio_missing"), audio_id, "audio_missing"
+    )
     assert _follow_up(acme, audio_id).choices[0].finish_reason == "length"
 
     # Voices: beta can neither see, use nor delete acme's; acme can do all three.
     assert voice.id in tenants.voice_ids(tenants.keys["acme"])
     assert voice.id not in tenants.voice_ids(tenants.keys["beta"])
     assert voice.id not in tenants.voice_ids(STATIC_KEY)
-    _same_wording(_errors(beta.audio.voices.delete, voice.id), _errors(beta.audio.voices.delete, "voice_missing"),
-                  voice.id, "voice_missing")  # fmt: skip
+    _same_wording(
+        _errors(beta.audio.voices.delete, voice.id),
+        _errors(beta.audio.voices.delete, "voice_missing"),
+        voice.id,
+        "voice_missing",
+    )
 
     def speak(client: openai.OpenAI, voice_id: str) -> bytes:
         return client.audio.speech.create(
@@ -164,9 +189,12 @@ def test_tenants_are_isolated(tenants: Tenants) -> None:
 
     def chat_in(client: openai.OpenAI, voice_id: str) -> None:
         client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=39, modalities=["text", "audio"],
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=39,
+            modalities=["text", "audio"],
             audio={"voice": {"id": voice_id}, "format": "wav"},
-        )  # fmt: skip
+        )
 
     _same_wording(_errors(chat_in, beta, voice.id), _errors(chat_in, beta, "voice_missing"), voice.id, "voice_missing")
     assert speak(acme, voice.id)[:4] == b"RIFF"

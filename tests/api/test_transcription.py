@@ -81,8 +81,13 @@ def test_stream_sends_deltas_then_done_with_usage(server: RunningServer) -> None
 
 
 def test_stream_has_no_done_marker(server: RunningServer) -> None:
-    with httpx.stream("POST", server.base_url + "/v1/audio/transcriptions", timeout=120,
-                      files={"file": ("a.wav", WAV)}, data={"model": MODEL, "stream": "true"}) as response:  # fmt: skip
+    with httpx.stream(
+        "POST",
+        server.base_url + "/v1/audio/transcriptions",
+        timeout=120,
+        files={"file": ("a.wav", WAV)},
+        data={"model": MODEL, "stream": "true"},
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         data = [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
     assert "[DONE]" not in data

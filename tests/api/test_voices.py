@@ -25,10 +25,15 @@ def _sample(seconds: float = 3.0, hz: float = 180.0, rate: int = 22050) -> bytes
     return encode_whole("wav", wave.astype(np.float32))
 
 
-def _create(server: RunningServer, name: str = "Narrator", sample: bytes | None = None,
-            filename: str = "me.wav") -> httpx.Response:  # fmt: skip
-    return httpx.post(server.base_url + "/v1/audio/voices", timeout=120, data={"name": name, "consent": "cons_123"},
-                      files={"audio_sample": (filename, sample or _sample(), "audio/wav")})  # fmt: skip
+def _create(
+    server: RunningServer, name: str = "Narrator", sample: bytes | None = None, filename: str = "me.wav"
+) -> httpx.Response:
+    return httpx.post(
+        server.base_url + "/v1/audio/voices",
+        timeout=120,
+        data={"name": name, "consent": "cons_123"},
+        files={"audio_sample": (filename, sample or _sample(), "audio/wav")},
+    )
 
 
 def _list(server: RunningServer) -> list[dict]:
@@ -62,8 +67,11 @@ def test_create_list_delete(server: RunningServer) -> None:
 
 def test_openai_sdk_creates_and_deletes(server: RunningServer) -> None:
     client = server.client()
-    voice = client.audio.voices.create(name="SDK voice", audio_sample=("s.flac", encode_whole("flac", np.zeros(
-        22050 * 2, np.float32) + 0.1)), consent="cons_x")  # fmt: skip
+    voice = client.audio.voices.create(
+        name="SDK voice",
+        audio_sample=("s.flac", encode_whole("flac", np.zeros(22050 * 2, np.float32) + 0.1)),
+        consent="cons_x",
+    )
     assert voice.object == "audio.voice"
     assert voice.id.startswith("voice_")
     assert client.audio.voices.delete(voice.id).deleted is True
@@ -100,8 +108,9 @@ def test_bad_create_is_400(server: RunningServer, kwargs: dict, param: str, code
 
 
 def test_missing_name_is_400(server: RunningServer) -> None:
-    response = httpx.post(server.base_url + "/v1/audio/voices", files={"audio_sample": ("a.wav", _sample())},
-                          timeout=30)  # fmt: skip
+    response = httpx.post(
+        server.base_url + "/v1/audio/voices", files={"audio_sample": ("a.wav", _sample())}, timeout=30
+    )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "name"
 
@@ -113,9 +122,14 @@ def _wav_samples(data: bytes) -> np.ndarray:
 
 def _spoken(server: RunningServer, voice: str | dict):
     return server.client().chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Read me a story"}], max_tokens=39, seed=7,
-        modalities=["text", "audio"], audio={"voice": voice, "format": "wav"}, extra_body={"return_token_ids": True},
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "user", "content": "Read me a story"}],
+        max_tokens=39,
+        seed=7,
+        modalities=["text", "audio"],
+        audio={"voice": voice, "format": "wav"},
+        extra_body={"return_token_ids": True},
+    )
 
 
 def test_chat_reply_in_a_custom_voice(server: RunningServer) -> None:
@@ -141,8 +155,7 @@ def test_speech_in_a_custom_voice(server: RunningServer) -> None:
     voice_id = _create(server, name="Reader").json()["id"]
     client = server.client()
     native = client.audio.speech.create(model=MODEL, input="Hello there", voice="alloy", response_format="wav")
-    custom = client.audio.speech.create(model=MODEL, input="Hello there", voice={"id": voice_id},
-                                        response_format="wav")  # fmt: skip
+    custom = client.audio.speech.create(model=MODEL, input="Hello there", voice={"id": voice_id}, response_format="wav")
     a, b = _wav_samples(native.content), _wav_samples(custom.content)
     # Same words, same length rule; the mel length is floored over prompt + new tokens, so one frame (256 samples
     # at 22.05 kHz, 279 at 24 kHz) may differ.

@@ -43,20 +43,38 @@ def state_of(extra_args: dict) -> InterleaveState:
 def sampling(max_tokens: int, extra_args: dict | None = None, **kw) -> SamplingParams:
     kw.setdefault("temperature", 1.0)
     return SamplingParams(
-        max_tokens=max_tokens, stop_token_ids=EOS, output_kind=RequestOutputKind.DELTA, detokenize=False,
-        seed=next(_ids), extra_args=extra_args, **kw,
-    )  # fmt: skip
+        max_tokens=max_tokens,
+        stop_token_ids=EOS,
+        output_kind=RequestOutputKind.DELTA,
+        detokenize=False,
+        seed=next(_ids),
+        extra_args=extra_args,
+        **kw,
+    )
 
 
 def _own_tiny_config(out_dir: Path) -> Path:
     """A GLM-4-Voice-shaped ChatGLM config, used with load_format="dummy" if the lead's writer is missing."""
     config = {
-        "architectures": ["ChatGLMForConditionalGeneration"], "model_type": "chatglm", "num_layers": 2,
-        "hidden_size": 64, "num_attention_heads": 4, "kv_channels": 16, "multi_query_attention": True,
-        "multi_query_group_num": 2, "ffn_hidden_size": 128, "padded_vocab_size": 168960, "seq_length": 2048,
-        "original_rope": True, "add_qkv_bias": True, "rmsnorm": True, "layernorm_epsilon": 1.5e-5,
-        "torch_dtype": "bfloat16", "eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329,
-    }  # fmt: skip
+        "architectures": ["ChatGLMForConditionalGeneration"],
+        "model_type": "chatglm",
+        "num_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "kv_channels": 16,
+        "multi_query_attention": True,
+        "multi_query_group_num": 2,
+        "ffn_hidden_size": 128,
+        "padded_vocab_size": 168960,
+        "seq_length": 2048,
+        "original_rope": True,
+        "add_qkv_bias": True,
+        "rmsnorm": True,
+        "layernorm_epsilon": 1.5e-5,
+        "torch_dtype": "bfloat16",
+        "eos_token_id": [151329, 151336, 151338],
+        "pad_token_id": 151329,
+    }
     (out_dir / "config.json").write_text(json.dumps(config))
     return out_dir
 
@@ -75,11 +93,18 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 async def engine(model: tuple[Path, str]):
     model_dir, load_format = model
     args = AsyncEngineArgs(
-        model=str(model_dir), load_format=load_format, skip_tokenizer_init=True, dtype="bfloat16",
-        enforce_eager=True, max_model_len=1024, max_num_seqs=8, seed=0, disable_log_stats=True,
+        model=str(model_dir),
+        load_format=load_format,
+        skip_tokenizer_init=True,
+        dtype="bfloat16",
+        enforce_eager=True,
+        max_model_len=1024,
+        max_num_seqs=8,
+        seed=0,
+        disable_log_stats=True,
         hf_overrides={"architectures": [ARCHITECTURE], NUM_VALID_TOKENS_KEY: NUM_VALID},
         logits_processors=[LOGITS_PROCESSOR],
-    )  # fmt: skip
+    )
     with pytest.MonkeyPatch.context() as mp:  # read by the engine core process when it is spawned
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
         llm = AsyncLLM.from_engine_args(args)

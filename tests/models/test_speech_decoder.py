@@ -232,18 +232,16 @@ def test_bounded_context(dec: SpeechDecoder, g: dict, capsys: pytest.CaptureFixt
 # -- voices -------------------------------------------------------------------------------------------
 
 
-class _FakeTokenizer:
+def _fake_tokens(waveform: np.ndarray, sample_rate: int) -> list[int]:
     """Speech tokenizer stand-in: one token per 1280 samples at 16 kHz (12.5 Hz), as the real one."""
-
-    def tokenize(self, waveform: np.ndarray, sample_rate: int) -> list[int]:
-        n = math.ceil(len(waveform) * 16000 / sample_rate / 1280)
-        return [int(x) for x in np.random.default_rng(len(waveform)).integers(0, 16384, n)]
+    n = math.ceil(len(waveform) * 16000 / sample_rate / 1280)
+    return [int(x) for x in np.random.default_rng(len(waveform)).integers(0, 16384, n)]
 
 
 def test_voice_prompt(dec: SpeechDecoder, g: dict) -> None:
     t = np.arange(int(1.3 * 24000)) / 24000
     wav = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
-    voice = dec.make_voice(wav, 24000, _FakeTokenizer())
+    voice = dec.make_voice(wav, 24000, _fake_tokens(wav, 24000))
     assert isinstance(voice, Voice)
     assert len(voice.prompt_tokens) == 17
     assert voice.prompt_mel.shape == (80, dec.mel_frames(17))

@@ -15,8 +15,14 @@ from glm4voice_api.store import hash_api_key, open_store
 
 def _keys(store_url: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "GLM4VOICE_STORE": store_url}
-    return subprocess.run([sys.executable, "-m", "glm4voice_api", "keys", *args], check=False, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "glm4voice_api", "keys", *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _tenant_of(store_url: str, key: str, tmp_path: Path) -> str | None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
 
 import pytest
 
-from glm4voice_api.config import LimitSettings
+from glm4voice_api.config import AdmissionSettings, Settings, TenantLimitSettings, TimeoutSettings
 from glm4voice_api.errors import APIError, shutting_down
 from glm4voice_api.request_context import RequestContext, bind_request, unbind_request
 from glm4voice_api.serving.admission import Admission, AdmissionQueue, TenantLimits
-from glm4voice_api.serving.deadlines import bounded
+from glm4voice_api.serving.deadlines import TimeLimits
+from glm4voice_api.serving.metrics import Metrics
 
 
 class FakeStore:
@@ -193,21 +193,31 @@ async def test_draining_refuses_new_requests() -> None:
     assert refused.value.status == 503 and reasons == ["draining"]
 
 
+def _admission(**admission: int) -> Admission:
+    settings = Settings(admission=admission, engine={"max_num_seqs": 8}).resolved(cuda=False, model_seq_length=8192)
+    return Admission.from_settings(settings.admission, TenantLimitSettings(), FakeStore())
+
+
 def test_defaults_derive_from_the_engine() -> None:
-    admission = Admission.from_limits(LimitSettings(), 8, FakeStore())
+    admission = _admission()
     assert admission.queue.max_active == 8 and admission.queue.max_queued == 8
-    unlimited = Admission.from_limits(LimitSettings(max_active_requests=0), 8, FakeStore())
+    unlimited = _admission(max_active=0)
     assert unlimited.queue.max_active is None
+    with pytest.raises(ValueError, match="resolved"):
+        Admission.from_settings(AdmissionSettings(), TenantLimitSettings(), FakeStore())
 
 
-def _runtime(**limits: float | None) -> SimpleNamespace:
-    rejections: list[str] = []
-    return SimpleNamespace(
-        settings=SimpleNamespace(limits=LimitSettings(**limits)),
-        open_streams=0,
-        observe_rejection=rejections.append,
-        rejections=rejections,
-    )
+def _limits(**timeouts: float) -> TimeLimits:
+    return TimeLimits(TimeoutSettings(**timeouts), Metrics())
+
+
+def _rejections(limits: TimeLimits) -> dict[str, float]:
+    samples = limits.metrics.rejections.collect()[0].samples
+    return {s.labels["reason"]: s.value for s in samples if s.name.endswith("_total")}
+
+
+def _open_streams(limits: TimeLimits) -> float:
+    return limits.metrics.registry.get_sample_value("glm4voice_active_streams")
 
 
 class Source:
@@ -227,38 +237,38 @@ class Source:
 
 
 async def test_first_audio_timeout_stops_the_generation() -> None:
-    rt = _runtime(first_audio_timeout_s=0.05, request_timeout_s=None)
+    limits = _limits(first_audio_s=0.05, request_s=0)
     source = Source(["text", "text"])
     got: list[str] = []
     with pytest.raises(APIError) as expired:
-        async for item in bounded(rt, source.events(), is_audio=lambda e: e == "audio", stream=True):
+        async for item in limits.bounded(source.events(), is_audio=lambda e: e == "audio", stream=True):
             got.append(item)
     assert got == ["text", "text"]
     assert expired.value.status == 503 and expired.value.code == "first_audio_timeout"
-    assert source.cleaned and rt.open_streams == 0 and rt.rejections == ["first_audio_timeout"]
+    assert source.cleaned and _open_streams(limits) == 0 and _rejections(limits) == {"first_audio_timeout": 1}
 
 
 async def test_request_timeout_after_first_audio() -> None:
-    rt = _runtime(first_audio_timeout_s=30, request_timeout_s=0.05)
+    limits = _limits(first_audio_s=30, request_s=0.05)
     source = Source(["audio"])
     with pytest.raises(APIError) as expired:
-        async for _ in bounded(rt, source.events(), is_audio=lambda e: e == "audio"):
+        async for _ in limits.bounded(source.events(), is_audio=lambda e: e == "audio"):
             pass
     assert expired.value.code == "request_timeout" and source.cleaned
 
 
 async def test_no_limits_pass_everything_through() -> None:
-    rt = _runtime(first_audio_timeout_s=0, request_timeout_s=None)
+    limits = _limits(first_audio_s=0, request_s=0)
 
     async def finite():
         for item in ("a", "b"):
             yield item
 
-    assert [i async for i in bounded(rt, finite(), is_audio=lambda e: True)] == ["a", "b"]
+    assert [i async for i in limits.bounded(finite(), is_audio=lambda e: True)] == ["a", "b"]
 
 
 async def test_aborted_lease_ends_the_generation_with_its_error() -> None:
-    rt = _runtime(first_audio_timeout_s=None, request_timeout_s=None)
+    limits = _limits(first_audio_s=0, request_s=0)
     admission = Admission(AdmissionQueue(2, 2, 30), TenantLimits(FakeStore(), None, None))
     lease = await admission.admit("a")
     token = bind_request(RequestContext("req-1", lease=lease))
@@ -267,7 +277,7 @@ async def test_aborted_lease_ends_the_generation_with_its_error() -> None:
         got: list[str] = []
 
         async def consume() -> None:
-            async for item in bounded(rt, source.events(), is_audio=lambda e: e == "audio"):
+            async for item in limits.bounded(source.events(), is_audio=lambda e: e == "audio"):
                 got.append(item)
 
         task = asyncio.ensure_future(consume())
@@ -276,7 +286,7 @@ async def test_aborted_lease_ends_the_generation_with_its_error() -> None:
         with pytest.raises(APIError) as aborted:
             await task
         assert aborted.value.code == "server_shutting_down" and got == ["audio"] and source.cleaned
-        assert rt.rejections == ["drain_abort"]
+        assert _rejections(limits) == {"drain_abort": 1}
     finally:
         unbind_request(token)
         lease.release()

@@ -12,14 +12,14 @@ from fastapi import FastAPI, Request
 
 from glm4voice_api.app import create_app
 from glm4voice_api.config import Settings
-from glm4voice_api.store import SqliteStore
+from glm4voice_api.store import SqliteStore, StoreUnavailable
 from glm4voice_api.store.keys import create_key
 
 STATIC = "sk-static-0123456789abcdefghij"
 
 
-def _app(store: object = None, **settings: object) -> FastAPI:
-    app = create_app(Settings(**settings))
+def _app(store: object = None, **auth: object) -> FastAPI:
+    app = create_app(Settings(auth=auth))
     app.state.auth.bind(store)  # what the lifespan does once the store is open
 
     @app.get("/v1/test/whoami")
@@ -71,8 +71,8 @@ async def test_static_keys(store: SqliteStore) -> None:
 
 
 def test_static_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GLM4VOICE_API_KEYS", f" {STATIC}, sk-two ,,")
-    assert Settings().api_keys == [STATIC, "sk-two"]
+    monkeypatch.setenv("GLM4VOICE_AUTH__API_KEYS", f" {STATIC}, sk-two ,,")
+    assert Settings().auth.api_keys == [STATIC, "sk-two"]
 
 
 async def test_starting_up_is_a_503_for_keys_not_in_the_settings() -> None:
@@ -99,14 +99,14 @@ async def test_probes_protected_when_asked() -> None:
 
 
 async def test_auth_modes(store: SqliteStore) -> None:
-    async with _client(_app(store, auth="on")) as client:  # on without any key: nobody gets in
+    async with _client(_app(store, mode="on")) as client:  # on without any key: nobody gets in
         _assert_401(await client.get("/v1/test/whoami", headers=_bearer(STATIC)), "Incorrect API key")
-    async with _client(_app(auth="off", api_keys=[STATIC])) as client:
+    async with _client(_app(mode="off", api_keys=[STATIC])) as client:
         assert (await client.get("/v1/test/whoami")).json() == {"tenant": "default"}
 
 
 async def test_stored_keys_map_to_their_tenant(store: SqliteStore) -> None:
-    app = _app(store, auth_cache_seconds=0)
+    app = _app(store, cache_seconds=0)
     async with _client(app) as client:
         assert (await client.get("/v1/test/whoami")).json() == {"tenant": "default"}  # auto: no key stored yet
         record, acme = await create_key(store, "acme")
@@ -120,12 +120,12 @@ async def test_stored_keys_map_to_their_tenant(store: SqliteStore) -> None:
 
 
 async def test_lookups_are_cached_for_the_ttl(store: SqliteStore) -> None:
-    app = _app(store, auth_cache_seconds=3600)
+    app = _app(store, cache_seconds=3600)
     record, key = await create_key(store, "acme")
     async with _client(app) as client:
         assert (await client.get("/v1/test/whoami", headers=_bearer(key))).json() == {"tenant": "acme"}
         await store.revoke_key(record.id, 0)
-        # Within the TTL the cached answer stands (documented: revocation takes effect within auth_cache_seconds).
+        # Within the TTL the cached answer stands (documented: revocation takes effect within auth.cache_seconds).
         assert (await client.get("/v1/test/whoami", headers=_bearer(key))).json() == {"tenant": "acme"}
         app.state.auth.bind(store)  # a fresh cache, as after the TTL
         _assert_401(await client.get("/v1/test/whoami", headers=_bearer(key)), "Incorrect API key")
@@ -139,10 +139,20 @@ class _BrokenStore:
         raise ConnectionError("store down")
 
 
-async def test_a_failing_key_store_is_a_503() -> None:
-    app = _app(_BrokenStore())
+class _UnreachableStore(_BrokenStore):
+    async def find_key(self, key_hash: str) -> None:
+        raise StoreUnavailable("the store at redis://127.0.0.1:1/0 is unavailable: connection refused")
+
+
+@pytest.mark.parametrize(
+    ("store", "code"), [(_BrokenStore(), "service_unavailable"), (_UnreachableStore(), "store_unavailable")]
+)
+async def test_a_failing_key_store_is_a_503(store: _BrokenStore, code: str) -> None:
+    app = _app(store)
     async with _client(app) as client:
         response = await client.get("/v1/test/whoami", headers=_bearer("sk-any-0123456789abcdef"))
     assert response.status_code == 503
-    assert response.json()["error"]["type"] == "server_error"
-    assert response.headers["retry-after"]
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", code)
+    assert "redis" not in error["message"]  # the store's address is for the logs only
+    assert int(response.headers["retry-after"]) >= 1

@@ -228,9 +228,9 @@ def test_processor_implements_both_vllm_interfaces():
     assert issubclass(InterleaveLogitsProcessor, V1)
     assert MRV2LogitsProcessor is not None and issubclass(InterleaveLogitsProcessor, MRV2LogitsProcessor)
     InterleaveLogitsProcessor.validate_params(SamplingParams(extra_args=None))
-    InterleaveLogitsProcessor.validate_params(SamplingParams(extra_args={"glm4voice": {"text_range": TEXT,
-                                                                                      "audio_range": AUDIO,
-                                                                                      "eos": EOS}}))  # fmt: skip
+    InterleaveLogitsProcessor.validate_params(
+        SamplingParams(extra_args={"glm4voice": {"text_range": TEXT, "audio_range": AUDIO, "eos": EOS}})
+    )
     with pytest.raises(ValueError, match="pattern"):
         InterleaveLogitsProcessor.validate_params(SamplingParams(extra_args={"glm4voice": SMALL | {"pattern": [0, 1]}}))
 
@@ -246,8 +246,10 @@ def test_v1_processor_follows_the_state_machine_through_batch_changes():
     assert not proc.is_argmax_invariant()
     raws = [SMALL_CASES[0], None, SMALL_CASES[2], SMALL_CASES[3]]
     outs: list[list[int]] = [[] for _ in raws]
-    added = [(i, SamplingParams(extra_args=None if r is None else {"glm4voice": r}), [1, 2], outs[i])
-             for i, r in enumerate(raws)]  # fmt: skip
+    added = [
+        (i, SamplingParams(extra_args=None if r is None else {"glm4voice": r}), [1, 2], outs[i])
+        for i, r in enumerate(raws)
+    ]
     proc.update_state(BatchUpdate(batch_size=4, removed=[], added=added, moved=[]))
     rows = list(range(4))  # row -> request index
     gen = torch.Generator().manual_seed(0)
@@ -255,8 +257,7 @@ def test_v1_processor_follows_the_state_machine_through_batch_changes():
         if step == 7:  # swap rows 0 and 2, then move row 3 into row 1 after removing request 1
             proc.update_state(BatchUpdate(4, removed=[], added=[], moved=[(0, 2, MoveDirectionality.SWAP)]))
             rows[0], rows[2] = rows[2], rows[0]
-            proc.update_state(BatchUpdate(3, removed=[1], added=[],
-                                          moved=[(3, 1, MoveDirectionality.UNIDIRECTIONAL)]))  # fmt: skip
+            proc.update_state(BatchUpdate(3, removed=[1], added=[], moved=[(3, 1, MoveDirectionality.UNIDIRECTIONAL)]))
             rows = [rows[0], rows[3], rows[2]]
         logits = torch.randn(len(rows), V, generator=gen)
         before = logits.clone()
@@ -288,10 +289,12 @@ def _mrv2(max_num_reqs: int = 4, max_model_len: int = 512):
     from glm4voice_vllm.logits import InterleaveLogitsProcessor
 
     req_states = SimpleNamespace(
-        device=torch.device("cpu"), max_num_reqs=max_num_reqs, vocab_size=V,
+        device=torch.device("cpu"),
+        max_num_reqs=max_num_reqs,
+        vocab_size=V,
         total_len=SimpleNamespace(gpu=torch.zeros(max_num_reqs, dtype=torch.int32)),
         prompt_len=SimpleNamespace(gpu=torch.zeros(max_num_reqs, dtype=torch.int32)),
-    )  # fmt: skip
+    )
     return InterleaveLogitsProcessor(_vllm_config(max_model_len), req_states), req_states
 
 

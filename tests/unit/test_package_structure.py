@@ -37,7 +37,9 @@ def _imported(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
             targets |= {base} | {f"{base}.{alias.name}" for alias in node.names}
     # A module and its own packages are not a cycle: importing a submodule always runs its packages' __init__.
     return {
-        t for t in targets if t in modules and t != name and not name.startswith(t + ".") and not t.startswith(name + ".")
+        t
+        for t in targets
+        if t in modules and t != name and not name.startswith(t + ".") and not t.startswith(name + ".")
     }
 
 
@@ -95,6 +97,30 @@ def test_no_import_cycles() -> None:
 def test_cycle_finder_sees_indirect_cycles() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
+
+
+# The serving layer's features: each is built with its own collaborators (serving.services) and imports none of the
+# others; what they share lives in the shared modules (replies, deadlines, voices, errors, metrics, admission).
+SERVING_FEATURES = {
+    "chat": {"chat", "chat_output"},
+    "speech": {"speech"},
+    "transcription": {"transcription"},
+    "voices": {"voices_api"},
+    "models": {"models"},
+}
+
+
+def test_serving_features_do_not_import_each_other() -> None:
+    modules = _modules()
+    prefix = f"{PACKAGE}.serving."
+    owner = {f"{prefix}{m}": feature for feature, members in SERVING_FEATURES.items() for m in members}
+    crossing = [
+        (name, target)
+        for name, feature in owner.items()
+        for target in _imported(name, modules[name], modules)
+        if owner.get(target, feature) != feature
+    ]
+    assert crossing == []
 
 
 def test_everything_compiles() -> None:

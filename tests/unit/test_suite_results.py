@@ -23,7 +23,7 @@ def test_config_spec_parse():
     assert spec.name == "fp8"
     assert spec.overrides == {
         "ENGINE__QUANTIZATION": "fp8",
-        "AUDIO__DECODER_SCHEDULE": "[10,20,40]",
+        "SPEECH_DECODER__SCHEDULE": "[10,20,40]",
         "LOG_LEVEL": "info",
     }
     for bad in ("fp8", "fp8:", ":A=1", "fp8:A"):

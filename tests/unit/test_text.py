@@ -1,4 +1,4 @@
-"""GLM-4 tokenizer and the exact GLM-4-Voice prompt ids (glm4voice-spec.md sections 1.4 and 2)."""
+"""GLM-4 tokenizer and the exact GLM-4-Voice prompt ids."""
 
 from __future__ import annotations
 
@@ -30,7 +30,14 @@ def tok(tiny_llm_dir: Path) -> GLM4Tokenizer:
 def test_special_ids_match_the_spec(tok: GLM4Tokenizer) -> None:
     ids = tok.ids
     assert (ids.endoftext, ids.gmask, ids.sop, ids.system, ids.user, ids.assistant, ids.observation) == (
-        151329, 151331, 151333, 151335, 151336, 151337, 151338)  # fmt: skip
+        151329,
+        151331,
+        151333,
+        151335,
+        151336,
+        151337,
+        151338,
+    )
     assert (ids.begin_of_audio, ids.end_of_audio, ids.audio_0, ids.audio_count) == (151343, 151344, 152353, 16384)
     assert ids.num_valid == 168737  # 168737..168959 are padding rows
     assert ids.stop_ids == (151329, 151336, 151338)
@@ -80,13 +87,26 @@ def test_two_turn_audio_text_prompt_exact_ids(tok: GLM4Tokenizer) -> None:
     prompt = builder.build(turns)
     enc = tok.encode
     expected = [
-        151331, 151333,  # [gMASK] <sop>
-        151335, *enc("\n" + AUDIO_INPUT_SYSTEM_PROMPT),  # <|system|>\n{speech system prompt, trailing space}
-        151336, *enc("\n"), 151343, 152358, 152353, 168736, 152395, 151344,  # <|user|>\n<|begin_of_audio|>..
-        151337, *enc("streaming_transcription\n"), *reply,  # the earlier reply's exact ids
-        151336, *enc("\nAnd tomorrow?"),
-        151337, *enc("streaming_transcription\n"),
-    ]  # fmt: skip
+        151331,
+        151333,  # [gMASK] <sop>
+        151335,
+        *enc("\n" + AUDIO_INPUT_SYSTEM_PROMPT),  # <|system|>\n{speech system prompt, trailing space}
+        151336,
+        *enc("\n"),
+        151343,
+        152358,
+        152353,
+        168736,
+        152395,
+        151344,  # <|user|>\n<|begin_of_audio|>..
+        151337,
+        *enc("streaming_transcription\n"),
+        *reply,  # the earlier reply's exact ids
+        151336,
+        *enc("\nAnd tomorrow?"),
+        151337,
+        *enc("streaming_transcription\n"),
+    ]
     assert prompt.token_ids == expected
     assert prompt.audio_tokens == 4 + 2
     assert prompt.input_mode == "audio"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from glm4voice_api.models.speech_decoder.flow import NOISE_SEED, FlowConfig, Flo
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
 from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
 
-__all__ = ["SpeechDecoder", "SpeechTokenizerLike", "StreamingConstants"]
+__all__ = ["SpeechDecoder", "StreamingConstants"]
 
 TOKEN_OVERLAP_LEN = 5  # flow_inference.py: tokens of mel regenerated and crossfaded at every chunk boundary
 MEL_CACHE_LEN = 1  # mel frames carried into the next HiFT call
@@ -47,8 +46,14 @@ class StreamingConstants:
         return cls(overlap, MEL_CACHE_LEN, MEL_CACHE_LEN * flow.hop_length, window)
 
 
-class SpeechTokenizerLike(Protocol):
-    def tokenize(self, waveform: np.ndarray, sample_rate: int) -> list[int]: ...
+@dataclass
+class _StagedChunk:
+    """A chunk's mels between the flow and HiFT (token2wav steps 2-3)."""
+
+    raw: torch.Tensor  # [80, M_raw] flow output as it came
+    mel: torch.Tensor  # [80, M] crossfaded, overlap held back: what the chunk returns
+    tail: torch.Tensor | None  # [80, 34] held-back overlap (non-final chunks)
+    hift_mel: torch.Tensor  # [80, 1 + M] with the previous chunk's cache frame prepended: what HiFT vocodes
 
 
 class SpeechDecoder:
@@ -150,14 +155,15 @@ class SpeechDecoder:
 
     # -- voices ------------------------------------------------------------------------------------------
 
-    def make_voice(self, waveform: np.ndarray, sample_rate: int, speech_tokenizer: SpeechTokenizerLike) -> Voice:
-        """Voice prompt from reference audio: its speech tokens plus its 22.05 kHz mel, aligned to the tokens."""
+    def make_voice(self, waveform: np.ndarray, sample_rate: int, tokens: list[int]) -> Voice:
+        """Voice prompt from reference audio and its speech tokens: the tokens plus the audio's 22.05 kHz mel,
+        cut or padded to the tokens' span."""
         import soxr
 
         from glm4voice_api.models.speech_decoder.mel import mel_spectrogram
 
         wav = np.asarray(waveform, dtype=np.float32).reshape(-1)
-        tokens = [int(t) for t in speech_tokenizer.tokenize(wav, sample_rate)]
+        tokens = [int(t) for t in tokens]
         if not tokens:
             msg = "voice audio produced no speech tokens"
             raise ValueError(msg)
@@ -198,7 +204,7 @@ class SpeechDecoder:
         speech = self._vocode_groups(requests, staged, gens)
         return [self._finish(r, s, wav, src) for r, s, (wav, src) in zip(requests, staged, speech, strict=True)]
 
-    def _crossfade_and_trim(self, req: ChunkRequest, flow_mel: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    def _crossfade_and_trim(self, req: ChunkRequest, flow_mel: torch.Tensor | None) -> _StagedChunk:
         """token2wav steps 2-3 (PR #86 order): crossfade, hold back the overlap, prepend the cache frame."""
         c = self.consts
         n_mels = self.flow.cfg.output_size
@@ -224,23 +230,23 @@ class SpeechDecoder:
             tail = mel[:, -c.mel_overlap_len :].clone()
             mel = mel[:, : -c.mel_overlap_len]
         hift_mel = torch.cat([req.cache_mel.float().cpu(), mel], dim=1) if req.cache_mel is not None else mel
-        return {"raw": raw, "mel": mel, "tail": tail, "hift_mel": hift_mel}
+        return _StagedChunk(raw=raw, mel=mel, tail=tail, hift_mel=hift_mel)
 
     def _vocode_groups(
-        self, requests: list[ChunkRequest], staged: list[dict], gens: list[torch.Generator]
+        self, requests: list[ChunkRequest], staged: list[_StagedChunk], gens: list[torch.Generator]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """HiFT for every row, batching rows whose (mel length, cache, injected-source) agree."""
         groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
         for i, (req, st) in enumerate(zip(requests, staged, strict=True)):
             cache_len = req.cache_source.shape[-1] if req.cache_source is not None else 0
-            groups[(st["hift_mel"].shape[1], cache_len, req.source is not None)].append(i)
+            groups[(st.hift_mel.shape[1], cache_len, req.source is not None)].append(i)
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(requests)
         for (frames, cache_len, injected), rows in groups.items():
             if frames == 0:
                 for i in rows:
                     out[i] = (torch.zeros(1, 0), torch.zeros(1, 1, 0))
                 continue
-            mel = torch.stack([staged[i]["hift_mel"] for i in rows]).to(self.device)  # [G, 80, T]
+            mel = torch.stack([staged[i].hift_mel for i in rows]).to(self.device)  # [G, 80, T]
             cache = torch.stack([requests[i].cache_source.reshape(1, -1) for i in rows]) if cache_len else None
             src = torch.stack([_as_tensor(requests[i].source).reshape(1, -1) for i in rows]) if injected else None
             wav, source = self.hift.inference(mel, cache_source=cache, source=src, generator=[gens[i] for i in rows])
@@ -248,15 +254,13 @@ class SpeechDecoder:
                 out[i] = (wav[j : j + 1].float().cpu(), source[j : j + 1].float().cpu())
         return out  # type: ignore[return-value]
 
-    def _finish(self, req: ChunkRequest, st: dict, wav: torch.Tensor, source: torch.Tensor) -> ChunkResult:
+    def _finish(self, req: ChunkRequest, st: _StagedChunk, wav: torch.Tensor, source: torch.Tensor) -> ChunkResult:
         """token2wav step 4/5: keep the HiFT cache and hold back the last 256 samples of non-final chunks."""
         c = self.consts
-        result = ChunkResult(
-            request=req, speech=wav[0].numpy(), mel=st["mel"], flow_mel=st["raw"], hift_source=source[0]
-        )
+        result = ChunkResult(request=req, speech=wav[0].numpy(), mel=st.mel, flow_mel=st.raw, hift_source=source[0])
         if not req.final:
-            result.overlap_tail = st["tail"]
-            result.cache_mel = st["mel"][:, -c.mel_cache_len :].clone()
+            result.overlap_tail = st.tail
+            result.cache_mel = st.mel[:, -c.mel_cache_len :].clone()
             result.cache_source = source[0, :, -c.source_cache_len :].clone()
             result.speech = wav[0, : -c.source_cache_len].numpy()
         result.speech = np.ascontiguousarray(result.speech, dtype=np.float32)

@@ -1,6 +1,6 @@
 """HiFT vocoder of GLM-4-Voice-Decoder (CosyVoice ``HiFTGenerator``): mel [B, 80, T] -> 22.05 kHz waveform [B, 256*T].
 
-Spec §5.4. The module's parameter names are those of hift.pt with legacy weight norm folded: hift.pt stores
+The module's parameter names are those of hift.pt with legacy weight norm folded: hift.pt stores
 ``weight_g``/``weight_v``; the module holds the plain ``weight`` = g * v / ||v|| (inference only, so folding
 once at load is cheaper than recomputing the norm every call).
 
@@ -8,7 +8,7 @@ Batching: ``inference`` takes same-length batches [B, 80, T]. Callers with ragge
 length (padding would leak into a row's last samples through the non-causal convolutions). Item b of a batch
 matches a separate call on item b: with an injected source up to conv float noise (~1e-4); with one generator
 per item the draws are identical, but F0 from a batched conv differs by ~1e-6 relative and the phase cumsum
-amplifies that to ~1e-4 in the source and ~1e-3 in the waveform (conformance README, section 4).
+amplifies that to ~1e-4 in the source and ~1e-3 in the waveform (measured on the conformance goldens).
 """
 
 from __future__ import annotations
