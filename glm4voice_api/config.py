@@ -56,7 +56,7 @@ class EngineSettings(BaseModel):
         "auto",
         description="Where vLLM's engine core runs. inproc: in the server process (one CUDA context shared with the "
         "speech decoder, which gets a high-priority CUDA stream); separate: its own process (AsyncLLM). auto: "
-        "separate (on an H100 the in-process LLM made ~40% fewer tokens/s at 32 streams beside the decoder, "
+        "separate (on an H100 the in-process LLM made ~0.6x the tokens/s at 32 streams beside the decoder, "
         "bench/results).",
     )
     quantization: str | None = Field(
