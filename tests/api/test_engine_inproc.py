@@ -51,6 +51,6 @@ def test_spoken_reply_streams_and_a_disconnect_frees_everything(inproc: RunningS
         time.sleep(0.2)
     assert inproc.metric("glm4voice_engine_active_requests") == 0
     assert inproc.metric("glm4voice_decoder_active_sessions") == 0
-    assert inproc.metric("glm4voice_engine_aborted_requests") >= 1
+    assert inproc.metric("glm4voice_engine_aborted_requests_total") >= 1
     assert inproc.metric("glm4voice_admission_limit") >= 1  # CPU: the engine's batch size, not measured
     assert inproc.metric("glm4voice_decoder_underruns_total") >= 0

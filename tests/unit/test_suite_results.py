@@ -19,12 +19,12 @@ from bench.suite_results import (
 
 
 def test_config_spec_parse():
-    spec = ConfigSpec.parse("fp8:ENGINE__QUANTIZATION=fp8,audio__decoder_schedule=[10,20,40],GLM4VOICE_LOG_LEVEL=info")
+    spec = ConfigSpec.parse("fp8:ENGINE__QUANTIZATION=fp8,speech_decoder__schedule=[10,20,40],GLM4VOICE_LOG__LEVEL=info")
     assert spec.name == "fp8"
     assert spec.overrides == {
         "ENGINE__QUANTIZATION": "fp8",
         "SPEECH_DECODER__SCHEDULE": "[10,20,40]",
-        "LOG_LEVEL": "info",
+        "LOG__LEVEL": "info",
     }
     for bad in ("fp8", "fp8:", ":A=1", "fp8:A"):
         with pytest.raises(ValueError):
