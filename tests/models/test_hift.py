@@ -65,7 +65,9 @@ def test_config_from_yaml(cfg: HiFTConfig, state_dict: dict[str, torch.Tensor]) 
 
 @needs_data
 def test_f0(hift: HiFTGenerator, golden: dict[str, torch.Tensor]) -> None:
-    torch.testing.assert_close(hift.f0_predictor(golden["mel"]), golden["f0"], rtol=1e-5, atol=0)
+    # float32 convolutions take other kernel paths on other CPUs (AVX2 vs AVX-512): 9.3e-5 relative was seen on an
+    # Intel Xeon against goldens made elsewhere, 0 on the AMD EPYC of earlier runs.
+    torch.testing.assert_close(hift.f0_predictor(golden["mel"]), golden["f0"], rtol=5e-4, atol=0)
 
 
 @needs_data
@@ -186,7 +188,8 @@ def test_batch_equals_separate_calls(hift: HiFTGenerator, golden: dict[str, torc
     src_b = hift.source_from_f0(torch.cat(f0s), generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
     for i, seed in enumerate((1, 2)):
         src_i = hift.source_from_f0(f0s[i], generator=torch.Generator().manual_seed(seed))
-        assert torch.equal(src_b[i : i + 1], src_i)
+        # Same draws; the sine phase (a cumsum over upsampled F0) may round differently batched on some CPUs.
+        torch.testing.assert_close(src_b[i : i + 1], src_i, rtol=0, atol=1e-4)
 
     # Full path: F0 comes from a batched conv, so float noise (~1e-6 relative) enters through the phase cumsum.
     gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
