@@ -45,16 +45,6 @@ def payload_too_large(message: str, param: str | None = None) -> APIError:
     return APIError(message, param=param, code="request_too_large", status=413)
 
 
-def overloaded(message: str, retry_after: int = 1) -> APIError:
-    return APIError(
-        message,
-        code="rate_limit_exceeded",
-        status=429,
-        type="rate_limit_error",
-        headers={"Retry-After": str(retry_after)},
-    )
-
-
 def too_many_requests(message: str, code: str, retry_after: int) -> APIError:
     """429 with `Retry-After` (whole seconds, at least 1): a tenant's limit or a full server."""
     return APIError(
