@@ -259,6 +259,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
             decoder_sessions=runtime.decoder.active_streams,
         )
         auth.bind(runtime.store)  # before the services: never serve while auto auth cannot see the stored keys
+        await auth.announce()
         services = Services.build(runtime, metrics)
         admission = services.admission
         metrics.bind_admission(

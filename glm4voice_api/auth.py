@@ -41,7 +41,12 @@ def invalid_key(key: str | None) -> APIError:
 
 
 class KeyResolver:
-    """Which tenant a key belongs to, and whether keys are required at all (`auth` = auto|on|off)."""
+    """Which tenant a key belongs to, and whether keys are required at all (`auth` = auto|on|off).
+
+    Fails closed: in `auto`, once keys have been seen (configured or stored) auth stays on for the life of the
+    process. A store that later answers "no keys" (Redis restarted empty, FLUSHDB, an evicted index) is reported as
+    an error in the log, and every request still needs a key the store (or the settings) knows.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.mode = settings.auth.mode
@@ -50,6 +55,8 @@ class KeyResolver:
         self.store: Store | None = None
         self._tenants: dict[str, tuple[float, str | None]] = {}
         self._has_keys: tuple[float, bool] = (0.0, False)
+        self._latched = False
+        """auto mode: keys were seen once, so auth is on until the process exits."""
 
     def bind(self, store: Store | None) -> None:
         """Called by the lifespan once the store is open (None again at shutdown)."""
@@ -57,19 +64,56 @@ class KeyResolver:
         self._tenants.clear()
         self._has_keys = (0.0, False)
 
+    async def announce(self) -> None:
+        """Log, loudly, whether auth is on and why (once, at startup)."""
+        if self.mode == "off":
+            logger.warning(
+                "AUTH OFF (--auth.mode off): every /v1 request is served as tenant '%s' without a key", DEFAULT_TENANT
+            )
+            return
+        stored = await self.store.has_keys() if self.store is not None else False
+        if self.mode == "on" and not self.static and not stored:
+            logger.warning(
+                "auth ON (--auth.mode on) but no key is configured or stored: every /v1 request is refused "
+                "(401) until a key is created with `glm4voice-api keys create`"
+            )
+        elif self.mode == "on":
+            logger.info("auth ON (--auth.mode on): /v1 requests need an API key")
+        elif self.static or stored:
+            self._latched = True
+            why = f"{len(self.static)} static key(s) configured" if self.static else "API keys found in the store"
+            logger.info(
+                "auth ON (--auth.mode auto, %s): /v1 requests need an API key, for the life of this process", why
+            )
+        else:
+            logger.warning(
+                "AUTH OFF (--auth.mode auto, no API key configured or stored): every /v1 request is served as "
+                "tenant '%s' without a key. It switches on, for good, once a key is created; use "
+                "--auth.mode on for a hosted deployment.",
+                DEFAULT_TENANT,
+            )
+
     async def required(self) -> bool:
         if self.mode != "auto":
             return self.mode == "on"
         if self.static:
             return True
         if self.store is None:
-            return False  # starting up: the routes answer 503 anyway
+            return self._latched  # starting up or shutting down: the routes answer 503 anyway
         # Re-checked every ttl, so a key created on a running server turns auth on without a restart.
         expires, known = self._has_keys
         if time.monotonic() >= expires:
             known = await self.store.has_keys()
             self._has_keys = (time.monotonic() + self.ttl, known)
-        return known
+            if known and not self._latched:
+                logger.warning("auth switched ON: API keys appeared in the store; it stays on for this process")
+            elif not known and self._latched:
+                logger.error(
+                    "the store holds no API keys although it had some (emptied, flushed or evicted?); "
+                    "auth stays ON: requests need a key the store knows"
+                )
+        self._latched = self._latched or known
+        return self._latched
 
     async def tenant(self, key: str) -> str | None:
         """The key's tenant; None for an unknown or revoked key."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
@@ -31,8 +32,6 @@ def sse_response(events: AsyncIterator[BaseModel], *, done_marker: bool = True) 
             yield {"data": json.dumps(store_unavailable().to_dict())}
             return
         except Exception:
-            import logging
-
             logging.getLogger(__name__).exception("stream failed")
             yield {"data": json.dumps(server_error().to_dict())}
             return

@@ -8,10 +8,13 @@ plain hash is enough; no salt or slow KDF is needed) plus a short non-secret pre
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 DEFAULT_TENANT = "default"
 """The tenant of requests that need no key, and of the static keys in the settings."""
@@ -57,8 +60,36 @@ class StoreError(RuntimeError):
 
 
 class StoreUnavailable(StoreError):
-    """The store cannot be reached right now (down, restarting, timed out). Retryable: serving answers 503
+    """The store cannot be reached or cannot take a write right now (down, restarting, timed out, disk full,
+    database locked). Retryable: serving answers 503
     `store_unavailable` with Retry-After, and the backend reconnects by itself once the store is back."""
+
+
+_C = TypeVar("_C", bound=type)
+
+
+def unavailable_on(*errors: type[BaseException]) -> Callable[[_C], _C]:
+    """Class decorator for a backend: its public coroutine methods raise `StoreUnavailable` for `errors`."""
+
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        async def guarded(*args, **kwargs):
+            try:
+                return await method(*args, **kwargs)
+            except StoreUnavailable:
+                raise
+            except errors as exc:
+                raise StoreUnavailable(f"the store is unavailable: {exc}") from exc
+
+        return guarded
+
+    def decorate(cls: _C) -> _C:
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and name != "close" and inspect.iscoroutinefunction(member):
+                setattr(cls, name, wrap(member))
+        return cls
+
+    return decorate
 
 
 def hash_api_key(key: str) -> str:
@@ -105,6 +136,12 @@ class Store(Protocol):
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached (checked once at startup, so a bad URL fails fast)."""
+        ...
+
+    async def check_writable(self) -> None:
+        """Raise `StoreUnavailable` unless the store takes a write now (one small real write: a full disk, a
+        read-only replica or a Redis refusing writes all fail it). Checked before work whose result must be stored,
+        and by readiness."""
         ...
 
     async def close(self) -> None: ...

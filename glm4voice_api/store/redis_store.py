@@ -5,6 +5,7 @@ Key layout under one namespace (`glm4voice:`):
   voice:{tenant}:{id}      hash;  voices:{tenant}  sorted set of voice ids by creation time
   key:{sha256}             hash of one API key;  keyids  hash key id -> sha256 (listing, revoking by id)
   rate:{tenant}:{window}   counter, EXPIRE ttl_s
+  heartbeat                the time of the last write check (readiness, before generating a stored reply)
 Tenant names never contain ':' (the CLI checks), and every read also compares the stored tenant, so an id a client
 makes up can never reach another tenant's key.
 
@@ -18,6 +19,7 @@ A timed-out command is not retried: it may have run (an INCR counted twice), and
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -106,6 +108,12 @@ class RedisStore:
             await self._redis.ping()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"cannot reach the store at {self.url}: {exc}") from exc
+
+    async def check_writable(self) -> None:
+        try:
+            await self._redis.set(self._k("heartbeat"), int(time.time()))
+        except (RedisError, OSError) as exc:  # down, or up and refusing writes (OOM, MISCONF on a failing disk)
+            raise StoreUnavailable(f"the store at {self.url} does not take writes: {exc}") from exc
 
     async def close(self) -> None:
         await self._redis.aclose()

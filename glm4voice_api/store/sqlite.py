@@ -1,5 +1,8 @@
-"""SQLite store (the default): one file, WAL mode, calls run in a worker thread so the event loop never blocks.
+"""SQLite store (the default): one file, WAL mode, calls run in the store's own thread so the event loop never
+blocks.
 
+The thread is the store's own, not asyncio's shared default executor: audio decoding and other blocking work
+share that one, and a burst of it must not make key lookups, voice lists or rate windows wait behind it.
 One process (one server replica) per file: several replicas need a shared store (`redis://`).
 """
 
@@ -8,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from glm4voice_api.store.base import StoredAudio, StoredKey, StoredVoice, pack_ids, unpack_ids
+from glm4voice_api.store.base import StoredAudio, StoredKey, StoredVoice, pack_ids, unavailable_on, unpack_ids
 
 T = TypeVar("T")
 
@@ -32,11 +37,15 @@ CREATE TABLE IF NOT EXISTS rate_windows (
     tenant TEXT NOT NULL, window_start INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (tenant, window_start));
 CREATE INDEX IF NOT EXISTS rate_windows_start ON rate_windows (window_start);
+CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 
 _KEY_COLUMNS = "id, tenant, prefix, key_hash, created_at, revoked_at"
 
 
+# Disk full, locked past the timeout, I/O errors, a file that cannot be opened: the store is unavailable. Integrity
+# errors (a duplicate id) are bugs, not outages, and stay as they are.
+@unavailable_on(sqlite3.OperationalError, OSError)
 class SqliteStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +54,8 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        # One thread: every call holds the connection's lock anyway.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sqlite")
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -58,7 +69,7 @@ class SqliteStore:
             with self._lock:
                 return work(self._db)
 
-        return await asyncio.to_thread(locked)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, locked)
 
     async def _run(self, sql: str, args: tuple = ()) -> list[tuple]:
         return await self._call(lambda db: db.execute(sql, args).fetchall())
@@ -149,6 +160,11 @@ class SqliteStore:
     async def ping(self) -> None:
         await self._run("SELECT 1")
 
+    async def check_writable(self) -> None:
+        # A real write of one fixed-size row: in WAL mode every commit appends to the log, so a full disk fails it.
+        await self._run("INSERT OR REPLACE INTO heartbeat VALUES (1, ?)", (time.time(),))
+
     async def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._executor.shutdown(wait=False)

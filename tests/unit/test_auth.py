@@ -156,3 +156,49 @@ async def test_a_failing_key_store_is_a_503(store: _BrokenStore, code: str) -> N
     assert (error["type"], error["code"]) == ("server_error", code)
     assert "redis" not in error["message"]  # the store's address is for the logs only
     assert int(response.headers["retry-after"]) >= 1
+
+
+async def test_auth_stays_on_when_the_store_loses_its_keys(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """auto mode, keys only in Redis: a Redis restarted empty (or FLUSHDB) must not open the server."""
+    from glm4voice_api.store import RedisStore
+    from tests.redis_server import RedisServer
+
+    redis = RedisServer(tmp_path).start()
+    store = RedisStore(redis.url + "/0")
+    try:
+        _, key = await create_key(store, "acme")
+        app = _app(store, cache_seconds=0)
+        with caplog.at_level("INFO", logger="glm4voice_api.auth"):
+            await app.state.auth.announce()
+        assert "auth ON (--auth.mode auto, API keys found in the store)" in caplog.text
+        async with _client(app) as client:
+            assert (await client.get("/v1/test/whoami", headers=_bearer(key))).json() == {"tenant": "acme"}
+            await store._redis.flushdb()
+            _assert_401(await client.get("/v1/test/whoami"), "didn't provide")
+            _assert_401(await client.get("/v1/test/whoami", headers=_bearer(key)), "Incorrect API key")
+            assert "holds no API keys although it had some" in caplog.text
+            redis.stop()  # down: a retryable 503, never an open door
+            down = await client.get("/v1/test/whoami")
+            assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+            assert down.headers["retry-after"]
+            redis.start()  # back, empty: still closed
+            _assert_401(await client.get("/v1/test/whoami"), "didn't provide")
+    finally:
+        await store.close()
+        redis.stop()
+
+
+async def test_auth_on_without_any_key_refuses_everything(store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
+    app = _app(store, mode="on")
+    with caplog.at_level("INFO", logger="glm4voice_api.auth"):
+        await app.state.auth.announce()
+    assert "no key is configured or stored: every /v1 request is refused" in caplog.text
+    async with _client(app) as client:
+        _assert_401(await client.get("/v1/test/whoami"), "didn't provide")
+        _assert_401(await client.get("/v1/test/whoami", headers=_bearer("sk-anything-0123456789")), "Incorrect")
+
+
+async def test_auth_off_is_announced(store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="glm4voice_api.auth"):
+        await _app(store).state.auth.announce()
+    assert "AUTH OFF (--auth.mode auto, no API key configured or stored)" in caplog.text
