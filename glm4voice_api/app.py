@@ -24,7 +24,7 @@ from glm4voice_api.errors import APIError, payload_too_large, server_error, shut
 from glm4voice_api.pipeline.runtime import Runtime, build_runtime
 from glm4voice_api.protocol.common import ErrorResponse
 from glm4voice_api.request_context import RequestContext, bind_request, unbind_request
-from glm4voice_api.routes import chat, health, models, speech, transcription, voices, web
+from glm4voice_api.routes import chat, health, models, realtime, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.admission import Admission
 from glm4voice_api.serving.capacity import CapacityController, capacity_signals, run_controller
@@ -268,6 +268,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
             limit=lambda: admission.queue.max_active or 0,
         )
         runtime.decoder.set_underrun_callback(metrics.underruns.inc)
+        metrics.realtime_sessions.set_function(lambda: services.realtime.active_sessions)
         app.state.services = services
         app.state.runtime = runtime  # introspection only (bench/gpu_server.py); routes go through the services
         capacity = _start_capacity_control(app, runtime, admission)
@@ -291,7 +292,8 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     app.state.draining = False
     _install_error_handlers(app)
     _publish_error_envelope(app)
-    for router in (chat.router, speech.router, transcription.router, voices.router, models.router, health.router):
+    routers = (chat, speech, transcription, voices, models, health, realtime)
+    for router in (r.router for r in routers):
         app.include_router(router)
     if settings.web_demo:
         app.include_router(web.router)

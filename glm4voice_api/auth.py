@@ -19,11 +19,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glm4voice_api.config import Settings
 from glm4voice_api.errors import APIError, store_unavailable, unavailable
-from glm4voice_api.store import DEFAULT_TENANT, Store, StoreUnavailable, hash_api_key
+from glm4voice_api.store import DEFAULT_TENANT, Store, StoredClientSecret, StoreUnavailable, hash_api_key
 
 logger = logging.getLogger(__name__)
 
 OPEN_PROBES = ("/health", "/health/ready", "/metrics")
+REALTIME_PATH = "/v1/realtime"
+CLIENT_SECRET_PREFIX = "ek_"
+# Browsers cannot set headers on a WebSocket handshake: OpenAI's Realtime convention carries the key (a client
+# secret, normally) as a subprotocol `openai-insecure-api-key.<key>` next to `realtime`.
+SUBPROTOCOL_KEY_PREFIX = "openai-insecure-api-key."
 _CACHE_MAX = 10_000
 _MISSING = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth "
@@ -115,6 +120,12 @@ class KeyResolver:
         self._latched = self._latched or known
         return self._latched
 
+    async def client_secret(self, key: str) -> StoredClientSecret | None:
+        """A Realtime client secret (`ek_...`) that exists and has not expired (never cached: they are short-lived)."""
+        if self.store is None:
+            raise unavailable("The server is starting up.")
+        return await self.store.get_client_secret(hash_api_key(key), int(time.time()))
+
     async def tenant(self, key: str) -> str | None:
         """The key's tenant; None for an unknown or revoked key."""
         key_hash = hash_api_key(key)
@@ -144,6 +155,13 @@ def bearer_key(scope: Scope) -> str | None:
     return None
 
 
+def subprotocol_key(scope: Scope) -> str | None:
+    for protocol in scope.get("subprotocols", ()) or ():
+        if protocol.startswith(SUBPROTOCOL_KEY_PREFIX) and len(protocol) > len(SUBPROTOCOL_KEY_PREFIX):
+            return protocol[len(SUBPROTOCOL_KEY_PREFIX) :]
+    return None
+
+
 class AuthMiddleware:
     """Checks the Bearer key on /v1 (and on the probes when `protect_health_metrics`); sets the tenant."""
 
@@ -163,12 +181,7 @@ class AuthMiddleware:
         state["tenant"] = DEFAULT_TENANT
         if self._guarded(scope["path"]):
             try:
-                if await self.resolver.required():
-                    key = bearer_key(scope)
-                    tenant = await self.resolver.tenant(key) if key else None
-                    if tenant is None:
-                        raise invalid_key(key)
-                    state["tenant"] = tenant
+                await self._authenticate(scope, state)
             except APIError as error:
                 await _reject(scope, send, error)
                 return
@@ -182,9 +195,34 @@ class AuthMiddleware:
                 return
         await self.app(scope, receive, send)
 
+    async def _authenticate(self, scope: Scope, state: dict) -> None:
+        websocket = scope["type"] == "websocket"
+        key = bearer_key(scope) or (subprotocol_key(scope) if websocket else None)
+        if key and key.startswith(CLIENT_SECRET_PREFIX):
+            # A client secret opens Realtime sessions only (never other routes, nor more secrets), as the tenant
+            # that created it, with the session settings it was created with.
+            secret = await self.resolver.client_secret(key) if websocket and scope["path"] == REALTIME_PATH else None
+            if secret is not None:
+                state["tenant"] = secret.tenant
+                state["client_secret"] = secret
+                return
+        if await self.resolver.required():
+            tenant = await self.resolver.tenant(key) if key and not key.startswith(CLIENT_SECRET_PREFIX) else None
+            if tenant is None:
+                raise invalid_key(key)
+            state["tenant"] = tenant
+
 
 async def _reject(scope: Scope, send: Send, error: APIError) -> None:
     if scope["type"] == "websocket":
+        if "websocket.http.response" in scope.get("extensions", {}):
+            # The handshake is answered with the HTTP status and the OpenAI envelope, as OpenAI's server does.
+            body = JSONResponse(error.to_dict()).body
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            headers += [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+            await send({"type": "websocket.http.response.start", "status": error.status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
         # Before accept: closing makes the server answer the handshake with 403 (1008 = policy violation).
         await send({"type": "websocket.close", "code": 1008, "reason": error.message[:120]})
         return

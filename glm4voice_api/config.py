@@ -1,7 +1,7 @@
 """One settings tree for the whole server: environment `GLM4VOICE_*` (groups nested with `__`) and `serve` flags.
 
 The groups follow the README's sections: the server itself at the root, then `engine` (vLLM), `speech_tokenizer`,
-`speech_decoder`, `request_limits`, `admission`, `tenant_limits`, `timeouts`, `auth` and `log`. A field's flag is its
+`speech_decoder`, `request_limits`, `admission`, `tenant_limits`, `timeouts`, `realtime`, `auth` and `log`. A field's flag is its
 path (`--engine.max-model-len`, env `GLM4VOICE_ENGINE__MAX_MODEL_LEN`), so two groups can share a field name.
 
 Conventions: 0 means "unlimited" (or "off") wherever a limit can be lifted; None means "derive the default" and
@@ -204,6 +204,27 @@ class TimeoutSettings(BaseModel):
     )
 
 
+class RealtimeSettings(BaseModel):
+    """The Realtime API (WebSocket /v1/realtime): sessions, their time limits and message caps (0 = unlimited)."""
+
+    max_sessions: int = Field(256, ge=0, description="Realtime sessions open at once (per replica); more are refused.")
+    max_session_s: float = Field(3600.0, gt=0, description="Longest Realtime session in seconds (as OpenAI).")
+    idle_timeout_s: float = Field(
+        600.0,
+        ge=0,
+        description="A Realtime session with no client event (and no answer running) for this long is closed.",
+    )
+    max_event_bytes: int = Field(
+        15 * 1024 * 1024, ge=1024, description="Largest Realtime client event (one WebSocket message) in bytes."
+    )
+    max_buffer_s: float = Field(
+        300.0, gt=0, description="Most seconds of audio the Realtime input buffer holds before a commit."
+    )
+    client_secret_max_ttl_s: int = Field(
+        7200, ge=10, description="Longest lifetime of a Realtime client secret (ek_...) in seconds."
+    )
+
+
 class AuthSettings(BaseModel):
     """API keys: who may call /v1 (each key belongs to one tenant)."""
 
@@ -349,6 +370,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     tenant_limits: TenantLimitSettings = Field(default_factory=TenantLimitSettings)
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

@@ -73,5 +73,7 @@ def serve(settings: Settings) -> None:
         access_log=False,  # the app writes its own access line, with request id and tenant
         # After the drain nothing of ours is running; this bounds what is left (idle keep-alive, other routes).
         timeout_graceful_shutdown=5,
+        # Realtime events up to the cap get an `error` event when too large; far beyond it the socket closes (1009).
+        ws_max_size=2 * settings.realtime.max_event_bytes,
     )
     DrainingServer(config, app).run()

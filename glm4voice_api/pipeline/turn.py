@@ -67,11 +67,14 @@ class Turn:
         self.prompt = prompt
         self.params = params
         self.request_id = request_id
+        # Readable while (and after) the events run, so a reply that is cancelled midway still has its ids so far.
+        self.splitter = ReplySplitter(tokenizer)
+        self.usage = TurnUsage(prompt_tokens=len(prompt.token_ids), prompt_audio_tokens=prompt.audio_tokens)
 
     async def events(self) -> AsyncIterator[TurnEvent]:
-        splitter = ReplySplitter(self.tokenizer)
+        splitter = self.splitter
         text_decoder = self.tokenizer.incremental_decoder()
-        usage = TurnUsage(prompt_tokens=len(self.prompt.token_ids), prompt_audio_tokens=self.prompt.audio_tokens)
+        usage = self.usage
         transcript: list[str] = []
         finish_reason = "stop"
         stream = self.engine.generate(self.prompt.token_ids, self.params, self.request_id)

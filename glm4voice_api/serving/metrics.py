@@ -85,6 +85,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.realtime_sessions = Gauge(
+            "glm4voice_realtime_sessions", "Realtime WebSocket sessions open now.", registry=self.registry
+        )
+        self.voice_to_voice = Histogram(
+            "glm4voice_realtime_voice_to_voice_seconds",
+            "Realtime: from the end of the user's speech (VAD speech_stopped) to the first audio delta of the answer.",
+            registry=self.registry,
+            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+        )
+
     def bind(
         self,
         *,

@@ -11,6 +11,7 @@ from glm4voice_api.serving.chat import ServingChat
 from glm4voice_api.serving.deadlines import TimeLimits
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.models import ServingModels
+from glm4voice_api.serving.realtime import ServingRealtime
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.serving.speech import ServingSpeech
 from glm4voice_api.serving.transcription import ServingTranscription
@@ -28,6 +29,7 @@ class Services:
     transcription: ServingTranscription
     voices: ServingVoices
     admission: Admission
+    realtime: ServingRealtime
 
     @classmethod
     def build(cls, rt: Runtime, metrics: Metrics) -> Services:
@@ -36,6 +38,21 @@ class Services:
         time_limits = TimeLimits(settings.timeouts, metrics)
         replies = Replies(rt.engine, rt.tokenizer, rt.decoder, time_limits, metrics)
         voices = VoiceResolver(rt.store)
+        admission = Admission.from_settings(settings.admission, settings.tenant_limits, rt.store, metrics.reject)
+        realtime = ServingRealtime(
+            rt.model,
+            rt.tokenizer,
+            rt.sampling,
+            limits,
+            settings.realtime,
+            rt.audio_input,
+            voices,
+            rt.store,
+            replies,
+            admission,
+            metrics,
+        )
+        rt.closers.append(realtime.close)
         return cls(
             engine=rt.engine,
             chat=ServingChat(
@@ -56,5 +73,6 @@ class Services:
                 rt.model, rt.prompts, rt.tokenizer, rt.sampling, limits, rt.audio_input, rt.engine, time_limits, metrics
             ),
             voices=ServingVoices(rt.store, limits, rt.audio_input, rt.voice_maker),
-            admission=Admission.from_settings(settings.admission, settings.tenant_limits, rt.store, metrics.reject),
+            admission=admission,
+            realtime=realtime,
         )

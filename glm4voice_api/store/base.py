@@ -55,6 +55,19 @@ class StoredKey:
     revoked_at: int | None = None
 
 
+@dataclass
+class StoredClientSecret:
+    """A short-lived Realtime client secret (`ek_...`): its tenant and the session settings it carries."""
+
+    secret_hash: str
+    """sha256 hex of the secret (the secret itself is shown once, to its creator)."""
+    tenant: str
+    session: str
+    """JSON of the session settings given at creation (applied to every session opened with it)."""
+    created_at: int
+    expires_at: int
+
+
 class StoreError(RuntimeError):
     """The store cannot be reached or used (a startup error, not a client's fault)."""
 
@@ -127,6 +140,12 @@ class Store(Protocol):
 
     async def has_keys(self) -> bool:
         """Whether any key was ever stored (revoked ones count: revoking the last key must not open the server)."""
+        ...
+
+    async def put_client_secret(self, secret: StoredClientSecret) -> None: ...
+
+    async def get_client_secret(self, secret_hash: str, now: int) -> StoredClientSecret | None:
+        """The secret if it exists and has not expired."""
         ...
 
     async def count_request(self, tenant: str, window_start: int, ttl_s: int) -> int:

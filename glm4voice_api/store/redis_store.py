@@ -6,6 +6,7 @@ Key layout under one namespace (`glm4voice:`):
   key:{sha256}             hash of one API key;  keyids  hash key id -> sha256 (listing, revoking by id)
   rate:{tenant}:{window}   counter, EXPIRE ttl_s
   heartbeat                the time of the last write check (readiness, before generating a stored reply)
+  secret:{sha256}          hash of one Realtime client secret, EXPIREAT at its expiry
 Tenant names never contain ':' (the CLI checks), and every read also compares the stored tenant, so an id a client
 makes up can never reach another tenant's key.
 
@@ -33,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from glm4voice_api.store.base import (
     StoredAudio,
+    StoredClientSecret,
     StoredKey,
     StoredVoice,
     StoreUnavailable,
@@ -258,6 +260,29 @@ class RedisStore:
     @_reachable
     async def has_keys(self) -> bool:
         return bool(await self._redis.exists(self._k("keyids")))
+
+    @_reachable
+    async def put_client_secret(self, secret: StoredClientSecret) -> None:
+        key = self._k("secret", secret.secret_hash)
+        mapping = {
+            "tenant": secret.tenant,
+            "session": secret.session,
+            "created_at": secret.created_at,
+            "expires_at": secret.expires_at,
+        }
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=mapping)
+            pipe.expireat(key, secret.expires_at + 1)
+            await pipe.execute()
+
+    @_reachable
+    async def get_client_secret(self, secret_hash: str, now: int) -> StoredClientSecret | None:
+        h = await self._redis.hgetall(self._k("secret", secret_hash))
+        if not h or int(h[b"expires_at"]) < now:
+            return None
+        return StoredClientSecret(
+            secret_hash, _str(h[b"tenant"]), _str(h[b"session"]), int(h[b"created_at"]), int(h[b"expires_at"])
+        )
 
     @_reachable
     async def count_request(self, tenant: str, window_start: int, ttl_s: int) -> int:

@@ -17,7 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from glm4voice_api.store.base import StoredAudio, StoredKey, StoredVoice, pack_ids, unavailable_on, unpack_ids
+from glm4voice_api.store.base import (
+    StoredAudio,
+    StoredClientSecret,
+    StoredKey,
+    StoredVoice,
+    pack_ids,
+    unavailable_on,
+    unpack_ids,
+)
 
 T = TypeVar("T")
 
@@ -38,6 +46,10 @@ CREATE TABLE IF NOT EXISTS rate_windows (
     PRIMARY KEY (tenant, window_start));
 CREATE INDEX IF NOT EXISTS rate_windows_start ON rate_windows (window_start);
 CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS client_secrets (
+    secret_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, session TEXT NOT NULL, created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS client_secrets_expires ON client_secrets (expires_at);
 """
 
 _KEY_COLUMNS = "id, tenant, prefix, key_hash, created_at, revoked_at"
@@ -143,6 +155,21 @@ class SqliteStore:
 
     async def has_keys(self) -> bool:
         return bool(await self._run("SELECT 1 FROM api_keys LIMIT 1"))
+
+    async def put_client_secret(self, secret: StoredClientSecret) -> None:
+        await self._run("DELETE FROM client_secrets WHERE expires_at < ?", (secret.created_at,))
+        await self._run(
+            "INSERT INTO client_secrets VALUES (?, ?, ?, ?, ?)",
+            (secret.secret_hash, secret.tenant, secret.session, secret.created_at, secret.expires_at),
+        )
+
+    async def get_client_secret(self, secret_hash: str, now: int) -> StoredClientSecret | None:
+        rows = await self._run(
+            "SELECT secret_hash, tenant, session, created_at, expires_at FROM client_secrets "
+            "WHERE secret_hash = ? AND expires_at >= ?",
+            (secret_hash, now),
+        )
+        return StoredClientSecret(*rows[0]) if rows else None
 
     async def count_request(self, tenant: str, window_start: int, ttl_s: int) -> int:
         def work(db: sqlite3.Connection) -> int:

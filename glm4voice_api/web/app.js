@@ -107,6 +107,7 @@ class Player {
     // Back to back with the previous chunk; after an underrun, restart a little ahead of now.
     const start = Math.max(this.nextTime, this.ctx.currentTime + 0.05);
     src.start(start);
+    this.lastStart = start;
     this.nextTime = start + buffer.duration;
     this.sources.add(src);
     src.onended = () => this.sources.delete(src);

@@ -44,6 +44,10 @@ def limited(cache_dir: Path, tmp_path: Path) -> Iterator[RunningServer]:
         str(RPM),
         "--request-limits.max-tokens",
         "800",
+        "--realtime.max-sessions",
+        "2",
+        "--realtime.idle-timeout-s",
+        "4",
     )
     yield running
     stop_server(running)
@@ -51,6 +55,7 @@ def limited(cache_dir: Path, tmp_path: Path) -> Iterator[RunningServer]:
 
 def test_limits_on_a_small_server(limited: RunningServer) -> None:
     # In this order: the rate-limit check uses up the tenant's window.
+    _realtime_session_cap_idle_timeout_and_admission(limited)
     _max_tokens_above_the_cap_is_a_400(limited)
     _global_admission_refuses_what_does_not_fit_and_serves_the_rest(limited)
     _tenant_requests_per_minute_is_a_rate_limit_error(limited)
@@ -206,3 +211,52 @@ def test_loopback_load_small(server: RunningServer, tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert status == 0, result["failures"]
     assert result["outcomes"]["ok"] > 0 and not result["outcomes"]["errors"] and not result["leaks"]
+
+
+def _realtime_session_cap_idle_timeout_and_admission(server: RunningServer) -> None:
+    """At most 2 Realtime sessions; a session idle for 4 s is closed (one waiting for an answer is not idle); a
+    session holds an admission slot only while a response runs."""
+    import asyncio
+
+    import websockets
+
+    url = server.base_url.replace("http://", "ws://") + f"/v1/realtime?model={MODEL}"
+
+    async def next_of(ws, kind: str) -> dict:
+        while (event := json.loads(await asyncio.wait_for(ws.recv(), 120)))["type"] != kind:
+            pass
+        return event
+
+    async def scenario() -> None:
+        a = await websockets.connect(url)
+        b = await websockets.connect(url)
+        for ws in (a, b):
+            await next_of(ws, "session.created")
+        c = await websockets.connect(url)
+        error = await next_of(c, "error")
+        assert error["error"]["code"] == "session_limit_reached"
+        await c.wait_closed()
+        assert c.close_code == 1013
+        assert await asyncio.to_thread(server.metric, "glm4voice_admission_active") == 0
+        await a.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello"}]},
+                }
+            )
+        )
+        await a.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 390}}))
+        await next_of(a, "response.output_audio.delta")
+        assert await asyncio.to_thread(server.metric, "glm4voice_admission_active") == 1
+        done = await next_of(a, "response.done")  # longer than the idle limit on a busy machine: a is not idle
+        assert done["response"]["status"] in ("completed", "incomplete")
+        assert await asyncio.to_thread(server.metric, "glm4voice_admission_active") == 0
+        error = await next_of(b, "error")  # b sent nothing: closed as idle
+        assert error["error"]["code"] == "idle_timeout"
+        await b.wait_closed()
+        error = await next_of(a, "error")  # and a too, 4 s after its answer
+        assert error["error"]["code"] == "idle_timeout"
+        await a.wait_closed()
+
+    asyncio.run(scenario())

@@ -8,6 +8,7 @@ tenant `default`; the probes stay open.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -200,3 +201,54 @@ def test_tenants_are_isolated(tenants: Tenants) -> None:
     assert speak(acme, voice.id)[:4] == b"RIFF"
     assert acme.audio.voices.delete(voice.id).deleted is True
     assert voice.id not in tenants.voice_ids(tenants.keys["acme"])
+
+
+def test_realtime_keys_and_client_secrets(tenants: Tenants) -> None:
+    """The Realtime WebSocket takes the same keys (header), and client secrets in the browser's subprotocol slot:
+    tenant-scoped (a secret carries its tenant and session settings), valid for /v1/realtime only."""
+    import websockets
+
+    base = tenants.server.base_url
+    url = base.replace("http://", "ws://") + f"/v1/realtime?model={MODEL}"
+    acme = tenants.keys["acme"]
+
+    async def scenario() -> None:
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {acme}"}) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+        for headers, protocols in (
+            ({}, None),
+            ({"Authorization": "Bearer sk-wrong-0123456789abcdef"}, None),
+            ({}, ["realtime", "openai-insecure-api-key.ek_made_up_0123456789"]),
+        ):
+            with pytest.raises(websockets.InvalidStatus) as err:
+                await websockets.connect(url, additional_headers=headers, subprotocols=protocols)
+            assert err.value.response.status_code == 401
+            assert json.loads(err.value.response.body)["error"]["code"] == "invalid_api_key"
+        # A voice of acme's, and a client secret carrying it.
+        voice = tenants.client(acme).audio.voices.create(name="rt", audio_sample=("me.wav", _sample()), consent="c")
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            made = await http.post(
+                "/v1/realtime/client_secrets",
+                headers={"Authorization": f"Bearer {acme}"},
+                json={"session": {"type": "realtime", "audio": {"output": {"voice": {"id": voice.id}}}}},
+            )
+            assert made.status_code == 200, made.text
+            secret = made.json()["value"]
+            # A secret is no API key: not for other routes, nor for minting more secrets.
+            for path, method in (("/v1/models", "GET"), ("/v1/realtime/client_secrets", "POST")):
+                response = await http.request(method, path, headers={"Authorization": f"Bearer {secret}"}, json={})
+                assert response.status_code == 401, (path, response.text)
+            # Another tenant cannot put acme's voice into a secret of its own.
+            foreign = await http.post(
+                "/v1/realtime/client_secrets",
+                headers={"Authorization": f"Bearer {tenants.keys['beta']}"},
+                json={"session": {"audio": {"output": {"voice": {"id": voice.id}}}}},
+            )
+            assert foreign.status_code == 404
+        protocols = ["realtime", "openai-insecure-api-key." + secret]
+        async with websockets.connect(url, subprotocols=protocols) as ws:
+            assert ws.subprotocol == "realtime"
+            session = json.loads(await ws.recv())["session"]
+            assert session["audio"]["output"]["voice"] == {"id": voice.id}
+
+    asyncio.run(scenario())

@@ -14,6 +14,7 @@ from glm4voice_api.store import (
     SqliteStore,
     Store,
     StoredAudio,
+    StoredClientSecret,
     StoredVoice,
     StoreError,
     hash_api_key,
@@ -50,6 +51,19 @@ async def test_audio_round_trip_scoped_to_its_tenant(store: Store) -> None:
     assert got == _audio("audio_1", "acme")
     assert await store.get_audio("other", "audio_1", NOW) is None
     assert await store.get_audio("acme", "audio_missing", NOW) is None
+
+
+async def test_client_secret_round_trip_and_expiry(store: Store) -> None:
+    import time
+
+    # Redis drops the key at its real expiry time: keep it in the future on the wall clock.
+    now = int(time.time())
+    secret = StoredClientSecret(hash_api_key("ek_abc"), "acme", '{"instructions": "hi"}', now, now + 60)
+    await store.put_client_secret(secret)
+    assert await store.get_client_secret(hash_api_key("ek_abc"), now) == secret
+    assert await store.get_client_secret(hash_api_key("ek_abc"), now + 60) == secret  # valid through expires_at
+    assert await store.get_client_secret(hash_api_key("ek_abc"), now + 61) is None
+    assert await store.get_client_secret(hash_api_key("ek_other"), now) is None
 
 
 async def test_audio_expires(store: Store) -> None:

@@ -171,3 +171,59 @@ def test_web_demo_talks_and_continues_by_audio_id(server: RunningServer, tmp_pat
         assert _stats(driver)["turns"] == 2
     finally:
         driver.quit()
+
+
+def _speech_mic_wav(path: Path) -> Path:
+    """A spoken question, then 8 s of silence (Chromium loops the file: the question comes again while the model
+    is still answering, which is a barge-in)."""
+    import numpy as np
+
+    from tests.speech import pcm16_bytes, silence, speech
+
+    rate = 48000
+    samples = np.concatenate(
+        [silence(0.5, rate), speech("Could you tell me about the weather in Berlin today", rate), silence(8.0, rate)]
+    )
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm16_bytes(samples))
+    return path
+
+
+@pytest.mark.engine
+@pytest.mark.xdist_group("server")
+def test_web_demo_hands_free_over_realtime(server: RunningServer, tmp_path: Path) -> None:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    pytest.importorskip("selenium")
+    from selenium.webdriver.common.by import By
+
+    driver = _browser(tmp_path, _speech_mic_wav(tmp_path / "mic.wav"))
+    try:
+        driver.get(server.base_url + "/")
+        max_tokens = driver.find_element(By.ID, "max-tokens")
+        max_tokens.clear()
+        max_tokens.send_keys("195")
+        driver.find_element(By.ID, "handsfree").click()
+        deadline = time.monotonic() + 150
+        while True:
+            stats = _stats(driver)
+            hands = stats["handsFree"]
+            assert not stats["errors"] and not hands["errors"], (stats["errors"], hands["errors"])
+            done = [r for r in hands["responses"] if r["status"] != "cancelled"]
+            if hands["truncated"] >= 1 and len(hands["responses"]) >= 2 and done and hands["speechStarted"] >= 2:
+                break
+            assert time.monotonic() < deadline, f"no hands-free conversation with a barge-in: {stats}"
+            time.sleep(0.5)
+        assert hands["connected"] and hands["audioDeltas"] > 0 and stats["samplesScheduled"] > 0
+        # The answer after the barge-in was prompted with the earlier turns (its input grew).
+        tokens = [r["inputTokens"] for r in hands["responses"] if r["inputTokens"]]
+        assert tokens[-1] > tokens[0], hands["responses"]
+        assert driver.find_element(By.ID, "handsfree").get_attribute("aria-pressed") == "true"
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".msg.assistant")) >= 2
+        driver.find_element(By.ID, "handsfree").click()  # stop: the session closes
+        assert _stats(driver)["handsFree"]["connected"] is False
+    finally:
+        driver.quit()
