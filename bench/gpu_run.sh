@@ -3,7 +3,7 @@
 #   pip install -e ".[gpu,bench]" && bash bench/gpu_run.sh suite
 # (python3 on PATH must be that environment's). Aside: on machines without package access, the vLLM bundle carried
 # in ../shared/gpu (see its README.md) is set up first when /root/stash/setup-on-gpu.sh is there.
-# Usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|multigpu [tp|dp]   (results under $OUT, /tmp/out)
+# Usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|realtime|multigpu [tp|dp]   (results under $OUT)
 #   audio: speech tokenizer (fp32, bf16; batch 1, 8, 32) and decoder (fp32, tf32, bf16; 1, 4, 16, 64 streams)
 #   vllm:  bench/gpu_smoke_vllm.py (full-size GLM-4-Voice-9B config, dummy weights) + a no-processor engine
 #   graphs: decoder with the flow ODE as CUDA graphs vs eager, fp32 / tf32 / bf16 (1, 16, 64, 128 streams)
@@ -52,8 +52,33 @@ case "$mode" in
     shift
     timeout 585 python3 -m bench.gpu_suite --out "$OUT" "$@" || echo "suite failed rc=$?"
     ;;
+  realtime)
+    # The Realtime API on the product defaults: one server (full-size shapes, dummy weights), then
+    # bench/realtime_bench.py over the WebSocket; extra args go to it, e.g. --levels 1,16,32 --turns 2
+    shift
+    python3 -m bench.gpu_suite --prepare-only || exit 1
+    W=/tmp/g4v_full
+    GLM4VOICE_LLM_PATH=$W/glm-4-voice-9b GLM4VOICE_SPEECH_TOKENIZER_PATH=$W/glm-4-voice-tokenizer \
+      GLM4VOICE_DECODER_PATH=$W/glm-4-voice-decoder GLM4VOICE_ENGINE__LOAD_FORMAT=dummy GLM4VOICE_CACHE_DIR=$W/cache \
+      python3 -m bench.gpu_server --port 8000 > "$OUT/server_realtime.log" 2>&1 &
+    srv=$!
+    python3 - <<'PY' || { kill $srv; tail -30 "$OUT/server_realtime.log"; exit 1; }
+import time, urllib.request
+t0 = time.time()
+while time.time() - t0 < 400:
+    try:
+        if urllib.request.urlopen("http://127.0.0.1:8000/health/ready", timeout=5).status == 200:
+            print(f"ready in {time.time() - t0:.0f} s"); raise SystemExit(0)
+    except OSError:
+        time.sleep(1)
+raise SystemExit(1)
+PY
+    timeout 420 python3 -m bench.realtime_bench --url http://127.0.0.1:8000 --out "$OUT/realtime.json" "$@" \
+      || echo "realtime bench failed rc=$?"
+    kill $srv; wait $srv
+    ;;
   multigpu)
-    # Issue 9: the product defaults on 1 GPU, then tp or dp over every visible GPU, same call (two fresh servers).
+    # The product defaults on 1 GPU, then tp or dp over every visible GPU, same call (two fresh servers).
     # The decoder and the speech tokenizer go on cuda:0 (tp) or one of each per GPU (dp: AUDIO_DEVICE=all).
     par=${2:-tp}; n=$(nvidia-smi -L | wc -l)
     if [ "$par" = tp ]; then extra="ENGINE__TENSOR_PARALLEL_SIZE=$n"; else extra="ENGINE__DATA_PARALLEL_SIZE=$n"; fi
@@ -61,5 +86,5 @@ case "$mode" in
       --config "$par$n:$extra,AUDIO_DEVICE=all" --configs-levels 1,32,64,128,192,256 || echo "suite failed rc=$?"
     python3 -m bench.multigpu_report --suite "$OUT/gpu_suite.json" --mode "$par" --gpus "$n" --out "$OUT/multigpu.json"
     ;;
-  *) echo "usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|multigpu [tp|dp]"; exit 2 ;;
+  *) echo "usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|realtime|multigpu [tp|dp]"; exit 2 ;;
 esac
