@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadgen import _percentiles
+from bench.playback import Percentiles
 
 RATE = 24000
 FRAME = RATE // 50  # 20 ms
@@ -189,7 +189,7 @@ class Session:
 
 def percentiles(seconds: list[float]) -> dict[str, float | None]:
     """In milliseconds, as loadgen reports its latencies."""
-    return _percentiles([v * 1000 for v in seconds])
+    return asdict(Percentiles.of(seconds, scale=1000, digits=1))
 
 
 async def run_level(concurrency: int, args: argparse.Namespace, speech: bytes) -> dict:
