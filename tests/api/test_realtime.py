@@ -51,12 +51,17 @@ async def wait_idle(server: RunningServer, timeout: float = 60) -> None:
 
 
 class Recorder:
-    """Reads every server event of an SDK connection (raw, so it can be checked against the schema)."""
+    """Reads every server event of an SDK connection (raw, so it can be checked against the schema).
+
+    The checks run in `stop()`, after the conversation: checking hundreds of audio deltas as they arrive made this
+    client fall seconds behind the server on a busy 2-core machine, so its barge-in reached the server after the
+    answer had ended (a slow client, not a server fault)."""
 
     def __init__(self, conn, beta: bool = False) -> None:
         self.conn = conn
         self.beta = beta
         self.events: list[dict] = []
+        self.raw: list[bytes] = []
         self.arrived = asyncio.Condition()
         self.task = asyncio.ensure_future(self._read())
 
@@ -64,9 +69,8 @@ class Recorder:
         while True:
             raw = await self.conn.recv_bytes()
             event = json.loads(raw)
-            check_event(event, beta=self.beta)
-            assert self.conn.parse_event(raw).type == event["type"]  # the SDK parses it into its own model
             async with self.arrived:
+                self.raw.append(raw)
                 self.events.append(event)
                 self.arrived.notify_all()
 
@@ -85,7 +89,11 @@ class Recorder:
         return [e for e in self.events if e["type"] == kind]
 
     def stop(self) -> None:
+        """Stop reading, then check every event received against the schemas and the SDK's own models."""
         self.task.cancel()
+        for raw, event in zip(self.raw, self.events, strict=True):
+            check_event(event, beta=self.beta)
+            assert self.conn.parse_event(raw).type == event["type"]
 
 
 async def test_sdk_conversation_with_vad_barge_in_truncation_and_history(server: RunningServer) -> None:
@@ -98,7 +106,7 @@ async def test_sdk_conversation_with_vad_barge_in_truncation_and_history(server:
         await conn.session.update(
             session={
                 "type": "realtime",
-                "max_output_tokens": 390,
+                "max_output_tokens": 780,  # 40 s of speech: the barge-in lands while it is still being made
                 "instructions": "Answer briefly.",
                 "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 600}}},
             }
@@ -273,7 +281,8 @@ async def test_client_vanishing_mid_answer_leaves_nothing(server: RunningServer)
             }
         )
     )
-    await ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 390}}))
+    # A long answer, so that the engine is still generating when the client vanishes at the first audio.
+    await ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 900}}))
     await _next(ws, "response.output_audio.delta")
     ws.transport.abort()  # no close handshake: the client is simply gone
     await wait_idle(server)

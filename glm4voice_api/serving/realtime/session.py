@@ -3,6 +3,11 @@
 Client events are handled one at a time, in order (as OpenAI does); a response runs as its own task beside them,
 so audio keeps arriving (and the VAD keeps listening) while the model speaks. Speech starting during a response
 cancels it (barge-in). Every bad client event gets an `error` event naming it and the session stays open.
+
+Appended audio only lands in the buffer: the voice activity detection runs in the session's own task, on all the
+audio that arrived since its last pass. So the receive loop never waits for the detector, and a detector that falls
+behind (a busy machine) catches up in one pass instead of a queue of 20 ms round trips that would delay a barge-in.
+The VAD task and the receive loop take turns (`_turns`) so that a turn ending and a client event never interleave.
 """
 
 from __future__ import annotations
@@ -99,6 +104,10 @@ class RealtimeSession:
         self.buffer_start = 0
         self.samples_in = 0
         self.vad: VADStream | None = None
+        self._vad_pending: list[np.ndarray] = []  # appended audio the detector has not seen yet
+        self._vad_wake = asyncio.Event()
+        self._vad_task: asyncio.Task | None = None
+        self._turns = asyncio.Lock()
         self.vad_offset = 0
         self.speech_item_id: str | None = None
         self.speech_stopped_at: float | None = None
@@ -125,6 +134,7 @@ class RealtimeSession:
         ends = loop.time() + self.realtime.max_session_s
         try:
             await self._configure_vad()
+            self._vad_task = asyncio.ensure_future(self._vad_loop())
             await self.send(self.events("session.created", session=self.config.render(self.beta)))
             await self.send(
                 self.events(
@@ -158,6 +168,9 @@ class RealtimeSession:
             return
         finally:
             self._closed = True
+            if self._vad_task is not None:
+                self._vad_task.cancel()
+                await asyncio.gather(self._vad_task, return_exceptions=True)
             if self.response is not None:
                 await self.response.cancel("client_cancelled")
 
@@ -182,7 +195,12 @@ class RealtimeSession:
         holder: dict = {}
         try:
             event = self._parse(message, holder)
-            await getattr(self, "_on_" + event.type.replace(".", "_"))(event)
+            handler = getattr(self, "_on_" + event.type.replace(".", "_"))
+            if isinstance(event, wire.InputAudioBufferAppend):  # only buffers: no turn to wait for
+                await handler(event)
+            else:
+                async with self._turns:
+                    await handler(event)
         except APIError as error:
             await self.error(error, holder.get("event_id"))
         except StoreUnavailable:  # retryable, as the HTTP routes' 503
@@ -251,6 +269,7 @@ class RealtimeSession:
         detector = await self.service.detector()
         self.vad = detector.stream(config)
         self.vad_offset = self.samples_in
+        self._vad_pending.clear()  # the new detector starts listening from here
 
     # -- input audio -------------------------------------------------------------------------------------------
     async def _on_input_audio_buffer_append(self, event: wire.InputAudioBufferAppend) -> None:
@@ -268,12 +287,37 @@ class RealtimeSession:
         self.buffer_len += len(pcm)
         self.samples_in += len(pcm)
         if self.vad is not None and len(pcm):
-            for vad_event in await self.vad.feed(pcm):
-                await self._on_vad(vad_event)
-            if not self.vad.speaking:
-                # Only the prefix padding can still become part of a turn: bound what silence keeps.
-                keep = (self.config.turn_detection.prefix_padding_ms + 1000) * MODEL_RATE // 1000  # type: ignore[union-attr]
-                self._drop_before(self.samples_in - keep)
+            self._vad_pending.append(pcm)
+            self._vad_wake.set()
+
+    async def _vad_loop(self) -> None:
+        """Runs the detector over the audio appended since its last pass, and acts on what it finds."""
+        while True:
+            await self._vad_wake.wait()
+            self._vad_wake.clear()
+            vad, pending = self.vad, self._vad_pending
+            self._vad_pending = []
+            if vad is None or not pending:
+                continue
+            try:
+                found = await vad.feed(np.concatenate(pending))
+                async with self._turns:
+                    if vad is not self.vad:  # turn detection was reconfigured meanwhile: these events are moot
+                        continue
+                    for vad_event in found:
+                        await self._on_vad(vad_event)
+                    if not vad.speaking:
+                        # Only the prefix padding can still become part of a turn: bound what silence keeps.
+                        keep = (self.config.turn_detection.prefix_padding_ms + 1000) * MODEL_RATE // 1000  # type: ignore[union-attr]
+                        self._drop_before(self.vad_offset + vad.samples_seen - keep)
+            except ClientGone:
+                return
+            except Exception:  # a bug or a failed detector pass: reported, and the session goes on listening
+                logger.exception("realtime voice activity detection failed")
+                try:
+                    await self.error(server_error())
+                except ClientGone:
+                    return
 
     async def _on_vad(self, event: VADEvent) -> None:
         position = self.vad_offset + event.sample
