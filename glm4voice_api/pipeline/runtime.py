@@ -216,6 +216,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     tokenizer = GLM4Tokenizer.from_dir(paths.llm)
     llm_config = json.loads((paths.llm / "config.json").read_text())
     random_weights = is_random_weights(llm_config, settings)
+    sampling = Sampling(tokenizer.ids, settings.interleave_constraint, random_weights=random_weights)
     # Every machine- and model-dependent default is decided here, once, before anything starts.
     settings = settings.resolved(cuda=cuda_available(), model_seq_length=int(llm_config.get("seq_length", 8192)))
     # The store first: a bad or unreachable store URL fails the start before minutes of model loading.
@@ -239,7 +240,11 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
             from glm4voice_api.engine.vllm_engine import VllmLLMEngine
 
             engine = await VllmLLMEngine.start(
-                paths.llm, settings.engine, num_valid_tokens=tokenizer.ids.num_valid, random_weights=random_weights
+                paths.llm,
+                settings.engine,
+                num_valid_tokens=tokenizer.ids.num_valid,
+                random_weights=random_weights,
+                warmup_constraint=sampling.constraint(),
             )
         closers.append(engine.shutdown)
         audio = audio or start_audio_models(settings, paths)
@@ -257,7 +262,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
         model=model,
         tokenizer=tokenizer,
         prompts=PromptBuilder(tokenizer),
-        sampling=Sampling(tokenizer.ids, settings.interleave_constraint, random_weights=random_weights),
+        sampling=sampling,
         engine=engine,
         paths=paths,
         audio_input=audio_input,
