@@ -50,7 +50,7 @@ case "$mode" in
     python3 -m bench.gpu_suite --prepare-only ;;
   suite)
     shift
-    timeout 585 python3 -m bench.gpu_suite --out "$OUT" "$@" || echo "suite failed rc=$?"
+    timeout "${SUITE_TIMEOUT:-585}" python3 -m bench.gpu_suite --out "$OUT" "$@" || echo "suite failed rc=$?"
     ;;
   realtime)
     # The Realtime API on the product defaults: one server (full-size shapes, dummy weights), then

@@ -192,6 +192,8 @@ class Suite:
             await loadgen.run_level(url, c, lg, self.wav_b64)
         run.warm_stats = await server_stats(url)
         log(f"{run.name}: warm-up {args.warmup} done: {run.warm_stats}")
+        if extras and args.realtime_levels:
+            await self.realtime(url)
         lg = loadgen_args(args, url)
         for concurrency in levels:
             if proc is not None and proc.poll() is not None:
@@ -216,6 +218,8 @@ class Suite:
                 break
         if not extras:
             return
+        if args.baseline_max:  # before the overload: short, and the headline needs it if the time limit cuts in
+            await self.baseline(run, url)
         if args.overload_seconds > 0:
             sessions = max(2, 2 * run.realtime_streams)
             log(f"{run.name}: overload: {sessions} closed-loop sessions for {args.overload_seconds:g} s")
@@ -237,8 +241,26 @@ class Suite:
                 f"{run.name}: extra overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
                 f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
             )
-        if args.baseline_max:
-            await self.baseline(run, url)
+
+    async def realtime(self, url: str) -> None:
+        """The Realtime API's voice-to-voice latency on this same server (bench/realtime_bench.py), before the
+        ladder so that a run cut off by its time limit still has it; $OUT/realtime.json."""
+        from bench import realtime_bench
+
+        rt_args = realtime_bench.parse_args(
+            ["--url", url, "--levels", ",".join(map(str, self.args.realtime_levels))]
+            + ["--turns", str(self.args.realtime_turns), "--max-output-tokens", str(self.args.realtime_max_tokens)]
+        )
+        log(f"realtime: levels {self.args.realtime_levels}, {self.args.realtime_turns} turns per session")
+        try:
+            result = await realtime_bench.run(rt_args)
+        except Exception as exc:  # noqa: BLE001 - the suite goes on; the failure is in the log
+            log(f"realtime bench failed: {type(exc).__name__}: {exc}")
+            return
+        result |= {"gpu": self.gpu, "date": time.strftime("%Y-%m-%d"), "defaults": True, "server": "product defaults"}
+        (self.out / "realtime.json").write_text(json.dumps(result, indent=2) + "\n")
+        for level in result["levels"]:
+            log(f"realtime: {level['concurrency']} sessions: voice-to-voice {level['voice_to_voice_ms']}")
 
     async def baseline(self, run: ConfigRun, url: str) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=self.args.turn_timeout * self.args.baseline_max) as client:
@@ -332,6 +354,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--overload-extra", type=int, default=0, help="also offer this many sessions (beside 2 x real time; 0: no)"
     )
+    p.add_argument(
+        "--realtime-levels", type=ints, default=[], help="Realtime sessions per level on the defaults ('': none)"
+    )
+    p.add_argument("--realtime-turns", type=int, default=2)
+    p.add_argument("--realtime-max-tokens", type=int, default=195)
     p.add_argument("--baseline-max", type=int, default=8, help="most users of the baseline ladder (0: none)")
     p.add_argument(
         "--config",

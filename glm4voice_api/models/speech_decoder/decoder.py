@@ -12,7 +12,6 @@ official folder (config.yaml, flow.pt, hift.pt) unchanged.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +21,7 @@ from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult, Voice
 from glm4voice_api.models.speech_decoder.flow import NOISE_SEED, FlowConfig, FlowInput, FlowModel, mel_length
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
+from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
 from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
 
 __all__ = ["SpeechDecoder", "StreamingConstants"]
@@ -69,6 +69,7 @@ class SpeechDecoder:
         self.flow = flow.eval()
         self.hift = hift.eval()
         self.consts = StreamingConstants.from_config(flow.cfg)
+        self._windows: dict[torch.device, torch.Tensor] = {}
 
     @property
     def sample_rate(self) -> int:
@@ -138,14 +139,15 @@ class SpeechDecoder:
         return ChunkRequest(_as_tokens(tokens).tolist(), prompt_tokens, prompt_mel, final=True)
 
     def voice_prompt(self, voice: Voice | None) -> tuple[list[int], torch.Tensor]:
+        """The voice's tokens and mel, the mel on the decoder's device (a stream's history mels live there)."""
         if voice is None:
-            return [], torch.zeros(self.flow.cfg.output_size, 0)
+            return [], torch.zeros(self.flow.cfg.output_size, 0, device=self.device)
         mel = _as_mel(voice.prompt_mel, self.flow.cfg.output_size)
         want = self.mel_frames(len(voice.prompt_tokens))
         if mel.shape[1] != want:
             msg = f"voice prompt_mel has {mel.shape[1]} frames; {len(voice.prompt_tokens)} tokens need {want}"
             raise ValueError(msg)
-        return list(voice.prompt_tokens), mel
+        return list(voice.prompt_tokens), mel.to(self.device)
 
     # -- streaming ---------------------------------------------------------------------------------------
 
@@ -179,11 +181,11 @@ class SpeechDecoder:
 
     @torch.inference_mode()
     def decode_batch(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
-        """Decode many streams' chunks: ONE padded flow pass, then HiFT per group of equal mel length.
+        """Decode many streams' chunks: ONE padded flow pass, ONE ragged HiFT pass, ONE copy to the host.
 
-        Each row equals its separate decode (padding is masked throughout; every row draws from its own
-        generator). HiFT is grouped rather than padded because its non-causal convolutions would let a
-        longer row's padding reach a shorter row's last samples.
+        Each row equals its separate decode (padding is masked throughout, see ``hift_ragged.py``; every row
+        draws from its own generator). Mels and carried state stay on the decoder's device: on a GPU the pass
+        synchronises once, when the new audio of all rows comes back together.
         """
         gens = [
             r.generator if r.generator is not None else torch.Generator(device=r.rng_device).manual_seed(NOISE_SEED)
@@ -201,18 +203,34 @@ class SpeechDecoder:
         ]
         flow_out = dict(zip(flow_rows, self.flow.forward_batch(items), strict=True))
         staged = [self._crossfade_and_trim(r, flow_out.get(i)) for i, r in enumerate(requests)]
-        speech = self._vocode_groups(requests, staged, gens)
-        return [self._finish(r, s, wav, src) for r, s, (wav, src) in zip(requests, staged, speech, strict=True)]
+        speech = self._vocode(requests, staged, gens)
+        results = [self._finish(r, s, wav, src) for r, s, (wav, src) in zip(requests, staged, speech, strict=True)]
+        # One device-to-host copy for the whole pass (a copy per row would synchronise once per row).
+        host = torch.cat([r.speech.reshape(-1) for r in results]).float().cpu().numpy() if results else None
+        offset = 0
+        for r in results:
+            n = r.speech.numel()
+            r.speech = np.ascontiguousarray(host[offset : offset + n], dtype=np.float32)
+            offset += n
+        return results
+
+    def _window(self, device: torch.device) -> torch.Tensor:
+        """The crossfade window on `device`, copied there once (a host copy per chunk would synchronise)."""
+        cached = self._windows.get(device)
+        if cached is None:
+            cached = self._windows[device] = self.consts.window.to(device)
+        return cached
 
     def _crossfade_and_trim(self, req: ChunkRequest, flow_mel: torch.Tensor | None) -> _StagedChunk:
         """token2wav steps 2-3 (PR #86 order): crossfade, hold back the overlap, prepend the cache frame."""
         c = self.consts
         n_mels = self.flow.cfg.output_size
+        device = self.device
         if flow_mel is None:  # final flush without new tokens: vocode the held-back tail as it is
-            raw = torch.zeros(n_mels, 0)
-            mel = req.overlap_tail.float().cpu() if req.overlap_tail is not None else raw
+            raw = torch.zeros(n_mels, 0, device=device)
+            mel = req.overlap_tail.float().to(device) if req.overlap_tail is not None else raw
         else:
-            raw = flow_mel.float().cpu()
+            raw = flow_mel.float()
             mel = raw.clone()
             if req.overlap_tail is not None:
                 k = c.mel_overlap_len
@@ -220,8 +238,9 @@ class SpeechDecoder:
                     msg = f"chunk produced {mel.shape[1]} mel frames, fewer than the {k}-frame crossfade"
                     raise ValueError(msg)
                 # numpy window: float64 arithmetic, cast back (the reference's tensor * ndarray promotion).
-                faded = mel[:, :k].double() * c.window[:k] + req.overlap_tail.double()[:, -k:] * c.window[k:]
-                mel[:, :k] = faded.float()
+                window = self._window(mel.device)
+                tail = req.overlap_tail.to(mel.device).double()[:, -k:]
+                mel[:, :k] = (mel[:, :k].double() * window[:k] + tail * window[k:]).float()
         tail = None
         if not req.final:
             if mel.shape[1] <= c.mel_overlap_len:
@@ -229,41 +248,42 @@ class SpeechDecoder:
                 raise ValueError(msg)
             tail = mel[:, -c.mel_overlap_len :].clone()
             mel = mel[:, : -c.mel_overlap_len]
-        hift_mel = torch.cat([req.cache_mel.float().cpu(), mel], dim=1) if req.cache_mel is not None else mel
+        cache = req.cache_mel
+        hift_mel = torch.cat([cache.float().to(mel.device), mel], dim=1) if cache is not None else mel
         return _StagedChunk(raw=raw, mel=mel, tail=tail, hift_mel=hift_mel)
 
-    def _vocode_groups(
+    def _vocode(
         self, requests: list[ChunkRequest], staged: list[_StagedChunk], gens: list[torch.Generator]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """HiFT for every row, batching rows whose (mel length, cache, injected-source) agree."""
-        groups: dict[tuple[int, int, bool], list[int]] = defaultdict(list)
-        for i, (req, st) in enumerate(zip(requests, staged, strict=True)):
-            cache_len = req.cache_source.shape[-1] if req.cache_source is not None else 0
-            groups[(st.hift_mel.shape[1], cache_len, req.source is not None)].append(i)
-        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(requests)
-        for (frames, cache_len, injected), rows in groups.items():
-            if frames == 0:
-                for i in rows:
-                    out[i] = (torch.zeros(1, 0), torch.zeros(1, 1, 0))
-                continue
-            mel = torch.stack([staged[i].hift_mel for i in rows]).to(self.device)  # [G, 80, T]
-            cache = torch.stack([requests[i].cache_source.reshape(1, -1) for i in rows]) if cache_len else None
-            src = torch.stack([_as_tensor(requests[i].source).reshape(1, -1) for i in rows]) if injected else None
-            wav, source = self.hift.inference(mel, cache_source=cache, source=src, generator=[gens[i] for i in rows])
-            for j, i in enumerate(rows):
-                out[i] = (wav[j : j + 1].float().cpu(), source[j : j + 1].float().cpu())
-        return out  # type: ignore[return-value]
+        """HiFT for every row with frames, all in one ragged pass (rows of any lengths)."""
+        out: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (torch.zeros(1, 0, device=self.device), torch.zeros(1, 1, 0, device=self.device))
+        ] * len(requests)
+        rows = [i for i, st in enumerate(staged) if st.hift_mel.shape[1] > 0]
+        if rows:
+            vocoded = vocode_ragged(
+                self.hift,
+                [staged[i].hift_mel for i in rows],
+                [requests[i].cache_source for i in rows],
+                [_as_tensor(requests[i].source) for i in rows],
+                [gens[i] for i in rows],
+            )
+            for i, pair in zip(rows, vocoded, strict=True):
+                out[i] = pair
+        return out
 
     def _finish(self, req: ChunkRequest, st: _StagedChunk, wav: torch.Tensor, source: torch.Tensor) -> ChunkResult:
-        """token2wav step 4/5: keep the HiFT cache and hold back the last 256 samples of non-final chunks."""
+        """token2wav step 4/5: keep the HiFT cache and hold back the last 256 samples of non-final chunks.
+
+        ``speech`` is still a device tensor here; ``decode_batch`` copies every row's to the host at once.
+        """
         c = self.consts
-        result = ChunkResult(request=req, speech=wav[0].numpy(), mel=st.mel, flow_mel=st.raw, hift_source=source[0])
+        result = ChunkResult(request=req, speech=wav[0], mel=st.mel, flow_mel=st.raw, hift_source=source[0])
         if not req.final:
             result.overlap_tail = st.tail
             result.cache_mel = st.mel[:, -c.mel_cache_len :].clone()
             result.cache_source = source[0, :, -c.source_cache_len :].clone()
-            result.speech = wav[0, : -c.source_cache_len].numpy()
-        result.speech = np.ascontiguousarray(result.speech, dtype=np.float32)
+            result.speech = wav[0, : -c.source_cache_len]
         return result
 
 

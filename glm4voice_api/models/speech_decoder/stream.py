@@ -246,7 +246,9 @@ class DecoderStream:
         if skip < self._token_base or frames < self._frame_base:
             msg = "bounded context needs history that was already pruned"
             raise RuntimeError(msg)
-        history_mel = torch.cat(self._mels, dim=1) if self._mels else torch.zeros(self._voice_mel.shape[0], 0)
+        history_mel = (
+            torch.cat(self._mels, dim=1) if self._mels else self._voice_mel.new_zeros(self._voice_mel.shape[0], 0)
+        )
         prompt_tokens = self._voice_tokens + self._tokens[skip - self._token_base :]
         prompt_mel = torch.cat([self._voice_mel, history_mel[:, frames - self._frame_base :]], dim=1)
         noise, generator = None, None

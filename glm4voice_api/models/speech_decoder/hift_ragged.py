@@ -1,0 +1,210 @@
+"""HiFT over rows of different lengths in ONE padded pass, each row equal to its own separate call.
+
+Why: a decoder pass holds chunks of many streams whose mel lengths differ by a few frames (chunk sizes, the
+crossfade, the mel-length formula's flooring). Grouping by exact length made HiFT one call per row, and on a GPU
+each call is ~150 small kernels: the per-row cost that kept batching from paying off. Plain padding would be
+wrong: HiFT's convolutions are non-causal, so a longer row's padding would reach a shorter row's last samples.
+
+How it stays exact: a zero-padded convolution sees zeros past the end of its input. So after every layer that
+writes into the padding (each convolution, the transposed convolutions' bias), the padding is set back to zero,
+and the next layer sees exactly the zeros the row's own call would pad with (Snake, leaky ReLU and ELU map 0 to
+0, so activations keep it zero). The two steps that do not zero-pad are done per row's length instead: the source
+STFT reflects each row at its own end (a manual reflect pad, then a non-centred STFT), and the inverse STFT divides
+by a window envelope counted over each row's own frames (overlap-add written out with `fold`). The random draws
+are per row from each row's generator with its own length, as a separate call draws them.
+
+What differs from separate calls is float rounding only: the sine phase is a cumulative sum over the padded
+batch (a GPU scan may group it differently), and batched convolutions may pick other kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from glm4voice_api.models.speech_decoder.hift import HiFTGenerator, ResBlock
+
+__all__ = ["vocode_ragged"]
+
+
+def _mask(lengths: list[int], total: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """[B, 1, total] ones over each row's first lengths[b] positions (None when no row is padded)."""
+    if min(lengths) == total:
+        return None
+    idx = torch.arange(total, device=device)
+    return (idx[None, :] < torch.tensor(lengths, device=device)[:, None]).unsqueeze(1).to(dtype)
+
+
+def _m(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x if mask is None else x * mask
+
+
+def _resblock(block: ResBlock, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`ResBlock.forward` with the padding re-zeroed after each convolution (x arrives zero-padded)."""
+    for c1, c2, a1, a2 in zip(block.convs1, block.convs2, block.activations1, block.activations2, strict=True):
+        x = _m(c2(a2(_m(c1(a1(x)), mask))), mask) + x
+    return x
+
+
+def _f0(hift: HiFTGenerator, mel: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`ConvRNNF0Predictor.forward` on a zero-padded batch: [B, 80, T] -> [B, T] (garbage past each row's end)."""
+    pred = hift.f0_predictor
+    h = mel.to(pred.classifier.weight.dtype)
+    for layer in pred.condnet:
+        h = layer(h)
+        if isinstance(layer, torch.nn.Conv1d):
+            h = _m(h, mask if mask is None else mask.to(h.dtype))
+    return torch.abs(pred.classifier(h.transpose(1, 2)).squeeze(-1))
+
+
+def _sources(
+    hift: HiFTGenerator, f0: torch.Tensor, samples: list[int], generators: list[torch.Generator]
+) -> torch.Tensor:
+    """The NSF source of every row, batched except the draws (each row's from its own generator, its own length)."""
+    src = hift.m_source
+    batch = f0.shape[0]
+    n_max = f0.shape[1] * hift.upsample_factor
+    device = f0.device
+    f0_up = f0[:, None, :].float().repeat_interleave(hift.upsample_factor, dim=-1)  # [B, 1, N]
+    phase = torch.cat([src.draw_phase(1, g) for g in generators]).to(device)
+    phase[:, 0, :] = 0
+    harmonics = torch.arange(1, src.harmonic_num + 2, device=device, dtype=torch.float32)
+    f_mat = f0_up * harmonics[None, :, None] / src.sampling_rate
+    # cumsum is causal: each row's prefix is what its own call computes (up to the scan's rounding).
+    theta = 2 * math.pi * (torch.cumsum(f_mat, dim=-1) % 1)
+    sine = src.sine_amp * torch.sin(theta + phase)
+    uv = (f0_up > src.voiced_threshold).to(torch.float32)
+    noise_amp = uv * src.noise_std + (1 - uv) * src.sine_amp / 3
+    draws = torch.zeros(batch, src.harmonic_num + 1, n_max, device=device)
+    for b, (g, n) in enumerate(zip(generators, samples, strict=True)):
+        draws[b, :, :n] = torch.randn((1, src.harmonic_num + 1, n), generator=g, device=g.device).to(device)[0]
+        torch.randn((1, n, 1), generator=g, device=g.device)  # the reference's unused third draw (keeps RNG in step)
+    sine = sine * uv + noise_amp * draws
+    merged = torch.tanh(F.linear(sine.transpose(1, 2), src.l_linear.weight.float(), src.l_linear.bias.float()))
+    return merged.transpose(1, 2)  # [B, 1, N]
+
+
+def _source_stft(hift: HiFTGenerator, source: torch.Tensor, samples: list[int]) -> torch.Tensor:
+    """torch.stft(center=True) of each row at its own length, zero past its frames: [B, 2F, N/hop + 1]."""
+    n_fft, hop = hift.cfg.istft_n_fft, hift.cfg.istft_hop_len
+    pad = n_fft // 2
+    s = source.squeeze(1).float()
+    batch, n_max = s.shape
+    # Reflect each row at its own end, as the centred STFT of its own call does: one gather for the batch.
+    n = torch.tensor(samples, device=s.device)[:, None]
+    idx = torch.arange(n_max + 2 * pad, device=s.device)[None, :] - pad
+    idx = idx.abs()  # left edge: x[-k] -> x[k]
+    idx = torch.where(idx >= n, 2 * (n - 1) - idx, idx)  # right edge: x[n-1+k] -> x[n-1-k]
+    inside = (idx >= 0) & (torch.arange(n_max + 2 * pad, device=s.device)[None, :] < n + 2 * pad)
+    padded = torch.gather(s, 1, idx.clamp(0, n_max - 1)) * inside
+    spec = torch.stft(padded, n_fft, hop, n_fft, window=hift.stft_window.float(), center=False, return_complex=True)
+    out = torch.cat([spec.real, spec.imag], dim=1)  # [B, 2F, frames]
+    frames = [n // hop + 1 for n in samples]
+    mask = _mask(frames, out.shape[-1], out.device, out.dtype)
+    return _m(out, mask)
+
+
+def _istft(hift: HiFTGenerator, spec: torch.Tensor, frames: list[int]) -> torch.Tensor:
+    """torch.istft(center=True) of each row's first frames[b] frames, written out: [B, hop * (F_max - 1)]."""
+    n_fft, hop = hift.cfg.istft_n_fft, hift.cfg.istft_hop_len
+    window = hift.stft_window.float()
+    batch, _, f_max = spec.shape
+    fmask = _mask(frames, f_max, spec.device, torch.float32)
+    fmask = torch.ones(batch, 1, f_max, device=spec.device) if fmask is None else fmask
+    y = torch.fft.irfft(spec, n=n_fft, dim=1) * window[None, :, None] * fmask  # [B, n_fft, F]
+    length = n_fft + hop * (f_max - 1)
+    ola = F.fold(y, (1, length), (1, n_fft), stride=(1, hop)).reshape(batch, length)
+    env_frames = window.square()[None, :, None] * fmask  # each row's envelope counts its own frames only
+    env = F.fold(env_frames, (1, length), (1, n_fft), stride=(1, hop)).reshape(batch, length)
+    pad = n_fft // 2
+    ola, env = ola[:, pad : length - pad], env[:, pad : length - pad]
+    return ola / torch.where(env > 1e-11, env, torch.ones_like(env))
+
+
+def _decode(hift: HiFTGenerator, mel: torch.Tensor, source: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """`HiFTGenerator.decode` on a zero-padded batch, every layer re-masked to each row's length: [B, N_max]."""
+    cfg = hift.cfg
+    dtype = hift.conv_pre.weight.dtype
+    device = mel.device
+    up = hift.upsample_factor
+    samples = [t * up for t in lengths]
+    s_stft = _source_stft(hift, source, samples).to(dtype)
+
+    rate = 1
+    x = _m(hift.conv_pre(mel.to(dtype)), _mask(lengths, mel.shape[-1], device, dtype))
+    n_kernels = len(cfg.resblock_kernel_sizes)
+    for i, up_layer in enumerate(hift.ups):
+        rate *= cfg.upsample_rates[i]
+        x = up_layer(F.leaky_relu(x, cfg.lrelu_slope))
+        last = i == len(hift.ups) - 1
+        if last:
+            x = _m(x, _mask([t * rate for t in lengths], x.shape[-1], device, dtype))
+            x = hift.reflection_pad(x)
+        stage = [t * rate + (1 if last else 0) for t in lengths]
+        mask = _mask(stage, x.shape[-1], device, dtype)
+        x = _m(x, mask)
+        x = x + _resblock(hift.source_resblocks[i], _m(hift.source_downs[i](s_stft), mask), mask)
+        xs = _resblock(hift.resblocks[i * n_kernels], x, mask)
+        for j in range(1, n_kernels):
+            xs = xs + _resblock(hift.resblocks[i * n_kernels + j], x, mask)
+        x = xs / n_kernels
+
+    x = hift.conv_post(F.leaky_relu(x)).float()
+    n_bins = cfg.istft_n_fft // 2 + 1
+    magnitude = torch.clip(torch.exp(x[:, :n_bins, :]), max=1e2)
+    phase = torch.sin(x[:, n_bins:, :])
+    spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+    frames = [n // cfg.istft_hop_len + 1 for n in samples]
+    wav = _istft(hift, spec, frames)
+    return torch.clamp(wav, -cfg.audio_limit, cfg.audio_limit)
+
+
+@torch.no_grad()
+def vocode_ragged(
+    hift: HiFTGenerator,
+    mels: list[torch.Tensor],
+    cache_sources: list[torch.Tensor | None],
+    sources: list[torch.Tensor | None],
+    generators: list[torch.Generator],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """HiFT for rows of any lengths in one pass: mels [80, T_b] -> [(wav [1, 256 T_b], source [1, 1, 256 T_b])].
+
+    Row b equals ``hift.inference(mels[b][None], cache_sources[b], sources[b], generators[b])`` up to float
+    rounding. ``sources[b]`` (an injected source [.., N_b]) skips that row's F0 and draws; ``cache_sources[b]``
+    ([.., S]) overwrites the first S source samples.
+    """
+    if not mels:
+        return []
+    device = hift.conv_pre.weight.device
+    lengths = [int(m.shape[-1]) for m in mels]
+    if min(lengths) < 1:
+        raise ValueError("every row needs at least one mel frame")
+    up = hift.upsample_factor
+    samples = [t * up for t in lengths]
+    t_max = max(lengths)
+    mel = torch.zeros(len(mels), hift.cfg.in_channels, t_max, device=device)
+    for b, m in enumerate(mels):
+        mel[b, :, : lengths[b]] = m.to(device=device, dtype=torch.float32)
+    mask = _mask(lengths, t_max, device, torch.float32)
+
+    drawn = [b for b, s in enumerate(sources) if s is None]
+    source = torch.zeros(len(mels), 1, t_max * up, device=device)
+    if drawn:
+        f0 = _f0(hift, mel[drawn], None if mask is None else mask[drawn])
+        source[drawn] = _sources(hift, f0, [samples[b] for b in drawn], [generators[b] for b in drawn])
+    for b, s in enumerate(sources):
+        if s is not None:
+            if s.numel() != samples[b]:
+                raise ValueError(f"source must have {samples[b]} samples, got {s.numel()}")
+            source[b, 0, : samples[b]] = s.reshape(-1).to(device=device, dtype=torch.float32)
+    for b, cache in enumerate(cache_sources):
+        if cache is not None and cache.shape[-1] > 0:
+            if cache.shape[-1] > samples[b]:
+                raise ValueError(f"cache_source has {cache.shape[-1]} samples; the row has {samples[b]}")
+            source[b, 0, : cache.shape[-1]] = cache.reshape(-1).to(device=device, dtype=torch.float32)
+    # Past each row's end the source must be zero too (the F0 there is garbage): the STFT pads per row anyway.
+    source = _m(source, _mask(samples, t_max * up, device, torch.float32))
+    wav = _decode(hift, mel, source, lengths)
+    return [(wav[b : b + 1, : samples[b]], source[b : b + 1, :, : samples[b]]) for b in range(len(mels))]
