@@ -91,7 +91,7 @@ def _source_stft(hift: HiFTGenerator, source: torch.Tensor, samples: list[int]) 
     n_fft, hop = hift.cfg.istft_n_fft, hift.cfg.istft_hop_len
     pad = n_fft // 2
     s = source.squeeze(1).float()
-    batch, n_max = s.shape
+    n_max = s.shape[1]
     # Reflect each row at its own end, as the centred STFT of its own call does: one gather for the batch.
     n = torch.tensor(samples, device=s.device)[:, None]
     idx = torch.arange(n_max + 2 * pad, device=s.device)[None, :] - pad
