@@ -71,25 +71,31 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def run_streams(decoder: SpeechDecoder, n_streams: int, sizes: list[int], seed: int) -> dict[str, Any]:
-    """Decode ``n_streams`` synthetic responses chunk by chunk, all streams batched per step."""
+def run_streams(decoder: SpeechDecoder, n_streams: int, sizes: list[int], seed: int, ragged: int = 1) -> dict[str, Any]:
+    """Decode ``n_streams`` synthetic responses chunk by chunk, all streams batched per step.
+
+    ``ragged`` > 1: stream i's chunks are ``i % ragged`` tokens longer, so the rows of one pass differ in length
+    as they do in a server (streams at different points of their replies).
+    """
     device = decoder.device
     vocab = decoder.flow.cfg.vocab_size
     tok_gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, vocab, (n_streams, sum(sizes)), generator=tok_gen).tolist()
+    tokens = torch.randint(0, vocab, (n_streams, sum(sizes) + len(sizes) * ragged), generator=tok_gen).tolist()
     n_mels = decoder.flow.cfg.output_size
     state: list[ChunkResult | None] = [None] * n_streams
-    prompt_mels = [torch.zeros(n_mels, 0) for _ in range(n_streams)]
+    prompt_mels = [torch.zeros(n_mels, 0, device=device) for _ in range(n_streams)]
     steps, audio = [], [0] * n_streams
+    starts = [0] * n_streams
     start = 0
     for k, size in enumerate(sizes):
         requests = []
         for i in range(n_streams):
             prev = state[i]
+            n = size + i % ragged
             requests.append(
                 ChunkRequest(
-                    tokens=tokens[i][start : start + size],
-                    prompt_tokens=tokens[i][:start],
+                    tokens=tokens[i][starts[i] : starts[i] + n],
+                    prompt_tokens=tokens[i][: starts[i]],
                     prompt_mel=prompt_mels[i],
                     final=k == len(sizes) - 1,
                     overlap_tail=prev.overlap_tail if prev else None,
@@ -105,8 +111,9 @@ def run_streams(decoder: SpeechDecoder, n_streams: int, sizes: list[int], seed: 
         wall = time.perf_counter() - t0
         for i, res in enumerate(results):
             state[i] = res
-            prompt_mels[i] = torch.cat([prompt_mels[i], res.mel.cpu()], dim=1)
+            prompt_mels[i] = torch.cat([prompt_mels[i], res.mel], dim=1)
             audio[i] += res.speech.shape[0]
+            starts[i] += size + i % ragged
         chunk_audio_s = results[0].speech.shape[0] / decoder.sample_rate
         steps.append({"chunk_tokens": size, "prompt_tokens": start, "wall_s": wall, "audio_s": chunk_audio_s})
         start += size
@@ -166,6 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
+    parser.add_argument("--ragged", type=int, default=1, help="stream i's chunks are i %% RAGGED tokens longer")
+    parser.add_argument(
+        "--hift",
+        choices=["ragged", "grouped"],
+        default="ragged",
+        help="HiFT over all rows at once (the server's) or once per group of equal length (the previous path)",
+    )
     parser.add_argument(
         "--graphs", action="store_true", help="flow ODE as CUDA graphs (bucketed; the server's default)"
     )
@@ -178,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     decoder = build_decoder(args, device, _DTYPES[args.dtype])
+    decoder.ragged_hift = args.hift == "ragged"
     if args.graphs:
         decoder.flow.enable_graphs(use_graphs=device.type == "cuda")
     schedule = [int(s) for s in args.schedule.split(",")]
@@ -185,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     run_streams(decoder, 1, sizes[:1], args.seed)  # warm-up (allocator, kernels, oneDNN primitives)
     if args.graphs:  # capture every bucket the timed runs will meet, as a served warm-up round does
         for n in (int(s) for s in args.streams.split(",")):
-            run_streams(decoder, n, sizes, args.seed)
+            run_streams(decoder, n, sizes, args.seed, args.ragged)
 
     results, hift_rows = [], []
     report = {
@@ -197,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         else platform.processor() or platform.machine(),
         "dtype": args.dtype,
         "cuda_graphs": bool(args.graphs),
+        "hift": args.hift,
+        "ragged": args.ragged,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "schedule": schedule,
@@ -206,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for n in (int(s) for s in args.streams.split(",")):
-        row = run_streams(decoder, n, sizes, args.seed)
+        row = run_streams(decoder, n, sizes, args.seed, args.ragged)
         results.append(row)
         msg = (
             f"streams {n:3d}: rtf {row['rtf']:7.3f}  x{row['x_realtime']:7.2f} real time  "
