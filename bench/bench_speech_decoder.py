@@ -133,6 +133,39 @@ def run_streams(decoder: SpeechDecoder, n_streams: int, sizes: list[int], seed: 
     }
 
 
+def count_syncs(decoder: SpeechDecoder, sizes: list[int], seed: int, ragged: int) -> float:
+    """Host synchronisations per `decode_batch` call (torch's sync debug mode warns once per sync).
+
+    Each one empties the GPU queue; beside vLLM in another process that hands the GPU away for a time slice.
+    The floor is 1: the new audio of all rows comes back to the host once per pass.
+    """
+    import warnings
+
+    calls = 0
+    original = decoder.decode_batch
+
+    def counted(requests: list[ChunkRequest]) -> list[ChunkResult]:
+        nonlocal calls
+        calls += 1
+        return original(requests)
+
+    decoder.decode_batch = counted  # type: ignore[method-assign]
+    timing_sync = globals()["_sync"]
+    globals()["_sync"] = lambda device: None  # the timing's own synchronize() calls are not the decoder's
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                run_streams(decoder, 4, sizes, seed, ragged)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        del decoder.decode_batch
+        globals()["_sync"] = timing_sync
+    return sum("synchroniz" in str(w.message) for w in caught) / max(calls, 1)
+
+
 def run_hift_only(decoder: SpeechDecoder, n_streams: int, frames: int, iters: int, seed: int) -> dict[str, Any]:
     """HiFT alone on a batch of random mels of ``frames`` frames (one streaming chunk)."""
     device = decoder.device
@@ -202,6 +235,10 @@ def main(argv: list[str] | None = None) -> None:
         for n in (int(s) for s in args.streams.split(",")):
             run_streams(decoder, n, sizes, args.seed, args.ragged)
 
+    syncs = count_syncs(decoder, sizes, args.seed, args.ragged) if device.type == "cuda" else None
+    if syncs is not None:
+        print(f"host synchronisations per decode_batch call: {syncs}", flush=True)
+
     results, hift_rows = [], []
     report = {
         "benchmark": "speech_decoder",
@@ -213,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": args.dtype,
         "cuda_graphs": bool(args.graphs),
         "hift": args.hift,
+        "syncs_per_decode_batch": syncs,
         "ragged": args.ragged,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

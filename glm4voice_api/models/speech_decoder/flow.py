@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 from glm4voice_api.models.speech_decoder.flow_encoder import BlockConformerEncoder, FlowEncoderConfig
 from glm4voice_api.models.speech_decoder.flow_estimator import ConditionalDecoder, EstimatorConfig, masked_group_norm
 from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM
@@ -151,7 +152,7 @@ class InterpolateRegulator(nn.Module):
             # Per row: interpolating a padded row would stretch its padding into the valid frames.
             x[i, :, :t] = F.interpolate(h[i : i + 1, :n].transpose(1, 2), size=t, mode="nearest")[0]
         padded = min(feat_lens) != t_max
-        mask = torch.arange(t_max, device=h.device)[None, :] < torch.tensor(feat_lens, device=h.device)[:, None]
+        mask = torch.arange(t_max, device=h.device)[None, :] < lengths_tensor(feat_lens, h.device)[:, None]
         mask = mask.unsqueeze(1).to(h.dtype)  # [B, 1, T]
         for layer in self.model:
             if isinstance(layer, nn.GroupNorm):
@@ -300,14 +301,15 @@ class FlowModel(nn.Module):
         if min(lengths) == 0:
             msg = "flow input needs at least one token (prompt or new)"
             raise ValueError(msg)
-        tokens = torch.zeros(len(items), max(lengths), dtype=torch.long, device=device)
+        # Padded on the host, then ONE copy that does not synchronise (a copy per row would, see transfer.py).
+        tokens = torch.zeros(len(items), max(lengths), dtype=torch.long)
         for i, it in enumerate(items):
             check_vocab(it.tokens, self.cfg)
-            tokens[i, : lengths[i]] = it.tokens.to(device=device, dtype=torch.long)
-        _, h = self.encode(tokens, torch.tensor(lengths, device=device))
+            tokens[i, : lengths[i]] = it.tokens.to(dtype=torch.long, device="cpu")
+        _, h = self.encode(to_device(tokens, device), lengths_tensor(lengths, device))
         mu, feat_lens = self.regulate(h, lengths)  # [B, 80, T]
         t_max = mu.size(2)
-        mask = torch.arange(t_max, device=device)[None, :] < torch.tensor(feat_lens, device=device)[:, None]
+        mask = torch.arange(t_max, device=device)[None, :] < lengths_tensor(feat_lens, device)[:, None]
         mask = mask.unsqueeze(1).to(dtype)  # [B, 1, T]
 
         cond = torch.zeros_like(mu)
@@ -320,15 +322,15 @@ class FlowModel(nn.Module):
                 msg = f"prompt mel has {f_p} frames but the prompt+new tokens only give {feat_lens[i]}"
                 raise ValueError(msg)
             prompt_lens.append(f_p)
-            cond[i, :, :f_p] = it.prompt_mel.to(device=device, dtype=dtype)
+            cond[i, :, :f_p] = to_device(it.prompt_mel, device, dtype)
             noise = it.noise if it.noise is not None else self.draw_noise(feat_lens[i], it.generator)
             noise = noise[0] if noise.dim() == 3 and noise.shape[0] == 1 else noise
             if tuple(noise.shape) != (self.cfg.output_size, feat_lens[i]):
                 msg = f"noise must be [{self.cfg.output_size}, {feat_lens[i]}], got {list(noise.shape)}"
                 raise ValueError(msg)
-            z[i, :, : feat_lens[i]] = noise.to(device=device, dtype=dtype)
+            z[i, :, : feat_lens[i]] = to_device(noise, device, dtype)
             if it.embedding is not None:
-                emb[i] = it.embedding.to(device=device, dtype=dtype)
+                emb[i] = to_device(it.embedding, device, dtype)
         spks = self.speaker(emb)  # [B, 80]
         x = (self.graphed or self.decoder)(z, mask, mu, spks, cond)  # [B, 80, T]
         return [x[i, :, prompt_lens[i] : feat_lens[i]] for i in range(len(items))]

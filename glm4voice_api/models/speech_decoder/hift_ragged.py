@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator, ResBlock
+from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 
 __all__ = ["vocode_ragged"]
 
@@ -34,7 +35,7 @@ def _mask(lengths: list[int], total: int, device: torch.device, dtype: torch.dty
     if min(lengths) == total:
         return None
     idx = torch.arange(total, device=device)
-    return (idx[None, :] < torch.tensor(lengths, device=device)[:, None]).unsqueeze(1).to(dtype)
+    return (idx[None, :] < lengths_tensor(lengths, device)[:, None]).unsqueeze(1).to(dtype)
 
 
 def _m(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -68,7 +69,13 @@ def _sources(
     n_max = f0.shape[1] * hift.upsample_factor
     device = f0.device
     f0_up = f0[:, None, :].float().repeat_interleave(hift.upsample_factor, dim=-1)  # [B, 1, N]
-    phase = torch.cat([src.draw_phase(1, g) for g in generators]).to(device)
+    # Reference draw 1 (SourceModuleHnNSF.draw_phase) made on the generator's device: Uniform(-pi, pi) as
+    # low + rand * (high - low) in float32, the same two roundings as on the host, without a round trip there.
+    low, high = torch.tensor(-math.pi, dtype=torch.float32), torch.tensor(math.pi, dtype=torch.float32)
+    u = torch.cat(
+        [torch.rand((1, src.harmonic_num + 1, 1), generator=g, device=g.device).to(device) for g in generators]
+    )
+    phase = low + u * (high - low)  # 0-dim host tensors enter a CUDA op as scalars: no copy
     phase[:, 0, :] = 0
     harmonics = torch.arange(1, src.harmonic_num + 2, device=device, dtype=torch.float32)
     f_mat = f0_up * harmonics[None, :, None] / src.sampling_rate
@@ -93,7 +100,7 @@ def _source_stft(hift: HiFTGenerator, source: torch.Tensor, samples: list[int]) 
     s = source.squeeze(1).float()
     n_max = s.shape[1]
     # Reflect each row at its own end, as the centred STFT of its own call does: one gather for the batch.
-    n = torch.tensor(samples, device=s.device)[:, None]
+    n = lengths_tensor(samples, s.device)[:, None]
     idx = torch.arange(n_max + 2 * pad, device=s.device)[None, :] - pad
     idx = idx.abs()  # left edge: x[-k] -> x[k]
     idx = torch.where(idx >= n, 2 * (n - 1) - idx, idx)  # right edge: x[n-1+k] -> x[n-1-k]
@@ -186,7 +193,7 @@ def vocode_ragged(
     t_max = max(lengths)
     mel = torch.zeros(len(mels), hift.cfg.in_channels, t_max, device=device)
     for b, m in enumerate(mels):
-        mel[b, :, : lengths[b]] = m.to(device=device, dtype=torch.float32)
+        mel[b, :, : lengths[b]] = to_device(m, device, torch.float32)
     mask = _mask(lengths, t_max, device, torch.float32)
 
     drawn = [b for b, s in enumerate(sources) if s is None]
@@ -198,12 +205,12 @@ def vocode_ragged(
         if s is not None:
             if s.numel() != samples[b]:
                 raise ValueError(f"source must have {samples[b]} samples, got {s.numel()}")
-            source[b, 0, : samples[b]] = s.reshape(-1).to(device=device, dtype=torch.float32)
+            source[b, 0, : samples[b]] = to_device(s.reshape(-1), device, torch.float32)
     for b, cache in enumerate(cache_sources):
         if cache is not None and cache.shape[-1] > 0:
             if cache.shape[-1] > samples[b]:
                 raise ValueError(f"cache_source has {cache.shape[-1]} samples; the row has {samples[b]}")
-            source[b, 0, : cache.shape[-1]] = cache.reshape(-1).to(device=device, dtype=torch.float32)
+            source[b, 0, : cache.shape[-1]] = to_device(cache.reshape(-1), device, torch.float32)
     # Past each row's end the source must be zero too (the F0 there is garbage): the STFT pads per row anyway.
     source = _m(source, _mask(samples, t_max * up, device, torch.float32))
     wav = _decode(hift, mel, source, lengths)
