@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from glm4voice_api.models.errors import CheckpointFormatError
-from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 from glm4voice_api.models.speech_decoder.flow_encoder import BlockConformerEncoder, FlowEncoderConfig
 from glm4voice_api.models.speech_decoder.flow_estimator import ConditionalDecoder, EstimatorConfig, masked_group_norm
 from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM
+from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 from glm4voice_api.models.speech_decoder.yaml_config import YamlObject, expect_class
 
 __all__ = ["FlowConfig", "FlowInput", "FlowModel", "mel_length"]
