@@ -198,9 +198,15 @@ def vocode_ragged(
 
     drawn = [b for b, s in enumerate(sources) if s is None]
     source = torch.zeros(len(mels), 1, t_max * up, device=device)
-    if drawn:
-        f0 = _f0(hift, mel[drawn], None if mask is None else mask[drawn])
-        source[drawn] = _sources(hift, f0, [samples[b] for b in drawn], [generators[b] for b in drawn])
+    if len(drawn) == len(mels):  # the serving case: no injected source, no indexing
+        f0 = _f0(hift, mel, mask)
+        source = _sources(hift, f0, samples, generators)
+    elif drawn:
+        # A Python list as an index would be copied to the GPU with a stream sync: copy it the pinned way.
+        rows = lengths_tensor(drawn, device)
+        f0 = _f0(hift, mel.index_select(0, rows), None if mask is None else mask.index_select(0, rows))
+        part = _sources(hift, f0, [samples[b] for b in drawn], [generators[b] for b in drawn])
+        source.index_copy_(0, rows, part)
     for b, s in enumerate(sources):
         if s is not None:
             if s.numel() != samples[b]:
