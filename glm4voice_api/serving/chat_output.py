@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from glm4voice_api.audio.b64 import Base64Pieces
 from glm4voice_api.audio.encode import encode_whole, make_encoder
 from glm4voice_api.engine.base import GenerationParams
 from glm4voice_api.models.speech_decoder.chunks import Voice
@@ -141,6 +142,7 @@ async def stream(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> 
         return chunk(wire.ChoiceDelta(audio=wire.DeltaAudio(**fields)))
 
     encoder = make_encoder("pcm16", input_rate=replies.sample_rate) if audio else None
+    pieces = Base64Pieces(frame_bytes=2)  # pcm16: the SDK joins the strings, so every piece is 6-byte aligned
     meter = replies.meter(stream=True)
     yield chunk(wire.ChoiceDelta(role="assistant", content=None if audio else ""))
     async with engine_errors():
@@ -149,16 +151,16 @@ async def stream(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> 
                 yield audio_delta(transcript=event.text) if audio else chunk(wire.ChoiceDelta(content=event.text))
             elif isinstance(event, AudioChunk) and encoder is not None:
                 meter.add(len(event.samples))
-                if data := encoder.feed(event.samples):
+                if data := pieces.feed(encoder.feed(event.samples)):
                     if not first_data[0]:
                         first_data[0] = True
                         replies.first_audio_sent(plan.started)
-                    yield audio_delta(data=base64.b64encode(data).decode())
+                    yield audio_delta(data=data)
             elif isinstance(event, TurnDone):
                 meter.done()
                 if encoder is not None:
-                    if tail := encoder.finish():
-                        yield audio_delta(data=base64.b64encode(tail).decode())
+                    if tail := pieces.feed(encoder.finish()) + pieces.finish():
+                        yield audio_delta(data=tail)
                     await _store_reply(store, plan, event)
                     yield audio_delta(expires_at=plan.expires_at)
                 yield chunk(wire.ChoiceDelta(), finish_reason=event.finish_reason)

@@ -21,7 +21,6 @@ returns the byte stream or the event stream.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from glm4voice_vllm import AUDIO_SLOTS, TEXT_SLOTS
 
+from glm4voice_api.audio.b64 import Base64Pieces
 from glm4voice_api.audio.encode import AudioEncoder, content_type, make_encoder
 from glm4voice_api.engine.base import GenerationParams
 from glm4voice_api.errors import APIError, model_not_found
@@ -238,11 +238,16 @@ class ServingSpeech:
     async def _events(
         self, turn: Turn, plan: SpeechPlan
     ) -> AsyncIterator[wire.SpeechAudioDelta | wire.SpeechAudioDone]:
+        # Clients join the deltas' strings too: each covers whole 3-byte groups (and samples, for pcm).
+        pieces = Base64Pieces(frame_bytes=2 if plan.response_format == "pcm" else 1)
         async with aclosing(self._encoded(turn, plan)) as items:
             async for item in items:
                 if isinstance(item, bytes):
-                    yield wire.SpeechAudioDelta(audio=base64.b64encode(item).decode())
+                    if data := pieces.feed(item):
+                        yield wire.SpeechAudioDelta(audio=data)
                     continue
+                if tail := pieces.finish():
+                    yield wire.SpeechAudioDelta(audio=tail)
                 u = item.usage
                 usage = wire.SpeechUsage(
                     input_tokens=u.prompt_tokens,
