@@ -6,9 +6,11 @@ audio ids and voices resolved) and only then returns a response or an async iter
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
 
 from glm4voice_api.config import RequestLimits
 from glm4voice_api.engine.base import GenerationParams
@@ -30,6 +32,17 @@ def _text_of(content: str | list[wire.TextContentPart] | None) -> str:
     if content is None:
         return ""
     return content if isinstance(content, str) else "".join(p.text for p in content)
+
+
+def system_fingerprint(model: ServedModel) -> str:
+    """`fp_` and a hash of what decides the replies (model, weights kind, server version): as OpenAI's, it changes
+    when the backend does, so clients using `seed` can tell when replies may differ."""
+    try:
+        server = version("glm4voice-api")
+    except PackageNotFoundError:  # a source checkout that was not installed
+        server = "dev"
+    key = f"{model.name}|{model.root}|{model.random_weights}|{server}"
+    return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 class ServingChat:
@@ -58,6 +71,7 @@ class ServingChat:
         self.replies = replies
         self.metrics = metrics
         self.audio_ttl_seconds = audio_ttl_seconds
+        self.system_fingerprint = system_fingerprint(model)
 
     async def create_chat_completion(
         self, request: wire.ChatCompletionRequest, request_id: str, tenant: str
@@ -71,6 +85,10 @@ class ServingChat:
     async def _plan(self, req: wire.ChatCompletionRequest, request_id: str, tenant: str) -> ChatPlan:
         if req.model != self.model.name:
             raise model_not_found(req.model)
+        if req.stream_options is not None and not req.stream:
+            raise invalid_request(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.", "stream_options"
+            )
         if req.n not in (None, 1):
             raise invalid_request("Only n=1 is supported.", param="n")
         if req.stop:
@@ -107,6 +125,7 @@ class ServingChat:
             audio_id=f"audio_{uuid.uuid4().hex}" if audio_out else None,
             expires_at=now + self.audio_ttl_seconds,
             return_token_ids=req.return_token_ids,
+            system_fingerprint=self.system_fingerprint,
         )
 
     async def _conversation(self, req: wire.ChatCompletionRequest, tenant: str) -> tuple[str | None, list]:

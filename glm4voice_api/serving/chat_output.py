@@ -46,6 +46,7 @@ class ChatPlan:
     audio_id: str | None
     expires_at: int
     return_token_ids: bool = False
+    system_fingerprint: str = ""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -118,18 +119,26 @@ async def complete(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -
             wire.Choice(message=message, finish_reason=done.finish_reason, token_ids=done.reply_ids if ids else None)
         ],
         usage=usage_of(done.usage),
+        system_fingerprint=plan.system_fingerprint,
         prompt_token_ids=plan.prompt.token_ids if ids else None,
     )
 
 
+def _chunk(plan: ChatPlan, choices: list[wire.StreamChoice], usage: Usage | None = None) -> wire.ChatCompletionChunk:
+    chunk = wire.ChatCompletionChunk(
+        id=plan.response_id,
+        created=plan.created,
+        model=plan.model,
+        choices=choices,
+        usage=usage,
+        system_fingerprint=plan.system_fingerprint,
+    )
+    return chunk.with_usage_key() if plan.include_usage else chunk
+
+
 async def stream(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.ChatCompletionChunk]:
     def chunk(delta: wire.ChoiceDelta, finish_reason: str | None = None) -> wire.ChatCompletionChunk:
-        return wire.ChatCompletionChunk(
-            id=plan.response_id,
-            created=plan.created,
-            model=plan.model,
-            choices=[wire.StreamChoice(delta=delta, finish_reason=finish_reason)],
-        )
+        return _chunk(plan, [wire.StreamChoice(delta=delta, finish_reason=finish_reason)])
 
     audio = plan.audio_format is not None
     first_audio = [True]
@@ -165,10 +174,4 @@ async def stream(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> 
                     yield audio_delta(expires_at=plan.expires_at)
                 yield chunk(wire.ChoiceDelta(), finish_reason=event.finish_reason)
                 if plan.include_usage:
-                    yield wire.ChatCompletionChunk(
-                        id=plan.response_id,
-                        created=plan.created,
-                        model=plan.model,
-                        choices=[],
-                        usage=usage_of(event.usage),
-                    )
+                    yield _chunk(plan, [], usage_of(event.usage))
