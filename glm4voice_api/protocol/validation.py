@@ -79,7 +79,8 @@ def describe(errors: list[dict]) -> APIError:
         return APIError("The request body is not valid.", code="invalid_value")
     # A value that fits no member of a union gets one error per member; the one that got deepest names the
     # member the client meant (`content` as a list of parts: the bad part, not "expected a string").
-    e = max(errors, key=lambda err: len(openai_param(err.get("loc", ())) or ""))
+    # Siblings (two missing fields) tie: the first, in the schema's order.
+    e = max(errors, key=lambda err: len(err.get("loc", ())))
     kind, ctx, value = e.get("type", ""), e.get("ctx") or {}, e.get("input")
     param = openai_param(e.get("loc", ()))
     if kind == "json_invalid":

@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from glm4voice_api.config import RequestLimits
 from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, model_not_found, not_found
+from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, not_found
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.runtime import ServedModel
 from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, RANDOM_WEIGHTS_MAX_TOKENS, Sampling
@@ -24,6 +24,7 @@ from glm4voice_api.serving.chat_output import ChatPlan, complete, stream
 from glm4voice_api.serving.chat_params import check_parameters
 from glm4voice_api.serving.errors import audio_errors
 from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.serving.model_names import check_model
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.serving.voices import VoiceResolver
 from glm4voice_api.store import Store
@@ -86,8 +87,7 @@ class ServingChat:
         return await complete(self.replies, self.store, turns, plan)
 
     async def _plan(self, req: wire.ChatCompletionRequest, request_id: str, tenant: str) -> ChatPlan:
-        if req.model != self.model.name:
-            raise model_not_found(req.model)
+        check_model(self.model, req.model, "chat")
         audio_out = "audio" in (req.modalities or ["text"])
         checked = check_parameters(req, audio_out=audio_out)
         voice = None

@@ -19,7 +19,7 @@ from glm4voice_vllm import AUDIO_SLOTS, TEXT_SLOTS
 from glm4voice_api.audio.decode import upload_format_hint
 from glm4voice_api.config import RequestLimits
 from glm4voice_api.engine.base import GenerationParams, LLMEngine
-from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, model_not_found
+from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.runtime import ServedModel
 from glm4voice_api.pipeline.sampling import Sampling
@@ -27,6 +27,7 @@ from glm4voice_api.protocol import transcription as wire
 from glm4voice_api.serving.deadlines import TimeLimits
 from glm4voice_api.serving.errors import audio_errors, engine_errors
 from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.serving.model_names import check_model
 from glm4voice_api.text.prompt import AudioPart, Prompt, PromptBuilder, TextPart, UserMessage
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
 
@@ -143,8 +144,7 @@ class ServingTranscription:
         return await self._complete(plan)
 
     async def _plan(self, req: wire.TranscriptionRequest, audio: bytes, request_id: str) -> TranscriptionPlan:
-        if req.model != self.model.name:
-            raise model_not_found(req.model)
+        check_model(self.model, req.model, "transcription")
         if req.stream and req.response_format not in ("json", "text"):
             raise APIError(
                 f"Unsupported value: 'response_format' does not support '{req.response_format}' when "

@@ -34,7 +34,9 @@ def _audio_request(route: str, blob: Blob) -> tuple[str, dict]:
         }
     if route == "transcriptions":
         return "/v1/audio/transcriptions", {"files": {"model": (None, MODEL), "file": (blob.filename, blob.data)}}
-    return "/v1/audio/voices", {"files": {"name": (None, "fuzz"), "audio_sample": (blob.filename, blob.data)}}
+    return "/v1/audio/voices", {
+        "files": {"name": (None, "fuzz"), "consent": (None, "cons_fuzz"), "audio_sample": (blob.filename, blob.data)}
+    }
 
 
 def _forget_voice(server: RunningServer, response: httpx.Response) -> None:
