@@ -33,7 +33,6 @@ class VoiceObject(BaseModel):
     object: Literal["audio.voice"] = "audio.voice"
     name: str
     created_at: int
-    type: Literal["audio_sample"] = "audio_sample"
 
 
 class VoiceList(BaseModel):

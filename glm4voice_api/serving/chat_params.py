@@ -12,6 +12,16 @@ MAX_CHOICES = 8
 """`n` above this is refused: each choice is a whole reply (and, spoken, a decoder stream) under one admission slot."""
 
 
+REFUSED_EXTRAS = {
+    "reasoning_effort": "GLM-4-Voice is not a reasoning model.",
+    "verbosity": "the reply's length follows the conversation and max_completion_tokens only.",
+    "web_search_options": "this server has no web search.",
+    "store": "completions are not stored for later retrieval (audio replies are, by their audio id).",
+}
+"""OpenAI parameters outside the request schema that would change what the client gets; the others it may send
+(`metadata`, `service_tier`, `prediction`, `prompt_cache_key`, `safety_identifier`, ...) change nothing here."""
+
+
 def _unsupported(message: str, param: str, code: str = "unsupported_parameter") -> APIError:
     return APIError(message, param=param, code=code)
 
@@ -36,6 +46,10 @@ def check_parameters(req: wire.ChatCompletionRequest, *, audio_out: bool) -> Che
     for param, choice in (("tool_choice", req.tool_choice), ("function_call", req.function_call)):
         if choice not in (None, "none"):
             raise _unsupported(f"'{param}' is not supported: GLM-4-Voice was not trained to call tools.", param)
+    extra = req.model_extra or {}
+    for param, why in REFUSED_EXTRAS.items():
+        if extra.get(param) not in (None, False):
+            raise _unsupported(f"'{param}' is not supported: {why}", param)
     if req.logit_bias:
         raise _unsupported(
             "'logit_bias' is not supported: the reply's token ids alternate between text and speech slots that the "

@@ -131,11 +131,25 @@ def test_a_system_message_alone_is_answered(server: RunningServer) -> None:
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"n": 9}, "n"),
+        ({"store": True}, "store"),
+        ({"reasoning_effort": "low"}, "reasoning_effort"),
+        ({"web_search_options": {}}, "web_search_options"),
+        ({"verbosity": "low"}, "verbosity"),
     ],
 )
 def test_unsupported_parameters_are_refused_by_name(server: RunningServer, body: dict, param: str) -> None:
     assert _refused(server, **body)["param"] == param
 
 
-def test_response_format_text_is_accepted(server: RunningServer) -> None:
-    assert _post(server, max_tokens=3, response_format={"type": "text"})["choices"][0]["message"]["content"] is not None
+def test_harmless_parameters_are_accepted(server: RunningServer) -> None:
+    """response_format text, store false, metadata, user: nothing to change in the reply."""
+    reply = _post(
+        server,
+        max_tokens=3,
+        response_format={"type": "text"},
+        store=False,
+        metadata={"k": "v"},
+        user="u",
+        tool_choice="none",
+    )
+    assert reply["choices"][0]["message"]["content"] is not None
