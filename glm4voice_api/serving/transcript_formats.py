@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 from glm4voice_api.engine.base import TokenLogprob
@@ -95,3 +97,34 @@ def wire_logprobs(tokenizer: GLM4Tokenizer, results: list[SegmentText]) -> list[
                 )
             )
     return out
+
+
+# Unicode script (the first word of a letter's name) -> Whisper's language name. GLM-4-Voice speaks Chinese and
+# English, so Latin letters are English; the other scripts name their usual language.
+_SCRIPTS = {
+    "CJK": "chinese",
+    "HIRAGANA": "japanese",
+    "KATAKANA": "japanese",
+    "HANGUL": "korean",
+    "CYRILLIC": "russian",
+    "ARABIC": "arabic",
+    "THAI": "thai",
+    "DEVANAGARI": "hindi",
+    "HEBREW": "hebrew",
+    "GREEK": "greek",
+    "LATIN": "english",
+}
+
+
+def detect_language(text: str) -> str:
+    """The transcript's language from the script most of its letters are written in ("unknown" without letters).
+    Kana anywhere means Japanese (Japanese text mixes kana with CJK characters)."""
+    counts: Counter[str] = Counter()
+    for ch in text:
+        if ch.isalpha():
+            script = unicodedata.name(ch, "").split(" ")[0]
+            if script in _SCRIPTS:
+                counts[_SCRIPTS[script]] += 1
+    if counts["japanese"]:
+        return "japanese"
+    return counts.most_common(1)[0][0] if counts else "unknown"

@@ -35,7 +35,14 @@ from glm4voice_api.serving.deadlines import TimeLimits
 from glm4voice_api.serving.errors import audio_errors, engine_errors
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.model_names import Route, check_model
-from glm4voice_api.serving.transcript_formats import SegmentText, join_texts, subtitles, verbose, wire_logprobs
+from glm4voice_api.serving.transcript_formats import (
+    SegmentText,
+    detect_language,
+    join_texts,
+    subtitles,
+    verbose,
+    wire_logprobs,
+)
 from glm4voice_api.text.prompt import AudioPart, Prompt, PromptBuilder, TextPart, UserMessage
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
 
@@ -370,7 +377,11 @@ class ServingTranscription:
             return wire.TranscriptionResponse(text=text, usage=self._usage(plan, results), logprobs=logprobs)
         if fmt == "verbose_json":
             return verbose(
-                results, task=job.task, language=_language(job), duration=plan.duration, temperature=job.temperature
+                results,
+                task=job.task,
+                language=_language(job, text),
+                duration=plan.duration,
+                temperature=job.temperature,
             )
         if fmt in ("srt", "vtt"):
             return subtitles(fmt, results)
@@ -418,7 +429,9 @@ def _instruction(job: Job) -> str:
     return text
 
 
-def _language(job: Job) -> str:
+def _language(job: Job, text: str) -> str:
     if job.task == "translate":
         return "english"  # the output's language, as OpenAI reports it for translations
-    return LANGUAGE_NAMES.get(job.language.lower(), job.language).lower() if job.language else "unknown"
+    if job.language:
+        return LANGUAGE_NAMES.get(job.language.lower(), job.language).lower()
+    return detect_language(text)
