@@ -28,3 +28,14 @@ def test_aliases_off() -> None:
     with pytest.raises(APIError) as err:
         check_model(_model(False), "tts-1", "speech")
     assert err.value.code == "model_not_found"
+
+
+def test_realtime_session_update_may_name_an_alias() -> None:
+    from glm4voice_api.protocol import realtime as wire
+    from glm4voice_api.serving.realtime.config import SessionConfig
+
+    config = SessionConfig(id="sess_1", model="glm-4-voice-9b", expires_at=0, model_aliases=("gpt-realtime",))
+    assert config.patched(wire.SessionPatch.model_validate({"type": "realtime", "model": "gpt-realtime"}), None)
+    with pytest.raises(APIError) as err:
+        config.patched(wire.SessionPatch.model_validate({"type": "realtime", "model": "gpt-4o"}), None)
+    assert err.value.param == "session.model"

@@ -25,6 +25,7 @@ from glm4voice_api.pipeline.sampling import DEFAULT_TOP_P, RANDOM_WEIGHTS_MAX_TO
 from glm4voice_api.protocol import realtime as wire
 from glm4voice_api.serving.admission import Admission
 from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.serving.model_names import aliases
 from glm4voice_api.serving.model_names import check_model as accept_model_name
 from glm4voice_api.serving.realtime.audio_io import InputConverter
 from glm4voice_api.serving.realtime.config import SessionConfig, unsupported
@@ -108,7 +109,10 @@ class ServingRealtime:
 
     async def new_config(self, secret: StoredClientSecret | None) -> SessionConfig:
         config = SessionConfig(
-            id=new_id("sess"), model=self.model.name, expires_at=int(time.time() + self.realtime.max_session_s)
+            id=new_id("sess"),
+            model=self.model.name,
+            expires_at=int(time.time() + self.realtime.max_session_s),
+            model_aliases=tuple(name for name, routes in aliases(self.model).items() if "realtime" in routes),
         )
         if secret is not None:
             patch = wire.SessionPatch.model_validate(json.loads(secret.session))
