@@ -23,6 +23,7 @@ from glm4voice_api.engine.base import LLMEngine
 from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down, store_unavailable
 from glm4voice_api.pipeline.runtime import Runtime, build_runtime
 from glm4voice_api.protocol.common import ErrorResponse
+from glm4voice_api.protocol.validation import describe as describe_validation
 from glm4voice_api.request_context import RequestContext, bind_request, unbind_request
 from glm4voice_api.routes import chat, health, models, realtime, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
@@ -150,16 +151,7 @@ async def _no_receive() -> Message:
 
 
 def _validation_error(exc: RequestValidationError) -> APIError:
-    errors = exc.errors()
-    first = errors[0] if errors else {}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(loc) or None
-    if first.get("type") == "json_invalid":
-        return APIError("We could not parse the JSON body of your request.", param=None, code="invalid_json")
-    message = f"{len(errors)} validation error(s): " + "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}" for e in errors[:5]
-    )
-    return APIError(message, param=param, code="invalid_value")
+    return describe_validation(list(exc.errors()))
 
 
 def _install_error_handlers(app: FastAPI) -> None:

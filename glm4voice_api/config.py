@@ -342,6 +342,13 @@ class Settings(BaseSettings):
     speech_tokenizer_path: Path | None = Field(None, description="The glm-4-voice-tokenizer folder.")
     decoder_path: Path | None = Field(None, description="The glm-4-voice-decoder folder.")
     served_model_name: str = Field("glm-4-voice-9b", description="Model id clients use and /v1/models lists.")
+    model_aliases: bool = Field(
+        True,
+        description="Also answer OpenAI's model names where the route fits (gpt-4o-audio-preview and "
+        "gpt-4o-mini-audio-preview for chat; gpt-4o-mini-tts, tts-1, tts-1-hd for speech; whisper-1, "
+        "gpt-4o-transcribe, gpt-4o-mini-transcribe for transcriptions and translations; gpt-realtime), and list "
+        "them on /v1/models.",
+    )
     cache_dir: Path = Field(
         Path.home() / ".cache" / "glm4voice-api",
         description="Where the built-in default checkpoints (and the default store) are created.",

@@ -60,6 +60,17 @@ class GenerationParams:
     frequency_penalty: float = 0.0
     stop_token_ids: tuple[int, ...] = ()
     constraint: InterleaveConstraint | None = None
+    logprobs: int | None = None
+    """Report each generated token's logprob and this many top alternatives (None: no logprobs)."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's logprob and the top alternatives at its position (most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -70,6 +81,8 @@ class GenerationDelta:
     finished: bool = False
     finish_reason: str | None = None
     num_cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    """One per id in `token_ids` when the request asked for logprobs."""
 
 
 @dataclass

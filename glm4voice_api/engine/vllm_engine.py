@@ -24,6 +24,7 @@ from glm4voice_api.engine.base import (
     GenerationDelta,
     GenerationParams,
     InterleaveConstraint,
+    TokenLogprob,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,24 @@ def in_process(settings: EngineSettings) -> bool:
     # auto = separate: measured on an H100 (bench/results/gpu_suite.json), the in-process engine beside the decoder
     # made fewer LLM tokens per second at 32 streams than its own process did; kept as an option.
     return settings.process == "inproc"
+
+
+def _logprobs(completion: Any, k: int | None) -> list[TokenLogprob] | None:
+    """vLLM's per-position dicts (the sampled id plus the top k by rank) as `TokenLogprob`s."""
+    if k is None or completion.logprobs is None:
+        return None
+    out = []
+    for token_id, ranked in zip(completion.token_ids, completion.logprobs, strict=False):
+        top = sorted((lp.rank, t, lp.logprob) for t, lp in ranked.items() if lp.rank is not None and lp.rank <= k)
+        sampled = ranked.get(token_id)
+        out.append(
+            TokenLogprob(
+                token_id,
+                sampled.logprob if sampled is not None else float("-inf"),
+                tuple((t, lp) for _, t, lp in top[:k]),
+            )
+        )
+    return out
 
 
 class VllmLLMEngine:
@@ -164,6 +183,7 @@ class VllmLLMEngine:
             detokenize=False,
             skip_special_tokens=False,
             extra_args=params.constraint.to_extra_args() if params.constraint else None,
+            logprobs=params.logprobs,
         )
 
     def _validate(self, prompt_ids: list[int], params: GenerationParams) -> None:
@@ -206,6 +226,7 @@ class VllmLLMEngine:
                     finished=out.finished,
                     finish_reason=completion.finish_reason if out.finished else None,
                     num_cached_tokens=out.num_cached_tokens or 0,
+                    logprobs=_logprobs(completion, params.logprobs),
                 )
         except (VllmEngineDeadError, InprocEngineDead) as exc:
             raise EngineDeadError(str(exc)) from exc

@@ -41,6 +41,8 @@ class ServedModel:
     root: str
     max_model_len: int
     random_weights: bool
+    aliases: bool = False
+    """Whether OpenAI's model names (gpt-4o-audio-preview, tts-1, whisper-1, ...) are accepted as this model."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     await store.ping()
     # Every module the parallel start needs is imported here first, on this thread: two threads importing
     # overlapping parts of torch at once can deadlock on the import locks (seen: torch._dynamo under vLLM).
-    import glm4voice_api.models.speech_decoder.loader  # noqa: F401
+    import glm4voice_api.models.speech_decoder.loader
     import glm4voice_api.models.speech_tokenizer.loader  # noqa: F401
     from glm4voice_api.engine.vllm_engine import in_process, preload_vllm
 
@@ -256,7 +258,13 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     decoder = _as_decoder(schedulers)
     if random_weights:
         logger.warning("serving RANDOM WEIGHTS from %s: the output is noise, not GLM-4-Voice", paths.llm)
-    model = ServedModel(settings.served_model_name, str(paths.llm), engine.info.max_model_len, random_weights)
+    model = ServedModel(
+        settings.served_model_name,
+        str(paths.llm),
+        engine.info.max_model_len,
+        random_weights,
+        aliases=settings.model_aliases,
+    )
     return Runtime(
         settings=settings,
         model=model,

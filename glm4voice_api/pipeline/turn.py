@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from glm4voice_api.engine.base import GenerationParams, LLMEngine
+from glm4voice_api.engine.base import GenerationParams, LLMEngine, TokenLogprob
 from glm4voice_api.text.prompt import Prompt, ReplySplitter
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
 
@@ -30,6 +30,8 @@ class TurnUsage:
 @dataclass
 class TranscriptDelta:
     text: str
+    logprobs: list[TokenLogprob] | None = None
+    """The text tokens behind `text` (when the request asked for logprobs)."""
 
 
 @dataclass
@@ -71,11 +73,21 @@ class Turn:
         self.splitter = ReplySplitter(tokenizer)
         self.usage = TurnUsage(prompt_tokens=len(prompt.token_ids), prompt_audio_tokens=prompt.audio_tokens)
 
+    def _take(self, pending: list[TokenLogprob]) -> list[TokenLogprob] | None:
+        if self.params.logprobs is None:
+            return None
+        taken = list(pending)
+        pending.clear()
+        return taken
+
     async def events(self) -> AsyncIterator[TurnEvent]:
         splitter = self.splitter
         text_decoder = self.tokenizer.incremental_decoder()
         usage = self.usage
         transcript: list[str] = []
+        # Logprobs of text tokens whose characters have not come out yet (a UTF-8 character split across tokens).
+        pending_logprobs: list[TokenLogprob] = []
+        ids = self.tokenizer.ids
         finish_reason = "stop"
         stream = self.engine.generate(self.prompt.token_ids, self.params, self.request_id)
         try:
@@ -83,9 +95,13 @@ class Turn:
                 usage.completion_tokens += len(delta.token_ids)
                 usage.cached_tokens = max(usage.cached_tokens, delta.num_cached_tokens)
                 text_ids, audio = splitter.feed(delta.token_ids)
+                if delta.logprobs is not None:
+                    pending_logprobs += [
+                        lp for lp in delta.logprobs if not ids.is_audio(lp.token_id) and lp.token_id not in ids.stop_ids
+                    ]
                 if text_ids and (piece := text_decoder.feed(text_ids)):
                     transcript.append(piece)
-                    yield TranscriptDelta(piece)
+                    yield TranscriptDelta(piece, self._take(pending_logprobs))
                 if audio:
                     usage.completion_audio_tokens += len(audio)
                     yield AudioTokensDelta(audio)
@@ -93,9 +109,9 @@ class Turn:
                     finish_reason = delta.finish_reason or "stop"
         finally:
             await stream.aclose()
-        if tail := text_decoder.flush():
+        if (tail := text_decoder.flush()) or pending_logprobs:
             transcript.append(tail)
-            yield TranscriptDelta(tail)
+            yield TranscriptDelta(tail, self._take(pending_logprobs))
         yield TurnDone(
             finish_reason="length" if finish_reason == "length" else "stop",
             usage=usage,

@@ -5,9 +5,9 @@ https://platform.openai.com/docs/api-reference/chat/create
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_serializer
+from pydantic import BaseModel, Field, PrivateAttr, model_serializer
 
 from glm4voice_api.protocol.common import EVENT_STREAM, BoundedList, OpenAIBaseModel, Usage
 
@@ -96,6 +96,11 @@ class StreamOptions(OpenAIBaseModel):
     include_obfuscation: bool | None = None
 
 
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict | None = None
+
+
 class ChatCompletionRequest(OpenAIBaseModel):
     model: str
     messages: BoundedList[ChatMessage] = Field(min_length=1)
@@ -114,7 +119,17 @@ class ChatCompletionRequest(OpenAIBaseModel):
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    stop: str | BoundedList[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    """Up to 4 strings; the text ends before the first of them (text-only replies)."""
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: BoundedList[dict] | None = None
+    tool_choice: str | dict | None = None
+    parallel_tool_calls: bool | None = None
+    functions: BoundedList[dict] | None = None
+    function_call: str | dict | None = None
+    logit_bias: dict[str, float] | None = None
     user: str | None = None
     return_token_ids: bool = False
     """Extension (as vLLM's): include the prompt's and the reply's token ids in a non-streaming response."""
@@ -134,23 +149,57 @@ class ChatCompletionMessage(BaseModel):
     audio: ChatCompletionAudio | None = None
 
 
-class Choice(BaseModel):
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class _OmitWhenNone(BaseModel):
+    """Extensions (`token_ids`, `prompt_token_ids`) appear only when asked for, as in vLLM's responses: a strict
+    client validating against OpenAI's schema never sees them otherwise."""
+
+    _omit_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_none(self, handler):
+        data = handler(self)
+        for key in self._omit_when_none:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class Choice(_OmitWhenNone):
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("token_ids",)
+
     index: int = 0
     message: ChatCompletionMessage
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     token_ids: list[int] | None = None
     """Extension: the reply's generated ids (with `return_token_ids`)."""
 
 
-class ChatCompletionResponse(BaseModel):
+class ChatCompletionResponse(_OmitWhenNone):
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("prompt_token_ids",)
+
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     choices: list[Choice]
     usage: Usage
-    system_fingerprint: str | None = None
+    system_fingerprint: str
     prompt_token_ids: list[int] | None = None
     """Extension: the prompt's token ids (with `return_token_ids`)."""
 
@@ -181,7 +230,7 @@ class StreamChoice(BaseModel):
     index: int = 0
     delta: ChoiceDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -191,7 +240,21 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[StreamChoice]
     usage: Usage | None = None
-    system_fingerprint: str | None = None
+    system_fingerprint: str
+    _usage_key: bool = PrivateAttr(False)
+
+    def with_usage_key(self) -> ChatCompletionChunk:
+        """As OpenAI streams with `include_usage`: every chunk carries `usage`, null except on the last one."""
+        self._usage_key = True
+        return self
+
+    @model_serializer(mode="wrap")
+    def _usage_only_when_asked(self, handler):
+        # Without `stream_options.include_usage` OpenAI's chunks have no `usage` key at all.
+        data = handler(self)
+        if data.get("usage") is None and not self._usage_key:
+            data.pop("usage", None)
+        return data
 
 
 CHAT_RESPONSES = {200: {"model": ChatCompletionResponse, "content": EVENT_STREAM, "description": "JSON, or SSE chunks"}}

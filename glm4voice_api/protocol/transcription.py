@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
 from glm4voice_api.protocol.common import EVENT_STREAM, OpenAIBaseModel
 
@@ -16,7 +16,7 @@ ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
 
 
 class TranscriptionRequest(OpenAIBaseModel):
-    """The multipart form; unknown fields (`include[]`, `chunking_strategy`, ...) are accepted and ignored."""
+    """The multipart form; unknown fields (`chunking_strategy`, ...) are accepted and ignored."""
 
     file: UploadFile
     """The audio file: flac, mp3, mp4, m4a, ogg, opus, wav, webm or aac (the content is probed, not the name)."""
@@ -33,7 +33,9 @@ class TranscriptionRequest(OpenAIBaseModel):
     timestamp_granularities: list[Literal["word", "segment"]] = Field(
         default_factory=list, alias="timestamp_granularities[]"
     )
-    """verbose_json only; `segment` is supported (one segment per file), `word` is not."""
+    """verbose_json only; `segment` is supported (the pauses voice activity detection finds), `word` is not."""
+    include: list[Literal["logprobs"]] = Field(default_factory=list, alias="include[]")
+    """`logprobs`: the transcript's text tokens with their logprobs (json only, as OpenAI)."""
     stream: bool | None = False
     """Stream `transcript.text.delta` events, then one `transcript.text.done` (json and text formats only)."""
 
@@ -60,13 +62,28 @@ class DurationUsage(BaseModel):
     seconds: float
 
 
+class TranscriptLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
 class TranscriptionResponse(BaseModel):
     text: str
     usage: TranscriptionUsage
+    logprobs: list[TranscriptLogprob] | None = None
+    """With `include[]=logprobs` only (absent otherwise, as OpenAI)."""
+
+    @model_serializer(mode="wrap")
+    def _logprobs_only_when_asked(self, handler):
+        data = handler(self)
+        if data.get("logprobs") is None:
+            data.pop("logprobs", None)
+        return data
 
 
 class TranscriptionSegment(BaseModel):
-    """One segment spanning the whole file: the model gives no timestamps."""
+    """One stretch of speech between pauses (Silero VAD), transcribed on its own: its times are the VAD's."""
 
     id: int
     seek: int
@@ -76,16 +93,17 @@ class TranscriptionSegment(BaseModel):
     tokens: list[int]
     temperature: float
     avg_logprob: float
-    """Not computed (0.0): the engine is not asked for logprobs."""
+    """The mean logprob of the segment's text tokens."""
     compression_ratio: float
     no_speech_prob: float
-    """Not computed (0.0): there is no voice-activity model."""
+    """1 - the segment's mean speech probability (Silero VAD)."""
 
 
 class TranscriptionVerboseResponse(BaseModel):
-    task: Literal["transcribe"] = "transcribe"
+    task: Literal["transcribe", "translate"] = "transcribe"
     language: str
-    """The `language` hint as an English name ("english"), or "unknown" when none was given."""
+    """The `language` hint as an English name ("english"), or "unknown" when none was given; "english" for a
+    translation (the output's language, as OpenAI)."""
     duration: float
     text: str
     segments: list[TranscriptionSegment]
@@ -103,6 +121,21 @@ class TranscriptTextDoneEvent(BaseModel):
     usage: TranscriptionUsage
 
 
+class TranslationRequest(OpenAIBaseModel):
+    """The multipart form of `POST /v1/audio/translations`: speech in any language -> English text."""
+
+    file: UploadFile
+    model: str
+    prompt: str | None = None
+    """Text in English that precedes the audio (names, spelling, style); a hint written into the instruction."""
+    response_format: ResponseFormat = "json"
+    temperature: float | None = Field(None, ge=0, le=1)
+
+
+class TranslationResponse(BaseModel):
+    text: str
+
+
 TranscriptionStreamEvent = TranscriptTextDeltaEvent | TranscriptTextDoneEvent
 
 TRANSCRIPTION_RESPONSES = {
@@ -113,3 +146,11 @@ TRANSCRIPTION_RESPONSES = {
     }
 }
 """OpenAPI responses of the route."""
+
+TRANSLATION_RESPONSES = {
+    200: {
+        "model": TranslationResponse | TranscriptionVerboseResponse,
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+        "description": "json/verbose_json, or text/srt/vtt as text/plain",
+    }
+}

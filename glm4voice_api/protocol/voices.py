@@ -20,8 +20,10 @@ class VoiceCreateRequest(OpenAIBaseModel):
     """A display name (1-256 characters)."""
     audio_sample: UploadFile
     """At most 10 MiB of speech; the first seconds (see serving/voices_api.py) become the voice prompt."""
-    consent: str | None = None
-    """OpenAI's consent id; accepted and not checked (there is no consent store here)."""
+    consent: str
+    """Required, as OpenAI requires it: the id of the speaker's consent (OpenAI's `cons_...`). Stored nowhere and
+    not checked against a consent store (there is none here); asking for it keeps clients' calls the same and
+    makes cloning someone's voice a deliberate act."""
     type: str | None = None
     """Only `audio_sample` (the default); `prompt` (a voice designed from text) is not supported."""
 
@@ -31,7 +33,6 @@ class VoiceObject(BaseModel):
     object: Literal["audio.voice"] = "audio.voice"
     name: str
     created_at: int
-    type: Literal["audio_sample"] = "audio_sample"
 
 
 class VoiceList(BaseModel):

@@ -1,4 +1,4 @@
-"""POST /v1/audio/transcriptions (multipart)."""
+"""POST /v1/audio/transcriptions and /v1/audio/translations (multipart)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from glm4voice_api.protocol.transcription import TRANSCRIPTION_RESPONSES, TranscriptionRequest
+from glm4voice_api.protocol.transcription import (
+    TRANSCRIPTION_RESPONSES,
+    TRANSLATION_RESPONSES,
+    TranscriptionRequest,
+    TranslationRequest,
+)
 from glm4voice_api.routes.admission import AdmittedDep
 from glm4voice_api.routes.deps import RequestIdDep, ServicesDep
 from glm4voice_api.routes.streaming import cancel_on_disconnect, sse_response
@@ -29,6 +34,22 @@ async def create_transcription(
     if body.stream:
         # OpenAI's transcription stream ends with transcript.text.done, without a [DONE] marker.
         return sse_response(await service.create_transcription(body, audio, request_id), done_marker=False)
+    result = await cancel_on_disconnect(request, service.create_transcription(body, audio, request_id))
+    if isinstance(result, str):
+        return PlainTextResponse(result)
+    return result
+
+
+@router.post("/v1/audio/translations", response_model=None, responses=TRANSLATION_RESPONSES)
+async def create_translation(
+    body: Annotated[TranslationRequest, multipart_form()],
+    request: Request,
+    services: ServicesDep,
+    request_id: RequestIdDep,
+    _lease: AdmittedDep,
+):
+    service = services.transcription
+    audio = await read_upload(body.file, service.max_audio_bytes, param="file")
     result = await cancel_on_disconnect(request, service.create_transcription(body, audio, request_id))
     if isinstance(result, str):
         return PlainTextResponse(result)

@@ -6,20 +6,25 @@ audio ids and voices resolved) and only then returns a response or an async iter
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from importlib.metadata import PackageNotFoundError, version
 
 from glm4voice_api.config import RequestLimits
 from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, model_not_found, not_found
+from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, not_found
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.runtime import ServedModel
 from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, RANDOM_WEIGHTS_MAX_TOKENS, Sampling
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.serving.chat_output import ChatPlan, complete, stream
+from glm4voice_api.serving.chat_params import check_parameters
 from glm4voice_api.serving.errors import audio_errors
 from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.serving.model_names import check_model
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.serving.voices import VoiceResolver
 from glm4voice_api.store import Store
@@ -30,6 +35,17 @@ def _text_of(content: str | list[wire.TextContentPart] | None) -> str:
     if content is None:
         return ""
     return content if isinstance(content, str) else "".join(p.text for p in content)
+
+
+def system_fingerprint(model: ServedModel) -> str:
+    """`fp_` and a hash of what decides the replies (model, weights kind, server version): as OpenAI's, it changes
+    when the backend does, so clients using `seed` can tell when replies may differ."""
+    try:
+        server = version("glm4voice-api")
+    except PackageNotFoundError:  # a source checkout that was not installed
+        server = "dev"
+    key = f"{model.name}|{model.root}|{model.random_weights}|{server}"
+    return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 class ServingChat:
@@ -58,24 +74,22 @@ class ServingChat:
         self.replies = replies
         self.metrics = metrics
         self.audio_ttl_seconds = audio_ttl_seconds
+        self.system_fingerprint = system_fingerprint(model)
 
     async def create_chat_completion(
         self, request: wire.ChatCompletionRequest, request_id: str, tenant: str
     ) -> wire.ChatCompletionResponse | AsyncIterator[wire.ChatCompletionChunk]:
         plan = await self._plan(request, request_id, tenant)
-        turn = self.replies.turn(plan.prompt, plan.params, request_id)
+        ids = [request_id] if len(plan.params) == 1 else [f"{request_id}-{i}" for i in range(len(plan.params))]
+        turns = [self.replies.turn(plan.prompt, p, rid) for p, rid in zip(plan.params, ids, strict=True)]
         if plan.stream:
-            return stream(self.replies, self.store, turn, plan)
-        return await complete(self.replies, self.store, turn, plan)
+            return stream(self.replies, self.store, turns, plan)
+        return await complete(self.replies, self.store, turns, plan)
 
     async def _plan(self, req: wire.ChatCompletionRequest, request_id: str, tenant: str) -> ChatPlan:
-        if req.model != self.model.name:
-            raise model_not_found(req.model)
-        if req.n not in (None, 1):
-            raise invalid_request("Only n=1 is supported.", param="n")
-        if req.stop:
-            raise invalid_request("Stop sequences are not supported by this model.", param="stop")
+        check_model(self.model, req.model, "chat")
         audio_out = "audio" in (req.modalities or ["text"])
+        checked = check_parameters(req, audio_out=audio_out)
         voice = None
         if audio_out:
             if req.audio is None:
@@ -93,9 +107,15 @@ class ServingChat:
         system, messages = await self._conversation(req, tenant)
         prompt = self.prompts.build(messages, system=system)
         now = int(time.time())
+        params = self._params(req, prompt, checked.top_logprobs)
         return ChatPlan(
             prompt=prompt,
-            params=self._params(req, prompt),
+            # Each choice samples its own reply: with a seed, choice i uses seed + i (the same seed would make n
+            # copies of one reply), so the whole response is still reproducible.
+            params=[
+                params if i == 0 or params.seed is None else replace(params, seed=params.seed + i)
+                for i in range(checked.n)
+            ],
             stream=bool(req.stream),
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
             created=now,
@@ -104,9 +124,12 @@ class ServingChat:
             tenant=tenant,
             audio_format=req.audio.format if audio_out and req.audio else None,
             voice=voice,
-            audio_id=f"audio_{uuid.uuid4().hex}" if audio_out else None,
+            audio_ids=[f"audio_{uuid.uuid4().hex}" if audio_out else None for _ in range(checked.n)],
             expires_at=now + self.audio_ttl_seconds,
             return_token_ids=req.return_token_ids,
+            system_fingerprint=self.system_fingerprint,
+            stop=checked.stop,
+            top_logprobs=checked.top_logprobs,
         )
 
     async def _conversation(self, req: wire.ChatCompletionRequest, tenant: str) -> tuple[str | None, list]:
@@ -121,8 +144,8 @@ class ServingChat:
                 messages.append(await self._assistant_message(m, i, tenant))
             else:
                 raise invalid_request("Tool and function messages are not supported.", f"messages[{i}].role")
-        if not messages or not isinstance(messages[-1], UserMessage):
-            raise invalid_request("The last message must be a user message.", "messages")
+        if not messages and not system_parts:
+            raise invalid_request("The conversation has no message to answer: add a user message.", "messages")
         system = "\n".join(p for p in system_parts if p) or None
         return system, messages
 
@@ -155,7 +178,7 @@ class ServingChat:
             parts.append(AudioPart(tuple(speech.tokens)))
         return UserMessage(parts=tuple(parts))
 
-    def _params(self, req: wire.ChatCompletionRequest, prompt: Prompt) -> GenerationParams:
+    def _params(self, req: wire.ChatCompletionRequest, prompt: Prompt, top_logprobs: int | None) -> GenerationParams:
         max_len = self.model.max_model_len
         n_prompt = len(prompt.token_ids)
         requested = req.max_completion_tokens or req.max_tokens
@@ -182,4 +205,5 @@ class ServingChat:
             frequency_penalty=req.frequency_penalty or 0.0,
             stop_token_ids=self.sampling.stop_ids,
             constraint=self.sampling.constraint(),
+            logprobs=top_logprobs,
         )

@@ -1,8 +1,9 @@
-"""Shapes a running chat turn into OpenAI objects: one response, or a stream of chunks.
+"""Shapes running chat turns (one per choice, `n`) into OpenAI objects: one response, or a stream of chunks.
 
 Streaming audio follows OpenAI's observed wire shape: `delta.audio` chunks carrying `transcript` pieces and `data`
 (base64 pcm16, 24 kHz mono little-endian), the first carrying `id`, then a chunk with only `expires_at`, then the
-`finish_reason` chunk (so both SDK behaviours work), then the optional usage chunk.
+`finish_reason` chunk (so both SDK behaviours work), then the optional usage chunk. With `n` > 1 the choices' chunks
+interleave as they are made, each with its `index` (and, spoken, its own audio id).
 """
 
 from __future__ import annotations
@@ -11,17 +12,20 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from glm4voice_api.audio.b64 import Base64Pieces
 from glm4voice_api.audio.encode import encode_whole, make_encoder
-from glm4voice_api.engine.base import GenerationParams
+from glm4voice_api.engine.base import GenerationParams, TokenLogprob
 from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.spoken_turn import AudioChunk
 from glm4voice_api.pipeline.turn import TranscriptDelta, Turn, TurnDone, TurnUsage
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
+from glm4voice_api.serving.chat_text import StopText, merge, wire_logprobs
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.store import Store, StoredAudio
@@ -33,7 +37,8 @@ class ChatPlan:
     """A validated request, ready to run."""
 
     prompt: Prompt
-    params: GenerationParams
+    params: list[GenerationParams]
+    """One per choice (`n`); each its own seed when the request gave one."""
     stream: bool
     include_usage: bool
     created: int
@@ -42,36 +47,56 @@ class ChatPlan:
     tenant: str
     audio_format: str | None  # None: text-only reply
     voice: Voice | None
-    audio_id: str | None
+    audio_ids: list[str | None]
     expires_at: int
     return_token_ids: bool = False
+    system_fingerprint: str = ""
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None
+    """None: no logprobs; else how many alternatives per token (0 and up)."""
     started: float = field(default_factory=time.monotonic)
 
 
-def usage_of(u: TurnUsage) -> Usage:
+def usage_of(usages: list[TurnUsage]) -> Usage:
+    """The prompt once (every choice shares it), the completions summed."""
+    first = usages[0]
+    completion = sum(u.completion_tokens for u in usages)
+    audio = sum(u.completion_audio_tokens for u in usages)
     return Usage(
-        prompt_tokens=u.prompt_tokens,
-        completion_tokens=u.completion_tokens,
-        total_tokens=u.prompt_tokens + u.completion_tokens,
+        prompt_tokens=first.prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=first.prompt_tokens + completion,
         prompt_tokens_details=PromptTokensDetails(
-            audio_tokens=u.prompt_audio_tokens,
-            text_tokens=u.prompt_tokens - u.prompt_audio_tokens,
-            cached_tokens=u.cached_tokens,
+            audio_tokens=first.prompt_audio_tokens,
+            text_tokens=first.prompt_tokens - first.prompt_audio_tokens,
+            cached_tokens=first.cached_tokens,
         ),
-        completion_tokens_details=CompletionTokensDetails(
-            audio_tokens=u.completion_audio_tokens, text_tokens=u.completion_text_tokens
-        ),
+        completion_tokens_details=CompletionTokensDetails(audio_tokens=audio, text_tokens=completion - audio),
     )
 
 
-def _events(replies: Replies, turn: Turn, plan: ChatPlan) -> AsyncIterator:
-    return replies.events(turn, spoken=plan.audio_format is not None, voice=plan.voice, stream=plan.stream)
+@dataclass
+class _Text:
+    text: str
+    logprobs: list[TokenLogprob] | None
 
 
-async def _store_reply(store: Store, plan: ChatPlan, done: TurnDone) -> None:
-    assert plan.audio_id is not None
+@dataclass
+class _Audio:
+    data: str  # base64: pcm16 pieces when streaming, the whole encoded file at the end otherwise
+
+
+@dataclass
+class _Done:
+    finish_reason: str
+    usage: TurnUsage
+    reply_ids: list[int]
+    transcript: str
+
+
+async def _store_reply(store: Store, plan: ChatPlan, audio_id: str, done: _Done) -> None:
     reply = StoredAudio(
-        id=plan.audio_id,
+        id=audio_id,
         tenant=plan.tenant,
         token_ids=done.reply_ids,
         transcript=done.transcript,
@@ -81,92 +106,159 @@ async def _store_reply(store: Store, plan: ChatPlan, done: TurnDone) -> None:
     await store.put_audio(reply)
 
 
-async def complete(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> wire.ChatCompletionResponse:
-    done: TurnDone | None = None
+async def _choice(replies: Replies, store: Store, turn: Turn, plan: ChatPlan, index: int) -> AsyncIterator:
+    """One choice's text pieces, audio and end (`_Text`, `_Audio`, `_Done`); its reply stored when spoken."""
+    spoken = plan.audio_format is not None
+    stopper = StopText(plan.stop)
+    pieces = Base64Pieces(frame_bytes=2)  # pcm16: the SDK joins the strings, so every piece is 6-byte aligned
+    encoder = make_encoder("pcm16", input_rate=replies.sample_rate) if spoken and plan.stream else None
     chunks: list[np.ndarray] = []
-    meter = replies.meter(stream=False)
-    async with engine_errors():
-        async for event in _events(replies, turn, plan):
-            if isinstance(event, TurnDone):
-                done = event
+    meter = replies.meter(stream=plan.stream)
+    first_data = True
+    done: _Done | None = None
+    events = replies.events(turn, spoken=spoken, voice=plan.voice, stream=plan.stream)
+    async with engine_errors(), aclosing(events):
+        async for event in events:
+            if isinstance(event, TranscriptDelta):
+                text = stopper.feed(event.text)
+                if text or event.logprobs:
+                    yield _Text(text, event.logprobs)
+                if stopper.stopped:
+                    # The text reached a stop string: leaving the loop closes the turn, which aborts the engine
+                    # request (no tokens made past what the client gets).
+                    done = _Done("stop", turn.usage, list(turn.splitter.reply.all_ids), stopper.text)
+                    break
             elif isinstance(event, AudioChunk):
-                chunks.append(event.samples)
                 meter.add(len(event.samples))
+                if encoder is None:
+                    chunks.append(event.samples)
+                elif data := pieces.feed(encoder.feed(event.samples)):
+                    if first_data and index == 0:
+                        replies.first_audio_sent(plan.started)
+                    first_data = False
+                    yield _Audio(data)
+            elif isinstance(event, TurnDone):
+                meter.done()
+                if tail := stopper.flush():
+                    yield _Text(tail, None)
+                done = _Done(event.finish_reason, event.usage, event.reply_ids, event.transcript)
     assert done is not None
-    meter.done()
-    message = wire.ChatCompletionMessage(content=done.transcript)
-    if plan.audio_format is not None:
-        samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        data = await asyncio.to_thread(encode_whole, plan.audio_format, samples, replies.sample_rate)
-        await _store_reply(store, plan, done)
-        message = wire.ChatCompletionMessage(
-            content=None,
-            audio=wire.ChatCompletionAudio(
-                id=plan.audio_id,
-                data=base64.b64encode(data).decode(),
-                expires_at=plan.expires_at,
-                transcript=done.transcript,
-            ),
+    if spoken:
+        if encoder is not None:
+            if tail := pieces.feed(encoder.finish()) + pieces.finish():
+                yield _Audio(tail)
+        else:
+            samples = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+            data = await asyncio.to_thread(encode_whole, plan.audio_format, samples, replies.sample_rate)
+            yield _Audio(base64.b64encode(data).decode())
+        audio_id = plan.audio_ids[index]
+        assert audio_id is not None
+        await _store_reply(store, plan, audio_id, done)
+    yield done
+
+
+async def complete(replies: Replies, store: Store, turns: list[Turn], plan: ChatPlan) -> wire.ChatCompletionResponse:
+    async def one(index: int) -> tuple[wire.Choice, _Done]:
+        logprobs: list[TokenLogprob] = []
+        audio, done = "", None
+        async with aclosing(_choice(replies, store, turns[index], plan, index)) as items:
+            async for item in items:
+                if isinstance(item, _Text):
+                    logprobs += item.logprobs or []
+                elif isinstance(item, _Audio):
+                    audio = item.data
+                elif isinstance(item, _Done):
+                    done = item
+        assert done is not None
+        if plan.audio_format is None:
+            message = wire.ChatCompletionMessage(content=done.transcript)
+        else:
+            message = wire.ChatCompletionMessage(
+                content=None,
+                audio=wire.ChatCompletionAudio(
+                    id=plan.audio_ids[index], data=audio, expires_at=plan.expires_at, transcript=done.transcript
+                ),
+            )
+        choice = wire.Choice(
+            index=index,
+            message=message,
+            finish_reason=done.finish_reason,
+            logprobs=_logprobs(replies, plan, logprobs),
+            token_ids=done.reply_ids if plan.return_token_ids else None,
         )
-    ids = plan.return_token_ids
+        return choice, done
+
+    # A task group: a failed choice cancels the others (their engine requests aborted), as a cancelled request does.
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(one(i)) for i in range(len(turns))]
+    results = [t.result() for t in tasks]
     return wire.ChatCompletionResponse(
         id=plan.response_id,
         created=plan.created,
         model=plan.model,
-        choices=[
-            wire.Choice(message=message, finish_reason=done.finish_reason, token_ids=done.reply_ids if ids else None)
-        ],
-        usage=usage_of(done.usage),
-        prompt_token_ids=plan.prompt.token_ids if ids else None,
+        choices=[c for c, _ in results],
+        usage=usage_of([d.usage for _, d in results]),
+        system_fingerprint=plan.system_fingerprint,
+        prompt_token_ids=plan.prompt.token_ids if plan.return_token_ids else None,
     )
 
 
-async def stream(replies: Replies, store: Store, turn: Turn, plan: ChatPlan) -> AsyncIterator[wire.ChatCompletionChunk]:
-    def chunk(delta: wire.ChoiceDelta, finish_reason: str | None = None) -> wire.ChatCompletionChunk:
-        return wire.ChatCompletionChunk(
-            id=plan.response_id,
-            created=plan.created,
-            model=plan.model,
-            choices=[wire.StreamChoice(delta=delta, finish_reason=finish_reason)],
+def _logprobs(replies: Replies, plan: ChatPlan, entries: list[TokenLogprob] | None) -> wire.ChoiceLogprobs | None:
+    if plan.top_logprobs is None or entries is None:
+        return None
+    return wire.ChoiceLogprobs(content=wire_logprobs(replies.tokenizer, entries, plan.top_logprobs))
+
+
+def _chunk(plan: ChatPlan, choices: list[wire.StreamChoice], usage: Usage | None = None) -> wire.ChatCompletionChunk:
+    chunk = wire.ChatCompletionChunk(
+        id=plan.response_id,
+        created=plan.created,
+        model=plan.model,
+        choices=choices,
+        usage=usage,
+        system_fingerprint=plan.system_fingerprint,
+    )
+    return chunk.with_usage_key() if plan.include_usage else chunk
+
+
+async def stream(
+    replies: Replies, store: Store, turns: list[Turn], plan: ChatPlan
+) -> AsyncIterator[wire.ChatCompletionChunk]:
+    audio = plan.audio_format is not None
+
+    def chunk(index: int, delta: wire.ChoiceDelta, finish_reason: str | None = None, logprobs=None):
+        return _chunk(
+            plan, [wire.StreamChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=logprobs)]
         )
 
-    audio = plan.audio_format is not None
-    first_audio = [True]
-    first_data = [False]
+    first_audio = set(range(len(turns)))
 
-    def audio_delta(**fields: object) -> wire.ChatCompletionChunk:
-        if first_audio[0]:
-            fields["id"] = plan.audio_id
-            first_audio[0] = False
-        return chunk(wire.ChoiceDelta(audio=wire.DeltaAudio(**fields)))
+    def audio_delta(index: int, **fields: object) -> wire.ChatCompletionChunk:
+        if index in first_audio:
+            fields["id"] = plan.audio_ids[index]
+            first_audio.discard(index)
+        return chunk(index, wire.ChoiceDelta(audio=wire.DeltaAudio(**fields)))
 
-    encoder = make_encoder("pcm16", input_rate=replies.sample_rate) if audio else None
-    meter = replies.meter(stream=True)
-    yield chunk(wire.ChoiceDelta(role="assistant", content=None if audio else ""))
-    async with engine_errors():
-        async for event in _events(replies, turn, plan):
-            if isinstance(event, TranscriptDelta):
-                yield audio_delta(transcript=event.text) if audio else chunk(wire.ChoiceDelta(content=event.text))
-            elif isinstance(event, AudioChunk) and encoder is not None:
-                meter.add(len(event.samples))
-                if data := encoder.feed(event.samples):
-                    if not first_data[0]:
-                        first_data[0] = True
-                        replies.first_audio_sent(plan.started)
-                    yield audio_delta(data=base64.b64encode(data).decode())
-            elif isinstance(event, TurnDone):
-                meter.done()
-                if encoder is not None:
-                    if tail := encoder.finish():
-                        yield audio_delta(data=base64.b64encode(tail).decode())
-                    await _store_reply(store, plan, event)
-                    yield audio_delta(expires_at=plan.expires_at)
-                yield chunk(wire.ChoiceDelta(), finish_reason=event.finish_reason)
-                if plan.include_usage:
-                    yield wire.ChatCompletionChunk(
-                        id=plan.response_id,
-                        created=plan.created,
-                        model=plan.model,
-                        choices=[],
-                        usage=usage_of(event.usage),
-                    )
+    for index in range(len(turns)):
+        yield chunk(index, wire.ChoiceDelta(role="assistant", content=None if audio else ""))
+    usages: list[TurnUsage] = []
+    choices = [_choice(replies, store, turn, plan, i) for i, turn in enumerate(turns)]
+    async with aclosing(merge(choices)) as items:
+        async for index, item in items:
+            if isinstance(item, _Text):
+                logprobs = _logprobs(replies, plan, item.logprobs)
+                if audio:
+                    out = audio_delta(index, transcript=item.text)
+                    out.choices[0].logprobs = logprobs
+                    yield out
+                else:
+                    yield chunk(index, wire.ChoiceDelta(content=item.text), logprobs=logprobs)
+            elif isinstance(item, _Audio):
+                yield audio_delta(index, data=item.data)
+            elif isinstance(item, _Done):
+                usages.append(item.usage)
+                if audio:
+                    yield audio_delta(index, expires_at=plan.expires_at)
+                yield chunk(index, wire.ChoiceDelta(), finish_reason=item.finish_reason)
+    if plan.include_usage:
+        yield _chunk(plan, [], usage_of(usages))

@@ -7,6 +7,7 @@ import time
 from glm4voice_api.errors import model_not_found
 from glm4voice_api.pipeline.runtime import ServedModel
 from glm4voice_api.protocol.models import ModelCard, ModelList
+from glm4voice_api.serving.model_names import ENDPOINTS, aliases
 
 RANDOM_WEIGHTS_NOTE = (
     "RANDOM WEIGHTS: a tiny random-weight checkpoint set in the official formats (built-in default or "
@@ -29,10 +30,23 @@ class ServingModels:
             description=RANDOM_WEIGHTS_NOTE if self.model.random_weights else "GLM-4-Voice-9B",
         )
 
+    def alias_card(self, name: str) -> ModelCard:
+        routes = ", ".join(ENDPOINTS[r] for r in aliases(self.model)[name])
+        return ModelCard(
+            id=name,
+            created=self.created,
+            root=self.model.name,
+            max_model_len=self.model.max_model_len,
+            random_weights=self.model.random_weights,
+            description=f"Alias of {self.model.name} on {routes} (OpenAI's model name, so OpenAI clients work).",
+        )
+
     def list_models(self) -> ModelList:
-        return ModelList(data=[self.card()])
+        return ModelList(data=[self.card(), *(self.alias_card(name) for name in aliases(self.model))])
 
     def retrieve_model(self, model: str) -> ModelCard:
-        if model != self.model.name:
-            raise model_not_found(model)
-        return self.card()
+        if model == self.model.name:
+            return self.card()
+        if model in aliases(self.model):
+            return self.alias_card(model)
+        raise model_not_found(model)

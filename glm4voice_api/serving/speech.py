@@ -21,7 +21,6 @@ returns the byte stream or the event stream.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -30,9 +29,10 @@ from dataclasses import dataclass
 import numpy as np
 from glm4voice_vllm import AUDIO_SLOTS, TEXT_SLOTS
 
+from glm4voice_api.audio.b64 import Base64Pieces
 from glm4voice_api.audio.encode import AudioEncoder, content_type, make_encoder
 from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.errors import APIError, model_not_found
+from glm4voice_api.errors import APIError
 from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.runtime import ServedModel
 from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, Sampling
@@ -40,6 +40,7 @@ from glm4voice_api.pipeline.spoken_turn import AudioChunk
 from glm4voice_api.pipeline.turn import Turn, TurnDone
 from glm4voice_api.protocol import speech as wire
 from glm4voice_api.serving.errors import engine_errors
+from glm4voice_api.serving.model_names import check_model
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.serving.voices import VoiceResolver
 from glm4voice_api.text.prompt import Prompt, PromptBuilder, TextPart, UserMessage
@@ -165,8 +166,7 @@ class ServingSpeech:
         return SpeechAudio(content_type(plan.response_format), self._bytes(turn, plan))
 
     async def _plan(self, req: wire.SpeechRequest, tenant: str) -> SpeechPlan:
-        if req.model != self.model.name:
-            raise model_not_found(req.model)
+        check_model(self.model, req.model, "speech")
         voice = await self.voices.resolve(req.voice, tenant, param="voice")
         prompt = self.prompts.build(
             [UserMessage(parts=(TextPart(speech_text(req.input, req.instructions)),))], input_mode="text"
@@ -238,11 +238,16 @@ class ServingSpeech:
     async def _events(
         self, turn: Turn, plan: SpeechPlan
     ) -> AsyncIterator[wire.SpeechAudioDelta | wire.SpeechAudioDone]:
+        # Clients join the deltas' strings too: each covers whole 3-byte groups (and samples, for pcm).
+        pieces = Base64Pieces(frame_bytes=2 if plan.response_format == "pcm" else 1)
         async with aclosing(self._encoded(turn, plan)) as items:
             async for item in items:
                 if isinstance(item, bytes):
-                    yield wire.SpeechAudioDelta(audio=base64.b64encode(item).decode())
+                    if data := pieces.feed(item):
+                        yield wire.SpeechAudioDelta(audio=data)
                     continue
+                if tail := pieces.finish():
+                    yield wire.SpeechAudioDelta(audio=tail)
                 u = item.usage
                 usage = wire.SpeechUsage(
                     input_tokens=u.prompt_tokens,

@@ -53,6 +53,8 @@ class ServingVoices:
         name = request.name.strip()
         if not 0 < len(name) <= MAX_NAME_CHARS:
             raise invalid_request(f"The voice name must be 1 to {MAX_NAME_CHARS} characters.", "name")
+        if not request.consent.strip():
+            raise invalid_request("'consent' must name the speaker's consent (OpenAI's consent id).", "consent")
         if request.type not in (None, "audio_sample"):
             raise APIError(
                 f"Unsupported value: 'type' does not support '{request.type}'. Supported values are: 'audio_sample'.",

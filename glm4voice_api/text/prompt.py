@@ -86,26 +86,29 @@ class PromptBuilder:
     ) -> Prompt:
         """Token ids for the conversation, ending ready for the assistant's reply.
 
+        A conversation that ends with an assistant message ends with that message left open, so the reply continues
+        it; one with no message at all (a client's system message alone) is answered from the system block.
+
         `input_mode` picks the system prompt; by default the first user message decides, as in the seed, whose
         system block is written once on the first turn and kept. `system` (a client's own system message) is
         appended to the built-in prompt on a new line: the built-in sentence is what makes the model interleave.
         """
-        if not messages or not isinstance(messages[-1], UserMessage):
-            raise ValueError("the conversation must end with a user message")
         if input_mode is None:
-            first_user = next(m for m in messages if isinstance(m, UserMessage))
-            input_mode = "audio" if first_user.has_audio else "text"
+            first_user = next((m for m in messages if isinstance(m, UserMessage)), None)
+            input_mode = "audio" if first_user is not None and first_user.has_audio else "text"
         system_text = AUDIO_INPUT_SYSTEM_PROMPT if input_mode == "audio" else TEXT_INPUT_SYSTEM_PROMPT
         if system:
             system_text = f"{system_text}\n{system}"
         ids = [self.ids.gmask, self.ids.sop, self.ids.system, *self.tok.encode("\n" + system_text)]
         audio = 0
-        for message in messages:
+        continued = bool(messages) and isinstance(messages[-1], AssistantMessage)
+        for i, message in enumerate(messages):
             if isinstance(message, UserMessage):
                 audio += self._append_user(ids, message)
             else:
-                audio += self._append_assistant(ids, message)
-        ids += [self.ids.assistant, *self.tok.encode(ASSISTANT_METADATA)]
+                audio += self._append_assistant(ids, message, open_end=continued and i == len(messages) - 1)
+        if not continued:
+            ids += [self.ids.assistant, *self.tok.encode(ASSISTANT_METADATA)]
         return Prompt(token_ids=ids, audio_tokens=audio, input_mode=input_mode)
 
     def _append_user(self, ids: list[int], message: UserMessage) -> int:
@@ -127,18 +130,22 @@ class PromptBuilder:
             ids += self.tok.encode(text)
         return audio
 
-    def _append_assistant(self, ids: list[int], message: AssistantMessage) -> int:
+    def _append_assistant(self, ids: list[int], message: AssistantMessage, *, open_end: bool = False) -> int:
+        """An earlier reply; `open_end`: the reply being continued, kept exactly as given (nothing stripped)."""
         ids.append(self.ids.assistant)
         if message.token_ids is not None:
             ids += self.tok.encode(ASSISTANT_METADATA)
             reply = list(message.token_ids)
             # The seed strips the re-built history string; whole whitespace-only tokens at the end are what that
             # removes from a stored reply (its ids are otherwise kept exactly).
-            while reply and not self.ids.is_audio(reply[-1]) and not self.tok.decode(reply[-1:]).strip():
+            while (
+                not open_end and reply and not self.ids.is_audio(reply[-1]) and not self.tok.decode(reply[-1:]).strip()
+            ):
                 reply.pop()
             ids += reply
             return sum(1 for t in reply if self.ids.is_audio(t))
-        ids += self.tok.encode(ASSISTANT_METADATA + (message.text or "").strip())
+        text = message.text or ""
+        ids += self.tok.encode(ASSISTANT_METADATA + (text.lstrip() if open_end else text.strip()))
         return 0
 
 

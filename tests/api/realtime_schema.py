@@ -23,6 +23,8 @@ def _nullable(node: Any) -> Any:
         return node
     node = {k: _nullable(v) for k, v in node.items()}
     if node.pop("nullable", False):
+        if isinstance(node.get("enum"), list) and None not in node["enum"]:
+            node["enum"] = [*node["enum"], None]  # `nullable` admits null even where an enum lists the values
         if isinstance(node.get("type"), str):
             node["type"] = [node["type"], "null"]
         else:

@@ -106,7 +106,7 @@ def test_over_long_prompt_is_a_400_in_the_envelope(server: RunningServer) -> Non
             "temperature",
         ),
         (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model"),
-        (b'{"model": "glm-4-voice-9b", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages.0"),
+        (b'{"model": "glm-4-voice-9b", "messages": [{"role": "wizard", "content": "x"}]}', 400, "messages[0].role"),
     ],
 )
 def test_malformed_bodies_get_the_envelope(server: RunningServer, content: bytes, status: int, param) -> None:

@@ -362,7 +362,8 @@ def multipart_cases() -> list[Body]:
     wav = valid("wav")
     tr, vo = "/v1/audio/transcriptions", "/v1/audio/voices"
     cases: list[Body] = []
-    for path, file_field, other in ((tr, "file", {"model": MODEL}), (vo, "audio_sample", {"name": "fuzz"})):
+    voice = {"name": "fuzz", "consent": "cons_fuzz"}
+    for path, file_field, other in ((tr, "file", {"model": MODEL}), (vo, "audio_sample", voice)):
         name = path.rsplit("/", 1)[1]
         cases += [
             Body(f"{name}-no-file", "POST", path, {"files": {k: (None, v) for k, v in other.items()}}),
@@ -458,8 +459,15 @@ def multipart_cases() -> list[Body]:
             status=404,
             code="model_not_found",
         ),
-        Body("voices-empty-name", "POST", vo, {"files": {"name": (None, ""), "audio_sample": ("a.wav", wav)}}),
-        Body("voices-huge-name", "POST", vo, {"files": {"name": (None, "n" * 10_000), "audio_sample": ("a.wav", wav)}}),
+        *(
+            Body(
+                f"voices-{kind}-name",
+                "POST",
+                vo,
+                {"files": {"name": (None, n), "consent": (None, "c"), "audio_sample": ("a.wav", wav)}},
+            )
+            for kind, n in (("empty", ""), ("huge", "n" * 10_000))
+        ),
         Body("voices-delete-unknown", "DELETE", vo + "/voice_does_not_exist", status=404),
         Body("voices-delete-path-garbage", "DELETE", vo + "/%00%ff..", status=404),
     ]

@@ -34,7 +34,9 @@ def _audio_request(route: str, blob: Blob) -> tuple[str, dict]:
         }
     if route == "transcriptions":
         return "/v1/audio/transcriptions", {"files": {"model": (None, MODEL), "file": (blob.filename, blob.data)}}
-    return "/v1/audio/voices", {"files": {"name": (None, "fuzz"), "audio_sample": (blob.filename, blob.data)}}
+    return "/v1/audio/voices", {
+        "files": {"name": (None, "fuzz"), "consent": (None, "cons_fuzz"), "audio_sample": (blob.filename, blob.data)}
+    }
 
 
 def _forget_voice(server: RunningServer, response: httpx.Response) -> None:
@@ -104,7 +106,8 @@ def test_million_item_list_is_one_validation_error(server: RunningServer) -> Non
     )
     assert response.status_code == 400
     error = assert_envelope(400, response.headers["content-type"], response.content)
-    assert error["message"].startswith("1 validation error(s): messages"), error
+    assert error["param"] == "messages[0]" and error["code"] == "invalid_type", error
+    assert error["message"] == "Invalid type for 'messages[0]': expected an object, but got an integer instead."
 
 
 def test_body_shorter_than_content_length_then_hang_up(server: RunningServer) -> None:

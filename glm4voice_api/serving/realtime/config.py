@@ -75,13 +75,15 @@ class SessionConfig:
     max_output_tokens: int | str = "inf"
     temperature: float = DEFAULT_TEMPERATURE
     truncation: str = "auto"
+    model_aliases: tuple[str, ...] = ()
+    """Other names of the same model a client may send (`gpt-realtime`): naming it is no change."""
 
     def patched(self, patch: wire.SessionPatch, max_tokens_cap: int | None) -> SessionConfig:
         """A copy with `patch` applied; APIError (naming the parameter) if any part of it is refused."""
         new = copy.deepcopy(self)
         given = patch.model_fields_set
         _refuse_unsupported(patch)
-        if patch.model is not None and patch.model != self.model:
+        if patch.model is not None and patch.model != self.model and patch.model not in self.model_aliases:
             raise invalid_request(f"The session's model is '{self.model}'; it cannot be changed.", "session.model")
         if patch.instructions is not None:
             new.instructions = patch.instructions

@@ -17,7 +17,7 @@ import numpy as np
 from glm4voice_api.audio.vad import VoiceActivityDetector
 from glm4voice_api.config import RealtimeSettings, RequestLimits
 from glm4voice_api.engine.base import GenerationParams
-from glm4voice_api.errors import APIError, invalid_request, model_not_found, not_found
+from glm4voice_api.errors import APIError, invalid_request, not_found
 from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.runtime import ServedModel
@@ -25,6 +25,8 @@ from glm4voice_api.pipeline.sampling import DEFAULT_TOP_P, RANDOM_WEIGHTS_MAX_TO
 from glm4voice_api.protocol import realtime as wire
 from glm4voice_api.serving.admission import Admission
 from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.serving.model_names import aliases
+from glm4voice_api.serving.model_names import check_model as accept_model_name
 from glm4voice_api.serving.realtime.audio_io import InputConverter
 from glm4voice_api.serving.realtime.config import SessionConfig, unsupported
 from glm4voice_api.serving.realtime.conversation import Item
@@ -97,8 +99,8 @@ class ServingRealtime:
 
     # -- sessions ----------------------------------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model.name:
-            raise model_not_found(model)
+        if model is not None:
+            accept_model_name(self.model, model, "realtime")
 
     @staticmethod
     def error_text(error: APIError, beta: bool) -> str:
@@ -107,7 +109,10 @@ class ServingRealtime:
 
     async def new_config(self, secret: StoredClientSecret | None) -> SessionConfig:
         config = SessionConfig(
-            id=new_id("sess"), model=self.model.name, expires_at=int(time.time() + self.realtime.max_session_s)
+            id=new_id("sess"),
+            model=self.model.name,
+            expires_at=int(time.time() + self.realtime.max_session_s),
+            model_aliases=tuple(name for name, routes in aliases(self.model).items() if "realtime" in routes),
         )
         if secret is not None:
             patch = wire.SessionPatch.model_validate(json.loads(secret.session))
