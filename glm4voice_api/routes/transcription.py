@@ -29,15 +29,7 @@ async def create_transcription(
     request_id: RequestIdDep,
     _lease: AdmittedDep,
 ):
-    service = services.transcription
-    audio = await read_upload(body.file, service.max_audio_bytes, param="file")
-    if body.stream:
-        # OpenAI's transcription stream ends with transcript.text.done, without a [DONE] marker.
-        return sse_response(await service.create_transcription(body, audio, request_id), done_marker=False)
-    result = await cancel_on_disconnect(request, service.create_transcription(body, audio, request_id))
-    if isinstance(result, str):
-        return PlainTextResponse(result)
-    return result
+    return await _transcribe(body, request, services, request_id, stream=bool(body.stream))
 
 
 @router.post("/v1/audio/translations", response_model=None, responses=TRANSLATION_RESPONSES)
@@ -48,8 +40,23 @@ async def create_translation(
     request_id: RequestIdDep,
     _lease: AdmittedDep,
 ):
+    return await _transcribe(body, request, services, request_id, stream=False)
+
+
+async def _transcribe(
+    body: TranscriptionRequest | TranslationRequest,
+    request: Request,
+    services: ServicesDep,
+    request_id: str,
+    *,
+    stream: bool,
+):
+    """Both routes: read the upload, then one serving call (translations are transcriptions into English)."""
     service = services.transcription
     audio = await read_upload(body.file, service.max_audio_bytes, param="file")
+    if stream:
+        # OpenAI's transcription stream ends with transcript.text.done, without a [DONE] marker.
+        return sse_response(await service.create_transcription(body, audio, request_id), done_marker=False)
     result = await cancel_on_disconnect(request, service.create_transcription(body, audio, request_id))
     if isinstance(result, str):
         return PlainTextResponse(result)
