@@ -1,0 +1,51 @@
+"""Issue "Hardening" on the session server (real engine, real sockets): engine request ids are the server's own."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.api.conftest import RunningServer
+
+pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("server")]
+MODEL = "glm-4-voice-9b"
+
+
+def _chat_body(max_tokens: int, **extra: object) -> dict:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a story"}],
+        "max_tokens": max_tokens,
+        **extra,
+    }
+
+
+def _frames(response: httpx.Response):
+    for line in response.iter_lines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line[len("data: ") :])
+
+
+def test_a_shared_x_request_id_never_aborts_another_request(server: RunningServer) -> None:
+    # Two clients (two tenants, in production) send the same x-request-id. The one that leaves must not end the
+    # other's reply: that reply runs to its max_tokens (random weights never stop by themselves), not to a "stop".
+    headers = {"x-request-id": "same-id-for-two-clients"}
+    url = server.base_url + "/v1/chat/completions"
+    aborted_before = server.metric("glm4voice_engine_aborted_requests_total")
+    body = _chat_body(600, stream=True, stream_options={"include_usage": True})
+    with httpx.Client(timeout=300) as client, client.stream("POST", url, json=body, headers=headers) as kept:
+        assert kept.headers["x-request-id"] == headers["x-request-id"]  # the client's id stays for its logs
+        frames = _frames(kept)
+        next(frames)  # the role chunk: the kept request is in the engine
+        with httpx.Client(timeout=300) as leaver, leaver.stream("POST", url, json=body, headers=headers) as left:
+            next(_frames(left))  # generating too; then the client goes away (the connection closes)
+        finishes, usage = [], None
+        for frame in frames:
+            finishes += [c["finish_reason"] for c in frame["choices"] if c.get("finish_reason")]
+            usage = frame.get("usage") or usage
+    assert finishes == ["length"] and usage["completion_tokens"] == 600, (finishes, usage)
+    # The leaver's engine request was aborted (its own id), and nothing is left running.
+    assert server.metric("glm4voice_engine_aborted_requests_total") >= aborted_before + 1
+    assert server.metric("glm4voice_engine_active_requests") == 0
