@@ -1,4 +1,5 @@
-"""Issue "Hardening" on the session server (real engine, real sockets): engine request ids are the server's own."""
+"""Issue "Hardening" on the session server (real engine, real sockets): engine request ids are the server's own, no
+500 from client input."""
 
 from __future__ import annotations
 
@@ -49,3 +50,60 @@ def test_a_shared_x_request_id_never_aborts_another_request(server: RunningServe
     # The leaver's engine request was aborted (its own id), and nothing is left running.
     assert server.metric("glm4voice_engine_aborted_requests_total") >= aborted_before + 1
     assert server.metric("glm4voice_engine_active_requests") == 0
+
+
+SURROGATE = "\ud800"
+
+
+def _post(server: RunningServer, path: str, body: dict) -> httpx.Response:
+    # json.dumps escapes the lone surrogate as \ud800, exactly what such a client sends on the wire.
+    return httpx.post(
+        server.base_url + path, content=json.dumps(body), headers={"content-type": "application/json"}, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({**_chat_body(5), "model": SURROGATE}, "model"),
+        (
+            _chat_body(5, modalities=["text", "audio"], audio={"voice": {"id": "voice_" + SURROGATE}, "format": "wav"}),
+            "audio",
+        ),
+        (
+            {
+                **_chat_body(5),
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "audio": {"id": "audio_" + SURROGATE}},
+                    {"role": "user", "content": "And?"},
+                ],
+            },
+            "messages",
+        ),
+        ({**_chat_body(5), "seed": 2**64}, "seed"),
+        ({**_chat_body(5), "seed": -(2**63) - 1}, "seed"),
+    ],
+    ids=["model", "voice-id", "audio-id", "seed-2**64", "seed-below-int64"],
+)
+def test_bad_text_and_seeds_are_400s_naming_the_parameter(server: RunningServer, body: dict, param: str) -> None:
+    response = _post(server, "/v1/chat/completions", body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"].startswith(param), error
+
+
+def test_surrogates_in_speech_and_the_seed_bounds(server: RunningServer) -> None:
+    for body, param in (
+        ({"model": MODEL, "input": "Hi", "voice": {"id": "voice_" + SURROGATE}}, "voice"),
+        ({"model": SURROGATE, "input": "Hi", "voice": "alloy"}, "model"),
+    ):
+        response = _post(server, "/v1/audio/speech", body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"].startswith(param)
+    # The int64 bounds themselves are valid seeds.
+    for seed in (2**63 - 1, -(2**63)):
+        response = _post(server, "/v1/chat/completions", {**_chat_body(3), "seed": seed})
+        assert response.status_code == 200, response.text
+    assert httpx.get(server.base_url + "/health/ready", timeout=10).status_code == 200
