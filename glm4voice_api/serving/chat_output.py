@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from glm4voice_api.pipeline.spoken_turn import AudioChunk
 from glm4voice_api.pipeline.turn import TranscriptDelta, Turn, TurnDone, TurnUsage
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
+from glm4voice_api.request_context import request_received
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.store import Store, StoredAudio
@@ -45,7 +45,8 @@ class ChatPlan:
     audio_id: str | None
     expires_at: int
     return_token_ids: bool = False
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=request_received)
+    """When the request arrived: the first-audio latency counts from here."""
 
 
 def usage_of(u: TurnUsage) -> Usage:

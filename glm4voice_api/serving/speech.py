@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, 
 from glm4voice_api.pipeline.spoken_turn import AudioChunk
 from glm4voice_api.pipeline.turn import Turn, TurnDone
 from glm4voice_api.protocol import speech as wire
+from glm4voice_api.request_context import request_received
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.serving.voices import VoiceResolver
@@ -206,7 +206,7 @@ class ServingSpeech:
         """The file's bytes as each decoder chunk is encoded, then the turn's TurnDone."""
         replies = self.replies
         encoder = _ThreadedEncoder(make_encoder(plan.response_format, input_rate=replies.sample_rate, speed=plan.speed))
-        started, first = time.monotonic(), True
+        started, first = request_received(), True  # first-audio latency: from the request's arrival
         meter = replies.meter(stream=True)
         spoken = replies.events(turn, spoken=True, voice=plan.voice, stream=True)
         try:

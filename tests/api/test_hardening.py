@@ -1,9 +1,10 @@
 """Issue "Hardening" on the session server (real engine, real sockets): engine request ids are the server's own, no
-500 from client input."""
+500 from client input, and the admission slot held until a stream ends."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -107,3 +108,45 @@ def test_surrogates_in_speech_and_the_seed_bounds(server: RunningServer) -> None
         response = _post(server, "/v1/chat/completions", {**_chat_body(3), "seed": seed})
         assert response.status_code == 200, response.text
     assert httpx.get(server.base_url + "/health/ready", timeout=10).status_code == 200
+
+
+AUDIO = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
+
+
+def test_the_admission_slot_is_held_until_the_stream_ends(server: RunningServer) -> None:
+    # The lease is a `yield` dependency: FastAPI must run its exit after the streamed body, not when it starts.
+    url = server.base_url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=_chat_body(120, stream=True, **AUDIO), timeout=300) as response:
+        frames = _frames(response)
+        next(frames)
+        assert server.metric("glm4voice_admission_active") == 1
+        assert server.metric("glm4voice_active_streams") == 1
+        for _ in frames:
+            pass
+    deadline = time.monotonic() + 30
+    while server.metric("glm4voice_admission_active") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.metric("glm4voice_admission_active") == 0
+
+
+def test_first_audio_latency_counts_from_the_request_s_arrival(server: RunningServer) -> None:
+    # The body arrives PAUSE_S after the headers: a clock started at arrival sees at least that before the first
+    # audio; one started after admission and prompt building does not.
+    pause_s = 6.0
+    body = json.dumps(_chat_body(60, stream=True, **AUDIO)).encode()
+
+    def slow_body():
+        yield body[:10]
+        time.sleep(pause_s)
+        yield body[10:]
+
+    name = "glm4voice_first_audio_seconds"
+    count, total = server.metric(name + "_count"), server.metric(name + "_sum")
+    headers = {"content-type": "application/json"}
+    with httpx.stream(
+        "POST", server.base_url + "/v1/chat/completions", content=slow_body(), headers=headers, timeout=300
+    ) as response:
+        assert response.status_code == 200
+        assert any("data" in (c["choices"][0]["delta"].get("audio") or {}) for c in _frames(response) if c["choices"])
+    assert server.metric(name + "_count") == count + 1
+    assert server.metric(name + "_sum") - total >= pause_s
