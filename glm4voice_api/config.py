@@ -139,7 +139,13 @@ class RequestLimits(BaseModel):
 
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body in bytes.")
     max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest input audio file in bytes.")
-    max_audio_seconds: float = Field(300.0, gt=0, description="Longest input audio in seconds.")
+    max_audio_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest input audio in seconds: all of one request's audio parts together (a WAV header that "
+        "declares more is refused before decoding; the speech tokens are checked against the context before "
+        "tokenizing).",
+    )
     max_text_chars: int = Field(32768, ge=1, description="Most characters of text in one message.")
     max_tokens: int = Field(
         0, ge=0, description="Largest max_tokens a request may ask for (400 above it). 0: the context length."

@@ -24,6 +24,9 @@ class RequestContext:
     received: float = field(default_factory=time.monotonic)
     """When the request arrived (time.monotonic): latencies a client sees (first audio) count from here, so time
     spent in the admission queue, reading the body and preparing the prompt is part of them."""
+    deadline: float | None = None
+    """The end of the request's whole-reply time limit (event loop time), set when its work begins (preparation:
+    audio decoded and tokenized), so that preparation and generation share `timeouts.request_s`."""
 
     @property
     def tenant(self) -> str:

@@ -126,7 +126,7 @@ def _load_audio_input(settings: Settings, path: Path) -> AudioInput:
     worker = SpeechTokenizerWorker(model, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms)
     worker.start()
     logger.info("speech tokenizer ready in %.1f s", time.perf_counter() - start)
-    return AudioInput(worker, settings.request_limits)
+    return AudioInput(worker, settings.request_limits, tokens_per_second=model.model.config.tokens_per_second)
 
 
 def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderScheduler:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from glm4voice_api.config import RequestLimits
 from glm4voice_api.engine.base import GenerationParams
 from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, model_not_found, not_found
-from glm4voice_api.pipeline.audio_input import AudioInput
+from glm4voice_api.pipeline.audio_input import AudioBudget, AudioInput
 from glm4voice_api.pipeline.runtime import ServedModel
 from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, RANDOM_WEIGHTS_MAX_TOKENS, Sampling
 from glm4voice_api.protocol import chat as wire
@@ -62,7 +62,8 @@ class ServingChat:
     async def create_chat_completion(
         self, request: wire.ChatCompletionRequest, request_id: str, tenant: str
     ) -> wire.ChatCompletionResponse | AsyncIterator[wire.ChatCompletionChunk]:
-        plan = await self._plan(request, request_id, tenant)
+        async with self.replies.time_limits.preparing():
+            plan = await self._plan(request, request_id, tenant)
         turn = self.replies.turn(plan.prompt, plan.params, request_id)
         if plan.stream:
             return stream(self.replies, self.store, turn, plan)
@@ -112,11 +113,12 @@ class ServingChat:
     async def _conversation(self, req: wire.ChatCompletionRequest, tenant: str) -> tuple[str | None, list]:
         system_parts: list[str] = []
         messages: list[UserMessage | AssistantMessage] = []
+        budget = self.audio_input.budget(self.model.max_model_len)  # all of the request's audio together
         for i, m in enumerate(req.messages):
             if isinstance(m, wire.SystemMessage):
                 system_parts.append(_text_of(m.content))
             elif isinstance(m, wire.UserMessage):
-                messages.append(await self._user_message(m, i))
+                messages.append(await self._user_message(m, i, budget))
             elif isinstance(m, wire.AssistantMessage):
                 messages.append(await self._assistant_message(m, i, tenant))
             else:
@@ -138,7 +140,7 @@ class ServingChat:
             )
         return AssistantMessage(token_ids=tuple(stored.token_ids))
 
-    async def _user_message(self, m: wire.UserMessage, index: int) -> UserMessage:
+    async def _user_message(self, m: wire.UserMessage, index: int, budget: AudioBudget) -> UserMessage:
         limit = self.limits.max_text_chars
         raw_parts = [wire.TextContentPart(type="text", text=m.content)] if isinstance(m.content, str) else m.content
         parts: list[TextPart | AudioPart] = []
@@ -150,7 +152,9 @@ class ServingChat:
                 continue
             param = f"messages[{index}].content[{j}].input_audio"
             async with audio_errors():
-                speech = await self.audio_input.from_base64(part.input_audio.data, part.input_audio.format, param)
+                speech = await self.audio_input.from_base64(
+                    part.input_audio.data, part.input_audio.format, param, budget
+                )
             self.metrics.audio_in.inc(speech.seconds)
             parts.append(AudioPart(tuple(speech.tokens)))
         return UserMessage(parts=tuple(parts))

@@ -158,7 +158,8 @@ class ServingSpeech:
     async def create_speech(
         self, request: wire.SpeechRequest, request_id: str, tenant: str
     ) -> SpeechAudio | AsyncIterator[wire.SpeechAudioDelta | wire.SpeechAudioDone]:
-        plan = await self._plan(request, tenant)
+        async with self.replies.time_limits.preparing():
+            plan = await self._plan(request, tenant)
         turn = self.replies.turn(plan.prompt, plan.params, request_id)
         if request.stream_format == "sse":
             return self._events(turn, plan)

@@ -137,7 +137,8 @@ class ServingTranscription:
         | AsyncIterator[wire.TranscriptionStreamEvent]
     ):
         """A response (str for text/srt/vtt), or the stream's events when `request.stream`."""
-        plan = await self._plan(request, audio, request_id)
+        async with self.time_limits.preparing():
+            plan = await self._plan(request, audio, request_id)
         if request.stream:
             return self._stream(plan)
         return await self._complete(plan)
@@ -182,7 +183,9 @@ class ServingTranscription:
 
     async def _speech_tokens(self, audio: bytes, hint: str | None) -> tuple[list[int], float]:
         async with audio_errors():
-            waveform = await self.audio_input.decode(audio, hint, "file")
+            # The context is checked from the decoded length, before tokenizing.
+            budget = self.audio_input.budget(self.model.max_model_len)
+            waveform = await self.audio_input.decode(audio, hint, "file", budget)
         speech = await self.audio_input.tokenize(waveform)
         self.metrics.audio_in.inc(speech.seconds)
         if not speech.tokens:

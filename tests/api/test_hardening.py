@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import time
+import wave
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.api.conftest import RunningServer
@@ -150,3 +154,38 @@ def test_first_audio_latency_counts_from_the_request_s_arrival(server: RunningSe
         assert any("data" in (c["choices"][0]["delta"].get("audio") or {}) for c in _frames(response) if c["choices"])
     assert server.metric(name + "_count") == count + 1
     assert server.metric(name + "_sum") - total >= pause_s
+
+
+def _wav(seconds: float, rate: int, width: int = 1) -> bytes:
+    """A real WAV file of a quiet tone; at rate 2 Hz a few hundred bytes hold minutes of "audio"."""
+    frames = int(seconds * rate)
+    t = np.arange(frames) / rate
+    wave_data = 0.2 * np.sin(2 * np.pi * 0.4 * t)
+    samples = (
+        (wave_data * 127 + 128).astype(np.uint8).tobytes()
+        if width == 1
+        else (wave_data * 32767).astype("<i2").tobytes()
+    )
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(samples)
+    return out.getvalue()
+
+
+def test_a_request_s_audio_is_bounded_before_it_is_tokenized(server: RunningServer) -> None:
+    # The attack of the issue: 64 parts of a 642-byte WAV that holds 299 s each (5.3 h of "audio" in 58 KB).
+    # The first part's decoded length already makes more speech tokens than the context holds: a 400 then, before
+    # tokenizing anything (which took minutes, part after part, while other tenants waited).
+    part = base64.b64encode(_wav(299, rate=2)).decode()
+    assert len(part) < 1000
+    content = [{"type": "input_audio", "input_audio": {"data": part, "format": "wav"}}] * 64
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 5, "stream": True}
+    tokenized_before = server.metric("glm4voice_audio_input_seconds_total")
+    response = httpx.post(server.base_url + "/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "messages[0].content[0].input_audio")
+    assert server.metric("glm4voice_audio_input_seconds_total") == tokenized_before
