@@ -193,6 +193,9 @@ class TenantLimitSettings(BaseModel):
     requests_per_minute: int = Field(
         0, ge=0, description="Requests one tenant may start per fixed 60 s window, over all replicas (429 above)."
     )
+    max_voices: int = Field(
+        100, ge=0, description="Custom voices one tenant may keep in the store (a 400 when creating one more)."
+    )
 
 
 class TimeoutSettings(BaseModel):
@@ -201,7 +204,12 @@ class TimeoutSettings(BaseModel):
     first_audio_s: float = Field(
         120.0, ge=0, description="Most seconds from the start of generation to the first audio."
     )
-    request_s: float = Field(600.0, ge=0, description="Most seconds from the start of generation to its end.")
+    request_s: float = Field(
+        600.0,
+        ge=0,
+        description="Most seconds from the start of a request's work (its audio decoded and tokenized, then the "
+        "generation) to its end.",
+    )
     drain_s: float = Field(
         30.0,
         ge=0,

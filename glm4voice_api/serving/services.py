@@ -72,7 +72,9 @@ class Services:
             transcription=ServingTranscription(
                 rt.model, rt.prompts, rt.tokenizer, rt.sampling, limits, rt.audio_input, rt.engine, time_limits, metrics
             ),
-            voices=ServingVoices(rt.store, limits, rt.audio_input, rt.voice_maker),
+            voices=ServingVoices(
+                rt.store, limits, rt.audio_input, rt.voice_maker, max_voices=settings.tenant_limits.max_voices
+            ),
             admission=admission,
             realtime=realtime,
         )

@@ -1,7 +1,8 @@
-"""Issue "Hardening" on one extra real server (real engine, a real redis-server it can lose, real sockets): a request's
-audio bounded as a whole.
+"""Issue "Hardening" on one extra real server (real engine, a real redis-server, real sockets): a request's
+audio bounded as a whole; voice creation admitted and limited like every route that does model work.
 
-Small limits make each bound reachable with small requests: 20 s of input audio per request.
+Small limits make each bound reachable with small requests: 20 s of input audio per request, one request at a time
+per tenant, two voices per tenant.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.redis_server import RedisServer
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("server")]
 STATIC_KEY = "sk-hardening-static"
 MAX_AUDIO_S = 20
+MAX_VOICES = 2
 
 
 @dataclass
@@ -41,6 +43,10 @@ def hardened(default_set: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
         tmp_path_factory.mktemp("hardened") / "server.log",
         "--request-limits.max-audio-seconds",
         str(MAX_AUDIO_S),
+        "--tenant-limits.max-concurrent",
+        "1",
+        "--tenant-limits.max-voices",
+        str(MAX_VOICES),
         env={"GLM4VOICE_STORE": redis.url + "/0", "GLM4VOICE_AUTH__API_KEYS": STATIC_KEY},
     )
     try:
@@ -67,3 +73,41 @@ def test_all_of_a_request_s_audio_counts_against_its_limit(hardened: Hardened) -
     # Two parts fit.
     body["messages"][0]["content"] = [part] * 2
     assert hardened.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def _create_voice(hardened: Hardened, name: str) -> httpx.Response:
+    files = {"audio_sample": ("me.wav", _wav(3, rate=16000, width=2), "audio/wav")}
+    return hardened.post("/v1/audio/voices", data={"name": name}, files=files)
+
+
+def test_voice_creation_is_admitted_like_other_model_work(hardened: Hardened) -> None:
+    # The tenant's one request slot is taken by a stream: creating a voice (audio decoding, the speech tokenizer)
+    # waits its turn like chat and speech do; here the tenant limit refuses it at once.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 600, "stream": True}
+    headers = {"Authorization": f"Bearer {STATIC_KEY}"}
+    url = hardened.server.base_url + "/v1/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=300) as running:
+        assert running.status_code == 200
+        lines = running.iter_lines()
+        next(lines)
+        assert hardened.server.metric("glm4voice_active_streams") == 1  # still running
+        refused = _create_voice(hardened, "Busy")
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["type"] == "rate_limit_error" and int(refused.headers["retry-after"]) >= 1
+        for _ in lines:
+            pass
+    assert _create_voice(hardened, "Free").status_code == 200
+
+
+def test_a_tenant_keeps_at_most_its_voice_quota(hardened: Hardened) -> None:
+    headers = {"Authorization": f"Bearer {STATIC_KEY}"}
+    voices = hardened.server.base_url + "/v1/audio/voices"
+    for voice in httpx.get(voices, headers=headers, timeout=30).json()["data"]:
+        httpx.delete(f"{voices}/{voice['id']}", headers=headers, timeout=30)
+    made = [_create_voice(hardened, f"Voice {i}") for i in range(MAX_VOICES)]
+    assert all(r.status_code == 200 for r in made), [r.text for r in made]
+    over = _create_voice(hardened, "One too many")
+    assert over.status_code == 400, over.text
+    assert (over.json()["error"]["code"], over.json()["error"]["param"]) == ("voice_quota_exceeded", "audio_sample")
+    assert httpx.delete(f"{voices}/{made[0].json()['id']}", headers=headers, timeout=30).status_code == 200
+    assert _create_voice(hardened, "In its place").status_code == 200
