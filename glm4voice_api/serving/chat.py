@@ -64,6 +64,10 @@ class ServingChat:
     ) -> wire.ChatCompletionResponse | AsyncIterator[wire.ChatCompletionChunk]:
         async with self.replies.time_limits.preparing():
             plan = await self._plan(request, request_id, tenant)
+            if plan.audio_id is not None:
+                # A spoken reply's id is stored when it ends: a store that cannot take it now fails the request
+                # here (503 store_unavailable, retryable), not after the whole generation or with an id never kept.
+                await self.store.check_writable()
         turn = self.replies.turn(plan.prompt, plan.params, request_id)
         if plan.stream:
             return stream(self.replies, self.store, turn, plan)

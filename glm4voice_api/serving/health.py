@@ -8,6 +8,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from glm4voice_api.engine.base import EngineDeadError
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
+from glm4voice_api.store import StoreUnavailable
 
 
 async def probe_engine(services: Services) -> tuple[bool, str]:
@@ -15,6 +16,16 @@ async def probe_engine(services: Services) -> tuple[bool, str]:
         await services.engine.check_health()
     except EngineDeadError as exc:
         return False, f"engine: {exc}"
+    return True, "ok"
+
+
+async def probe_store(services: Services) -> tuple[bool, str]:
+    """Readiness: a store that takes no writes fails every spoken reply (and stored keys, ids, voices): not ready,
+    so balancers send the work to a replica whose store works. Liveness does not look at it (a restart cannot help)."""
+    try:
+        await services.store.check_writable()
+    except StoreUnavailable as exc:
+        return False, f"store: {exc}"
     return True, "ok"
 
 

@@ -17,6 +17,7 @@ from glm4voice_api.serving.speech import ServingSpeech
 from glm4voice_api.serving.transcription import ServingTranscription
 from glm4voice_api.serving.voices import VoiceResolver
 from glm4voice_api.serving.voices_api import ServingVoices
+from glm4voice_api.store import Store
 
 
 @dataclass
@@ -30,6 +31,8 @@ class Services:
     voices: ServingVoices
     admission: Admission
     realtime: ServingRealtime
+    store: Store
+    """For the readiness probe."""
 
     @classmethod
     def build(cls, rt: Runtime, metrics: Metrics) -> Services:
@@ -77,4 +80,5 @@ class Services:
             ),
             admission=admission,
             realtime=realtime,
+            store=rt.store,
         )

@@ -1,5 +1,6 @@
-"""Issue "Hardening" on one extra real server (real engine, a real redis-server, real sockets): a request's
-audio bounded as a whole; voice creation admitted and limited like every route that does model work.
+"""Issue "Hardening" on one extra real server (real engine, a real redis-server it can lose, real sockets): a request's
+audio bounded as a whole; voice creation admitted and limited like every route that does model work; store failures
+answered before the work.
 
 Small limits make each bound reachable with small requests: 20 s of input audio per request, one request at a time
 per tenant, two voices per tenant.
@@ -111,3 +112,45 @@ def test_a_tenant_keeps_at_most_its_voice_quota(hardened: Hardened) -> None:
     assert (over.json()["error"]["code"], over.json()["error"]["param"]) == ("voice_quota_exceeded", "audio_sample")
     assert httpx.delete(f"{voices}/{made[0].json()['id']}", headers=headers, timeout=30).status_code == 200
     assert _create_voice(hardened, "In its place").status_code == 200
+
+
+def test_a_store_that_fails_stops_spoken_replies_before_the_work(hardened: Hardened) -> None:
+    # Last in this module: Redis goes away, and comes back.
+    base = hardened.server.base_url
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 60,
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "wav"},
+    }
+    generated = hardened.server.metric("glm4voice_audio_output_seconds_total")
+    hardened.redis.stop()
+    try:
+        ready = httpx.get(base + "/health/ready", timeout=30)
+        assert ready.status_code == 503 and "store" in ready.json()["detail"], ready.text
+        # A spoken reply's id could not be kept: refused before generating, retryable (never a 500 after the work).
+        refused = hardened.post("/v1/chat/completions", json=body)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "store_unavailable" and int(refused.headers["retry-after"]) >= 1
+        # A stream is refused before its first byte (no audio, no id that was never stored).
+        stream_body = {**body, "stream": True, "audio": {"voice": "alloy", "format": "pcm16"}}
+        streamed = hardened.post("/v1/chat/completions", json=stream_body)
+        assert streamed.status_code == 503 and streamed.json()["error"]["code"] == "store_unavailable"
+        assert hardened.server.metric("glm4voice_audio_output_seconds_total") == generated
+    finally:
+        hardened.redis.start()  # same folder and port
+    # The first request after Redis returns succeeds, and its id is there for the next turn.
+    first = hardened.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200, first.text
+    audio_id = first.json()["choices"][0]["message"]["audio"]["id"]
+    follow_up = {
+        **body,
+        "messages": [
+            *body["messages"],
+            {"role": "assistant", "audio": {"id": audio_id}},
+            {"role": "user", "content": "And?"},
+        ],
+    }
+    assert hardened.post("/v1/chat/completions", json=follow_up).status_code == 200
+    assert httpx.get(base + "/health/ready", timeout=30).status_code == 200
