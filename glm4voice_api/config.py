@@ -254,6 +254,11 @@ class AuthSettings(BaseModel):
     cache_seconds: float = Field(
         5.0, ge=0, description="How long a key lookup is cached in memory: a revoked key works at most this long."
     )
+    metrics_tenant_names: bool = Field(
+        False,
+        description="Name tenants in /metrics labels. Off: every tenant but default appears as t-<first 12 hex of "
+        "its name's SHA-256>, so an open /metrics does not list who uses the server.",
+    )
     protect_health_metrics: bool = Field(
         False, description="Require a key on /health, /health/ready and /metrics too (off: open for probes)."
     )

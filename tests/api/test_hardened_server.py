@@ -1,6 +1,6 @@
 """Issue "Hardening" on one extra real server (real engine, a real redis-server it can lose, real sockets): a request's
-audio bounded as a whole; voice creation admitted and limited like every route that does model work; store failures
-answered before the work.
+audio bounded as a whole; voice creation admitted and limited like every route that does model work; what the open
+routes reveal; store failures answered before the work.
 
 Small limits make each bound reachable with small requests: 20 s of input audio per request, one request at a time
 per tenant, two voices per tenant.
@@ -8,6 +8,7 @@ per tenant, two voices per tenant.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from glm4voice_api.store import RedisStore
+from glm4voice_api.store.keys import create_key
 from tests.api.conftest import RunningServer, start_server, stop_server
 from tests.api.test_hardening import MODEL, _wav
 from tests.redis_server import RedisServer
@@ -24,12 +27,15 @@ pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("server")]
 STATIC_KEY = "sk-hardening-static"
 MAX_AUDIO_S = 20
 MAX_VOICES = 2
+TENANT = "acme-secret-customer"
 
 
 @dataclass
 class Hardened:
     server: RunningServer
     redis: RedisServer
+    tenant_key: str
+    """A stored key of tenant TENANT."""
 
     def post(self, path: str, key: str | None = STATIC_KEY, **kwargs) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -39,6 +45,15 @@ class Hardened:
 @pytest.fixture(scope="module")
 def hardened(default_set: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hardened]:
     redis = RedisServer(tmp_path_factory.mktemp("hardened-redis"), persistent=True).start()
+
+    async def make_key() -> str:
+        store = RedisStore(redis.url + "/0")
+        try:
+            return (await create_key(store, TENANT))[1]
+        finally:
+            await store.close()
+
+    tenant_key = asyncio.run(make_key())
     server = start_server(
         cache_dir,
         tmp_path_factory.mktemp("hardened") / "server.log",
@@ -51,7 +66,7 @@ def hardened(default_set: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
         env={"GLM4VOICE_STORE": redis.url + "/0", "GLM4VOICE_AUTH__API_KEYS": STATIC_KEY},
     )
     try:
-        yield Hardened(server, redis)
+        yield Hardened(server, redis, tenant_key)
     finally:
         stop_server(server)
         redis.stop()
@@ -112,6 +127,25 @@ def test_a_tenant_keeps_at_most_its_voice_quota(hardened: Hardened) -> None:
     assert (over.json()["error"]["code"], over.json()["error"]["param"]) == ("voice_quota_exceeded", "audio_sample")
     assert httpx.delete(f"{voices}/{made[0].json()['id']}", headers=headers, timeout=30).status_code == 200
     assert _create_voice(hardened, "In its place").status_code == 200
+
+
+def test_open_routes_reveal_no_tenants_and_no_paths(hardened: Hardened) -> None:
+    base = hardened.server.base_url
+    # The API description is guarded like /v1 once auth is on; the probes stay open.
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(base + path, timeout=30).status_code == 401, path
+        assert httpx.get(base + path, headers={"Authorization": f"Bearer {STATIC_KEY}"}, timeout=30).status_code == 200
+    assert httpx.get(base + "/health/ready", timeout=30).status_code == 200
+    # /v1/models names the model's folder, not where it lies on the server's disk.
+    models = httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {STATIC_KEY}"}, timeout=30).json()
+    root = models["data"][0]["root"]
+    assert "/" not in root and str(hardened.server.base_url) not in root, root
+    # A tenant's requests are counted on the open /metrics under a pseudonym, not its name.
+    headers = {"Authorization": f"Bearer {hardened.tenant_key}"}
+    assert httpx.get(base + "/v1/models", headers=headers, timeout=30).status_code == 200
+    metrics = httpx.get(base + "/metrics", timeout=30).text
+    assert TENANT not in metrics
+    assert 'tenant="t-' in metrics
 
 
 def test_a_store_that_fails_stops_spoken_replies_before_the_work(hardened: Hardened) -> None:
