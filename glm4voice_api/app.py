@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glm4voice_api.auth import AuthMiddleware, KeyResolver
 from glm4voice_api.config import Settings
-from glm4voice_api.engine.base import LLMEngine
+from glm4voice_api.engine.base import EngineDeadError, LLMEngine
 from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down, store_unavailable
 from glm4voice_api.pipeline.runtime import Runtime, build_runtime
 from glm4voice_api.protocol.common import ErrorResponse
@@ -260,6 +260,19 @@ def _start_capacity_control(app: FastAPI, runtime: Runtime, admission: Admission
     return asyncio.create_task(run_controller(controller, read, admission.queue.set_limit))
 
 
+async def _watch_engine(app: FastAPI, engine: LLMEngine, every_s: float = 1.0) -> None:
+    """A dead engine (its process killed or crashed) never serves again: requests already get 503 at once, and this
+    marks the app failed (`app.state.fatal`), which makes the server exit non-zero for a supervisor to restart it."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await engine.check_health()
+        except EngineDeadError as exc:
+            logger.critical("the engine is dead (%s): the server will exit", exc)
+            app.state.fatal = f"engine dead: {exc}"
+            return
+
+
 def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = None) -> FastAPI:
     """Build the app. The lifespan loads the models and starts (and warms up) the engine before serving."""
     settings = settings or Settings()
@@ -287,10 +300,12 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         app.state.services = services
         app.state.runtime = runtime  # introspection only (bench/gpu_server.py); routes go through the services
         capacity = _start_capacity_control(app, runtime, admission)
+        watchdog = asyncio.create_task(_watch_engine(app, runtime.engine))
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
+            watchdog.cancel()
             if capacity is not None:
                 capacity.cancel()
             app.state.services = app.state.runtime = None
@@ -305,6 +320,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     app.state.runtime = None
     app.state.capacity = None
     app.state.draining = False
+    app.state.fatal = None
     _install_error_handlers(app)
     _publish_error_envelope(app)
     routers = (chat, speech, transcription, voices, models, health, realtime)

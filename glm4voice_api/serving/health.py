@@ -12,10 +12,13 @@ from glm4voice_api.store import StoreUnavailable
 
 
 async def probe_engine(services: Services) -> tuple[bool, str]:
+    """Liveness: the engine, and the speech decoder's thread(s) (a stopped one fails every spoken reply)."""
     try:
         await services.engine.check_health()
     except EngineDeadError as exc:
         return False, f"engine: {exc}"
+    if not services.decoder.alive:
+        return False, "speech decoder: its thread has stopped"
     return True, "ok"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from glm4voice_api.engine.base import LLMEngine
+from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.serving.admission import Admission
 from glm4voice_api.serving.chat import ServingChat
@@ -33,6 +34,8 @@ class Services:
     realtime: ServingRealtime
     store: Store
     """For the readiness probe."""
+    decoder: DecoderScheduler | DecoderPool
+    """For the liveness probe (`alive`)."""
 
     @classmethod
     def build(cls, rt: Runtime, metrics: Metrics) -> Services:
@@ -81,4 +84,5 @@ class Services:
             admission=admission,
             realtime=realtime,
             store=rt.store,
+            decoder=rt.decoder,
         )
