@@ -61,12 +61,16 @@ class RequestContextMiddleware:
         app: ASGIApp,
         max_body: int,
         metrics: Metrics,
+        body_idle_s: float | None = None,
+        max_header_bytes: int | None = None,
         draining: Callable[[], bool] = lambda: False,
         tenant_label: Callable[[str], str] = lambda tenant: tenant,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.metrics = metrics
+        self.body_idle_s = body_idle_s
+        self.max_header_bytes = max_header_bytes
         self.draining = draining
         self.tenant_label = tenant_label
 
@@ -112,6 +116,18 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
+        if self.max_header_bytes and sum(len(k) + len(v) for k, v in scope.get("headers", ())) > self.max_header_bytes:
+            # h11 refuses a head that grows past the cap while it arrives; one that came whole in a single read is
+            # refused here, before anything (auth included) looks at it.
+            await _send_error(
+                send_with_id,
+                APIError(
+                    f"The request's headers are larger than the {self.max_header_bytes} byte limit.",
+                    code="request_header_fields_too_large",
+                    status=431,
+                ),
+            )
+            return
         if self.draining() and scope.get("path") not in _OPEN_WHILE_DRAINING:
             # Readiness already answers 503, so balancers stop sending; whatever still arrives is told to retry.
             await _send_error(send_with_id, shutting_down())
@@ -124,11 +140,24 @@ class RequestContextMiddleware:
             )
             return
         received = 0
+        body_done = False
 
         async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or self.body_idle_s is None:
+                message = await receive()  # after the body: waits for the client to go away, however long
+            else:
+                try:
+                    # A client that stops sending its body would hold the request (and its connection) forever.
+                    async with asyncio.timeout(self.body_idle_s):
+                        message = await receive()
+                except TimeoutError:
+                    # An HTTPException: FastAPI passes it on from its body reading (any other error there is a 400).
+                    raise StarletteHTTPException(
+                        408, f"The request body stopped arriving for {self.body_idle_s:g} s."
+                    ) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     raise APIError(
@@ -190,7 +219,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         # 400 here is Starlette failing to parse the body (bad UTF-8 JSON, nesting, multipart without boundary).
-        kind = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        kind = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout"}.get(
+            exc.status_code
+        )
         error = APIError(str(exc.detail), code=kind, status=exc.status_code)
         return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -335,6 +366,8 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         RequestContextMiddleware,
         max_body=settings.request_limits.max_body_bytes,
         metrics=metrics,
+        body_idle_s=settings.timeouts.body_idle_s,
+        max_header_bytes=settings.request_limits.max_header_bytes,
         draining=lambda: app.state.draining,
         tenant_label=(lambda tenant: tenant) if settings.auth.metrics_tenant_names else pseudonym,
     )

@@ -138,6 +138,15 @@ class RequestLimits(BaseModel):
     """Caps on what one request may ask for (sizes and token budgets)."""
 
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body in bytes.")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest request head (request line and headers) in bytes; larger: 400."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=0,
+        description="Open connections (and requests in progress) per process; beyond it new requests get 503. "
+        "0: unlimited.",
+    )
     max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest input audio file in bytes.")
     max_audio_seconds: float = Field(
         300.0,
@@ -210,6 +219,13 @@ class TimeoutSettings(BaseModel):
         description="Most seconds from the start of a request's work (its audio decoded and tokenized, then the "
         "generation) to its end.",
     )
+    header_s: float = Field(
+        10.0, gt=0, description="Most seconds a client may take to send a request's head; then the connection closes."
+    )
+    body_idle_s: float = Field(
+        30.0, gt=0, description="Most seconds between two parts of a request body; then a 408 and the request ends."
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this long.")
     drain_s: float = Field(
         30.0,
         ge=0,

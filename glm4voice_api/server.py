@@ -28,6 +28,7 @@ from fastapi import FastAPI
 
 from glm4voice_api.app import create_app, drain
 from glm4voice_api.config import Settings
+from glm4voice_api.http_protocol import HEADER_TIMEOUT_ATTR, BoundedH11Protocol
 from glm4voice_api.logs import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -115,10 +116,17 @@ class DrainingServer(uvicorn.Server):
 def serve(settings: Settings) -> None:
     configure_logging(settings.log.level, settings.log.format)
     app = create_app(settings)
+    limits, timeouts = settings.request_limits, settings.timeouts
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # Connection limits (http_protocol.py says why h11): the head's size and time, idle keep-alive connections,
+        # connections per process. What sits in front in production (README) bounds the rest.
+        http=BoundedH11Protocol,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        timeout_keep_alive=int(max(1, timeouts.keep_alive_s)),
+        limit_concurrency=limits.max_connections or None,
         log_level=settings.log.level.lower(),
         log_config=None,  # our handler on the root logger formats uvicorn's lines too (logs.py)
         access_log=False,  # the app writes its own access line, with request id and tenant
@@ -127,6 +135,7 @@ def serve(settings: Settings) -> None:
         # Realtime events up to the cap get an `error` event when too large; far beyond it the socket closes (1009).
         ws_max_size=2 * settings.realtime.max_event_bytes,
     )
+    setattr(config, HEADER_TIMEOUT_ATTR, timeouts.header_s)
     server = DrainingServer(config, app)
     server.run()
     if fatal := getattr(app.state, "fatal", None):

@@ -1,15 +1,17 @@
 """Issue "Hardening" on one extra real server (real engine, a real redis-server it can lose, real sockets): a request's
 audio bounded as a whole; voice creation admitted and limited like every route that does model work; what the open
-routes reveal; store failures answered before the work.
+routes reveal; the limits on connections; store failures answered before the work.
 
 Small limits make each bound reachable with small requests: 20 s of input audio per request, one request at a time
-per tenant, two voices per tenant.
+per tenant, two voices per tenant, 24 connections, 2 s for a request's head and between parts of its body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ STATIC_KEY = "sk-hardening-static"
 MAX_AUDIO_S = 20
 MAX_VOICES = 2
 TENANT = "acme-secret-customer"
+MAX_CONNECTIONS = 24
 
 
 @dataclass
@@ -63,6 +66,14 @@ def hardened(default_set: Path, cache_dir: Path, tmp_path_factory: pytest.TempPa
         "1",
         "--tenant-limits.max-voices",
         str(MAX_VOICES),
+        "--request-limits.max-header-bytes",
+        "16384",
+        "--request-limits.max-connections",
+        str(MAX_CONNECTIONS),
+        "--timeouts.header-s",
+        "2",
+        "--timeouts.body-idle-s",
+        "2",
         env={"GLM4VOICE_STORE": redis.url + "/0", "GLM4VOICE_AUTH__API_KEYS": STATIC_KEY},
     )
     try:
@@ -146,6 +157,61 @@ def test_open_routes_reveal_no_tenants_and_no_paths(hardened: Hardened) -> None:
     metrics = httpx.get(base + "/metrics", timeout=30).text
     assert TENANT not in metrics
     assert 'tenant="t-' in metrics
+
+
+def _connect(server: RunningServer) -> socket.socket:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """What the server sent until it closed (a reset after an answer to a request it did not read whole included)."""
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+def test_connection_limits(hardened: Hardened) -> None:
+    server = hardened.server
+    # A head larger than the cap is refused without being read whole (it was read into memory, then a 401).
+    with _connect(server) as sock:
+        head = f"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {'k' * 40_000}\r\n\r\n".encode()
+        try:
+            sock.sendall(head)
+        except OSError:
+            pass  # the server may close while we still send: refused all the same
+        answer = _read_all(sock)
+    # 431 when the head came whole in one read, h11's 400 (or a reset) when it grew past the cap while arriving.
+    assert answer.split(b" ", 2)[1:2] in ([b"431"], [b"400"], []), answer[:200]
+    # A head that never ends: the connection is closed after timeouts.header_s, not held open.
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        assert _read_all(sock) == b""
+    # A body that stops arriving: 408 after timeouts.body_idle_s.
+    with _connect(server) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {STATIC_KEY}\r\nContent-Length: 100\r\n\r\n".encode()
+            + b'{"model": '
+        )
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b'"code":"request_timeout"' in answer and b'"type":"invalid_request_error"' in answer
+    # Connections beyond request_limits.max_connections: new requests get 503, and the server serves again after.
+    idle = [_connect(server) for _ in range(MAX_CONNECTIONS + 2)]
+    try:
+        with _connect(server) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert _read_all(sock).startswith(b"HTTP/1.1 503"), "over the connection limit"
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(1)
+    assert httpx.get(server.base_url + "/health/ready", timeout=30).status_code == 200
 
 
 def test_a_store_that_fails_stops_spoken_replies_before_the_work(hardened: Hardened) -> None:
