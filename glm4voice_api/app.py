@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -19,12 +20,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from glm4voice_api.auth import AuthMiddleware, KeyResolver
 from glm4voice_api.config import Settings
-from glm4voice_api.engine.base import LLMEngine
+from glm4voice_api.engine.base import EngineDeadError, LLMEngine
 from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down, store_unavailable
 from glm4voice_api.pipeline.runtime import Runtime, build_runtime
 from glm4voice_api.protocol.common import ErrorResponse
 from glm4voice_api.protocol.validation import describe as describe_validation
-from glm4voice_api.request_context import RequestContext, bind_request, unbind_request
+from glm4voice_api.request_context import DEFAULT_TENANT, RequestContext, bind_request, unbind_request
 from glm4voice_api.routes import chat, health, models, realtime, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.admission import Admission
@@ -57,12 +58,22 @@ class RequestContextMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, max_body: int, metrics: Metrics, draining: Callable[[], bool] = lambda: False
+        self,
+        app: ASGIApp,
+        max_body: int,
+        metrics: Metrics,
+        body_idle_s: float | None = None,
+        max_header_bytes: int | None = None,
+        draining: Callable[[], bool] = lambda: False,
+        tenant_label: Callable[[str], str] = lambda tenant: tenant,
     ) -> None:
         self.app = app
         self.max_body = max_body
         self.metrics = metrics
+        self.body_idle_s = body_idle_s
+        self.max_header_bytes = max_header_bytes
         self.draining = draining
+        self.tenant_label = tenant_label
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,6 +117,18 @@ class RequestContextMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
+        if self.max_header_bytes and sum(len(k) + len(v) for k, v in scope.get("headers", ())) > self.max_header_bytes:
+            # h11 refuses a head that grows past the cap while it arrives; one that came whole in a single read is
+            # refused here, before anything (auth included) looks at it.
+            await _send_error(
+                send_with_id,
+                APIError(
+                    f"The request's headers are larger than the {self.max_header_bytes} byte limit.",
+                    code="request_header_fields_too_large",
+                    status=431,
+                ),
+            )
+            return
         if self.draining() and scope.get("path") not in _OPEN_WHILE_DRAINING:
             # Readiness already answers 503, so balancers stop sending; whatever still arrives is told to retry.
             await _send_error(send_with_id, shutting_down())
@@ -118,11 +141,24 @@ class RequestContextMiddleware:
             )
             return
         received = 0
+        body_done = False
 
         async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done or self.body_idle_s is None:
+                message = await receive()  # after the body: waits for the client to go away, however long
+            else:
+                try:
+                    # A client that stops sending its body would hold the request (and its connection) forever.
+                    async with asyncio.timeout(self.body_idle_s):
+                        message = await receive()
+                except TimeoutError:
+                    # An HTTPException: FastAPI passes it on from its body reading (any other error there is a 400).
+                    raise StarletteHTTPException(
+                        408, f"The request body stopped arriving for {self.body_idle_s:g} s."
+                    ) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > self.max_body:
                     raise APIError(
@@ -138,7 +174,15 @@ class RequestContextMiddleware:
     def _count(self, scope: Scope, status: int, tenant: str) -> None:
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
-        self.metrics.requests.labels(route=path, status=str(status), tenant=tenant).inc()
+        self.metrics.requests.labels(route=path, status=str(status), tenant=self.tenant_label(tenant)).inc()
+
+
+def pseudonym(tenant: str) -> str:
+    """A tenant's label on /metrics unless `auth.metrics_tenant_names`: stable (series per tenant stay apart, and
+    an operator who knows the name can find its series), but an open /metrics does not list who the tenants are."""
+    if tenant == DEFAULT_TENANT:
+        return tenant
+    return "t-" + hashlib.sha256(tenant.encode()).hexdigest()[:12]
 
 
 async def _send_error(send: Send, error: APIError) -> None:
@@ -167,7 +211,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         # 400 here is Starlette failing to parse the body (bad UTF-8 JSON, nesting, multipart without boundary).
-        kind = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        kind = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout"}.get(
+            exc.status_code
+        )
         error = APIError(str(exc.detail), code=kind, status=exc.status_code)
         return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
@@ -237,6 +283,19 @@ def _start_capacity_control(app: FastAPI, runtime: Runtime, admission: Admission
     return asyncio.create_task(run_controller(controller, read, admission.queue.set_limit))
 
 
+async def _watch_engine(app: FastAPI, engine: LLMEngine, every_s: float = 1.0) -> None:
+    """A dead engine (its process killed or crashed) never serves again: requests already get 503 at once, and this
+    marks the app failed (`app.state.fatal`), which makes the server exit non-zero for a supervisor to restart it."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await engine.check_health()
+        except EngineDeadError as exc:
+            logger.critical("the engine is dead (%s): the server will exit", exc)
+            app.state.fatal = f"engine dead: {exc}"
+            return
+
+
 def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = None) -> FastAPI:
     """Build the app. The lifespan loads the models and starts (and warms up) the engine before serving."""
     settings = settings or Settings()
@@ -264,10 +323,12 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         app.state.services = services
         app.state.runtime = runtime  # introspection only (bench/gpu_server.py); routes go through the services
         capacity = _start_capacity_control(app, runtime, admission)
+        watchdog = asyncio.create_task(_watch_engine(app, runtime.engine))
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
+            watchdog.cancel()
             if capacity is not None:
                 capacity.cancel()
             app.state.services = app.state.runtime = None
@@ -282,6 +343,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     app.state.runtime = None
     app.state.capacity = None
     app.state.draining = False
+    app.state.fatal = None
     _install_error_handlers(app)
     _publish_error_envelope(app)
     routers = (chat, speech, transcription, voices, models, health, realtime)
@@ -296,7 +358,10 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         RequestContextMiddleware,
         max_body=settings.request_limits.max_body_bytes,
         metrics=metrics,
+        body_idle_s=settings.timeouts.body_idle_s,
+        max_header_bytes=settings.request_limits.max_header_bytes,
         draining=lambda: app.state.draining,
+        tenant_label=(lambda tenant: tenant) if settings.auth.metrics_tenant_names else pseudonym,
     )
     return app
 

@@ -24,6 +24,8 @@ from glm4voice_api.store import DEFAULT_TENANT, Store, StoredClientSecret, Store
 logger = logging.getLogger(__name__)
 
 OPEN_PROBES = ("/health", "/health/ready", "/metrics")
+API_DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+"""The generated API description: guarded like /v1 (a key when auth is on), as it describes what the keys reach."""
 REALTIME_PATH = "/v1/realtime"
 CLIENT_SECRET_PREFIX = "ek_"
 # Browsers cannot set headers on a WebSocket handshake: OpenAI's Realtime convention carries the key (a client
@@ -163,7 +165,8 @@ def subprotocol_key(scope: Scope) -> str | None:
 
 
 class AuthMiddleware:
-    """Checks the Bearer key on /v1 (and on the probes when `protect_health_metrics`); sets the tenant."""
+    """Checks the Bearer key on /v1 and the API docs (and on the probes when `protect_health_metrics`); sets the
+    tenant."""
 
     def __init__(self, app: ASGIApp, resolver: KeyResolver, protect_health_metrics: bool) -> None:
         self.app = app
@@ -171,7 +174,9 @@ class AuthMiddleware:
         self.protect_probes = protect_health_metrics
 
     def _guarded(self, path: str) -> bool:
-        return path == "/v1" or path.startswith("/v1/") or (self.protect_probes and path in OPEN_PROBES)
+        if path == "/v1" or path.startswith("/v1/") or path in API_DOCS:
+            return True
+        return self.protect_probes and path in OPEN_PROBES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

@@ -138,8 +138,23 @@ class RequestLimits(BaseModel):
     """Caps on what one request may ask for (sizes and token budgets)."""
 
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body in bytes.")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest request head (request line and headers) in bytes; larger: 400."
+    )
+    max_connections: int = Field(
+        2048,
+        ge=0,
+        description="Open connections (and requests in progress) per process; beyond it new requests get 503. "
+        "0: unlimited.",
+    )
     max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest input audio file in bytes.")
-    max_audio_seconds: float = Field(300.0, gt=0, description="Longest input audio in seconds.")
+    max_audio_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Longest input audio in seconds: all of one request's audio parts together (a WAV header that "
+        "declares more is refused before decoding; the speech tokens are checked against the context before "
+        "tokenizing).",
+    )
     max_text_chars: int = Field(32768, ge=1, description="Most characters of text in one message.")
     max_tokens: int = Field(
         0, ge=0, description="Largest max_tokens a request may ask for (400 above it). 0: the context length."
@@ -187,6 +202,9 @@ class TenantLimitSettings(BaseModel):
     requests_per_minute: int = Field(
         0, ge=0, description="Requests one tenant may start per fixed 60 s window, over all replicas (429 above)."
     )
+    max_voices: int = Field(
+        100, ge=0, description="Custom voices one tenant may keep in the store (a 400 when creating one more)."
+    )
 
 
 class TimeoutSettings(BaseModel):
@@ -195,7 +213,19 @@ class TimeoutSettings(BaseModel):
     first_audio_s: float = Field(
         120.0, ge=0, description="Most seconds from the start of generation to the first audio."
     )
-    request_s: float = Field(600.0, ge=0, description="Most seconds from the start of generation to its end.")
+    request_s: float = Field(
+        600.0,
+        ge=0,
+        description="Most seconds from the start of a request's work (its audio decoded and tokenized, then the "
+        "generation) to its end.",
+    )
+    header_s: float = Field(
+        10.0, gt=0, description="Most seconds a client may take to send a request's head; then the connection closes."
+    )
+    body_idle_s: float = Field(
+        30.0, gt=0, description="Most seconds between two parts of a request body; then a 408 and the request ends."
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this long.")
     drain_s: float = Field(
         30.0,
         ge=0,
@@ -239,6 +269,11 @@ class AuthSettings(BaseModel):
     )
     cache_seconds: float = Field(
         5.0, ge=0, description="How long a key lookup is cached in memory: a revoked key works at most this long."
+    )
+    metrics_tenant_names: bool = Field(
+        False,
+        description="Name tenants in /metrics labels. Off: every tenant but default appears as t-<first 12 hex of "
+        "its name's SHA-256>, so an open /metrics does not list who uses the server.",
     )
     protect_health_metrics: bool = Field(
         False, description="Require a key on /health, /health/ready and /metrics too (off: open for probes)."

@@ -8,12 +8,18 @@ Only then does uvicorn shut down (close the listener and idle connections, run t
 stops the engine) and the process exits with status 0. A second signal exits at once.
 
 Kubernetes: terminationGracePeriodSeconds >= timeouts.drain_s + ~15 s (abort, engine shutdown).
+
+A signal while the server is still starting (loading models, starting the engine: tens of seconds) stops it at once:
+there is nothing to drain. When the engine dies while serving (its process killed or crashed), the app answers every
+request with a 503 at once and marks itself failed; the server then exits with status 3 (`EXIT_ENGINE_DEAD`), so a
+supervisor (Kubernetes, systemd) starts a new one instead of keeping a process that can never serve again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from types import FrameType
 
@@ -22,10 +28,29 @@ from fastapi import FastAPI
 
 from glm4voice_api.app import create_app, drain
 from glm4voice_api.config import Settings
+from glm4voice_api.http_protocol import HEADER_TIMEOUT_ATTR, BoundedH11Protocol
 from glm4voice_api.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 _DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+EXIT_ENGINE_DEAD = 3
+"""Exit status when the engine died while serving (a supervisor restarts the server)."""
+FATAL_GRACE_S = 5.0
+"""After the engine died: how long the in-flight requests' errors may take to be written before the exit."""
+
+
+def _exit_now(status: int, known: tuple = ()) -> None:
+    """Exit at once, the engine core and any other child process with it (they would outlive os._exit); `known`:
+    processes seen earlier (an engine core's workers are no longer our descendants once the core died)."""
+    import psutil  # a vLLM dependency
+
+    for child in {*psutil.Process().children(recursive=True), *known}:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+    logging.shutdown()
+    os._exit(status)
 
 
 class DrainingServer(uvicorn.Server):
@@ -34,12 +59,18 @@ class DrainingServer(uvicorn.Server):
         self.app = app
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain: asyncio.Task | None = None
+        self._fatal: asyncio.Task | None = None
+        self.processes: tuple = ()
 
     async def serve(self, sockets: list | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig in _DRAIN_SIGNALS and not self.started:
+            # Still loading: nothing runs that a drain could wait for, and loading would go on for tens of seconds.
+            logger.warning("received %s while starting: stopping now", signal.Signals(sig).name)
+            _exit_now(0)
         if sig in _DRAIN_SIGNALS and self._drain is None and not self.should_exit and self._loop is not None:
             # Not recorded as a captured signal: uvicorn re-raises those after shutdown, which would end the
             # process by the signal (status -15) instead of a clean exit after a completed drain.
@@ -51,6 +82,27 @@ class DrainingServer(uvicorn.Server):
         if self._drain is None:
             logger.info("received %s: draining", signal.Signals(sig).name)
             self._drain = asyncio.ensure_future(self._drain_then_exit())
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets)
+        import psutil
+
+        self.processes = tuple(psutil.Process().children(recursive=True))  # vLLM's engine core and its workers
+
+    async def on_tick(self, counter: int) -> bool:
+        if getattr(self.app.state, "fatal", None) and self._fatal is None:
+            self._fatal = asyncio.ensure_future(self._fatal_exit())
+        return await super().on_tick(counter)
+
+    async def _fatal_exit(self) -> None:
+        # The engine's failure reached every in-flight request at once (each answers its 503 or error event); give
+        # them a moment to be written, then shut down: serve() exits non-zero.
+        services = self.app.state.services
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FATAL_GRACE_S
+        while services is not None and services.admission.in_flight and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        self.should_exit = True
 
     async def _drain_then_exit(self) -> None:
         try:
@@ -64,10 +116,17 @@ class DrainingServer(uvicorn.Server):
 def serve(settings: Settings) -> None:
     configure_logging(settings.log.level, settings.log.format)
     app = create_app(settings)
+    limits, timeouts = settings.request_limits, settings.timeouts
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # Connection limits (http_protocol.py says why h11): the head's size and time, idle keep-alive connections,
+        # connections per process. What sits in front in production (README) bounds the rest.
+        http=BoundedH11Protocol,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        timeout_keep_alive=int(max(1, timeouts.keep_alive_s)),
+        limit_concurrency=limits.max_connections or None,
         log_level=settings.log.level.lower(),
         log_config=None,  # our handler on the root logger formats uvicorn's lines too (logs.py)
         access_log=False,  # the app writes its own access line, with request id and tenant
@@ -76,4 +135,9 @@ def serve(settings: Settings) -> None:
         # Realtime events up to the cap get an `error` event when too large; far beyond it the socket closes (1009).
         ws_max_size=2 * settings.realtime.max_event_bytes,
     )
-    DrainingServer(config, app).run()
+    setattr(config, HEADER_TIMEOUT_ATTR, timeouts.header_s)
+    server = DrainingServer(config, app)
+    server.run()
+    if fatal := getattr(app.state, "fatal", None):
+        logger.critical("exiting with status %d: %s", EXIT_ENGINE_DEAD, fatal)
+        _exit_now(EXIT_ENGINE_DEAD, server.processes)

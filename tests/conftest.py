@@ -17,6 +17,15 @@ CONFORMANCE = REPO.parent / "shared" / "conformance"
 
 
 @pytest.fixture(scope="session")
+def conformance() -> Path:
+    """The conformance goldens (`../shared/conformance`, relative to the checkout). Missing data fails the tests that
+    need it rather than skipping them: a skipped conformance test would let any model change pass unnoticed."""
+    if not (CONFORMANCE / "tiny_a" / "golden").is_dir():
+        pytest.fail(f"conformance data not found at {CONFORMANCE} (the checkout's ../shared/conformance)")
+    return CONFORMANCE
+
+
+@pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """One cache for all workers: the default set is built once (file-locked) and reused."""
     path = Path(os.environ.get("GLM4VOICE_TEST_CACHE", REPO / ".cache" / "test"))

@@ -223,6 +223,7 @@ def _decode_container(data: bytes, hint: str | None, accumulator: _MonoAccumulat
             msg = f"the audio codec in this {container.format.name} file is not supported"
             raise AudioError(msg, code=UNSUPPORTED_FORMAT, param=param)
         _check_wav_header(container, stream, param)
+        _check_declared_duration(container, stream, accumulator.max_seconds, param)
         failure = _decode_stream(container, stream, accumulator)
     if accumulator.samples_in == 0:
         if failure is not None:
@@ -250,6 +251,22 @@ def _check_wav_header(container: InputContainer, stream: av.AudioStream, param: 
             f"{codec.sample_rate} Hz x {channels} channel(s) of {codec.name} is {expected // 8}"
         )
         raise AudioError(msg, code=INVALID_AUDIO, param=param)
+
+
+def _check_declared_duration(
+    container: InputContainer, stream: av.AudioStream, max_seconds: float, param: str | None
+) -> None:
+    """Refuse a WAV whose header declares more audio than is allowed, before decoding any of it.
+
+    Only WAV: its header states the length exactly (data size over byte rate; FFmpeg uses the file's size when a
+    streaming writer left it unset), where other formats' durations are estimates. Samples are still counted while
+    decoding, so a header that understates changes nothing."""
+    if container.format.name != "wav" or stream.duration is None or stream.time_base is None:
+        return
+    declared = float(stream.duration * stream.time_base)
+    if declared > max_seconds:
+        msg = f"the WAV header declares {declared:.1f} s of audio; the limit is {max_seconds:.1f} s"
+        raise AudioError(msg, code=AUDIO_TOO_LONG, param=param)
 
 
 def _open_container(data: bytes, hint: str | None, param: str | None) -> InputContainer:

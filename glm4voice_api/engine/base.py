@@ -101,7 +101,10 @@ class LLMEngine(Protocol):
     def generate(
         self, prompt_ids: list[int], params: GenerationParams, request_id: str
     ) -> AsyncIterator[GenerationDelta]:
-        """Stream the reply. Closing the iterator early aborts the request in the engine."""
+        """Stream the reply. Closing the iterator early aborts the request in the engine.
+
+        `request_id` labels the request (logs); it need not be unique (clients choose x-request-id): the engine
+        runs the request under a unique id of its own, so no other request can ever abort it."""
         ...
 
     async def abort(self, request_id: str) -> None: ...

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -212,12 +213,16 @@ class VllmLLMEngine:
         if self._llm.errored:
             raise EngineDeadError("the engine is not running")
         sampling = self._sampling_params(params)
+        # `request_id` is a label (often the client's x-request-id, which any client may reuse): vLLM gets an id of
+        # our own, so two requests with the same label never share an engine id, and aborting one (a disconnect)
+        # never ends the other's reply early as if the model had stopped.
+        engine_id = f"{request_id}-{uuid.uuid4().hex}"
         if not self._active:
             self._busy_since = time.perf_counter()
-        self._active.add(request_id)
+        self._active.add(engine_id)
         finished = False
         try:
-            async for out in self._llm.generate({"prompt_token_ids": prompt_ids}, sampling, request_id):
+            async for out in self._llm.generate({"prompt_token_ids": prompt_ids}, sampling, engine_id):
                 completion = out.outputs[0]
                 finished = out.finished
                 self.generated += len(completion.token_ids)
@@ -233,7 +238,7 @@ class VllmLLMEngine:
         except (ValueError, VLLMValidationError) as exc:  # 0.32's VLLMValidationError is no ValueError
             raise EngineRequestError(str(exc)) from exc
         finally:
-            self._active.discard(request_id)
+            self._active.discard(engine_id)
             if not self._active and self._busy_since is not None:
                 self._busy_total += time.perf_counter() - self._busy_since
                 self._busy_since = None
@@ -241,7 +246,7 @@ class VllmLLMEngine:
                 # The consumer went away (client disconnect, limit, shutdown): free the engine's slot now.
                 self.aborted += 1
                 # Shielded: under anyio's level-triggered cancellation a plain await here would be cancelled too.
-                await asyncio.shield(self.abort(request_id))
+                await asyncio.shield(self.abort(engine_id))
 
     async def abort(self, request_id: str) -> None:
         try:

@@ -38,6 +38,10 @@ _SETTLED_S = 2.0
 _END = None  # put on a stream's audio queue after its last chunk
 
 
+class DecoderStoppedError(RuntimeError):
+    """The scheduler's thread has stopped: its streams and every new one fail at once (liveness reports it)."""
+
+
 class ScheduledStream:
     """One reply's decoder session: push audio tokens in, iterate decoded audio out."""
 
@@ -151,9 +155,12 @@ class DecoderScheduler:
         self._thread = threading.Thread(target=self._run, name="decoder-scheduler", daemon=True)
         self._thread.start()
 
+    _stopped: BaseException | None = None
+    """What stopped the thread (set before its streams are told, so `alive` is false from then on)."""
+
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and self._thread.is_alive() and self._stopped is None
 
     async def close(self) -> None:
         self._queue.put(None)
@@ -161,6 +168,8 @@ class DecoderScheduler:
             await asyncio.to_thread(self._thread.join, 30)
 
     def open_stream(self, voice: Voice | None = None) -> ScheduledStream:
+        if self._thread is not None and not self.alive:
+            raise DecoderStoppedError("the speech decoder has stopped")  # fail now, not after the first-audio limit
         with self._lock:
             self._open += 1
         return ScheduledStream(self, voice)
@@ -183,9 +192,22 @@ class DecoderScheduler:
     # -- worker thread -------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        streams: set[ScheduledStream] = set()
+        try:
+            self._serve(streams)
+        except BaseException as exc:
+            # A fault outside the per-stream guards: every stream waiting here is told now (their requests end with
+            # a retryable error) rather than waiting out the first-audio limit; `alive` turns false for liveness.
+            logger.critical("the decoder scheduler's thread stopped", exc_info=exc)
+            self._stopped = exc
+            error = DecoderStoppedError(f"the speech decoder has stopped: {exc!r}")
+            queued = {item[1] for item in self._drain(0.0) if item is not None}
+            for s in streams | queued:
+                s._send(error)
+
+    def _serve(self, streams: set[ScheduledStream]) -> None:
         if self.own_stream:
             _own_cuda_stream(self.decoder.device)
-        streams: set[ScheduledStream] = set()
         stopping = False
         while True:
             timeout = self._wait_time(streams, stopping)

@@ -8,7 +8,6 @@ from it only the parts each service uses (`serving.services.Services.build`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import LLMEngine
 from glm4voice_api.models.errors import CheckpointFormatError
+from glm4voice_api.models.llm_files import check_llm_weights, read_llm_config
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
@@ -128,7 +128,7 @@ def _load_audio_input(settings: Settings, path: Path) -> AudioInput:
     worker = SpeechTokenizerWorker(model, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms)
     worker.start()
     logger.info("speech tokenizer ready in %.1f s", time.perf_counter() - start)
-    return AudioInput(worker, settings.request_limits)
+    return AudioInput(worker, settings.request_limits, tokens_per_second=model.model.config.tokens_per_second)
 
 
 def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderScheduler:
@@ -215,8 +215,10 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     paths = resolve_paths(settings)
     if not paths.llm.is_dir():
         raise CheckpointFormatError(f"LLM folder {paths.llm} does not exist")
+    llm_config = read_llm_config(paths.llm)  # a broken file is named with its problem, before anything starts
+    if engine is None and settings.engine.load_format != "dummy":
+        check_llm_weights(paths.llm)
     tokenizer = GLM4Tokenizer.from_dir(paths.llm)
-    llm_config = json.loads((paths.llm / "config.json").read_text())
     random_weights = is_random_weights(llm_config, settings)
     sampling = Sampling(tokenizer.ids, settings.interleave_constraint, random_weights=random_weights)
     # Every machine- and model-dependent default is decided here, once, before anything starts.

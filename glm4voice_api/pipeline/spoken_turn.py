@@ -62,8 +62,14 @@ class SpokenTurn:
         async def decode() -> None:
             # The scheduler decides when each chunk is due (from this stream's buffered audio), so audio is read
             # as it comes, independently of the token deltas.
-            async for samples in stream.audio():
-                out.put_nowait(AudioChunk(samples))
+            try:
+                async for samples in stream.audio():
+                    out.put_nowait(AudioChunk(samples))
+            except Exception as exc:  # noqa: BLE001 - handed to the consumer at once
+                # Now, not when the engine's reply ends: the consumer raises it and the engine request is aborted
+                # (it would otherwise go on generating tokens nobody decodes).
+                out.put_nowait(exc)
+                raise
 
         decoder_task = asyncio.ensure_future(decode())
         engine_task = asyncio.ensure_future(read_engine())

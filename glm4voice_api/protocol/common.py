@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -17,10 +17,36 @@ built in Python on the event loop: 1M items (2 MB) blocked the server for 10 s a
 cap would exhaust memory. One error per list tells the client enough."""
 
 
+def _has_lone_surrogate(value: object) -> bool:
+    """Whether a validated value (str, or lists and dicts of them; nested models check their own fields) holds one."""
+    if isinstance(value, str):
+        if value.isascii():
+            return False
+        try:
+            value.encode()  # in C: a lone surrogate is the only str that UTF-8 cannot encode
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, list | tuple):
+        return any(_has_lone_surrogate(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    return False
+
+
 class OpenAIBaseModel(BaseModel):
     """Accepts (and logs) fields we do not know, as OpenAI-compatible servers do: SDKs send new fields first."""
 
     model_config = ConfigDict(extra="allow")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_lone_surrogates(cls, value):
+        # JSON may escape a lone surrogate ("\ud800"); no UTF-8 can hold it, so the store, the logs and the
+        # error that echoes it would all fail (a 500, the connection dropped). A 400 naming the field instead.
+        if _has_lone_surrogate(value):
+            raise ValueError("the text holds a lone UTF-16 surrogate (not valid Unicode text)")
+        return value
 
     @model_validator(mode="wrap")
     @classmethod

@@ -1,7 +1,9 @@
 """The admission dependency: a route that runs model work holds a lease for the whole life of its response.
 
 FastAPI leaves a dependency with `yield` after the response has been sent (the default "request" scope), streamed
-bodies included, and on every way out: the end of the stream, an error, the client going away. So the lease is
+bodies included, and on every way out: the end of the stream, an error, the client going away. (From FastAPI 0.118
+on, which pyproject.toml requires: 0.106 to 0.117 left it before a streamed body was sent, releasing the lease at once;
+tests/api/test_hardening.py checks the slot is held while a stream runs.) So the lease is
 released exactly when the response ends. While a request waits in the admission queue the client's disconnect is
 watched too: a client that gives up stops waiting at once.
 """

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from glm4voice_api.routes.deps import ServicesDep
-from glm4voice_api.serving.health import metrics_payload, probe_engine
+from glm4voice_api.serving.health import metrics_payload, probe_engine, probe_store
 
 router = APIRouter()
 
@@ -20,6 +20,8 @@ async def health(services: ServicesDep) -> JSONResponse:
 @router.get("/health/ready")
 async def ready(request: Request, services: ServicesDep) -> JSONResponse:
     ok, detail = await probe_engine(services)
+    if ok:
+        ok, detail = await probe_store(services)
     draining = getattr(request.app.state, "draining", False)
     ready_now = ok and not draining
     status = "ready" if ready_now else ("draining" if draining else "error")

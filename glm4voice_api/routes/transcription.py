@@ -54,10 +54,10 @@ async def _transcribe(
     """Both routes: read the upload, then one serving call (translations are transcriptions into English)."""
     service = services.transcription
     audio = await read_upload(body.file, service.max_audio_bytes, param="file")
+    result = await cancel_on_disconnect(request, service.create_transcription(body, audio, request_id))
     if stream:
         # OpenAI's transcription stream ends with transcript.text.done, without a [DONE] marker.
-        return sse_response(await service.create_transcription(body, audio, request_id), done_marker=False)
-    result = await cancel_on_disconnect(request, service.create_transcription(body, audio, request_id))
+        return sse_response(result, done_marker=False)  # type: ignore[arg-type]
     if isinstance(result, str):
         return PlainTextResponse(result)
     return result

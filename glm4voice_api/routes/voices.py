@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter
 
 from glm4voice_api.protocol.voices import VoiceCreateRequest, VoiceDeleted, VoiceList, VoiceObject
+from glm4voice_api.routes.admission import AdmittedDep
 from glm4voice_api.routes.deps import ServicesDep, TenantDep
 from glm4voice_api.routes.uploads import multipart_form, read_upload
 
@@ -15,7 +16,10 @@ router = APIRouter()
 
 @router.post("/v1/audio/voices")
 async def create_voice(
-    body: Annotated[VoiceCreateRequest, multipart_form()], services: ServicesDep, tenant: TenantDep
+    body: Annotated[VoiceCreateRequest, multipart_form()],
+    services: ServicesDep,
+    tenant: TenantDep,
+    _lease: AdmittedDep,  # model work (decoding, the speech tokenizer): admitted and limited like chat and speech
 ) -> VoiceObject:
     sample = await read_upload(body.audio_sample, services.voices.max_sample_bytes, param="audio_sample")
     return await services.voices.create_voice(body, sample, tenant)

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from glm4voice_api.config import RequestLimits
 from glm4voice_api.engine.base import GenerationParams
 from glm4voice_api.errors import APIError, context_length_exceeded, invalid_request, not_found
-from glm4voice_api.pipeline.audio_input import AudioInput
+from glm4voice_api.pipeline.audio_input import AudioBudget, AudioInput
 from glm4voice_api.pipeline.runtime import ServedModel
 from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, RANDOM_WEIGHTS_MAX_TOKENS, Sampling
 from glm4voice_api.protocol import chat as wire
@@ -79,7 +79,12 @@ class ServingChat:
     async def create_chat_completion(
         self, request: wire.ChatCompletionRequest, request_id: str, tenant: str
     ) -> wire.ChatCompletionResponse | AsyncIterator[wire.ChatCompletionChunk]:
-        plan = await self._plan(request, request_id, tenant)
+        async with self.replies.time_limits.preparing():
+            plan = await self._plan(request, request_id, tenant)
+            if any(plan.audio_ids):
+                # A spoken reply's id is stored when it ends: a store that cannot take it now fails the request
+                # here (503 store_unavailable, retryable), not after the whole generation or with an id never kept.
+                await self.store.check_writable()
         ids = [request_id] if len(plan.params) == 1 else [f"{request_id}-{i}" for i in range(len(plan.params))]
         turns = [self.replies.turn(plan.prompt, p, rid) for p, rid in zip(plan.params, ids, strict=True)]
         if plan.stream:
@@ -135,11 +140,12 @@ class ServingChat:
     async def _conversation(self, req: wire.ChatCompletionRequest, tenant: str) -> tuple[str | None, list]:
         system_parts: list[str] = []
         messages: list[UserMessage | AssistantMessage] = []
+        budget = self.audio_input.budget(self.model.max_model_len)  # all of the request's audio together
         for i, m in enumerate(req.messages):
             if isinstance(m, wire.SystemMessage):
                 system_parts.append(_text_of(m.content))
             elif isinstance(m, wire.UserMessage):
-                messages.append(await self._user_message(m, i))
+                messages.append(await self._user_message(m, i, budget))
             elif isinstance(m, wire.AssistantMessage):
                 messages.append(await self._assistant_message(m, i, tenant))
             else:
@@ -161,7 +167,7 @@ class ServingChat:
             )
         return AssistantMessage(token_ids=tuple(stored.token_ids))
 
-    async def _user_message(self, m: wire.UserMessage, index: int) -> UserMessage:
+    async def _user_message(self, m: wire.UserMessage, index: int, budget: AudioBudget) -> UserMessage:
         limit = self.limits.max_text_chars
         raw_parts = [wire.TextContentPart(type="text", text=m.content)] if isinstance(m.content, str) else m.content
         parts: list[TextPart | AudioPart] = []
@@ -173,7 +179,9 @@ class ServingChat:
                 continue
             param = f"messages[{index}].content[{j}].input_audio"
             async with audio_errors():
-                speech = await self.audio_input.from_base64(part.input_audio.data, part.input_audio.format, param)
+                speech = await self.audio_input.from_base64(
+                    part.input_audio.data, part.input_audio.format, param, budget
+                )
             self.metrics.audio_in.inc(speech.seconds)
             parts.append(AudioPart(tuple(speech.tokens)))
         return UserMessage(parts=tuple(parts))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from glm4voice_api.pipeline.turn import TranscriptDelta, Turn, TurnDone, TurnUsa
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
 from glm4voice_api.serving.chat_text import StopText, merge, wire_logprobs
+from glm4voice_api.request_context import request_received
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.store import Store, StoredAudio
@@ -54,7 +54,8 @@ class ChatPlan:
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None
     """None: no logprobs; else how many alternatives per token (0 and up)."""
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=request_received)
+    """When the request arrived: the first-audio latency counts from here."""
 
 
 def usage_of(usages: list[TurnUsage]) -> Usage:

@@ -1,8 +1,10 @@
 """Time limits of one generation, and the drain's abort, around its event iterator; the audio it produced, metered.
 
 `TimeLimits.bounded` runs each step of the underlying iterator under a deadline: the first audio
-(`timeouts.first_audio_s`, spoken replies only) and the whole generation (`timeouts.request_s`), both counted from
-the start of generation (time in the admission queue is bounded by `admission.max_queue_wait_s` on its own). When
+(`timeouts.first_audio_s`, spoken replies only, counted from the start of generation) and the whole request
+(`timeouts.request_s`, counted from the start of its work: `TimeLimits.preparing` covers decoding and tokenizing
+its audio, `bounded` the generation, under one deadline; time in the admission queue is bounded by
+`admission.max_queue_wait_s` on its own). When
 a deadline passes, or the drain aborts the request's lease, the step in progress is cancelled: the pipeline's
 generators clean up as on a client disconnect (engine request aborted, decoder session freed) and `bounded` raises
 the API error, which a stream reports as its error event and a non-streaming request as its response.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
 
 from glm4voice_api.config import TimeoutSettings
@@ -28,6 +31,30 @@ class TimeLimits:
         self.timeouts = timeouts
         self.metrics = metrics
 
+    @asynccontextmanager
+    async def preparing(self) -> AsyncIterator[None]:
+        """The work before generation (audio decoded and tokenized, ids and voices read) under the request's time
+        limit and the drain's abort: its deadline starts now and the generation keeps it (`bounded`)."""
+        loop = asyncio.get_running_loop()
+        context = current_request()
+        deadline = loop.time() + self.timeouts.request_s if self.timeouts.request_s else None
+        if context is not None and context.deadline is None:
+            context.deadline = deadline
+        lease = context.lease if context is not None else None
+        if lease is not None and lease.abort_error is not None:
+            raise lease.abort_error
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                if lease is not None:
+                    lease.watch(timeout)
+                yield
+        except TimeoutError:
+            raise self._expired(lease, None, loop.time()) from None
+        finally:
+            if lease is not None:
+                lease.unwatch(timeout)
+
     async def bounded(
         self,
         events: AsyncIterator[T],
@@ -39,9 +66,11 @@ class TimeLimits:
         limits = self.timeouts
         loop = asyncio.get_running_loop()
         start = loop.time()
-        total_at = start + limits.request_s if limits.request_s else None
-        first_at = start + limits.first_audio_s if limits.first_audio_s and is_audio else None
         context = current_request()
+        total_at = start + limits.request_s if limits.request_s else None
+        if context is not None and context.deadline is not None:
+            total_at = context.deadline  # set when the request's preparation began
+        first_at = start + limits.first_audio_s if limits.first_audio_s and is_audio else None
         lease = context.lease if context is not None else None
         if stream:
             self.metrics.active_streams.inc()

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from glm4voice_api.audio.errors import AudioError
 from glm4voice_api.engine.base import EngineDeadError, EngineRequestError
 from glm4voice_api.errors import APIError, invalid_request, unavailable
+from glm4voice_api.pipeline.decoder_scheduler import DecoderStoppedError
 
 
 @asynccontextmanager
@@ -18,6 +19,8 @@ async def engine_errors() -> AsyncIterator[None]:
         raise invalid_request(f"The request was rejected: {exc}") from exc
     except EngineDeadError as exc:
         raise unavailable("The model engine is not available; try again later.") from exc
+    except DecoderStoppedError as exc:
+        raise unavailable("The speech decoder is not available; try again later.") from exc
 
 
 @asynccontextmanager

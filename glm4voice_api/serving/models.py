@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import PurePath
 
 from glm4voice_api.errors import model_not_found
 from glm4voice_api.pipeline.runtime import ServedModel
@@ -24,7 +25,8 @@ class ServingModels:
         return ModelCard(
             id=self.model.name,
             created=self.created,
-            root=self.model.root,
+            # The folder's name, not its path: /v1/models is open to every key holder, the filesystem is not theirs.
+            root=PurePath(self.model.root).name or self.model.name,
             max_model_len=self.model.max_model_len,
             random_weights=self.model.random_weights,
             description=RANDOM_WEIGHTS_NOTE if self.model.random_weights else "GLM-4-Voice-9B",

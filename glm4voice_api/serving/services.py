@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from glm4voice_api.engine.base import LLMEngine
+from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.serving.admission import Admission
 from glm4voice_api.serving.chat import ServingChat
@@ -17,6 +18,7 @@ from glm4voice_api.serving.speech import ServingSpeech
 from glm4voice_api.serving.transcription import ServingTranscription
 from glm4voice_api.serving.voices import VoiceResolver
 from glm4voice_api.serving.voices_api import ServingVoices
+from glm4voice_api.store import Store
 
 
 @dataclass
@@ -30,6 +32,10 @@ class Services:
     voices: ServingVoices
     admission: Admission
     realtime: ServingRealtime
+    store: Store
+    """For the readiness probe."""
+    decoder: DecoderScheduler | DecoderPool
+    """For the liveness probe (`alive`)."""
 
     @classmethod
     def build(cls, rt: Runtime, metrics: Metrics) -> Services:
@@ -72,7 +78,11 @@ class Services:
             transcription=ServingTranscription(
                 rt.model, rt.prompts, rt.tokenizer, rt.sampling, limits, rt.audio_input, rt.engine, time_limits, metrics
             ),
-            voices=ServingVoices(rt.store, limits, rt.audio_input, rt.voice_maker),
+            voices=ServingVoices(
+                rt.store, limits, rt.audio_input, rt.voice_maker, max_voices=settings.tenant_limits.max_voices
+            ),
             admission=admission,
             realtime=realtime,
+            store=rt.store,
+            decoder=rt.decoder,
         )

@@ -21,7 +21,6 @@ returns the byte stream or the event stream.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from glm4voice_api.pipeline.sampling import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, 
 from glm4voice_api.pipeline.spoken_turn import AudioChunk
 from glm4voice_api.pipeline.turn import Turn, TurnDone
 from glm4voice_api.protocol import speech as wire
+from glm4voice_api.request_context import request_received
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.serving.model_names import check_model
 from glm4voice_api.serving.replies import Replies
@@ -159,7 +159,8 @@ class ServingSpeech:
     async def create_speech(
         self, request: wire.SpeechRequest, request_id: str, tenant: str
     ) -> SpeechAudio | AsyncIterator[wire.SpeechAudioDelta | wire.SpeechAudioDone]:
-        plan = await self._plan(request, tenant)
+        async with self.replies.time_limits.preparing():
+            plan = await self._plan(request, tenant)
         turn = self.replies.turn(plan.prompt, plan.params, request_id)
         if request.stream_format == "sse":
             return self._events(turn, plan)
@@ -206,7 +207,7 @@ class ServingSpeech:
         """The file's bytes as each decoder chunk is encoded, then the turn's TurnDone."""
         replies = self.replies
         encoder = _ThreadedEncoder(make_encoder(plan.response_format, input_rate=replies.sample_rate, speed=plan.speed))
-        started, first = time.monotonic(), True
+        started, first = request_received(), True  # first-audio latency: from the request's arrival
         meter = replies.meter(stream=True)
         spoken = replies.events(turn, spoken=True, voice=plan.voice, stream=True)
         try:

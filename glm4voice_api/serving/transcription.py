@@ -221,7 +221,8 @@ class ServingTranscription:
         """A response (str for text/srt/vtt), or the stream's events when `request.stream`. A `TranslationRequest`
         is a translation into English, with the same formats."""
         job = Job.of(request)
-        plan = await self._plan(job, audio, request_id)
+        async with self.time_limits.preparing():
+            plan = await self._plan(job, audio, request_id)
         if job.stream:
             return self._stream(plan)
         return await self._complete(plan)

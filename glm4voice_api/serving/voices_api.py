@@ -37,10 +37,18 @@ def _voice_object(v: StoredVoice) -> wire.VoiceObject:
 
 class ServingVoices:
     def __init__(
-        self, store: Store, limits: RequestLimits, audio_input: AudioInput, voice_maker: SpeechDecoder
+        self,
+        store: Store,
+        limits: RequestLimits,
+        audio_input: AudioInput,
+        voice_maker: SpeechDecoder,
+        *,
+        max_voices: int = 0,
     ) -> None:
         self.store = store
         self.limits = limits
+        self.max_voices = max_voices
+        """Voices one tenant may keep (0: no limit): every voice is stored and listed, so the count is bounded."""
         self.audio_input = audio_input
         self.voice_maker = voice_maker
         """Aligns the sample's mel to its speech tokens (`SpeechDecoder.make_voice`: mel geometry, no weights)."""
@@ -61,7 +69,9 @@ class ServingVoices:
                 param="type",
                 code="unsupported_value",
             )
+        await self._check_quota(tenant)  # before the work: a tenant at its quota costs no decoding
         voice = await self._make_voice(sample, upload_format_hint(request.audio_sample.filename))
+        await self._check_quota(tenant)  # again: creations that ran at once may have filled it meanwhile
         stored = StoredVoice(
             id=f"voice_{uuid.uuid4().hex}",
             tenant=tenant,
@@ -73,6 +83,14 @@ class ServingVoices:
         )
         await self.store.put_voice(stored)
         return _voice_object(stored)
+
+    async def _check_quota(self, tenant: str) -> None:
+        if self.max_voices and await self.store.count_voices(tenant) >= self.max_voices:
+            raise invalid_request(
+                f"This tenant already has {self.max_voices} voices, the most it may keep; delete one first.",
+                "audio_sample",
+                code="voice_quota_exceeded",
+            )
 
     async def _make_voice(self, sample: bytes, hint: str | None) -> Voice:
         rate = self.voice_maker.sample_rate

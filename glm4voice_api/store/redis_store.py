@@ -198,6 +198,10 @@ class RedisStore:
         return [v for v in voices if v is not None]
 
     @_reachable
+    async def count_voices(self, tenant: str) -> int:
+        return int(await self._redis.zcard(self._k("voices", tenant)))
+
+    @_reachable
     async def delete_voice(self, tenant: str, voice_id: str) -> bool:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._k("voice", tenant, voice_id))

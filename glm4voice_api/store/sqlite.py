@@ -129,6 +129,9 @@ class SqliteStore:
         rows = await self._run("SELECT * FROM voices WHERE tenant = ? ORDER BY created_at", (tenant,))
         return [self._voice(r) for r in rows]
 
+    async def count_voices(self, tenant: str) -> int:
+        return (await self._run("SELECT COUNT(*) FROM voices WHERE tenant = ?", (tenant,)))[0][0]
+
     async def delete_voice(self, tenant: str, voice_id: str) -> bool:
         sql = "DELETE FROM voices WHERE id = ? AND tenant = ?"
         return await self._call(lambda db: db.execute(sql, (voice_id, tenant)).rowcount > 0)

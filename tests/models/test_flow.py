@@ -19,10 +19,10 @@ from glm4voice_api.models.speech_decoder.yaml_config import (
     load_decoder_yaml,
     parse_decoder_yaml,
 )
+from tests.conftest import CONFORMANCE
 
-CONFORMANCE = Path("/work/shared/conformance")
 TINY = CONFORMANCE / "tiny_a"
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="conformance data not available")
+pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,7 +7,6 @@ itself: frame padding to the bucket, batch padding to a power of two, and the ex
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,10 @@ from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
+from tests.conftest import CONFORMANCE
 
-TINY = Path("/work/shared/conformance/tiny_a")
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="conformance data not available")
+TINY = CONFORMANCE / "tiny_a"
+pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,15 +15,15 @@ from glm4voice_api.models.speech_decoder.loader import load_hift
 from glm4voice_api.models.speech_decoder.mel import mel_filterbank, mel_spectrogram
 from glm4voice_api.models.speech_decoder.yaml_config import load_decoder_yaml
 from glm4voice_api.random_checkpoints.speech_decoder import init_random_hift_state_dict
+from tests.conftest import CONFORMANCE
 
-CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 DECODER = CONFORMANCE / "tiny_a" / "speech_decoder"
 GOLDEN = CONFORMANCE / "tiny_a" / "golden" / "hift.npz"
 MANIFEST = CONFORMANCE / "manifests" / "hift.json"
 WAV_ATOL = 5e-4  # conformance README: HiFT waveform with injected source
 SOURCE_ATOL = 1e-3  # source recomputed from F0 (ill-conditioned phase cumsum)
 
-needs_data = pytest.mark.skipif(not GOLDEN.is_file(), reason=f"conformance data not found at {CONFORMANCE}")
+needs_data = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig, StreamClosedError
 from glm4voice_api.models.speech_decoder.yaml_config import load_decoder_yaml
 from glm4voice_api.random_checkpoints.speech_decoder import write_tiny_speech_decoder
+from tests.conftest import CONFORMANCE
 
-TINY = Path("/work/shared/conformance/tiny_a")
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="conformance data not available")
+TINY = CONFORMANCE / "tiny_a"
+pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
 CHUNKS = [("main_chunk0", 0, 10, False), ("pr86_chunk1", 10, 30, False), ("pr86_chunk2", 30, 57, True)]
 
 

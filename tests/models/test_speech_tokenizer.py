@@ -23,17 +23,17 @@ from glm4voice_api.random_checkpoints.speech_tokenizer import (
     released_hf_config,
     write_tiny_speech_tokenizer,
 )
+from tests.conftest import CONFORMANCE
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 TINY_A = CONFORMANCE / "tiny_a" / "speech_tokenizer"
 GOLDEN = CONFORMANCE / "tiny_a" / "golden" / "tokenizer.npz"
 MANIFEST = CONFORMANCE / "manifests" / "speech_tokenizer.json"
 ATOL = 1e-4
 
-pytestmark = pytest.mark.skipif(not GOLDEN.is_file(), reason=f"conformance data not found at {CONFORMANCE}")
+pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
 
 
 @pytest.fixture(scope="module")

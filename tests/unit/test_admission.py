@@ -290,3 +290,33 @@ async def test_aborted_lease_ends_the_generation_with_its_error() -> None:
     finally:
         unbind_request(token)
         lease.release()
+
+
+async def test_preparation_counts_against_the_request_time_limit() -> None:
+    # Decoding and tokenizing a request's audio is the request's work too: a preparation that runs past
+    # `timeouts.request_s` is stopped with the request_timeout error, and one that ends in time leaves the
+    # generation only what is left of the same limit.
+    limits = _limits(first_audio_s=0, request_s=0.3)
+    token = bind_request(RequestContext("req-slow"))
+    try:
+        with pytest.raises(APIError) as expired:
+            async with limits.preparing():
+                await asyncio.sleep(30)
+        assert expired.value.status == 503 and expired.value.code == "request_timeout"
+    finally:
+        unbind_request(token)
+    limits = _limits(first_audio_s=0, request_s=1.0)
+    token = bind_request(RequestContext("req-shared"))
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with limits.preparing():
+            await asyncio.sleep(0.9)
+        source = Source(["text"])
+        with pytest.raises(APIError) as expired:
+            async for _ in limits.bounded(source.events()):
+                pass
+        assert expired.value.code == "request_timeout" and source.cleaned
+        assert loop.time() - started < 1.8  # one deadline for both (1 s), not another 1 s for the generation
+    finally:
+        unbind_request(token)

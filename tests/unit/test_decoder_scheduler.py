@@ -4,7 +4,6 @@ local; close frees."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,9 +13,10 @@ from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule, StreamView
 from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
+from tests.conftest import CONFORMANCE
 
-TINY = Path("/work/shared/conformance/tiny_a")
-pytestmark = pytest.mark.skipif(not TINY.is_dir(), reason="conformance data not available")
+TINY = CONFORMANCE / "tiny_a"
+pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
 CONFIG = DecoderStreamConfig(schedule=(10, 20), max_prompt_tokens=30)
 
 
