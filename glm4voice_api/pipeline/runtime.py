@@ -161,16 +161,12 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         rng_device=device if device.startswith("cuda") else "cpu",
     )
     policy = (
-        AdaptiveChunkPolicy(
-            first_chunk=options.first_chunk, max_chunk=options.max_chunk, lead_s=options.lead_ms / 1000
-        )
+        AdaptiveChunkPolicy(first_chunk=options.first_chunk, max_chunk=options.max_chunk, lead_s=options.lead_ms / 1000)
         if adaptive
         else FixedSchedule(tuple(options.schedule))
     )
     own_stream = device.startswith("cuda") and in_process(settings.engine)
-    scheduler = DecoderScheduler(
-        decoder, config, policy=policy, max_batch=options.max_batch, own_stream=own_stream
-    )
+    scheduler = DecoderScheduler(decoder, config, policy=policy, max_batch=options.max_batch, own_stream=own_stream)
     scheduler.start()
     return scheduler
 

@@ -38,8 +38,14 @@ def test_spoken_reply_streams_and_a_disconnect_frees_everything(inproc: RunningS
     audio = b"".join(base64.b64decode(p) for p in pieces if p)
     assert len(audio) > 24000  # more than half a second of pcm16 at 24 kHz
 
-    body = {"model": "glm-4-voice-9b", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
-            "max_tokens": 400, "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "pcm16"}}
+    body = {
+        "model": "glm-4-voice-9b",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": True,
+        "max_tokens": 400,
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "pcm16"},
+    }
     with httpx.stream("POST", inproc.base_url + "/v1/chat/completions", json=body, timeout=120) as response:
         for line in response.iter_lines():
             if '"data":"' in line.replace(" ", ""):  # first audio: hang up mid-reply

@@ -122,7 +122,11 @@ class _Fake(SimpleNamespace):
 def _stream(pending: int, buffered: float, decoded: int = 40, *, started: bool = True) -> SimpleNamespace:
     view = StreamView(pending=pending, started=started, buffered_s=buffered, decoded=decoded)
     return _Fake(
-        view=lambda _now, v=view: v, finished=False, _final=False, _tokens=[0] * pending, decoded=decoded,
+        view=lambda _now, v=view: v,
+        finished=False,
+        _final=False,
+        _tokens=[0] * pending,
+        decoded=decoded,
         first_emit=0.0 if started else None,
     )
 

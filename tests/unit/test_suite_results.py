@@ -19,7 +19,9 @@ from bench.suite_results import (
 
 
 def test_config_spec_parse():
-    spec = ConfigSpec.parse("fp8:ENGINE__QUANTIZATION=fp8,speech_decoder__schedule=[10,20,40],GLM4VOICE_LOG__LEVEL=info")
+    spec = ConfigSpec.parse(
+        "fp8:ENGINE__QUANTIZATION=fp8,speech_decoder__schedule=[10,20,40],GLM4VOICE_LOG__LEVEL=info"
+    )
     assert spec.name == "fp8"
     assert spec.overrides == {
         "ENGINE__QUANTIZATION": "fp8",
