@@ -104,7 +104,7 @@ def test_all_of_a_request_s_audio_counts_against_its_limit(hardened: Hardened) -
 
 def _create_voice(hardened: Hardened, name: str) -> httpx.Response:
     files = {"audio_sample": ("me.wav", _wav(3, rate=16000, width=2), "audio/wav")}
-    return hardened.post("/v1/audio/voices", data={"name": name}, files=files)
+    return hardened.post("/v1/audio/voices", data={"name": name, "consent": "cons_test"}, files=files)
 
 
 def test_voice_creation_is_admitted_like_other_model_work(hardened: Hardened) -> None:
