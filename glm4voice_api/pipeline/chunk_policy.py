@@ -9,12 +9,13 @@ the 13 text tokens in between, while the first chunk plays for 0.4 s. Under load
 - the first chunk goes as soon as `first_chunk` tokens are there (first-audio latency);
 - a stream whose buffered audio is about to run out (less than `lead_s` plus the expected wait for a decoder pass)
   decodes whatever it has (at least `MIN_CHUNK_TOKENS`): small chunks while the buffer is thin;
-- otherwise a stream waits until its pending tokens match the audio it already has buffered (`growth` x buffered
-  seconds, in tokens, between `first_chunk` and `max_chunk`): long chunks once it is ahead, since every chunk
-  re-runs the flow over its context and fewer, longer chunks cost less per second of audio.
-A due chunk takes as many pending tokens as it can, rounded down to one of `sizes`: HiFT vocodes the rows of a
-pass in groups of equal mel length (padding would leak across its non-causal convolutions), so free-form sizes
-would make one HiFT call per stream; a handful of sizes keeps the groups large.
+- otherwise it would like a chunk as long as the audio it has buffered (`growth` x buffered seconds, in tokens,
+  between `first_chunk` and `max_chunk`): long chunks once it is ahead, since every chunk re-runs the flow over its
+  context and fewer, longer chunks cost less per second of audio. It waits for that many tokens only while its
+  measured token supply (`StreamView.rate`, audio tokens per second since the reply began, text blocks included)
+  brings them before the buffer runs low; otherwise it decodes what it has now. That is what keeps a chunk from
+  straddling the 13 text tokens the model writes between two 26-token audio blocks while the listener waits.
+A due chunk takes every pending token up to `max_chunk` (HiFT and the flow both take rows of any length in one pass).
 
 `FixedSchedule` is the reference behaviour (the tests compare batched and direct decoding with it).
 Pure logic over `StreamView`s: unit-tested with made-up clocks.
@@ -42,6 +43,8 @@ class StreamView:
     """Seconds of emitted audio not yet played (playback assumed to start at the first chunk); may be < 0."""
     decoded: int = 0
     """Tokens decoded so far (fixed schedules count chunks from it)."""
+    rate: float | None = None
+    """Audio tokens per second this stream has received since its reply began (None: not measured yet)."""
 
 
 class ChunkPolicy(Protocol):
@@ -70,43 +73,50 @@ class AdaptiveChunkPolicy:
     """Safety margin kept in the listener's buffer (network, event loop, jitter)."""
     growth: float = 1.0
     """Target chunk = growth x buffered audio: 1.0 roughly doubles the buffer with each chunk while tokens last."""
-    sizes: tuple[int, ...] = (6, 10, 16, 26, 40, 64, 100, 160)
-    """The chunk sizes used (about x1.6 apart); `first_chunk` and `max_chunk` are added."""
 
     def __post_init__(self) -> None:
         if not MIN_CHUNK_TOKENS <= self.first_chunk <= self.max_chunk:
             msg = f"need {MIN_CHUNK_TOKENS} <= first_chunk <= max_chunk, got {self.first_chunk}, {self.max_chunk}"
             raise ValueError(msg)
-        allowed = {n for n in self.sizes if MIN_CHUNK_TOKENS <= n <= self.max_chunk}
-        object.__setattr__(self, "sizes", tuple(sorted(allowed | {self.first_chunk, self.max_chunk})))
-
-    def quantize(self, pending: int) -> int | None:
-        """The largest allowed size that `pending` tokens fill (None: fewer than the smallest)."""
-        fits = [n for n in self.sizes if n <= pending]
-        return fits[-1] if fits else None
 
     def target(self, buffered_s: float) -> int:
         want = int(buffered_s * TOKENS_PER_SECOND * self.growth)
         return max(self.first_chunk, min(self.max_chunk, want))
+
+    def _slack(self, view: StreamView, pass_s: float) -> float:
+        """Seconds this stream can still wait before its chunk must start (negative: already late)."""
+        return view.buffered_s - self.lead_s - pass_s
+
+    def _supply_s(self, view: StreamView) -> float:
+        """Seconds until the target chunk's tokens are there at the measured rate (0: there, or no rate yet)."""
+        missing = self.target(view.buffered_s) - view.pending
+        if missing <= 0:
+            return 0.0
+        if not view.rate:
+            return 0.0  # not measured yet: judge by the buffer alone
+        return missing / view.rate
 
     def chunk_size(self, view: StreamView, pass_s: float) -> int | None:
         if not view.started:
             return self.first_chunk if view.pending >= self.first_chunk else None
         if view.pending < MIN_CHUNK_TOKENS:
             return None
-        if view.pending >= self.target(view.buffered_s) or view.buffered_s <= self.lead_s + pass_s:
-            return self.quantize(view.pending)  # as much as there is: more audio per pass, fewer passes
-        return None
+        take = min(view.pending, self.max_chunk)
+        slack = self._slack(view, pass_s)
+        if slack <= 0 or view.pending >= self.target(view.buffered_s):
+            return take
+        # Waiting for the target's tokens would run the buffer below the lead: decode what is there now.
+        return take if self._supply_s(view) >= slack else None
 
     def rider_size(self, view: StreamView) -> int | None:
         if not view.started or view.pending < self.first_chunk:
             return None
-        return self.quantize(view.pending)
+        return min(view.pending, self.max_chunk)
 
     def wake_in(self, view: StreamView, pass_s: float) -> float | None:
         if not view.started or view.pending < MIN_CHUNK_TOKENS:
             return None
-        return max(0.0, view.buffered_s - self.lead_s - pass_s)
+        return max(0.0, self._slack(view, pass_s) - self._supply_s(view))
 
     def urgency(self, view: StreamView) -> float:
         # A first chunk ranks like a stream about to run dry: both are what a listener notices.

@@ -25,7 +25,7 @@ import numpy as np
 
 from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, Voice
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
-from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
+from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStream, DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, StreamView
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,45 @@ _MIN_WAIT_S = 0.002
 NEAR_MISS_S = 0.1
 _SETTLED_S = 2.0
 _END = None  # put on a stream's audio queue after its last chunk
+
+
+class PassCost:
+    """Expected seconds of a decoder pass from its padded size, fitted online: seconds = fixed + per_unit x units.
+
+    units = rows rounded up to a power of two (the CUDA-graph bucket) x the longest row's tokens (all rows are padded
+    to it). Measured on an H200 (bench/results/gpu_decoder_profile.json) the flow's ODE is ~90% of a pass and
+    follows this line closely: ~45 ms fixed (~13k small kernels) plus time linear in the padded frames. Fitted by
+    exponentially weighted least squares, so it follows the GPU's share the decoder actually gets beside the LLM.
+    """
+
+    def __init__(self, forget: float = 0.95) -> None:
+        self.forget = forget
+        self._n = self._x = self._y = self._xx = self._xy = 0.0
+        self.passes = 0
+
+    @staticmethod
+    def units(rows: int, longest_row: int) -> float:
+        return float((1 << max(0, rows - 1).bit_length()) * max(1, longest_row))
+
+    def observe(self, units: float, seconds: float) -> None:
+        f = self.forget
+        self.passes += 1
+        self._n = f * self._n + 1.0
+        self._x = f * self._x + units
+        self._y = f * self._y + seconds
+        self._xx = f * self._xx + units * units
+        self._xy = f * self._xy + units * seconds
+
+    def estimate(self, units: float) -> float | None:
+        """None until a few passes of different sizes were seen."""
+        if self.passes < 4:
+            return None
+        mx, my = self._x / self._n, self._y / self._n
+        var = self._xx / self._n - mx * mx
+        if var <= (0.05 * mx) ** 2:  # sizes too alike to separate fixed and per-unit cost
+            return my * units / mx if mx > 0 else None
+        slope = max(0.0, (self._xy / self._n - mx * my) / var)
+        return max(0.0, my - slope * mx) + slope * units
 
 
 class DecoderStoppedError(RuntimeError):
@@ -59,6 +98,9 @@ class ScheduledStream:
         self.decoded = 0
         self.emitted_samples = 0
         self.first_emit: float | None = None
+        self.opened = time.monotonic()
+        self.received = 0
+        """Audio tokens pushed so far (with `opened`: the stream's token supply rate)."""
 
     def push(self, tokens: list[int], *, final: bool = False) -> None:
         """Hand new audio tokens to the decoder (non-blocking); `final` flushes everything left."""
@@ -93,11 +135,16 @@ class ScheduledStream:
         return self.emitted_samples / self._scheduler.sample_rate - (now - self.first_emit)
 
     def view(self, now: float) -> StreamView:
+        started = self.first_emit is not None
+        # Averaged from the request's start, so the first text block and the prefill count: early on the rate is
+        # underestimated, which errs towards smaller chunks while the listener's buffer is thinnest.
+        rate = self.received / (now - self.opened) if started and now > self.opened else None
         return StreamView(
             pending=len(self._tokens),
-            started=self.first_emit is not None,
+            started=started,
             buffered_s=self.buffered_seconds(now),
             decoded=self.decoded,
+            rate=rate,
         )
 
     def _decoder_stream(self) -> DecoderStream:
@@ -127,6 +174,7 @@ class DecoderScheduler:
         policy: ChunkPolicy | None = None,
         max_batch: int = 16,
         own_stream: bool = False,
+        max_pass_s: float | None = None,
     ) -> None:
         self.decoder = decoder
         self.stream_config = stream_config or DecoderStreamConfig()
@@ -134,6 +182,11 @@ class DecoderScheduler:
         self.max_batch = max_batch
         self.own_stream = own_stream
         """Run on a high-priority CUDA stream of its own (with the LLM in this process, see `_own_cuda_stream`)."""
+        self.max_pass_s = max_pass_s
+        """Expected length a pass may grow to by adding rows (None: max_batch only). Why: a chunk that becomes due
+        while a pass runs waits for that pass, so a long pass of far-ahead streams delays a first chunk or a stream
+        about to run dry; passes are kept short and the rows that did not fit go in the next one."""
+        self.cost = PassCost()
         self.sample_rate = decoder.sample_rate
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -249,6 +302,7 @@ class DecoderScheduler:
         if s.closed or s.finished:
             return
         s._tokens.extend(tokens)
+        s.received += len(tokens)
         s._final = s._final or final
         streams.add(s)
 
@@ -264,7 +318,10 @@ class DecoderScheduler:
         if s.finished:
             return None
         if s._final:
-            return -1
+            # The rest in one final chunk, unless that is longer than the policy's longest: one long row would make
+            # its whole pass long, and every other stream waits for the pass (the tail comes in later passes).
+            longest = getattr(self.policy, "max_chunk", None)
+            return longest if longest is not None and len(s._tokens) > longest else -1
         return self.policy.chunk_size(s.view(now), pass_s)
 
     def _row_len(self, s: ScheduledStream, size: int) -> int:
@@ -273,7 +330,8 @@ class DecoderScheduler:
         return history + (len(s._tokens) if size < 0 else size)
 
     def _pick(self, streams: set[ScheduledStream]) -> list[tuple[ScheduledStream, int]]:
-        """The most urgent due chunk plus others of similar length, then free riders up to the graph bucket."""
+        """The most urgent due chunk plus others of similar length, then free riders up to the graph bucket; rows
+        beyond the first are added only while the pass's expected length stays within `max_pass_s`."""
         now = time.monotonic()
         pass_s = self.pass_seconds()
         due = [(s, n) for s in streams if (n := self._size(s, now, pass_s)) is not None]
@@ -282,11 +340,21 @@ class DecoderScheduler:
         due.sort(key=lambda e: self.policy.urgency(e[0].view(now)))
         limit = 1.25 * self._row_len(*due[0]) + 16
         batch = [due[0]]
+        longest = self._row_len(*due[0])
+
+        def fits(row_len: int) -> bool:
+            if self.max_pass_s is None:
+                return True
+            cost = self.cost.estimate(PassCost.units(len(batch) + 1, max(longest, row_len)))
+            return cost is None or cost <= self.max_pass_s
+
         for entry in due[1:]:
             if len(batch) >= self.max_batch:
                 break
-            if self._row_len(*entry) <= limit:
+            row_len = self._row_len(*entry)
+            if row_len <= limit and fits(row_len):
                 batch.append(entry)
+                longest = max(longest, row_len)
         # A CUDA-graph pass is padded to a power-of-two batch: those rows cost nothing, so give them to streams
         # that have a steady-size chunk waiting (they get ahead, and their next chunk can be longer).
         room = min(self.max_batch, 1 << (len(batch) - 1).bit_length()) - len(batch)
@@ -298,7 +366,10 @@ class DecoderScheduler:
                 if room == 0:
                     break
                 size = self.policy.rider_size(s.view(now))
-                if size is not None and self._row_len(s, size) <= limit:
+                if size is None:
+                    continue
+                size = min(size, longest - self._row_len(s, 0))  # a rider never lengthens the pass
+                if size >= MIN_CHUNK_TOKENS:
                     batch.append((s, size))
                     room -= 1
         return batch
@@ -337,6 +408,8 @@ class DecoderScheduler:
             elapsed = time.perf_counter() - start
             self.busy_seconds += elapsed
             self._pass_ewma = 0.8 * self._pass_ewma + 0.2 * elapsed
+            longest = max(len(r.prompt_tokens) + len(r.tokens) for _, r in rows)
+            self.cost.observe(PassCost.units(len(rows), longest), elapsed)
         self.batches += 1
         self.chunks += len(rows)
         now = time.monotonic()

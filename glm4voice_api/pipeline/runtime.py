@@ -166,7 +166,14 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         else FixedSchedule(tuple(options.schedule))
     )
     own_stream = device.startswith("cuda") and in_process(settings.engine)
-    scheduler = DecoderScheduler(decoder, config, policy=policy, max_batch=options.max_batch, own_stream=own_stream)
+    scheduler = DecoderScheduler(
+        decoder,
+        config,
+        policy=policy,
+        max_batch=options.max_batch,
+        own_stream=own_stream,
+        max_pass_s=options.max_pass_ms / 1000 or None,
+    )
     scheduler.start()
     return scheduler
 

@@ -1,4 +1,5 @@
-"""The adaptive chunk policy: first chunk early, small chunks while the buffer is thin, long ones once ahead."""
+"""The adaptive chunk policy: first chunk early, small chunks while the buffer is thin, long ones once ahead, and
+never a wait for tokens that arrive after the buffer runs low."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedu
 POLICY = AdaptiveChunkPolicy(first_chunk=10, max_chunk=160, lead_s=0.3)
 
 
-def view(pending: int, buffered: float, started: bool = True, decoded: int = 40) -> StreamView:
-    return StreamView(pending=pending, started=started, buffered_s=buffered, decoded=decoded)
+def view(
+    pending: int, buffered: float, started: bool = True, decoded: int = 40, rate: float | None = None
+) -> StreamView:
+    return StreamView(pending=pending, started=started, buffered_s=buffered, decoded=decoded, rate=rate)
 
 
 def test_first_chunk_as_soon_as_it_is_there() -> None:
@@ -20,7 +23,7 @@ def test_first_chunk_as_soon_as_it_is_there() -> None:
 
 
 def test_thin_buffer_decodes_what_it_has() -> None:
-    assert POLICY.chunk_size(view(7, 0.35), 0.1) == 6  # 0.35 <= lead 0.3 + pass 0.1; sizes are 6, 10, 16, ...
+    assert POLICY.chunk_size(view(7, 0.35), 0.1) == 7  # 0.35 <= lead 0.3 + pass 0.1: all it has
     assert POLICY.chunk_size(view(5, 0.0), 0.1) is None  # below the 6-token minimum: nothing can be decoded
     assert POLICY.chunk_size(view(300, 0.1), 0.1) == 160  # never more than max_chunk
 
@@ -28,10 +31,22 @@ def test_thin_buffer_decodes_what_it_has() -> None:
 def test_ahead_waits_for_a_chunk_as_long_as_the_buffer() -> None:
     assert POLICY.target(2.0) == 25  # 2 s buffered -> 25 tokens (2 s of audio)
     assert POLICY.chunk_size(view(20, 2.0), 0.1) is None
-    assert POLICY.chunk_size(view(26, 2.0), 0.1) == 26  # due: takes all it has (26 is one of the sizes)
-    assert POLICY.chunk_size(view(39, 2.0), 0.1) == 26  # rounded down to a size: HiFT batches equal lengths
+    assert POLICY.chunk_size(view(26, 2.0), 0.1) == 26  # due: takes all it has
+    assert POLICY.chunk_size(view(39, 2.0), 0.1) == 39  # any length: flow and HiFT pad rows of any length
     assert POLICY.target(60.0) == 160 and POLICY.target(0.2) == 10
     assert POLICY.wake_in(view(20, 2.0), 0.1) == pytest.approx(1.6)  # wakes when 0.4 s are left
+
+
+def test_a_chunk_does_not_wait_for_tokens_that_come_too_late() -> None:
+    # 2 s buffered wants 25 tokens; 20 are there. At 30 tokens/s the 5 missing come in 0.17 s: worth waiting.
+    assert POLICY.chunk_size(view(20, 2.0, rate=30.0), 0.1) is None
+    assert POLICY.wake_in(view(20, 2.0, rate=30.0), 0.1) == pytest.approx(1.6 - 5 / 30)
+    # At 3 tokens/s (the model is writing a text block) they would come after the buffer is down to the lead.
+    assert POLICY.chunk_size(view(20, 2.0, rate=3.0), 0.1) == 20
+    # Thin buffer after a first chunk (0.5 s), 8 tokens there and a 10-token target: 2 tokens at 20/s = 0.1 s
+    # < 0.1 s slack? No: slack is 0.5 - 0.3 - 0.1 = 0.1, so it goes now rather than cut it that fine.
+    assert POLICY.chunk_size(view(8, 0.5, rate=20.0), 0.1) == 8
+    assert POLICY.chunk_size(view(8, 0.5, rate=40.0), 0.1) is None  # 0.05 s away: waits
 
 
 def test_urgency_orders_dry_streams_and_first_chunks_first() -> None:
@@ -48,7 +63,8 @@ def test_fixed_schedule_counts_chunks_from_decoded_tokens() -> None:
 
 def test_riders_need_a_steady_chunk() -> None:
     assert POLICY.rider_size(view(9, 1.0)) is None
-    assert POLICY.rider_size(view(70, 1.0)) == 64
+    assert POLICY.rider_size(view(70, 1.0)) == 70
+    assert POLICY.rider_size(view(700, 1.0)) == 160
     assert POLICY.rider_size(view(70, 1.0, started=False)) is None
 
 

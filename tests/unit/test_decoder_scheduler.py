@@ -12,7 +12,7 @@ import pytest
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule, StreamView
-from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
+from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler, PassCost
 from tests.conftest import CONFORMANCE
 
 TINY = CONFORMANCE / "tiny_a"
@@ -137,6 +137,7 @@ def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() ->
     scheduler.policy = AdaptiveChunkPolicy(first_chunk=10, lead_s=0.3)
     scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
     scheduler._pass_ewma = 0.05
+    scheduler.max_pass_s, scheduler.cost = None, PassCost()
     first = _stream(10, 0.0, decoded=0, started=False)
     dry = _stream(12, 0.0)  # running dry: due with what it has
     ahead = _stream(20, 5.0)  # 5 s buffered: waits for ~60 tokens
@@ -145,8 +146,51 @@ def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() ->
     batch = scheduler._pick({first, dry, dry2, ahead, rider})
     # Least buffered first; a first chunk ranks as nearly dry; 3 due rows make a 4-row bucket: one free row.
     assert [s for s, _ in batch][:3] == [dry, first, dry2] and len(batch) == 4
-    assert (rider, 26) in batch and all(s is not ahead for s, _ in batch)  # free rows go to a waiting stream
+    # free rows go to a waiting stream, never longer than the pass's longest row (52: 40 history + 12)
+    assert (rider, 30) in batch and all(s is not ahead for s, _ in batch)
     assert dict((id(s), n) for s, n in batch)[id(first)] == 10
+
+
+def test_pass_cost_fits_fixed_and_per_unit_time() -> None:
+    cost = PassCost()
+    assert cost.estimate(100) is None  # nothing measured yet
+    for rows, longest in [(1, 10), (4, 140), (16, 180), (32, 180), (8, 60), (2, 200)]:
+        units = PassCost.units(rows, longest)
+        cost.observe(units, 0.045 + 2e-5 * units)  # the H200 profile's shape: 45 ms fixed + linear
+    assert cost.estimate(PassCost.units(16, 100)) == pytest.approx(0.045 + 2e-5 * 1600, rel=1e-6)
+    assert PassCost.units(17, 10) == 320  # rows padded to the power-of-two graph bucket
+
+
+def test_pick_keeps_passes_within_the_expected_length_budget() -> None:
+    scheduler = DecoderScheduler.__new__(DecoderScheduler)
+    scheduler.max_batch = 32
+    scheduler.policy = AdaptiveChunkPolicy(first_chunk=10, lead_s=0.3)
+    scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
+    scheduler._pass_ewma = 0.05
+    scheduler.max_pass_s, scheduler.cost = 0.1, PassCost()
+    for rows in (1, 2, 4, 8):
+        scheduler.cost.observe(PassCost.units(rows, 100), 0.02 + 1e-4 * PassCost.units(rows, 100))
+    streams = {_stream(60, 0.1) for _ in range(8)}  # all running low: due with 60 tokens after 40 of history
+    batch = scheduler._pick(streams)
+    # 100-token rows cost 0.02 + 1e-4 * 100 * (rows rounded up to a power of two): 4 rows 0.06 s, 8 rows 0.10 s.
+    assert len(batch) == 8
+    scheduler.max_pass_s = 0.07
+    assert len(scheduler._pick(streams)) == 4
+    scheduler.max_pass_s = None
+    assert len(scheduler._pick(streams)) == 8
+
+
+def test_a_final_flush_longer_than_max_chunk_is_split() -> None:
+    scheduler = DecoderScheduler.__new__(DecoderScheduler)
+    scheduler.policy = AdaptiveChunkPolicy(first_chunk=10, max_chunk=80)
+    s = _stream(200, 5.0)
+    s._final = True
+    assert scheduler._size(s, 0.0, 0.1) == 80
+    s._tokens = [0] * 50
+    assert scheduler._size(s, 0.0, 0.1) == -1  # the rest in one final chunk
+    scheduler.policy = FixedSchedule((10, 20))
+    s._tokens = [0] * 200
+    assert scheduler._size(s, 0.0, 0.1) == -1  # the reference's streaming: one final chunk
 
 
 def test_pool_spreads_streams_and_counts_sessions(decoder) -> None:

@@ -1,0 +1,361 @@
+"""Where a speech-decoder pass spends its time, and how it behaves beside an LLM-like GPU load.
+
+Answers three questions the serving core's design depends on (full-size random weights, bf16, flow graphs):
+
+1. phases: per pass shape (rows x context + new tokens), the GPU time of the flow encoder, the 10-step ODE and
+   HiFT (CUDA events), the pass's wall time, and how many kernels one eager ODE step launches;
+2. compile: the same passes with the flow estimator compiled by ``torch.compile`` (fused kernels inside the same
+   CUDA graphs), and the largest difference of its mel from the uncompiled one;
+3. contention: the pass's wall time while an LLM-like load (memory-bound bf16 GEMMs of a decode step, a host sync
+   per step, as vLLM's engine does) runs in ANOTHER process (two CUDA contexts time-slice) or in a thread of THIS
+   process on its own stream (one context: kernels can overlap), and the load's steps/s in each case.
+
+    python -m bench.profile_decoder --device cuda --out /tmp/profile.json
+    python -m bench.profile_decoder --device cpu --preset tiny --out /tmp/profile.json   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.bench_speech_decoder import _DTYPES, build_decoder
+from glm4voice_api.models.speech_decoder.chunks import ChunkRequest
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+
+SHAPES = [(1, 0, 10), (1, 100, 40), (4, 100, 40), (16, 100, 20), (16, 100, 80), (32, 100, 80), (16, 100, 160)]
+"""(rows, context tokens, new tokens) of one pass."""
+
+
+def requests(decoder: SpeechDecoder, rows: int, context: int, new: int, seed: int = 0) -> list[ChunkRequest]:
+    gen = torch.Generator().manual_seed(seed)
+    vocab = decoder.flow.cfg.vocab_size
+    n_mels = decoder.flow.cfg.output_size
+    out = []
+    for i in range(rows):
+        toks = torch.randint(0, vocab, (context + new,), generator=gen).tolist()
+        mel = torch.randn(n_mels, decoder.mel_frames(context), generator=gen).to(decoder.device) * 2 - 6
+        dev_gen = torch.Generator(device=decoder.device).manual_seed(seed + i)
+        out.append(ChunkRequest(toks[context:], toks[:context], mel, final=False, generator=dev_gen))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_pass(decoder: SpeechDecoder, reqs_fn, iters: int) -> float:
+    device = decoder.device
+    decoder.decode_batch(reqs_fn())  # warm-up / graph capture
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        reqs = reqs_fn()
+        _sync(device)
+        t0 = time.perf_counter()
+        decoder.decode_batch(reqs)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class PhaseTimer:
+    """CUDA events around the flow encoder, the ODE and HiFT (monkeypatched in, removed by `close`)."""
+
+    def __init__(self, decoder: SpeechDecoder) -> None:
+        import glm4voice_api.models.speech_decoder.decoder as dec_mod
+
+        self.events: dict[str, list[tuple[Any, Any]]] = {"encode": [], "ode": [], "hift": []}
+        self._restore = []
+        flow = decoder.flow
+        self._wrap(flow, "encode", "encode")
+        if flow.graphed is not None:
+            self._wrap(flow.graphed, "__call__", "ode", cls_level=True)
+        else:
+            self._wrap(flow.decoder, "forward", "ode")
+        self._wrap_module_fn(dec_mod, "vocode_ragged", "hift")
+        self.cuda = decoder.device.type == "cuda"
+
+    def _mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def _timed(self, fn, name):
+        def wrapper(*a, **k):
+            s = self._mark()
+            out = fn(*a, **k)
+            self.events[name].append((s, self._mark()))
+            return out
+
+        return wrapper
+
+    def _wrap(self, obj, attr, name, cls_level=False):
+        if cls_level:
+            cls = type(obj)
+            orig = cls.__call__
+            timed = self._timed(lambda *a, **k: orig(*a, **k), name)
+            cls.__call__ = lambda self_, *a, **k: timed(self_, *a, **k)
+            self._restore.append(lambda: setattr(cls, "__call__", orig))
+        else:
+            orig = getattr(obj, attr)
+            setattr(obj, attr, self._timed(orig, name))
+            self._restore.append(lambda: delattr(obj, attr) if attr in vars(obj) else None)
+
+    def _wrap_module_fn(self, mod, attr, name):
+        orig = getattr(mod, attr)
+        setattr(mod, attr, self._timed(orig, name))
+        self._restore.append(lambda: setattr(mod, attr, orig))
+
+    def reset(self):
+        for v in self.events.values():
+            v.clear()
+
+    def totals_ms(self) -> dict[str, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return {k: sum(s.elapsed_time(e) for s, e in v) for k, v in self.events.items()}
+        return {k: 1000 * sum(e - s for s, e in v) for k, v in self.events.items()}
+
+    def close(self):
+        for r in reversed(self._restore):
+            r()
+
+
+def kernels_per_ode_step(decoder: SpeechDecoder, rows: int, frames_tokens: int) -> int | None:
+    """Kernels one eager estimator step launches (what the CUDA graph replays, launch for launch)."""
+    if decoder.device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    cfm = decoder.flow.decoder
+    t = decoder.mel_frames(frames_tokens)
+    dt = decoder.flow.input_embedding.weight.dtype
+    dev = decoder.device
+    x = torch.zeros(rows, 80, t, device=dev)
+    mask2 = torch.ones(2 * rows, 1, t, device=dev, dtype=dt)
+    mu2 = torch.zeros(2 * rows, 80, t, device=dev, dtype=dt)
+    spks2 = torch.zeros(2 * rows, 80, device=dev, dtype=dt)
+    step = (torch.tensor(0.1, device=dev), torch.tensor(0.1, device=dev))
+    with torch.inference_mode():
+        cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
+            torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+
+
+def phases(decoder: SpeechDecoder, iters: int) -> list[dict[str, Any]]:
+    timer = PhaseTimer(decoder)
+    rows_out = []
+    try:
+        for rows, ctx, new in SHAPES:
+
+            def make(rows=rows, ctx=ctx, new=new):
+                return requests(decoder, rows, ctx, new)
+
+            decoder.decode_batch(make())
+            _sync(decoder.device)
+            timer.reset()
+            wall = time_pass(decoder, make, iters)
+            tot = timer.totals_ms()
+            n = iters + 1  # the warm-up inside time_pass is timed by the events too
+            row = {
+                "rows": rows,
+                "context": ctx,
+                "new": new,
+                "wall_ms": round(wall * 1000, 2),
+                **{f"{k}_ms": round(v / n, 2) for k, v in tot.items()},
+                "audio_s": round(rows * new / 12.5, 2),
+            }
+            rows_out.append(row)
+            print("phase", row, flush=True)
+    finally:
+        timer.close()
+    return rows_out
+
+
+def compiled(decoder: SpeechDecoder, iters: int) -> list[dict[str, Any]]:
+    """The estimator compiled (inductor), captured in the same graphs; output compared with the uncompiled."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = 64
+    flow = decoder.flow
+    est = flow.decoder.estimator
+    ref = {}
+    shapes = [SHAPES[0], SHAPES[2], SHAPES[4]]
+    for rows, ctx, new in shapes:
+        reqs = requests(decoder, rows, ctx, new)
+        ref[(rows, ctx, new)] = flow.forward_batch([_flow_input(r) for r in reqs])
+    t0 = time.perf_counter()
+    # dynamic: one compile for every (rows, frames) bucket, as a server would need (42 static ones take too long)
+    flow.decoder.estimator = torch.compile(est, dynamic=True)
+    if flow.graphed is not None:  # recapture with the compiled estimator
+        flow.graphed._graphs.clear()
+    out = []
+    try:
+        for rows, ctx, new in shapes:
+
+            def make(rows=rows, ctx=ctx, new=new):
+                return requests(decoder, rows, ctx, new)
+
+            c0 = time.perf_counter()
+            decoder.decode_batch(make())
+            _sync(decoder.device)
+            first = time.perf_counter() - c0
+            wall = time_pass(decoder, make, iters)
+            mel = flow.forward_batch([_flow_input(r) for r in make()])
+            diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(mel, ref[(rows, ctx, new)]))
+            row = {
+                "rows": rows,
+                "context": ctx,
+                "new": new,
+                "wall_ms": round(wall * 1000, 2),
+                "compile_and_capture_s": round(first, 1),
+                "max_abs_mel_diff_vs_uncompiled": diff,
+            }
+            out.append(row)
+            print("compiled", row, flush=True)
+    finally:
+        flow.decoder.estimator = est
+        if flow.graphed is not None:
+            flow.graphed._graphs.clear()
+    print(f"compile section {time.perf_counter() - t0:.1f}s", flush=True)
+    return out
+
+
+def _flow_input(r: ChunkRequest):
+    from glm4voice_api.models.speech_decoder.flow import FlowInput
+
+    gen = torch.Generator(device=r.generator.device).manual_seed(7)
+    return FlowInput(torch.tensor(r.prompt_tokens + r.tokens), r.prompt_mel, generator=gen)
+
+
+# -- LLM-like load ---------------------------------------------------------------------------------------
+
+
+def _llm_like_steps(device: str, stop: Any, counter: Any, gib: float, batch: int, priority: int = 0) -> None:
+    """Decode-step-like GPU work: read `gib` GiB of bf16 weights through GEMMs with a small batch, then sync."""
+    dev = torch.device(device)
+    n = max(1, int(gib * 2**30 / (4096 * 14336 * 2)))
+    weights = [torch.randn(4096, 14336, device=dev, dtype=torch.bfloat16) for _ in range(n)]
+    x = torch.randn(batch, 4096, device=dev, dtype=torch.bfloat16)
+    stream = torch.cuda.Stream(dev, priority=priority)
+    with torch.cuda.stream(stream), torch.inference_mode():
+        while not stop.is_set():
+            for w in weights:
+                y = x @ w
+                x = y[:, :4096].contiguous()
+            stream.synchronize()
+            with counter.get_lock():
+                counter.value += 1
+
+
+def contention(decoder: SpeechDecoder, iters: int, gib: float) -> dict[str, Any]:
+    shape = (16, 100, 80)
+
+    def make():
+        return requests(decoder, *shape)
+
+    def load_rate(stop, counter, seconds=3.0):
+        c0 = counter.value
+        time.sleep(seconds)
+        return (counter.value - c0) / seconds
+
+    result: dict[str, Any] = {"shape": shape, "load_gib_per_step": gib}
+    result["alone_ms"] = round(time_pass(decoder, make, iters) * 1000, 2)
+    ctx = mp.get_context("spawn")
+    for where in ("process", "thread"):
+        if where == "process":
+            stop, counter = ctx.Event(), ctx.Value("q", 0)
+            worker = ctx.Process(target=_llm_like_steps, args=("cuda", stop, counter, gib, 32), daemon=True)
+        else:
+            stop, counter = threading.Event(), mp.Value("q", 0)
+            worker = threading.Thread(target=_llm_like_steps, args=("cuda", stop, counter, gib, 32), daemon=True)
+        worker.start()
+        while counter.value < 5:
+            time.sleep(0.05)
+        alone_rate = load_rate(stop, counter)
+        if where == "thread":  # the decoder on a high-priority stream of its own, as the in-process engine does
+            side = torch.cuda.Stream(decoder.device, priority=-1)
+            with torch.cuda.stream(side):
+                wall = time_pass(decoder, make, iters)
+        else:
+            wall = time_pass(decoder, make, iters)
+        busy_c0, t0 = counter.value, time.perf_counter()
+        with torch.cuda.stream(torch.cuda.Stream(decoder.device, priority=-1)) if where == "thread" else _null():
+            for _ in range(iters):
+                decoder.decode_batch(make())
+                _sync(decoder.device)
+        rate_during = (counter.value - busy_c0) / (time.perf_counter() - t0)
+        stop.set()
+        worker.join(30)
+        result[where] = {
+            "decoder_pass_ms": round(wall * 1000, 2),
+            "load_steps_per_s_alone": round(alone_rate, 1),
+            "load_steps_per_s_during_decoder": round(rate_during, 1),
+        }
+        print("contention", where, result[where], flush=True)
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="full")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--sections", default="phases,compile,contention")
+    p.add_argument("--load-gib", type=float, default=4.0, help="GiB of weights one LLM-like step reads")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    args.checkpoint, args.seed = None, 0
+    device = torch.device(args.device)
+    decoder = build_decoder(args, device, _DTYPES[args.dtype])
+    decoder.flow.enable_graphs(use_graphs=device.type == "cuda")
+    report: dict[str, Any] = {
+        "benchmark": "profile_decoder",
+        "preset": args.preset,
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
+    sections = args.sections.split(",")
+
+    def save():
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+    if "phases" in sections:
+        report["kernels_per_ode_step_1x256"] = kernels_per_ode_step(decoder, 1, 37)
+        report["phases"] = phases(decoder, args.iters)
+        save()
+    if "contention" in sections and device.type == "cuda":
+        report["contention"] = contention(decoder, args.iters, args.load_gib)
+        save()
+    if "compile" in sections:
+        report["compiled"] = compiled(decoder, args.iters)
+        save()
+
+
+if __name__ == "__main__":
+    main()
