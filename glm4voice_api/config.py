@@ -113,11 +113,11 @@ class SpeechDecoderSettings(BaseModel):
         "0 = the whole history, as the reference.",
     )
     chunking: Literal["adaptive", "fixed"] = Field(
-        "adaptive",
-        description="How chunks are sized. adaptive: from each stream's buffered audio and measured token supply "
-        "(small while the listener's buffer is thin, up to max_chunk once ahead; a chunk never waits for tokens that "
-        "would come after the buffer runs low, such as across the text block between two audio blocks); fixed: the "
-        "schedule, whatever the timing (the reference's streaming).",
+        "fixed",
+        description="How chunks are sized. fixed: the schedule, whatever the timing (the reference's streaming); "
+        "adaptive: from each stream's buffered audio and measured token supply (small while the listener's buffer "
+        "is thin, up to max_chunk once ahead). fixed stays the default: on an H200 (2026-12-04, bench/results) "
+        "adaptive gave higher playable latency at 32 streams, its passes held fewer rows.",
     )
     first_chunk: int = Field(10, ge=6, description="Adaptive: audio tokens in a reply's first chunk.")
     max_chunk: int = Field(160, ge=6, description="Adaptive: most audio tokens in one chunk.")
@@ -131,11 +131,12 @@ class SpeechDecoderSettings(BaseModel):
         32, ge=1, description="Most stream chunks decoded in one flow + HiFT pass (CUDA graphs: powers of two)."
     )
     max_pass_ms: float = Field(
-        250.0,
+        0.0,
         ge=0,
         description="Rows are added to a decoder pass only while its expected length (fitted from measured passes) "
         "stays within this: a chunk that becomes due waits for the running pass, so long passes delay first audio "
-        "and streams about to run dry. 0: no bound (max_batch only).",
+        "and streams about to run dry. 0 (default): no bound, max_batch only; on an H200 a 250 ms bound left the passes "
+        "1.8-2.7 rows on average and cost more than it saved (bench/results/gpu_suite_adaptive_budget.json).",
     )
     cuda_graphs: bool = Field(
         True, description="On CUDA, run the flow's 10-step ODE as captured CUDA graphs (per shape bucket)."

@@ -104,6 +104,11 @@ class VllmLLMEngine:
         if not on_gpu:
             # Read by the engine core process, which inherits our environment.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
+        else:
+            # The speech models load on other threads while this starts (runtime.py), so CUDA may be initialised in
+            # this process between vLLM's "is CUDA initialised?" check and its fork of the engine core; the forked
+            # child then fails ("Cannot re-initialize CUDA in forked subprocess", seen on an H200). Spawn always.
+            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         if settings.max_model_len is None or settings.max_num_seqs is None or settings.warmup_batch_sizes is None:
             msg = "engine settings must be resolved first (EngineSettings.resolved)"
             raise ValueError(msg)
