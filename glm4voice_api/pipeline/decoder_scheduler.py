@@ -27,6 +27,7 @@ from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, Voice
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStream, DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, StreamView
+from glm4voice_api.pipeline.pass_cost import PassCost
 
 logger = logging.getLogger(__name__)
 
@@ -36,45 +37,6 @@ _MIN_WAIT_S = 0.002
 NEAR_MISS_S = 0.1
 _SETTLED_S = 2.0
 _END = None  # put on a stream's audio queue after its last chunk
-
-
-class PassCost:
-    """Expected seconds of a decoder pass from its padded size, fitted online: seconds = fixed + per_unit x units.
-
-    units = rows rounded up to a power of two (the CUDA-graph bucket) x the longest row's tokens (all rows are padded
-    to it). Measured on an H200 (bench/results/gpu_decoder_profile.json) the flow's ODE is ~90% of a pass and
-    follows this line closely: ~45 ms fixed (~13k small kernels) plus time linear in the padded frames. Fitted by
-    exponentially weighted least squares, so it follows the GPU's share the decoder actually gets beside the LLM.
-    """
-
-    def __init__(self, forget: float = 0.95) -> None:
-        self.forget = forget
-        self._n = self._x = self._y = self._xx = self._xy = 0.0
-        self.passes = 0
-
-    @staticmethod
-    def units(rows: int, longest_row: int) -> float:
-        return float((1 << max(0, rows - 1).bit_length()) * max(1, longest_row))
-
-    def observe(self, units: float, seconds: float) -> None:
-        f = self.forget
-        self.passes += 1
-        self._n = f * self._n + 1.0
-        self._x = f * self._x + units
-        self._y = f * self._y + seconds
-        self._xx = f * self._xx + units * units
-        self._xy = f * self._xy + units * seconds
-
-    def estimate(self, units: float) -> float | None:
-        """None until a few passes of different sizes were seen."""
-        if self.passes < 4:
-            return None
-        mx, my = self._x / self._n, self._y / self._n
-        var = self._xx / self._n - mx * mx
-        if var <= (0.05 * mx) ** 2:  # sizes too alike to separate fixed and per-unit cost
-            return my * units / mx if mx > 0 else None
-        slope = max(0.0, (self._xy / self._n - mx * my) / var)
-        return max(0.0, my - slope * mx) + slope * units
 
 
 class DecoderStoppedError(RuntimeError):

@@ -12,7 +12,8 @@ import pytest
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule, StreamView
-from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler, PassCost
+from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
+from glm4voice_api.pipeline.pass_cost import PassCost
 from tests.conftest import CONFORMANCE
 
 TINY = CONFORMANCE / "tiny_a"
