@@ -132,13 +132,19 @@ def _stream(pending: int, buffered: float, decoded: int = 40, *, started: bool =
     )
 
 
-def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() -> None:
+def _bare_scheduler(max_batch: int, max_pass_s: float | None) -> DecoderScheduler:
+    """A scheduler without a thread or a decoder: only `_pick`'s decisions are tested with it."""
     scheduler = DecoderScheduler.__new__(DecoderScheduler)
-    scheduler.max_batch = 4
+    scheduler.max_batch = max_batch
     scheduler.policy = AdaptiveChunkPolicy(first_chunk=10, lead_s=0.3)
     scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
     scheduler._pass_ewma = 0.05
-    scheduler.max_pass_s, scheduler.cost = None, PassCost()
+    scheduler.max_pass_s, scheduler.cost = max_pass_s, PassCost()
+    return scheduler
+
+
+def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() -> None:
+    scheduler = _bare_scheduler(max_batch=4, max_pass_s=None)
     first = _stream(10, 0.0, decoded=0, started=False)
     dry = _stream(12, 0.0)  # running dry: due with what it has
     ahead = _stream(20, 5.0)  # 5 s buffered: waits for ~60 tokens
@@ -163,12 +169,7 @@ def test_pass_cost_fits_fixed_and_per_unit_time() -> None:
 
 
 def test_pick_keeps_passes_within_the_expected_length_budget() -> None:
-    scheduler = DecoderScheduler.__new__(DecoderScheduler)
-    scheduler.max_batch = 32
-    scheduler.policy = AdaptiveChunkPolicy(first_chunk=10, lead_s=0.3)
-    scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
-    scheduler._pass_ewma = 0.05
-    scheduler.max_pass_s, scheduler.cost = 0.1, PassCost()
+    scheduler = _bare_scheduler(max_batch=32, max_pass_s=0.1)
     for rows in (1, 2, 4, 8):
         scheduler.cost.observe(PassCost.units(rows, 100), 0.02 + 1e-4 * PassCost.units(rows, 100))
     streams = {_stream(60, 0.1) for _ in range(8)}  # all running low: due with 60 tokens after 40 of history
