@@ -102,9 +102,11 @@ class SpeechDecoderSettings(BaseModel):
         "bench/results), float32 on CPU (bf16 matmuls are slow there).",
     )
     schedule: list[int] = Field(
-        [10, 20, 40, 80, 160],
-        description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early; later "
-        "chunks grow because each one re-runs the flow over its context (fewer, longer chunks cost less).",
+        [10, 16, 26, 52, 104, 156],
+        description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early; then every "
+        "chunk ends where one of the model's 26-token audio blocks ends (10+16 = 26, 52, 104, 208, 364, ...), so no "
+        "chunk waits for the 13 text tokens the model writes before the next block; chunks grow because each one "
+        "re-runs the flow over its context (fewer, longer chunks cost less).",
     )
     max_prompt_tokens: int = Field(
         100,

@@ -131,6 +131,7 @@ class VllmLLMEngine:
             logits_processors=[LOGITS_PROCESSOR],
             quantization=settings.quantization,
         )
+        logger.info("starting the vLLM engine (%s)", "in this process" if in_process(settings) else "engine core process")
         if in_process(settings):
             args.distributed_executor_backend = "uni"  # the model itself in this process, not in a worker process
             from glm4voice_api.engine.inproc import InprocAsyncLLM
