@@ -47,6 +47,22 @@ def preload_vllm() -> None:
     import vllm.v1.engine.llm_engine  # noqa: F401
 
 
+def _register_model_class() -> None:
+    """Register the model class object in this process, over the plugin's lazy (by name) registration.
+
+    Why: vLLM inspects a lazily registered class in a fresh Python subprocess the first time on a machine (the result
+    is cached under VLLM_CACHE_ROOT/modelinfos), and that subprocess imports torch and vLLM again: 27 s on the
+    critical path of a fresh H200's start (2026-12-04, "Resolved architecture" 27 s after the engine start; under 1 s
+    on later starts with the cache). vLLM is already imported here and the model module does not touch CUDA, so the
+    class is inspected in this process instead. Engine-core processes keep the plugin's lazy registration: they only
+    load the class, they do not inspect it.
+    """
+    from glm4voice_vllm.model import Glm4VoiceForCausalLM
+    from vllm import ModelRegistry
+
+    ModelRegistry.register_model(ARCHITECTURE, Glm4VoiceForCausalLM)
+
+
 def in_process(settings: EngineSettings) -> bool:
     """Whether the engine core runs in this process (`process` setting; auto: in its own process)."""
     # auto = separate: measured on an H100 (bench/results/gpu_suite.json), the in-process engine beside the decoder
@@ -132,6 +148,7 @@ class VllmLLMEngine:
             quantization=settings.quantization,
         )
         logger.info("starting the vLLM engine (%s)", "in this process" if in_process(settings) else "engine core process")
+        _register_model_class()
         if in_process(settings):
             args.distributed_executor_backend = "uni"  # the model itself in this process, not in a worker process
             from glm4voice_api.engine.inproc import InprocAsyncLLM
