@@ -147,7 +147,9 @@ class VllmLLMEngine:
             logits_processors=[LOGITS_PROCESSOR],
             quantization=settings.quantization,
         )
-        logger.info("starting the vLLM engine (%s)", "in this process" if in_process(settings) else "engine core process")
+        logger.info(
+            "starting the vLLM engine (%s)", "in this process" if in_process(settings) else "engine core process"
+        )
         _register_model_class()
         if in_process(settings):
             args.distributed_executor_backend = "uni"  # the model itself in this process, not in a worker process
