@@ -7,8 +7,7 @@ path (`--engine.max-model-len`, env `GLM4VOICE_ENGINE__MAX_MODEL_LEN`), so two g
 Conventions: 0 means "unlimited" (or "off") wherever a limit can be lifted; None means "derive the default" and
 is resolved, with every other machine- or model-dependent default, in one place: `Settings.resolved`.
 
-Nothing else in the code base reads the environment. The names used before the groups existed are still accepted
-(`LEGACY_NAMES`: env `GLM4VOICE_LIMITS__MAX_TOKENS`, flag `--max-tokens`, ...).
+Nothing else reads the environment. Names from before the groups are still accepted (`LEGACY_NAMES`).
 """
 
 from __future__ import annotations
@@ -61,9 +60,8 @@ class EngineSettings(BaseModel):
     )
     quantization: str | None = Field(
         None,
-        description="vLLM quantization of the LLM's weights, e.g. fp8 (Hopper/Ada: on an H200 first audio 256 vs 313 ms, "
-        "playable p50 808 vs 986 ms at 16 streams, bench/results); None: the checkpoint's dtype. Off by default: it "
-        "changes the model's numerics, and its fidelity is not measured here (random weights).",
+        description="vLLM quantization of the LLM's weights, e.g. fp8 (faster on an H200, bench/results); None: the "
+        "checkpoint's dtype. Off by default: it changes the model's numerics, unmeasured here (random weights).",
     )
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     warmup_batch_sizes: list[int] | None = Field(
@@ -106,10 +104,8 @@ class SpeechDecoderSettings(BaseModel):
     )
     schedule: list[int] = Field(
         [10, 16, 26, 52, 104, 156],
-        description="Audio tokens per decoder chunk, in order; the last repeats. 10 = first audio early; then every "
-        "chunk ends where one of the model's 26-token audio blocks ends (10+16 = 26, 52, 104, 208, 364, ...), so no "
-        "chunk waits for the 13 text tokens the model writes before the next block; chunks grow because each one "
-        "re-runs the flow over its context (fewer, longer chunks cost less).",
+        description="Audio tokens per chunk, in order; the last repeats. 10: first audio early; then each chunk ends "
+        "where a 26-token audio block ends (no wait for the next 13 text tokens); longer chunks cost less.",
     )
     max_prompt_tokens: int = Field(
         100,
