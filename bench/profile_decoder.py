@@ -30,6 +30,7 @@ import torch
 from bench.bench_speech_decoder import _DTYPES, build_decoder
 from glm4voice_api.models.speech_decoder.chunks import ChunkRequest
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.flow_graphs import OdeRun
 
 SHAPES = [(1, 0, 10), (1, 100, 40), (4, 100, 40), (16, 100, 20), (16, 100, 80), (32, 100, 80), (16, 100, 160)]
 """(rows, context tokens, new tokens) of one pass."""
@@ -77,10 +78,10 @@ class PhaseTimer:
         self._restore = []
         flow = decoder.flow
         self._wrap(flow, "encode", "encode")
-        if flow.graphed is not None:
-            self._wrap(flow.graphed, "__call__", "ode", cls_level=True)
-        else:
-            self._wrap(flow.decoder, "forward", "ode")
+        # Every ODE step, graphed or eager, goes through OdeRun.step (passes run step by step, see GraphedCFM.start).
+        orig_step = OdeRun.step
+        OdeRun.step = self._timed(orig_step, "ode")
+        self._restore.append(lambda: setattr(OdeRun, "step", orig_step))
         self._wrap_module_fn(dec_mod, "vocode_ragged", "hift")
         self.cuda = decoder.device.type == "cuda"
 
@@ -100,17 +101,10 @@ class PhaseTimer:
 
         return wrapper
 
-    def _wrap(self, obj, attr, name, cls_level=False):
-        if cls_level:
-            cls = type(obj)
-            orig = cls.__call__
-            timed = self._timed(lambda *a, **k: orig(*a, **k), name)
-            cls.__call__ = lambda self_, *a, **k: timed(self_, *a, **k)
-            self._restore.append(lambda: setattr(cls, "__call__", orig))
-        else:
-            orig = getattr(obj, attr)
-            setattr(obj, attr, self._timed(orig, name))
-            self._restore.append(lambda: delattr(obj, attr) if attr in vars(obj) else None)
+    def _wrap(self, obj, attr, name):
+        orig = getattr(obj, attr)
+        setattr(obj, attr, self._timed(orig, name))
+        self._restore.append(lambda: delattr(obj, attr) if attr in vars(obj) else None)
 
     def _wrap_module_fn(self, mod, attr, name):
         orig = getattr(mod, attr)

@@ -1,12 +1,9 @@
 """One settings tree for the whole server: environment `GLM4VOICE_*` (groups nested with `__`) and `serve` flags.
 
-The groups follow the README's sections: the server itself at the root, then `engine` (vLLM), `speech_tokenizer`,
-`speech_decoder`, `request_limits`, `admission`, `tenant_limits`, `timeouts`, `realtime`, `auth` and `log`. A field's flag is its
-path (`--engine.max-model-len`, env `GLM4VOICE_ENGINE__MAX_MODEL_LEN`), so two groups can share a field name.
-
-Conventions: 0 means "unlimited" (or "off") wherever a limit can be lifted; None means "derive the default" and
-is resolved, with every other machine- or model-dependent default, in one place: `Settings.resolved`.
-
+The groups follow the README's sections (`engine`, `speech_tokenizer`, `speech_decoder`, `request_limits`, ...). A field's
+flag is its path (`--engine.max-model-len`, env `GLM4VOICE_ENGINE__MAX_MODEL_LEN`), so two groups can share a name.
+0 means "unlimited" (or "off") where a limit can be lifted; None means "derive the default", resolved with every
+other machine- or model-dependent default in one place: `Settings.resolved`.
 Nothing else reads the environment. Names from before the groups are still accepted (`LEGACY_NAMES`).
 """
 
@@ -134,10 +131,13 @@ class SpeechDecoderSettings(BaseModel):
     max_pass_ms: float = Field(
         0.0,
         ge=0,
-        description="Rows are added to a decoder pass only while its expected length (fitted from measured passes) "
-        "stays within this: a chunk that becomes due waits for the running pass, so long passes delay first audio "
-        "and streams about to run dry. 0 (default): no bound, max_batch only; on an H200 a 250 ms bound left the passes "
-        "1.8-2.7 rows on average and cost more than it saved (bench/results/gpu_suite_adaptive_budget.json).",
+        description="Rows join a decoder pass only while its expected length (fitted from measured passes) stays within "
+        "this. 0 (default): max_batch only; a 250 ms bound cost more than it saved (bench/results).",
+    )
+    preempt: bool = Field(
+        True,
+        description="Between two ODE steps of a decoder pass, run a short pass for streams that cannot wait for it to "
+        "end (a first chunk, a listener about to run dry): their wait is one step, not a whole long pass.",
     )
     cuda_graphs: bool = Field(
         True, description="On CUDA, run the flow's 10-step ODE as captured CUDA graphs (per shape bucket)."

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 
 from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, Voice
-from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.decoder import DecodePass, SpeechDecoder
 from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStream, DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, StreamView
 from glm4voice_api.pipeline.pass_cost import PassCost
@@ -137,6 +137,7 @@ class DecoderScheduler:
         max_batch: int = 16,
         own_stream: bool = False,
         max_pass_s: float | None = None,
+        preempt: bool = True,
     ) -> None:
         self.decoder = decoder
         self.stream_config = stream_config or DecoderStreamConfig()
@@ -148,6 +149,15 @@ class DecoderScheduler:
         """Expected length a pass may grow to by adding rows (None: max_batch only). Why: a chunk that becomes due
         while a pass runs waits for that pass, so a long pass of far-ahead streams delays a first chunk or a stream
         about to run dry; passes are kept short and the rows that did not fit go in the next one."""
+        self.preempt = preempt
+        """Between two ODE steps of a pass, run a short pass for streams that cannot wait for it to end (a first
+        chunk, or a listener whose buffer would run dry first). Why: a pass is not preemptible on the GPU, and a
+        long pass of far-ahead streams used to hold a new stream's first chunk for its whole length."""
+        self.preemptions = 0
+        self._deferred: list = []
+        """Queue items taken between steps that must wait for the running pass (a close, the stop marker)."""
+        self._step_mark = 0.0
+        """When the running pass's previous ODE step ended (between-step timing)."""
         self.cost = PassCost()
         self.sample_rate = decoder.sample_rate
         self._queue: queue.Queue = queue.Queue()
@@ -225,8 +235,9 @@ class DecoderScheduler:
             _own_cuda_stream(self.decoder.device)
         stopping = False
         while True:
-            timeout = self._wait_time(streams, stopping)
-            for item in self._drain(timeout):
+            timeout = 0.0 if self._deferred else self._wait_time(streams, stopping)
+            items, self._deferred = [*self._deferred, *self._drain(timeout)], []
+            for item in items:
                 if item is None:
                     stopping = True
                 elif item[0] == "tokens":
@@ -291,15 +302,18 @@ class DecoderScheduler:
         history = s.decoded if context is None else min(s.decoded, context)
         return history + (len(s._tokens) if size < 0 else size)
 
-    def _pick(self, streams: set[ScheduledStream]) -> list[tuple[ScheduledStream, int]]:
-        """The most urgent due chunk plus others of similar length, then free riders up to the graph bucket; rows
-        beyond the first are added only while the pass's expected length stays within `max_pass_s`."""
+    def _pick(
+        self, streams: set[ScheduledStream], first_from: set[ScheduledStream] | None = None
+    ) -> list[tuple[ScheduledStream, int]]:
+        """The most urgent due chunk (of `first_from`, if given) plus others of similar length, then free riders up
+        to the graph bucket; rows beyond the first are added only while the pass's expected length stays within
+        `max_pass_s`."""
         now = time.monotonic()
         pass_s = self.pass_seconds()
         due = [(s, n) for s in streams if (n := self._size(s, now, pass_s)) is not None]
-        if not due:
+        due.sort(key=lambda e: (first_from is not None and e[0] not in first_from, self.policy.urgency(e[0].view(now))))
+        if not due or (first_from is not None and due[0][0] not in first_from):
             return []
-        due.sort(key=lambda e: self.policy.urgency(e[0].view(now)))
         limit = 1.25 * self._row_len(*due[0]) + 16
         batch = [due[0]]
         longest = self._row_len(*due[0])
@@ -344,7 +358,7 @@ class DecoderScheduler:
         tokens, s._tokens = s._tokens[:size], s._tokens[size:]
         return stream.prepare(tokens, size=size)
 
-    def _decode(self, batch: list[tuple[ScheduledStream, int]], streams: set) -> None:
+    def _decode(self, batch: list[tuple[ScheduledStream, int]], streams: set, *, nested: bool = False) -> None:
         rows: list[tuple[ScheduledStream, ChunkRequest]] = []
         for s, size in batch:
             try:
@@ -358,19 +372,29 @@ class DecoderScheduler:
                 rows.append((s, request))
         if not rows:
             return
+        longest = max(len(r.prompt_tokens) + len(r.tokens) for _, r in rows)
         start = time.perf_counter()
+        inner = 0.0  # time spent in passes run between this one's steps (not this pass's cost)
+        decode_pass = None
         try:
-            results = self.decoder.decode_batch([r for _, r in rows])
-        except Exception as exc:  # noqa: BLE001 - every stream of the pass fails; the thread goes on
+            decode_pass = self.decoder.begin_batch([r for _, r in rows])
+            if not nested:
+                self._step_mark = time.perf_counter()
+            while decode_pass.step():
+                if self.preempt and not nested:
+                    inner += self._between_steps(streams, decode_pass, rows, longest)
+            results = decode_pass.finish()
+        except Exception as exc:
+            if decode_pass is not None:
+                decode_pass.abort()
             logger.exception("decoder pass failed (%d streams)", len(rows))
             for s, _ in rows:
                 self._fail(s, exc, streams)
             return
         finally:
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start - inner
             self.busy_seconds += elapsed
             self._pass_ewma = 0.8 * self._pass_ewma + 0.2 * elapsed
-            longest = max(len(r.prompt_tokens) + len(r.tokens) for _, r in rows)
             self.cost.observe(PassCost.units(len(rows), longest), elapsed)
         self.batches += 1
         self.chunks += len(rows)
@@ -391,6 +415,40 @@ class DecoderScheduler:
                 s._send(samples)
             if request.final:
                 self._finish(s, streams)
+
+    def _between_steps(self, streams: set, running: DecodePass, rows: list, longest: int) -> float:
+        """Between two ODE steps of `running`: take new tokens, and run a short pass now for streams that cannot
+        wait for `running` to end. Returns the seconds spent in that pass (0 if none ran)."""
+        running.wait()  # the GPU is now at most one step behind: times are real
+        mark = time.perf_counter()
+        step_s, self._step_mark = mark - self._step_mark, mark
+        for item in self._drain(0.0):
+            if item is not None and item[0] == "tokens":
+                self._take_tokens(item[1], item[2], item[3], streams)
+            else:
+                self._deferred.append(item)  # a close or stop waits for the running pass (it may hold the stream)
+        busy = {id(s) for s, _ in rows} | {id(i[1]) for i in self._deferred if i is not None}
+        now = time.monotonic()
+        left = running.remaining_steps * step_s + self._pass_ewma
+        urgent = {
+            s
+            for s in streams
+            if id(s) not in busy
+            and (s.first_emit is None or s.buffered_seconds(now) < left)
+            and self._size(s, now, self.pass_seconds()) is not None
+        }
+        if not urgent:
+            return 0.0
+        batch = self._pick({s for s in streams if id(s) not in busy}, first_from=urgent)
+        # Only a pass much shorter than the rest of the running one is worth the interruption.
+        if not batch or max(self._row_len(s, n) for s, n in batch) > longest // 2:
+            return 0.0
+        self.preemptions += 1
+        start = time.perf_counter()
+        self._decode(batch, streams, nested=True)
+        spent = time.perf_counter() - start
+        self._step_mark += spent
+        return spent
 
     def _check_timing(self, s: ScheduledStream, left: float) -> None:
         """Count a chunk that came after the listener ran dry (underrun) or nearly so; capacity control reads the
@@ -430,65 +488,3 @@ def _own_cuda_stream(device: object) -> None:
     dev = torch.device(device)  # type: ignore[arg-type]
     if dev.type == "cuda":
         torch.cuda.set_stream(torch.cuda.Stream(dev, priority=-1))
-
-
-class DecoderPool:
-    """Several `DecoderScheduler`s, one per device (`--audio-device all`: one per GPU), behind one interface.
-
-    Why: with vLLM spread over several GPUs (tensor or data parallel), a single decoder would leave the other GPUs'
-    share of the speech work undone. A new stream goes to the scheduler with the fewest open sessions, and stays
-    there (its state lives on that device).
-    """
-
-    def __init__(self, schedulers: list[DecoderScheduler]) -> None:
-        if not schedulers:
-            raise ValueError("a decoder pool needs at least one scheduler")
-        self.schedulers = schedulers
-        self.decoder = schedulers[0].decoder  # voice creation and introspection use the first device's model
-        self.sample_rate = schedulers[0].sample_rate
-
-    def start(self) -> None:
-        for scheduler in self.schedulers:
-            scheduler.start()
-
-    @property
-    def alive(self) -> bool:
-        return all(s.alive for s in self.schedulers)
-
-    async def close(self) -> None:
-        await asyncio.gather(*(s.close() for s in self.schedulers))
-
-    def open_stream(self, voice: Voice | None = None) -> ScheduledStream:
-        return min(self.schedulers, key=DecoderScheduler.active_streams).open_stream(voice)
-
-    def active_streams(self) -> int:
-        return sum(s.active_streams() for s in self.schedulers)
-
-    def set_underrun_callback(self, callback: Callable[[], None]) -> None:
-        for s in self.schedulers:
-            s.on_underrun = callback
-
-    @property
-    def batches(self) -> int:
-        return sum(s.batches for s in self.schedulers)
-
-    @property
-    def chunks(self) -> int:
-        return sum(s.chunks for s in self.schedulers)
-
-    @property
-    def underruns(self) -> int:
-        return sum(s.underruns for s in self.schedulers)
-
-    @property
-    def settled_underruns(self) -> int:
-        return sum(s.settled_underruns for s in self.schedulers)
-
-    @property
-    def near_misses(self) -> int:
-        return sum(s.near_misses for s in self.schedulers)
-
-    @property
-    def busy_seconds(self) -> float:
-        """Summed over devices (so it can exceed the wall time: the devices work in parallel)."""
-        return sum(s.busy_seconds for s in self.schedulers)

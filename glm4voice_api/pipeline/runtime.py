@@ -21,7 +21,8 @@ from glm4voice_api.models.llm_files import check_llm_weights, read_llm_config
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
-from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
+from glm4voice_api.pipeline.decoder_pool import DecoderPool
+from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 from glm4voice_api.random_checkpoints.default import ensure_default_checkpoints
@@ -173,6 +174,7 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         max_batch=options.max_batch,
         own_stream=own_stream,
         max_pass_s=options.max_pass_ms / 1000 or None,
+        preempt=options.preempt,
     )
     scheduler.start()
     return scheduler

@@ -24,8 +24,8 @@ from glm4voice_api.pipeline.spoken_turn import AudioChunk
 from glm4voice_api.pipeline.turn import TranscriptDelta, Turn, TurnDone, TurnUsage
 from glm4voice_api.protocol import chat as wire
 from glm4voice_api.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
-from glm4voice_api.serving.chat_text import StopText, merge, wire_logprobs
 from glm4voice_api.request_context import request_received
+from glm4voice_api.serving.chat_text import StopText, merge, wire_logprobs
 from glm4voice_api.serving.errors import engine_errors
 from glm4voice_api.serving.replies import Replies
 from glm4voice_api.store import Store, StoredAudio

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 from glm4voice_api.engine.base import GenerationParams, LLMEngine
 from glm4voice_api.models.speech_decoder.chunks import Voice
-from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
+from glm4voice_api.pipeline.decoder_pool import DecoderPool
+from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.spoken_turn import AudioChunk, SpokenTurn
 from glm4voice_api.pipeline.turn import Turn, TurnEvent
 from glm4voice_api.serving.deadlines import AudioMeter, TimeLimits

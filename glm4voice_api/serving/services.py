@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from glm4voice_api.engine.base import LLMEngine
-from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
+from glm4voice_api.pipeline.decoder_pool import DecoderPool
+from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.runtime import Runtime
 from glm4voice_api.serving.admission import Admission
 from glm4voice_api.serving.chat import ServingChat

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
-from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM
+from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM, _Captured
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from tests.conftest import CONFORMANCE
@@ -53,3 +53,34 @@ def test_bucketed_rows_equal_eager(decoders: tuple[SpeechDecoder, SpeechDecoder]
         assert a.mel.shape == b.mel.shape
         np.testing.assert_allclose(b.mel.numpy(), a.mel.numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(b.speech, a.speech, rtol=0, atol=1e-3)
+
+
+def test_interleaved_solves_keep_their_own_state(decoders: tuple[SpeechDecoder, SpeechDecoder]) -> None:
+    """A solve started between two steps of another, in the same bucket, gets buffers of its own (the first one's
+    hold its ODE state): both equal their solves run alone. The bucket's buffers stand in for a captured graph's."""
+    eager, _ = decoders
+    cfm = eager.flow.decoder
+    runner = GraphedCFM(cfm, FlowGraphConfig(frame_bucket=48), use_graphs=True)
+    gen = torch.Generator().manual_seed(4)
+
+    def inputs(frames: int) -> tuple[torch.Tensor, ...]:
+        mu, z, cond = (torch.randn(2, 80, frames, generator=gen) for _ in range(3))
+        return z, torch.ones(2, 1, frames), mu, torch.randn(2, 80, generator=gen), cond
+
+    first, second = inputs(40), inputs(44)  # one bucket: (2, 48)
+    key = runner.bucket(2, 40)
+    runner._graphs[key] = _Captured(*key, first[2], 80)  # as if captured (no graph on a CPU: steps run eagerly)
+    run_a = runner.start(*first)
+    assert run_a.step() and run_a.step()
+    run_b = runner.start(*second)  # the bucket is busy with run_a's state
+    assert run_a._captured is runner._graphs[key] and run_b._captured is not run_a._captured
+    while run_b.step():
+        pass
+    got_b = run_b.result()
+    while run_a.step():
+        pass
+    got_a = run_a.result()
+    with torch.inference_mode():
+        for got, args in ((got_a, first), (got_b, second)):
+            np.testing.assert_allclose(got.numpy(), cfm(*args).numpy(), rtol=0, atol=1e-4)
+    assert runner.start(*first)._captured is runner._graphs[key]  # freed again once run_a's result was taken

@@ -12,7 +12,8 @@ import pytest
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule, StreamView
-from glm4voice_api.pipeline.decoder_scheduler import DecoderPool, DecoderScheduler
+from glm4voice_api.pipeline.decoder_pool import DecoderPool
+from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.pass_cost import PassCost
 from tests.conftest import CONFORMANCE
 
@@ -155,7 +156,7 @@ def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() ->
     assert [s for s, _ in batch][:3] == [dry, first, dry2] and len(batch) == 4
     # free rows go to a waiting stream, never longer than the pass's longest row (52: 40 history + 12)
     assert (rider, 30) in batch and all(s is not ahead for s, _ in batch)
-    assert dict((id(s), n) for s, n in batch)[id(first)] == 10
+    assert {id(s): n for s, n in batch}[id(first)] == 10
 
 
 def test_pass_cost_fits_fixed_and_per_unit_time() -> None:
@@ -214,3 +215,75 @@ def test_pool_spreads_streams_and_counts_sessions(decoder) -> None:
             await pool.close()
 
     asyncio.run(run())
+
+
+class _Hooked:
+    """The decoder, with a hook run once between two ODE steps of its first pass (a chunk arriving mid-pass)."""
+
+    def __init__(self, decoder, hook) -> None:
+        self._decoder, self._hook, self.passes = decoder, hook, []
+
+    def __getattr__(self, name: str):
+        return getattr(self._decoder, name)
+
+    def begin_batch(self, requests):
+        decode_pass = self._decoder.begin_batch(requests)
+        self.passes.append([len(r.prompt_tokens) + len(r.tokens) for r in requests])
+        if len(self.passes) == 1:
+            step, hook = decode_pass.step, self._hook
+
+            def step_and_hook() -> bool:
+                more = step()
+                if decode_pass.remaining_steps == 7:
+                    hook()
+                return more
+
+            decode_pass.step = step_and_hook
+        return decode_pass
+
+
+@pytest.mark.parametrize("preempt", [True, False])
+def test_a_first_chunk_due_mid_pass_runs_between_steps_of_a_long_pass(decoder, preempt: bool) -> None:
+    rng = np.random.default_rng(9)
+    long_seq, short_seq = rng.integers(0, 16384, 60).tolist(), rng.integers(0, 16384, 18).tolist()
+    with decoder.open_stream(config=CONFIG) as stream:
+        expected = [stream.feed(long_seq, final=True)]  # pushed whole: one final chunk
+    with decoder.open_stream(config=CONFIG) as stream:
+        expected.append(np.concatenate([stream.feed(short_seq[:10]), stream.feed(short_seq[10:], final=True)]))
+
+    async def run() -> tuple[list[str], list[np.ndarray], int]:
+        arrivals: list[str] = []
+        late: list = []
+        hooked = _Hooked(decoder, lambda: late[0].push(short_seq[:10]))  # on the worker thread, mid-pass
+        scheduler = DecoderScheduler(
+            hooked, CONFIG, policy=FixedSchedule(CONFIG.schedule), max_batch=4, preempt=preempt
+        )
+        scheduler.start()
+        try:
+            long, short = scheduler.open_stream(), scheduler.open_stream()
+            late.append(short)
+
+            async def collect(name: str, stream) -> np.ndarray:
+                chunks = []
+                async for c in stream.audio():
+                    arrivals.append(name)
+                    chunks.append(c)
+                    if name == "short" and len(chunks) == 1:
+                        stream.push(short_seq[10:], final=True)
+                stream.close()
+                return np.concatenate(chunks)
+
+            long.push(long_seq, final=True)  # one 60-token pass, the longest row
+            out = await asyncio.gather(collect("long", long), collect("short", short))
+            return arrivals, out, scheduler.preemptions
+        finally:
+            await scheduler.close()
+
+    arrivals, out, preemptions = asyncio.run(run())
+    # Preempting: the short stream's first chunk (a 10-token row) ran between the long pass's ODE steps and came out
+    # first; without it, the first chunk waited for the whole long pass.
+    assert preemptions == int(preempt)
+    assert arrivals[0] == ("short" if preempt else "long")
+    for got, want in zip(out, expected, strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)

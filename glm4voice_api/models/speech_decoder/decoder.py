@@ -19,7 +19,14 @@ import torch
 
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult, Voice
-from glm4voice_api.models.speech_decoder.flow import NOISE_SEED, FlowConfig, FlowInput, FlowModel, mel_length
+from glm4voice_api.models.speech_decoder.flow import (
+    NOISE_SEED,
+    FlowConfig,
+    FlowInput,
+    FlowModel,
+    FlowPass,
+    mel_length,
+)
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
 from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
 from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
@@ -181,7 +188,6 @@ class SpeechDecoder:
 
     # -- batched chunk decoding --------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def decode_batch(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
         """Decode many streams' chunks: ONE padded flow pass, ONE ragged HiFT pass, ONE copy to the host.
 
@@ -189,6 +195,15 @@ class SpeechDecoder:
         draws from its own generator). Mels and carried state stay on the decoder's device: on a GPU the pass
         synchronises once, when the new audio of all rows comes back together.
         """
+        decode_pass = self.begin_batch(requests)
+        while decode_pass.step():
+            pass
+        return decode_pass.finish()
+
+    @torch.inference_mode()
+    def begin_batch(self, requests: list[ChunkRequest]) -> DecodePass:
+        """`decode_batch` in three parts, for a scheduler that runs urgent passes between a long pass's ODE steps:
+        this (the flow's encoder and noise), `DecodePass.step` (one ODE step each), `DecodePass.finish` (HiFT)."""
         gens = [
             r.generator if r.generator is not None else torch.Generator(device=r.rng_device).manual_seed(NOISE_SEED)
             for r in requests
@@ -203,7 +218,13 @@ class SpeechDecoder:
             )
             for i in flow_rows
         ]
-        flow_out = dict(zip(flow_rows, self.flow.forward_batch(items), strict=True))
+        flow_pass = self.flow.begin_batch(items) if items else None
+        return DecodePass(self, requests, gens, flow_rows, flow_pass)
+
+    @torch.inference_mode()
+    def _end_batch(
+        self, requests: list[ChunkRequest], gens: list[torch.Generator], flow_out: dict[int, torch.Tensor]
+    ) -> list[ChunkResult]:
         staged = [self._crossfade_and_trim(r, flow_out.get(i)) for i, r in enumerate(requests)]
         speech = self._vocode(requests, staged, gens)
         results = [self._finish(r, s, wav, src) for r, s, (wav, src) in zip(requests, staged, speech, strict=True)]
@@ -305,6 +326,42 @@ class SpeechDecoder:
             result.cache_source = source[0, :, -c.source_cache_len :].clone()
             result.speech = wav[0, : -c.source_cache_len]
         return result
+
+
+class DecodePass:
+    """A `decode_batch` in progress: `step()` runs the flow's next ODE step (True while more remain), `wait()` keeps
+    the caller at most one step ahead of the GPU, `finish()` vocodes and returns every row's result."""
+
+    def __init__(
+        self,
+        decoder: SpeechDecoder,
+        requests: list[ChunkRequest],
+        gens: list[torch.Generator],
+        flow_rows: list[int],
+        flow_pass: FlowPass | None,
+    ) -> None:
+        self._decoder, self._requests, self._gens = decoder, requests, gens
+        self._flow_rows, self._flow_pass = flow_rows, flow_pass
+
+    @property
+    def remaining_steps(self) -> int:
+        return self._flow_pass.run.remaining if self._flow_pass is not None else 0
+
+    def step(self) -> bool:
+        return self._flow_pass is not None and self._flow_pass.step()
+
+    def wait(self) -> None:
+        if self._flow_pass is not None:
+            self._flow_pass.run.wait()
+
+    def finish(self) -> list[ChunkResult]:
+        out = self._flow_pass.result() if self._flow_pass is not None else []
+        return self._decoder._end_batch(self._requests, self._gens, dict(zip(self._flow_rows, out, strict=True)))
+
+    def abort(self) -> None:
+        """Give the pass's ODE buffers back without finishing (the pass failed)."""
+        if self._flow_pass is not None:
+            self._flow_pass.run.release()
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:

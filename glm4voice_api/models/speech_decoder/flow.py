@@ -22,11 +22,11 @@ from torch import nn
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.speech_decoder.flow_encoder import BlockConformerEncoder, FlowEncoderConfig
 from glm4voice_api.models.speech_decoder.flow_estimator import ConditionalDecoder, EstimatorConfig, masked_group_norm
-from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM
+from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM, OdeRun
 from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 from glm4voice_api.models.speech_decoder.yaml_config import YamlObject, expect_class
 
-__all__ = ["FlowConfig", "FlowInput", "FlowModel", "mel_length"]
+__all__ = ["FlowConfig", "FlowInput", "FlowModel", "FlowPass", "mel_length"]
 
 FLOW_CLASS = "cosyvoice.flow.flow.MaskedDiffWithXvec"
 REGULATOR_CLASS = "cosyvoice.flow.length_regulator.InterpolateRegulator"
@@ -290,11 +290,19 @@ class FlowModel(nn.Module):
 
     # -- inference ---------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def forward_batch(self, items: list[FlowInput]) -> list[torch.Tensor]:
         """Run several rows in one padded pass; returns each row's NEW frames [80, T_i - F_p_i]."""
         if not items:
             return []
+        flow_pass = self.begin_batch(items)
+        while flow_pass.step():
+            pass
+        return flow_pass.result()
+
+    @torch.inference_mode()
+    def begin_batch(self, items: list[FlowInput]) -> FlowPass:
+        """Everything before the ODE (encoder, length regulator, noise) for one padded pass of several rows; the
+        returned pass runs the ODE step by step (see `FlowPass`)."""
         w = self.input_embedding.weight
         device, dtype = w.device, w.dtype
         lengths = [int(it.tokens.numel()) for it in items]
@@ -332,8 +340,12 @@ class FlowModel(nn.Module):
             if it.embedding is not None:
                 emb[i] = to_device(it.embedding, device, dtype)
         spks = self.speaker(emb)  # [B, 80]
-        x = (self.graphed or self.decoder)(z, mask, mu, spks, cond)  # [B, 80, T]
-        return [x[i, :, prompt_lens[i] : feat_lens[i]] for i in range(len(items))]
+        if self.graphed is not None:
+            run = self.graphed.start(z, mask, mu, spks, cond)
+        else:
+            x, *doubled = self.decoder.prepare(z, mask, mu, spks, cond)
+            run = OdeRun(self.decoder, x, doubled, len(items), t_max, padded=min(feat_lens) != t_max)
+        return FlowPass(run, [(prompt_lens[i], feat_lens[i]) for i in range(len(items))])
 
     def inference(
         self,
@@ -359,6 +371,23 @@ class FlowModel(nn.Module):
             embedding=embedding[0] if embedding is not None else None,
         )
         return self.forward_batch([item])[0].unsqueeze(0)
+
+
+class FlowPass:
+    """One padded flow pass after its encoder: `step()` runs the next ODE step (True while more remain), `result()`
+    gives each row's new frames [80, T_i - F_p_i]. Between two steps the caller may run other passes (see
+    `DecoderScheduler`): each pass's ODE state lives in its own buffers."""
+
+    def __init__(self, run: OdeRun, spans: list[tuple[int, int]]) -> None:
+        self.run = run
+        self._spans = spans
+
+    def step(self) -> bool:
+        return self.run.step()
+
+    def result(self) -> list[torch.Tensor]:
+        x = self.run.result()  # [B, 80, T]
+        return [x[i, :, start:end] for i, (start, end) in enumerate(self._spans)]
 
 
 def check_vocab(tokens: torch.Tensor, cfg: FlowConfig) -> None:

@@ -55,6 +55,8 @@ class _Captured:
         self.t = torch.zeros((), device=dev, dtype=torch.float32)
         self.dt = torch.zeros((), device=dev, dtype=torch.float32)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.busy = False
+        """An `OdeRun` holds these buffers (its state) until its last step."""
 
     def step_args(self) -> tuple[torch.Tensor, ...]:
         return self.x, self.mask2, self.mu2, self.spks2, self.cond2, self.t, self.dt
@@ -99,28 +101,32 @@ class GraphedCFM:
     def __call__(
         self, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
     ) -> torch.Tensor:
+        run = self.start(z, mask, mu, spks, cond)
+        while run.step():
+            pass
+        return run.result()
+
+    def start(
+        self, z: torch.Tensor, mask: torch.Tensor, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor
+    ) -> OdeRun:
+        """An ODE solve whose Euler steps the caller runs one at a time (`OdeRun.step`), so that a scheduler can
+        run a short, urgent solve between two steps of a long one (each solve keeps its state in its own buffers)."""
         batch, mel, frames = mu.shape
         if frames > self.config.max_frames:
-            return self.cfm(z, mask, mu, spks, cond)
+            x, *doubled = self.cfm.prepare(z, mask, mu, spks, cond)
+            return OdeRun(self.cfm, x, doubled, batch, frames, padded=bool((mask == 0).any()))
         key = self.bucket(batch, frames)
-        if not self.use_graphs:
-            buf = _Captured(key[0], key[1], mu, mel)
-            _fill(buf, z, mask, mu, spks, cond)
-            for t, dt in self.cfm.steps(mu.device):
-                self.cfm.step(*buf.step_args()[:5], t, dt, padded=True)
-            return buf.x[:batch, :, :frames].clone()
-        buf = self._graphs.get(key)
-        if buf is None:
+        buf = None if not self.use_graphs else self._graphs.get(key)
+        if self.use_graphs and buf is None:
             buf = self._capture(key, mu, mel)
-        else:
+        elif buf is not None:
             self._graphs.move_to_end(key)
+        if buf is None or buf.busy:
+            # Eager through fresh buffers: the CPU path, or the rare urgent solve that lands in the bucket of the
+            # solve it interrupted (whose buffers hold that solve's state until it ends).
+            buf = _Captured(key[0], key[1], mu, mel)  # never captured
         _fill(buf, z, mask, mu, spks, cond)
-        for t, dt in self.cfm.steps(mu.device):
-            buf.t.copy_(t)
-            buf.dt.copy_(dt)
-            buf.graph.replay()  # type: ignore[union-attr]
-        # Cloned: the next replay (any bucket, shared pool) may overwrite this memory.
-        return buf.x[:batch, :, :frames].clone()
+        return OdeRun(self.cfm, buf.x, list(buf.step_args()[1:5]), batch, frames, padded=True, captured=buf)
 
     def _capture(self, key: tuple[int, int], like: torch.Tensor, mel: int) -> _Captured:
         start = time.perf_counter()
@@ -144,6 +150,81 @@ class GraphedCFM:
         self.capture_seconds += time.perf_counter() - start
         logger.debug("captured flow step graph batch=%d frames=%d", *key)
         return buf
+
+
+class OdeRun:
+    """One flow-matching ODE solve, stepped by the caller: `step()` runs the next Euler step (a graph replay when
+    captured) and says whether more remain; `result()` gives the solution's valid rows and frames.
+
+    On CUDA each step records an event, so `wait(lag)` lets the caller stay at most `lag` steps ahead of the GPU:
+    a check made between steps then sees the GPU where the CPU thinks it is (else all ten replays would be queued
+    at once and nothing could come between them).
+    """
+
+    def __init__(
+        self,
+        cfm: torch.nn.Module,
+        x: torch.Tensor,
+        doubled: list[torch.Tensor],
+        batch: int,
+        frames: int,
+        *,
+        padded: bool,
+        captured: _Captured | None = None,
+    ) -> None:
+        self._cfm, self._x, self._doubled = cfm, x, doubled
+        self._batch, self._frames, self._padded = batch, frames, padded
+        self._captured = captured
+        self._steps = cfm.steps(x.device)
+        self._next = 0
+        self._events: list = []
+        if captured is not None:
+            captured.busy = True
+
+    @property
+    def remaining(self) -> int:
+        return len(self._steps) - self._next
+
+    def step(self) -> bool:
+        """Run the next Euler step; True while more remain (so `while run.step(): ...` never runs past the last)."""
+        if self._next >= len(self._steps):
+            return False
+        t, dt = self._steps[self._next]
+        self._next += 1
+        buf = self._captured
+        with torch.inference_mode():
+            if buf is not None and buf.graph is not None:
+                buf.t.copy_(t)
+                buf.dt.copy_(dt)
+                buf.graph.replay()
+            else:
+                self._cfm.step(self._x, *self._doubled, t, dt, padded=self._padded)
+            if self._x.is_cuda:
+                event = torch.cuda.Event()
+                event.record()
+                self._events.append(event)
+        return self._next < len(self._steps)
+
+    def wait(self, lag: int = 1) -> None:
+        """Block until the GPU has finished all but the last `lag` steps queued (no-op on the CPU)."""
+        if len(self._events) > lag:
+            self._events[-1 - lag].synchronize()
+
+    def result(self) -> torch.Tensor:
+        """The solution (valid rows and frames); frees the buffers for the next solve of their bucket."""
+        if self.remaining:
+            msg = f"{self.remaining} ODE steps still to run"
+            raise RuntimeError(msg)
+        with torch.inference_mode():
+            # Cloned: a later replay of any bucket (shared pool, shared buffers) may overwrite this memory.
+            out = self._x[: self._batch, :, : self._frames].clone()
+        self.release()
+        return out
+
+    def release(self) -> None:
+        """Give the buffers back (also for a solve abandoned on an error)."""
+        if self._captured is not None:
+            self._captured.busy = False
 
 
 def _fill(
