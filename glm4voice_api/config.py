@@ -112,18 +112,13 @@ class SpeechDecoderSettings(BaseModel):
     )
     chunking: Literal["adaptive", "fixed"] = Field(
         "fixed",
-        description="How chunks are sized. fixed: the schedule, whatever the timing (the reference's streaming); "
-        "adaptive: from each stream's buffered audio and measured token supply (small while the listener's buffer "
-        "is thin, up to max_chunk once ahead). fixed stays the default: on an H200 (2026-12-04, bench/results) "
-        "adaptive gave higher playable latency at 32 streams, its passes held fewer rows.",
+        description="fixed: the schedule (the reference's streaming); adaptive: sized from each stream's buffered audio "
+        "and token supply, up to max_chunk. fixed: adaptive measured worse at 32 streams on an H200 (bench/results).",
     )
     first_chunk: int = Field(10, ge=6, description="Adaptive: audio tokens in a reply's first chunk.")
     max_chunk: int = Field(160, ge=6, description="Adaptive: most audio tokens in one chunk.")
     lead_ms: float = Field(
-        300.0,
-        ge=0,
-        description="Adaptive: a stream decodes whatever it has once its listener's buffer falls below this plus the "
-        "expected decoder wait.",
+        300.0, ge=0, description="Adaptive: decode once the listener's buffer is below this plus the expected wait."
     )
     max_batch: int = Field(
         32, ge=1, description="Most stream chunks decoded in one flow + HiFT pass (CUDA graphs: powers of two)."
@@ -138,6 +133,12 @@ class SpeechDecoderSettings(BaseModel):
         True,
         description="Between two ODE steps of a decoder pass, run a short pass for streams that cannot wait for it to "
         "end (a first chunk, a listener about to run dry): their wait is one step, not a whole long pass.",
+    )
+    ode_steps: int = Field(
+        10,
+        ge=1,
+        description="Euler steps of the flow's ODE (the reference: 10). Fewer: less decoder work, further from the "
+        "reference (tests/models/test_flow.py bounds it).",
     )
     cuda_graphs: bool = Field(
         True, description="On CUDA, run the flow's 10-step ODE as captured CUDA graphs (per shape bucket)."

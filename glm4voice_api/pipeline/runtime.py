@@ -142,7 +142,7 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
     options = settings.speech_decoder
     dtype = getattr(torch, options.dtype)
     start = time.perf_counter()
-    decoder = load_speech_decoder(path, device, dtype)
+    decoder = load_speech_decoder(path, device, dtype, ode_steps=options.ode_steps)
     loaded = time.perf_counter() - start
     adaptive = options.chunking == "adaptive"
     if options.cuda_graphs and device.startswith("cuda"):

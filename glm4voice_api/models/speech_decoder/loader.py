@@ -7,6 +7,7 @@ built on the ``meta`` device, so no random initialisation runs and the global RN
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,9 +33,16 @@ HIFT_FILE = "hift.pt"
 
 
 def load_speech_decoder(
-    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    *,
+    ode_steps: int | None = None,
 ) -> SpeechDecoder:
-    """Load an official GLM-4-Voice-Decoder folder (config.yaml + flow.pt + hift.pt) without executing the YAML."""
+    """Load an official GLM-4-Voice-Decoder folder (config.yaml + flow.pt + hift.pt) without executing the YAML.
+
+    ``ode_steps``: Euler steps of the flow's ODE instead of the reference's 10 (fewer: proportionally less flow work,
+    further from the reference; ``tests/models/test_flow.py`` bounds the difference)."""
     folder = Path(path)
     if not (folder / CONFIG_FILE).is_file():
         msg = f"{folder}: no {CONFIG_FILE}"
@@ -48,6 +56,11 @@ def load_speech_decoder(
     flow_cfg = FlowConfig.from_yaml(
         doc["flow"], sample_rate=hift_cfg.sampling_rate, hop_length=hift_cfg.upsample_factor
     )
+    if ode_steps is not None:
+        if ode_steps < 1:
+            msg = f"ode_steps must be >= 1, got {ode_steps}"
+            raise ValueError(msg)
+        flow_cfg = replace(flow_cfg, n_timesteps=ode_steps)
     flow = load_flow(_load_state_dict(folder / FLOW_FILE), flow_cfg, device, dtype)
     hift = load_hift(_load_state_dict(folder / HIFT_FILE), hift_cfg, device, dtype)
     return SpeechDecoder(flow, hift)
