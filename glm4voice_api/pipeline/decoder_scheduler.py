@@ -234,8 +234,11 @@ class DecoderScheduler:
         if self.own_stream:
             _own_cuda_stream(self.decoder.device)
         stopping = False
+        decoded = False
         while True:
-            timeout = 0.0 if self._deferred else self._wait_time(streams, stopping)
+            # No sleep right after a pass: tokens taken in between its ODE steps may have made chunks due that no
+            # queue item will announce again (a reply's last tokens: it would then wait forever).
+            timeout = 0.0 if self._deferred or decoded else self._wait_time(streams, stopping)
             items, self._deferred = [*self._deferred, *self._drain(timeout)], []
             for item in items:
                 if item is None:
@@ -245,6 +248,7 @@ class DecoderScheduler:
                 else:
                     self._close(item[1], streams)
             batch = self._pick(streams)
+            decoded = bool(batch)
             if batch:
                 self._decode(batch, streams)
             elif stopping:

@@ -287,3 +287,33 @@ def test_a_first_chunk_due_mid_pass_runs_between_steps_of_a_long_pass(decoder, p
     for got, want in zip(out, expected, strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+
+
+def test_tokens_taken_between_steps_are_decoded_after_the_pass(decoder) -> None:
+    """A reply's last tokens, taken in while a pass runs and too long to preempt it, are decoded right after it,
+    though no queue item follows them (the thread must not go to sleep with work due)."""
+    rng = np.random.default_rng(10)
+    long_seq, late_seq = rng.integers(0, 16384, 60).tolist(), rng.integers(0, 16384, 40).tolist()
+
+    async def run() -> tuple[int, int]:
+        late: list = []
+        hooked = _Hooked(decoder, lambda: late[0].push(late_seq, final=True))  # a 40-token row: longer than 60 // 2
+        scheduler = DecoderScheduler(hooked, CONFIG, policy=FixedSchedule(CONFIG.schedule), max_batch=4)
+        scheduler.start()
+        try:
+            long, other = scheduler.open_stream(), scheduler.open_stream()
+            late.append(other)
+            long.push(long_seq, final=True)
+
+            async def collect(stream) -> int:
+                return sum([len(c) async for c in stream.audio()])
+
+            got = await asyncio.wait_for(asyncio.gather(collect(long), collect(other)), timeout=60)
+            long.close()
+            other.close()
+            return scheduler.preemptions, got[1]
+        finally:
+            await scheduler.close()
+
+    preemptions, late_samples = asyncio.run(run())
+    assert preemptions == 0 and late_samples > 0
