@@ -130,9 +130,9 @@ class SpeechDecoderSettings(BaseModel):
         "this. 0 (default): max_batch only; a 250 ms bound cost more than it saved (bench/results).",
     )
     preempt: bool = Field(
-        True,
-        description="Between two ODE steps of a decoder pass, run a short pass for streams that cannot wait for it to "
-        "end (a first chunk, a listener about to run dry): their wait is one step, not a whole long pass.",
+        False,
+        description="Between two ODE steps of a pass, run a short pass for streams that cannot wait for it (a first "
+        "chunk, a listener about to run dry). Off: on an H200 it made playable latency worse (bench/results).",
     )
     ode_steps: int = Field(
         10,

@@ -298,7 +298,7 @@ def test_tokens_taken_between_steps_are_decoded_after_the_pass(decoder) -> None:
     async def run() -> tuple[int, int]:
         late: list = []
         hooked = _Hooked(decoder, lambda: late[0].push(late_seq, final=True))  # a 40-token row: longer than 60 // 2
-        scheduler = DecoderScheduler(hooked, CONFIG, policy=FixedSchedule(CONFIG.schedule), max_batch=4)
+        scheduler = DecoderScheduler(hooked, CONFIG, policy=FixedSchedule(CONFIG.schedule), max_batch=4, preempt=True)
         scheduler.start()
         try:
             long, other = scheduler.open_stream(), scheduler.open_stream()
