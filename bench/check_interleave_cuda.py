@@ -41,6 +41,12 @@ def regen(reqs: list, seed: int, device: str) -> list:
     return reqs
 
 
+def run_to_end(decode_pass) -> list:
+    while decode_pass.step():
+        pass
+    return decode_pass.finish()
+
+
 def diff(a: list, b: list) -> float:
     return max(float(np.abs(x.speech - y.speech).max()) for x, y in zip(a, b, strict=True))
 
@@ -69,23 +75,13 @@ def main() -> None:
     for _ in range(3):
         outer.step()
         outer.wait()
-    inner = decoder.begin_batch(regen(short_reqs, 20, device))
-    while inner.step():
-        pass
-    got_short = inner.finish()
-    while outer.step():
-        pass
-    got_long = outer.finish()
+    got_short = run_to_end(decoder.begin_batch(regen(short_reqs, 20, device)))
+    got_long = run_to_end(outer)
 
     outer = decoder.begin_batch(regen(short_reqs, 20, device))
     outer.step()
-    inner = decoder.begin_batch(regen(same_reqs, 30, device))  # same (2, 256) bucket: eager on fresh buffers
-    while inner.step():
-        pass
-    got_same = inner.finish()
-    while outer.step():
-        pass
-    got_short2 = outer.finish()
+    got_same = run_to_end(decoder.begin_batch(regen(same_reqs, 30, device)))  # same bucket: eager, fresh buffers
+    got_short2 = run_to_end(outer)
 
     def timed(stepwise: bool) -> float:
         times = []
