@@ -145,14 +145,8 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
     decoder = load_speech_decoder(path, device, dtype, ode_steps=options.ode_steps)
     loaded = time.perf_counter() - start
     adaptive = options.chunking == "adaptive"
-    if options.cuda_graphs and device.startswith("cuda"):
-        decoder.flow.enable_graphs()
-        # Every shape bucket is captured before the server is ready: a capture on first use would land on some
-        # user's first audio.
-        longest = (options.max_prompt_tokens or 200) + (options.max_chunk if adaptive else max(options.schedule))
-        like = decoder.flow.input_embedding.weight
-        count = decoder.flow.graphed.warmup(options.max_batch, decoder.mel_frames(longest), like)
-        logger.info("decoder on %s: %d CUDA graphs captured", device, count)
+    if device.startswith("cuda"):
+        _prepare_flow(decoder, settings, device)
     logger.info("decoder on %s ready in %.1f s (weights %.1f s)", device, time.perf_counter() - start, loaded)
     config = DecoderStreamConfig(
         schedule=tuple(options.schedule),
@@ -178,6 +172,46 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
     )
     scheduler.start()
     return scheduler
+
+
+def _prepare_flow(decoder: SpeechDecoder, settings: Settings, device: str, *, compile_blocks: bool = True) -> None:
+    """On CUDA: compile the flow estimator's blocks and capture every shape bucket's ODE step as a CUDA graph.
+
+    Both happen before the server is ready: a compile or a capture on first use would land on some user's first
+    audio. A compile that fails (an unsupported GPU or toolchain) is logged and the decoder runs uncompiled.
+    """
+    import os
+
+    options = settings.speech_decoder
+    if not options.cuda_graphs:
+        return
+    estimator = decoder.flow.decoder.estimator
+    if options.compile_blocks and compile_blocks:
+        # On the cache volume, so a restarted server (or container) reuses the kernels: ~6 s instead of ~30 s.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir.resolve() / "inductor"))
+        estimator.compile_blocks()
+    adaptive = options.chunking == "adaptive"
+    longest = (options.max_prompt_tokens or 200) + (options.max_chunk if adaptive else max(options.schedule))
+    start = time.perf_counter()
+    decoder.flow.enable_graphs()
+    try:
+        count = decoder.flow.graphed.warmup(
+            options.max_batch, decoder.mel_frames(longest), decoder.flow.input_embedding.weight
+        )
+    except Exception:
+        if not estimator.blocks_compiled:
+            raise
+        logger.exception("decoder on %s: compiling the flow estimator failed; it runs uncompiled", device)
+        estimator.uncompile_blocks()
+        _prepare_flow(decoder, settings, device, compile_blocks=False)
+        return
+    logger.info(
+        "decoder on %s: %d CUDA graphs captured in %.1f s (blocks compiled: %s)",
+        device,
+        count,
+        time.perf_counter() - start,
+        estimator.blocks_compiled,
+    )
 
 
 def start_audio_models(settings: Settings, paths: CheckpointFolders) -> list[asyncio.Future]:

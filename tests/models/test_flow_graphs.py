@@ -31,11 +31,21 @@ def decoders() -> tuple[SpeechDecoder, SpeechDecoder]:
 
 
 def test_bucket_shapes() -> None:
-    runner = GraphedCFM(torch.nn.Identity(), FlowGraphConfig(frame_bucket=64))
+    runner = GraphedCFM(torch.nn.Identity(), FlowGraphConfig(frame_bucket=64, small_frames=0))
     assert runner.bucket(1, 1) == (1, 64)
     assert runner.bucket(3, 64) == (4, 64)
     assert runner.bucket(5, 65) == (8, 128)
     assert runner.bucket(16, 1000) == (16, 1024)
+
+
+def test_small_frame_buckets_are_half_as_far_apart() -> None:
+    """The default: 128-frame steps up to 512 frames (a reply's first chunks), 256-frame steps beyond."""
+    runner = GraphedCFM(torch.nn.Identity())
+    assert runner.bucket(1, 68) == (1, 128)  # a first chunk of 10 tokens
+    assert runner.bucket(2, 179) == (2, 256)
+    assert runner.bucket(3, 358) == (4, 384)
+    assert runner.bucket(1, 513) == (1, 768)
+    assert runner.frame_buckets(1764) == [128, 256, 384, 512, 768, 1024, 1280, 1536, 1792]
 
 
 def test_bucketed_rows_equal_eager(decoders: tuple[SpeechDecoder, SpeechDecoder]) -> None:

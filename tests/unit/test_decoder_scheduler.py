@@ -281,8 +281,9 @@ def test_a_first_chunk_due_mid_pass_runs_between_steps_of_a_long_pass(decoder, p
 
     arrivals, out, preemptions = asyncio.run(run())
     # Preempting: the short stream's first chunk (a 10-token row) ran between the long pass's ODE steps and came out
-    # first; without it, the first chunk waited for the whole long pass.
-    assert preemptions == int(preempt)
+    # first; without it, the first chunk waited for the whole long pass. (On a loaded machine the long pass may still
+    # run when the short stream's last chunk is due, which preempts it again.)
+    assert (preemptions >= 1) == preempt
     assert arrivals[0] == ("short" if preempt else "long")
     for got, want in zip(out, expected, strict=True):
         assert got.shape == want.shape

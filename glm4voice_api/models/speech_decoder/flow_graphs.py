@@ -32,8 +32,11 @@ logger = logging.getLogger(__name__)
 class FlowGraphConfig:
     frame_bucket: int = 256
     """Frames are padded up to a multiple of this (fewer, larger buckets: fewer captures, more padding)."""
+    small_frames: int = 512
+    """Up to this many frames, buckets are `frame_bucket // 2` apart: a reply's first chunks (68 and 179 frames for
+    10 and 10 + 16 tokens) would otherwise be padded up to 2-4x, and bursts of new streams decode many of them."""
     max_graphs: int = 96
-    """Captured graphs kept (least recently used evicted); 7 frame buckets x 6 batch buckets by default."""
+    """Captured graphs kept (least recently used evicted); 9 frame buckets x 6 batch buckets by default."""
     max_frames: int = 4096
     """Longer inputs run eagerly (rare: the decoder bounds its context, see decoder_max_prompt_tokens)."""
 
@@ -81,16 +84,29 @@ class GraphedCFM:
         self.capture_seconds = 0.0
 
     def bucket(self, batch: int, frames: int) -> tuple[int, int]:
-        step = self.config.frame_bucket
-        return _pow2_at_least(batch), -(-frames // step) * step
+        return _pow2_at_least(batch), self._frame_bucket(frames)
 
+    def _frame_bucket(self, frames: int) -> int:
+        step = self.config.frame_bucket
+        if frames <= self.config.small_frames:
+            step //= 2
+        return -(-frames // step) * step
+
+    def frame_buckets(self, max_frames: int) -> list[int]:
+        """Every frame bucket up to the one holding `max_frames`, smallest first."""
+        out = [self._frame_bucket(1)]
+        while out[-1] < max_frames:
+            out.append(self._frame_bucket(out[-1] + 1))
+        return out
+
+    @torch.inference_mode()  # as every later pass: a compiled estimator then needs no second (normal-mode) graph
     def warmup(self, max_batch: int, max_frames: int, like: torch.Tensor) -> int:
         """Capture every bucket up to (max_batch, max_frames) now, so that no request waits for a capture."""
         if not self.use_graphs:
             return 0
-        b_max, t_max = self.bucket(max_batch, min(max_frames, self.config.max_frames))
+        b_max = _pow2_at_least(max_batch)
         mel = self.cfm.cfg.output_size
-        for t in range(self.config.frame_bucket, t_max + 1, self.config.frame_bucket):
+        for t in self.frame_buckets(min(max_frames, self.config.max_frames)):
             b = 1
             while b <= b_max:
                 if (b, t) not in self._graphs:
