@@ -5,13 +5,18 @@ listener at once: past the point where the GPU keeps up, all streams start to st
 therefore not a setting but a measurement, adjusted once a second from what the server sees:
 
 - a settled stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing,
-  past the stream's first 2 s: earlier gaps come from the first chunk's size, not from load; counted by the decoder
-  scheduler): the limit drops to ~90% of what is running, and stays put for `cooldown_s`;
+  past the stream's first chunk; counted by the decoder scheduler): the limit drops to ~90% of the most streams that ran in the last `cooldown_s` (a gap is reported
+  seconds after the load that caused it, when some of those streams may have ended), that level is remembered as
+  the knee, and the limit stays put for `cooldown_s`: the underruns of streams admitted before the cut are the same
+  overload and do not cut again;
 - chunks arrive just in time (emitted with under 0.1 s of audio left once a stream is past its start: a near
   miss, counted by the decoder scheduler), or the LLM's
   token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75 tokens/s):
   no growth (the next stream would tip it over);
-- otherwise, when nearly every slot is used (or requests wait), the limit grows by `step` (at least one).
+- otherwise, when nearly every slot is used (or requests wait), the limit grows: by `step` (25%) while it is below
+  80% of the knee (or no knee is known), by one stream per `probe_s` from there (additive increase, multiplicative
+  decrease: at 25% a second it overshot the knee within three seconds, and every stream admitted meanwhile
+  stuttered; measured on an H200, bench/results).
 
 The decoder's busy time is deliberately not a signal: the chunk policy spends idle decoder time on smaller chunks
 (a thinner, safer buffer costs nothing when the GPU is free), so a busy decoder is not a saturated one.
@@ -27,6 +32,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -57,31 +63,50 @@ class CapacityController:
     """Per-stream LLM tokens/s must exceed this x real time for the limit to grow."""
     cooldown_s: float = 5.0
     step: float = 0.25
+    probe_s: float = 5.0
+    """Near the knee, the limit grows by one stream per this many seconds."""
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))
         self.limit = max(self.floor, min(self.initial, self.ceiling))
         self._last: CapacitySignals | None = None
         self._hold_until = 0.0
+        self._recent: deque[tuple[float, int]] = deque()  # (at, active) over the last cooldown_s
+        self.knee: int | None = None
+        """The most streams running when listeners last ran dry (None: never yet)."""
         self.reason = "initial"
 
     def update(self, now: CapacitySignals) -> int:
         """Take a new reading; returns the (possibly changed) limit."""
         last, self._last = self._last, now
+        self._recent.append((now.at, now.active))
+        while self._recent[0][0] < now.at - self.cooldown_s:
+            self._recent.popleft()
         if last is None or now.at <= last.at:
             return self.limit
         wall = now.at - last.at
         per_stream = (now.generated_tokens - last.generated_tokens) / wall / max(1, now.engine_active)
+        holding = now.at < self._hold_until
         if now.underruns > last.underruns:
-            cut = max(1, math.ceil(0.1 * now.active))
-            self._set(min(self.limit, now.active) - cut, "underrun")
-            self._hold_until = now.at + self.cooldown_s
+            if not holding:  # one cut per overload: later underruns of the same streams are its echo
+                peak = max(active for _, active in self._recent)
+                self.knee = min(self.limit, peak)
+                self._set(self.knee - max(1, math.ceil(0.1 * self.knee)), "underrun")
+                self._hold_until = now.at + self.cooldown_s
         elif now.near_misses > last.near_misses:
             self.reason = "near miss"
         elif now.engine_active and per_stream < self.supply_margin * REALTIME_TOKENS_PER_S:
             self.reason = "token supply"
-        elif now.at >= self._hold_until and (now.queued > 0 or now.active >= 0.9 * self.limit):
-            self._set(self.limit + max(1, math.ceil(self.step * self.limit)), "demand")
+        elif not holding and (now.queued > 0 or now.active >= 0.9 * self.limit):
+            fast = self.limit + max(1, math.ceil(self.step * self.limit))
+            near = math.floor(0.8 * self.knee) if self.knee is not None else fast
+            if fast <= near:
+                self._set(fast, "demand")
+            elif self.limit < near:
+                self._set(near, "demand")
+            else:  # near (or past) the knee: probe one stream at a time
+                self._set(self.limit + 1, "demand (probing)")
+                self._hold_until = now.at + self.probe_s
         return self.limit
 
     def _set(self, value: int, reason: str) -> None:

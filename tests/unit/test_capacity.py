@@ -39,10 +39,10 @@ def test_underrun_cuts_and_holds_off_growth() -> None:
     c = CapacityController(ceiling=256, initial=64, cooldown_s=3)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=64))
-    assert c.update(feed.tick(tok_per_stream=60, active=60, underruns=2)) == 54  # 60 - 10%
+    assert c.update(feed.tick(tok_per_stream=60, active=60, underruns=2)) == 57  # 64 (the recent peak) - 10%
     for _ in range(2):  # cooling down: no growth although healthy and full
-        assert c.update(feed.tick(tok_per_stream=60, active=54, queued=9)) == 54
-    assert c.update(feed.tick(tok_per_stream=60, active=54, queued=9)) > 54
+        assert c.update(feed.tick(tok_per_stream=60, active=57, queued=9)) == 57
+    assert c.update(feed.tick(tok_per_stream=60, active=57, queued=9)) == 58  # past 80% of the knee: one more
 
 
 def test_bounds_hold() -> None:
@@ -52,9 +52,36 @@ def test_bounds_hold() -> None:
     for _ in range(10):
         c.update(feed.tick(tok_per_stream=60, active=0, underruns=1))
     assert c.limit == 2  # never below the floor
-    for _ in range(20):
+    for _ in range(60):
         c.update(feed.tick(tok_per_stream=90, active=c.limit, queued=3))
     assert c.limit == 8  # never above the ceiling (the engine's batch size)
+
+
+def test_one_cut_per_overload_from_the_recent_peak() -> None:
+    """Gaps are reported seconds after the load that caused them: the cut is from the most streams that ran in the
+    last cooldown_s (not from the few still running), and the echo of the same overload does not cut again."""
+    c = CapacityController(ceiling=256, initial=40, cooldown_s=5)
+    feed = Feed()
+    c.update(feed.tick(tok_per_stream=60, active=40))
+    c.update(feed.tick(tok_per_stream=60, active=30))
+    assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=3)) == 36  # 40 (the recent peak) - 10%
+    assert c.knee == 40
+    for _ in range(4):  # the streams admitted before the cut keep running dry for a while: no further cuts
+        assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=2)) == 36
+
+
+def test_grows_fast_up_to_80_percent_of_the_knee_then_one_stream_per_probe() -> None:
+    c = CapacityController(ceiling=256, initial=30, cooldown_s=2, probe_s=3)
+    feed = Feed()
+    c.update(feed.tick(tok_per_stream=60, active=30))
+    assert c.update(feed.tick(tok_per_stream=60, active=30, underruns=1)) == 27  # knee 30
+    c.limit = 10  # say the load fell away and came back
+    assert c.update(feed.tick(tok_per_stream=60, active=10, queued=5)) == 10  # still cooling down
+    limits = [c.update(feed.tick(tok_per_stream=60, active=c.limit, queued=5)) for _ in range(10)]
+    # +25% while below 24 (80% of the knee), then +1 every 3 s (no overshoot past the knee in one burst)
+    assert limits[:3] == [13, 17, 22]
+    assert limits[3] == 24
+    assert limits[4:] == [25, 25, 25, 26, 26, 26]
 
 
 def test_queue_follows_a_new_limit() -> None:
