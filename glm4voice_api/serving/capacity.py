@@ -5,7 +5,8 @@ listener at once: past the point where the GPU keeps up, all streams start to st
 therefore not a setting but a measurement, adjusted once a second from what the server sees:
 
 - a settled stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing,
-  past the stream's first chunk; counted by the decoder scheduler): the limit drops to ~90% of the most streams that ran in the last `cooldown_s` (a gap is reported
+  past the stream's first 2 s: a burst of new streams makes some second chunks late at loads that are real time;
+  counted by the decoder scheduler): the limit drops to ~90% of the most streams that ran in the last `cooldown_s` (a gap is reported
   seconds after the load that caused it, when some of those streams may have ended), that level is remembered as
   the knee, and the limit stays put for `cooldown_s`: the underruns of streams admitted before the cut are the same
   overload and do not cut again;
