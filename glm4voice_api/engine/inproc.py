@@ -89,7 +89,7 @@ class InprocAsyncLLM:
         self._thread.join(60)
         try:
             self._engine.engine_core.shutdown()
-        except Exception:  # noqa: BLE001 - best effort at exit
+        except Exception:  # best effort at exit
             logger.debug("engine core shutdown failed", exc_info=True)
 
     # -- engine thread -------------------------------------------------------------------------------------
@@ -106,7 +106,7 @@ class InprocAsyncLLM:
                 if engine.has_unfinished_requests():
                     for output in engine.step():
                         self._deliver(output)
-        except BaseException as exc:  # noqa: BLE001 - recorded; every waiting request is told
+        except BaseException as exc:  # recorded; every waiting request is told
             logger.exception("the in-process engine stopped")
             self.dead_error = exc
             for loop, out in self._streams.values():

@@ -42,8 +42,8 @@ def cuda_available() -> bool:
 
 def preload_vllm() -> None:
     """Import vLLM (and the torch parts it pulls in, torch._dynamo and inductor) on the calling thread."""
-    import vllm.engine.arg_utils  # noqa: F401
-    import vllm.v1.engine.async_llm  # noqa: F401
+    import vllm.engine.arg_utils
+    import vllm.v1.engine.async_llm
     import vllm.v1.engine.llm_engine  # noqa: F401
 
 

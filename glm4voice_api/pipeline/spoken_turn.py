@@ -65,7 +65,7 @@ class SpokenTurn:
             try:
                 async for samples in stream.audio():
                     out.put_nowait(AudioChunk(samples))
-            except Exception as exc:  # noqa: BLE001 - handed to the consumer at once
+            except Exception as exc:  # handed to the consumer at once
                 # Now, not when the engine's reply ends: the consumer raises it and the engine request is aborted
                 # (it would otherwise go on generating tokens nobody decodes).
                 out.put_nowait(exc)
