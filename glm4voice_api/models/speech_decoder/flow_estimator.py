@@ -276,6 +276,7 @@ class ConditionalDecoder(nn.Module):
 
     def uncompile_blocks(self) -> None:
         """Back to eager blocks (the fallback when a compile fails)."""
+        # nn.Module.compile() keeps the compiled callable here; without it __call__ runs the module eagerly again.
         for module in self.modules():
             if isinstance(module, (ResnetBlock1D, BasicTransformerBlock)):
                 module._compiled_call_impl = None
