@@ -119,8 +119,10 @@ AUDIO = {"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": 
 
 def test_the_admission_slot_is_held_until_the_stream_ends(server: RunningServer) -> None:
     # The lease is a `yield` dependency: FastAPI must run its exit after the streamed body, not when it starts.
+    # A reply long enough to still be running when the metrics are read, on a loaded 2-core machine too (at 120
+    # tokens the whole reply could be sent before the metrics request got an answer).
     url = server.base_url + "/v1/chat/completions"
-    with httpx.stream("POST", url, json=_chat_body(120, stream=True, **AUDIO), timeout=300) as response:
+    with httpx.stream("POST", url, json=_chat_body(400, stream=True, **AUDIO), timeout=300) as response:
         frames = _frames(response)
         next(frames)
         assert server.metric("glm4voice_admission_active") == 1

@@ -32,8 +32,12 @@ def _decode(decoder, seqs):
     return decoder.decode_batch(reqs)
 
 
-def test_compiled_blocks_equal_eager() -> None:
+def test_compiled_blocks_equal_eager(monkeypatch) -> None:
     import torch._dynamo.utils
+    import torch._inductor.config
+
+    # One compile worker: inductor's pool would otherwise take every core from the tests running beside this one.
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
 
     eager = load_speech_decoder(TINY / "speech_decoder")
     eager.flow.enable_graphs(FlowGraphConfig(frame_bucket=48), use_graphs=False)
