@@ -57,6 +57,12 @@ class ServerStats:
     admission_limit: int | None = None
     decoder_underruns: int | None = None
     llm_generated_tokens: int | None = None
+    first_chunks: int | None = None
+    first_supply_s: float | None = None
+    first_wait_s: float | None = None
+    first_pass_s: float | None = None
+    lane_busy_s: float | None = None
+    lane_passes: int | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> ServerStats:
@@ -79,6 +85,11 @@ class GpuSplit:
     """Chunks the server emitted after the listener's audio had run out (its own view of gaps)."""
     llm_tokens_per_s: float | None = None
     graph_captures: int | None = None
+    first_audio_split_ms: dict | None = None
+    """Server side, mean per stream: supply (stream opened -> its first chunk's tokens all there: prefill and LLM
+    steps), wait (-> its pass began), pass (-> audio out of the decoder)."""
+    lane_busy_s: float | None = None
+    lane_passes: int | None = None
 
     @classmethod
     def between(cls, before: ServerStats, after: ServerStats, wall_s: float) -> GpuSplit:
@@ -94,6 +105,12 @@ class GpuSplit:
         chunks, batches = delta("decoder_chunks"), delta("decoder_batches")
         captures = delta("graph_captures")
         underruns, generated = delta("decoder_underruns"), delta("llm_generated_tokens")
+        firsts = delta("first_chunks")
+        split = None
+        if firsts:
+            parts = {k: delta(f"first_{k}_s") for k in ("supply", "wait", "pass")}
+            split = {k: round(1000 * v / firsts, 1) for k, v in parts.items() if v is not None}
+        lane_busy, lane_passes = delta("lane_busy_s"), delta("lane_passes")
         return cls(
             llm_busy_s=llm[0],
             llm_busy_fraction=llm[1],
@@ -106,6 +123,9 @@ class GpuSplit:
             decoder_underruns=int(underruns) if underruns is not None else None,
             llm_tokens_per_s=round(generated / wall_s, 1) if generated is not None and wall_s > 0 else None,
             graph_captures=int(captures) if captures is not None else None,
+            first_audio_split_ms=split,
+            lane_busy_s=round(lane_busy, 2) if lane_busy is not None else None,
+            lane_passes=int(lane_passes) if lane_passes is not None else None,
         )
 
 

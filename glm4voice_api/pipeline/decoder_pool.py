@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 from glm4voice_api.models.speech_decoder.chunks import Voice
-from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler, ScheduledStream
+from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.pipeline.scheduled_stream import ScheduledStream
 
 __all__ = ["DecoderPool"]
 

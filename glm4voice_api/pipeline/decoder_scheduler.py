@@ -8,8 +8,9 @@ needed for that). Order within a pass: most urgent first (least audio buffered; 
 dry), rows of similar length together (a padded pass costs as much as its longest row), and the rows a CUDA-graph
 bucket would pad anyway are filled with streams that have enough tokens waiting (free work that fattens buffers).
 
-Streams' decoder state is touched only by the worker thread; the event loop pushes tokens and reads audio through
-an asyncio queue per stream. A failing chunk fails only its own stream; the thread keeps serving the others.
+Streams' decoder state is touched only by the worker thread (or, while lent to it, the first-chunk lane: a reply's
+first chunks decoded beside the long passes, see `decoder_lane.py`); the event loop pushes tokens and reads audio
+through an asyncio queue per stream. A failing chunk fails only its own stream; the thread keeps serving the others.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-
-from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, Voice
+from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult, Voice
 from glm4voice_api.models.speech_decoder.decoder import DecodePass, SpeechDecoder
-from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStream, DecoderStreamConfig
-from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, StreamView
+from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStreamConfig
+from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy
+from glm4voice_api.pipeline.decoder_lane import FirstChunkLane, LaneScheduling, high_priority_stream
 from glm4voice_api.pipeline.pass_cost import PassCost
+from glm4voice_api.pipeline.scheduled_stream import END, ScheduledStream
 
 logger = logging.getLogger(__name__)
 
@@ -36,98 +38,13 @@ _MIN_WAIT_S = 0.002
 # capacity control stops admitting more streams on these before listeners hear gaps.
 NEAR_MISS_S = 0.1
 _SETTLED_S = 2.0
-_END = None  # put on a stream's audio queue after its last chunk
 
 
 class DecoderStoppedError(RuntimeError):
     """The scheduler's thread has stopped: its streams and every new one fail at once (liveness reports it)."""
 
 
-class ScheduledStream:
-    """One reply's decoder session: push audio tokens in, iterate decoded audio out."""
-
-    def __init__(self, scheduler: DecoderScheduler, voice: Voice | None) -> None:
-        self._scheduler = scheduler
-        self._voice = voice
-        self._loop = asyncio.get_running_loop()
-        self._audio: asyncio.Queue = asyncio.Queue()
-        self.closed = False
-        # Worker-thread side.
-        self._stream: DecoderStream | None = None
-        self._tokens: list[int] = []
-        self._final = False
-        self.finished = False
-        self.decoded = 0
-        self.emitted_samples = 0
-        self.first_emit: float | None = None
-        self.opened = time.monotonic()
-        self.received = 0
-        """Audio tokens pushed so far (with `opened`: the stream's token supply rate)."""
-
-    def push(self, tokens: list[int], *, final: bool = False) -> None:
-        """Hand new audio tokens to the decoder (non-blocking); `final` flushes everything left."""
-        if self.closed:
-            raise RuntimeError("stream is closed")
-        self._scheduler._put(("tokens", self, list(tokens), final))
-
-    async def audio(self) -> AsyncIterator[np.ndarray]:
-        """Decoded 22.05 kHz float32 chunks as they are ready, until the final flush; a decoder error is raised."""
-        while (item := await self._audio.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    async def decode(self, tokens: list[int]) -> np.ndarray:
-        """All of `tokens` as one final flush, concatenated (voices, tests)."""
-        self.push(tokens, final=True)
-        chunks = [c async for c in self.audio()]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-
-    def close(self) -> None:
-        """Free the session (on the worker thread); safe to call more than once and from any path."""
-        if not self.closed:
-            self.closed = True
-            self._scheduler._put(("close", self))
-
-    # Worker-thread side.
-    def buffered_seconds(self, now: float) -> float:
-        """Audio emitted minus audio already played (playback assumed to start at the first chunk)."""
-        if self.first_emit is None:
-            return 0.0
-        return self.emitted_samples / self._scheduler.sample_rate - (now - self.first_emit)
-
-    def view(self, now: float) -> StreamView:
-        started = self.first_emit is not None
-        # Averaged from the request's start, so the first text block and the prefill count: early on the rate is
-        # underestimated, which errs towards smaller chunks while the listener's buffer is thinnest.
-        rate = self.received / (now - self.opened) if started and now > self.opened else None
-        return StreamView(
-            pending=len(self._tokens),
-            started=started,
-            buffered_s=self.buffered_seconds(now),
-            decoded=self.decoded,
-            rate=rate,
-        )
-
-    def _decoder_stream(self) -> DecoderStream:
-        if self._stream is None:
-            self._stream = self._scheduler.decoder.open_stream(self._voice, self._scheduler.stream_config)
-        return self._stream
-
-    def _send(self, item: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._audio.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-            pass
-
-    def _free(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
-        self._tokens = []
-
-
-class DecoderScheduler:
+class DecoderScheduler(LaneScheduling):
     def __init__(
         self,
         decoder: SpeechDecoder,
@@ -138,13 +55,16 @@ class DecoderScheduler:
         own_stream: bool = False,
         max_pass_s: float | None = None,
         preempt: bool = False,
+        lane_tokens: int = 0,
+        lane_runner: Any = None,
+        lane_batch: int = 16,
     ) -> None:
         self.decoder = decoder
         self.stream_config = stream_config or DecoderStreamConfig()
         self.policy: ChunkPolicy = policy or AdaptiveChunkPolicy()
         self.max_batch = max_batch
         self.own_stream = own_stream
-        """Run on a high-priority CUDA stream of its own (with the LLM in this process, see `_own_cuda_stream`)."""
+        """Run on a high-priority CUDA stream of its own (with the LLM in this process, see `high_priority_stream`)."""
         self.max_pass_s = max_pass_s
         """Expected length a pass may grow to by adding rows (None: max_batch only). Why: a chunk that becomes due
         while a pass runs waits for that pass, so a long pass of far-ahead streams delays a first chunk or a stream
@@ -177,8 +97,29 @@ class DecoderScheduler:
         self.failures = 0
         self.busy_seconds = 0.0
         """Wall time inside `decode_batch` (results come back on the CPU, so that includes the GPU work)."""
+        self.lane: FirstChunkLane | None = None
+        """Chunks of a stream's first `lane_tokens` tokens go through it (0: no lane, every chunk waits its turn)."""
+        if lane_tokens:
+            self.lane = FirstChunkLane(
+                self._run_lane_job,
+                lambda job: self._put(("lane_done", job)),
+                decoder.device,
+                lane_runner,
+                max_batch=lane_batch,
+                max_tokens=lane_tokens,
+            )
+        self._closing: set[ScheduledStream] = set()
+        """Streams closed while lent to the lane: freed when the lane hands them back."""
+        self._in_pass: set[int] = set()  # ids of the running pass's streams (the lane must not take them)
+        # First audio, split (sums over `first_chunks` streams): tokens arriving, waiting for a pass, the pass.
+        self.first_chunks = 0
+        self.first_supply_s = 0.0
+        self.first_wait_s = 0.0
+        self.first_pass_s = 0.0
 
     def start(self) -> None:
+        if self.lane is not None:
+            self.lane.start()
         self._thread = threading.Thread(target=self._run, name="decoder-scheduler", daemon=True)
         self._thread.start()
 
@@ -193,6 +134,8 @@ class DecoderScheduler:
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
+        if self.lane is not None:
+            await asyncio.to_thread(self.lane.stop)
 
     def open_stream(self, voice: Voice | None = None) -> ScheduledStream:
         if self._thread is not None and not self.alive:
@@ -234,7 +177,7 @@ class DecoderScheduler:
 
     def _serve(self, streams: set[ScheduledStream]) -> None:
         if self.own_stream:
-            _own_cuda_stream(self.decoder.device)
+            high_priority_stream(self.decoder.device)
         stopping = False
         decoded = False
         while True:
@@ -245,24 +188,32 @@ class DecoderScheduler:
             for item in items:
                 if item is None:
                     stopping = True
-                elif item[0] == "tokens":
-                    self._take_tokens(item[1], item[2], item[3], streams)
                 else:
-                    self._close(item[1], streams)
+                    self._handle(item, streams)
+            self._dispatch_lane(streams)
             batch = self._pick(streams)
             decoded = bool(batch)
             if batch:
                 self._decode(batch, streams)
-            elif stopping:
+            elif stopping and not (self.lane is not None and self.lane.busy):
                 return
+
+    def _handle(self, item: tuple, streams: set[ScheduledStream]) -> None:
+        if item[0] == "tokens":
+            self._take_tokens(item[1], item[2], item[3], item[4], streams)
+        elif item[0] == "lane_done":
+            self._lane_done(item[1], streams)
+        else:
+            self._close(item[1], streams)
 
     def _wait_time(self, streams: set[ScheduledStream], stopping: bool) -> float | None:
         """How long the worker may sleep: until a waiting stream's buffer nears its end (None: until new work)."""
         if stopping:
-            return 0.0
+            return None if self.lane is not None and self.lane.busy else 0.0  # the lane's report wakes it
         now = time.monotonic()
         pass_s = self.pass_seconds()
-        waits = [w for s in streams if (w := self.policy.wake_in(s.view(now), pass_s)) is not None]
+        mine = [s for s in streams if not s.lent]  # a lent stream comes back with a queue item
+        waits = [w for s in mine if (w := self.policy.wake_in(s.view(now), pass_s)) is not None]
         return max(_MIN_WAIT_S, min(waits)) if waits else None
 
     def _drain(self, timeout: float | None) -> list:
@@ -277,18 +228,28 @@ class DecoderScheduler:
             except queue.Empty:
                 return items
 
-    def _take_tokens(self, s: ScheduledStream, tokens: list[int], final: bool, streams: set) -> None:
+    def _take_tokens(self, s: ScheduledStream, tokens: list[int], final: bool, at: float, streams: set) -> None:
         if s.closed or s.finished:
             return
         s._tokens.extend(tokens)
         s.received += len(tokens)
         s._final = s._final or final
         streams.add(s)
+        if (
+            s.first_ready is None
+            and not s.decoded
+            and not s.lent
+            and self._size(s, at, self.pass_seconds()) is not None
+        ):
+            s.first_ready = at  # when the push arrived, not when this thread got to it (that is the wait)
 
     def _close(self, s: ScheduledStream, streams: set) -> None:
+        if s.lent:  # the lane holds it: freed when the lane hands it back
+            self._closing.add(s)
+            return
         streams.discard(s)
         s._free()
-        s._send(_END)
+        s._send(END)
         with self._lock:
             self._open -= 1
 
@@ -316,7 +277,11 @@ class DecoderScheduler:
         `max_pass_s`."""
         now = time.monotonic()
         pass_s = self.pass_seconds()
-        due = [(s, n) for s in streams if (n := self._size(s, now, pass_s)) is not None]
+        due = [
+            (s, n)
+            for s in streams
+            if not s.lent and (n := self._size(s, now, pass_s)) is not None and not self._for_lane(s, n)
+        ]
         due.sort(key=lambda e: (first_from is not None and e[0] not in first_from, self.policy.urgency(e[0].view(now))))
         if not due or (first_from is not None and due[0][0] not in first_from):
             return []
@@ -342,7 +307,15 @@ class DecoderScheduler:
         room = min(self.max_batch, 1 << (len(batch) - 1).bit_length()) - len(batch)
         if room > 0:
             chosen = {id(s) for s, _ in batch}
-            riders = [s for s in streams if id(s) not in chosen and not s.finished and not s._final]
+            riders = [
+                s
+                for s in streams
+                if id(s) not in chosen
+                and not s.finished
+                and not s._final
+                and not s.lent
+                and s.decoded >= self._lane_tokens()
+            ]
             riders.sort(key=lambda s: self.policy.urgency(s.view(now)))
             for s in riders:
                 if room == 0:
@@ -356,19 +329,27 @@ class DecoderScheduler:
                     room -= 1
         return batch
 
-    def _prepare(self, s: ScheduledStream, size: int) -> ChunkRequest | None:
-        stream = s._decoder_stream()
+    @staticmethod
+    def _take(s: ScheduledStream, size: int) -> tuple[list[int], bool]:
+        """The chunk's tokens off the stream (worker thread only: it appends to `_tokens`) and whether it is final."""
         if size < 0:
             tokens, s._tokens = s._tokens, []
-            return stream.prepare(tokens, final=True)
+            return tokens, True
         tokens, s._tokens = s._tokens[:size], s._tokens[size:]
-        return stream.prepare(tokens, size=size)
+        return tokens, False
 
-    def _decode(self, batch: list[tuple[ScheduledStream, int]], streams: set, *, nested: bool = False) -> None:
+    @staticmethod
+    def _request(s: ScheduledStream, tokens: list[int], final: bool) -> ChunkRequest | None:
+        stream = s._decoder_stream()
+        return stream.prepare(tokens, final=True) if final else stream.prepare(tokens, size=len(tokens))
+
+    def _requests(
+        self, chunks: list[tuple[ScheduledStream, list[int], bool]], streams: set | None
+    ) -> list[tuple[ScheduledStream, ChunkRequest]]:
         rows: list[tuple[ScheduledStream, ChunkRequest]] = []
-        for s, size in batch:
+        for s, tokens, final in chunks:
             try:
-                request = self._prepare(s, size)
+                request = self._request(s, tokens, final)
             except Exception as exc:  # noqa: BLE001 - this stream fails, the others go on
                 self._fail(s, exc, streams)
                 continue
@@ -376,8 +357,20 @@ class DecoderScheduler:
                 self._finish(s, streams)
             else:
                 rows.append((s, request))
+        return rows
+
+    # -- passes ---------------------------------------------------------------------------------------------
+
+    def _decode(self, batch: list[tuple[ScheduledStream, int]], streams: set, *, nested: bool = False) -> None:
+        now = time.monotonic()
+        for s, _ in batch:
+            if s.first_sent is None:
+                s.first_sent = now
+        rows = self._requests([(s, *self._take(s, size)) for s, size in batch], streams)
         if not rows:
             return
+        if not nested:
+            self._in_pass = {id(s) for s, _ in rows}
         longest = max(len(r.prompt_tokens) + len(r.tokens) for _, r in rows)
         start = time.perf_counter()
         inner = 0.0  # time spent in passes run between this one's steps (not this pass's cost)
@@ -387,7 +380,9 @@ class DecoderScheduler:
             if not nested:
                 self._step_mark = time.perf_counter()
             while decode_pass.step():
-                if self.preempt and not nested:
+                if self.lane is not None:
+                    self._lane_between_steps(streams, decode_pass)
+                elif self.preempt and not nested:
                     inner += self._between_steps(streams, decode_pass, rows, longest)
             results = decode_pass.finish()
         except Exception as exc:
@@ -398,12 +393,20 @@ class DecoderScheduler:
                 self._fail(s, exc, streams)
             return
         finally:
+            if not nested:
+                self._in_pass = set()
             elapsed = time.perf_counter() - start - inner
             self.busy_seconds += elapsed
             self._pass_ewma = 0.8 * self._pass_ewma + 0.2 * elapsed
             self.cost.observe(PassCost.units(len(rows), longest), elapsed)
         self.batches += 1
         self.chunks += len(rows)
+        self._emit(rows, results, streams)
+
+    def _emit(
+        self, rows: list[tuple[ScheduledStream, ChunkRequest]], results: list[ChunkResult], streams: set | None
+    ) -> None:
+        """Commit each row's result to its stream and send its audio (worker thread, or the lane for lent streams)."""
         now = time.monotonic()
         for (s, request), result in zip(rows, results, strict=True):
             try:
@@ -415,12 +418,22 @@ class DecoderScheduler:
             if len(samples):
                 if s.first_emit is None:
                     s.first_emit = now
+                    self._count_first(s, now)
                 else:
                     self._check_timing(s, s.buffered_seconds(now))
                 s.emitted_samples += len(samples)
                 s._send(samples)
             if request.final:
                 self._finish(s, streams)
+
+    def _count_first(self, s: ScheduledStream, now: float) -> None:
+        if s.first_ready is None or s.first_sent is None:
+            return
+        with self._lock:
+            self.first_chunks += 1
+            self.first_supply_s += s.first_ready - s.opened
+            self.first_wait_s += max(0.0, s.first_sent - s.first_ready)
+            self.first_pass_s += now - max(s.first_sent, s.first_ready)
 
     def _between_steps(self, streams: set, running: DecodePass, rows: list, longest: int) -> float:
         """Between two ODE steps of `running`: take new tokens, and run a short pass now for streams that cannot
@@ -430,7 +443,7 @@ class DecoderScheduler:
         step_s, self._step_mark = mark - self._step_mark, mark
         for item in self._drain(0.0):
             if item is not None and item[0] == "tokens":
-                self._take_tokens(item[1], item[2], item[3], streams)
+                self._handle(item, streams)
             else:
                 self._deferred.append(item)  # a close or stop waits for the running pass (it may hold the stream)
         busy = {id(s) for s, _ in rows} | {id(i[1]) for i in self._deferred if i is not None}
@@ -462,36 +475,26 @@ class DecoderScheduler:
         at loads the server keeps real time; counting them cut the limit to 15 at 16 streams on an H200 and queued
         the newcomers for seconds, bench/results/gpu_suite_h200_2026-12-04_settled_0.5s.json)."""
         settled = s.emitted_samples >= _SETTLED_S * self.sample_rate
+        with self._lock:  # the lane's thread counts too
+            if left < 0:
+                self.underruns += 1
+                self.settled_underruns += settled
+            elif left < NEAR_MISS_S and settled:
+                self.near_misses += 1
         if left < 0:
-            self.underruns += 1
-            self.settled_underruns += settled
             self.on_underrun()
-        elif left < NEAR_MISS_S and settled:
-            self.near_misses += 1
 
-    def _finish(self, s: ScheduledStream, streams: set) -> None:
+    def _finish(self, s: ScheduledStream, streams: set | None) -> None:
+        """`streams` None: on the lane's thread (the worker drops the stream when the lane hands it back)."""
         s.finished = True
-        streams.discard(s)
-        s._send(_END)
+        if streams is not None:
+            streams.discard(s)
+        s._send(END)
 
-    def _fail(self, s: ScheduledStream, exc: BaseException, streams: set) -> None:
-        self.failures += 1
+    def _fail(self, s: ScheduledStream, exc: BaseException, streams: set | None) -> None:
+        with self._lock:
+            self.failures += 1
         s.finished = True
-        streams.discard(s)
+        if streams is not None:
+            streams.discard(s)
         s._send(exc)
-
-
-def _own_cuda_stream(device: object) -> None:
-    """Give this thread a high-priority CUDA stream of its own (no-op on CPU).
-
-    With the LLM in the same process (engine `process: inproc`), kernels on separate streams of one context can
-    overlap, and the priority lets a decoder pass (what a listener is waiting for) start between the LLM's kernels
-    rather than after them. On the default stream everything would run in one line. Only used in that mode: with
-    vLLM in its own process one H100 run of this (the speech tokenizer on the default stream beside it) hit an
-    illegal memory access that runs on the default stream never showed; not understood yet, so not risked there.
-    """
-    import torch
-
-    dev = torch.device(device)  # type: ignore[arg-type]
-    if dev.type == "cuda":
-        torch.cuda.set_stream(torch.cuda.Stream(dev, priority=-1))

@@ -130,6 +130,8 @@ def _stream(pending: int, buffered: float, decoded: int = 40, *, started: bool =
         _tokens=[0] * pending,
         decoded=decoded,
         first_emit=0.0 if started else None,
+        lent=False,
+        _voice=None,
     )
 
 
@@ -141,6 +143,7 @@ def _bare_scheduler(max_batch: int, max_pass_s: float | None) -> DecoderSchedule
     scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
     scheduler._pass_ewma = 0.05
     scheduler.max_pass_s, scheduler.cost = max_pass_s, PassCost()
+    scheduler.lane = None
     return scheduler
 
 

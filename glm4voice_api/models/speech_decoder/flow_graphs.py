@@ -74,10 +74,20 @@ class GraphedCFM:
     `use_graphs=False` runs the same buffers and steps eagerly: the CPU test path, and a switch for debugging.
     """
 
-    def __init__(self, cfm: torch.nn.Module, config: FlowGraphConfig | None = None, *, use_graphs: bool = True) -> None:
+    def __init__(
+        self,
+        cfm: torch.nn.Module,
+        config: FlowGraphConfig | None = None,
+        *,
+        use_graphs: bool = True,
+        lazy_capture: bool = True,
+    ) -> None:
         self.cfm = cfm
         self.config = config or FlowGraphConfig()
         self.use_graphs = use_graphs
+        self.lazy_capture = lazy_capture
+        """False: a bucket not captured by `warmup` runs eagerly instead of being captured on first use (a runner
+        whose thread must never stop for a capture)."""
         self._graphs: OrderedDict[tuple[int, int], _Captured] = OrderedDict()
         self._pool = None
         self.captures = 0
@@ -133,7 +143,7 @@ class GraphedCFM:
             return OdeRun(self.cfm, x, doubled, batch, frames, padded=bool((mask == 0).any()))
         key = self.bucket(batch, frames)
         buf = None if not self.use_graphs else self._graphs.get(key)
-        if self.use_graphs and buf is None:
+        if self.use_graphs and buf is None and self.lazy_capture:
             buf = self._capture(key, mu, mel)
         elif buf is not None:
             self._graphs.move_to_end(key)
@@ -158,7 +168,8 @@ class GraphedCFM:
             self.cfm.step(*buf.step_args(), padded=True)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: another thread's decoder work (the first-chunk lane) may run while this one captures.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             self.cfm.step(*buf.step_args(), padded=True)
         buf.graph = graph
         self._graphs[key] = buf
