@@ -90,6 +90,11 @@ class GraphedCFM:
         whose thread must never stop for a capture)."""
         self._graphs: OrderedDict[tuple[int, int], _Captured] = OrderedDict()
         self._pool = None
+        self._capture_stream = None
+        """This set's own capture stream. Why: cuBLAS keeps one workspace per (thread's handle, stream), and a
+        captured GEMM keeps the workspace it was captured with. Two graph sets captured on torch's shared default
+        capture stream would share it, and replayed at the same time (the first-chunk lane beside the long passes)
+        they write into each other's workspace: an illegal memory access on an H200."""
         self.captures = 0
         self.capture_seconds = 0.0
 
@@ -161,6 +166,7 @@ class GraphedCFM:
         buf = _Captured(key[0], key[1], like, mel)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+            self._capture_stream = torch.cuda.Stream()
         # Warm-up on a side stream first (cuDNN/cuBLAS pick their algorithms and workspaces outside the capture).
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -169,7 +175,7 @@ class GraphedCFM:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: another thread's decoder work (the first-chunk lane) may run while this one captures.
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream, capture_error_mode="thread_local"):
             self.cfm.step(*buf.step_args(), padded=True)
         buf.graph = graph
         self._graphs[key] = buf
