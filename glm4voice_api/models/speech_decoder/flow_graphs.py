@@ -11,9 +11,10 @@ masked convolutions), and the batch up to the next power of two (extra rows are 
 produce NaNs; rows never mix). Each row's valid frames are therefore the same as in the eager, unpadded pass (up
 to float rounding), which `tests/models/test_flow_graphs.py` checks on the CPU through the same padding path.
 
-Graphs are captured lazily on the first chunk of each bucket, share one memory pool (they are replayed one at a
-time on one stream and their outputs are copied out before the next replay), and are evicted least recently used
-beyond `max_graphs`.
+Graphs are captured before serving (`warmup`) or on the first chunk of a bucket, share one memory pool (they are
+replayed one at a time on one stream and their outputs are copied out before the next replay). Beyond `max_graphs`
+a bucket runs eagerly: a graph is never destroyed while others live, because destroying one frees the cuBLAS
+workspace of its capture stream, which the other graphs captured there still use (pytorch/pytorch#193402).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class FlowGraphConfig:
     """Up to this many frames, buckets are `frame_bucket // 2` apart: a reply's first chunks (68 and 179 frames for
     10 and 10 + 16 tokens) would otherwise be padded up to 2-4x, and bursts of new streams decode many of them."""
     max_graphs: int = 96
-    """Captured graphs kept (least recently used evicted); 9 frame buckets x 6 batch buckets by default."""
+    """Most graphs captured (then new buckets run eagerly); 9 frame buckets x 6 batch buckets by default."""
     max_frames: int = 4096
     """Longer inputs run eagerly (rare: the decoder bounds its context, see decoder_max_prompt_tokens)."""
 
@@ -124,7 +125,7 @@ class GraphedCFM:
         for t in self.frame_buckets(min(max_frames, self.config.max_frames)):
             b = 1
             while b <= b_max:
-                if (b, t) not in self._graphs:
+                if (b, t) not in self._graphs and len(self._graphs) < self.config.max_graphs:
                     self._capture((b, t), like, mel)
                 b *= 2
         return len(self._graphs)
@@ -148,7 +149,7 @@ class GraphedCFM:
             return OdeRun(self.cfm, x, doubled, batch, frames, padded=bool((mask == 0).any()))
         key = self.bucket(batch, frames)
         buf = None if not self.use_graphs else self._graphs.get(key)
-        if self.use_graphs and buf is None and self.lazy_capture:
+        if self.use_graphs and buf is None and self.lazy_capture and len(self._graphs) < self.config.max_graphs:
             buf = self._capture(key, mu, mel)
         elif buf is not None:
             self._graphs.move_to_end(key)
@@ -161,14 +162,14 @@ class GraphedCFM:
 
     def _capture(self, key: tuple[int, int], like: torch.Tensor, mel: int) -> _Captured:
         start = time.perf_counter()
-        while len(self._graphs) >= self.config.max_graphs:
-            self._graphs.popitem(last=False)
         buf = _Captured(key[0], key[1], like, mel)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
             self._capture_stream = torch.cuda.Stream()
-        # Warm-up on a side stream first (cuDNN/cuBLAS pick their algorithms and workspaces outside the capture).
-        side = torch.cuda.Stream()
+        # Warm-up on the capture stream first (cuDNN/cuBLAS pick their algorithms and workspaces outside the capture).
+        # Not on a new side stream per capture: torch hands out 32 pooled streams round robin, so a later set's
+        # capture stream could then be one this set already uses.
+        side = self._capture_stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self.cfm.step(*buf.step_args(), padded=True)
