@@ -30,6 +30,8 @@ async def run(args: argparse.Namespace) -> dict:
     scheduler = await asyncio.to_thread(_build_scheduler, settings, args.decoder, "cuda")
     if scheduler.lane is not None and not args.lane_graphs:  # the lane's ODE eager (fresh buffers per pass)
         scheduler.lane.runner = GraphedCFM(scheduler.decoder.flow.decoder, use_graphs=False)
+    if scheduler.lane is not None:
+        scheduler.lane.own_stream = args.lane_stream
     audio_input = await asyncio.to_thread(_load_audio_input, settings, args.tokenizer) if args.tokenizer else None
     built_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
@@ -63,7 +65,7 @@ async def run(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - start
     lane = scheduler.lane
     out = {
-        "variant": {k: getattr(args, k) for k in ("compile", "lane", "lane_graphs")}
+        "variant": {k: getattr(args, k) for k in ("compile", "lane", "lane_graphs", "lane_stream")}
         | {"tokenizer": bool(args.tokenizer)},
         "built_s": round(built_s, 1),
         "wall_s": round(wall, 1),
@@ -91,9 +93,10 @@ def variants(args: argparse.Namespace) -> None:
     base = [sys.executable, "-m", "bench.check_lane_cuda", "--decoder", str(args.decoder), "--cache", args.cache]
     tok = ["--tokenizer", str(args.tokenizer)] if args.tokenizer else []
     runs = {
-        "lane graphs, compiled, tokenizer": tok,
-        "lane graphs, compiled": [],
-        "lane eager, compiled, tokenizer": [*tok, "--no-lane-graphs"],
+        "lane graphs, own stream, tokenizer": tok,
+        "lane graphs, default stream, tokenizer": [*tok, "--no-lane-stream"],
+        "lane eager, own stream, tokenizer": [*tok, "--no-lane-graphs"],
+        "lane graphs, own stream, no tokenizer": [],
     }
     for name, extra in runs.items():
         try:
@@ -117,6 +120,7 @@ def main() -> None:
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--no-lane", dest="lane", action="store_false")
     parser.add_argument("--no-lane-graphs", dest="lane_graphs", action="store_false")
+    parser.add_argument("--no-lane-stream", dest="lane_stream", action="store_false")
     parser.add_argument("--variants", action="store_true", help="run the bisection variants, one process each")
     parser.add_argument("--variant-timeout", type=float, default=120)
     args = parser.parse_args()

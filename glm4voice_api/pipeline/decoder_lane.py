@@ -58,6 +58,9 @@ class FirstChunkLane:
         self.max_batch = max_batch
         self.max_tokens = max_tokens
         """Chunks of a stream's first `max_tokens` tokens go through the lane (rows of at most that many tokens)."""
+        self.own_stream = True
+        """Its kernels on a high-priority CUDA stream of its own (False: the default stream, behind the long pass's
+        queued step)."""
         self.busy = False
         """A job is in the lane: set when the scheduler submits one, cleared when it reads the lane's report."""
         self.passes = 0
@@ -84,8 +87,11 @@ class FirstChunkLane:
         return decoded < self.max_tokens and row_tokens <= self.max_tokens
 
     def _serve(self) -> None:
-        high_priority_stream(self.device)
+        on_stream = False
         while (job := self._jobs.get()) is not None:
+            if not on_stream and self.own_stream:  # read at the first job: a check may switch it off after start
+                high_priority_stream(self.device)
+            on_stream = True
             start = time.perf_counter()
             try:
                 self._run_rows(job, self.runner)
