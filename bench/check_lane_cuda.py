@@ -24,7 +24,7 @@ async def run(args: argparse.Namespace) -> dict:
     from glm4voice_api.models.speech_decoder.flow_graphs import GraphedCFM
     from glm4voice_api.pipeline.runtime import _build_scheduler, _load_audio_input
 
-    decoder_options = {"compile_blocks": args.compile, "max_batch": 16, "first_lane": args.lane}
+    decoder_options = {"compile_blocks": args.compile, "max_batch": 16, "first_lane": args.lane, "dtype": "bfloat16"}
     settings = Settings(cache_dir=Path(args.cache), speech_decoder=decoder_options)
     start = time.perf_counter()
     scheduler = await asyncio.to_thread(_build_scheduler, settings, args.decoder, "cuda")

@@ -58,9 +58,10 @@ class FirstChunkLane:
         self.max_batch = max_batch
         self.max_tokens = max_tokens
         """Chunks of a stream's first `max_tokens` tokens go through the lane (rows of at most that many tokens)."""
-        self.own_stream = True
-        """Its kernels on a high-priority CUDA stream of its own (False: the default stream, behind the long pass's
-        queued step)."""
+        self.own_stream = False
+        """Its kernels on a high-priority CUDA stream of its own. Off: on an H200 that crashed (illegal memory access)
+        whenever the speech tokenizer ran on the default stream beside it (bench/check_lane_cuda.py: fine without
+        the tokenizer); on the default stream its kernels queue behind the long pass's one queued ODE step."""
         self.busy = False
         """A job is in the lane: set when the scheduler submits one, cleared when it reads the lane's report."""
         self.passes = 0
