@@ -57,21 +57,12 @@ def _summed(rt: Any, name: str) -> float | None:
     return None if not values or None in values else sum(values)
 
 
-def _lane(rt: Any, name: str) -> float | None:
-    decoder = _path(rt, "decoder")
-    schedulers = getattr(decoder, "schedulers", None) or ([decoder] if decoder is not None else [])
-    lanes = [lane for s in schedulers if (lane := getattr(s, "lane", None)) is not None]
-    return sum(getattr(lane, name) for lane in lanes) if lanes else None
-
-
 def collect_stats(services: Any, rt: Any) -> dict:
     """The GPU time split and counters, each None where this server's internals do not have it."""
     graphs = _first(rt, "decoder.decoder.flow.graphed", "decoder.decoder.graphed", "decoder.graphs")
     return {
         # First audio, split (sums over first_chunks streams): tokens arriving, waiting for a pass, the pass.
         **{name: _summed(rt, name) for name in ("first_chunks", "first_supply_s", "first_wait_s", "first_pass_s")},
-        "lane_busy_s": _lane(rt, "busy_seconds"),
-        "lane_passes": _lane(rt, "passes"),
         "llm_busy_s": _first(rt, "engine.busy_seconds"),
         "decoder_busy_s": _first(rt, "decoder.busy_seconds"),
         "tokenizer_busy_s": _first(rt, "audio_input.worker.busy_seconds", "speech_tokenizer.busy_seconds"),

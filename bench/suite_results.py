@@ -61,8 +61,6 @@ class ServerStats:
     first_supply_s: float | None = None
     first_wait_s: float | None = None
     first_pass_s: float | None = None
-    lane_busy_s: float | None = None
-    lane_passes: int | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> ServerStats:
@@ -88,8 +86,6 @@ class GpuSplit:
     first_audio_split_ms: dict | None = None
     """Server side, mean per stream: supply (stream opened -> its first chunk's tokens all there: prefill and LLM
     steps), wait (-> its pass began), pass (-> audio out of the decoder)."""
-    lane_busy_s: float | None = None
-    lane_passes: int | None = None
 
     @classmethod
     def between(cls, before: ServerStats, after: ServerStats, wall_s: float) -> GpuSplit:
@@ -110,7 +106,6 @@ class GpuSplit:
         if firsts:
             parts = {k: delta(f"first_{k}_s") for k in ("supply", "wait", "pass")}
             split = {k: round(1000 * v / firsts, 1) for k, v in parts.items() if v is not None}
-        lane_busy, lane_passes = delta("lane_busy_s"), delta("lane_passes")
         return cls(
             llm_busy_s=llm[0],
             llm_busy_fraction=llm[1],
@@ -124,8 +119,6 @@ class GpuSplit:
             llm_tokens_per_s=round(generated / wall_s, 1) if generated is not None and wall_s > 0 else None,
             graph_captures=int(captures) if captures is not None else None,
             first_audio_split_ms=split,
-            lane_busy_s=round(lane_busy, 2) if lane_busy is not None else None,
-            lane_passes=int(lane_passes) if lane_passes is not None else None,
         )
 
 

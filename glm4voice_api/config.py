@@ -129,10 +129,9 @@ class SpeechDecoderSettings(BaseModel):
         description="Rows join a decoder pass only while its expected length (fitted from measured passes) stays within "
         "this. 0 (default): max_batch only; a 250 ms bound cost more than it saved (bench/results).",
     )
-    preempt: bool = Field(False, description="Urgent passes between ODE steps. Off: worse on an H200.")
-    first_lane: bool = Field(
-        True,
-        description="On CUDA: a reply's first two chunks on a thread, stream and graphs of their own, beside long passes.",
+    preempt: bool = Field(
+        False,
+        description="Between two ODE steps, run short passes for streams about to run dry. Off: worse on an H200.",
     )
     ode_steps: int = Field(
         10,
@@ -140,7 +139,9 @@ class SpeechDecoderSettings(BaseModel):
         description="Euler steps of the flow's ODE (the reference: 10). Fewer: less decoder work, further from the "
         "reference (tests/models/test_flow.py bounds it).",
     )
-    cuda_graphs: bool = Field(True, description="On CUDA: the flow's ODE as CUDA graphs (per shape bucket).")
+    cuda_graphs: bool = Field(
+        True, description="On CUDA, run the flow's ODE as captured CUDA graphs (per shape bucket)."
+    )
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "

@@ -8,9 +8,8 @@ needed for that). Order within a pass: most urgent first (least audio buffered; 
 dry), rows of similar length together (a padded pass costs as much as its longest row), and the rows a CUDA-graph
 bucket would pad anyway are filled with streams that have enough tokens waiting (free work that fattens buffers).
 
-Streams' decoder state is touched only by the worker thread (or, while lent to it, the first-chunk lane: a reply's
-first chunks decoded beside the long passes, see `decoder_lane.py`); the event loop pushes tokens and reads audio
-through an asyncio queue per stream. A failing chunk fails only its own stream; the thread keeps serving the others.
+Streams' decoder state is touched only by the worker thread; the event loop pushes tokens and reads audio through
+an asyncio queue per stream. A failing chunk fails only its own stream; the thread keeps serving the others.
 """
 
 from __future__ import annotations
@@ -21,13 +20,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult, Voice
 from glm4voice_api.models.speech_decoder.decoder import DecodePass, SpeechDecoder
 from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy
-from glm4voice_api.pipeline.decoder_lane import FirstChunkLane, LaneScheduling, high_priority_stream
 from glm4voice_api.pipeline.pass_cost import PassCost
 from glm4voice_api.pipeline.scheduled_stream import END, ScheduledStream
 
@@ -44,7 +41,7 @@ class DecoderStoppedError(RuntimeError):
     """The scheduler's thread has stopped: its streams and every new one fail at once (liveness reports it)."""
 
 
-class DecoderScheduler(LaneScheduling):
+class DecoderScheduler:
     def __init__(
         self,
         decoder: SpeechDecoder,
@@ -55,16 +52,13 @@ class DecoderScheduler(LaneScheduling):
         own_stream: bool = False,
         max_pass_s: float | None = None,
         preempt: bool = False,
-        lane_tokens: int = 0,
-        lane_runner: Any = None,
-        lane_batch: int = 16,
     ) -> None:
         self.decoder = decoder
         self.stream_config = stream_config or DecoderStreamConfig()
         self.policy: ChunkPolicy = policy or AdaptiveChunkPolicy()
         self.max_batch = max_batch
         self.own_stream = own_stream
-        """Run on a high-priority CUDA stream of its own (with the LLM in this process, see `high_priority_stream`)."""
+        """Run on a high-priority CUDA stream of its own (with the LLM in this process, see `_own_cuda_stream`)."""
         self.max_pass_s = max_pass_s
         """Expected length a pass may grow to by adding rows (None: max_batch only). Why: a chunk that becomes due
         while a pass runs waits for that pass, so a long pass of far-ahead streams delays a first chunk or a stream
@@ -97,20 +91,6 @@ class DecoderScheduler(LaneScheduling):
         self.failures = 0
         self.busy_seconds = 0.0
         """Wall time inside `decode_batch` (results come back on the CPU, so that includes the GPU work)."""
-        self.lane: FirstChunkLane | None = None
-        """Chunks of a stream's first `lane_tokens` tokens go through it (0: no lane, every chunk waits its turn)."""
-        if lane_tokens:
-            self.lane = FirstChunkLane(
-                self._run_lane_job,
-                lambda job: self._put(("lane_done", job)),
-                decoder.device,
-                lane_runner,
-                max_batch=lane_batch,
-                max_tokens=lane_tokens,
-            )
-        self._closing: set[ScheduledStream] = set()
-        """Streams closed while lent to the lane: freed when the lane hands them back."""
-        self._in_pass: set[int] = set()  # ids of the running pass's streams (the lane must not take them)
         # First audio, split (sums over `first_chunks` streams): tokens arriving, waiting for a pass, the pass.
         self.first_chunks = 0
         self.first_supply_s = 0.0
@@ -118,8 +98,6 @@ class DecoderScheduler(LaneScheduling):
         self.first_pass_s = 0.0
 
     def start(self) -> None:
-        if self.lane is not None:
-            self.lane.start()
         self._thread = threading.Thread(target=self._run, name="decoder-scheduler", daemon=True)
         self._thread.start()
 
@@ -134,8 +112,6 @@ class DecoderScheduler(LaneScheduling):
         self._queue.put(None)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
-        if self.lane is not None:
-            await asyncio.to_thread(self.lane.stop)
 
     def open_stream(self, voice: Voice | None = None) -> ScheduledStream:
         if self._thread is not None and not self.alive:
@@ -177,7 +153,7 @@ class DecoderScheduler(LaneScheduling):
 
     def _serve(self, streams: set[ScheduledStream]) -> None:
         if self.own_stream:
-            high_priority_stream(self.decoder.device)
+            _own_cuda_stream(self.decoder.device)
         stopping = False
         decoded = False
         while True:
@@ -190,30 +166,26 @@ class DecoderScheduler(LaneScheduling):
                     stopping = True
                 else:
                     self._handle(item, streams)
-            self._dispatch_lane(streams)
             batch = self._pick(streams)
             decoded = bool(batch)
             if batch:
                 self._decode(batch, streams)
-            elif stopping and not (self.lane is not None and self.lane.busy):
+            elif stopping:
                 return
 
     def _handle(self, item: tuple, streams: set[ScheduledStream]) -> None:
         if item[0] == "tokens":
             self._take_tokens(item[1], item[2], item[3], item[4], streams)
-        elif item[0] == "lane_done":
-            self._lane_done(item[1], streams)
         else:
             self._close(item[1], streams)
 
     def _wait_time(self, streams: set[ScheduledStream], stopping: bool) -> float | None:
         """How long the worker may sleep: until a waiting stream's buffer nears its end (None: until new work)."""
         if stopping:
-            return None if self.lane is not None and self.lane.busy else 0.0  # the lane's report wakes it
+            return 0.0
         now = time.monotonic()
         pass_s = self.pass_seconds()
-        mine = [s for s in streams if not s.lent]  # a lent stream comes back with a queue item
-        waits = [w for s in mine if (w := self.policy.wake_in(s.view(now), pass_s)) is not None]
+        waits = [w for s in streams if (w := self.policy.wake_in(s.view(now), pass_s)) is not None]
         return max(_MIN_WAIT_S, min(waits)) if waits else None
 
     def _drain(self, timeout: float | None) -> list:
@@ -235,18 +207,10 @@ class DecoderScheduler(LaneScheduling):
         s.received += len(tokens)
         s._final = s._final or final
         streams.add(s)
-        if (
-            s.first_ready is None
-            and not s.decoded
-            and not s.lent
-            and self._size(s, at, self.pass_seconds()) is not None
-        ):
+        if s.first_ready is None and not s.decoded and self._size(s, at, self.pass_seconds()) is not None:
             s.first_ready = at  # when the push arrived, not when this thread got to it (that is the wait)
 
     def _close(self, s: ScheduledStream, streams: set) -> None:
-        if s.lent:  # the lane holds it: freed when the lane hands it back
-            self._closing.add(s)
-            return
         streams.discard(s)
         s._free()
         s._send(END)
@@ -277,11 +241,7 @@ class DecoderScheduler(LaneScheduling):
         `max_pass_s`."""
         now = time.monotonic()
         pass_s = self.pass_seconds()
-        due = [
-            (s, n)
-            for s in streams
-            if not s.lent and (n := self._size(s, now, pass_s)) is not None and not self._for_lane(s, n)
-        ]
+        due = [(s, n) for s in streams if (n := self._size(s, now, pass_s)) is not None]
         due.sort(key=lambda e: (first_from is not None and e[0] not in first_from, self.policy.urgency(e[0].view(now))))
         if not due or (first_from is not None and due[0][0] not in first_from):
             return []
@@ -307,15 +267,7 @@ class DecoderScheduler(LaneScheduling):
         room = min(self.max_batch, 1 << (len(batch) - 1).bit_length()) - len(batch)
         if room > 0:
             chosen = {id(s) for s, _ in batch}
-            riders = [
-                s
-                for s in streams
-                if id(s) not in chosen
-                and not s.finished
-                and not s._final
-                and not s.lent
-                and s.decoded >= self._lane_tokens()
-            ]
+            riders = [s for s in streams if id(s) not in chosen and not s.finished and not s._final]
             riders.sort(key=lambda s: self.policy.urgency(s.view(now)))
             for s in riders:
                 if room == 0:
@@ -344,7 +296,7 @@ class DecoderScheduler(LaneScheduling):
         return stream.prepare(tokens, final=True) if final else stream.prepare(tokens, size=len(tokens))
 
     def _requests(
-        self, chunks: list[tuple[ScheduledStream, list[int], bool]], streams: set | None
+        self, chunks: list[tuple[ScheduledStream, list[int], bool]], streams: set
     ) -> list[tuple[ScheduledStream, ChunkRequest]]:
         rows: list[tuple[ScheduledStream, ChunkRequest]] = []
         for s, tokens, final in chunks:
@@ -369,8 +321,6 @@ class DecoderScheduler(LaneScheduling):
         rows = self._requests([(s, *self._take(s, size)) for s, size in batch], streams)
         if not rows:
             return
-        if not nested:
-            self._in_pass = {id(s) for s, _ in rows}
         longest = max(len(r.prompt_tokens) + len(r.tokens) for _, r in rows)
         start = time.perf_counter()
         inner = 0.0  # time spent in passes run between this one's steps (not this pass's cost)
@@ -380,9 +330,7 @@ class DecoderScheduler(LaneScheduling):
             if not nested:
                 self._step_mark = time.perf_counter()
             while decode_pass.step():
-                if self.lane is not None:
-                    self._lane_between_steps(streams, decode_pass)
-                elif self.preempt and not nested:
+                if self.preempt and not nested:
                     inner += self._between_steps(streams, decode_pass, rows, longest)
             results = decode_pass.finish()
         except Exception as exc:
@@ -393,8 +341,6 @@ class DecoderScheduler(LaneScheduling):
                 self._fail(s, exc, streams)
             return
         finally:
-            if not nested:
-                self._in_pass = set()
             elapsed = time.perf_counter() - start - inner
             self.busy_seconds += elapsed
             self._pass_ewma = 0.8 * self._pass_ewma + 0.2 * elapsed
@@ -403,10 +349,8 @@ class DecoderScheduler(LaneScheduling):
         self.chunks += len(rows)
         self._emit(rows, results, streams)
 
-    def _emit(
-        self, rows: list[tuple[ScheduledStream, ChunkRequest]], results: list[ChunkResult], streams: set | None
-    ) -> None:
-        """Commit each row's result to its stream and send its audio (worker thread, or the lane for lent streams)."""
+    def _emit(self, rows: list[tuple[ScheduledStream, ChunkRequest]], results: list[ChunkResult], streams: set) -> None:
+        """Commit each row's result to its stream and send its audio."""
         now = time.monotonic()
         for (s, request), result in zip(rows, results, strict=True):
             try:
@@ -475,26 +419,37 @@ class DecoderScheduler(LaneScheduling):
         at loads the server keeps real time; counting them cut the limit to 15 at 16 streams on an H200 and queued
         the newcomers for seconds, bench/results/gpu_suite_h200_2026-12-04_settled_0.5s.json)."""
         settled = s.emitted_samples >= _SETTLED_S * self.sample_rate
-        with self._lock:  # the lane's thread counts too
-            if left < 0:
-                self.underruns += 1
-                self.settled_underruns += settled
-            elif left < NEAR_MISS_S and settled:
-                self.near_misses += 1
         if left < 0:
+            self.underruns += 1
+            self.settled_underruns += settled
             self.on_underrun()
+        elif left < NEAR_MISS_S and settled:
+            self.near_misses += 1
 
-    def _finish(self, s: ScheduledStream, streams: set | None) -> None:
-        """`streams` None: on the lane's thread (the worker drops the stream when the lane hands it back)."""
+    def _finish(self, s: ScheduledStream, streams: set) -> None:
         s.finished = True
-        if streams is not None:
-            streams.discard(s)
+        streams.discard(s)
         s._send(END)
 
-    def _fail(self, s: ScheduledStream, exc: BaseException, streams: set | None) -> None:
-        with self._lock:
-            self.failures += 1
+    def _fail(self, s: ScheduledStream, exc: BaseException, streams: set) -> None:
+        self.failures += 1
         s.finished = True
-        if streams is not None:
-            streams.discard(s)
+        streams.discard(s)
         s._send(exc)
+
+
+def _own_cuda_stream(device: object) -> None:
+    """Give this thread a high-priority CUDA stream of its own (no-op on CPU).
+
+    With the LLM in the same process (engine `process: inproc`), kernels on separate streams of one context can
+    overlap, and the priority lets a decoder pass (what a listener is waiting for) start between the LLM's kernels
+    rather than after them. On the default stream everything would run in one line. Only used in that mode: with
+    vLLM in its own process, decoder work on a stream of its own beside the speech tokenizer on the default stream
+    hit an illegal memory access on an H100 (2026-11) and again on an H200 (2026-12-04: a first-chunk lane on a
+    stream of its own, bench/results/GPU.md); the cause is not found, so it is not risked there.
+    """
+    import torch
+
+    dev = torch.device(device)  # type: ignore[arg-type]
+    if dev.type == "cuda":
+        torch.cuda.set_stream(torch.cuda.Stream(dev, priority=-1))

@@ -13,7 +13,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import LLMEngine
@@ -31,9 +30,6 @@ from glm4voice_api.random_checkpoints.llm import RANDOM_WEIGHTS_KEY
 from glm4voice_api.store import Store, open_store
 from glm4voice_api.text.prompt import PromptBuilder
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
-
-if TYPE_CHECKING:
-    from glm4voice_api.models.speech_decoder.flow_graphs import GraphedCFM
 
 logger = logging.getLogger(__name__)
 
@@ -149,14 +145,8 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
     decoder = load_speech_decoder(path, device, dtype, ode_steps=options.ode_steps)
     loaded = time.perf_counter() - start
     adaptive = options.chunking == "adaptive"
-    # A reply's first two chunks (10 + 16 tokens by default) go through the first-chunk lane (decoder_lane.py).
-    lane_tokens = 2 * options.first_chunk if adaptive else sum(options.schedule[:2])
-    lane_batch = min(16, options.max_batch)
-    lane_runner = None
     if device.startswith("cuda"):
         _prepare_flow(decoder, settings, device)
-        if options.first_lane and options.cuda_graphs:
-            lane_runner = _lane_runner(decoder, lane_batch, lane_tokens)
     logger.info("decoder on %s ready in %.1f s (weights %.1f s)", device, time.perf_counter() - start, loaded)
     config = DecoderStreamConfig(
         schedule=tuple(options.schedule),
@@ -179,9 +169,6 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         own_stream=own_stream,
         max_pass_s=options.max_pass_ms / 1000 or None,
         preempt=options.preempt,
-        lane_tokens=lane_tokens if lane_runner is not None else 0,
-        lane_runner=lane_runner,
-        lane_batch=lane_batch,
     )
     scheduler.start()
     return scheduler
@@ -225,19 +212,6 @@ def _prepare_flow(decoder: SpeechDecoder, settings: Settings, device: str, *, co
         time.perf_counter() - start,
         estimator.blocks_compiled,
     )
-
-
-def _lane_runner(decoder: SpeechDecoder, max_batch: int, max_tokens: int) -> GraphedCFM:
-    """The first-chunk lane's own CUDA graphs (own memory pool) for its short rows, all captured now: the lane never
-    stops to capture (a bucket it lacks runs eagerly)."""
-    from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM
-
-    start = time.perf_counter()
-    runner = GraphedCFM(decoder.flow.decoder, FlowGraphConfig(), lazy_capture=False)
-    count = runner.warmup(max_batch, decoder.mel_frames(max_tokens), decoder.flow.input_embedding.weight)
-    decoder.crossfade_window()  # made once here, not first by one thread while another reads it
-    logger.info("decoder first-chunk lane: %d CUDA graphs captured in %.1f s", count, time.perf_counter() - start)
-    return runner
 
 
 def start_audio_models(settings: Settings, paths: CheckpointFolders) -> list[asyncio.Future]:

@@ -1,7 +1,7 @@
 """ScheduledStream: one reply's handle on the decoder scheduler (tokens in, audio out) and its worker-side state.
 
-The event loop calls `push`, `audio`, `decode` and `close`; every other field is the scheduler's (its worker thread
-or, for a stream's first chunks, its first-chunk lane: see `decoder_lane.py`).
+The event loop calls `push`, `audio`, `decode` and `close`; every other field belongs to the scheduler
+(on its worker thread).
 """
 
 from __future__ import annotations
@@ -42,8 +42,6 @@ class ScheduledStream:
         self.opened = time.monotonic()
         self.received = 0
         """Audio tokens pushed so far (with `opened`: the stream's token supply rate)."""
-        self.lent = False
-        """A chunk of this stream is in the first-chunk lane: the worker thread leaves the stream alone until then."""
         self.first_ready: float | None = None
         """When the tokens of the first chunk were all there (first-audio breakdown: supply, wait, pass)."""
         self.first_sent: float | None = None

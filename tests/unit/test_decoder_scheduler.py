@@ -55,6 +55,9 @@ def test_scheduled_streams_equal_direct_decoding(decoder) -> None:
             await asyncio.sleep(0.2)
             assert scheduler.active_streams() == 0
             assert scheduler.batches < scheduler.chunks  # chunks of several streams shared a pass
+            # First audio, split: every stream's first chunk counted once, each part measured.
+            assert scheduler.first_chunks == len(seqs)
+            assert scheduler.first_supply_s >= 0 and scheduler.first_wait_s >= 0 and scheduler.first_pass_s > 0
             return out
         finally:
             await scheduler.close()
@@ -130,8 +133,6 @@ def _stream(pending: int, buffered: float, decoded: int = 40, *, started: bool =
         _tokens=[0] * pending,
         decoded=decoded,
         first_emit=0.0 if started else None,
-        lent=False,
-        _voice=None,
     )
 
 
@@ -143,7 +144,6 @@ def _bare_scheduler(max_batch: int, max_pass_s: float | None) -> DecoderSchedule
     scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
     scheduler._pass_ewma = 0.05
     scheduler.max_pass_s, scheduler.cost = max_pass_s, PassCost()
-    scheduler.lane = None
     return scheduler
 
 

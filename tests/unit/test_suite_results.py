@@ -48,6 +48,14 @@ def _level(concurrency: int, playable: float) -> TurnResult:
     return TurnResult(status=200, arrivals=[(0.2, 0.4), (playable + 0.4, 0.4)])
 
 
+def test_gpu_split_first_audio_split_is_a_mean_per_stream():
+    before = ServerStats(first_chunks=2, first_supply_s=1.0, first_wait_s=0.5, first_pass_s=0.5)
+    after = ServerStats(first_chunks=6, first_supply_s=2.2, first_wait_s=0.9, first_pass_s=1.7)
+    split = GpuSplit.between(before, after, wall_s=10.0)
+    assert split.first_audio_split_ms == {"supply": 300.0, "wait": 100.0, "pass": 300.0}
+    assert GpuSplit.between(before, before, wall_s=10.0).first_audio_split_ms is None  # no new stream: no split
+
+
 def test_realtime_streams_needs_every_smaller_level():
     levels = [
         level_summary(c, [_level(c, p)] * c, 1.0)

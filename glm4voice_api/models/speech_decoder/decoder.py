@@ -27,7 +27,6 @@ from glm4voice_api.models.speech_decoder.flow import (
     FlowPass,
     mel_length,
 )
-from glm4voice_api.models.speech_decoder.flow_graphs import GraphedCFM
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
 from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
 from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
@@ -189,20 +188,20 @@ class SpeechDecoder:
 
     # -- batched chunk decoding --------------------------------------------------------------------------
 
-    def decode_batch(self, requests: list[ChunkRequest], runner: GraphedCFM | None = None) -> list[ChunkResult]:
+    def decode_batch(self, requests: list[ChunkRequest]) -> list[ChunkResult]:
         """Decode many streams' chunks: ONE padded flow pass, ONE ragged HiFT pass, ONE copy to the host.
 
         Each row equals its separate decode (padding is masked throughout, see ``hift_ragged.py``; every row
         draws from its own generator). Mels and carried state stay on the decoder's device: on a GPU the pass
-        synchronises once, when the new audio of all rows comes back together. `runner`: see `FlowModel.begin_batch`.
+        synchronises once, when the new audio of all rows comes back together.
         """
-        decode_pass = self.begin_batch(requests, runner)
+        decode_pass = self.begin_batch(requests)
         while decode_pass.step():
             pass
         return decode_pass.finish()
 
     @torch.inference_mode()
-    def begin_batch(self, requests: list[ChunkRequest], runner: GraphedCFM | None = None) -> DecodePass:
+    def begin_batch(self, requests: list[ChunkRequest]) -> DecodePass:
         """`decode_batch` in three parts, for a scheduler that runs urgent passes between a long pass's ODE steps:
         this (the flow's encoder and noise), `DecodePass.step` (one ODE step each), `DecodePass.finish` (HiFT)."""
         gens = [
@@ -219,7 +218,7 @@ class SpeechDecoder:
             )
             for i in flow_rows
         ]
-        flow_pass = self.flow.begin_batch(items, runner) if items else None
+        flow_pass = self.flow.begin_batch(items) if items else None
         return DecodePass(self, requests, gens, flow_rows, flow_pass)
 
     @torch.inference_mode()
@@ -237,10 +236,6 @@ class SpeechDecoder:
             r.speech = np.ascontiguousarray(host[offset : offset + n], dtype=np.float32)
             offset += n
         return results
-
-    def crossfade_window(self) -> torch.Tensor:
-        """The crossfade window on the decoder's device (made on first use; a server makes it before serving)."""
-        return self._window(self.device)
 
     def _window(self, device: torch.device) -> torch.Tensor:
         """The crossfade window on `device`, copied there once (a host copy per chunk would synchronise)."""

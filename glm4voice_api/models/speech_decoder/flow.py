@@ -300,10 +300,9 @@ class FlowModel(nn.Module):
         return flow_pass.result()
 
     @torch.inference_mode()
-    def begin_batch(self, items: list[FlowInput], runner: GraphedCFM | None = None) -> FlowPass:
+    def begin_batch(self, items: list[FlowInput]) -> FlowPass:
         """Everything before the ODE (encoder, length regulator, noise) for one padded pass of several rows; the
-        returned pass runs the ODE step by step (see `FlowPass`). `runner`: a graph set other than the flow's own
-        (a second thread's passes must not replay graphs of the same memory pool at the same time)."""
+        returned pass runs the ODE step by step (see `FlowPass`)."""
         w = self.input_embedding.weight
         device, dtype = w.device, w.dtype
         lengths = [int(it.tokens.numel()) for it in items]
@@ -341,9 +340,8 @@ class FlowModel(nn.Module):
             if it.embedding is not None:
                 emb[i] = to_device(it.embedding, device, dtype)
         spks = self.speaker(emb)  # [B, 80]
-        graphed = runner if runner is not None else self.graphed
-        if graphed is not None:
-            run = graphed.start(z, mask, mu, spks, cond)
+        if self.graphed is not None:
+            run = self.graphed.start(z, mask, mu, spks, cond)
         else:
             x, *doubled = self.decoder.prepare(z, mask, mu, spks, cond)
             run = OdeRun(self.decoder, x, doubled, len(items), t_max, padded=min(feat_lens) != t_max)

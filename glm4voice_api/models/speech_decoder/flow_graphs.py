@@ -75,27 +75,17 @@ class GraphedCFM:
     `use_graphs=False` runs the same buffers and steps eagerly: the CPU test path, and a switch for debugging.
     """
 
-    def __init__(
-        self,
-        cfm: torch.nn.Module,
-        config: FlowGraphConfig | None = None,
-        *,
-        use_graphs: bool = True,
-        lazy_capture: bool = True,
-    ) -> None:
+    def __init__(self, cfm: torch.nn.Module, config: FlowGraphConfig | None = None, *, use_graphs: bool = True) -> None:
         self.cfm = cfm
         self.config = config or FlowGraphConfig()
         self.use_graphs = use_graphs
-        self.lazy_capture = lazy_capture
-        """False: a bucket not captured by `warmup` runs eagerly instead of being captured on first use (a runner
-        whose thread must never stop for a capture)."""
         self._graphs: OrderedDict[tuple[int, int], _Captured] = OrderedDict()
         self._pool = None
         self._capture_stream = None
-        """This set's own capture stream. Why: cuBLAS keeps one workspace per (thread's handle, stream), and a
-        captured GEMM keeps the workspace it was captured with. Two graph sets captured on torch's shared default
-        capture stream would share it, and replayed at the same time (the first-chunk lane beside the long passes)
-        they write into each other's workspace: an illegal memory access on an H200."""
+        """This set's own capture stream, also for the warm-up before each capture. Why: cuBLAS keeps one workspace
+        per (thread's handle, stream) and a captured GEMM keeps the workspace it was captured with; on torch's shared
+        default capture stream another graph set (two decoders' graphs replayed at the same time) would write into
+        the same one, and a new side stream per warm-up left a workspace behind for each of up to 32 pooled streams."""
         self.captures = 0
         self.capture_seconds = 0.0
 
@@ -149,7 +139,7 @@ class GraphedCFM:
             return OdeRun(self.cfm, x, doubled, batch, frames, padded=bool((mask == 0).any()))
         key = self.bucket(batch, frames)
         buf = None if not self.use_graphs else self._graphs.get(key)
-        if self.use_graphs and buf is None and self.lazy_capture and len(self._graphs) < self.config.max_graphs:
+        if self.use_graphs and buf is None and len(self._graphs) < self.config.max_graphs:
             buf = self._capture(key, mu, mel)
         elif buf is not None:
             self._graphs.move_to_end(key)
@@ -175,8 +165,7 @@ class GraphedCFM:
             self.cfm.step(*buf.step_args(), padded=True)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: another thread's decoder work (the first-chunk lane) may run while this one captures.
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream):
             self.cfm.step(*buf.step_args(), padded=True)
         buf.graph = graph
         self._graphs[key] = buf
