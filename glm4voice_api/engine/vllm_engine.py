@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,9 +36,30 @@ LOGITS_PROCESSOR = "glm4voice_vllm.logits:InterleaveLogitsProcessor"
 
 
 def cuda_available() -> bool:
+    """Whether a GPU is there, asked through NVML rather than the CUDA runtime.
+
+    Why NVML: the runtime's device query initialises the CUDA driver in this process, and a driver initialised before
+    vLLM forks its engine core is not fork-safe (torch's PYTORCH_NVML_BASED_CUDA_CHECK exists for this case).
+    """
     import torch
 
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     return torch.cuda.is_available()
+
+
+def engine_core_forks(settings: EngineSettings, *, cuda: bool) -> bool:
+    """Whether vLLM will fork (not spawn) its engine-core process for these settings, as things stand now.
+
+    On a GPU vLLM forks unless told to spawn or CUDA is already initialised in this process (then it switches to
+    spawn by itself); its CPU platform always spawns. A forked engine core skips the ~28 s a spawned one spends importing torch and vLLM again (H200,
+    2026-12-04), but nothing may initialise CUDA in this process between vLLM's check and its fork: the caller
+    starts CUDA work only after `start(core_started=...)` has signalled the fork.
+    """
+    if not cuda or in_process(settings) or os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") == "spawn":
+        return False
+    import torch
+
+    return not torch.cuda.is_initialized()
 
 
 def preload_vllm() -> None:
@@ -110,7 +132,13 @@ class VllmLLMEngine:
         num_valid_tokens: int,
         random_weights: bool,
         warmup_constraint: InterleaveConstraint | None = None,
+        core_started: threading.Event | None = None,
     ) -> VllmLLMEngine:
+        """Start vLLM (engine core, weights, compilation) and warm it up.
+
+        `core_started` is set in this process right after vLLM has forked its engine-core process (an at-fork hook),
+        so that the caller can begin CUDA work then rather than after the whole start (`engine_core_forks`).
+        """
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -120,11 +148,6 @@ class VllmLLMEngine:
         if not on_gpu:
             # Read by the engine core process, which inherits our environment.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(settings.cpu_kv_cache_gib))
-        else:
-            # The speech models load on other threads while this starts (runtime.py), so CUDA may be initialised in
-            # this process between vLLM's "is CUDA initialised?" check and its fork of the engine core; the forked
-            # child then fails ("Cannot re-initialize CUDA in forked subprocess", seen on an H200). Spawn always.
-            os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         if settings.max_model_len is None or settings.max_num_seqs is None or settings.warmup_batch_sizes is None:
             msg = "engine settings must be resolved first (EngineSettings.resolved)"
             raise ValueError(msg)
@@ -158,6 +181,8 @@ class VllmLLMEngine:
             logger.info("vLLM engine core in this process (one CUDA context with the speech decoder)")
             llm = InprocAsyncLLM.from_engine_args(args, UsageContext.OPENAI_API_SERVER)
         else:
+            if core_started is not None:  # hooks cannot be removed: a later fork sets the event again, harmlessly
+                os.register_at_fork(after_in_parent=core_started.set)
             llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
         info = EngineInfo(
             max_model_len=max_model_len,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -96,9 +97,9 @@ def is_random_weights(llm_config: dict, settings: Settings) -> bool:
 
 
 def cuda_available() -> bool:
-    import torch
+    from glm4voice_api.engine.vllm_engine import cuda_available as nvml_cuda_available
 
-    return torch.cuda.is_available()
+    return nvml_cuda_available()
 
 
 def decoder_devices(settings: Settings) -> list[str]:
@@ -214,19 +215,27 @@ def _prepare_flow(decoder: SpeechDecoder, settings: Settings, device: str, *, co
     )
 
 
-def start_audio_models(settings: Settings, paths: CheckpointFolders) -> list[asyncio.Future]:
-    """Load the speech tokenizer and decoder(s) on worker threads, starting NOW (not when awaited).
+def start_audio_models(
+    settings: Settings, paths: CheckpointFolders, after: threading.Event | None = None
+) -> list[asyncio.Future]:
+    """Load the speech tokenizer and decoder(s) on worker threads, starting NOW (not when awaited), or, with `after`,
+    as soon as that event is set.
 
     Why now: `build_runtime` then starts vLLM, whose start blocks the event loop for about a minute on a GPU
     (engine process, weights, compilation, warm-up); the speech models load and capture their CUDA graphs
-    meanwhile instead of before it (ready in max(engine, audio) rather than their sum).
+    meanwhile instead of before it (ready in max(engine, audio) rather than their sum). Why `after`: while vLLM is
+    about to fork its engine core, no thread may initialise CUDA (or hold torch's CPU locks) in this process.
     """
     loop = asyncio.get_running_loop()
-    futures = [loop.run_in_executor(None, _load_audio_input, settings, paths.speech_tokenizer)]
-    futures += [
-        loop.run_in_executor(None, _build_scheduler, settings, paths.decoder, d) for d in decoder_devices(settings)
-    ]
-    return futures
+    jobs: list[tuple[Callable, tuple]] = [(_load_audio_input, (settings, paths.speech_tokenizer))]
+    jobs += [(_build_scheduler, (settings, paths.decoder, d)) for d in decoder_devices(settings)]
+    return [loop.run_in_executor(None, _run_after, after, job, args) for job, args in jobs]
+
+
+def _run_after(after: threading.Event | None, job: Callable, args: tuple) -> object:
+    if after is not None:
+        after.wait()
+    return job(*args)
 
 
 def _as_decoder(schedulers: list[DecoderScheduler]) -> DecoderScheduler | DecoderPool:
@@ -261,7 +270,8 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     random_weights = is_random_weights(llm_config, settings)
     sampling = Sampling(tokenizer.ids, settings.interleave_constraint, random_weights=random_weights)
     # Every machine- and model-dependent default is decided here, once, before anything starts.
-    settings = settings.resolved(cuda=cuda_available(), model_seq_length=int(llm_config.get("seq_length", 8192)))
+    cuda = cuda_available()
+    settings = settings.resolved(cuda=cuda, model_seq_length=int(llm_config.get("seq_length", 8192)))
     # The store first: a bad or unreachable store URL fails the start before minutes of model loading.
     store = open_store(settings.store, settings.cache_dir.resolve())
     closers = [store.close]
@@ -270,25 +280,33 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     # overlapping parts of torch at once can deadlock on the import locks (seen: torch._dynamo under vLLM).
     import glm4voice_api.models.speech_decoder.loader
     import glm4voice_api.models.speech_tokenizer.loader  # noqa: F401
-    from glm4voice_api.engine.vllm_engine import in_process, preload_vllm
+    from glm4voice_api.engine.vllm_engine import engine_core_forks, in_process, preload_vllm
 
     if engine is None:
         preload_vllm()
     # With the engine core in this process, its start captures CUDA graphs of its own: a capture of ours at the
     # same time fails ("operation not permitted when stream is capturing"), so then the audio models come after.
     overlap = engine is not None or not in_process(settings.engine)
-    audio = start_audio_models(settings, paths) if overlap else []
+    # When vLLM forks its engine core, the speech models start loading just after the fork (see engine_core_forks).
+    forked = threading.Event() if engine is None and engine_core_forks(settings.engine, cuda=cuda) else None
+    audio = start_audio_models(settings, paths, after=forked) if overlap else []
     try:
         if engine is None:
             from glm4voice_api.engine.vllm_engine import VllmLLMEngine
 
-            engine = await VllmLLMEngine.start(
-                paths.llm,
-                settings.engine,
-                num_valid_tokens=tokenizer.ids.num_valid,
-                random_weights=random_weights,
-                warmup_constraint=sampling.constraint(),
-            )
+            try:
+                engine = await VllmLLMEngine.start(
+                    paths.llm,
+                    settings.engine,
+                    num_valid_tokens=tokenizer.ids.num_valid,
+                    random_weights=random_weights,
+                    warmup_constraint=sampling.constraint(),
+                    core_started=forked,
+                )
+            finally:
+                if forked is not None and not forked.is_set():  # no fork seen (or the start failed): never wait on
+                    logger.warning("vLLM did not fork its engine core: the speech models loaded after its start")
+                    forked.set()
         closers.append(engine.shutdown)
         audio = audio or start_audio_models(settings, paths)
         audio_input, *schedulers = await asyncio.gather(*audio)
