@@ -217,20 +217,13 @@ class Suite:
                 log(f"{run.name}: ladder stopped: {run.stopped_early}")
                 break
         if not extras:
+            if args.configs_overload and args.overload_seconds > 0:  # the same overload as the defaults', beside it
+                await self.overload(run, url, args.configs_overload, lg)
             return
         if args.baseline_max:  # before the overload: short, and the headline needs it if the time limit cuts in
             await self.baseline(run, url)
         if args.overload_seconds > 0:
-            sessions = max(2, 2 * run.realtime_streams)
-            log(f"{run.name}: overload: {sessions} closed-loop sessions for {args.overload_seconds:g} s")
-            result = await loadgen.run_overload(url, sessions, args.overload_seconds, lg, self.wav_b64)
-            run.overload = result.summary()
-            self.write()
-            o = run.overload
-            log(
-                f"{run.name}: overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
-                f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
-            )
+            await self.overload(run, url, max(2, 2 * run.realtime_streams), lg)
         if args.overload_seconds > 0 and args.overload_extra:
             log(f"{run.name}: extra overload: {args.overload_extra} sessions for {args.overload_seconds:g} s")
             result = await loadgen.run_overload(url, args.overload_extra, args.overload_seconds, lg, self.wav_b64)
@@ -241,6 +234,17 @@ class Suite:
                 f"{run.name}: extra overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
                 f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
             )
+
+    async def overload(self, run: ConfigRun, url: str, sessions: int, lg: argparse.Namespace) -> None:
+        log(f"{run.name}: overload: {sessions} closed-loop sessions for {self.args.overload_seconds:g} s")
+        result = await loadgen.run_overload(url, sessions, self.args.overload_seconds, lg, self.wav_b64)
+        run.overload = result.summary()
+        self.write()
+        o = run.overload
+        log(
+            f"{run.name}: overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
+            f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
+        )
 
     async def realtime(self, url: str) -> None:
         """The Realtime API's voice-to-voice latency on this same server (bench/realtime_bench.py), before the
@@ -369,6 +373,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="an extra configuration beside the defaults (fresh server; KEY as in GLM4VOICE_KEY); repeatable",
     )
     p.add_argument("--configs-levels", type=ints, default=None, help="ladder of the --config runs (default --levels)")
+    p.add_argument(
+        "--configs-overload", type=int, default=0, help="the --config runs also get an overload of this many sessions"
+    )
     p.add_argument("--ready-timeout", type=float, default=420)
     p.add_argument("--prepare-only", action="store_true")
     p.add_argument("--url", default=None, help="use a running bench/gpu_server.py instead of starting one")
