@@ -241,9 +241,9 @@ class DecoderScheduler:
     def _pick(
         self, streams: set[ScheduledStream], first_from: set[ScheduledStream] | None = None
     ) -> list[tuple[ScheduledStream, int]]:
-        """The most urgent due chunk (of `first_from`, if given) plus others of similar length (due now, then due
-        before this pass would end), then free riders up to the graph bucket; rows beyond the first are added only
-        while the pass's expected length stays within `max_pass_s`."""
+        """The most urgent due chunk (of `first_from`, if given) plus others of similar length, then free riders up
+        to the graph bucket; rows beyond the first are added only while the pass's expected length stays within
+        `max_pass_s`."""
         now = time.monotonic()
         pass_s = self.pass_seconds()
         due = [(s, n) for s in streams if (n := self._size(s, now, pass_s)) is not None]
@@ -260,17 +260,7 @@ class DecoderScheduler:
             cost = self.cost.estimate(PassCost.units(len(batch) + 1, max(longest, row_len)))
             return cost is None or cost <= self.max_pass_s
 
-        # Streams that would fall due while this pass runs join it with what they have: after it each would need a
-        # pass of its own, paying the fixed cost of a pass again (and the LLM's process loses that GPU time too).
-        # Streams that start at different times otherwise meet in few passes: 5.3 chunks a pass against 15.5 for
-        # the same 32 streams started together, and 60% more decoder time for the same chunks (H200, 2026-12-04).
-        soon: list[tuple[ScheduledStream, int]] = []
-        if first_from is None:
-            taken = {id(s) for s, _ in due}
-            horizon = pass_s + self._pass_ewma
-            soon = [(s, n) for s in streams if id(s) not in taken and (n := self._size(s, now, horizon)) is not None]
-            soon.sort(key=lambda e: self.policy.urgency(e[0].view(now)))
-        for entry in due[1:] + soon:
+        for entry in due[1:]:
             if len(batch) >= self.max_batch:
                 break
             row_len = self._row_len(*entry)

@@ -162,16 +162,6 @@ def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() ->
     assert {id(s): n for s, n in batch}[id(first)] == 10
 
 
-def test_a_stream_falling_due_during_the_pass_joins_it() -> None:
-    """Staggered streams would otherwise each pay for a pass of their own: one whose buffer runs low before this
-    pass could end goes now with what it has; one with time to spare still waits for its longer chunk."""
-    scheduler = _bare_scheduler(max_batch=8, max_pass_s=None)  # pass 0.05 s: due within 0.1 s, soon within 0.15 s
-    dry = _stream(12, 0.0)
-    soon = _stream(8, 0.42)  # slack 0.42 - 0.3 lead - 0.1 = 0.02 s: due during the pass
-    later = _stream(8, 0.6)  # slack 0.2 s: not yet
-    assert scheduler._pick({dry, soon, later}) == [(dry, 12), (soon, 8)]
-
-
 def test_late_chunks_are_counted_for_capacity_control() -> None:
     """What admission cuts on: any underrun past a stream's first 2 s, and in its first seconds only one over the
     0.25 s start-up slack of the gap-free rule (less is a near miss, which only stops growth)."""
