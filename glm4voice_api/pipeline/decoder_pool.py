@@ -65,10 +65,6 @@ class DecoderPool:
         return sum(s.settled_underruns for s in self.schedulers)
 
     @property
-    def late_starts(self) -> int:
-        return sum(s.late_starts for s in self.schedulers)
-
-    @property
     def near_misses(self) -> int:
         return sum(s.near_misses for s in self.schedulers)
 

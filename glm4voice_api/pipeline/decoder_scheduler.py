@@ -35,9 +35,6 @@ _MIN_WAIT_S = 0.002
 # capacity control stops admitting more streams on these before listeners hear gaps.
 NEAR_MISS_S = 0.1
 _SETTLED_S = 2.0
-# A stream in its first seconds whose chunk came this late (a player that started at its first chunk waited this
-# long) is audibly late: the issue's gap-free rule for admitted streams allows exactly this start-up slack.
-LATE_START_S = 0.25
 
 
 class DecoderStoppedError(RuntimeError):
@@ -90,8 +87,6 @@ class DecoderScheduler:
         self.chunks = 0
         self.underruns = 0
         self.settled_underruns = 0
-        self.late_starts = 0
-        """Chunks of streams in their first seconds that came over LATE_START_S late (capacity control cuts on these)."""
         self.near_misses = 0
         self.failures = 0
         self.busy_seconds = 0.0
@@ -419,24 +414,16 @@ class DecoderScheduler:
         return spent
 
     def _check_timing(self, s: ScheduledStream, left: float) -> None:
-        """Count a chunk that came after the listener ran dry (underrun) or nearly so, for capacity control.
-
-        Past a stream's first 2 s (settled) any underrun counts. In its first seconds only one over LATE_START_S
-        does (`late_starts`), and a smaller one is a near miss: a burst of new streams makes some second chunks a
-        little late at loads the server keeps real time (counting every early underrun cut the limit to 15 at 16
-        streams on an H200, bench/results/gpu_suite_h200_2026-12-04_settled_0.5s.json), while counting none let
-        8.5% of the turns at 2x overload start with an audible gap and the limit never move (H200, 2026-12-04).
-        """
+        """Count a chunk that came after the listener ran dry (underrun) or nearly so; capacity control reads the
+        counts of settled streams only (past their first 2 s: a burst of new streams makes some second chunks late
+        at loads the server keeps real time; counting them cut the limit to 15 at 16 streams on an H200 and queued
+        the newcomers for seconds, bench/results/gpu_suite_h200_2026-12-04_settled_0.5s.json)."""
         settled = s.emitted_samples >= _SETTLED_S * self.sample_rate
         if left < 0:
             self.underruns += 1
             self.settled_underruns += settled
             self.on_underrun()
-        if settled:
-            self.near_misses += 0 <= left < NEAR_MISS_S
-        elif left < -LATE_START_S:
-            self.late_starts += 1
-        elif left < 0:
+        elif left < NEAR_MISS_S and settled:
             self.near_misses += 1
 
     def _finish(self, s: ScheduledStream, streams: set) -> None:

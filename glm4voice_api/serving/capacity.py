@@ -4,15 +4,12 @@ Admitting every request the engine could batch (vLLM's max_num_seqs, 256 on a GP
 listener at once: past the point where the GPU keeps up, all streams start to stutter. The admission limit is
 therefore not a setting but a measurement, adjusted once a second from what the server sees:
 
-- a listener ran dry (the decoder emitted a chunk after the previous audio had finished playing: any such chunk
-  past a stream's first 2 s, and in its first seconds one over 0.25 s late, the start-up slack of the issue's
-  gap-free rule, since a burst of new streams makes some second chunks a little late at loads that are real time;
-  counted by the decoder scheduler): the limit drops to 80% of the most streams that ran in the last `cooldown_s`
-  (a gap is reported seconds after the load that caused it, when some of those streams may have ended), that level
-  is remembered as the knee, and the limit stays put for `cooldown_s`: the underruns of streams admitted before the
-  cut are the same overload and do not cut again. (Counting settled streams only, the limit never moved at 32
-  streams on an H200 while 8.5% of the turns of a 2x overload started with a gap, 2026-12-04 evening; a cut of
-  10% took a 5 s hold per step to come down);
+- a settled stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing,
+  past the stream's first 2 s: a burst of new streams makes some second chunks late at loads that are real time;
+  counted by the decoder scheduler): the limit drops to ~90% of the most streams that ran in the last `cooldown_s` (a gap is reported
+  seconds after the load that caused it, when some of those streams may have ended), that level is remembered as
+  the knee, and the limit stays put for `cooldown_s`: the underruns of streams admitted before the cut are the same
+  overload and do not cut again;
 - chunks arrive just in time (emitted with under 0.1 s of audio left once a stream is past its start: a near
   miss, counted by the decoder scheduler), or the LLM's
   token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75 tokens/s):
@@ -65,8 +62,6 @@ class CapacityController:
     floor: int = 2
     supply_margin: float = 1.5
     """Per-stream LLM tokens/s must exceed this x real time for the limit to grow."""
-    cut: float = 0.2
-    """An underrun cuts the limit to (1 - cut) x the knee: there, at 80% of it, growth is one stream per probe_s."""
     cooldown_s: float = 5.0
     step: float = 0.25
     probe_s: float = 5.0
@@ -97,7 +92,7 @@ class CapacityController:
             if not holding:  # one cut per overload: later underruns of the same streams are its echo
                 peak = max(active for _, active in self._recent)
                 self.knee = min(self.limit, peak)
-                self._set(self.knee - max(1, math.ceil(self.cut * self.knee)), "underrun")
+                self._set(self.knee - max(1, math.ceil(0.1 * self.knee)), "underrun")
                 self._hold_until = now.at + self.cooldown_s
         elif now.near_misses > last.near_misses:
             self.reason = "near miss"
@@ -145,7 +140,7 @@ def capacity_signals(engine: object, decoder: object, queue: object) -> Callable
     def read() -> CapacitySignals:
         return CapacitySignals(
             at=time.monotonic(),
-            underruns=decoder.settled_underruns + decoder.late_starts,  # type: ignore[attr-defined]
+            underruns=decoder.settled_underruns,  # type: ignore[attr-defined]
             near_misses=decoder.near_misses,  # type: ignore[attr-defined]
             generated_tokens=generated(),
             engine_active=engine.active_requests(),  # type: ignore[attr-defined]

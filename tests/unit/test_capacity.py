@@ -39,10 +39,10 @@ def test_underrun_cuts_and_holds_off_growth() -> None:
     c = CapacityController(ceiling=256, initial=64, cooldown_s=3)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=64))
-    assert c.update(feed.tick(tok_per_stream=60, active=60, underruns=2)) == 51  # 64 (the recent peak) - 20%
+    assert c.update(feed.tick(tok_per_stream=60, active=60, underruns=2)) == 57  # 64 (the recent peak) - 10%
     for _ in range(2):  # cooling down: no growth although healthy and full
-        assert c.update(feed.tick(tok_per_stream=60, active=51, queued=9)) == 51
-    assert c.update(feed.tick(tok_per_stream=60, active=51, queued=9)) == 52  # at 80% of the knee: one more
+        assert c.update(feed.tick(tok_per_stream=60, active=57, queued=9)) == 57
+    assert c.update(feed.tick(tok_per_stream=60, active=57, queued=9)) == 58  # past 80% of the knee: one more
 
 
 def test_bounds_hold() -> None:
@@ -64,17 +64,17 @@ def test_one_cut_per_overload_from_the_recent_peak() -> None:
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=40))
     c.update(feed.tick(tok_per_stream=60, active=30))
-    assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=3)) == 32  # 40 (the recent peak) - 20%
+    assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=3)) == 36  # 40 (the recent peak) - 10%
     assert c.knee == 40
     for _ in range(4):  # the streams admitted before the cut keep running dry for a while: no further cuts
-        assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=2)) == 32
+        assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=2)) == 36
 
 
 def test_grows_fast_up_to_80_percent_of_the_knee_then_one_stream_per_probe() -> None:
     c = CapacityController(ceiling=256, initial=30, cooldown_s=2, probe_s=3)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=30))
-    assert c.update(feed.tick(tok_per_stream=60, active=30, underruns=1)) == 24  # knee 30
+    assert c.update(feed.tick(tok_per_stream=60, active=30, underruns=1)) == 27  # knee 30
     c.limit = 10  # say the load fell away and came back
     assert c.update(feed.tick(tok_per_stream=60, active=10, queued=5)) == 10  # still cooling down
     limits = [c.update(feed.tick(tok_per_stream=60, active=c.limit, queued=5)) for _ in range(10)]

@@ -162,21 +162,6 @@ def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() ->
     assert {id(s): n for s, n in batch}[id(first)] == 10
 
 
-def test_late_chunks_are_counted_for_capacity_control() -> None:
-    """What admission cuts on: any underrun past a stream's first 2 s, and in its first seconds only one over the
-    0.25 s start-up slack of the gap-free rule (less is a near miss, which only stops growth)."""
-    scheduler = _bare_scheduler(max_batch=4, max_pass_s=None)
-    scheduler.sample_rate = 22050
-    scheduler.underruns = scheduler.settled_underruns = scheduler.late_starts = scheduler.near_misses = 0
-    scheduler.on_underrun = lambda: None
-    young, settled = SimpleNamespace(emitted_samples=22050), SimpleNamespace(emitted_samples=3 * 22050)
-    for stream, left in [(young, 0.05), (young, -0.1), (young, -0.3), (settled, 0.5), (settled, 0.05)]:
-        scheduler._check_timing(stream, left)
-    assert (scheduler.late_starts, scheduler.settled_underruns, scheduler.near_misses) == (1, 0, 2)
-    scheduler._check_timing(settled, -0.01)
-    assert (scheduler.late_starts, scheduler.settled_underruns, scheduler.underruns) == (1, 1, 3)
-
-
 def test_pass_cost_fits_fixed_and_per_unit_time() -> None:
     cost = PassCost()
     assert cost.estimate(100) is None  # nothing measured yet
