@@ -417,7 +417,11 @@ class DecoderScheduler:
         """Count a chunk that came after the listener ran dry (underrun) or nearly so; capacity control reads the
         counts of settled streams only (past their first 2 s: a burst of new streams makes some second chunks late
         at loads the server keeps real time; counting them cut the limit to 15 at 16 streams on an H200 and queued
-        the newcomers for seconds, bench/results/gpu_suite_h200_2026-12-04_settled_0.5s.json)."""
+        the newcomers for seconds, bench/results/gpu_suite_h200_2026-12-04_settled_0.5s.json). Counting only early
+        chunks over 0.25 s late, with a 20% cut, was no better: at 2x overload (32 sessions) the limit held ~22-33,
+        the queued newcomers then started one by one, the decoder met 5.5 streams a pass instead of 15.5 (60% more
+        decoder time for the same chunks) and 31% of the admitted turns stayed gap-free, against 87-92% with no
+        cut at all (H200, 2026-12-04 evening, bench/results/GPU.md)."""
         settled = s.emitted_samples >= _SETTLED_S * self.sample_rate
         if left < 0:
             self.underruns += 1
