@@ -159,6 +159,7 @@ def loadgen_args(args: argparse.Namespace, url: str, turns: int | None = None) -
     return loadgen.parse_args(
         ["--url", url, "--turns", str(turns or args.turns), "--max-tokens", str(args.max_tokens)]
         + ["--ramp", str(args.ramp), "--question-seconds", "3", "--timeout", str(args.turn_timeout)]
+        + ([] if args.overload_stagger is None else ["--overload-stagger", str(args.overload_stagger)])
     )
 
 
@@ -174,6 +175,7 @@ class Suite:
             "turns": args.turns,
             "max_tokens": args.max_tokens,
             "ramp_s": args.ramp,
+            "overload_stagger_s": args.overload_stagger if args.overload_stagger is not None else args.ramp,
             "question_s": 3.0,
             "warmup_levels": args.warmup,
         }
@@ -373,6 +375,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="an extra configuration beside the defaults (fresh server; KEY as in GLM4VOICE_KEY); repeatable",
     )
     p.add_argument("--configs-levels", type=ints, default=None, help="ladder of the --config runs (default --levels)")
+    p.add_argument(
+        "--overload-stagger",
+        type=float,
+        default=None,
+        help="overload sessions start uniformly within this many seconds (default --ramp: in step)",
+    )
     p.add_argument(
         "--configs-overload", type=int, default=0, help="the --config runs also get an overload of this many sessions"
     )

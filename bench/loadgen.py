@@ -212,12 +212,18 @@ async def run_overload(
     url: str, sessions: int, seconds: float, args: argparse.Namespace, wav_b64: str
 ) -> OverloadResult:
     """`sessions` closed-loop clients send single turns back to back until `seconds` have passed (no turn starts
-    after; those running finish). A 429 waits Retry-After, capped at RETRY_AFTER_CAP_S, then tries again."""
+    after; those running finish). A 429 waits Retry-After, capped at RETRY_AFTER_CAP_S, then tries again.
+
+    Sessions start uniformly within `--ramp` seconds, or within `--overload-stagger` seconds when given: started
+    together, equal turns stay in step (a burst every turn, which batches well in the decoder); spread over a turn's
+    length they model users who arrive at different times (bench/results/GPU.md: the decoder then meets far fewer
+    streams per pass)."""
     rng = random.Random(args.seed + 7919 * sessions)
     result = OverloadResult(sessions=sessions, seconds=seconds)
+    spread = args.ramp if args.overload_stagger is None else args.overload_stagger
 
     async def session(index: int, client: httpx.AsyncClient, start: float) -> None:
-        await asyncio.sleep(rng.uniform(0, min(args.ramp, seconds)))
+        await asyncio.sleep(rng.uniform(0, min(spread, seconds)))
         turn = 0
         while time.perf_counter() - start < seconds:
             record = TurnResult(session=index, turn=turn, started_s=time.perf_counter() - start)
@@ -277,6 +283,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overload-sessions", type=int, default=0, help="closed-loop clients of the overload run (0: none)")
     p.add_argument("--overload-seconds", type=float, default=60.0)
+    p.add_argument(
+        "--overload-stagger", type=float, default=None, help="overload sessions start within this many s (--ramp)"
+    )
     p.add_argument("--keep-turns", action="store_true", help="write every turn's figures and chunk arrivals too")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)

@@ -136,3 +136,23 @@ def test_overload_summary():
 
     empty = overload_summary(sessions=2, seconds=5, turns=rejected, wall_s=5.0)
     assert empty.admitted == 0 and empty.gap_free_fraction_of_admitted is None
+
+
+@pytest.mark.parametrize(("stagger", "spread_at_least"), [(None, 0.0), (0.6, 0.3)])
+def test_overload_sessions_start_within_the_stagger(monkeypatch: pytest.MonkeyPatch, stagger, spread_at_least):
+    """Sessions start within --ramp (in step) or within --overload-stagger (users arriving at different times)."""
+    import asyncio
+
+    from bench import loadgen
+
+    async def fake_turn(client, args, wav_b64, record, on_chunk) -> None:
+        record.status = 200
+        await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(loadgen, "run_turn", fake_turn)
+    argv = ["--ramp", "0.05"] + ([] if stagger is None else ["--overload-stagger", str(stagger)])
+    result = asyncio.run(loadgen.run_overload("http://127.0.0.1:9", 12, 0.8, loadgen.parse_args(argv), ""))
+    firsts = [min(t.started_s for t in result.turns if t.session == i) for i in range(12)]
+    limit = 0.05 if stagger is None else stagger
+    assert max(firsts) <= limit + 0.05
+    assert max(firsts) - min(firsts) >= spread_at_least
