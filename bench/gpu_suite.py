@@ -44,7 +44,7 @@ if str(REPO / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO / "plugins"))
 
 from bench import loadgen
-from bench.playback import TurnResult, level_summary
+from bench.playback import OverloadSummary, TurnResult, level_summary
 from bench.suite_results import ConfigRun, ConfigSpec, GpuSplit, ServerStats, SuiteLevel, gpu_name, write_results
 
 STOP_PLAYABLE_P50_MS = 3000.0
@@ -220,33 +220,29 @@ class Suite:
                 break
         if not extras:
             if args.configs_overload and args.overload_seconds > 0:  # the same overload as the defaults', beside it
-                await self.overload(run, url, args.configs_overload, lg)
+                run.overload = await self.overload(run, url, args.configs_overload, lg)
+                self.write()
             return
         if args.baseline_max:  # before the overload: short, and the headline needs it if the time limit cuts in
             await self.baseline(run, url)
         if args.overload_seconds > 0:
-            await self.overload(run, url, max(2, 2 * run.realtime_streams), lg)
-        if args.overload_seconds > 0 and args.overload_extra:
-            log(f"{run.name}: extra overload: {args.overload_extra} sessions for {args.overload_seconds:g} s")
-            result = await loadgen.run_overload(url, args.overload_extra, args.overload_seconds, lg, self.wav_b64)
-            run.overload_extra = result.summary()
+            run.overload = await self.overload(run, url, max(2, 2 * run.realtime_streams), lg)
             self.write()
-            o = run.overload_extra
-            log(
-                f"{run.name}: extra overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
-                f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
-            )
+        if args.overload_seconds > 0 and args.overload_extra:
+            run.overload_extra = await self.overload(run, url, args.overload_extra, lg, label="extra overload")
+            self.write()
 
-    async def overload(self, run: ConfigRun, url: str, sessions: int, lg: argparse.Namespace) -> None:
-        log(f"{run.name}: overload: {sessions} closed-loop sessions for {self.args.overload_seconds:g} s")
+    async def overload(
+        self, run: ConfigRun, url: str, sessions: int, lg: argparse.Namespace, label: str = "overload"
+    ) -> OverloadSummary:
+        log(f"{run.name}: {label}: {sessions} closed-loop sessions for {self.args.overload_seconds:g} s")
         result = await loadgen.run_overload(url, sessions, self.args.overload_seconds, lg, self.wav_b64)
-        run.overload = result.summary()
-        self.write()
-        o = run.overload
+        o = result.summary()
         log(
-            f"{run.name}: overload: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
+            f"{run.name}: {label}: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "
             f"other errors {o.errors_other_than_429}, gap-free {o.gap_free_fraction_of_admitted} of admitted"
         )
+        return o
 
     async def realtime(self, url: str) -> None:
         """The Realtime API's voice-to-voice latency on this same server (bench/realtime_bench.py), before the
