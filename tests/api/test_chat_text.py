@@ -67,10 +67,8 @@ def test_client_disconnect_aborts_the_engine_request(server: RunningServer) -> N
     stream = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "Talk for a long time"}], max_tokens=800, stream=True
     )
-    seen = 0
-    for _ in stream:
-        seen += 1
-        if seen >= 3:
+    for seen, _ in enumerate(stream, start=1):
+        if seen >= 3:  # a few chunks in, then the client goes away
             break
     stream.close()
     deadline = time.monotonic() + 15  # 800 tokens would take far longer than this on the CPU
