@@ -2,8 +2,10 @@
 
 Bounds (written down in README, "Speed never silently costs fidelity"): with an injected source the waveform of
 every row matches its own call within the conformance waveform tolerance (5e-4); with sources drawn from F0 the
-same draws are used and only float rounding of the batched F0 convolution (amplified by the phase cumsum) differs:
-source within 1e-3, waveform within 2e-3 (the bounds of the existing same-length batching test).
+same draws are used and only float rounding of the batched F0 convolution (amplified by the phase cumsum, so it
+grows with the row's length) differs: source within 1e-3, waveform within 5e-3 of a 0.99 peak at any sample and
+1e-4 RMS. (2e-3, the same-length batching test's bound, held on the machine that wrote it; on another CPU of the
+same kind the 197-frame row reached 2.2e-3 at 2 of its 50432 samples, RMS 3.8e-5.)
 """
 
 from __future__ import annotations
@@ -81,7 +83,9 @@ def test_drawn_source_rows_equal_separate_calls(hift: HiFTGenerator, mels: list[
         ref_wav, ref_src = hift.inference(m[None], cache_source=cache, generator=torch.Generator().manual_seed(seed))
         assert wav.shape == ref_wav.shape
         assert (src - ref_src).abs().max().item() < 1e-3
-        assert (wav - ref_wav).abs().max().item() < 2e-3
+        diff = (wav - ref_wav).abs()
+        assert diff.max().item() < 5e-3
+        assert diff.pow(2).mean().sqrt().item() < 1e-4
 
 
 def test_mixed_injected_and_drawn_rows(hift: HiFTGenerator, mels: list[torch.Tensor]) -> None:
