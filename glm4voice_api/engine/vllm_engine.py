@@ -52,7 +52,7 @@ def engine_core_forks(settings: EngineSettings, *, cuda: bool) -> bool:
 
     On a GPU vLLM forks unless told to spawn or CUDA is already initialised in this process (then it switches to
     spawn by itself); its CPU platform always spawns. A forked engine core skips the ~28 s a spawned one spends
-    importing torch and vLLM again (H200: ready in 86.5-99.7 s on four fresh machines against 97-132 s spawned,
+    importing torch and vLLM again (H200: ready in 86.0-99.7 s on five fresh machines against 97-132 s spawned,
     2026-12-04), but nothing may initialise CUDA in this process between vLLM's check and its fork: the caller
     starts CUDA work only after `start(core_started=...)` has signalled the fork.
     """
