@@ -109,8 +109,17 @@ def _create_voice(hardened: Hardened, name: str) -> httpx.Response:
 
 def test_voice_creation_is_admitted_like_other_model_work(hardened: Hardened) -> None:
     # The tenant's one request slot is taken by a stream: creating a voice (audio decoding, the speech tokenizer)
-    # waits its turn like chat and speech do; here the tenant limit refuses it at once.
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 600, "stream": True}
+    # waits its turn like chat and speech do; here the tenant limit refuses it at once. A spoken answer holds the
+    # slot: a text-only one (small deltas, unread by this client) could all fit in the socket buffers and end, and
+    # free the slot, before the voice request came (seen on a fast machine, 2026-12-04).
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 600,
+        "stream": True,
+        "modalities": ["text", "audio"],
+        "audio": {"voice": "alloy", "format": "pcm16"},
+    }
     headers = {"Authorization": f"Bearer {STATIC_KEY}"}
     url = hardened.server.base_url + "/v1/chat/completions"
     with httpx.stream("POST", url, json=body, headers=headers, timeout=300) as running:
