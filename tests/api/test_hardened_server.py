@@ -126,7 +126,7 @@ def test_voice_creation_is_admitted_like_other_model_work(hardened: Hardened) ->
         assert running.status_code == 200
         lines = running.iter_lines()
         next(lines)
-        assert hardened.server.metric("glm4voice_active_streams") == 1  # still running
+        assert hardened.server.metric("glm4voice_admission_active") == 1  # its slot is still held
         refused = _create_voice(hardened, "Busy")
         assert refused.status_code == 429, refused.text
         assert refused.json()["error"]["type"] == "rate_limit_error" and int(refused.headers["retry-after"]) >= 1

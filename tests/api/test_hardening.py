@@ -125,8 +125,9 @@ def test_the_admission_slot_is_held_until_the_stream_ends(server: RunningServer)
     with httpx.stream("POST", url, json=_chat_body(400, stream=True, **AUDIO), timeout=300) as response:
         frames = _frames(response)
         next(frames)
+        # Held while the body is still being sent. (Not `glm4voice_active_streams`: that counts responses still
+        # generating, and on a fast machine this one had produced every event, into the socket buffers, by now.)
         assert server.metric("glm4voice_admission_active") == 1
-        assert server.metric("glm4voice_active_streams") == 1
         for _ in frames:
             pass
     deadline = time.monotonic() + 30
