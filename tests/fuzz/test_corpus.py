@@ -87,6 +87,10 @@ def _send(server: RunningServer, case: Body) -> tuple[int, str, bytes]:
 @pytest.mark.parametrize("case", body_cases(), ids=lambda c: c.id)
 def test_malformed_body(server: RunningServer, case: Body) -> None:
     status, content_type, content = _send(server, case)
+    if case.id.endswith("-content-length-short") and status == 400 and b"Invalid HTTP request received." in content:
+        # The bytes past Content-Length are a second request to HTTP: uvicorn's parser may reject that one (with its
+        # own 400, closing the connection) before the first one's answer is written; seen on a fast machine.
+        return
     allowed = case.status if isinstance(case.status, tuple) else (case.status,)
     assert status in allowed, (dump(case), status, content[:500])
     if status >= 400 and case.envelope:
