@@ -248,6 +248,9 @@ def test_dead_replica_fails_only_its_own_streams(cluster: Cluster) -> None:
         run.join(240)
         assert not run.is_alive()
         if run.replica == victim:  # cut mid-stream: a connection error, which clients retry
+            if run.error is None:  # or it had ended before the kill (seen on a fast machine)
+                assert run.finish_reason == "length", run.finish_reason
+                continue
             assert isinstance(run.error, httpx.TransportError | openai.APIConnectionError), repr(run.error)
         else:
             assert run.error is None, repr(run.error)
