@@ -117,12 +117,13 @@ class SpeechDecoderSettings(BaseModel):
     )
     first_chunk: int = Field(10, ge=6, description="Adaptive: audio tokens in a reply's first chunk.")
     max_chunk: int = Field(160, ge=6, description="Adaptive: most audio tokens in one chunk.")
-    lead_ms: float = Field(
-        300.0, ge=0, description="Adaptive: decode once the listener's buffer is below this plus the expected wait."
+    lead_ms: float = Field(300.0, ge=0, description="Adaptive, hold: decode once the buffer is below this + the wait.")
+    hold: bool = Field(
+        False,
+        description="Deadline batching: a streamed reply's due chunk waits while its listener's buffer allows, and goes "
+        "with the next pass another stream needs (same audio). Off: not measured on a GPU yet (bench/results/GPU.md).",
     )
-    max_batch: int = Field(
-        32, ge=1, description="Most stream chunks decoded in one flow + HiFT pass (CUDA graphs: powers of two)."
-    )
+    max_batch: int = Field(32, ge=1, description="Most stream chunks in one decoder pass (CUDA graphs: powers of 2).")
     max_pass_ms: float = Field(
         0.0,
         ge=0,
@@ -139,9 +140,7 @@ class SpeechDecoderSettings(BaseModel):
         description="Euler steps of the flow's ODE (the reference: 10). Fewer: less decoder work, further from the "
         "reference (tests/models/test_flow.py bounds it).",
     )
-    cuda_graphs: bool = Field(
-        True, description="On CUDA, run the flow's ODE as captured CUDA graphs (per shape bucket)."
-    )
+    cuda_graphs: bool = Field(True, description="On CUDA, run the flow's ODE as CUDA graphs (per shape bucket).")
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "
@@ -258,9 +257,7 @@ class RealtimeSettings(BaseModel):
     max_event_bytes: int = Field(
         15 * 1024 * 1024, ge=1024, description="Largest Realtime client event (one WebSocket message) in bytes."
     )
-    max_buffer_s: float = Field(
-        300.0, gt=0, description="Most seconds of audio the Realtime input buffer holds before a commit."
-    )
+    max_buffer_s: float = Field(300.0, gt=0, description="Most seconds of audio the Realtime input buffer holds.")
     client_secret_max_ttl_s: int = Field(
         7200, ge=10, description="Longest lifetime of a Realtime client secret (ek_...) in seconds."
     )

@@ -38,8 +38,8 @@ class DecoderPool:
     async def close(self) -> None:
         await asyncio.gather(*(s.close() for s in self.schedulers))
 
-    def open_stream(self, voice: Voice | None = None) -> ScheduledStream:
-        return min(self.schedulers, key=DecoderScheduler.active_streams).open_stream(voice)
+    def open_stream(self, voice: Voice | None = None, *, live: bool = False) -> ScheduledStream:
+        return min(self.schedulers, key=DecoderScheduler.active_streams).open_stream(voice, live=live)
 
     def active_streams(self) -> int:
         return sum(s.active_streams() for s in self.schedulers)

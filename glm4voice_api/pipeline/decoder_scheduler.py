@@ -52,6 +52,8 @@ class DecoderScheduler:
         own_stream: bool = False,
         max_pass_s: float | None = None,
         preempt: bool = False,
+        hold_lead_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.decoder = decoder
         self.stream_config = stream_config or DecoderStreamConfig()
@@ -70,6 +72,17 @@ class DecoderScheduler:
         (2026-12-04) it cost more than it saved, 16 streams 1409 / 1597 ms playable p50 / p99 against 902 / 1078
         without it (the first chunks, which used to share a pass, each got a short pass of their own)."""
         self.preemptions = 0
+        self.hold_lead_s = hold_lead_s
+        """Deadline batching (None: off, every due chunk is decoded at once). A due chunk of a live stream that has
+        more than this plus the expected pass wait buffered is held; it goes with the next pass that some stream's
+        need starts (a first chunk, a final flush, a buffer about to run low), or its own once it runs low. Why:
+        streams that arrive at different times fall due at different times, and decoding each chunk at once gave
+        passes of ~5.5 rows instead of ~16, at a fixed cost of ~250 ms each beside the LLM (H200, 2026-12-04). The
+        chunks themselves are unchanged (same boundaries, same audio); only when they are decoded moves."""
+        self.held_passes = 0
+        """Passes that took at least one held chunk (how much deadline batching merged)."""
+        self.clock = clock
+        """Time source (time.monotonic; a simulated clock in bench/sim_schedule.py)."""
         self._deferred: list = []
         """Queue items taken between steps that must wait for the running pass (a close, the stop marker)."""
         self._step_mark = 0.0
@@ -113,12 +126,13 @@ class DecoderScheduler:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
 
-    def open_stream(self, voice: Voice | None = None) -> ScheduledStream:
+    def open_stream(self, voice: Voice | None = None, *, live: bool = False) -> ScheduledStream:
+        """A decoder session; `live`: its audio is played as it comes (see `ScheduledStream.live`)."""
         if self._thread is not None and not self.alive:
             raise DecoderStoppedError("the speech decoder has stopped")  # fail now, not after the first-audio limit
         with self._lock:
             self._open += 1
-        return ScheduledStream(self, voice)
+        return ScheduledStream(self, voice, live=live)
 
     def active_streams(self) -> int:
         """Sessions opened and not yet freed (leak checks, metrics)."""
@@ -183,9 +197,11 @@ class DecoderScheduler:
         """How long the worker may sleep: until a waiting stream's buffer nears its end (None: until new work)."""
         if stopping:
             return 0.0
-        now = time.monotonic()
+        now = self.clock()
         pass_s = self.pass_seconds()
         waits = [w for s in streams if (w := self.policy.wake_in(s.view(now), pass_s)) is not None]
+        if self.hold_lead_s is not None:  # a held chunk must go once its stream's buffer runs low
+            waits += [self._hold_slack(s, now, pass_s) for s in streams if self._size(s, now, pass_s) is not None]
         return max(_MIN_WAIT_S, min(waits)) if waits else None
 
     def _drain(self, timeout: float | None) -> list:
@@ -228,6 +244,36 @@ class DecoderScheduler:
             return longest if longest is not None and len(s._tokens) > longest else -1
         return self.policy.chunk_size(s.view(now), pass_s)
 
+    def _hold_slack(self, s: ScheduledStream, now: float, pass_s: float) -> float:
+        """Seconds a due chunk of `s` may still be held (deadline batching); <= 0: it must go now."""
+        if not s.live or s.first_emit is None or s._final:
+            return 0.0  # whole-file replies, first chunks (first audio) and final flushes never wait
+        return s.buffered_seconds(now) - (self.hold_lead_s or 0.0) - pass_s
+
+    def _needed(self, s: ScheduledStream, size: int, now: float, pass_s: float) -> bool:
+        return size < 0 or self._hold_slack(s, now, pass_s) <= 0
+
+    def _held_budget(self, batch: list[tuple[ScheduledStream, int]], longest: int, now: float) -> float | None:
+        """Seconds the pass of the needed rows `batch` may take once held rows join: no needed listener may run dry
+        for them (its buffer, less `NEAR_MISS_S`), and a first chunk's pass grows by at most a quarter (its first
+        audio waits for the whole pass). None: no cost estimate yet (held rows then join only into free rows)."""
+        alone = self.cost.estimate(PassCost.units(len(batch), longest))
+        if alone is None:
+            return None
+        budget = 1.25 * alone
+        buffers = [s.buffered_seconds(now) - NEAR_MISS_S for s, _ in batch if s.first_emit is not None]
+        if buffers and all(s.first_emit is not None for s, _ in batch):
+            budget = max(budget, min(buffers))
+        return budget
+
+    def _held_fits(self, batch: list, longest: int, row_len: int, budget: float | None) -> bool:
+        """A held row joins only within the budget (without one: only where the pass costs the same)."""
+        units = PassCost.units(len(batch) + 1, max(longest, row_len))
+        if budget is None:
+            return units <= PassCost.units(len(batch), longest)
+        cost = self.cost.estimate(units)
+        return cost is not None and cost <= budget
+
     def _row_len(self, s: ScheduledStream, size: int) -> int:
         context = self.stream_config.max_prompt_tokens
         history = s.decoded if context is None else min(s.decoded, context)
@@ -239,12 +285,19 @@ class DecoderScheduler:
         """The most urgent due chunk (of `first_from`, if given) plus others of similar length, then free riders up
         to the graph bucket; rows beyond the first are added only while the pass's expected length stays within
         `max_pass_s`."""
-        now = time.monotonic()
+        now = self.clock()
         pass_s = self.pass_seconds()
         due = [(s, n) for s in streams if (n := self._size(s, now, pass_s)) is not None]
         due.sort(key=lambda e: (first_from is not None and e[0] not in first_from, self.policy.urgency(e[0].view(now))))
         if not due or (first_from is not None and due[0][0] not in first_from):
             return []
+        if self.hold_lead_s is not None and first_from is None:
+            needed = [e for e in due if self._needed(*e, now, pass_s)]
+            if not needed:
+                return []  # every due chunk can wait: it goes with the next pass some stream needs
+            # The most urgent needed chunk leads the pass (it sets the similar-length bound); held ones ride along.
+            leads = {id(s) for s, _ in needed}
+            due = needed + [e for e in due if id(e[0]) not in leads]
         limit = 1.25 * self._row_len(*due[0]) + 16
         batch = [due[0]]
         longest = self._row_len(*due[0])
@@ -255,13 +308,21 @@ class DecoderScheduler:
             cost = self.cost.estimate(PassCost.units(len(batch) + 1, max(longest, row_len)))
             return cost is None or cost <= self.max_pass_s
 
+        budget: float | None = None  # how long the pass may grow to with held rows (set once the needed are in)
         for entry in due[1:]:
             if len(batch) >= self.max_batch:
                 break
             row_len = self._row_len(*entry)
-            if row_len <= limit and fits(row_len):
-                batch.append(entry)
-                longest = max(longest, row_len)
+            if not (row_len <= limit and fits(row_len)):
+                continue
+            if self.hold_lead_s is not None and first_from is None and id(entry[0]) not in leads:
+                budget = self._held_budget(batch, longest, now) if budget is None else budget
+                if not self._held_fits(batch, longest, row_len, budget):
+                    continue
+            batch.append(entry)
+            longest = max(longest, row_len)
+        if self.hold_lead_s is not None and first_from is None:
+            self.held_passes += any(id(s) not in leads for s, _ in batch)
         # A CUDA-graph pass is padded to a power-of-two batch: those rows cost nothing, so give them to streams
         # that have a steady-size chunk waiting (they get ahead, and their next chunk can be longer).
         room = min(self.max_batch, 1 << (len(batch) - 1).bit_length()) - len(batch)
@@ -314,7 +375,7 @@ class DecoderScheduler:
     # -- passes ---------------------------------------------------------------------------------------------
 
     def _decode(self, batch: list[tuple[ScheduledStream, int]], streams: set, *, nested: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for s, _ in batch:
             if s.first_sent is None:
                 s.first_sent = now
@@ -322,13 +383,13 @@ class DecoderScheduler:
         if not rows:
             return
         longest = max(len(r.prompt_tokens) + len(r.tokens) for _, r in rows)
-        start = time.perf_counter()
+        start = self.clock()
         inner = 0.0  # time spent in passes run between this one's steps (not this pass's cost)
         decode_pass = None
         try:
             decode_pass = self.decoder.begin_batch([r for _, r in rows])
             if not nested:
-                self._step_mark = time.perf_counter()
+                self._step_mark = self.clock()
             while decode_pass.step():
                 if self.preempt and not nested:
                     inner += self._between_steps(streams, decode_pass, rows, longest)
@@ -341,7 +402,7 @@ class DecoderScheduler:
                 self._fail(s, exc, streams)
             return
         finally:
-            elapsed = time.perf_counter() - start - inner
+            elapsed = self.clock() - start - inner
             self.busy_seconds += elapsed
             self._pass_ewma = 0.8 * self._pass_ewma + 0.2 * elapsed
             self.cost.observe(PassCost.units(len(rows), longest), elapsed)
@@ -351,7 +412,7 @@ class DecoderScheduler:
 
     def _emit(self, rows: list[tuple[ScheduledStream, ChunkRequest]], results: list[ChunkResult], streams: set) -> None:
         """Commit each row's result to its stream and send its audio."""
-        now = time.monotonic()
+        now = self.clock()
         for (s, request), result in zip(rows, results, strict=True):
             try:
                 samples = s._decoder_stream().commit(result)
@@ -383,7 +444,7 @@ class DecoderScheduler:
         """Between two ODE steps of `running`: take new tokens, and run a short pass now for streams that cannot
         wait for `running` to end. Returns the seconds spent in that pass (0 if none ran)."""
         running.wait()  # the GPU is now at most one step behind: times are real
-        mark = time.perf_counter()
+        mark = self.clock()
         step_s, self._step_mark = mark - self._step_mark, mark
         for item in self._drain(0.0):
             if item is not None and item[0] == "tokens":
@@ -391,7 +452,7 @@ class DecoderScheduler:
             else:
                 self._deferred.append(item)  # a close or stop waits for the running pass (it may hold the stream)
         busy = {id(s) for s, _ in rows} | {id(i[1]) for i in self._deferred if i is not None}
-        now = time.monotonic()
+        now = self.clock()
         left = running.remaining_steps * step_s + self._pass_ewma
         urgent = {
             s
@@ -407,9 +468,9 @@ class DecoderScheduler:
         if not batch or max(self._row_len(s, n) for s, n in batch) > longest // 2:
             return 0.0
         self.preemptions += 1
-        start = time.perf_counter()
+        start = self.clock()
         self._decode(batch, streams, nested=True)
-        spent = time.perf_counter() - start
+        spent = self.clock() - start
         self._step_mark += spent
         return spent
 

@@ -170,6 +170,7 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         own_stream=own_stream,
         max_pass_s=options.max_pass_ms / 1000 or None,
         preempt=options.preempt,
+        hold_lead_s=options.lead_ms / 1000 if options.hold else None,
     )
     scheduler.start()
     return scheduler

@@ -7,7 +7,6 @@ The event loop calls `push`, `audio`, `decode` and `close`; every other field be
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,10 +23,13 @@ END = None
 class ScheduledStream:
     """One reply's decoder session: push audio tokens in, iterate decoded audio out."""
 
-    def __init__(self, scheduler: Any, voice: Voice | None) -> None:
+    def __init__(self, scheduler: Any, voice: Voice | None, *, live: bool = False) -> None:
         # scheduler: its DecoderScheduler (not imported: that module imports this one)
         self._scheduler = scheduler
         self._voice = voice
+        self.live = live
+        """A listener plays the audio as it comes (a streamed reply): its chunks may wait while its buffer allows
+        (deadline batching). A whole-file reply waits for its last chunk, so its chunks never wait."""
         self._loop = asyncio.get_running_loop()
         self._audio: asyncio.Queue = asyncio.Queue()
         self.closed = False
@@ -39,7 +41,7 @@ class ScheduledStream:
         self.decoded = 0
         self.emitted_samples = 0
         self.first_emit: float | None = None
-        self.opened = time.monotonic()
+        self.opened = scheduler.clock()
         self.received = 0
         """Audio tokens pushed so far (with `opened`: the stream's token supply rate)."""
         self.first_ready: float | None = None
@@ -51,7 +53,7 @@ class ScheduledStream:
         """Hand new audio tokens to the decoder (non-blocking); `final` flushes everything left."""
         if self.closed:
             raise RuntimeError("stream is closed")
-        self._scheduler._put(("tokens", self, list(tokens), final, time.monotonic()))
+        self._scheduler._put(("tokens", self, list(tokens), final, self._scheduler.clock()))
 
     async def audio(self) -> AsyncIterator[np.ndarray]:
         """Decoded 22.05 kHz float32 chunks as they are ready, until the final flush; a decoder error is raised."""

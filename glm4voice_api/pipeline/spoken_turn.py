@@ -30,14 +30,18 @@ _END = object()
 
 
 class SpokenTurn:
-    def __init__(self, turn: Turn, scheduler: DecoderScheduler, voice: Voice | None = None) -> None:
+    def __init__(
+        self, turn: Turn, scheduler: DecoderScheduler, voice: Voice | None = None, *, live: bool = False
+    ) -> None:
         self.turn = turn
         self.scheduler = scheduler
         self.voice = voice
+        self.live = live
+        """The audio is streamed to a listener as it comes (the decoder may then hold chunks its buffer allows)."""
 
     async def events(self) -> AsyncIterator[TurnEvent | AudioChunk]:
         out: asyncio.Queue = asyncio.Queue()
-        stream = self.scheduler.open_stream(self.voice)
+        stream = self.scheduler.open_stream(self.voice, live=self.live)
 
         async def read_engine() -> None:
             try:

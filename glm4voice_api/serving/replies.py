@@ -47,12 +47,21 @@ class Replies:
         return Turn(self.engine, self.tokenizer, prompt, params, request_id)
 
     def events(
-        self, turn: Turn, *, spoken: bool, voice: Voice | None = None, stream: bool = False
+        self,
+        turn: Turn,
+        *,
+        spoken: bool,
+        voice: Voice | None = None,
+        stream: bool = False,
+        live: bool | None = None,
     ) -> AsyncIterator[TurnEvent | AudioChunk]:
-        """The turn's events (with `AudioChunk`s of speech when `spoken`) under the time limits."""
+        """The turn's events (with `AudioChunk`s of speech when `spoken`) under the time limits. `live`: a listener
+        plays the audio at its own rate as it comes (default: `stream`), so the decoder may hold chunks the
+        listener's buffer allows; not when the audio plays faster than it is decoded (speed > 1)."""
         if not spoken:
             return self.time_limits.bounded(turn.events(), stream=stream)
-        speech = SpokenTurn(turn, self.decoder, voice).events()  # type: ignore[arg-type]
+        live = stream if live is None else live
+        speech = SpokenTurn(turn, self.decoder, voice, live=live).events()  # type: ignore[arg-type]
         return self.time_limits.bounded(speech, is_audio=is_audio, stream=stream)
 
     def meter(self, *, stream: bool) -> AudioMeter:

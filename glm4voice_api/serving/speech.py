@@ -209,7 +209,7 @@ class ServingSpeech:
         encoder = _ThreadedEncoder(make_encoder(plan.response_format, input_rate=replies.sample_rate, speed=plan.speed))
         started, first = request_received(), True  # first-audio latency: from the request's arrival
         meter = replies.meter(stream=True)
-        spoken = replies.events(turn, spoken=True, voice=plan.voice, stream=True)
+        spoken = replies.events(turn, spoken=True, voice=plan.voice, stream=True, live=plan.speed <= 1.0)
         try:
             async with engine_errors(), aclosing(spoken) as events:
                 async for event in events:

@@ -4,6 +4,7 @@ local; close frees."""
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -144,6 +145,7 @@ def _bare_scheduler(max_batch: int, max_pass_s: float | None) -> DecoderSchedule
     scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
     scheduler._pass_ewma = 0.05
     scheduler.max_pass_s, scheduler.cost = max_pass_s, PassCost()
+    scheduler.clock, scheduler.hold_lead_s, scheduler.held_passes = time.monotonic, None, 0
     return scheduler
 
 
@@ -321,3 +323,79 @@ def test_tokens_taken_between_steps_are_decoded_after_the_pass(decoder) -> None:
 
     preemptions, late_samples = asyncio.run(run())
     assert preemptions == 0 and late_samples > 0
+
+
+def _held_stream(pending: int, buffered: float, *, live: bool = True, started: bool = True) -> SimpleNamespace:
+    s = _stream(pending, buffered, decoded=40 if started else 0, started=started)
+    s.live = live
+    s.buffered_seconds = lambda _now, b=buffered: b
+    return s
+
+
+def test_hold_waits_while_buffers_allow_and_then_takes_the_held_chunks_along() -> None:
+    scheduler = _bare_scheduler(max_batch=8, max_pass_s=None)
+    scheduler.policy = FixedSchedule((10, 20))
+    scheduler.hold_lead_s = 0.3  # pass_seconds() is 0.1: a chunk is needed below 0.4 s buffered
+    for rows in (1, 2, 4, 8):
+        scheduler.cost.observe(PassCost.units(rows, 60), 0.01 + 1e-5 * PassCost.units(rows, 60))
+    ahead = [_held_stream(20, b) for b in (2.0, 3.0)]
+    assert scheduler._pick(set(ahead)) == []  # due, but every listener has seconds of audio: nothing runs
+    assert scheduler._wait_time(set(ahead), False) == pytest.approx(2.0 - 0.4)  # wakes when the first runs low
+    low = _held_stream(20, 0.35)
+    batch = scheduler._pick({low, *ahead})
+    assert next(s for s, _ in batch) is low and {id(s) for s, _ in batch} == {id(low), *map(id, ahead)}
+    assert scheduler.held_passes == 1
+    # Never held: a first chunk (first audio), a whole-file reply (nobody plays it yet), a final flush.
+    first = _held_stream(10, 0.0, started=False)
+    whole = _held_stream(20, 5.0, live=False)
+    final = _held_stream(20, 5.0)
+    final._final = True
+    for s in (first, whole, final):
+        assert [e for e, _ in scheduler._pick({s})] == [s]
+
+
+def test_held_rows_never_make_a_needed_listener_run_dry() -> None:
+    scheduler = _bare_scheduler(max_batch=32, max_pass_s=None)
+    scheduler.policy = FixedSchedule((100,))
+    scheduler.hold_lead_s = 0.3
+    for rows in (1, 2, 4, 8, 16):  # 10 ms + 0.1 ms per padded unit: a 140-token row alone 24 ms, 16 rows 234 ms
+        scheduler.cost.observe(PassCost.units(rows, 140), 0.01 + 1e-4 * PassCost.units(rows, 140))
+    low = _held_stream(100, 0.16)  # needs a chunk; 160 ms left, less the near-miss margin: a 60 ms budget
+    ahead = {_held_stream(100, 5.0) for _ in range(15)}
+    batch = scheduler._pick({low, *ahead})
+    # A 60 ms budget: 2 rows (38 ms) fit, a third (padded to 4: 66 ms) does not.
+    assert batch[0][0] is low and len(batch) == 2
+    low.buffered_seconds = lambda _now: 0.39
+    assert len(scheduler._pick({low, *ahead})) == 16  # 290 ms of budget: every held row fits
+
+
+def test_held_chunks_decode_to_the_same_audio_later(decoder) -> None:
+    rng = np.random.default_rng(7)
+    seq = rng.integers(0, 16384, 40).tolist()
+    with decoder.open_stream(config=CONFIG) as direct:
+        want = np.concatenate([direct.feed(seq[:10]), direct.feed(seq[10:30]), direct.feed(seq[30:], final=True)])
+
+    async def run() -> tuple[np.ndarray, float]:
+        scheduler = DecoderScheduler(decoder, CONFIG, policy=FixedSchedule(CONFIG.schedule), hold_lead_s=0.0)
+        scheduler.start()
+        try:
+            stream = scheduler.open_stream(live=True)
+            audio = stream.audio()
+            stream.push(seq[:30])
+            first = await anext(audio)
+            at = time.monotonic()
+            second = await anext(audio)
+            held = time.monotonic() - at
+            stream.push(seq[30:], final=True)
+            rest = [c async for c in audio]
+            stream.close()
+            return np.concatenate([first, second, *rest]), held
+        finally:
+            await scheduler.close()
+
+    got, held = asyncio.run(run())
+    # The second chunk waited while the first one's audio played (0.2 s here, less the expected pass) ...
+    assert held > 0.05
+    # ... and is the same audio as decoding at once: only when a chunk is decoded moves, never what it holds.
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)

@@ -109,7 +109,7 @@ class _FailingStream:
 
 
 class _FailingScheduler:
-    def open_stream(self, voice=None) -> _FailingStream:
+    def open_stream(self, voice=None, *, live: bool = False) -> _FailingStream:
         return _FailingStream()
 
 

@@ -1,0 +1,509 @@
+"""The decoder scheduler in simulated time: the real `DecoderScheduler`, with the speech decoder and the LLM replaced
+by cost models calibrated on an H200, to compare scheduling rules on arrival patterns without a GPU.
+
+Why: which chunks share a decoder pass is decided by the scheduler's code alone, given when tokens arrive and how
+long passes take. Device time is scarce, so a rule (deadline batching, a chunk schedule) is first tried here on
+bursts and on staggered users, in seconds on a CPU; only the rules that help go to the GPU suite. The figures this
+prints are a model's: they rank rules against each other and are never reported as GPU measurements.
+
+The models (H200, full-size shapes, bench/results/GPU.md, 2026-12-04):
+- LLM step: `llm_step_s + llm_step_per_seq_s` x running sequences (3.3k tok/s at 32 alone), `slowdown` x longer while
+  a decoder pass runs (vLLM's process and ours time-slice the GPU: 1.3k tok/s at 32 streams beside the decoder);
+- decoder pass: alone, `alone_fixed_s + alone_cell_s` x cells, cells = rows padded to the CUDA-graph batch bucket x
+  the longest row's frames padded to its frame bucket (the decoder profile: 53 ms for 1 x 128, 676 ms for 32 x
+  1280); beside the LLM, a longer fixed part and `sliced_factor` x the per-cell time;
+- a turn: `upload_s` (the question's upload and the prompt), the speech tokenizer (batches of up to 16 questions,
+  `tokenizer_fixed_s + tokenizer_clip_s` x clips: ~0.4 s for 16 beside the LLM, from its busy time at 32 streams), a
+  prefill of one step plus `prefill_s`, then the reply's tokens, 13 text then 26 audio repeated (390 tokens: 20.8 s of speech); the client sends its next turn once the
+  reply is complete, as bench/loadgen.py does.
+
+    python -m bench.sim_schedule --streams 16,32 --stagger 0,8 --hold off,on
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import json
+import random
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from bench.playback import JITTER_BUFFER_S, TurnResult, level_summary
+from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
+from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
+from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+
+SAMPLE_RATE = 22050
+SAMPLES_PER_TOKEN = 1764  # 12.5 tokens per second of audio
+HELD_BACK = 5  # tokens the decoder keeps back for the next chunk's crossfade (all come out with the final flush)
+
+
+FRAMES_PER_TOKEN = 22050 / 256 / 12.5  # mel frames (hop 256 at 22.05 kHz) per speech token
+
+
+def frame_bucket(tokens: int) -> int:
+    """The CUDA-graph frame bucket of a row of `tokens` (flow_graphs.FlowGraphConfig's defaults)."""
+    frames = int(tokens * FRAMES_PER_TOKEN + 0.5)
+    step = 128 if frames <= 512 else 256
+    return -(-frames // step) * step
+
+
+@dataclass(frozen=True)
+class CostModel:
+    llm_step_s: float = 0.006
+    llm_step_per_seq_s: float = 0.00012
+    slowdown: float = 2.5
+    prefill_s: float = 0.03
+    alone_fixed_s: float = 0.045
+    alone_cell_s: float = 1.54e-5
+    """Seconds per (padded row x padded frame): the H200 decoder profile, 1 x 128 -> 53 ms, 32 x 1280 -> 676 ms."""
+    sliced_fixed_s: float = 0.1
+    sliced_factor: float = 2.2
+    """Beside the LLM: a longer fixed part and ~2x the per-cell time (fitted to the suite's mean passes per level:
+    0.13 s at 1 row, 0.37-0.40 s at 5, 0.56-0.62 s at 10, 0.74 s at 15.5 rows; the profile: 486 -> 982 ms)."""
+    upload_s: float = 0.02
+    tokenizer_fixed_s: float = 0.02
+    tokenizer_clip_s: float = 0.024
+    tokenizer_batch: int = 16
+    reply_tokens: int = 390
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    """The CUDA-graph batch sizes a pass is padded to."""
+
+    def pass_s(self, rows: int, longest: int, *, beside_llm: bool) -> float:
+        cells = next((b for b in self.batch_buckets if b >= rows), rows) * frame_bucket(longest)
+        if beside_llm:
+            return self.sliced_fixed_s + self.sliced_factor * self.alone_cell_s * cells
+        return self.alone_fixed_s + self.alone_cell_s * cells
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class _Request:
+    prompt_tokens: list[int]
+    tokens: list[int]
+    final: bool
+
+
+class _Stream:
+    """A decoder session's bookkeeping: how much audio each chunk brings (the real stream's arithmetic)."""
+
+    def __init__(self, config: DecoderStreamConfig) -> None:
+        self.context = config.max_prompt_tokens
+        self.decoded = 0
+        self.emitted = 0
+
+    def prepare(self, tokens: list[int], *, size: int | None = None, final: bool = False) -> _Request | None:
+        if final and not tokens and not self.decoded:
+            return None
+        history = self.decoded if self.context is None else min(self.decoded, self.context)
+        return _Request([0] * history, list(tokens), final)
+
+    def commit(self, request: _Request) -> np.ndarray:
+        self.decoded += len(request.tokens)
+        ready = (self.decoded - (0 if request.final else HELD_BACK)) * SAMPLES_PER_TOKEN
+        n, self.emitted = max(0, ready - self.emitted), max(self.emitted, ready)
+        return np.zeros(n, np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+class _Pass:
+    def __init__(self, world: World, requests: list[_Request]) -> None:
+        self.world, self.requests = world, requests
+
+    def step(self) -> bool:
+        return False
+
+    def finish(self) -> list[_Request]:
+        longest = max(len(r.prompt_tokens) + len(r.tokens) for r in self.requests)
+        w = self.world
+        seconds = w.cost.pass_s(len(self.requests), longest, beside_llm=w.generating > 0)
+        w.decoder_busy_until = w.clock.t + seconds
+        w.run_until(w.clock.t + seconds)
+        return self.requests
+
+    def abort(self) -> None:
+        pass
+
+
+class _Decoder:
+    sample_rate = SAMPLE_RATE
+    device = "cpu"
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def open_stream(self, voice: object, config: DecoderStreamConfig) -> _Stream:
+        return _Stream(config)
+
+    def begin_batch(self, requests: list[_Request]) -> _Pass:
+        return _Pass(self.world, requests)
+
+
+@dataclass
+class _Turn:
+    session: int
+    result: TurnResult
+    sent: float
+    generated: int = 0
+    stream: object = None
+    done: bool = False
+
+
+@dataclass
+class SimResult:
+    streams: int
+    stagger_s: float
+    hold: bool
+    turns: int
+    gap_free_fraction: float
+    playable_p50_ms: float
+    playable_p99_ms: float
+    first_audio_p50_ms: float
+    passes: int
+    rows_per_pass: float
+    decoder_busy_s: float
+    llm_tokens_per_s: float
+    underruns: int
+    extra: dict = field(default_factory=dict)
+
+
+class World:
+    """Sessions, the LLM and the clock; the scheduler is driven as its thread would drive itself (`_serve`)."""
+
+    def __init__(
+        self,
+        cost: CostModel,
+        *,
+        hold: bool,
+        seconds: float,
+        adaptive: bool = False,
+        turns: int | None = None,
+        max_active: int | None = None,
+    ) -> None:
+        self.cost, self.seconds, self.max_turns, self.max_active = cost, seconds, turns, max_active
+        self.active = 0
+        self.queued: list[_Turn] = []  # admission queue (FIFO), when `max_active` bounds the replies at once
+        self.clock = Clock()
+        config = DecoderStreamConfig(schedule=(10, 16, 26, 52, 104, 156), max_prompt_tokens=100)
+        policy = AdaptiveChunkPolicy() if adaptive else FixedSchedule(config.schedule)
+        self.scheduler = DecoderScheduler(
+            _Decoder(self),  # type: ignore[arg-type]
+            config,
+            policy=policy,
+            max_batch=32,
+            hold_lead_s=0.3 if hold else None,
+            clock=self.clock,
+        )
+        self.events: list[tuple[float, int, str, object]] = []  # (time, seq, kind, payload)
+        self._seq = 0
+        self.waiting: list[_Turn] = []  # sent, not yet in the LLM's batch
+        self.running: list[_Turn] = []
+        self.step_end: float | None = None
+        self.decoder_busy_until = 0.0
+        self.tokens = 0
+        self.turns: list[TurnResult] = []
+        self.sent: dict[int, int] = {}  # turns sent per session
+        self.tok_queue: list[_Turn] = []
+        self.tok_busy = False
+
+    @property
+    def generating(self) -> int:
+        return len(self.running)
+
+    def at(self, t: float, kind: str, payload: object = None) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, self._seq, kind, payload))
+
+    # -- LLM --------------------------------------------------------------------------------------------------
+
+    def _start_step(self) -> None:
+        joining, self.waiting = self.waiting, []
+        self.running += joining
+        if not self.running:
+            self.step_end = None
+            return
+        c = self.cost
+        seconds = c.llm_step_s + c.llm_step_per_seq_s * len(self.running) + (c.prefill_s if joining else 0.0)
+        if self.decoder_busy_until > self.clock.t:
+            seconds *= c.slowdown
+        self.step_end = self.clock.t + seconds
+        self.at(self.step_end, "step")
+
+    def _end_step(self) -> None:
+        for turn in list(self.running):
+            i = turn.generated
+            turn.generated += 1
+            self.tokens += 1
+            if i % 39 >= 13:  # 13 text tokens, then 26 audio tokens
+                turn.stream.push([i])  # type: ignore[attr-defined]
+            if turn.generated == self.cost.reply_tokens:
+                turn.stream.push([], final=True)  # type: ignore[attr-defined]
+                self.running.remove(turn)
+        self._start_step()
+
+    def _send(self, session: int) -> None:
+        result = TurnResult(session=session, turn=self.sent.get(session, 0), status=200, started_s=self.clock.t)
+        self.sent[session] = result.turn + 1
+        turn = _Turn(session, result, self.clock.t)
+        self.turns.append(result)
+        if self.max_active is not None and self.active >= self.max_active:
+            self.queued.append(turn)
+        else:
+            self._admit(turn)
+
+    def _admit(self, turn: _Turn) -> None:
+        self.active += 1
+        self.at(self.clock.t + self.cost.upload_s, "tokenize", turn)
+
+    def _tokenize(self, turn: _Turn | None) -> None:
+        """A question joins the tokenizer's queue (None: its batch ended); an idle tokenizer takes up to a batch."""
+        if turn is not None:
+            self.tok_queue.append(turn)
+        else:
+            self.tok_busy = False
+        if self.tok_busy or not self.tok_queue:
+            return
+        c = self.cost
+        batch, self.tok_queue = self.tok_queue[: c.tokenizer_batch], self.tok_queue[c.tokenizer_batch :]
+        self.tok_busy = True
+        done = self.clock.t + c.tokenizer_fixed_s + c.tokenizer_clip_s * len(batch)
+        for t in batch:
+            self.at(done, "enter", t)
+        self.at(done, "tokenize", None)
+
+    def _enter(self, turn: _Turn) -> None:
+        s = self.scheduler.open_stream(live=True)
+        s._send = lambda item, turn=turn: self._audio(turn, item)  # type: ignore[method-assign]
+        turn.stream = s
+        self.waiting.append(turn)
+        if self.step_end is None:
+            self._start_step()
+
+    def _audio(self, turn: _Turn, item: object) -> None:
+        if isinstance(item, np.ndarray):
+            turn.result.arrivals.append((self.clock.t - turn.sent, len(item) / SAMPLE_RATE))
+        elif item is None and not turn.done:  # the reply is complete: the client sends its next turn
+            turn.done = True  # (closing the stream sends its end again)
+            turn.stream.close()  # type: ignore[attr-defined]
+            self.active -= 1
+            if self.queued:
+                self._admit(self.queued.pop(0))
+            more = self.max_turns is None or self.sent[turn.session] < self.max_turns
+            if more and self.clock.t < self.seconds:
+                self._send(turn.session)
+
+    def _fire(self, kind: str, payload: object) -> None:
+        if kind == "step":
+            self._end_step()
+        elif kind == "send":
+            self._send(payload)  # type: ignore[arg-type]
+        elif kind == "tokenize":
+            self._tokenize(payload)  # type: ignore[arg-type]
+        elif kind == "enter":
+            self._enter(payload)  # type: ignore[arg-type]
+
+    def run_until(self, t: float, *, stop_on_work: bool = False) -> None:
+        """Fire every event up to `t`; with `stop_on_work`, stop at the first one that queued work for the decoder."""
+        while self.events and self.events[0][0] <= t:
+            when, _, kind, payload = heapq.heappop(self.events)
+            self.clock.t = when
+            self._fire(kind, payload)
+            if stop_on_work and not self.scheduler._queue.empty():
+                return
+        self.clock.t = max(self.clock.t, t)
+
+    # -- the scheduler's loop ------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        s = self.scheduler
+        streams: set = set()
+        decoded = False
+        while self.events or streams or not s._queue.empty():
+            timeout = 0.0 if decoded else s._wait_time(streams, False)
+            if timeout is None:
+                if not self.events and s._queue.empty():
+                    raise RuntimeError(f"stuck: {len(streams)} streams wait and nothing will wake them")
+                self.run_until(self.events[0][0] if self.events else self.clock.t, stop_on_work=True)
+            else:
+                self.run_until(self.clock.t + timeout, stop_on_work=True)
+            for item in s._drain(0.0):
+                s._handle(item, streams)
+            batch = s._pick(streams)
+            decoded = bool(batch)
+            if batch:
+                s._decode(batch, streams)
+
+
+def simulate(
+    streams: int,
+    stagger_s: float,
+    *,
+    hold: bool,
+    seconds: float = 60.0,
+    cost: CostModel | None = None,
+    adaptive: bool = False,
+    seed: int = 0,
+    turns: int | None = None,
+    max_active: int | None = None,
+) -> SimResult:
+    """`streams` sessions, each started at a random moment within `stagger_s` seconds (the ladder's bursts: 1 s),
+    sending `turns` turns one after another (None: until `seconds` have passed), at most `max_active` replies at
+    once (the others wait in a queue, as behind admission control)."""
+    rng = random.Random(seed)
+
+    async def go() -> SimResult:  # ScheduledStream takes the running loop (never used: audio goes to _audio)
+        world = World(
+            cost or CostModel(), hold=hold, seconds=seconds, adaptive=adaptive, turns=turns, max_active=max_active
+        )
+        for i in range(streams):
+            world.at(rng.uniform(0.0, stagger_s), "send", i)
+        world.run()
+        return _summarise(world, streams, stagger_s, hold)
+
+    return asyncio.run(go())
+
+
+def _summarise(world: World, streams: int, stagger_s: float, hold: bool) -> SimResult:
+    summary = level_summary(streams, world.turns, world.clock.t)
+    stats = [t.stats for t in world.turns if t.stats is not None]
+    gap_free = sum(st.startup_slack_s <= JITTER_BUFFER_S for st in stats) / max(1, len(stats))
+    s = world.scheduler
+    return SimResult(
+        streams=streams,
+        stagger_s=stagger_s,
+        hold=hold,
+        turns=len(stats),
+        gap_free_fraction=round(gap_free, 3),
+        playable_p50_ms=summary.playable_ms.p50 or 0.0,
+        playable_p99_ms=summary.playable_ms.p99 or 0.0,
+        first_audio_p50_ms=summary.first_audio_ms.p50 or 0.0,
+        passes=s.batches,
+        rows_per_pass=round(s.chunks / max(1, s.batches), 2),
+        decoder_busy_s=round(s.busy_seconds, 2),
+        llm_tokens_per_s=round(world.tokens / max(1e-9, world.clock.t), 1),
+        underruns=s.underruns,
+        extra={"held_passes": s.held_passes, "simulated_s": round(world.clock.t, 1)},
+    )
+
+
+VALIDATION = [
+    (
+        "ladder: 16 streams within 1 s, 1 turn",
+        {"streams": 16, "stagger_s": 1.0, "turns": 1},
+        "playable p50 / p99 784-862 / 865-1084 ms (five H200 runs, GPU.md 2026-12-04 evening 2)",
+    ),
+    (
+        "ladder: 32 streams within 1 s, 1 turn",
+        {"streams": 32, "stagger_s": 1.0, "turns": 1},
+        "playable 900-1139 / 1267-1384 ms; 15.5-17.8 rows per pass",
+    ),
+    (
+        "overload: 32 sessions in step, 60 s",
+        {"streams": 32, "stagger_s": 1.0, "seconds": 60.0},
+        "91.5% of turns gap-free (all admitted)",
+    ),
+    (
+        "overload: 32 sessions over 8 s, 40 s, no limit",
+        {"streams": 32, "stagger_s": 8.0, "seconds": 40.0},
+        "54% gap-free (all 32 admitted until the limit was cut to 16 five seconds in, then 16-23 at once)",
+    ),
+    (
+        "overload: 32 sessions over 8 s, 40 s, <= 20 at once",
+        {"streams": 32, "stagger_s": 8.0, "seconds": 40.0, "max_active": 20},
+        "the same run: 54% gap-free; passes of 5.3-5.6 rows at 32 streams behind a limit of 20-22 (another run)",
+    ),
+]
+"""Scenarios measured on the GPU, with what was measured: --validate runs them so the model's errors are in view."""
+
+
+def averaged(seeds: int, **kwargs) -> dict:
+    """`simulate` over `seeds` arrival draws: the mean of each figure, and the range of the gap-free fraction."""
+    runs = [simulate(seed=k, **kwargs) for k in range(seeds)]
+    out = asdict(runs[0])
+    for key in (
+        "gap_free_fraction",
+        "playable_p50_ms",
+        "playable_p99_ms",
+        "first_audio_p50_ms",
+        "passes",
+        "rows_per_pass",
+        "decoder_busy_s",
+        "llm_tokens_per_s",
+        "underruns",
+        "turns",
+    ):
+        out[key] = round(sum(getattr(r, key) for r in runs) / seeds, 3)
+    out["gap_free_range"] = [min(r.gap_free_fraction for r in runs), max(r.gap_free_fraction for r in runs)]
+    out["seeds"] = seeds
+    out.pop("extra")
+    return out
+
+
+def _line(label: str, r: dict) -> str:
+    return (
+        f"{label}: gap-free {r['gap_free_fraction']:.2f} ({r['gap_free_range'][0]:.2f}-{r['gap_free_range'][1]:.2f}), "
+        f"playable {r['playable_p50_ms']:.0f} / {r['playable_p99_ms']:.0f} ms, first audio {r['first_audio_p50_ms']:.0f}"
+        f" ms, {r['passes']:.0f} passes of {r['rows_per_pass']:.1f} rows, decoder busy {r['decoder_busy_s']:.1f} s, "
+        f"LLM {r['llm_tokens_per_s']:.0f} tok/s"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--streams", default="32", help="comma-separated session counts")
+    p.add_argument("--stagger", default="1,8", help="comma-separated seconds over which sessions start")
+    p.add_argument("--hold", default="off,on", help="deadline batching: off, on, or both (off,on)")
+    p.add_argument("--chunking", default="fixed", help="fixed, adaptive, or both (fixed,adaptive)")
+    p.add_argument("--seconds", type=float, default=60.0, help="how long sessions keep sending turns")
+    p.add_argument("--turns", type=int, help="turns per session (default: until --seconds)")
+    p.add_argument("--max-active", type=int, help="replies at once; the others queue (admission)")
+    p.add_argument("--seeds", type=int, default=4, help="arrival draws averaged per configuration")
+    p.add_argument("--validate", action="store_true", help="also run the GPU-measured scenarios, measured beside")
+    p.add_argument("--model", action="append", default=[], help="a cost model field, KEY=VALUE (e.g. slowdown=1.0)")
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    cost = replace(CostModel(), **{k: float(v) for k, v in (m.split("=", 1) for m in args.model)})
+    out: dict = {
+        "note": "simulated: a cost model calibrated on an H200, not a GPU measurement",
+        "model": asdict(CostModel()),
+    }
+    if args.validate:
+        out["validation"] = []
+        for label, kwargs, measured in VALIDATION:
+            r = averaged(args.seeds, hold=False, cost=cost, **kwargs)
+            out["validation"].append({"scenario": label, "simulated": r, "measured": measured})
+            print(_line(f"[validate] {label}", r) + f"\n    measured: {measured}", flush=True)
+    out["runs"] = []
+    for n in (int(x) for x in args.streams.split(",")):
+        for stagger in (float(x) for x in args.stagger.split(",")):
+            for chunking in args.chunking.split(","):
+                for hold in (h == "on" for h in args.hold.split(",")):
+                    kwargs = {"seconds": args.seconds, "turns": args.turns, "max_active": args.max_active, "cost": cost}
+                    r = averaged(
+                        args.seeds, streams=n, stagger_s=stagger, hold=hold, adaptive=chunking == "adaptive", **kwargs
+                    )
+                    r["chunking"] = chunking
+                    out["runs"].append(r)
+                    print(
+                        _line(f"{n} streams over {stagger:g} s, {chunking}, hold {'on' if hold else 'off'}", r),
+                        flush=True,
+                    )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
