@@ -191,12 +191,13 @@ class World:
         adaptive: bool = False,
         turns: int | None = None,
         max_active: int | None = None,
+        context: int = 100,
     ) -> None:
         self.cost, self.seconds, self.max_turns, self.max_active = cost, seconds, turns, max_active
         self.active = 0
         self.queued: list[_Turn] = []  # admission queue (FIFO), when `max_active` bounds the replies at once
         self.clock = Clock()
-        config = DecoderStreamConfig(schedule=(10, 16, 26, 52, 104, 156), max_prompt_tokens=100)
+        config = DecoderStreamConfig(schedule=(10, 16, 26, 52, 104, 156), max_prompt_tokens=context)
         policy = AdaptiveChunkPolicy() if adaptive else FixedSchedule(config.schedule)
         self.scheduler = DecoderScheduler(
             _Decoder(self),  # type: ignore[arg-type]
@@ -357,6 +358,7 @@ def simulate(
     seed: int = 0,
     turns: int | None = None,
     max_active: int | None = None,
+    context: int = 100,
 ) -> SimResult:
     """`streams` sessions, each started at a random moment within `stagger_s` seconds (the ladder's bursts: 1 s),
     sending `turns` turns one after another (None: until `seconds` have passed), at most `max_active` replies at
@@ -365,7 +367,13 @@ def simulate(
 
     async def go() -> SimResult:  # ScheduledStream takes the running loop (never used: audio goes to _audio)
         world = World(
-            cost or CostModel(), hold=hold, seconds=seconds, adaptive=adaptive, turns=turns, max_active=max_active
+            cost or CostModel(),
+            hold=hold,
+            seconds=seconds,
+            adaptive=adaptive,
+            turns=turns,
+            max_active=max_active,
+            context=context,
         )
         for i in range(streams):
             world.at(rng.uniform(0.0, stagger_s), "send", i)
@@ -466,6 +474,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stagger", default="1,8", help="comma-separated seconds over which sessions start")
     p.add_argument("--hold", default="off,on", help="deadline batching: off, on, or both (off,on)")
     p.add_argument("--chunking", default="fixed", help="fixed, adaptive, or both (fixed,adaptive)")
+    p.add_argument("--context", type=int, default=100, help="the flow's context in tokens (max_prompt_tokens)")
     p.add_argument("--seconds", type=float, default=60.0, help="how long sessions keep sending turns")
     p.add_argument("--turns", type=int, help="turns per session (default: until --seconds)")
     p.add_argument("--max-active", type=int, help="replies at once; the others queue (admission)")
@@ -490,7 +499,8 @@ def main(argv: list[str] | None = None) -> None:
         for stagger in (float(x) for x in args.stagger.split(",")):
             for chunking in args.chunking.split(","):
                 for hold in (h == "on" for h in args.hold.split(",")):
-                    kwargs = {"seconds": args.seconds, "turns": args.turns, "max_active": args.max_active, "cost": cost}
+                    kwargs = {"seconds": args.seconds, "turns": args.turns, "max_active": args.max_active}
+                    kwargs |= {"cost": cost, "context": args.context}
                     r = averaged(
                         args.seeds, streams=n, stagger_s=stagger, hold=hold, adaptive=chunking == "adaptive", **kwargs
                     )
