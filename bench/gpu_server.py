@@ -3,6 +3,9 @@
 - `GET /bench/stats`: busy seconds of the LLM engine, the decoder and the speech tokenizer (the GPU time split),
   decoder batches/chunks, CUDA-graph captures and the admission limit; a figure this server does not have is null
   (the route never fails).
+- `GET /bench/passes?since=N[,N...]`: every decoder pass logged since the scheduler had run N passes (one count per
+  scheduler: a pool has one per GPU) as `[start_s, seconds, rows, longest_tokens, new_tokens, first_rows, held_rows,
+  nested]` (`PassRecord`), for the pass-cost model of bench/sim_schedule.py (`--fit`).
 - `POST /bench/baseline {"concurrency": N, "max_tokens": M, "question_seconds": S}`: runs the seed's serving
   pattern (bench/baseline_seed.py) inside this process, on the same engine and GPU, and returns each turn's audio
   chunk arrivals (judged like the load generator's turns).
@@ -86,6 +89,20 @@ def collect_stats(services: Any, rt: Any) -> dict:
     }
 
 
+def collect_passes(rt: Any, since: list[int]) -> dict:
+    """Each scheduler's passes after its first `since[i]` (bounded by what its log still holds)."""
+    decoder = _path(rt, "decoder")
+    schedulers = getattr(decoder, "schedulers", None) or ([decoder] if decoder is not None else [])
+    out = []
+    for i, s in enumerate(schedulers):
+        log, total = list(getattr(s, "pass_log", ())), int(getattr(s, "batches", 0))
+        new = total - (since[i] if i < len(since) else 0)
+        out.append(
+            {"total": total, "passes": [list(p) for p in log[len(log) - min(new, len(log)) :]] if new > 0 else []}
+        )
+    return {"schedulers": out}
+
+
 def build(settings: Settings):
     app = create_app(settings)
     state: dict = {}
@@ -96,6 +113,14 @@ def build(settings: Settings):
             state = request.app.state
             return collect_stats(getattr(state, "services", None), getattr(state, "runtime", None))
         except Exception as exc:  # noqa: BLE001 - never a 500: the suite records what it gets
+            return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+
+    @app.get("/bench/passes")
+    async def passes(request: Request, since: str = "") -> dict:
+        try:
+            counts = [int(x) for x in since.split(",") if x.strip()]
+            return collect_passes(getattr(request.app.state, "runtime", None), counts)
+        except Exception as exc:  # noqa: BLE001 - never a 500, as /bench/stats
             return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 
     @app.post("/bench/baseline")

@@ -158,6 +158,16 @@ async def server_stats(url: str) -> ServerStats:
         return ServerStats()
 
 
+async def server_passes(url: str, since: list[int]) -> dict:
+    """The decoder passes the server ran since `since` (/bench/passes; {} when it has none)."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            response = await client.get("/bench/passes", params={"since": ",".join(map(str, since))})
+        return response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
 def loadgen_args(args: argparse.Namespace, url: str, turns: int | None = None) -> argparse.Namespace:
     return loadgen.parse_args(
         ["--url", url, "--turns", str(turns or args.turns), "--max-tokens", str(args.max_tokens)]
@@ -172,6 +182,9 @@ class Suite:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.runs: list[ConfigRun] = []
+        self.passes: dict[str, list[dict]] = {}
+        """Per configuration, each phase's decoder passes (gpu_passes.json: the data for sim_schedule --fit)."""
+        self._pass_counts: list[int] = []
         self.gpu = gpu_name()
         self.wav_b64 = base64.b64encode(loadgen.make_question_wav(3.0)).decode()
         self.settings = {
@@ -186,6 +199,17 @@ class Suite:
     def write(self) -> None:
         suite = {"settings": self.settings, "elapsed_s": round(time.perf_counter() - _T0, 1), "url": self.args.url}
         write_results(self.out, self.runs, self.gpu, suite)
+        if self.passes:
+            (self.out / "gpu_passes.json").write_text(json.dumps({"gpu": self.gpu, "configs": self.passes}) + "\n")
+
+    async def record_passes(self, run: ConfigRun, url: str, phase: str) -> None:
+        """Keep the passes the server ran since the last call (`PassRecord` fields, one list per scheduler)."""
+        got = await server_passes(url, self._pass_counts)
+        schedulers = got.get("schedulers") or []
+        self._pass_counts = [int(s.get("total", 0)) for s in schedulers]
+        self.passes.setdefault(run.name, []).append(
+            {"phase": phase, "schedulers": [s.get("passes", []) for s in schedulers]}
+        )
 
     async def run_config(
         self, run: ConfigRun, url: str, levels: list[int], extras: bool, proc: subprocess.Popen | None = None
@@ -196,6 +220,8 @@ class Suite:
         for c in args.warmup:  # captures the decoder's CUDA graphs for the common buckets
             await loadgen.run_level(url, c, lg, self.wav_b64)
         run.warm_stats = await server_stats(url)
+        self._pass_counts = []
+        await self.record_passes(run, url, "warm-up")
         log(f"{run.name}: warm-up {args.warmup} done: {run.warm_stats}")
         if extras and args.realtime_levels:
             await self.realtime(url)
@@ -206,6 +232,7 @@ class Suite:
             before = await server_stats(url)
             level = await loadgen.run_level(url, concurrency, lg, self.wav_b64)
             after = await server_stats(url)
+            await self.record_passes(run, url, f"level {concurrency}")
             summary = level.summary()
             split = GpuSplit.between(before, after, level.wall_s)
             run.levels.append(SuiteLevel(summary, split, after.admission_limit))
@@ -240,6 +267,7 @@ class Suite:
     ) -> OverloadSummary:
         log(f"{run.name}: {label}: {sessions} closed-loop sessions for {self.args.overload_seconds:g} s")
         result = await loadgen.run_overload(url, sessions, self.args.overload_seconds, lg, self.wav_b64)
+        await self.record_passes(run, url, f"{label} {sessions}")
         o = result.summary()
         log(
             f"{run.name}: {label}: offered {o.offered}, admitted {o.admitted}, 429 {o.rejected_429}, "

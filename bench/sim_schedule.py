@@ -6,18 +6,9 @@ long passes take. Device time is scarce, so a rule (deadline batching, a chunk s
 bursts and on staggered users, in seconds on a CPU; only the rules that help go to the GPU suite. The figures this
 prints are a model's: they rank rules against each other and are never reported as GPU measurements.
 
-The models (H200, full-size shapes, bench/results/GPU.md, 2026-12-04):
-- LLM step: `llm_step_s + llm_step_per_seq_s` x running sequences (3.3k tok/s at 32 alone), `slowdown` x longer while
-  a decoder pass runs (vLLM's process and ours time-slice the GPU: 1.3k tok/s at 32 streams beside the decoder);
-- decoder pass: alone, `alone_fixed_s + alone_cell_s` x cells, cells = rows padded to the CUDA-graph batch bucket x
-  the longest row's frames padded to its frame bucket (the decoder profile: 53 ms for 1 x 128, 676 ms for 32 x
-  1280); beside the LLM, a longer fixed part and `sliced_factor` x the per-cell time;
-- a turn: `upload_s` (the question's upload and the prompt), the speech tokenizer (batches of up to 16 questions,
-  `tokenizer_fixed_s + tokenizer_clip_s` x clips: ~0.4 s for 16 beside the LLM, from its busy time at 32 streams), a
-  prefill of one step plus `prefill_s`, then the reply's tokens, 13 text then 26 audio repeated (390 tokens: 20.8 s of speech); the client sends its next turn once the
-  reply is complete, as bench/loadgen.py does.
+The cost models and the decoder's bookkeeping are in bench/sim_costs.py.
 
-    python -m bench.sim_schedule --streams 16,32 --stagger 0,8 --hold off,on
+    python -m bench.sim_schedule --validate --streams 16,32 --stagger 1,8 --chunking fixed,adaptive
 """
 
 from __future__ import annotations
@@ -32,100 +23,20 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from bench.playback import JITTER_BUFFER_S, TurnResult, level_summary
+from bench.sim_costs import SAMPLE_RATE, Clock, CostModel, SimRequest, SimStream, fit_passes
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 
-SAMPLE_RATE = 22050
-SAMPLES_PER_TOKEN = 1764  # 12.5 tokens per second of audio
-HELD_BACK = 5  # tokens the decoder keeps back for the next chunk's crossfade (all come out with the final flush)
-
-
-FRAMES_PER_TOKEN = 22050 / 256 / 12.5  # mel frames (hop 256 at 22.05 kHz) per speech token
-
-
-def frame_bucket(tokens: int) -> int:
-    """The CUDA-graph frame bucket of a row of `tokens` (flow_graphs.FlowGraphConfig's defaults)."""
-    frames = int(tokens * FRAMES_PER_TOKEN + 0.5)
-    step = 128 if frames <= 512 else 256
-    return -(-frames // step) * step
-
-
-@dataclass(frozen=True)
-class CostModel:
-    llm_step_s: float = 0.006
-    llm_step_per_seq_s: float = 0.00012
-    slowdown: float = 2.5
-    prefill_s: float = 0.03
-    alone_fixed_s: float = 0.045
-    alone_cell_s: float = 1.54e-5
-    """Seconds per (padded row x padded frame): the H200 decoder profile, 1 x 128 -> 53 ms, 32 x 1280 -> 676 ms."""
-    sliced_fixed_s: float = 0.1
-    sliced_factor: float = 2.2
-    """Beside the LLM: a longer fixed part and ~2x the per-cell time (fitted to the suite's mean passes per level:
-    0.13 s at 1 row, 0.37-0.40 s at 5, 0.56-0.62 s at 10, 0.74 s at 15.5 rows; the profile: 486 -> 982 ms)."""
-    upload_s: float = 0.02
-    tokenizer_fixed_s: float = 0.02
-    tokenizer_clip_s: float = 0.024
-    tokenizer_batch: int = 16
-    reply_tokens: int = 390
-    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    """The CUDA-graph batch sizes a pass is padded to."""
-
-    def pass_s(self, rows: int, longest: int, *, beside_llm: bool) -> float:
-        cells = next((b for b in self.batch_buckets if b >= rows), rows) * frame_bucket(longest)
-        if beside_llm:
-            return self.sliced_fixed_s + self.sliced_factor * self.alone_cell_s * cells
-        return self.alone_fixed_s + self.alone_cell_s * cells
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@dataclass
-class _Request:
-    prompt_tokens: list[int]
-    tokens: list[int]
-    final: bool
-
-
-class _Stream:
-    """A decoder session's bookkeeping: how much audio each chunk brings (the real stream's arithmetic)."""
-
-    def __init__(self, config: DecoderStreamConfig) -> None:
-        self.context = config.max_prompt_tokens
-        self.decoded = 0
-        self.emitted = 0
-
-    def prepare(self, tokens: list[int], *, size: int | None = None, final: bool = False) -> _Request | None:
-        if final and not tokens and not self.decoded:
-            return None
-        history = self.decoded if self.context is None else min(self.decoded, self.context)
-        return _Request([0] * history, list(tokens), final)
-
-    def commit(self, request: _Request) -> np.ndarray:
-        self.decoded += len(request.tokens)
-        ready = (self.decoded - (0 if request.final else HELD_BACK)) * SAMPLES_PER_TOKEN
-        n, self.emitted = max(0, ready - self.emitted), max(self.emitted, ready)
-        return np.zeros(n, np.float32)
-
-    def close(self) -> None:
-        pass
-
 
 class _Pass:
-    def __init__(self, world: World, requests: list[_Request]) -> None:
+    def __init__(self, world: World, requests: list[SimRequest]) -> None:
         self.world, self.requests = world, requests
 
     def step(self) -> bool:
         return False
 
-    def finish(self) -> list[_Request]:
+    def finish(self) -> list[SimRequest]:
         longest = max(len(r.prompt_tokens) + len(r.tokens) for r in self.requests)
         w = self.world
         seconds = w.cost.pass_s(len(self.requests), longest, beside_llm=w.generating > 0)
@@ -144,10 +55,10 @@ class _Decoder:
     def __init__(self, world: World) -> None:
         self.world = world
 
-    def open_stream(self, voice: object, config: DecoderStreamConfig) -> _Stream:
-        return _Stream(config)
+    def open_stream(self, voice: object, config: DecoderStreamConfig) -> SimStream:
+        return SimStream(config)
 
-    def begin_batch(self, requests: list[_Request]) -> _Pass:
+    def begin_batch(self, requests: list[SimRequest]) -> _Pass:
         return _Pass(self.world, requests)
 
 
@@ -482,7 +393,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--validate", action="store_true", help="also run the GPU-measured scenarios, measured beside")
     p.add_argument("--model", action="append", default=[], help="a cost model field, KEY=VALUE (e.g. slowdown=1.0)")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--fit", help="fit the beside-the-LLM pass model to a GPU run's gpu_passes.json, print it, stop")
     args = p.parse_args(argv)
+    if args.fit:
+        print(json.dumps(fit_passes(args.fit)))
+        return
     cost = replace(CostModel(), **{k: float(v) for k, v in (m.split("=", 1) for m in args.model)})
     out: dict = {
         "note": "simulated: a cost model calibrated on an H200, not a GPU measurement",

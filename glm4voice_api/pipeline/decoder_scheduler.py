@@ -19,13 +19,15 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from glm4voice_api.models.speech_decoder.chunks import ChunkRequest, ChunkResult, Voice
 from glm4voice_api.models.speech_decoder.decoder import DecodePass, SpeechDecoder
 from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy
-from glm4voice_api.pipeline.pass_cost import PassCost
+from glm4voice_api.pipeline.deadline_hold import DeadlineHold
+from glm4voice_api.pipeline.pass_cost import PASS_LOG_SIZE, PassCost, PassRecord
 from glm4voice_api.pipeline.scheduled_stream import END, ScheduledStream
 
 logger = logging.getLogger(__name__)
@@ -72,15 +74,16 @@ class DecoderScheduler:
         (2026-12-04) it cost more than it saved, 16 streams 1409 / 1597 ms playable p50 / p99 against 902 / 1078
         without it (the first chunks, which used to share a pass, each got a short pass of their own)."""
         self.preemptions = 0
-        self.hold_lead_s = hold_lead_s
-        """Deadline batching (None: off, every due chunk is decoded at once). A due chunk of a live stream that has
-        more than this plus the expected pass wait buffered is held; it goes with the next pass that some stream's
-        need starts (a first chunk, a final flush, a buffer about to run low), or its own once it runs low. Why:
-        streams that arrive at different times fall due at different times, and decoding each chunk at once gave
-        passes of ~5.5 rows instead of ~16, at a fixed cost of ~250 ms each beside the LLM (H200, 2026-12-04). The
-        chunks themselves are unchanged (same boundaries, same audio); only when they are decoded moves."""
+        self.hold = None if hold_lead_s is None else DeadlineHold(hold_lead_s, margin_s=NEAR_MISS_S)
+        """Deadline batching (`hold_lead_s` None: off, every due chunk is decoded at once): a due chunk of a live
+        stream with more than `hold_lead_s` plus the expected pass wait buffered is held; it goes with the next pass
+        that some stream's need starts (a first chunk, a final flush, a buffer about to run low), or its own once it
+        runs low (`deadline_hold.py`)."""
         self.held_passes = 0
         """Passes that took at least one held chunk (how much deadline batching merged)."""
+        self._held_rows = 0  # held rows in the batch `_pick` chose last
+        self.pass_log: deque[PassRecord] = deque(maxlen=PASS_LOG_SIZE)
+        """The latest passes, for benchmarks (bench/gpu_server.py's /bench/passes) and cost models."""
         self.clock = clock
         """Time source (time.monotonic; a simulated clock in bench/sim_schedule.py)."""
         self._deferred: list = []
@@ -200,8 +203,8 @@ class DecoderScheduler:
         now = self.clock()
         pass_s = self.pass_seconds()
         waits = [w for s in streams if (w := self.policy.wake_in(s.view(now), pass_s)) is not None]
-        if self.hold_lead_s is not None:  # a held chunk must go once its stream's buffer runs low
-            waits += [self._hold_slack(s, now, pass_s) for s in streams if self._size(s, now, pass_s) is not None]
+        if self.hold is not None:  # a held chunk must go once its stream's buffer runs low
+            waits += [self.hold.slack(s, now, pass_s) for s in streams if self._size(s, now, pass_s) is not None]
         return max(_MIN_WAIT_S, min(waits)) if waits else None
 
     def _drain(self, timeout: float | None) -> list:
@@ -244,36 +247,6 @@ class DecoderScheduler:
             return longest if longest is not None and len(s._tokens) > longest else -1
         return self.policy.chunk_size(s.view(now), pass_s)
 
-    def _hold_slack(self, s: ScheduledStream, now: float, pass_s: float) -> float:
-        """Seconds a due chunk of `s` may still be held (deadline batching); <= 0: it must go now."""
-        if not s.live or s.first_emit is None or s._final:
-            return 0.0  # whole-file replies, first chunks (first audio) and final flushes never wait
-        return s.buffered_seconds(now) - (self.hold_lead_s or 0.0) - pass_s
-
-    def _needed(self, s: ScheduledStream, size: int, now: float, pass_s: float) -> bool:
-        return size < 0 or self._hold_slack(s, now, pass_s) <= 0
-
-    def _held_budget(self, batch: list[tuple[ScheduledStream, int]], longest: int, now: float) -> float | None:
-        """Seconds the pass of the needed rows `batch` may take once held rows join: no needed listener may run dry
-        for them (its buffer, less `NEAR_MISS_S`), and a first chunk's pass grows by at most a quarter (its first
-        audio waits for the whole pass). None: no cost estimate yet (held rows then join only into free rows)."""
-        alone = self.cost.estimate(PassCost.units(len(batch), longest))
-        if alone is None:
-            return None
-        budget = 1.25 * alone
-        buffers = [s.buffered_seconds(now) - NEAR_MISS_S for s, _ in batch if s.first_emit is not None]
-        if buffers and all(s.first_emit is not None for s, _ in batch):
-            budget = max(budget, min(buffers))
-        return budget
-
-    def _held_fits(self, batch: list, longest: int, row_len: int, budget: float | None) -> bool:
-        """A held row joins only within the budget (without one: only where the pass costs the same)."""
-        units = PassCost.units(len(batch) + 1, max(longest, row_len))
-        if budget is None:
-            return units <= PassCost.units(len(batch), longest)
-        cost = self.cost.estimate(units)
-        return cost is not None and cost <= budget
-
     def _row_len(self, s: ScheduledStream, size: int) -> int:
         context = self.stream_config.max_prompt_tokens
         history = s.decoded if context is None else min(s.decoded, context)
@@ -291,8 +264,9 @@ class DecoderScheduler:
         due.sort(key=lambda e: (first_from is not None and e[0] not in first_from, self.policy.urgency(e[0].view(now))))
         if not due or (first_from is not None and due[0][0] not in first_from):
             return []
-        if self.hold_lead_s is not None and first_from is None:
-            needed = [e for e in due if self._needed(*e, now, pass_s)]
+        hold = self.hold if first_from is None else None
+        if hold is not None:
+            needed = [e for e in due if hold.needed(*e, now, pass_s)]
             if not needed:
                 return []  # every due chunk can wait: it goes with the next pass some stream needs
             # The most urgent needed chunk leads the pass (it sets the similar-length bound); held ones ride along.
@@ -315,14 +289,16 @@ class DecoderScheduler:
             row_len = self._row_len(*entry)
             if not (row_len <= limit and fits(row_len)):
                 continue
-            if self.hold_lead_s is not None and first_from is None and id(entry[0]) not in leads:
-                budget = self._held_budget(batch, longest, now) if budget is None else budget
-                if not self._held_fits(batch, longest, row_len, budget):
+            if hold is not None and id(entry[0]) not in leads:
+                budget = hold.budget(self.cost, batch, longest, now) if budget is None else budget
+                if not hold.fits(self.cost, len(batch), longest, row_len, budget):
                     continue
             batch.append(entry)
             longest = max(longest, row_len)
-        if self.hold_lead_s is not None and first_from is None:
-            self.held_passes += any(id(s) not in leads for s, _ in batch)
+        self._held_rows = 0
+        if hold is not None:
+            self._held_rows = sum(id(s) not in leads for s, _ in batch)
+            self.held_passes += self._held_rows > 0
         # A CUDA-graph pass is padded to a power-of-two batch: those rows cost nothing, so give them to streams
         # that have a steady-size chunk waiting (they get ahead, and their next chunk can be longer).
         room = min(self.max_batch, 1 << (len(batch) - 1).bit_length()) - len(batch)
@@ -376,6 +352,7 @@ class DecoderScheduler:
 
     def _decode(self, batch: list[tuple[ScheduledStream, int]], streams: set, *, nested: bool = False) -> None:
         now = self.clock()
+        firsts, held, self._held_rows = sum(s.first_emit is None for s, _ in batch), self._held_rows, 0
         for s, _ in batch:
             if s.first_sent is None:
                 s.first_sent = now
@@ -408,6 +385,8 @@ class DecoderScheduler:
             self.cost.observe(PassCost.units(len(rows), longest), elapsed)
         self.batches += 1
         self.chunks += len(rows)
+        new = sum(len(r.tokens) for _, r in rows)
+        self.pass_log.append(PassRecord(start, round(elapsed, 6), len(rows), longest, new, firsts, held, nested))
         self._emit(rows, results, streams)
 
     def _emit(self, rows: list[tuple[ScheduledStream, ChunkRequest]], results: list[ChunkResult], streams: set) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["PassCost"]
+from typing import NamedTuple
+
+__all__ = ["PASS_LOG_SIZE", "PassCost", "PassRecord"]
 
 
 class PassCost:
@@ -42,3 +44,24 @@ class PassCost:
             return my * units / mx if mx > 0 else None
         slope = max(0.0, (self._xy / self._n - mx * my) / var)
         return max(0.0, my - slope * mx) + slope * units
+
+
+PASS_LOG_SIZE = 20000
+
+
+class PassRecord(NamedTuple):
+    """One decoder pass, as `DecoderScheduler.pass_log` keeps it."""
+
+    start: float
+    """`clock()` when the pass began."""
+    seconds: float
+    rows: int
+    longest: int
+    """Tokens in the longest row (context + new): with the rows, what the pass is padded to."""
+    new_tokens: int
+    first_rows: int
+    """Rows that were a reply's first chunk."""
+    held_rows: int
+    """Rows that deadline batching had held."""
+    nested: bool
+    """Run between two steps of another pass (preemption)."""

@@ -13,6 +13,7 @@ import pytest
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule, StreamView
+from glm4voice_api.pipeline.deadline_hold import DeadlineHold
 from glm4voice_api.pipeline.decoder_pool import DecoderPool
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.pass_cost import PassCost
@@ -145,7 +146,7 @@ def _bare_scheduler(max_batch: int, max_pass_s: float | None) -> DecoderSchedule
     scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
     scheduler._pass_ewma = 0.05
     scheduler.max_pass_s, scheduler.cost = max_pass_s, PassCost()
-    scheduler.clock, scheduler.hold_lead_s, scheduler.held_passes = time.monotonic, None, 0
+    scheduler.clock, scheduler.hold, scheduler.held_passes, scheduler._held_rows = time.monotonic, None, 0, 0
     return scheduler
 
 
@@ -335,7 +336,7 @@ def _held_stream(pending: int, buffered: float, *, live: bool = True, started: b
 def test_hold_waits_while_buffers_allow_and_then_takes_the_held_chunks_along() -> None:
     scheduler = _bare_scheduler(max_batch=8, max_pass_s=None)
     scheduler.policy = FixedSchedule((10, 20))
-    scheduler.hold_lead_s = 0.3  # pass_seconds() is 0.1: a chunk is needed below 0.4 s buffered
+    scheduler.hold = DeadlineHold(0.3)  # pass_seconds() is 0.1: a chunk is needed below 0.4 s buffered
     for rows in (1, 2, 4, 8):
         scheduler.cost.observe(PassCost.units(rows, 60), 0.01 + 1e-5 * PassCost.units(rows, 60))
     ahead = [_held_stream(20, b) for b in (2.0, 3.0)]
@@ -357,7 +358,7 @@ def test_hold_waits_while_buffers_allow_and_then_takes_the_held_chunks_along() -
 def test_held_rows_never_make_a_needed_listener_run_dry() -> None:
     scheduler = _bare_scheduler(max_batch=32, max_pass_s=None)
     scheduler.policy = FixedSchedule((100,))
-    scheduler.hold_lead_s = 0.3
+    scheduler.hold = DeadlineHold(0.3)
     for rows in (1, 2, 4, 8, 16):  # 10 ms + 0.1 ms per padded unit: a 140-token row alone 24 ms, 16 rows 234 ms
         scheduler.cost.observe(PassCost.units(rows, 140), 0.01 + 1e-4 * PassCost.units(rows, 140))
     low = _held_stream(100, 0.16)  # needs a chunk; 160 ms left, less the near-miss margin: a 60 ms budget
@@ -389,6 +390,10 @@ def test_held_chunks_decode_to_the_same_audio_later(decoder) -> None:
             stream.push(seq[30:], final=True)
             rest = [c async for c in audio]
             stream.close()
+            # Every pass is logged for benchmarks: one row each here, the first a reply's first chunk.
+            log = list(scheduler.pass_log)
+            assert [(p.rows, p.first_rows, p.new_tokens) for p in log] == [(1, 1, 10), (1, 0, 20), (1, 0, 10)]
+            assert all(p.seconds > 0 and not p.nested for p in log)
             return np.concatenate([first, second, *rest]), held
         finally:
             await scheduler.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.sim_schedule import SAMPLE_RATE, SAMPLES_PER_TOKEN, CostModel, averaged, frame_bucket, simulate
+from bench.sim_costs import SAMPLE_RATE, SAMPLES_PER_TOKEN, CostModel, frame_bucket
+from bench.sim_schedule import averaged, simulate
 
 AUDIO_S = 260 * SAMPLES_PER_TOKEN / SAMPLE_RATE  # a 390-token reply: 10 blocks of 13 text + 26 audio tokens
 
@@ -49,3 +50,23 @@ def test_cost_model_pads_to_graph_buckets() -> None:
     assert frame_bucket(10) == 128 and frame_bucket(180) == 1280  # 69 and 1240 frames
     assert cost.pass_s(17, 180, beside_llm=False) == cost.pass_s(32, 180, beside_llm=False)
     assert cost.pass_s(1, 10, beside_llm=True) > cost.pass_s(1, 10, beside_llm=False)
+
+
+def test_fit_recovers_the_pass_model_from_logged_passes(tmp_path) -> None:
+    import json
+
+    from bench.sim_costs import fit_passes
+
+    cost = CostModel()
+    passes = [
+        [0.0, cost.sliced_fixed_s + 2.0 * cost.alone_cell_s * b * frame_bucket(n), r, n, 10, 0, 0, False]
+        for r, b in ((1, 1), (3, 4), (9, 16), (20, 32))
+        for n in (26, 104, 256)
+    ]
+    passes.append([0.0, 9.0, 1, 10, 10, 1, 0, True])  # nested passes are left out of the fit
+    path = tmp_path / "gpu_passes.json"
+    path.write_text(json.dumps({"configs": {"defaults": [{"phase": "level 16", "schedulers": [passes]}]}}))
+    fit = fit_passes(str(path))
+    assert fit["passes"] == 12
+    assert fit["sliced_factor"] == pytest.approx(2.0, abs=1e-3)
+    assert fit["sliced_fixed_s"] == pytest.approx(cost.sliced_fixed_s, abs=1e-4)

@@ -86,3 +86,37 @@ def test_latest_json_layout(tmp_path):
     full = json.loads((tmp_path / "gpu_suite.json").read_text())
     assert full["defaults"]["levels"][1]["admission_limit"] == 64
     assert full["configs"] == []
+
+
+def test_decoder_passes_are_paged_per_scheduler_and_written_per_phase(tmp_path, monkeypatch):
+    import asyncio
+    from collections import deque
+    from types import SimpleNamespace
+
+    from bench import gpu_suite
+    from bench.gpu_server import collect_passes
+    from glm4voice_api.pipeline.pass_cost import PassRecord
+
+    log = deque((PassRecord(float(i), 0.1, 1 + i, 50, 10, 0, 0, False) for i in range(5)), maxlen=3)
+    rt = SimpleNamespace(decoder=SimpleNamespace(schedulers=[SimpleNamespace(pass_log=log, batches=5)]))
+    assert [p[2] for p in collect_passes(rt, [3])["schedulers"][0]["passes"]] == [4, 5]  # the 4th and 5th pass
+    assert len(collect_passes(rt, [])["schedulers"][0]["passes"]) == 3  # what the bounded log still holds
+    assert collect_passes(rt, [5])["schedulers"][0]["passes"] == []
+
+    calls = []
+
+    async def fake_passes(url, since):
+        calls.append(list(since))
+        return collect_passes(rt, since)
+
+    monkeypatch.setattr(gpu_suite, "server_passes", fake_passes)
+    suite = gpu_suite.Suite(gpu_suite.parse_args(["--out", str(tmp_path)]))
+    run = SimpleNamespace(name="defaults")
+    asyncio.run(suite.record_passes(run, "http://x", "level 16"))
+    asyncio.run(suite.record_passes(run, "http://x", "level 32"))
+    suite.write()
+    assert calls == [[], [5]]  # the second call asks only for what came after the first
+    written = json.loads((tmp_path / "gpu_passes.json").read_text())
+    phases = written["configs"]["defaults"]
+    assert [p["phase"] for p in phases] == ["level 16", "level 32"]
+    assert len(phases[0]["schedulers"][0]) == 3 and phases[1]["schedulers"][0] == []
