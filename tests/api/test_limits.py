@@ -61,8 +61,9 @@ def test_limits_on_a_small_server(limited: RunningServer) -> None:
     _tenant_requests_per_minute_is_a_rate_limit_error(limited)
 
 
-def _stream_chat(server: RunningServer, max_tokens: int, outcome: dict) -> None:
-    """One streamed spoken chat over raw HTTP; records the status, the error envelope or how the stream ended."""
+def _stream_chat(server: RunningServer, max_tokens: int, outcome: dict, start: threading.Barrier | None = None) -> None:
+    """One streamed spoken chat over raw HTTP; records the status, the error envelope or how the stream ended.
+    `start`: sent when every thread sharing the barrier is ready (all requests arrive together)."""
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": "Hello"}],
@@ -70,6 +71,8 @@ def _stream_chat(server: RunningServer, max_tokens: int, outcome: dict) -> None:
         "max_tokens": max_tokens,
         **AUDIO,
     }
+    if start is not None:
+        start.wait(60)
     with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=300) as response:
         outcome["status"] = response.status_code
         outcome["retry_after"] = response.headers.get("retry-after")
@@ -92,12 +95,13 @@ def _max_tokens_above_the_cap_is_a_400(limited: RunningServer) -> None:
 
 
 def _global_admission_refuses_what_does_not_fit_and_serves_the_rest(limited: RunningServer) -> None:
-    # 1 running + 1 queued fit; the others are refused at once with 429 (queue full), not left hanging.
+    # 1 running + 1 queued fit; the others are refused at once with 429 (queue full), not left hanging. The five
+    # arrive together: started 50 ms apart, a fast machine had finished whole replies before the last ones came.
     outcomes = [{} for _ in range(5)]
-    threads = [threading.Thread(target=_stream_chat, args=(limited, 300, o)) for o in outcomes]
+    start = threading.Barrier(len(outcomes))
+    threads = [threading.Thread(target=_stream_chat, args=(limited, 300, o, start)) for o in outcomes]
     for t in threads:
         t.start()
-        time.sleep(0.05)
     for t in threads:
         t.join(300)
     refused = [o for o in outcomes if o.get("status") == 429]
