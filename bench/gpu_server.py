@@ -10,6 +10,11 @@
   pattern (bench/baseline_seed.py) inside this process, on the same engine and GPU, and returns each turn's audio
   chunk arrivals (judged like the load generator's turns).
 
+- `POST /bench/reconfigure {"speech_decoder": {"chunking": "adaptive", ...}}`: the speech decoder's per-stream rules
+  (`pipeline/decoder_rules.py`: RULES) become the server's own settings plus these, for the next streams (409 while
+  a stream is open), and admission control starts again from its initial state. The suite runs several
+  configurations in turn on one warm server with it (`--variant`, bench/warm_variants.py).
+
 Settings come from the environment (GLM4VOICE_*), as for `glm4voice-api serve`. These routes exist only in this
 benchmark entry point, never in the product's app.
 
@@ -24,9 +29,10 @@ from typing import Any
 
 import uvicorn
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from glm4voice_api.app import create_app
-from glm4voice_api.config import Settings
+from glm4voice_api.config import Settings, SpeechDecoderSettings
 
 
 def _path(obj: Any, *names: str) -> Any:
@@ -122,6 +128,35 @@ def build(settings: Settings):
             return collect_passes(getattr(request.app.state, "runtime", None), counts)
         except Exception as exc:  # noqa: BLE001 - never a 500, as /bench/stats
             return {"error": f"{type(exc).__name__}: {exc}"[:200]}
+
+    @app.post("/bench/reconfigure")
+    async def reconfigure(request: Request, body: dict) -> JSONResponse:
+        import asyncio
+
+        from pydantic import ValidationError
+
+        from glm4voice_api.pipeline.decoder_rules import RULES, apply_rules
+
+        rt, changes = request.app.state.runtime, dict(body.get("speech_decoder") or {})
+        if unknown := sorted(set(changes) - set(RULES)):
+            return JSONResponse({"error": f"not a per-stream rule: {unknown} (these are: {list(RULES)})"}, 400)
+        try:  # every rule not named goes back to the server's own setting
+            options = SpeechDecoderSettings.model_validate(rt.settings.speech_decoder.model_dump() | changes)
+        except ValidationError as exc:
+            return JSONResponse({"error": str(exc)[:500]}, 400)
+        try:
+            await asyncio.to_thread(apply_rules, rt.decoder, options)
+        except RuntimeError as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        controller, queue = (
+            getattr(request.app.state, "capacity", None),
+            _path(request.app.state, "services", "admission", "queue"),
+        )
+        if controller is not None and queue is not None:
+            controller.reset()
+            queue.set_limit(controller.limit)
+        limit = controller.limit if controller is not None else None
+        return JSONResponse({"speech_decoder": {k: getattr(options, k) for k in RULES}, "admission_limit": limit})
 
     @app.post("/bench/baseline")
     async def baseline(request: Request, body: dict) -> dict:

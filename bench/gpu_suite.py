@@ -17,7 +17,11 @@
    many admitted turns were gap-free.
 5. Baseline: POST /bench/baseline at 1, 2, 3, ... users (bench/baseline_seed.py, the seed's pattern, on the SAME
    engine in the same process) until a level is no longer real time under the same rule, at most --baseline-max.
-6. Each `--config NAME:KEY=VAL[,KEY=VAL...]` then gets a fresh server with those settings over the defaults and a
+6. `--variant NAME:SPEECH_DECODER__KEY=VAL[,...]` (repeatable): after the defaults' overload, the same warm server
+   runs the defaults and every variant in turn, `--variant-rounds` times in ABBA order, each with a ladder over
+   `--variant-levels` and `--variant-overload` staggered sessions (bench/warm_variants.py): same-run comparisons of
+   the decoder's per-stream rules without a server start each, reported under `defaults.variants`.
+7. Each `--config NAME:KEY=VAL[,KEY=VAL...]` then gets a fresh server with those settings over the defaults and a
    ladder over --configs-levels (no overload or baseline), reported under `configs`, never instead of the defaults.
 
 $OUT/gpu_suite.json (everything) and $OUT/latest.json (the headline, see the issue) are rewritten after every level,
@@ -47,8 +51,9 @@ if str(REPO / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO / "plugins"))
 
 from bench import loadgen
-from bench.playback import OverloadSummary, TurnResult, level_summary
+from bench.playback import LevelSummary, OverloadSummary, TurnResult, level_summary
 from bench.suite_results import ConfigRun, ConfigSpec, GpuSplit, ServerStats, SuiteLevel, gpu_name, write_results
+from bench.warm_variants import Variant, run_variants
 
 STOP_PLAYABLE_P50_MS = 3000.0
 """A level whose playable p50 is past this ends the ladder: higher levels would only take device time."""
@@ -229,13 +234,12 @@ class Suite:
         for concurrency in levels:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
-            before = await server_stats(url)
+            before = await self.stats(url)
             level = await loadgen.run_level(url, concurrency, lg, self.wav_b64)
-            after = await server_stats(url)
+            after = await self.stats(url)
             await self.record_passes(run, url, f"level {concurrency}")
             summary = level.summary()
-            split = GpuSplit.between(before, after, level.wall_s)
-            run.levels.append(SuiteLevel(summary, split, after.admission_limit))
+            run.levels.append(self.level_record(summary, before, after, level.wall_s))
             self.write()
             log(
                 f"{run.name}: {json.dumps(loadgen.progress_line(summary) | {'admission_limit': after.admission_limit})}"
@@ -261,6 +265,16 @@ class Suite:
         if args.overload_seconds > 0 and args.overload_extra:
             run.overload_extra = await self.overload(run, url, args.overload_extra, lg, label="extra overload")
             self.write()
+        if args.variant:  # last: the headline above is complete if the time limit cuts the rounds short
+            await run_variants(self, run, url, lg, log)
+            self.write()
+
+    async def stats(self, url: str) -> ServerStats:
+        return await server_stats(url)
+
+    @staticmethod
+    def level_record(summary: LevelSummary, before: ServerStats, after: ServerStats, wall_s: float) -> SuiteLevel:
+        return SuiteLevel(summary, GpuSplit.between(before, after, wall_s), after.admission_limit)
 
     async def overload(
         self, run: ConfigRun, url: str, sessions: int, lg: argparse.Namespace, label: str = "overload"
@@ -411,6 +425,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--configs-overload", type=int, default=0, help="the --config runs also get an overload of this many sessions"
     )
+    p.add_argument(
+        "--variant",
+        type=Variant.parse,
+        action="append",
+        default=[],
+        metavar="NAME:SPEECH_DECODER__KEY=VAL[,...]",
+        help="decoder rules to compare with the defaults on the same warm server, in rounds (repeatable)",
+    )
+    p.add_argument("--variant-rounds", type=int, default=2, help="rounds of the defaults + every --variant (ABBA)")
+    p.add_argument("--variant-levels", type=ints, default=[32], help="ladder of each variant phase ('': none)")
+    p.add_argument("--variant-overload", type=int, default=32, help="closed-loop sessions per variant phase (0: none)")
+    p.add_argument("--variant-overload-seconds", type=float, default=40.0)
     p.add_argument("--ready-timeout", type=float, default=420)
     p.add_argument("--prepare-only", action="store_true")
     p.add_argument("--url", default=None, help="use a running bench/gpu_server.py instead of starting one")

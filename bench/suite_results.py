@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.playback import DEFINITIONS, LevelSummary, OverloadSummary
 
@@ -154,6 +155,8 @@ class ConfigRun:
     """A second overload run at a fixed number of sessions (--overload-extra), beside the rule's 2 x real time."""
     baseline: list[LevelSummary] = field(default_factory=list)
     error: str | None = None
+    variants: Any = None
+    """The warm server's rounds of --variant (bench/warm_variants.py: VariantRuns), None when there were none."""
 
     def level(self, concurrency: int) -> LevelSummary | None:
         return next((lv.summary for lv in self.levels if lv.summary.concurrency == concurrency), None)
@@ -180,6 +183,7 @@ class ConfigRun:
             "baseline": [asdict(lv) for lv in self.baseline],
             "baseline_realtime_streams": self.baseline_realtime_streams,
             "warm_stats": asdict(self.warm_stats) if self.warm_stats else None,
+            "variants": self.variants.to_json() if self.variants is not None else None,
             "error": self.error,
         }
 

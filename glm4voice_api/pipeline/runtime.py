@@ -21,8 +21,8 @@ from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.llm_files import check_llm_weights, read_llm_config
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.pipeline.audio_input import AudioInput
-from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.decoder_pool import DecoderPool
+from glm4voice_api.pipeline.decoder_rules import capture_graphs, chunk_policy, hold_lead_s
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
@@ -145,7 +145,6 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
     start = time.perf_counter()
     decoder = load_speech_decoder(path, device, dtype, ode_steps=options.ode_steps)
     loaded = time.perf_counter() - start
-    adaptive = options.chunking == "adaptive"
     if device.startswith("cuda"):
         _prepare_flow(decoder, settings, device)
     logger.info("decoder on %s ready in %.1f s (weights %.1f s)", device, time.perf_counter() - start, loaded)
@@ -156,21 +155,16 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         # reference's exact draws.
         rng_device=device if device.startswith("cuda") else "cpu",
     )
-    policy = (
-        AdaptiveChunkPolicy(first_chunk=options.first_chunk, max_chunk=options.max_chunk, lead_s=options.lead_ms / 1000)
-        if adaptive
-        else FixedSchedule(tuple(options.schedule))
-    )
     own_stream = device.startswith("cuda") and in_process(settings.engine)
     scheduler = DecoderScheduler(
         decoder,
         config,
-        policy=policy,
+        policy=chunk_policy(options),
         max_batch=options.max_batch,
         own_stream=own_stream,
         max_pass_s=options.max_pass_ms / 1000 or None,
         preempt=options.preempt,
-        hold_lead_s=options.lead_ms / 1000 if options.hold else None,
+        hold_lead_s=hold_lead_s(options),
     )
     scheduler.start()
     return scheduler
@@ -192,14 +186,10 @@ def _prepare_flow(decoder: SpeechDecoder, settings: Settings, device: str, *, co
         # On the cache volume, so a restarted server (or container) reuses the kernels: ~6 s instead of ~30 s.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.cache_dir.resolve() / "inductor"))
         estimator.compile_blocks()
-    adaptive = options.chunking == "adaptive"
-    longest = (options.max_prompt_tokens or 200) + (options.max_chunk if adaptive else max(options.schedule))
     start = time.perf_counter()
     decoder.flow.enable_graphs()
     try:
-        count = decoder.flow.graphed.warmup(
-            options.max_batch, decoder.mel_frames(longest), decoder.flow.input_embedding.weight
-        )
+        count = capture_graphs(decoder, options, options.max_batch)
     except Exception:
         if not estimator.blocks_compiled:
             raise

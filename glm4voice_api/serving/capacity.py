@@ -77,6 +77,11 @@ class CapacityController:
         """The most streams running when listeners last ran dry (None: never yet)."""
         self.reason = "initial"
 
+    def reset(self) -> None:
+        """Back to the state of a fresh start: no knee, the initial limit (bench/gpu_server.py gives each
+        configuration of a warm server the admission a new server would start with)."""
+        self.__post_init__()
+
     def update(self, now: CapacitySignals) -> int:
         """Take a new reading; returns the (possibly changed) limit."""
         last, self._last = self._last, now

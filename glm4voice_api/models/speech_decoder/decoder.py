@@ -12,7 +12,7 @@ official folder (config.yaml, flow.pt, hift.pt) unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -91,6 +91,21 @@ class SpeechDecoder:
     @property
     def device(self) -> torch.device:
         return self.flow.input_embedding.weight.device
+
+    @property
+    def ode_steps(self) -> int:
+        return self.flow.decoder.cfg.n_timesteps
+
+    def set_ode_steps(self, steps: int) -> None:
+        """Euler steps of the flow's ODE from the next pass on (the loader's `ode_steps`, on a loaded decoder).
+
+        Why it can change after the CUDA graphs are captured: a graph is one Euler step with t and dt as inputs,
+        replayed once per step (`flow_graphs.py`), so it serves any number of steps."""
+        if steps < 1:
+            msg = f"ode_steps must be >= 1, got {steps}"
+            raise ValueError(msg)
+        cfg = replace(self.flow.cfg, n_timesteps=steps)
+        self.flow.cfg = self.flow.decoder.cfg = cfg
 
     @property
     def context_block(self) -> int:

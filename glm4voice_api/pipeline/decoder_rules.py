@@ -1,0 +1,87 @@
+"""The speech decoder's per-stream rules, built from its settings, and applied to a decoder that is already running.
+
+Most of `--speech-decoder.*` decides how each stream is cut into chunks and when a chunk is decoded (chunking,
+schedule, context, hold, pass bound, preemption) or how many Euler steps a pass takes. None of these shapes what was
+loaded or captured at startup (dtype, max_batch, CUDA graphs and compiled blocks do), so a decoder with no open
+stream can take new values between two streams and decode exactly as a fresh server started with them would. That
+is what lets one warm GPU server compare several configurations in turn (`bench/gpu_server.py`'s
+`/bench/reconfigure`), where a fresh server per configuration costs ~60-90 s of scarce device time and the host's
+run-to-run spread (README, Measured figures) would dominate the comparison.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from glm4voice_api.config import SpeechDecoderSettings
+from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, FixedSchedule
+from glm4voice_api.pipeline.deadline_hold import DeadlineHold
+from glm4voice_api.pipeline.decoder_scheduler import NEAR_MISS_S, DecoderScheduler
+
+RULES = (
+    "schedule",
+    "max_prompt_tokens",
+    "chunking",
+    "first_chunk",
+    "max_chunk",
+    "lead_ms",
+    "hold",
+    "max_pass_ms",
+    "preempt",
+    "ode_steps",
+)
+"""The settings `apply_rules` changes on a running decoder; the others need a restart."""
+
+
+def chunk_policy(options: SpeechDecoderSettings) -> ChunkPolicy:
+    if options.chunking == "adaptive":
+        return AdaptiveChunkPolicy(
+            first_chunk=options.first_chunk, max_chunk=options.max_chunk, lead_s=options.lead_ms / 1000
+        )
+    return FixedSchedule(tuple(options.schedule))
+
+
+def hold_lead_s(options: SpeechDecoderSettings) -> float | None:
+    """Deadline batching's lead (None: off)."""
+    return options.lead_ms / 1000 if options.hold else None
+
+
+def capture_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_batch: int) -> int:
+    """Capture the flow's CUDA graph of every (batch, frames) bucket these rules can use and that is not captured
+    yet (none when the decoder runs eagerly); returns how many graphs the decoder holds.
+
+    The longest row is a full context plus the longest chunk (200 tokens of context when unbounded: longer rows are
+    rare and a bucket missing then is captured on first use)."""
+    graphed = decoder.flow.graphed
+    if graphed is None:
+        return 0
+    chunk = options.max_chunk if options.chunking == "adaptive" else max(options.schedule)
+    frames = decoder.mel_frames((options.max_prompt_tokens or 200) + chunk)
+    return graphed.warmup(max_batch, frames, decoder.flow.input_embedding.weight)
+
+
+def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
+    """Give a running decoder (a `DecoderScheduler` or a pool of them) the rules of `options` for its next streams.
+
+    Only while no stream is open (RuntimeError otherwise): a stream's chunks follow one set of rules from its first
+    chunk to its last. The scheduler's thread reads these attributes only while it has streams to serve. On CUDA
+    the graphs the new rules need are captured here (GPU work: call it from a worker thread, never the event loop),
+    so that no stream waits for a capture, as at startup.
+    """
+    schedulers: list[DecoderScheduler] = getattr(decoder, "schedulers", None) or [decoder]  # type: ignore[list-item]
+    busy = sum(s.active_streams() for s in schedulers)
+    if busy:
+        msg = f"{busy} decoder streams are open; the rules change only between streams"
+        raise RuntimeError(msg)
+    for s in schedulers:
+        s.policy = chunk_policy(options)
+        lead = hold_lead_s(options)
+        s.hold = None if lead is None else DeadlineHold(lead, margin_s=NEAR_MISS_S)
+        s.max_pass_s = options.max_pass_ms / 1000 or None
+        s.preempt = options.preempt
+        s.stream_config = replace(
+            s.stream_config, schedule=tuple(options.schedule), max_prompt_tokens=options.max_prompt_tokens or None
+        )
+        s.decoder.set_ode_steps(options.ode_steps)
+        capture_graphs(s.decoder, options, s.max_batch)

@@ -1,0 +1,104 @@
+"""Decoder rules on a running decoder (pipeline/decoder_rules.py, bench/gpu_server.py's /bench/reconfigure): they
+change only between streams, and a decoder given new rules decodes as a fresh one loaded with them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from glm4voice_api.config import Settings, SpeechDecoderSettings
+from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
+from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
+from glm4voice_api.pipeline.decoder_rules import RULES, apply_rules
+from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.serving.admission import AdmissionQueue
+from glm4voice_api.serving.capacity import CapacityController
+from tests.conftest import CONFORMANCE
+
+TINY = CONFORMANCE / "tiny_a" / "speech_decoder"
+pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
+
+
+def _decode(decoder, tokens: list[int], config: DecoderStreamConfig) -> np.ndarray:
+    with decoder.open_stream(config=config) as stream:
+        return np.concatenate([stream.feed(tokens[:30]), stream.feed(tokens[30:], final=True)])
+
+
+async def _opened(scheduler: DecoderScheduler):
+    return scheduler.open_stream()
+
+
+def test_rules_change_between_streams_and_decode_as_a_fresh_decoder_would() -> None:
+    decoder = load_speech_decoder(TINY)
+    scheduler = DecoderScheduler(decoder, DecoderStreamConfig(schedule=(10, 20)), policy=FixedSchedule((10, 20)))
+    options = SpeechDecoderSettings(chunking="adaptive", hold=True, ode_steps=5, max_prompt_tokens=30, max_pass_ms=250)
+
+    scheduler.start()
+    loop = asyncio.new_event_loop()  # a stream belongs to an event loop; this one outlives the stream
+    try:
+        stream = loop.run_until_complete(_opened(scheduler))
+        with pytest.raises(RuntimeError, match="1 decoder streams are open"):
+            apply_rules(scheduler, options)  # a stream's chunks follow one set of rules from start to end
+        assert isinstance(scheduler.policy, FixedSchedule) and decoder.ode_steps == 10
+        stream.close()
+        deadline = time.monotonic() + 10
+        while scheduler.active_streams() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        loop.run_until_complete(scheduler.close())
+        loop.close()
+
+    apply_rules(scheduler, options)
+    assert isinstance(scheduler.policy, AdaptiveChunkPolicy) and scheduler.policy.max_chunk == 160
+    assert scheduler.hold is not None and scheduler.max_pass_s == 0.25
+    assert scheduler.stream_config.max_prompt_tokens == 30 and decoder.ode_steps == 5
+
+    # The same audio as a decoder loaded with 5 ODE steps from the start, and as the reference's 10 once set back.
+    tokens = np.random.default_rng(3).integers(0, 16384, 57).tolist()
+    config = scheduler.stream_config
+    np.testing.assert_array_equal(
+        _decode(decoder, tokens, config), _decode(load_speech_decoder(TINY, ode_steps=5), tokens, config)
+    )
+    apply_rules(scheduler, SpeechDecoderSettings())
+    assert isinstance(scheduler.policy, FixedSchedule) and scheduler.hold is None and scheduler.max_pass_s is None
+    np.testing.assert_array_equal(_decode(decoder, tokens, config), _decode(load_speech_decoder(TINY), tokens, config))
+    with pytest.raises(ValueError, match="ode_steps"):
+        decoder.set_ode_steps(0)
+
+
+def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_restarts_admission() -> None:
+    from bench.gpu_server import build
+
+    settings = Settings(speech_decoder=SpeechDecoderSettings(max_prompt_tokens=50))
+    app = build(settings)  # no lifespan: the runtime below stands in for the loaded models
+    decoder = load_speech_decoder(TINY)
+    scheduler = DecoderScheduler(decoder)
+    controller, queue = CapacityController(ceiling=256, initial=64), AdmissionQueue(64, max_queued=8, max_wait_s=1.0)
+    controller.limit, controller.knee = 12, 14  # what an earlier overload taught it
+    queue.set_limit(12)
+    app.state.runtime = SimpleNamespace(settings=settings, decoder=scheduler)
+    app.state.capacity = controller
+    app.state.services = SimpleNamespace(admission=SimpleNamespace(queue=queue))
+    client = TestClient(app)
+
+    got = client.post("/bench/reconfigure", json={"speech_decoder": {"chunking": "adaptive", "ode_steps": 5}})
+    assert got.status_code == 200, got.text
+    rules = got.json()["speech_decoder"]
+    assert set(rules) == set(RULES)
+    assert rules["chunking"] == "adaptive" and rules["ode_steps"] == 5 and rules["max_prompt_tokens"] == 50
+    assert got.json()["admission_limit"] == 64 and controller.knee is None and queue.max_active == 64
+    assert decoder.ode_steps == 5 and isinstance(scheduler.policy, AdaptiveChunkPolicy)
+
+    assert client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()["speech_decoder"]["ode_steps"] == 10
+    bad = client.post("/bench/reconfigure", json={"speech_decoder": {"dtype": "float16"}})
+    assert bad.status_code == 400 and "dtype" in bad.json()["error"]  # needs a restart: not a per-stream rule
+    assert client.post("/bench/reconfigure", json={"speech_decoder": {"ode_steps": 0}}).status_code == 400
+    scheduler.active_streams = lambda: 1  # a stream still open (the real refusal is tested above)
+    busy = client.post("/bench/reconfigure", json={})
+    assert busy.status_code == 409 and "open" in busy.json()["error"]

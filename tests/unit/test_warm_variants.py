@@ -1,0 +1,104 @@
+"""The GPU suite's warm-server variants (bench/warm_variants.py): parsing, ABBA order, phases and pooled figures
+(the server and the load generator replaced by fakes: the route itself is tested in test_decoder_rules.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from bench import gpu_suite, loadgen, warm_variants
+from bench.playback import TurnResult
+from bench.suite_results import ConfigRun, ServerStats
+from bench.warm_variants import DEFAULTS, Variant, VariantRuns, round_order
+
+
+def test_variant_parse_takes_only_decoder_rules():
+    v = Variant.parse("ode5:SPEECH_DECODER__ODE_STEPS=5,SPEECH_DECODER__SCHEDULE=[10,20,40]")
+    assert v == Variant("ode5", {"ode_steps": "5", "schedule": "[10,20,40]"})
+    with pytest.raises(ValueError, match="only SPEECH_DECODER__"):
+        Variant.parse("fp8:ENGINE__QUANTIZATION=fp8")  # the engine needs a fresh server: --config
+    with pytest.raises(ValueError, match="always run"):
+        Variant.parse("defaults:SPEECH_DECODER__HOLD=true")
+
+
+def test_rounds_alternate_their_order():
+    a, b = Variant("a", {"hold": "true"}), Variant("b", {"ode_steps": "5"})
+    assert [v.name for v in round_order([a, b], 0)] == [DEFAULTS, "a", "b"]
+    assert [v.name for v in round_order([a, b], 1)] == ["b", "a", DEFAULTS]
+    assert round_order([a, b], 0)[0].rules == {}
+
+
+def _turn(playable_s: float, status: int = 200) -> TurnResult:
+    # First chunk at 0.2 s holding 0.4 s of audio, the second at playable_s + 0.4: playable latency = playable_s.
+    return TurnResult(status=status, arrivals=[(0.2, 0.4), (playable_s + 0.4, 0.4)] if status == 200 else [])
+
+
+def test_pooled_figures_take_every_round_and_keep_each_one():
+    runs = VariantRuns()
+    runs.add_level("a", 32, [_turn(0.5), _turn(0.7)], 10.0)
+    runs.add_level("a", 32, [_turn(0.6), _turn(1.5)], 12.0)
+    runs.add_overload("a", 32, 40.0, [_turn(0.3), _turn(0.4), _turn(0, status=429)], 41.0)
+    runs.add_overload("a", 32, 40.0, [_turn(0.3)], 40.5)
+    pooled = runs.pooled()["a"]
+    level = pooled["levels"][0]
+    assert level["concurrency"] == 32 and level["turns"] == 4 and level["playable_ms"]["max"] == 1500
+    assert level["realtime"] is False and level["realtime_by_round"] == [True, False]
+    assert level["playable_p50_ms_by_round"] == [600.0, 1050.0]
+    over = pooled["overload"]
+    assert over["offered"] == 4 and over["admitted"] == 3 and over["seconds"] == 80.0
+    assert over["admitted_by_round"] == [2, 1] and over["gap_free_fraction_by_round"] == [1.0, 1.0]
+
+
+def test_run_variants_runs_every_phase_on_the_warm_server_and_writes_them(tmp_path, monkeypatch):
+    calls: list[dict] = []
+
+    async def fake_reconfigure(url, rules, wait_s=120.0):
+        calls.append(dict(rules))
+        if rules.get("ode_steps") == "0":
+            raise RuntimeError("/bench/reconfigure: 400")
+        return {"speech_decoder": {"ode_steps": int(rules.get("ode_steps", 10))}}
+
+    async def fake_level(url, concurrency, args, wav_b64):
+        return loadgen.LevelResult(concurrency, 5.0, [_turn(0.4) for _ in range(concurrency)])
+
+    async def fake_overload(url, sessions, seconds, args, wav_b64):
+        return loadgen.OverloadResult(sessions, seconds, seconds, [_turn(0.4) for _ in range(sessions)])
+
+    async def no_passes(url, since):
+        return {}
+
+    async def no_stats(url):
+        return ServerStats()
+
+    monkeypatch.setattr(warm_variants, "reconfigure", fake_reconfigure)
+    monkeypatch.setattr(loadgen, "run_level", fake_level)
+    monkeypatch.setattr(loadgen, "run_overload", fake_overload)
+    monkeypatch.setattr(gpu_suite, "server_passes", no_passes)
+    monkeypatch.setattr(gpu_suite, "server_stats", no_stats)
+    args = gpu_suite.parse_args(
+        ["--out", str(tmp_path), "--variant", "ode5:SPEECH_DECODER__ODE_STEPS=5"]
+        + ["--variant", "broken:SPEECH_DECODER__ODE_STEPS=0", "--variant-levels", "2,4", "--variant-overload", "3"]
+    )
+    suite = gpu_suite.Suite(args)
+    run = ConfigRun(name="defaults", settings={}, defaults=True)
+    suite.runs.append(run)
+    asyncio.run(warm_variants.run_variants(suite, run, "http://x", SimpleNamespace(), lambda m: None))
+
+    assert calls == [{}, {"ode_steps": "5"}, {"ode_steps": "0"}, {"ode_steps": "0"}, {"ode_steps": "5"}, {}, {}]
+    written = json.loads((tmp_path / "gpu_suite.json").read_text())["defaults"]["variants"]
+    phases = written["phases"]
+    assert [(p["variant"], p["round"]) for p in phases] == [
+        ("defaults", 1), ("ode5", 1), ("broken", 1), ("broken", 2), ("ode5", 2), ("defaults", 2)
+    ]  # fmt: skip
+    assert phases[1]["rules"] == {"ode_steps": 5} and [lv["concurrency"] for lv in phases[1]["levels"]] == [2, 4]
+    assert phases[2]["error"].startswith("RuntimeError") and phases[2]["levels"] == []
+    assert phases[0]["overload"]["admitted"] == 3
+    assert set(written["pooled"]) == {"defaults", "ode5"}
+    assert (
+        written["pooled"]["ode5"]["levels"][1]["turns"] == 8 and written["pooled"]["ode5"]["overload"]["offered"] == 6
+    )
+    passes = json.loads((tmp_path / "gpu_passes.json").read_text())["configs"]["defaults"]
+    assert passes[0]["phase"] == "defaults round 1 level 2" and len(passes) == 12
