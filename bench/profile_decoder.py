@@ -1,12 +1,13 @@
 """Where a speech-decoder pass spends its time, and how it behaves beside an LLM-like GPU load.
 
-Answers three questions the serving core's design depends on (full-size random weights, bf16, flow graphs):
+Answers four questions the serving core's design depends on (full-size random weights, bf16, flow graphs):
 
 1. phases: per pass shape (rows x context + new tokens), the GPU time of the flow encoder, the 10-step ODE and
    HiFT (CUDA events), the pass's wall time, and how many kernels one eager ODE step launches;
 2. compile: the same passes with the flow estimator compiled by ``torch.compile`` (fused kernels inside the same
    CUDA graphs), and the largest difference of its mel from the uncompiled one;
-3. contention: the pass's wall time while an LLM-like load (memory-bound bf16 GEMMs of a decode step, a host sync
+3. kernels: one ODE step's GPU time by kernel kind (attention, GEMM, conv, fused, norm, elementwise) per pass shape;
+4. contention: the pass's wall time while an LLM-like load (memory-bound bf16 GEMMs of a decode step, a host sync
    per step, as vLLM's engine does) runs in ANOTHER process (two CUDA contexts time-slice) or in a thread of THIS
    process on its own stream (one context: kernels can overlap), and the load's steps/s in each case.
 
@@ -148,6 +149,69 @@ def kernels_per_ode_step(decoder: SpeechDecoder, rows: int, frames_tokens: int) 
             cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
             torch.cuda.synchronize()
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
+
+
+KERNEL_SHAPES = [(1, 0, 10), (16, 100, 26), (16, 100, 80), (32, 100, 80)]
+"""(rows, context tokens, new tokens) of the passes whose ODE step is split by kernel kind."""
+_KINDS = (
+    ("attention", ("fmha", "attention", "flash", "sdpa", "attn")),
+    ("conv", ("conv", "fprop", "dgrad")),
+    ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "sm90_", "sm80_", "ampere_")),
+    ("fused (triton)", ("triton",)),
+    ("norm / reduce", ("norm", "reduce", "welford", "moments")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "copy", "fill", "cat", "index")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """What a CUDA kernel does, from its name (first match in `_KINDS`; attention before GEMM: its kernels are
+    often cutlass-based)."""
+    low = name.lower()
+    return next((kind for kind, keys in _KINDS if any(k in low for k in keys)), "other")
+
+
+def kernel_split(decoder: SpeechDecoder, rows: int, context: int, new: int) -> dict[str, Any] | None:
+    """GPU time of one eager ODE step at this pass shape, by kernel kind, with the padded (masked-attention) path
+    the CUDA graphs use. Why: per padded row-frame the step's cost is the serving core's bottleneck, and how much
+    of it is attention over the context (quadratic in the row's frames, run through SDPA with a mask, so not a
+    flash kernel) decides whether a mask-free attention or a shorter context is worth more than fewer steps."""
+    if decoder.device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    cfm, dev = decoder.flow.decoder, decoder.device
+    t, dt = decoder.mel_frames(context + new), decoder.flow.input_embedding.weight.dtype
+    x = torch.randn(rows, 80, t, device=dev)
+    mask2 = torch.ones(2 * rows, 1, t, device=dev, dtype=dt)
+    mu2 = torch.randn(2 * rows, 80, t, device=dev, dtype=dt)
+    spks2 = torch.zeros(2 * rows, 80, device=dev, dtype=dt)
+    step = (torch.tensor(0.1, device=dev), torch.tensor(0.1, device=dev))
+    with torch.inference_mode():
+        for _ in range(2):
+            cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
+            torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    top: dict[str, float] = {}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        us = float(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0) or 0.0)
+        kinds[kernel_kind(e.name)] = kinds.get(kernel_kind(e.name), 0.0) + us
+        top[e.name[:80]] = top.get(e.name[:80], 0.0) + us
+    total = sum(kinds.values()) or 1.0
+    return {
+        "rows": rows,
+        "context": context,
+        "new": new,
+        "frames": t,
+        "step_gpu_ms": round(total / 1000, 3),
+        "ms_by_kind": {k: round(v / 1000, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "share_by_kind": {k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "top_kernels_ms": {k: round(v / 1000, 3) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:8]},
+    }
 
 
 def phases(decoder: SpeechDecoder, iters: int) -> list[dict[str, Any]]:
@@ -333,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
     p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--sections", default="phases,compile,contention")
+    p.add_argument("--sections", default="kernels,phases,compile,contention")
     p.add_argument("--compile-mode", default="blocks", choices=("blocks", "whole"))
     p.add_argument("--load-gib", type=float, default=4.0, help="GiB of weights one LLM-like step reads")
     p.add_argument("--out", type=Path, required=True)
@@ -360,6 +424,11 @@ def main(argv: list[str] | None = None) -> None:
         report["compiled"] = compiled(decoder, args.iters, args.compile_mode)
         save()
         sections = sections[1:]
+    if "kernels" in sections:
+        report["kernel_split"] = [kernel_split(decoder, *shape) for shape in KERNEL_SHAPES]
+        for row in report["kernel_split"]:
+            print("kernels", row, flush=True)
+        save()
     if "phases" in sections:
         report["kernels_per_ode_step_1x256"] = kernels_per_ode_step(decoder, 1, 37)
         report["phases"] = phases(decoder, args.iters)

@@ -20,3 +20,20 @@ def test_realtime_bench_percentiles_are_milliseconds() -> None:
 
     assert percentiles([0.1, 0.2, 0.3])["p50"] == 200.0
     assert percentiles([])["p99"] is None
+
+
+def test_profile_kernel_kinds_from_cuda_kernel_names() -> None:
+    from bench.profile_decoder import kernel_kind
+
+    names = {
+        "fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<bf16>::Params)": "attention",
+        "cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x64_4x1x1_kernel0_0": "attention",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_execute_kernel__5x_cublas": "gemm",
+        "nvjet_tst_128x64_64x8_1x1_v_bz_TNT": "gemm",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x64x64": "conv",
+        "triton_per_fused_native_layer_norm_0": "fused (triton)",
+        "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float, float>(long, float, ...)": "norm / reduce",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>": "elementwise",
+        "cunn_SoftMaxForward<4, float>": "other",
+    }
+    assert {name: kernel_kind(name) for name in names} == names
