@@ -5,7 +5,7 @@
 # in ../shared/gpu (see its README.md) is set up first when /root/stash/setup-on-gpu.sh is there.
 # Bundle as built for these runs: bash ../shared/gpu/build-bundle.sh "silero-vad>=6,<7" websockets loguru (loguru: vLLM's
 # quantization imports need it for --engine.quantization fp8; drop a duplicate older redis wheel if the cache holds two).
-# Usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|realtime|multigpu [tp|dp]   (results under $OUT)
+# Usage: bash bench/gpu_run.sh audio|vllm|graphs|profile|prepare|suite|realtime|multigpu [tp|dp]   (results under $OUT)
 #   audio: speech tokenizer (fp32, bf16; batch 1, 8, 32) and decoder (fp32, tf32, bf16; 1, 4, 16, 64 streams)
 #   vllm:  bench/gpu_smoke_vllm.py (full-size GLM-4-Voice-9B config, dummy weights) + a no-processor engine
 #   graphs: decoder with the flow ODE as CUDA graphs vs eager, fp32 / tf32 / bf16 (1, 16, 64, 128 streams)
@@ -48,6 +48,12 @@ case "$mode" in
     timeout 120 python3 -m bench.bench_speech_decoder --preset full --device cuda --dtype bf16 \
       --streams 1,16,64,128 --hift-iters 0 --out "$OUT/dec_eager_bf16.json" || echo "eager bf16 failed rc=$?"
     ;;
+  profile)
+    # Where a decoder pass's GPU time goes: one ODE step by kernel kind (attention vs GEMM vs ...) per pass shape,
+    # then the phases (flow encoder / ODE / HiFT). Needs only torch, so it can share the first carry call.
+    timeout "${PROFILE_TIMEOUT:-300}" python3 -m bench.profile_decoder --device cuda --sections kernels,phases \
+      --out "$OUT/gpu_decoder_kernels.json" || echo "profile failed rc=$?"
+    ;;
   prepare)
     python3 -m bench.gpu_suite --prepare-only ;;
   suite)
@@ -88,5 +94,5 @@ PY
       --config "$par$n:$extra,AUDIO_DEVICE=all" --configs-levels 1,32,64,128,192,256 || echo "suite failed rc=$?"
     python3 -m bench.multigpu_report --suite "$OUT/gpu_suite.json" --mode "$par" --gpus "$n" --out "$OUT/multigpu.json"
     ;;
-  *) echo "usage: bash bench/gpu_run.sh audio|vllm|graphs|prepare|suite|realtime|multigpu [tp|dp]"; exit 2 ;;
+  *) echo "usage: bash bench/gpu_run.sh audio|vllm|graphs|profile|prepare|suite|realtime|multigpu [tp|dp]"; exit 2 ;;
 esac

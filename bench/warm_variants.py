@@ -177,3 +177,51 @@ async def run_variants(
             suite.write()
     await reconfigure(url, {})  # the server's own settings again
     return runs
+
+
+def comparison_table(variants: dict) -> str:
+    """A markdown table of `defaults.variants` (gpu_suite.json): per variant, the pooled figures, each round's in
+    brackets, and whether it beat the defaults in every round (the bar for a new default: one round can be noise)."""
+    pooled = variants.get("pooled") or {}
+    base = pooled.get(DEFAULTS) or {}
+    base_gf = (base.get("overload") or {}).get("gap_free_fraction_by_round") or []
+    levels = sorted({lv["concurrency"] for v in pooled.values() for lv in v["levels"]})
+    head = ["variant", "rules"] + [f"{c} streams: playable p50 / p99 ms (p99 by round)" for c in levels]
+    head += ["overload: gap-free of admitted (by round)", "beats the defaults in every round"]
+    rules = {p["variant"]: p["rules"] for p in variants.get("phases", []) if p.get("rules")}
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, v in sorted(pooled.items(), key=lambda kv: (kv[0] != DEFAULTS, kv[0])):
+        cells = [name, _changed(rules.get(name, {}), rules.get(DEFAULTS, {}))]
+        for c in levels:
+            lv = next((x for x in v["levels"] if x["concurrency"] == c), None)
+            cells.append(
+                "-"
+                if lv is None
+                else f"{lv['playable_ms']['p50']} / {lv['playable_ms']['p99']} ({lv['playable_p99_ms_by_round']})"
+            )
+        o = v.get("overload") or {}
+        by_round = o.get("gap_free_fraction_by_round") or []
+        cells.append(f"{o.get('gap_free_fraction_of_admitted')} ({by_round})" if o else "-")
+        wins = name != DEFAULTS and len(by_round) == len(base_gf) > 0
+        wins = wins and all((a or 0) > (b or 0) for a, b in zip(by_round, base_gf, strict=True))
+        cells.append("-" if name == DEFAULTS else ("yes" if wins else "no"))
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _changed(rules: dict, defaults: dict) -> str:
+    diff = {k: v for k, v in rules.items() if defaults.get(k) != v}
+    return ", ".join(f"{k}={v}" for k, v in diff.items()) or "product defaults"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="The warm-server variants of a gpu_suite.json, as a markdown table.")
+    p.add_argument("suite", help="gpu_suite.json")
+    args = p.parse_args(argv)
+    with open(args.suite) as f:
+        variants = (json.load(f).get("defaults") or {}).get("variants")
+    print(comparison_table(variants) if variants else "no --variant rounds in this file")
+
+
+if __name__ == "__main__":
+    main()

@@ -102,3 +102,26 @@ def test_run_variants_runs_every_phase_on_the_warm_server_and_writes_them(tmp_pa
     )
     passes = json.loads((tmp_path / "gpu_passes.json").read_text())["configs"]["defaults"]
     assert passes[0]["phase"] == "defaults round 1 level 2" and len(passes) == 12
+
+
+def test_comparison_table_wants_a_win_in_every_round():
+    from bench.warm_variants import comparison_table
+
+    def pooled(by_round):
+        level = {"concurrency": 32, "playable_ms": {"p50": 900, "p99": 1200}, "playable_p99_ms_by_round": [1200, 1100]}
+        return {
+            "levels": [level],
+            "overload": {"gap_free_fraction_of_admitted": 0.7, "gap_free_fraction_by_round": by_round},
+        }
+
+    variants = {
+        "phases": [
+            {"variant": "defaults", "rules": {"chunking": "fixed", "hold": False}},
+            {"variant": "a", "rules": {"chunking": "adaptive", "hold": False}},
+        ],
+        "pooled": {"b": pooled([0.9, 0.5]), "a": pooled([0.8, 0.7]), "defaults": pooled([0.6, 0.6])},
+    }
+    rows = comparison_table(variants).splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == ["| defaults", "| a", "| b"]
+    assert rows[1].endswith("| yes |") and "chunking=adaptive" in rows[1]
+    assert rows[2].endswith("| no |")  # better in one round, worse in the other
