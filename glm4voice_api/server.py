@@ -44,13 +44,40 @@ def _exit_now(status: int, known: tuple = ()) -> None:
     processes seen earlier (an engine core's workers are no longer our descendants once the core died)."""
     import psutil  # a vLLM dependency
 
-    for child in {*psutil.Process().children(recursive=True), *known}:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
+    stop_descendants(psutil.Process(), known)
     logging.shutdown()
     os._exit(status)
+
+
+def stop_descendants(root: object, known: tuple = (), rounds: int = 20) -> set:
+    """Kill every descendant of `root` (a psutil.Process) and the `known` processes; returns the processes killed.
+
+    Stopped first, killed after: a process killed while it forks (vLLM's engine core starting its worker, the
+    moment a SIGTERM during startup often hits) can leave a child that was not there when the list was read, and
+    that orphan then outlives the server. A stopped process cannot fork, so the list is read again until it stops
+    growing, and only then is everything killed (SIGKILL ends stopped processes too)."""
+    import psutil
+
+    seen: set = set(known)
+    for _ in range(rounds):
+        try:
+            new = set(root.children(recursive=True)) - seen  # type: ignore[attr-defined]
+        except psutil.Error:
+            new = set()
+        for process in new:
+            try:
+                process.suspend()
+            except psutil.Error:
+                pass
+        seen |= new
+        if not new:
+            break
+    for process in seen:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    return seen
 
 
 class DrainingServer(uvicorn.Server):
