@@ -23,6 +23,7 @@ import multiprocessing as mp
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,26 +128,31 @@ class PhaseTimer:
             r()
 
 
+def _step_call(decoder: SpeechDecoder, rows: int, tokens: int, fill: Callable[..., torch.Tensor]) -> Callable[[], None]:
+    """One eager Euler step of the flow's ODE for `rows` rows of `tokens` tokens, on the padded (masked) path the
+    CUDA graphs capture; `fill` (torch.zeros / torch.randn) makes the state and the conditioning."""
+    cfm, dev = decoder.flow.decoder, decoder.device
+    t, dt = decoder.mel_frames(tokens), decoder.flow.input_embedding.weight.dtype
+    x = fill(rows, 80, t, device=dev)
+    mask2 = torch.ones(2 * rows, 1, t, device=dev, dtype=dt)
+    mu2 = fill(2 * rows, 80, t, device=dev, dtype=dt)
+    spks2 = torch.zeros(2 * rows, 80, device=dev, dtype=dt)
+    time_, dt_ = torch.tensor(0.1, device=dev), torch.tensor(0.1, device=dev)
+    return lambda: cfm.step(x, mask2, mu2, spks2, mu2, time_, dt_, padded=True)
+
+
 def kernels_per_ode_step(decoder: SpeechDecoder, rows: int, frames_tokens: int) -> int | None:
     """Kernels one eager estimator step launches (what the CUDA graph replays, launch for launch)."""
     if decoder.device.type != "cuda":
         return None
     from torch.profiler import ProfilerActivity, profile
 
-    cfm = decoder.flow.decoder
-    t = decoder.mel_frames(frames_tokens)
-    dt = decoder.flow.input_embedding.weight.dtype
-    dev = decoder.device
-    x = torch.zeros(rows, 80, t, device=dev)
-    mask2 = torch.ones(2 * rows, 1, t, device=dev, dtype=dt)
-    mu2 = torch.zeros(2 * rows, 80, t, device=dev, dtype=dt)
-    spks2 = torch.zeros(2 * rows, 80, device=dev, dtype=dt)
-    step = (torch.tensor(0.1, device=dev), torch.tensor(0.1, device=dev))
+    step = _step_call(decoder, rows, frames_tokens, torch.zeros)
     with torch.inference_mode():
-        cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
+        step()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
+            step()
             torch.cuda.synchronize()
     return sum(1 for e in prof.events() if e.device_type.name == "CUDA")
 
@@ -179,19 +185,14 @@ def kernel_split(decoder: SpeechDecoder, rows: int, context: int, new: int) -> d
         return None
     from torch.profiler import ProfilerActivity, profile
 
-    cfm, dev = decoder.flow.decoder, decoder.device
-    t, dt = decoder.mel_frames(context + new), decoder.flow.input_embedding.weight.dtype
-    x = torch.randn(rows, 80, t, device=dev)
-    mask2 = torch.ones(2 * rows, 1, t, device=dev, dtype=dt)
-    mu2 = torch.randn(2 * rows, 80, t, device=dev, dtype=dt)
-    spks2 = torch.zeros(2 * rows, 80, device=dev, dtype=dt)
-    step = (torch.tensor(0.1, device=dev), torch.tensor(0.1, device=dev))
+    t = decoder.mel_frames(context + new)
+    step = _step_call(decoder, rows, context + new, torch.randn)
     with torch.inference_mode():
         for _ in range(2):
-            cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
+            step()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            cfm.step(x, mask2, mu2, spks2, mu2, *step, padded=True)
+            step()
             torch.cuda.synchronize()
     kinds: dict[str, float] = {}
     top: dict[str, float] = {}
