@@ -37,3 +37,18 @@ def test_profile_kernel_kinds_from_cuda_kernel_names() -> None:
         "cunn_SoftMaxForward<4, float>": "other",
     }
     assert {name: kernel_kind(name) for name in names} == names
+
+
+def test_attention_probe_flex_over_row_lengths_equals_the_masked_attention() -> None:
+    # What a mask-free estimator attention would have to keep: FlexAttention with "key < the row's length" gives
+    # the masked SDPA's output on every real query (CPU, fp32, FlexAttention's eager reference).
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from bench.attention_probe import flex_block_mask, max_abs_diff, padded_batch, sdpa_masked
+
+    b = padded_batch(rows=3, frames=96, device="cpu", dtype=torch.float32)
+    assert int(b["lengths"].max()) == 96 and torch.equal(b["lengths"][:3], b["lengths"][3:])  # CFG halves alike
+    assert not bool(b["valid"].all())  # some rows are padded
+    got = flex_block_mask(b, flex_attention, create_block_mask)
+    assert max_abs_diff(got, sdpa_masked(b), b["valid"]) < 1e-5
