@@ -281,11 +281,16 @@ async def test_client_vanishing_mid_answer_leaves_nothing(server: RunningServer)
             }
         )
     )
-    # A long answer, and the client vanishes at its first words: the engine is then surely still generating and
-    # the decoder session is open. (At the first audio, a fast machine's tiny engine had sometimes written all 900
-    # tokens before the server noticed, leaving nothing to abort: a clean-clone CI run, 2026-12-04.)
+    # A long answer, and the client vanishes while the server's engine is generating it, as the server's own
+    # metrics say. Not at the first words the client reads: a client on a loaded machine reads its events late,
+    # and twice (clean-clone CI runs, 2026-12-04 and -05; 4 of 10 runs beside three busy loops here) its first
+    # transcript delta came only after the server had written the whole answer, 47 s of audio, leaving nothing to
+    # abort.
     await ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 900}}))
-    await _next(ws, "response.output_audio_transcript.delta")
+    deadline = time.monotonic() + 120
+    while not await asyncio.to_thread(server.metric, "glm4voice_engine_active_requests"):
+        assert time.monotonic() < deadline, "the answer never started"
+        await asyncio.sleep(0.02)
     ws.transport.abort()  # no close handshake: the client is simply gone
     await wait_idle(server)
     assert await asyncio.to_thread(server.metric, "glm4voice_engine_aborted_requests_total") > aborted
