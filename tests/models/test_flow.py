@@ -221,17 +221,33 @@ def test_padded_flow_batch_equals_separate_rows(flow: FlowModel, golden: dict) -
 
 
 def test_fewer_ode_steps_stay_near_the_ten_step_reference(golden: dict) -> None:
-    """`speech_decoder.ode_steps` below the reference's 10 (less flow work per chunk, proportionally) in fp32, same
-    noise. Written-down bounds on tiny_a (relative RMS of the mel vs 10 steps): 5 steps 7.5 %, 6: 8.8 %, 8: 8.2 %,
-    2: 15.9 %; another noise draw moves it 126 %. Random weights: a regression guard, not a statement about the
-    released model's quality (which is why the default stays 10)."""
+    """The server decodes with 5 Euler steps by default (`speech_decoder.ode_steps`), the reference with 10. This is
+    the written-down bound of that choice, in fp32 with the reference's own noise, against its 10-step mel
+    (relative RMS, tiny_a): 5 steps 7.5 %, 8 steps 8.2 %, 6: 8.8 %, 2: 15.9 %. The yardstick beside it: the same
+    10-step sampler with another noise draw (what every request gets: the noise is drawn per stream) moves the mel
+    ~126 %, so 5 steps stay within a tenth of the sampler's own spread. Random weights: a regression guard and a
+    scale, not a listening test of the released decoder (10 steps stay one setting away: --speech-decoder.ode-steps)."""
     tokens, z = torch.from_numpy(golden["tokens57"])[None], torch.from_numpy(golden["z_57"])
     ref = golden["mel_57"]
+
+    def rel(mel: np.ndarray) -> float:
+        return float(np.sqrt(((mel - ref) ** 2).mean() / (ref**2).mean()))
+
+    drawn = torch.randn(z.shape, generator=torch.Generator().manual_seed(1234))
+    spread = rel(load_speech_decoder(TINY / "speech_decoder").flow.inference(tokens, noise=drawn).numpy())
+    assert spread > 1.0, spread  # another draw of the same sampler: the scale the steps' error is judged on
     for steps, bound in ((5, 0.08), (8, 0.09)):
         flow = load_speech_decoder(TINY / "speech_decoder", ode_steps=steps).flow
         assert len(flow.decoder.steps(torch.device("cpu"))) == steps
-        mel = flow.inference(tokens, noise=z).numpy()
-        rel = np.sqrt(((mel - ref) ** 2).mean() / (ref**2).mean())
-        assert rel < bound, (steps, rel)
+        err = rel(flow.inference(tokens, noise=z).numpy())
+        assert err < bound and err < 0.1 * spread, (steps, err, spread)
     with pytest.raises(ValueError, match="ode_steps"):
         load_speech_decoder(TINY / "speech_decoder", ode_steps=0)
+
+
+def test_server_default_is_five_steps() -> None:
+    """The default the bound above is written for; the reference's 10 stay one setting away."""
+    from glm4voice_api.config import SpeechDecoderSettings
+
+    assert SpeechDecoderSettings().ode_steps == 5
+    assert SpeechDecoderSettings(ode_steps=10).ode_steps == 10

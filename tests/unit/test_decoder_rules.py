@@ -37,7 +37,7 @@ async def _opened(scheduler: DecoderScheduler):
 def test_rules_change_between_streams_and_decode_as_a_fresh_decoder_would() -> None:
     decoder = load_speech_decoder(TINY)
     scheduler = DecoderScheduler(decoder, DecoderStreamConfig(schedule=(10, 20)), policy=FixedSchedule((10, 20)))
-    options = SpeechDecoderSettings(chunking="adaptive", hold=True, ode_steps=5, max_prompt_tokens=30, max_pass_ms=250)
+    options = SpeechDecoderSettings(chunking="adaptive", hold=True, ode_steps=3, max_prompt_tokens=30, max_pass_ms=250)
 
     scheduler.start()
     loop = asyncio.new_event_loop()  # a stream belongs to an event loop; this one outlives the stream
@@ -57,15 +57,15 @@ def test_rules_change_between_streams_and_decode_as_a_fresh_decoder_would() -> N
     apply_rules(scheduler, options)
     assert isinstance(scheduler.policy, AdaptiveChunkPolicy) and scheduler.policy.max_chunk == 160
     assert scheduler.hold is not None and scheduler.max_pass_s == 0.25
-    assert scheduler.stream_config.max_prompt_tokens == 30 and decoder.ode_steps == 5
+    assert scheduler.stream_config.max_prompt_tokens == 30 and decoder.ode_steps == 3
 
-    # The same audio as a decoder loaded with 5 ODE steps from the start, and as the reference's 10 once set back.
+    # The same audio as a decoder loaded with 3 ODE steps from the start, and as the reference's 10 once set back.
     tokens = np.random.default_rng(3).integers(0, 16384, 57).tolist()
     config = scheduler.stream_config
     np.testing.assert_array_equal(
-        _decode(decoder, tokens, config), _decode(load_speech_decoder(TINY, ode_steps=5), tokens, config)
+        _decode(decoder, tokens, config), _decode(load_speech_decoder(TINY, ode_steps=3), tokens, config)
     )
-    apply_rules(scheduler, SpeechDecoderSettings())
+    apply_rules(scheduler, SpeechDecoderSettings(ode_steps=10))
     assert isinstance(scheduler.policy, FixedSchedule) and scheduler.hold is None and scheduler.max_pass_s is None
     np.testing.assert_array_equal(_decode(decoder, tokens, config), _decode(load_speech_decoder(TINY), tokens, config))
     with pytest.raises(ValueError, match="ode_steps"):
@@ -87,15 +87,15 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     app.state.services = SimpleNamespace(admission=SimpleNamespace(queue=queue))
     client = TestClient(app)
 
-    got = client.post("/bench/reconfigure", json={"speech_decoder": {"chunking": "adaptive", "ode_steps": 5}})
+    got = client.post("/bench/reconfigure", json={"speech_decoder": {"chunking": "adaptive", "ode_steps": 3}})
     assert got.status_code == 200, got.text
     rules = got.json()["speech_decoder"]
     assert set(rules) == set(RULES)
-    assert rules["chunking"] == "adaptive" and rules["ode_steps"] == 5 and rules["max_prompt_tokens"] == 50
+    assert rules["chunking"] == "adaptive" and rules["ode_steps"] == 3 and rules["max_prompt_tokens"] == 50
     assert got.json()["admission_limit"] == 64 and controller.knee is None and queue.max_active == 64
-    assert decoder.ode_steps == 5 and isinstance(scheduler.policy, AdaptiveChunkPolicy)
+    assert decoder.ode_steps == 3 and isinstance(scheduler.policy, AdaptiveChunkPolicy)
 
-    assert client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()["speech_decoder"]["ode_steps"] == 10
+    assert client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()["speech_decoder"]["ode_steps"] == 5
     bad = client.post("/bench/reconfigure", json={"speech_decoder": {"dtype": "float16"}})
     assert bad.status_code == 400 and "dtype" in bad.json()["error"]  # needs a restart: not a per-stream rule
     assert client.post("/bench/reconfigure", json={"speech_decoder": {"ode_steps": 0}}).status_code == 400
