@@ -12,8 +12,9 @@
 
 - `POST /bench/reconfigure {"speech_decoder": {"chunking": "adaptive", ...}}`: the speech decoder's per-stream rules
   (`pipeline/decoder_rules.py`: RULES) become the server's own settings plus these, for the next streams (409 while
-  a stream is open), and admission control starts again from its initial state. The suite runs several
-  configurations in turn on one warm server with it (`--variant`, bench/warm_variants.py).
+  a stream is open), and admission control starts again from its initial state, with `"capacity": {"backoff": B}`
+  (CAPACITY_RULES) or its defaults. The suite runs several configurations in turn on one warm server with it
+  (`--variant`, bench/warm_variants.py).
 
 Settings come from the environment (GLM4VOICE_*), as for `glm4voice-api serve`. These routes exist only in this
 benchmark entry point, never in the product's app.
@@ -33,6 +34,18 @@ from fastapi.responses import JSONResponse
 
 from glm4voice_api.app import create_app
 from glm4voice_api.config import Settings, SpeechDecoderSettings
+from glm4voice_api.serving.capacity import CapacityController
+
+
+def _fraction(value: object) -> float:
+    x = float(value)  # type: ignore[arg-type]
+    if not 0 < x < 1:
+        raise ValueError(f"must lie in (0, 1), got {value!r}")
+    return x
+
+
+CAPACITY_RULES = {"backoff": _fraction}
+"""Admission control's rules a phase may change (CapacityController's fields), each with its parser."""
 
 
 def _path(obj: Any, *names: str) -> Any:
@@ -140,6 +153,13 @@ def build(settings: Settings):
         rt, changes = request.app.state.runtime, dict(body.get("speech_decoder") or {})
         if unknown := sorted(set(changes) - set(RULES)):
             return JSONResponse({"error": f"not a per-stream rule: {unknown} (these are: {list(RULES)})"}, 400)
+        capacity = dict(body.get("capacity") or {})
+        if unknown := sorted(set(capacity) - set(CAPACITY_RULES)):
+            return JSONResponse({"error": f"not a capacity rule: {unknown} (these are: {list(CAPACITY_RULES)})"}, 400)
+        try:
+            capacity = {k: CAPACITY_RULES[k](v) for k, v in capacity.items()}
+        except ValueError as exc:
+            return JSONResponse({"error": f"capacity: {exc}"}, 400)
         try:  # every rule not named goes back to the server's own setting
             options = SpeechDecoderSettings.model_validate(rt.settings.speech_decoder.model_dump() | changes)
         except ValidationError as exc:
@@ -153,10 +173,15 @@ def build(settings: Settings):
             _path(request.app.state, "services", "admission", "queue"),
         )
         if controller is not None and queue is not None:
+            for key in CAPACITY_RULES:  # a rule not named goes back to the controller's default
+                setattr(controller, key, capacity.get(key, getattr(CapacityController, key)))
             controller.reset()
             queue.set_limit(controller.limit)
         limit = controller.limit if controller is not None else None
-        return JSONResponse({"speech_decoder": {k: getattr(options, k) for k in RULES}, "admission_limit": limit})
+        rules = {k: getattr(controller, k) for k in CAPACITY_RULES} if controller is not None else {}
+        return JSONResponse(
+            {"speech_decoder": {k: getattr(options, k) for k in RULES}, "capacity": rules, "admission_limit": limit}
+        )
 
     @app.post("/bench/baseline")
     async def baseline(request: Request, body: dict) -> dict:

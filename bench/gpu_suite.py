@@ -431,7 +431,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME:SPEECH_DECODER__KEY=VAL[,...]",
-        help="decoder rules to compare with the defaults on the same warm server, in rounds (repeatable)",
+        help="decoder rules (or CAPACITY__BACKOFF: admission control) to compare with the defaults on the same warm server, in rounds (repeatable)",
     )
     p.add_argument("--variant-rounds", type=int, default=2, help="rounds of the defaults + every --variant (ABBA)")
     p.add_argument("--variant-levels", type=ints, default=[32], help="ladder of each variant phase ('': none)")

@@ -39,23 +39,29 @@ if TYPE_CHECKING:
 
 DEFAULTS = "defaults"
 _PREFIX = "SPEECH_DECODER__"
+_CAPACITY = "CAPACITY__"
+"""Admission control's own rules (bench/gpu_server.py: CAPACITY_RULES), e.g. CAPACITY__BACKOFF=0.8."""
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A name and the decoder rules it changes (none: the server's own settings, i.e. the product defaults)."""
+    """A name and the decoder rules it changes (none: the server's own settings, i.e. the product defaults); rules
+    of admission control are kept as `capacity__KEY`."""
 
     name: str
     rules: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
-        """`NAME:SPEECH_DECODER__KEY=VAL[,...]`, the `--config` syntax restricted to the decoder's settings."""
+        """`NAME:SPEECH_DECODER__KEY=VAL[,...]` (or `CAPACITY__KEY`), the `--config` syntax restricted to what
+        changes on a running server."""
         spec = ConfigSpec.parse(text)
         if spec.name == DEFAULTS:
             raise ValueError(f"--variant {text!r}: {DEFAULTS!r} is always run; pick another name")
-        if bad := [k for k in spec.overrides if not k.startswith(_PREFIX)]:
-            raise ValueError(f"--variant {text!r}: only {_PREFIX}* settings change on a running server, not {bad}")
+        if bad := [k for k in spec.overrides if not k.startswith((_PREFIX, _CAPACITY))]:
+            raise ValueError(
+                f"--variant {text!r}: only {_PREFIX}* and {_CAPACITY}* change on a running server, not {bad}"
+            )
         return cls(spec.name, {k.removeprefix(_PREFIX).lower(): v for k, v in spec.overrides.items()})
 
 
@@ -125,12 +131,18 @@ class VariantRuns:
         return {"phases": [p.to_json() for p in self.phases], "pooled": self.pooled()}
 
 
+def reconfigure_body(rules: dict[str, str]) -> dict:
+    """A variant's rules as /bench/reconfigure takes them: the decoder's, and admission control's (`capacity__KEY`)."""
+    capacity = {k.removeprefix("capacity__"): v for k, v in rules.items() if k.startswith("capacity__")}
+    return {"speech_decoder": {k: v for k, v in rules.items() if not k.startswith("capacity__")}, "capacity": capacity}
+
+
 async def reconfigure(url: str, rules: dict[str, str], wait_s: float = 120.0) -> dict:
     """POST /bench/reconfigure, retried while streams of the previous phase are still closing (409)."""
     deadline = time.monotonic() + wait_s
     async with httpx.AsyncClient(base_url=url, timeout=120) as client:
         while True:
-            response = await client.post("/bench/reconfigure", json={"speech_decoder": rules})
+            response = await client.post("/bench/reconfigure", json=reconfigure_body(rules))
             if response.status_code == 200:
                 return response.json()
             if response.status_code != 409 or time.monotonic() > deadline:
@@ -150,7 +162,10 @@ async def run_variants(
             phase = Phase(variant.name, index + 1)
             runs.phases.append(phase)
             try:
-                phase.rules = (await reconfigure(url, variant.rules))["speech_decoder"]
+                applied = await reconfigure(url, variant.rules)
+                phase.rules = applied["speech_decoder"] | {
+                    f"capacity__{k}": v for k, v in (applied.get("capacity") or {}).items()
+                }
                 log(f"variant {variant.name}, round {index + 1}: {json.dumps(variant.rules) or 'product defaults'}")
                 for concurrency in args.variant_levels:
                     before = await suite.stats(url)

@@ -95,7 +95,14 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     assert got.json()["admission_limit"] == 64 and controller.knee is None and queue.max_active == 64
     assert decoder.ode_steps == 3 and isinstance(scheduler.policy, AdaptiveChunkPolicy)
 
-    assert client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()["speech_decoder"]["ode_steps"] == 5
+    back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
+    assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == {"backoff": 0.7}
+    # Admission control's own rule: applied to the controller, which restarts; not named again: its default.
+    got = client.post("/bench/reconfigure", json={"capacity": {"backoff": "0.85"}}).json()
+    assert got["capacity"] == {"backoff": 0.85} and controller.backoff == 0.85 and controller.knee is None
+    assert client.post("/bench/reconfigure", json={}).json()["capacity"] == {"backoff": 0.7}
+    for bad_capacity in ({"backoff": 1.5}, {"backoff": "x"}, {"initial": 8}):
+        assert client.post("/bench/reconfigure", json={"capacity": bad_capacity}).status_code == 400, bad_capacity
     bad = client.post("/bench/reconfigure", json={"speech_decoder": {"dtype": "float16"}})
     assert bad.status_code == 400 and "dtype" in bad.json()["error"]  # needs a restart: not a per-stream rule
     assert client.post("/bench/reconfigure", json={"speech_decoder": {"ode_steps": 0}}).status_code == 400
