@@ -6,19 +6,19 @@ therefore not a setting but a measurement, adjusted once a second from what the 
 
 - a settled stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing,
   past the stream's first 2 s: a burst of new streams makes some second chunks late at loads that are real time;
-  counted by the decoder scheduler): the limit drops to `backoff` (70%) of the most streams that ran in the last
+  counted by the decoder scheduler): the limit drops to `backoff` (90%) of the most streams that ran in the last
   `cooldown_s` (a gap is reported seconds after the load that caused it, when some of those streams may have
   ended), that level is remembered as the knee, and the limit stays put for `cooldown_s`: the underruns of streams
-  admitted before the cut are the same overload and do not cut again. Why 70% (TCP CUBIC's multiplicative
-  decrease): the knee is only known to lie below the level that ran dry, not how far. On an H200 (2026-12-05, 5 ODE
-  steps) 32 streams were real time and 48 were not, and a cut to 90% (50 -> 45, then probing to 50 and 45 -> 40)
-  kept the limit above what stayed gap-free: 28% of the streams admitted under 2x overload were;
+  admitted before the cut are the same overload and do not cut again. A deeper cut is not obviously safer: on an
+  H200 a limit held low queued newcomers that then started one by one, the decoder met fewer streams per pass, and
+  fewer admitted streams stayed gap-free (31% against 91.5%, 2026-12-04); `bench/gpu_suite.py --variant
+  NAME:CAPACITY__BACKOFF=0.7` compares cuts on one warm server;
 - chunks arrive just in time (emitted with under 0.1 s of audio left once a stream is past its start: a near
   miss, counted by the decoder scheduler), or the LLM's
   token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75 tokens/s):
   no growth (the next stream would tip it over);
 - otherwise, when nearly every slot is used (or requests wait), the limit grows: by `step` (25%) while it is below
-  `backoff` x the knee (or no knee is known), by one stream per `probe_s` from there (additive increase, multiplicative
+  80% of the knee (or the cut's level, if lower; or no knee is known), by one stream per `probe_s` from there (additive increase, multiplicative
   decrease: at 25% a second it overshot the knee within three seconds, and every stream admitted meanwhile
   stuttered; measured on an H200, bench/results).
 
@@ -69,8 +69,8 @@ class CapacityController:
     step: float = 0.25
     probe_s: float = 5.0
     """Near the knee, the limit grows by one stream per this many seconds."""
-    backoff: float = 0.7
-    """After listeners ran dry: the limit becomes this x the recent peak (the knee); fast growth stops there."""
+    backoff: float = 0.9
+    """After listeners ran dry the limit becomes this x the recent peak (the knee)."""
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))
@@ -110,7 +110,7 @@ class CapacityController:
             self.reason = "token supply"
         elif not holding and (now.queued > 0 or now.active >= 0.9 * self.limit):
             fast = self.limit + max(1, math.ceil(self.step * self.limit))
-            near = math.floor(self.backoff * self.knee) if self.knee is not None else fast
+            near = math.floor(min(0.8, self.backoff) * self.knee) if self.knee is not None else fast
             if fast <= near:
                 self._set(fast, "demand")
             elif self.limit < near:

@@ -39,17 +39,23 @@ def test_underrun_cuts_and_holds_off_growth() -> None:
     c = CapacityController(ceiling=256, initial=64, cooldown_s=3)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=64))
-    assert c.update(feed.tick(tok_per_stream=60, active=60, underruns=2)) == 44  # 70% of 64 (the recent peak)
+    assert c.update(feed.tick(tok_per_stream=60, active=60, underruns=2)) == 57  # 64 (the recent peak) - 10%
     for _ in range(2):  # cooling down: no growth although healthy and full
-        assert c.update(feed.tick(tok_per_stream=60, active=44, queued=9)) == 44
-    assert c.update(feed.tick(tok_per_stream=60, active=44, queued=9)) == 45  # at 70% of the knee: one more
+        assert c.update(feed.tick(tok_per_stream=60, active=57, queued=9)) == 57
+    assert c.update(feed.tick(tok_per_stream=60, active=57, queued=9)) == 58  # past 80% of the knee: one more
 
 
-def test_cut_goes_below_the_level_that_ran_dry_even_for_small_knees() -> None:
+def test_cut_goes_below_the_level_that_ran_dry_and_can_be_deeper() -> None:
     c = CapacityController(ceiling=256, initial=2, floor=1)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=2))
-    assert c.update(feed.tick(tok_per_stream=60, active=2, underruns=1)) == 1  # 70% of 2 rounds down to 1
+    assert c.update(feed.tick(tok_per_stream=60, active=2, underruns=1)) == 1  # 90% of 2 rounds down to 1
+    c = CapacityController(ceiling=256, initial=50, backoff=0.7, cooldown_s=2, probe_s=3)
+    c.update(feed.tick(tok_per_stream=60, active=50))
+    assert c.update(feed.tick(tok_per_stream=60, active=50, underruns=1)) == 35  # 70% of 50
+    c.update(feed.tick(tok_per_stream=60, active=35, queued=5))  # cooling down
+    # At the cut's level (below 80% of the knee): one stream per probe, not a fast step back up to 40.
+    assert [c.update(feed.tick(tok_per_stream=60, active=c.limit, queued=5)) for _ in range(4)] == [36, 36, 36, 37]
 
 
 def test_bounds_hold() -> None:
@@ -71,23 +77,24 @@ def test_one_cut_per_overload_from_the_recent_peak() -> None:
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=40))
     c.update(feed.tick(tok_per_stream=60, active=30))
-    assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=3)) == 28  # 70% of 40 (the recent peak)
+    assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=3)) == 36  # 40 (the recent peak) - 10%
     assert c.knee == 40
     for _ in range(4):  # the streams admitted before the cut keep running dry for a while: no further cuts
-        assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=2)) == 28
+        assert c.update(feed.tick(tok_per_stream=60, active=12, underruns=2)) == 36
 
 
-def test_grows_fast_up_to_70_percent_of_the_knee_then_one_stream_per_probe() -> None:
+def test_grows_fast_up_to_80_percent_of_the_knee_then_one_stream_per_probe() -> None:
     c = CapacityController(ceiling=256, initial=30, cooldown_s=2, probe_s=3)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=30))
-    assert c.update(feed.tick(tok_per_stream=60, active=30, underruns=1)) == 21  # knee 30
+    assert c.update(feed.tick(tok_per_stream=60, active=30, underruns=1)) == 27  # knee 30
     c.limit = 10  # say the load fell away and came back
     assert c.update(feed.tick(tok_per_stream=60, active=10, queued=5)) == 10  # still cooling down
     limits = [c.update(feed.tick(tok_per_stream=60, active=c.limit, queued=5)) for _ in range(10)]
-    # +25% while below 21 (70% of the knee: where the cut put it), then +1 every 3 s (no overshoot in one burst)
-    assert limits[:3] == [13, 17, 21]
-    assert limits[3:] == [22, 22, 22, 23, 23, 23, 24]
+    # +25% while below 24 (80% of the knee), then +1 every 3 s (no overshoot past the knee in one burst)
+    assert limits[:3] == [13, 17, 22]
+    assert limits[3] == 24
+    assert limits[4:] == [25, 25, 25, 26, 26, 26]
 
 
 def test_queue_follows_a_new_limit() -> None:

@@ -96,11 +96,11 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     assert decoder.ode_steps == 3 and isinstance(scheduler.policy, AdaptiveChunkPolicy)
 
     back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
-    assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == {"backoff": 0.7}
+    assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == {"backoff": 0.9}
     # Admission control's own rule: applied to the controller, which restarts; not named again: its default.
     got = client.post("/bench/reconfigure", json={"capacity": {"backoff": "0.85"}}).json()
     assert got["capacity"] == {"backoff": 0.85} and controller.backoff == 0.85 and controller.knee is None
-    assert client.post("/bench/reconfigure", json={}).json()["capacity"] == {"backoff": 0.7}
+    assert client.post("/bench/reconfigure", json={}).json()["capacity"] == {"backoff": 0.9}
     for bad_capacity in ({"backoff": 1.5}, {"backoff": "x"}, {"initial": 8}):
         assert client.post("/bench/reconfigure", json={"capacity": bad_capacity}).status_code == 400, bad_capacity
     bad = client.post("/bench/reconfigure", json={"speech_decoder": {"dtype": "float16"}})
