@@ -6,7 +6,8 @@ Answers four questions the serving core's design depends on (full-size random we
    HiFT (CUDA events), the pass's wall time, and how many kernels one eager ODE step launches;
 2. compile: the same passes with the flow estimator compiled by ``torch.compile`` (fused kernels inside the same
    CUDA graphs), and the largest difference of its mel from the uncompiled one;
-3. kernels: one ODE step's GPU time by kernel kind (attention, GEMM, conv, fused, norm, elementwise) per pass shape;
+3. kernels: one ODE step's GPU time by kernel kind (attention, GEMM, conv, fused, norm, elementwise) per pass shape,
+   with eager blocks; `kernels_compiled`: the same with the blocks compiled as the server runs them;
 4. contention: the pass's wall time while an LLM-like load (memory-bound bf16 GEMMs of a decode step, a host sync
    per step, as vLLM's engine does) runs in ANOTHER process (two CUDA contexts time-slice) or in a thread of THIS
    process on its own stream (one context: kernels can overlap), and the load's steps/s in each case.
@@ -160,10 +161,10 @@ def kernels_per_ode_step(decoder: SpeechDecoder, rows: int, frames_tokens: int) 
 KERNEL_SHAPES = [(1, 0, 10), (16, 100, 26), (16, 100, 80), (32, 100, 80)]
 """(rows, context tokens, new tokens) of the passes whose ODE step is split by kernel kind."""
 _KINDS = (
+    ("fused (triton)", ("triton_",)),  # first: inductor names its kernels after the ops they fuse ("..._convolution_")
     ("attention", ("fmha", "attention", "flash", "sdpa", "attn")),
     ("conv", ("conv", "fprop", "dgrad")),
     ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "cublas", "sm90_", "sm80_", "ampere_")),
-    ("fused (triton)", ("triton",)),
     ("norm / reduce", ("norm", "reduce", "welford", "moments")),
     ("elementwise", ("elementwise", "vectorized", "unrolled", "copy", "fill", "cat", "index")),
 )
@@ -213,6 +214,22 @@ def kernel_split(decoder: SpeechDecoder, rows: int, context: int, new: int) -> d
         "share_by_kind": {k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
         "top_kernels_ms": {k: round(v / 1000, 3) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:8]},
     }
+
+
+def compiled_kernel_split(decoder: SpeechDecoder) -> list[dict[str, Any] | None]:
+    """`kernel_split` with the estimator's blocks compiled as the server runs them (`compile_blocks`): what is left
+    of the eager step's elementwise share once inductor fuses the chains between the GEMMs and the attention."""
+    if decoder.device.type != "cuda":
+        return [None for _ in KERNEL_SHAPES]
+    est = decoder.flow.decoder.estimator
+    est.compile_blocks()
+    try:
+        rows = [kernel_split(decoder, *shape) for shape in KERNEL_SHAPES]
+    finally:
+        est.uncompile_blocks()
+    for row in rows:
+        print("kernels compiled", row, flush=True)
+    return rows
 
 
 def phases(decoder: SpeechDecoder, iters: int) -> list[dict[str, Any]]:
@@ -398,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
     p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--sections", default="kernels,phases,compile,contention")
+    p.add_argument("--sections", default="kernels,phases,compile,contention", help="also: kernels_compiled")
     p.add_argument("--compile-mode", default="blocks", choices=("blocks", "whole"))
     p.add_argument("--load-gib", type=float, default=4.0, help="GiB of weights one LLM-like step reads")
     p.add_argument("--out", type=Path, required=True)
@@ -429,6 +446,9 @@ def main(argv: list[str] | None = None) -> None:
         report["kernel_split"] = [kernel_split(decoder, *shape) for shape in KERNEL_SHAPES]
         for row in report["kernel_split"]:
             print("kernels", row, flush=True)
+        save()
+    if "kernels_compiled" in sections:  # the served path's blocks; eager steps, so before any graph capture
+        report["kernel_split_compiled"] = compiled_kernel_split(decoder)
         save()
     if "phases" in sections:
         report["kernels_per_ode_step_1x256"] = kernels_per_ode_step(decoder, 1, 37)

@@ -32,6 +32,7 @@ def test_profile_kernel_kinds_from_cuda_kernel_names() -> None:
         "nvjet_tst_128x64_64x8_1x1_v_bz_TNT": "gemm",
         "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x64x64": "conv",
         "triton_per_fused_native_layer_norm_0": "fused (triton)",
+        "triton_poi_fused_convolution_mish_mul_3": "fused (triton)",
         "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float, float>(long, float, ...)": "norm / reduce",
         "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>": "elementwise",
         "cunn_SoftMaxForward<4, float>": "other",
