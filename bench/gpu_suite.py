@@ -51,6 +51,7 @@ if str(REPO / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO / "plugins"))
 
 from bench import loadgen
+from bench.overload_trace import traced
 from bench.playback import LevelSummary, OverloadSummary, TurnResult, level_summary
 from bench.suite_results import ConfigRun, ConfigSpec, GpuSplit, ServerStats, SuiteLevel, gpu_name, write_results
 from bench.warm_variants import Variant, run_variants
@@ -154,13 +155,18 @@ async def wait_ready(url: str, proc: subprocess.Popen | None, started: float, ti
     raise TimeoutError(f"server not ready within {timeout:g} s")
 
 
-async def server_stats(url: str) -> ServerStats:
+async def server_stats_raw(url: str) -> dict:
+    """GET /bench/stats as sent ({} when the server does not answer it)."""
     try:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             response = await client.get("/bench/stats")
-        return ServerStats.from_json(response.json() if response.status_code == 200 else {})
+        return response.json() if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
-        return ServerStats()
+        return {}
+
+
+async def server_stats(url: str) -> ServerStats:
+    return ServerStats.from_json(await server_stats_raw(url))
 
 
 async def server_passes(url: str, since: list[int]) -> dict:
@@ -272,6 +278,16 @@ class Suite:
     async def stats(self, url: str) -> ServerStats:
         return await server_stats(url)
 
+    async def traced_overload(self, run: ConfigRun, url: str, sessions: int, seconds: float, lg, label: str):
+        """`loadgen.run_overload` with the server's admission state sampled each second and every turn kept
+        (bench/overload_trace.py), under `run.overload_traces[label]`."""
+        result, trace = await traced(
+            lambda: loadgen.run_overload(url, sessions, seconds, lg, self.wav_b64),
+            lambda: server_stats_raw(url),
+        )
+        run.overload_traces[label] = trace.to_json()
+        return result
+
     @staticmethod
     def level_record(summary: LevelSummary, before: ServerStats, after: ServerStats, wall_s: float) -> SuiteLevel:
         return SuiteLevel(summary, GpuSplit.between(before, after, wall_s), after.admission_limit)
@@ -280,7 +296,7 @@ class Suite:
         self, run: ConfigRun, url: str, sessions: int, lg: argparse.Namespace, label: str = "overload"
     ) -> OverloadSummary:
         log(f"{run.name}: {label}: {sessions} closed-loop sessions for {self.args.overload_seconds:g} s")
-        result = await loadgen.run_overload(url, sessions, self.args.overload_seconds, lg, self.wav_b64)
+        result = await self.traced_overload(run, url, sessions, self.args.overload_seconds, lg, f"{label} {sessions}")
         await self.record_passes(run, url, f"{label} {sessions}")
         o = result.summary()
         log(

@@ -157,6 +157,8 @@ class ConfigRun:
     error: str | None = None
     variants: Any = None
     """The warm server's rounds of --variant (bench/warm_variants.py: VariantRuns), None when there were none."""
+    overload_traces: dict = field(default_factory=dict)
+    """Each overload's admission timeline and turns (bench/overload_trace.py), by its label."""
 
     def level(self, concurrency: int) -> LevelSummary | None:
         return next((lv.summary for lv in self.levels if lv.summary.concurrency == concurrency), None)
@@ -184,6 +186,7 @@ class ConfigRun:
             "baseline_realtime_streams": self.baseline_realtime_streams,
             "warm_stats": asdict(self.warm_stats) if self.warm_stats else None,
             "variants": self.variants.to_json() if self.variants is not None else None,
+            "overload_traces": self.overload_traces,
             "error": self.error,
         }
 

@@ -178,8 +178,9 @@ async def run_variants(
                     log(f"variant {variant.name}: {json.dumps(loadgen.progress_line(summary))}")
                 if args.variant_overload and args.variant_overload_seconds > 0:
                     sessions, seconds = args.variant_overload, args.variant_overload_seconds
-                    result = await loadgen.run_overload(url, sessions, seconds, lg, suite.wav_b64)
-                    await suite.record_passes(run, url, f"{variant.name} round {index + 1} overload {sessions}")
+                    label = f"{variant.name} round {index + 1} overload {sessions}"
+                    result = await suite.traced_overload(run, url, sessions, seconds, lg, label)
+                    await suite.record_passes(run, url, label)
                     runs.add_overload(variant.name, sessions, seconds, result.turns, result.wall_s)
                     phase.overload = o = result.summary()
                     log(

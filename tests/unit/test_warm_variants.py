@@ -86,6 +86,11 @@ def test_run_variants_runs_every_phase_on_the_warm_server_and_writes_them(tmp_pa
     monkeypatch.setattr(loadgen, "run_overload", fake_overload)
     monkeypatch.setattr(gpu_suite, "server_passes", no_passes)
     monkeypatch.setattr(gpu_suite, "server_stats", no_stats)
+
+    async def raw_stats(url):
+        return {"admission_limit": 64, "admission_active": 3, "admission_queued": 0, "decoder_sessions": 3}
+
+    monkeypatch.setattr(gpu_suite, "server_stats_raw", raw_stats)
     args = gpu_suite.parse_args(
         ["--out", str(tmp_path), "--variant", "ode5:SPEECH_DECODER__ODE_STEPS=5"]
         + ["--variant", "broken:SPEECH_DECODER__ODE_STEPS=0", "--variant-levels", "2,4", "--variant-overload", "3"]
@@ -112,6 +117,12 @@ def test_run_variants_runs_every_phase_on_the_warm_server_and_writes_them(tmp_pa
     )
     passes = json.loads((tmp_path / "gpu_passes.json").read_text())["configs"]["defaults"]
     assert passes[0]["phase"] == "defaults round 1 level 2" and len(passes) == 12
+    # Every overload keeps the server's admission state over time and each turn (bench/overload_trace.py).
+    traces = json.loads((tmp_path / "gpu_suite.json").read_text())["defaults"]["overload_traces"]
+    assert set(traces) == {f"{v} round {r} overload 3" for v in ("defaults", "ode5") for r in (1, 2)}
+    trace = traces["ode5 round 2 overload 3"]
+    assert trace["timeline"][0][1:5] == [64, 3, 0, 3] and trace["turn_fields"][-1] == "slack_s"
+    assert [row[2] for row in trace["turns"]] == [200, 200, 200] and trace["turns"][0][4] == 0.4
 
 
 def test_comparison_table_wants_a_win_in_every_round():
@@ -135,3 +146,42 @@ def test_comparison_table_wants_a_win_in_every_round():
     assert [r.split(" | ")[0] for r in rows] == ["| defaults", "| a", "| b"]
     assert rows[1].endswith("| yes |") and "chunking=adaptive" in rows[1]
     assert rows[2].endswith("| no |")  # better in one round, worse in the other
+
+
+def test_overload_trace_samples_while_the_run_lasts_and_keeps_every_turn():
+    from bench.overload_trace import traced
+
+    reads = []
+
+    async def read_stats():
+        reads.append(1)
+        if len(reads) == 2:
+            raise OSError("a missed sample")  # kept as a row of Nones, the run goes on
+        return {"admission_limit": 20, "admission_active": len(reads), "decoder_underruns": 1}
+
+    async def run():
+        await asyncio.sleep(0.25)
+        late = TurnResult(session=1, started_s=0.2, status=429)
+        return SimpleNamespace(turns=[late, TurnResult(session=0, started_s=0.1, status=200, arrivals=[(0.3, 1.0)])])
+
+    _, trace = asyncio.run(traced(run, read_stats, every_s=0.1))
+    assert 3 <= len(trace.timeline) <= 5 and trace.timeline[0][1:3] == [20, 1] and trace.timeline[1][1] is None
+    assert trace.turns == [[0, 0.1, 200, 0.3, 0.3, 0.0], [1, 0.2, 429, None, None, None]]
+
+
+def test_gap_free_by_running_groups_admitted_turns_by_the_load_they_met():
+    from bench.overload_trace import gap_free_by_running
+
+    trace = {
+        "timeline": [[0.0, 64, 2, 0, 2, 0], [1.0, 64, 10, 0, 10, 0], [2.0, 64, None, None, None, None]],
+        "turns": [
+            [0, 0.5, 200, 0.3, 0.3, 0.0],  # sent while 2 ran: gap-free
+            [1, 1.5, 200, 0.4, 1.4, 1.0],  # sent while 10 ran: stuttered
+            [2, 2.5, 200, 0.4, 0.5, 0.1],  # the last real sample (10 running): within the jitter buffer
+            [3, 2.6, 429, None, None, None],  # not admitted: not counted
+        ],
+    }
+    assert gap_free_by_running(trace) == [
+        {"running": "0-7", "turns": 1, "gap_free": 1.0},
+        {"running": "8-15", "turns": 2, "gap_free": 0.5},
+    ]
