@@ -109,6 +109,9 @@ _SERVERS: list[subprocess.Popen] = []
 
 
 def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    # Every configuration starts as on a fresh machine: no admission knee remembered from an earlier server of this
+    # run (serving/capacity.py: CapacityMemory), which would let a later configuration skip its first overload.
+    (Path(env["GLM4VOICE_CACHE_DIR"]) / "capacity.json").unlink(missing_ok=True)
     with log_path.open("w") as server_log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.gpu_server", "--port", str(port)],

@@ -22,14 +22,14 @@ from glm4voice_api.auth import AuthMiddleware, KeyResolver
 from glm4voice_api.config import Settings
 from glm4voice_api.engine.base import EngineDeadError, LLMEngine
 from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down, store_unavailable
-from glm4voice_api.pipeline.runtime import Runtime, build_runtime
+from glm4voice_api.pipeline.runtime import Runtime, build_runtime, capacity_key
 from glm4voice_api.protocol.common import ErrorResponse
 from glm4voice_api.protocol.validation import describe as describe_validation
 from glm4voice_api.request_context import DEFAULT_TENANT, RequestContext, bind_request, unbind_request
 from glm4voice_api.routes import chat, health, models, realtime, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.admission import Admission
-from glm4voice_api.serving.capacity import CapacityController, capacity_signals, run_controller
+from glm4voice_api.serving.capacity import CapacityController, CapacityMemory, capacity_signals, run_controller
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
 from glm4voice_api.store import StoreUnavailable
@@ -278,9 +278,20 @@ def _start_capacity_control(app: FastAPI, runtime: Runtime, admission: Admission
         return None
     ceiling = settings.engine.max_num_seqs or 1
     controller = CapacityController(ceiling=ceiling, initial=max(1, ceiling // 4))
+    # The knee measured before a restart, on this GPU with these settings (none: the initial guess).
+    memory = CapacityMemory(settings.cache_dir / "capacity.json", capacity_key(runtime))
+    logger.info(
+        "admission: measured, from a limit of %d (capacity memory %s, key %s)",
+        controller.limit,
+        memory.path,
+        memory.key,
+    )
+    if (knee := memory.load()) is not None:
+        controller.restore(knee)
+        logger.info("admission: knee %d remembered from an earlier run; limit %d", knee, controller.limit)
     app.state.capacity = controller
     read = capacity_signals(runtime.engine, runtime.decoder, admission.queue)
-    return asyncio.create_task(run_controller(controller, read, admission.queue.set_limit))
+    return asyncio.create_task(run_controller(controller, read, admission.queue.set_limit, memory=memory))
 
 
 async def _watch_engine(app: FastAPI, engine: LLMEngine, every_s: float = 1.0) -> None:

@@ -8,6 +8,8 @@ from it only the parts each service uses (`serving.services.Services.build`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -100,6 +102,24 @@ def cuda_available() -> bool:
     from glm4voice_api.engine.vllm_engine import cuda_available as nvml_cuda_available
 
     return nvml_cuda_available()
+
+
+def capacity_key(runtime: Runtime) -> str:
+    """What decides how many streams this server keeps gap-free (`serving.capacity.CapacityMemory`): the GPU, the
+    model folders and every engine, speech tokenizer and decoder setting. Any change makes a new key, so a knee
+    measured on other hardware or another configuration is never reused."""
+    device = "cpu"
+    if cuda_available():  # the decoder already runs on the GPU in this process: naming it initialises nothing new
+        import torch
+
+        device = torch.cuda.get_device_name(0)
+    s = runtime.settings
+    parts = {
+        "accelerator": device,
+        "paths": str(runtime.paths),
+        **{name: getattr(s, name).model_dump(mode="json") for name in ("engine", "speech_tokenizer", "speech_decoder")},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def decoder_devices(settings: Settings) -> list[str]:

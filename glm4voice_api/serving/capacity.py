@@ -25,6 +25,9 @@ therefore not a setting but a measurement, adjusted once a second from what the 
 The decoder's busy time is deliberately not a signal: the chunk policy spends idle decoder time on smaller chunks
 (a thinner, safer buffer costs nothing when the GPU is free), so a busy decoder is not a saturated one.
 
+The knee outlives the process (`CapacityMemory`): a restarted server of the same GPU and settings starts where the
+last cut left the limit.
+
 Newcomers beyond the limit wait in the bounded queue (or get 429 with Retry-After), so the streams already admitted
 stay gap-free. The limit starts at a quarter of the engine's batch size (`initial`) and never leaves
 [`floor`, `ceiling`] (the ceiling is the engine's batch size). Pure logic over cumulative counters: unit-tested.
@@ -33,12 +36,16 @@ stay gap-free. The limit starts at a quarter of the engine's batch size (`initia
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +127,13 @@ class CapacityController:
                 self._hold_until = now.at + self.probe_s
         return self.limit
 
+    def restore(self, knee: int) -> None:
+        """Start from a knee measured before a restart (`CapacityMemory`): the limit where the last cut left it,
+        growing from there one stream per probe, instead of the initial guess that a fresh server must first
+        overload to correct (every stream admitted past the knee meanwhile stutters)."""
+        self.knee = max(self.floor, min(self.ceiling, knee))
+        self._set(min(self.limit, math.floor(self.backoff * self.knee)), "remembered knee")
+
     def _set(self, value: int, reason: str) -> None:
         new = max(self.floor, min(self.ceiling, value))
         if new != self.limit:
@@ -127,20 +141,66 @@ class CapacityController:
         self.limit, self.reason = new, reason
 
 
+@dataclass(frozen=True)
+class CapacityMemory:
+    """The knee a server measured, kept across restarts in a small JSON file under `cache_dir` (which deployments
+    keep, like the compile caches), one entry per `key`: the GPU and every setting that changes what it can serve.
+
+    Why: a restarted server would otherwise start from the initial guess and learn its knee again the only way it
+    can, by admitting past it until listeners run dry. A measurement, not a setting: a stale or foreign entry is
+    never used (another key), and the controller keeps probing above a remembered knee as it would above a fresh
+    one. Unreadable or unwritable files are logged and ignored: admission control works without them."""
+
+    path: Path
+    key: str
+
+    def load(self) -> int | None:
+        try:
+            entry = json.loads(self.path.read_text()).get(self.key) or {}
+            knee = entry.get("knee")
+            return int(knee) if isinstance(knee, int) and knee > 0 else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError) as exc:
+            logger.warning("capacity memory %s unreadable (%s): starting from the initial limit", self.path, exc)
+            return None
+
+    def save(self, knee: int) -> None:
+        try:
+            try:
+                entries = json.loads(self.path.read_text())
+                entries = entries if isinstance(entries, dict) else {}
+            except (FileNotFoundError, ValueError):
+                entries = {}
+            entries[self.key] = {"knee": int(knee), "at": int(time.time())}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, self.path)  # readers see the old file or the new one, never half of one
+        except OSError as exc:
+            logger.warning("capacity memory %s not written (%s)", self.path, exc)
+
+
 async def run_controller(
     controller: CapacityController,
     read: Callable[[], CapacitySignals],
     apply: Callable[[int], None],
     interval_s: float = 1.0,
+    memory: CapacityMemory | None = None,
 ) -> None:
-    """Read the signals every `interval_s` and apply the limit, until cancelled."""
+    """Read the signals every `interval_s` and apply the limit, until cancelled; a new knee goes to `memory`."""
     apply(controller.limit)
+    saved = controller.knee
     while True:
         await asyncio.sleep(interval_s)
         try:
             apply(controller.update(read()))
         except Exception:  # a bad reading must not stop admission control
             logger.exception("capacity controller step failed")
+        if memory is not None and controller.knee is not None and controller.knee != saved:
+            saved = controller.knee
+            with contextlib.suppress(Exception):  # save() logs its own failures; nothing may stop this loop
+                await asyncio.to_thread(memory.save, saved)
 
 
 def capacity_signals(engine: object, decoder: object, queue: object) -> Callable[[], CapacitySignals]:

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 from glm4voice_api.serving.admission import AdmissionQueue
-from glm4voice_api.serving.capacity import REALTIME_TOKENS_PER_S, CapacityController, CapacitySignals
+from glm4voice_api.serving.capacity import (
+    REALTIME_TOKENS_PER_S,
+    CapacityController,
+    CapacityMemory,
+    CapacitySignals,
+    run_controller,
+)
 
 
 class Feed:
@@ -117,3 +125,78 @@ def test_queue_follows_a_new_limit() -> None:
         assert waiters[2].done() and q.active == 1
 
     asyncio.run(run())
+
+
+def test_a_remembered_knee_sets_where_a_restarted_controller_starts() -> None:
+    c = CapacityController(ceiling=256, initial=64)
+    c.restore(40)
+    assert c.knee == 40 and c.limit == 36 and c.reason == "remembered knee"  # where a cut at 40 would have left it
+    feed = Feed()
+    c.update(feed.tick(tok_per_stream=60, active=36))
+    assert c.update(feed.tick(tok_per_stream=60, active=36, queued=4)) == 37  # probing, not a fast step past 32
+    high = CapacityController(ceiling=256, initial=64)
+    high.restore(200)  # a knee above the initial guess: start from the guess and grow as usual
+    assert high.limit == 64 and high.knee == 200
+
+
+def test_capacity_memory_keeps_one_knee_per_key_and_survives_bad_files(tmp_path, caplog) -> None:
+    path = tmp_path / "cache" / "capacity.json"
+    here, other = CapacityMemory(path, "h200-defaults"), CapacityMemory(path, "h100-fp8")
+    assert here.load() is None  # no file yet: the initial limit
+    here.save(40)
+    other.save(25)
+    here.save(36)
+    assert here.load() == 36 and other.load() == 25
+    assert not list(path.parent.glob("*.tmp"))  # written through a temporary file, replaced at once
+    path.write_text("{not json")
+    assert here.load() is None and "unreadable" in caplog.text
+    here.save(30)  # a broken file is replaced by a good one
+    assert here.load() == 30 and other.load() is None
+    path.write_text(json.dumps({"h200-defaults": {"knee": "many"}}))
+    assert here.load() is None
+    blocked = CapacityMemory(tmp_path / "a-file" / "capacity.json", "k")
+    (tmp_path / "a-file").write_text("")  # its folder cannot be created: logged, never raised
+    blocked.save(10)
+    assert "not written" in caplog.text
+
+
+def test_the_controller_loop_saves_each_new_knee(tmp_path) -> None:
+    memory = CapacityMemory(tmp_path / "capacity.json", "k")
+    c = CapacityController(ceiling=256, initial=20, cooldown_s=0.05)
+    feed = Feed()
+    readings = iter(
+        [feed.tick(tok_per_stream=60, active=20), feed.tick(tok_per_stream=60, active=20, underruns=2)]
+        + [feed.tick(tok_per_stream=60, active=18) for _ in range(200)]
+    )
+    limits: list[int] = []
+
+    async def run() -> None:
+        task = asyncio.create_task(run_controller(c, lambda: next(readings), limits.append, 0.001, memory))
+        for _ in range(500):
+            await asyncio.sleep(0.002)
+            if memory.load() is not None:
+                break
+        task.cancel()
+
+    asyncio.run(run())
+    assert memory.load() == 20 and c.knee == 20 and 18 in limits
+
+
+def test_the_memory_key_changes_with_anything_that_changes_capacity() -> None:
+    from types import SimpleNamespace
+
+    from glm4voice_api.config import Settings
+    from glm4voice_api.pipeline.runtime import CheckpointFolders, capacity_key
+
+    paths = CheckpointFolders(Path("/m/glm-4-voice-9b"), Path("/m/tok"), Path("/m/dec"))
+
+    def key(paths=paths, **settings) -> str:
+        return capacity_key(SimpleNamespace(settings=Settings(**settings), paths=paths))
+
+    base = key()
+    assert base == key() and len(base) == 16  # stable for one configuration
+    assert key(engine={"max_num_seqs": 64}) != base
+    assert key(speech_decoder={"ode_steps": 10}) != base
+    assert key(speech_tokenizer={"max_batch": 4}) != base
+    assert key(paths=CheckpointFolders(Path("/other/llm"), Path("/m/tok"), Path("/m/dec"))) != base
+    assert key(admission={"max_queue_wait_s": 3}) == base  # how long newcomers wait changes nothing it can serve
