@@ -7,6 +7,11 @@ go on for up to `timeouts.drain_s`, then the rest are aborted (engine requests a
 Only then does uvicorn shut down (close the listener and idle connections, run the lifespan's shutdown, which
 stops the engine) and the process exits with status 0. A second signal exits at once.
 
+The listening address is taken before anything loads (`reserve_listeners`): a port already in use ends the process
+at once with status 4 (`EXIT_CANNOT_LISTEN`) instead of after the engine's tens of seconds of start, and nothing else
+(another process picking a free port meanwhile) can take the port while the models load. The sockets are bound but
+not listening until the app is ready, so a connection before then is refused, as before.
+
 Kubernetes: terminationGracePeriodSeconds >= timeouts.drain_s + ~15 s (abort, engine shutdown).
 
 A signal while the server is still starting (loading models, starting the engine: tens of seconds) stops it at once:
@@ -21,6 +26,8 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import sys
 from types import FrameType
 
 import uvicorn
@@ -35,6 +42,8 @@ logger = logging.getLogger(__name__)
 _DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 EXIT_ENGINE_DEAD = 3
 """Exit status when the engine died while serving (a supervisor restarts the server)."""
+EXIT_CANNOT_LISTEN = 4
+"""Exit status when the listening address cannot be bound (in use, not ours): before any model loads."""
 FATAL_GRACE_S = 5.0
 """After the engine died: how long the in-flight requests' errors may take to be written before the exit."""
 
@@ -78,6 +87,30 @@ def stop_descendants(root: object, known: tuple = (), rounds: int = 20) -> set:
         except psutil.Error:
             pass
     return seen
+
+
+def reserve_listeners(host: str, port: int) -> list[socket.socket]:
+    """Bind (without listening) every address `host` resolves to, as asyncio's create_server would; raises OSError.
+
+    Bound and not listening: the port is ours, and a connection to it is refused until uvicorn listens once the app
+    is ready. Processes forked meanwhile (vLLM's engine core) get the sockets closed in the child: a copy there
+    would keep the port, and a drained server's listener, open after this process closed its own."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin binds on its own
+            sock.bind(address)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    os.register_at_fork(after_in_child=lambda: [sock.close() for sock in sockets])
+    return sockets
 
 
 class DrainingServer(uvicorn.Server):
@@ -142,6 +175,11 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     configure_logging(settings.log.level, settings.log.format)
+    try:
+        sockets = reserve_listeners(settings.host, settings.port)
+    except OSError as exc:
+        logger.critical("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        sys.exit(EXIT_CANNOT_LISTEN)
     app = create_app(settings)
     limits, timeouts = settings.request_limits, settings.timeouts
     config = uvicorn.Config(
@@ -164,7 +202,7 @@ def serve(settings: Settings) -> None:
     )
     setattr(config, HEADER_TIMEOUT_ATTR, timeouts.header_s)
     server = DrainingServer(config, app)
-    server.run()
+    server.run(sockets)
     if fatal := getattr(app.state, "fatal", None):
         logger.critical("exiting with status %d: %s", EXIT_ENGINE_DEAD, fatal)
         _exit_now(EXIT_ENGINE_DEAD, server.processes)

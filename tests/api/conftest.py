@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ import httpx
 import openai
 
 STARTUP_TIMEOUT_S = 420
+EXIT_CANNOT_LISTEN = 4
+"""The server's exit status when its port is taken (glm4voice_api/server.py)."""
 
 
 @dataclass
@@ -25,6 +28,8 @@ class RunningServer:
     base_url: str
     process: subprocess.Popen
     log_path: Path
+    relaunch: Callable[[], RunningServer] | None = None
+    """Start the same server on another free port (only when the port was picked here, not given)."""
 
     def client(self, **kwargs) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key="unused", max_retries=0, **kwargs)
@@ -60,6 +65,7 @@ def launch_server(
     cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None, port: int | None = None
 ) -> RunningServer:
     """Start the server process (on `port`, else a free one) without waiting for it: see wait_ready."""
+    relaunch = None if port else (lambda: launch_server(cache_dir, log_path, *extra, env=env))
     port = port or _free_port()
     serve = [sys.executable, "-m", "glm4voice_api", "serve", "--host", "127.0.0.1", "--port", str(port)]
     small = ["--engine.max-model-len", "1024", "--engine.max-num-seqs", "8", "--engine.warmup-batch-sizes", "1"]
@@ -68,13 +74,20 @@ def launch_server(
     process = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
     )
-    return RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+    return RunningServer(f"http://127.0.0.1:{port}", process, log_path, relaunch)
 
 
-def wait_ready(server: RunningServer, timeout_s: float = STARTUP_TIMEOUT_S) -> RunningServer:
-    """Wait for /health/ready; a server that exits or never gets ready is stopped and raises with its log's end."""
+def wait_ready(server: RunningServer, timeout_s: float = STARTUP_TIMEOUT_S, retries: int = 3) -> RunningServer:
+    """Wait for /health/ready; a server that exits or never gets ready is stopped and raises with its log's end.
+
+    The free port was free when picked; another process (a parallel test's engine picking its own ports) can take
+    it before the server binds it, and the server then exits at once with EXIT_CANNOT_LISTEN: it is started again on
+    another port (the returned server)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if server.process.poll() == EXIT_CANNOT_LISTEN and server.relaunch is not None and retries > 0:
+            server, retries = server.relaunch(), retries - 1
+            continue
         if server.process.poll() is not None:
             raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
         try:

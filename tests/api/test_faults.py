@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -60,6 +61,13 @@ def test_sigterm_while_loading_stops_at_once(default_set: Path, cache_dir: Path,
     server = launch_server(cache_dir, tmp_path / "server.log")
     try:
         _wait_for_log(server, "Initializing a V1 LLM engine", 300)  # the engine core process is starting
+        # The port is the server's from the start (no other process can take it while it loads), and refuses
+        # connections until the app is ready.
+        port = int(server.base_url.rsplit(":", 1)[1])
+        with pytest.raises(OSError), socket.socket() as other:
+            other.bind(("127.0.0.1", port))
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(server.base_url + "/health", timeout=5)
         server.process.send_signal(signal.SIGTERM)
         # Not after the rest of the loading (a minute here) and a drain: at once, the engine core with it.
         server.process.wait(timeout=20)
