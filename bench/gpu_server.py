@@ -33,8 +33,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 
 from glm4voice_api.app import create_app
-from glm4voice_api.config import Settings, SpeechDecoderSettings
-from glm4voice_api.serving.capacity import CapacityController
+from glm4voice_api.config import Settings, SpeechDecoderSettings, SpeechTokenizerSettings
 
 
 def _fraction(value: object) -> float:
@@ -44,8 +43,23 @@ def _fraction(value: object) -> float:
     return x
 
 
-CAPACITY_RULES = {"backoff": _fraction}
-"""Admission control's rules a phase may change (CapacityController's fields), each with its parser."""
+def _positive_int(value: object) -> int:
+    x = int(value)  # type: ignore[arg-type]
+    if x < 1:
+        raise ValueError(f"must be >= 1, got {value!r}")
+    return x
+
+
+def _seconds(value: object) -> float:
+    x = float(value)  # type: ignore[arg-type]
+    if not 0 <= x <= 60:
+        raise ValueError(f"must lie in [0, 60], got {value!r}")
+    return x
+
+
+CAPACITY_RULES = {"backoff": _fraction, "initial": _positive_int, "settle_s": _seconds}
+"""Admission control's rules a phase may change (CapacityController's fields), each with its parser. A rule not
+named goes back to the value the server started with (`initial`: the app's, a quarter of max_num_seqs)."""
 
 
 def _path(obj: Any, *names: str) -> Any:
@@ -160,27 +174,41 @@ def build(settings: Settings):
             capacity = {k: CAPACITY_RULES[k](v) for k, v in capacity.items()}
         except ValueError as exc:
             return JSONResponse({"error": f"capacity: {exc}"}, 400)
+        tokenizer = dict(body.get("speech_tokenizer") or {})
+        if unknown := sorted(set(tokenizer) - {"max_wait_ms"}):
+            return JSONResponse({"error": f"not a live tokenizer rule: {unknown} (this is: ['max_wait_ms'])"}, 400)
         try:  # every rule not named goes back to the server's own setting
             options = SpeechDecoderSettings.model_validate(rt.settings.speech_decoder.model_dump() | changes)
+            wait_ms = SpeechTokenizerSettings.model_validate(
+                rt.settings.speech_tokenizer.model_dump() | tokenizer
+            ).max_wait_ms
         except ValidationError as exc:
             return JSONResponse({"error": str(exc)[:500]}, 400)
         try:
             await asyncio.to_thread(apply_rules, rt.decoder, options)
         except RuntimeError as exc:
             return JSONResponse({"error": str(exc)}, 409)
+        if (worker := _path(rt, "audio_input", "worker")) is not None:
+            worker.set_max_wait_ms(wait_ms)
         controller, queue = (
             getattr(request.app.state, "capacity", None),
             _path(request.app.state, "services", "admission", "queue"),
         )
         if controller is not None and queue is not None:
-            for key in CAPACITY_RULES:  # a rule not named goes back to the controller's default
-                setattr(controller, key, capacity.get(key, getattr(CapacityController, key)))
+            started = state.setdefault("capacity", {k: getattr(controller, k) for k in CAPACITY_RULES})
+            for key in CAPACITY_RULES:  # a rule not named goes back to the value the server started with
+                setattr(controller, key, capacity.get(key, started[key]))
             controller.reset()
             queue.set_limit(controller.limit)
         limit = controller.limit if controller is not None else None
         rules = {k: getattr(controller, k) for k in CAPACITY_RULES} if controller is not None else {}
         return JSONResponse(
-            {"speech_decoder": {k: getattr(options, k) for k in RULES}, "capacity": rules, "admission_limit": limit}
+            {
+                "speech_decoder": {k: getattr(options, k) for k in RULES},
+                "speech_tokenizer": {"max_wait_ms": wait_ms},
+                "capacity": rules,
+                "admission_limit": limit,
+            }
         )
 
     @app.post("/bench/baseline")

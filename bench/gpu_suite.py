@@ -20,7 +20,8 @@
 6. `--variant NAME:SPEECH_DECODER__KEY=VAL[,...]` (repeatable): after the defaults' overload, the same warm server
    runs the defaults and every variant in turn, `--variant-rounds` times in ABBA order, each with a ladder over
    `--variant-levels` and `--variant-overload` staggered sessions (bench/warm_variants.py): same-run comparisons of
-   the decoder's per-stream rules without a server start each, reported under `defaults.variants`.
+   the decoder's per-stream rules without a server start each, reported under `defaults.variants`. Also live:
+   admission control's CAPACITY__BACKOFF / INITIAL / SETTLE_S and SPEECH_TOKENIZER__MAX_WAIT_MS.
 7. Each `--config NAME:KEY=VAL[,KEY=VAL...]` then gets a fresh server with those settings over the defaults and a
    ladder over --configs-levels (no overload or baseline), reported under `configs`, never instead of the defaults.
 
@@ -450,7 +451,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME:SPEECH_DECODER__KEY=VAL[,...]",
-        help="decoder rules (or CAPACITY__BACKOFF: admission control) to compare with the defaults on the same warm server, in rounds (repeatable)",
+        help="decoder rules (or CAPACITY__BACKOFF / INITIAL / SETTLE_S: admission control; SPEECH_TOKENIZER__MAX_WAIT_MS) "
+        "to compare with the defaults on the same warm server, in rounds (repeatable)",
     )
     p.add_argument("--variant-rounds", type=int, default=2, help="rounds of the defaults + every --variant (ABBA)")
     p.add_argument("--variant-levels", type=ints, default=[32], help="ladder of each variant phase ('': none)")

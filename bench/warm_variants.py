@@ -41,6 +41,10 @@ DEFAULTS = "defaults"
 _PREFIX = "SPEECH_DECODER__"
 _CAPACITY = "CAPACITY__"
 """Admission control's own rules (bench/gpu_server.py: CAPACITY_RULES), e.g. CAPACITY__BACKOFF=0.8."""
+_TOKENIZER = "SPEECH_TOKENIZER__"
+"""The speech tokenizer worker's batching wait: SPEECH_TOKENIZER__MAX_WAIT_MS=5."""
+_GROUPS = {"capacity__": "capacity", "speech_tokenizer__": "speech_tokenizer"}
+"""Rule key prefix -> the /bench/reconfigure section it goes to (the rest: speech_decoder)."""
 
 
 @dataclass(frozen=True)
@@ -58,9 +62,10 @@ class Variant:
         spec = ConfigSpec.parse(text)
         if spec.name == DEFAULTS:
             raise ValueError(f"--variant {text!r}: {DEFAULTS!r} is always run; pick another name")
-        if bad := [k for k in spec.overrides if not k.startswith((_PREFIX, _CAPACITY))]:
+        if bad := [k for k in spec.overrides if not k.startswith((_PREFIX, _CAPACITY, _TOKENIZER))]:
             raise ValueError(
-                f"--variant {text!r}: only {_PREFIX}* and {_CAPACITY}* change on a running server, not {bad}"
+                f"--variant {text!r}: only {_PREFIX}*, {_CAPACITY}* and {_TOKENIZER}MAX_WAIT_MS change on a running "
+                f"server, not {bad}"
             )
         return cls(spec.name, {k.removeprefix(_PREFIX).lower(): v for k, v in spec.overrides.items()})
 
@@ -132,9 +137,14 @@ class VariantRuns:
 
 
 def reconfigure_body(rules: dict[str, str]) -> dict:
-    """A variant's rules as /bench/reconfigure takes them: the decoder's, and admission control's (`capacity__KEY`)."""
-    capacity = {k.removeprefix("capacity__"): v for k, v in rules.items() if k.startswith("capacity__")}
-    return {"speech_decoder": {k: v for k, v in rules.items() if not k.startswith("capacity__")}, "capacity": capacity}
+    """A variant's rules as /bench/reconfigure takes them: the decoder's, admission control's (`capacity__KEY`) and
+    the tokenizer worker's (`speech_tokenizer__KEY`)."""
+    body: dict = {"speech_decoder": {}, **{section: {} for section in _GROUPS.values()}}
+    for key, value in rules.items():
+        prefix = next((p for p in _GROUPS if key.startswith(p)), None)
+        section = _GROUPS[prefix] if prefix else "speech_decoder"
+        body[section][key.removeprefix(prefix or "")] = value
+    return body
 
 
 async def reconfigure(url: str, rules: dict[str, str], wait_s: float = 120.0) -> dict:
@@ -163,9 +173,9 @@ async def run_variants(
             runs.phases.append(phase)
             try:
                 applied = await reconfigure(url, variant.rules)
-                phase.rules = applied["speech_decoder"] | {
-                    f"capacity__{k}": v for k, v in (applied.get("capacity") or {}).items()
-                }
+                phase.rules = dict(applied["speech_decoder"])
+                for prefix, section in _GROUPS.items():
+                    phase.rules |= {f"{prefix}{k}": v for k, v in (applied.get(section) or {}).items()}
                 log(f"variant {variant.name}, round {index + 1}: {json.dumps(variant.rules) or 'product defaults'}")
                 for concurrency in args.variant_levels:
                     before = await suite.stats(url)

@@ -48,15 +48,20 @@ class SpeechTokenizerWorker:
 
     A batch closes when it holds `max_batch` requests or `max_wait_ms` after its first request arrived, whichever
     comes first. While a batch runs, new requests queue up and form the next batch without further waiting.
+
+    The server's default wait is 0: a batch is what is queued when the thread gets free. A wait is added whole to
+    a lone request's first audio (a spoken question's tokens are on its critical path), while under load requests
+    batch anyway, arriving while the batch before them runs (a 3 s clip takes tens of ms on a GPU, which is far
+    longer than a few ms of wait would gather).
     """
 
-    def __init__(self, tokenizer: BatchTokenizer, *, max_batch: int = 8, max_wait_ms: float = 5.0) -> None:
+    def __init__(self, tokenizer: BatchTokenizer, *, max_batch: int = 8, max_wait_ms: float = 0.0) -> None:
         if max_batch < 1:
             msg = f"max_batch must be >= 1, got {max_batch}"
             raise ValueError(msg)
         self._tokenizer = tokenizer
         self._max_batch = max_batch
-        self._max_wait_s = max_wait_ms / 1000.0
+        self.set_max_wait_ms(max_wait_ms)
         self._queue: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
         # Orders "check closed + enqueue" against "mark closed + enqueue the stop sentinel", so no request can
         # land behind the sentinel and wait forever.
@@ -65,6 +70,13 @@ class SpeechTokenizerWorker:
         self._thread: threading.Thread | None = None
         self.busy_seconds = 0.0
         """Wall time spent in tokenizer passes (its results are on the CPU, so the GPU work is done)."""
+
+    def set_max_wait_ms(self, max_wait_ms: float) -> None:
+        """Change the wait (read once per batch, so the next batch uses it; bench/gpu_server.py compares waits)."""
+        if max_wait_ms < 0:
+            msg = f"max_wait_ms must be >= 0, got {max_wait_ms}"
+            raise ValueError(msg)
+        self._max_wait_s = max_wait_ms / 1000.0
 
     def start(self) -> None:
         """Start the owner thread (idempotent)."""

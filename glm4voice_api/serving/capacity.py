@@ -78,6 +78,11 @@ class CapacityController:
     """Near the knee, the limit grows by one stream per this many seconds."""
     backoff: float = 0.9
     """After listeners ran dry the limit becomes this x the recent peak (the knee)."""
+    settle_s: float = 0.0
+    """After each fast growth step, hold this long: the streams the step admitted get past their start (where gaps
+    and near misses are counted) before the next step. 0 (default): a step a second, as measured so far; a fresh
+    server under a sudden overload then admits several steps past its knee before the first gap is reported.
+    (`bench/gpu_suite.py --variant NAME:CAPACITY__SETTLE_S=3` compares it on one warm server.)"""
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))
@@ -118,10 +123,9 @@ class CapacityController:
         elif not holding and (now.queued > 0 or now.active >= 0.9 * self.limit):
             fast = self.limit + max(1, math.ceil(self.step * self.limit))
             near = math.floor(min(0.8, self.backoff) * self.knee) if self.knee is not None else fast
-            if fast <= near:
-                self._set(fast, "demand")
-            elif self.limit < near:
-                self._set(near, "demand")
+            if fast <= near or self.limit < near:
+                self._set(min(fast, near), "demand")
+                self._hold_until = now.at + self.settle_s
             else:  # near (or past) the knee: probe one stream at a time
                 self._set(self.limit + 1, "demand (probing)")
                 self._hold_until = now.at + self.probe_s

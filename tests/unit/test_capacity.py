@@ -105,6 +105,16 @@ def test_grows_fast_up_to_80_percent_of_the_knee_then_one_stream_per_probe() -> 
     assert limits[4:] == [25, 25, 25, 26, 26, 26]
 
 
+def test_settle_holds_each_fast_step_until_its_streams_got_past_their_start() -> None:
+    def limits(c: CapacityController) -> list[int]:
+        feed = Feed()
+        c.update(feed.tick(tok_per_stream=80, active=16))
+        return [c.update(feed.tick(tok_per_stream=80, active=c.limit, queued=48)) for _ in range(7)]
+
+    assert limits(CapacityController(ceiling=256, initial=16)) == [20, 25, 32, 40, 50, 63, 79]  # a step a second
+    assert limits(CapacityController(ceiling=256, initial=16, settle_s=3)) == [20, 20, 20, 25, 25, 25, 32]
+
+
 def test_queue_follows_a_new_limit() -> None:
     async def run() -> None:
         q = AdmissionQueue(1, max_queued=5, max_wait_s=5)

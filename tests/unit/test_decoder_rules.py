@@ -79,10 +79,14 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     app = build(settings)  # no lifespan: the runtime below stands in for the loaded models
     decoder = load_speech_decoder(TINY)
     scheduler = DecoderScheduler(decoder)
-    controller, queue = CapacityController(ceiling=256, initial=64), AdmissionQueue(64, max_queued=8, max_wait_s=1.0)
+    controller, queue = CapacityController(ceiling=256, initial=48), AdmissionQueue(48, max_queued=8, max_wait_s=1.0)
     controller.limit, controller.knee = 12, 14  # what an earlier overload taught it
     queue.set_limit(12)
-    app.state.runtime = SimpleNamespace(settings=settings, decoder=scheduler)
+    waits: list[float] = []  # the tokenizer worker's batching wait, as set
+    worker = SimpleNamespace(set_max_wait_ms=waits.append)
+    app.state.runtime = SimpleNamespace(
+        settings=settings, decoder=scheduler, audio_input=SimpleNamespace(worker=worker)
+    )
     app.state.capacity = controller
     app.state.services = SimpleNamespace(admission=SimpleNamespace(queue=queue))
     client = TestClient(app)
@@ -92,16 +96,27 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     rules = got.json()["speech_decoder"]
     assert set(rules) == set(RULES)
     assert rules["chunking"] == "adaptive" and rules["ode_steps"] == 3 and rules["max_prompt_tokens"] == 50
-    assert got.json()["admission_limit"] == 64 and controller.knee is None and queue.max_active == 64
+    assert got.json()["admission_limit"] == 48 and controller.knee is None and queue.max_active == 48
     assert decoder.ode_steps == 3 and isinstance(scheduler.policy, AdaptiveChunkPolicy)
 
     back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
-    assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == {"backoff": 0.9}
-    # Admission control's own rule: applied to the controller, which restarts; not named again: its default.
-    got = client.post("/bench/reconfigure", json={"capacity": {"backoff": "0.85"}}).json()
-    assert got["capacity"] == {"backoff": 0.85} and controller.backoff == 0.85 and controller.knee is None
-    assert client.post("/bench/reconfigure", json={}).json()["capacity"] == {"backoff": 0.9}
-    for bad_capacity in ({"backoff": 1.5}, {"backoff": "x"}, {"initial": 8}):
+    started = {"backoff": 0.9, "initial": 48, "settle_s": 0.0}  # the app's controller as the server started it
+    assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == started
+    # Admission control's own rules: applied to the controller, which restarts; not named again: the server's own.
+    body = {"capacity": {"backoff": "0.85", "initial": "16", "settle_s": 3}}
+    got = client.post("/bench/reconfigure", json=body).json()
+    assert got["capacity"] == {"backoff": 0.85, "initial": 16, "settle_s": 3.0} and controller.knee is None
+    assert got["admission_limit"] == 16 and queue.max_active == 16
+    back = client.post("/bench/reconfigure", json={}).json()
+    assert back["capacity"] == started and back["admission_limit"] == 48
+    assert back["speech_tokenizer"] == {"max_wait_ms": 0.0}  # the server's own
+    got = client.post("/bench/reconfigure", json={"speech_tokenizer": {"max_wait_ms": 5}}).json()
+    assert got["speech_tokenizer"] == {"max_wait_ms": 5.0} and waits[-1] == 5.0
+    client.post("/bench/reconfigure", json={})
+    assert waits[-1] == 0.0
+    for bad_tokenizer in ({"max_wait_ms": -1}, {"max_batch": 4}):
+        assert client.post("/bench/reconfigure", json={"speech_tokenizer": bad_tokenizer}).status_code == 400
+    for bad_capacity in ({"backoff": 1.5}, {"backoff": "x"}, {"initial": 0}, {"settle_s": -1}, {"floor": 8}):
         assert client.post("/bench/reconfigure", json={"capacity": bad_capacity}).status_code == 400, bad_capacity
     bad = client.post("/bench/reconfigure", json={"speech_decoder": {"dtype": "float16"}})
     assert bad.status_code == 400 and "dtype" in bad.json()["error"]  # needs a restart: not a per-stream rule

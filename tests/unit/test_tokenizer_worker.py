@@ -61,6 +61,38 @@ async def test_concurrent_calls_are_batched_and_routed() -> None:
 
 
 @pytest.mark.asyncio
+async def test_without_a_wait_requests_arriving_during_a_batch_form_the_next() -> None:
+    # The server's default (max_wait_ms 0): a lone request goes at once; those arriving while it runs batch.
+    fake = FakeTokenizer()
+    fake.gate.clear()
+    worker = SpeechTokenizerWorker(fake, max_batch=8)
+    worker.start()
+    first = asyncio.ensure_future(worker.tokenize(wave(1)))
+    await wait_entered(fake)  # running alone: nothing was waited for
+    rest = [asyncio.ensure_future(worker.tokenize(wave(n))) for n in range(2, 6)]
+    await asyncio.sleep(0.05)
+    fake.gate.set()
+    assert await first == [1] and await asyncio.gather(*rest) == [[n] for n in range(2, 6)]
+    await worker.close()
+    assert fake.batches == [[1], [2, 3, 4, 5]]
+
+
+@pytest.mark.asyncio
+async def test_the_wait_can_change_while_running() -> None:
+    fake = FakeTokenizer()
+    worker = SpeechTokenizerWorker(fake, max_batch=8, max_wait_ms=0)
+    worker.start()
+    worker.set_max_wait_ms(300)  # read per batch: the next batch waits for the second request
+    one = asyncio.ensure_future(worker.tokenize(wave(1)))
+    await asyncio.sleep(0.05)
+    assert await asyncio.gather(one, worker.tokenize(wave(2))) == [[1], [2]]
+    await worker.close()
+    assert fake.batches == [[1, 2]]
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        worker.set_max_wait_ms(-1)
+
+
+@pytest.mark.asyncio
 async def test_cancelled_callers_are_dropped() -> None:
     fake = FakeTokenizer()
     fake.gate.clear()
