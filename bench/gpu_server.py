@@ -25,6 +25,7 @@ benchmark entry point, never in the product's app.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from typing import Any
 
@@ -165,6 +166,8 @@ def build(settings: Settings):
         from glm4voice_api.pipeline.decoder_rules import RULES, apply_rules
 
         rt, changes = request.app.state.runtime, dict(body.get("speech_decoder") or {})
+        # A list given as text (`--variant x:SPEECH_DECODER__SCHEDULE=[10,20,40]`), as the environment would give it.
+        changes = {k: json.loads(v) if isinstance(v, str) and v.startswith("[") else v for k, v in changes.items()}
         if unknown := sorted(set(changes) - set(RULES)):
             return JSONResponse({"error": f"not a per-stream rule: {unknown} (these are: {list(RULES)})"}, 400)
         capacity = dict(body.get("capacity") or {})

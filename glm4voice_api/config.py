@@ -123,7 +123,10 @@ class SpeechDecoderSettings(BaseModel):
         description="Deadline batching: a streamed reply's due chunk waits while its listener's buffer allows, and goes "
         "with the next pass another stream needs (same audio). Off: not measured on a GPU yet (bench/results/GPU.md).",
     )
-    max_batch: int = Field(32, ge=1, description="Most stream chunks in one decoder pass (CUDA graphs: powers of 2).")
+    max_batch: int = Field(32, ge=1, description="Most stream chunks in one decoder pass.")
+    graph_batches: list[Annotated[int, Field(ge=1)]] = Field(
+        [1, 2, 4, 8, 16, 32], min_length=1, description="Rows of the flow's CUDA graphs: a pass is padded up to one."
+    )
     max_pass_ms: float = Field(
         0.0,
         ge=0,
@@ -131,8 +134,7 @@ class SpeechDecoderSettings(BaseModel):
         "this. 0 (default): max_batch only; a 250 ms bound cost more than it saved (bench/results).",
     )
     preempt: bool = Field(
-        False,
-        description="Between two ODE steps, run short passes for streams about to run dry. Off: worse on an H200.",
+        False, description="Short passes between ODE steps for streams near running dry (off: worse)."
     )
     ode_steps: int = Field(
         5,

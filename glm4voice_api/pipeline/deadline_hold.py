@@ -41,7 +41,7 @@ class DeadlineHold:
         """Seconds the pass of the needed rows `batch` may take once held rows join: no needed listener may run dry
         for them (its buffer, less `margin_s`), and a first chunk's pass grows by at most a quarter (its first audio
         waits for the whole pass). None: no cost estimate yet (held rows then join only into free rows)."""
-        alone = cost.estimate(PassCost.units(len(batch), longest))
+        alone = cost.estimate(cost.padded_units(len(batch), longest))
         if alone is None:
             return None
         budget = 1.25 * alone
@@ -53,8 +53,8 @@ class DeadlineHold:
     @staticmethod
     def fits(cost: PassCost, rows: int, longest: int, row_len: int, budget: float | None) -> bool:
         """A held row joins a pass of `rows` rows only within the budget (without one: where it costs nothing)."""
-        units = PassCost.units(rows + 1, max(longest, row_len))
+        units = cost.padded_units(rows + 1, max(longest, row_len))
         if budget is None:
-            return units <= PassCost.units(rows, longest)
+            return units <= cost.padded_units(rows, longest)
         estimate = cost.estimate(units)
         return estimate is not None and estimate <= budget

@@ -3,7 +3,9 @@
 Most of `--speech-decoder.*` decides how each stream is cut into chunks and when a chunk is decoded (chunking,
 schedule, context, hold, pass bound, preemption) or how many Euler steps a pass takes. None of these shapes what was
 loaded or captured at startup (dtype, max_batch, CUDA graphs and compiled blocks do), so a decoder with no open
-stream can take new values between two streams and decode exactly as a fresh server started with them would. That
+stream can take new values between two streams and decode exactly as a fresh server started with them would. The
+graphs' batch sizes (`graph_batches`) are a rule too: the graphs a new set needs are captured when it is applied,
+and rows decode the same in any bucket (padding rows never mix with real ones). That
 is what lets one warm GPU server compare several configurations in turn (`bench/gpu_server.py`'s
 `/bench/reconfigure`), where a fresh server per configuration costs ~60-90 s of scarce device time and the host's
 run-to-run spread (README, Measured figures) would dominate the comparison.
@@ -30,6 +32,7 @@ RULES = (
     "max_pass_ms",
     "preempt",
     "ode_steps",
+    "graph_batches",
 )
 """The settings `apply_rules` changes on a running decoder; the others need a restart."""
 
@@ -56,6 +59,7 @@ def capture_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_b
     graphed = decoder.flow.graphed
     if graphed is None:
         return 0
+    graphed.set_batch_buckets(options.graph_batches)
     chunk = options.max_chunk if options.chunking == "adaptive" else max(options.schedule)
     frames = decoder.mel_frames((options.max_prompt_tokens or 200) + chunk)
     return graphed.warmup(max_batch, frames, decoder.flow.input_embedding.weight)

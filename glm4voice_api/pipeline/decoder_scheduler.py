@@ -258,7 +258,7 @@ class DecoderScheduler:
         """The most urgent due chunk (of `first_from`, if given) plus others of similar length, then free riders up
         to the graph bucket; rows beyond the first are added only while the pass's expected length stays within
         `max_pass_s`."""
-        now = self.clock()
+        now, self.cost.buckets = self.clock(), getattr(self.decoder, "batch_buckets", None)  # the graphs' padding
         pass_s = self.pass_seconds()
         due = [(s, n) for s in streams if (n := self._size(s, now, pass_s)) is not None]
         due.sort(key=lambda e: (first_from is not None and e[0] not in first_from, self.policy.urgency(e[0].view(now))))
@@ -279,7 +279,7 @@ class DecoderScheduler:
         def fits(row_len: int) -> bool:
             if self.max_pass_s is None:
                 return True
-            cost = self.cost.estimate(PassCost.units(len(batch) + 1, max(longest, row_len)))
+            cost = self.cost.estimate(self.cost.padded_units(len(batch) + 1, max(longest, row_len)))
             return cost is None or cost <= self.max_pass_s
 
         budget: float | None = None  # how long the pass may grow to with held rows (set once the needed are in)
@@ -299,9 +299,9 @@ class DecoderScheduler:
         if hold is not None:
             self._held_rows = sum(id(s) not in leads for s, _ in batch)
             self.held_passes += self._held_rows > 0
-        # A CUDA-graph pass is padded to a power-of-two batch: those rows cost nothing, so give them to streams
+        # A CUDA-graph pass is padded to its batch bucket: those rows cost nothing, so give them to streams
         # that have a steady-size chunk waiting (they get ahead, and their next chunk can be longer).
-        room = min(self.max_batch, 1 << (len(batch) - 1).bit_length()) - len(batch)
+        room = min(self.max_batch, self.cost.padded_rows(len(batch))) - len(batch)
         if room > 0:
             chosen = {id(s) for s, _ in batch}
             riders = [s for s in streams if id(s) not in chosen and not s.finished and not s._final]
@@ -382,7 +382,7 @@ class DecoderScheduler:
             elapsed = self.clock() - start - inner
             self.busy_seconds += elapsed
             self._pass_ewma = 0.8 * self._pass_ewma + 0.2 * elapsed
-            self.cost.observe(PassCost.units(len(rows), longest), elapsed)
+            self.cost.observe(self.cost.padded_units(len(rows), longest), elapsed)
         self.batches += 1
         self.chunks += len(rows)
         new = sum(len(r.tokens) for _, r in rows)

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from glm4voice_api.models.speech_decoder.flow_graphs import padded_batch
+
 __all__ = ["PASS_LOG_SIZE", "PassCost", "PassRecord"]
 
 
 class PassCost:
     """Expected seconds of a decoder pass from its padded size, fitted online: seconds = fixed + per_unit x units.
 
-    units = rows rounded up to a power of two (the CUDA-graph bucket) x the longest row's tokens (all rows are padded
-    to it). Measured on an H200 (bench/results/gpu_decoder_profile.json) the flow's ODE is ~90% of a pass and
+    units = rows rounded up to the CUDA-graph batch bucket (`buckets`: the decoder's, powers of two by default) x the
+    longest row's tokens (all rows are padded to it). Measured on an H200 (bench/results/gpu_decoder_profile.json) the flow's ODE is ~90% of a pass and
     follows this line closely: ~45 ms fixed (~13k small kernels) plus time linear in the padded frames. Fitted by
     exponentially weighted least squares, so it follows the GPU's share the decoder actually gets beside the LLM.
     """
 
-    def __init__(self, forget: float = 0.95) -> None:
+    def __init__(self, forget: float = 0.95, buckets: tuple[int, ...] | None = None) -> None:
         self.forget = forget
+        self.buckets = buckets
+        """The batch sizes passes are padded to (None: powers of two)."""
         self._n = self._x = self._y = self._xx = self._xy = 0.0
         self.passes = 0
 
     @staticmethod
-    def units(rows: int, longest_row: int) -> float:
-        return float((1 << max(0, rows - 1).bit_length()) * max(1, longest_row))
+    def units(rows: int, longest_row: int, buckets: tuple[int, ...] | None = None) -> float:
+        return float(padded_batch(rows, buckets) * max(1, longest_row))
+
+    def padded_rows(self, rows: int) -> int:
+        return padded_batch(rows, self.buckets)
+
+    def padded_units(self, rows: int, longest_row: int) -> float:
+        """`units` with this decoder's batch buckets."""
+        return self.units(rows, longest_row, self.buckets)
 
     def observe(self, units: float, seconds: float) -> None:
         f = self.forget

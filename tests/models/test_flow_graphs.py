@@ -1,7 +1,7 @@
 """The bucketed flow runner (CUDA graphs on a GPU) must give each row what the eager, unpadded pass gives.
 
 On the CPU the same bucket padding runs eagerly (`use_graphs=False`), so this checks everything but the capture
-itself: frame padding to the bucket, batch padding to a power of two, and the explicit `padded=True` path.
+itself: frame padding to the bucket, batch padding to a batch bucket (powers of two by default), and the explicit `padded=True` path.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
-from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM, _Captured
+from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM, _Captured, padded_batch
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from tests.conftest import CONFORMANCE
@@ -36,6 +36,18 @@ def test_bucket_shapes() -> None:
     assert runner.bucket(3, 64) == (4, 64)
     assert runner.bucket(5, 65) == (8, 128)
     assert runner.bucket(16, 1000) == (16, 1024)
+
+
+def test_batch_buckets_between_the_powers_of_two() -> None:
+    """`graph_batches` [.., 16, 24, 32]: 17-24 rows are padded to 24, not 32 (a padded row costs a real one's time
+    in a large pass); beyond the last bucket, a power of two."""
+    runner = GraphedCFM(torch.nn.Identity(), FlowGraphConfig(batch_buckets=(1, 2, 4, 8, 16, 24, 32)))
+    assert [runner.bucket(n, 100)[0] for n in (1, 3, 9, 17, 22, 24, 25, 33)] == [1, 4, 16, 24, 24, 24, 32, 64]
+    runner.set_batch_buckets([32, 12, 12, 4])  # sorted, distinct
+    assert runner.batch_buckets == (4, 12, 32) and runner.bucket(1, 100)[0] == 4 and runner.bucket(9, 100)[0] == 12
+    with pytest.raises(ValueError, match="positive"):
+        runner.set_batch_buckets([0, 8])
+    assert padded_batch(17) == 32 and padded_batch(17, (24,)) == 24
 
 
 def test_small_frame_buckets_are_half_as_far_apart() -> None:
@@ -63,6 +75,29 @@ def test_bucketed_rows_equal_eager(decoders: tuple[SpeechDecoder, SpeechDecoder]
         assert a.mel.shape == b.mel.shape
         np.testing.assert_allclose(b.mel.numpy(), a.mel.numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(b.speech, a.speech, rtol=0, atol=1e-3)
+
+
+def test_rows_decode_the_same_in_any_batch_bucket(decoders: tuple[SpeechDecoder, SpeechDecoder]) -> None:
+    """The same 3 rows padded to 4 (powers of two), to 3 (no padding row) and to 6: the same mel (the CUDA graphs'
+    batch sizes are a live rule, `graph_batches`, so a change of buckets must not change what a listener hears)."""
+    _, bucketed = decoders
+    rng = np.random.default_rng(5)
+    seqs = [rng.integers(0, 16384, n) for n in (12, 20, 31)]
+    mels = []
+    try:
+        for buckets in ((1, 2, 4, 8), (1, 3), (6,)):
+            bucketed.flow.graphed.set_batch_buckets(buckets)
+            assert bucketed.batch_buckets == buckets
+            streams = [bucketed.open_stream(config=DecoderStreamConfig(schedule=(10,))) for _ in seqs]
+            reqs = [s.prepare(q, final=True) for s, q in zip(streams, seqs, strict=True)]
+            for req in reqs:
+                req.generator = torch.Generator().manual_seed(7)
+            mels.append([r.mel.numpy() for r in bucketed.decode_batch(reqs)])
+    finally:
+        bucketed.flow.graphed.set_batch_buckets(FlowGraphConfig().batch_buckets)
+    for other in mels[1:]:
+        for a, b in zip(mels[0], other, strict=True):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
 
 
 def test_interleaved_solves_keep_their_own_state(decoders: tuple[SpeechDecoder, SpeechDecoder]) -> None:

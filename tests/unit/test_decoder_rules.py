@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from glm4voice_api.config import Settings, SpeechDecoderSettings
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
@@ -72,6 +73,19 @@ def test_rules_change_between_streams_and_decode_as_a_fresh_decoder_would() -> N
         decoder.set_ode_steps(0)
 
 
+def test_graph_batch_sizes_are_a_rule() -> None:
+    decoder = load_speech_decoder(TINY)
+    decoder.flow.enable_graphs(use_graphs=False)  # the buckets without the capture (CPU)
+    scheduler = DecoderScheduler(decoder)
+    assert decoder.batch_buckets == (1, 2, 4, 8, 16, 32)  # the default: powers of two
+    apply_rules(scheduler, SpeechDecoderSettings(graph_batches=[1, 2, 4, 8, 16, 24, 32]))
+    assert decoder.batch_buckets == (1, 2, 4, 8, 16, 24, 32) and decoder.flow.graphed.bucket(20, 1)[0] == 24
+    apply_rules(scheduler, SpeechDecoderSettings())
+    assert decoder.batch_buckets == (1, 2, 4, 8, 16, 32)
+    with pytest.raises(ValidationError):
+        SpeechDecoderSettings(graph_batches=[0, 8])
+
+
 def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_restarts_admission() -> None:
     from bench.gpu_server import build
 
@@ -99,6 +113,11 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     assert got.json()["admission_limit"] == 48 and controller.knee is None and queue.max_active == 48
     assert decoder.ode_steps == 3 and isinstance(scheduler.policy, AdaptiveChunkPolicy)
 
+    # Lists as the suite's --variant gives them (text); the graphs' batch sizes are a rule too.
+    body = {"speech_decoder": {"schedule": "[10,20,40]", "graph_batches": "[1,2,4,8,16,24,32]"}}
+    got = client.post("/bench/reconfigure", json=body).json()
+    assert got["speech_decoder"]["schedule"] == [10, 20, 40] and scheduler.stream_config.schedule == (10, 20, 40)
+    assert got["speech_decoder"]["graph_batches"] == [1, 2, 4, 8, 16, 24, 32]
     back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
     started = {"backoff": 0.9, "initial": 48, "settle_s": 0.0}  # the app's controller as the server started it
     assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == started

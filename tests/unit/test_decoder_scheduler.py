@@ -146,6 +146,7 @@ def _bare_scheduler(max_batch: int, max_pass_s: float | None) -> DecoderSchedule
     scheduler.stream_config = DecoderStreamConfig(max_prompt_tokens=100)
     scheduler._pass_ewma = 0.05
     scheduler.max_pass_s, scheduler.cost = max_pass_s, PassCost()
+    scheduler.decoder = SimpleNamespace(batch_buckets=None)  # no CUDA graphs: powers of two, as their default
     scheduler.clock, scheduler.hold, scheduler.held_passes, scheduler._held_rows = time.monotonic, None, 0, 0
     return scheduler
 
@@ -163,6 +164,10 @@ def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() ->
     # free rows go to a waiting stream, never longer than the pass's longest row (52: 40 history + 12)
     assert (rider, 30) in batch and all(s is not ahead for s, _ in batch)
     assert {id(s): n for s, n in batch}[id(first)] == 10
+    # With a 3-row graph bucket there is no free row: the rider stays out.
+    scheduler.decoder.batch_buckets = (1, 2, 3, 4)
+    batch = scheduler._pick({first, dry, dry2, ahead, rider})
+    assert [s for s, _ in batch] == [dry, first, dry2] and scheduler.cost.buckets == (1, 2, 3, 4)
 
 
 def test_pass_cost_fits_fixed_and_per_unit_time() -> None:
@@ -173,6 +178,7 @@ def test_pass_cost_fits_fixed_and_per_unit_time() -> None:
         cost.observe(units, 0.045 + 2e-5 * units)  # the H200 profile's shape: 45 ms fixed + linear
     assert cost.estimate(PassCost.units(16, 100)) == pytest.approx(0.045 + 2e-5 * 1600, rel=1e-6)
     assert PassCost.units(17, 10) == 320  # rows padded to the power-of-two graph bucket
+    assert PassCost.units(17, 10, (16, 24, 32)) == 240 and PassCost(buckets=(16, 24)).padded_units(17, 10) == 240
 
 
 def test_pick_keeps_passes_within_the_expected_length_budget() -> None:

@@ -108,6 +108,12 @@ class SpeechDecoder:
         self.flow.cfg = self.flow.decoder.cfg = cfg
 
     @property
+    def batch_buckets(self) -> tuple[int, ...] | None:
+        """The batch sizes a pass is padded to (its CUDA graphs'); None when the flow runs unbucketed."""
+        graphed = self.flow.graphed
+        return None if graphed is None else graphed.batch_buckets
+
+    @property
     def context_block(self) -> int:
         """Tokens per flow-encoder attention block: a stream's bounded context starts on a multiple of it."""
         return self.flow.cfg.encoder.block_size
