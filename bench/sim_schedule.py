@@ -29,6 +29,11 @@ from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedu
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 
 
+def _model_value(text: str) -> float | tuple[int, ...]:
+    """A --model value: a number, or a list of sizes (`batch_buckets=[1,2,4,8,12,16,24,32]`)."""
+    return tuple(json.loads(text)) if text.startswith("[") else float(text)
+
+
 class _Pass:
     def __init__(self, world: World, requests: list[SimRequest]) -> None:
         self.world, self.requests = world, requests
@@ -54,6 +59,10 @@ class _Decoder:
 
     def __init__(self, world: World) -> None:
         self.world = world
+
+    @property
+    def batch_buckets(self) -> tuple[int, ...]:
+        return self.world.cost.batch_buckets  # as a graphed decoder's: the scheduler's free rows follow them
 
     def open_stream(self, voice: object, config: DecoderStreamConfig) -> SimStream:
         return SimStream(config)
@@ -398,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fit:
         print(json.dumps(fit_passes(args.fit)))
         return
-    cost = replace(CostModel(), **{k: float(v) for k, v in (m.split("=", 1) for m in args.model)})
+    cost = replace(CostModel(), **{k: _model_value(v) for k, v in (m.split("=", 1) for m in args.model)})
     out: dict = {
         "note": "simulated: a cost model calibrated on an H200, not a GPU measurement",
         "model": asdict(CostModel()),
