@@ -124,16 +124,25 @@ def test_voice_creation_is_admitted_like_other_model_work(hardened: Hardened) ->
     }
     headers = {"Authorization": f"Bearer {STATIC_KEY}"}
     url = hardened.server.base_url + "/v1/chat/completions"
-    with httpx.stream("POST", url, json=body, headers=headers, timeout=300) as running:
-        assert running.status_code == 200
-        lines = running.iter_lines()
-        next(lines)
-        assert hardened.server.metric("glm4voice_admission_active") == 1  # its slot is still held
-        refused = _create_voice(hardened, "Busy")
-        assert refused.status_code == 429, refused.text
-        assert refused.json()["error"]["type"] == "rate_limit_error" and int(refused.headers["retry-after"]) >= 1
-        for _ in lines:
-            pass
+    voices = hardened.server.base_url + "/v1/audio/voices"
+    for _ in range(5):
+        with httpx.stream("POST", url, json=body, headers=headers, timeout=300) as running:
+            assert running.status_code == 200
+            lines = running.iter_lines()
+            next(lines)
+            answer = _create_voice(hardened, "Busy")
+            for _ in lines:
+                pass
+        if answer.status_code == 429:
+            assert answer.json()["error"]["type"] == "rate_limit_error" and int(answer.headers["retry-after"]) >= 1
+            break
+        # Created: the stream had ended first (a random-weight reply may end at once, and a slow client, on a loaded
+        # 2-core CI machine, clean-clone run 2026-12-05, then finds the slot free). That try proves nothing; a voice
+        # route that skipped admission would be created every time, and fail below.
+        assert answer.status_code == 200, answer.text
+        httpx.delete(f"{voices}/{answer.json()['id']}", headers=headers, timeout=30)
+    else:
+        pytest.fail("5 voices were created while a spoken answer of the same tenant (limit 1) was streaming")
     assert _create_voice(hardened, "Free").status_code == 200
 
 
