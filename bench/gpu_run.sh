@@ -50,8 +50,9 @@ case "$mode" in
     ;;
   profile)
     # Where a decoder pass's GPU time goes: one ODE step by kernel kind (attention vs GEMM vs ...) per pass shape,
-    # eager and compiled as served, then the phases (flow encoder / ODE / HiFT). Needs only torch (first carry call).
-    timeout "${PROFILE_TIMEOUT:-330}" python3 -m bench.profile_decoder --device cuda --sections kernels,kernels_compiled,phases \
+    # eager and compiled as served, then the phases (flow encoder / ODE / HiFT) and the eager ops per pass outside
+    # the graphs (bench/decoder_ops.py). Needs only torch (first carry call).
+    timeout "${PROFILE_TIMEOUT:-330}" python3 -m bench.profile_decoder --device cuda --sections kernels,kernels_compiled,phases,ops \
       --out "$OUT/gpu_decoder_kernels.json" || echo "profile failed rc=$?"
     # The same attention masked (as served), mask-free (flash: the bound) and as FlexAttention over row lengths.
     timeout "${PROBE_TIMEOUT:-200}" python3 -m bench.attention_probe --out "$OUT/gpu_attention_probe.json" \

@@ -53,3 +53,17 @@ def test_attention_probe_flex_over_row_lengths_equals_the_masked_attention() -> 
     assert not bool(b["valid"].all())  # some rows are padded
     got = flex_block_mask(b, flex_attention, create_block_mask)
     assert max_abs_diff(got, sdpa_masked(b), b["valid"]) < 1e-5
+
+
+def test_eager_ops_per_pass_by_phase() -> None:
+    from bench.decoder_ops import ops_per_phase
+    from bench.profile_decoder import requests
+    from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+    from tests.conftest import CONFORMANCE
+
+    decoder = load_speech_decoder(CONFORMANCE / "tiny_a" / "speech_decoder")
+    encode = decoder.flow.encode
+    (row,) = ops_per_phase(decoder, requests, shapes=((1, 0, 10),))
+    assert set(row["ops"]) >= {"encode", "ode", "hift"} and all(n > 0 for n in row["ops"].values())
+    assert row["ops"]["ode"] % decoder.ode_steps == 0  # the same ops every Euler step
+    assert decoder.flow.encode == encode and "encode" not in vars(decoder.flow)  # the probes are taken out
