@@ -167,7 +167,10 @@ def build(settings: Settings):
 
         rt, changes = request.app.state.runtime, dict(body.get("speech_decoder") or {})
         # A list given as text (`--variant x:SPEECH_DECODER__SCHEDULE=[10,20,40]`), as the environment would give it.
-        changes = {k: json.loads(v) if isinstance(v, str) and v.startswith("[") else v for k, v in changes.items()}
+        try:
+            changes = {k: json.loads(v) if isinstance(v, str) and v.startswith("[") else v for k, v in changes.items()}
+        except ValueError as exc:
+            return JSONResponse({"error": f"speech_decoder: not a list: {exc}"}, 400)
         if unknown := sorted(set(changes) - set(RULES)):
             return JSONResponse({"error": f"not a per-stream rule: {unknown} (these are: {list(RULES)})"}, 400)
         capacity = dict(body.get("capacity") or {})

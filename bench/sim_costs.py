@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from glm4voice_api.models.speech_decoder.flow_graphs import padded_batch
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 
 SAMPLE_RATE = 22050
@@ -60,7 +61,7 @@ class CostModel:
     """The CUDA-graph batch sizes a pass is padded to."""
 
     def pass_s(self, rows: int, longest: int, *, beside_llm: bool) -> float:
-        cells = next((b for b in self.batch_buckets if b >= rows), rows) * frame_bucket(longest)
+        cells = padded_batch(rows, self.batch_buckets) * frame_bucket(longest)
         if beside_llm:
             return self.sliced_fixed_s + self.sliced_factor * self.alone_cell_s * cells
         return self.alone_fixed_s + self.alone_cell_s * cells
@@ -117,7 +118,7 @@ def fit_passes(path: str, cost: CostModel | None = None) -> dict:
             for passes in phase.get("schedulers", []):
                 for _start, seconds, rows, longest, *_rest, nested in passes:
                     if not nested:
-                        batch = next((b for b in cost.batch_buckets if b >= rows), rows)
+                        batch = padded_batch(rows, cost.batch_buckets)
                         xs.append(cost.alone_cell_s * batch * frame_bucket(longest))
                         ys.append(seconds)
     if len(xs) < 2:

@@ -88,7 +88,7 @@ class SpeechTokenizerSettings(BaseModel):
         "float32", description="Speech tokenizer dtype (float32 reproduces the reference tokens exactly)."
     )
     max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
-    max_wait_ms: float = Field(0.0, ge=0, description="ms to wait to fill a batch (0: none; queued ones batch).")
+    max_wait_ms: float = Field(0.0, ge=0, le=1000, description="ms to wait to fill a batch (0: none; queued batch).")
 
 
 class SpeechDecoderSettings(BaseModel):

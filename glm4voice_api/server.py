@@ -93,24 +93,46 @@ def reserve_listeners(host: str, port: int) -> list[socket.socket]:
     """Bind (without listening) every address `host` resolves to, as asyncio's create_server would; raises OSError.
 
     Bound and not listening: the port is ours, and a connection to it is refused until uvicorn listens once the app
-    is ready. Processes forked meanwhile (vLLM's engine core) get the sockets closed in the child: a copy there
-    would keep the port, and a drained server's listener, open after this process closed its own."""
+    is ready (`listen_on`). Bound with SO_REUSEADDR (a restart must not wait for the last run's connections in
+    TIME_WAIT), which is then cleared: Linux lets any other SO_REUSEADDR socket (libzmq's, asyncio's, a second
+    server's) bind a port whose sockets all allow reuse while none listens, and our listen() would then fail.
+    Processes forked meanwhile (vLLM's engine core) get the sockets closed in the child: a copy there would keep
+    the port, and a drained server's listener, open after this process closed its own."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this kernel lacks (IPv6 disabled): skipped, as asyncio skips it
+                continue
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # its IPv4 twin binds on its own
             sock.bind(address)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
+        if not sockets:
+            raise OSError(f"no address of {host!r} can be bound on this machine")
     except OSError:
         for sock in sockets:
             sock.close()
         raise
     os.register_at_fork(after_in_child=lambda: [sock.close() for sock in sockets])
     return sockets
+
+
+def listen_on(sockets: list[socket.socket]) -> None:
+    """Allow reuse again just before uvicorn listens: listen() checks the port once more, and without SO_REUSEADDR
+    it would fail while connections of a previous run are still in TIME_WAIT."""
+    for sock in sockets:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+
+
+def not_listening(sockets: list[socket.socket]) -> list[str]:
+    """The addresses among `sockets` that are not listening (uvloop's create_server(sock=...) can fail to listen
+    without raising: the server would then run and serve nothing)."""
+    return [str(s.getsockname()) for s in sockets if not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)]
 
 
 class DrainingServer(uvicorn.Server):
@@ -144,10 +166,15 @@ class DrainingServer(uvicorn.Server):
             self._drain = asyncio.ensure_future(self._drain_then_exit())
 
     async def startup(self, sockets: list | None = None) -> None:
+        if sockets:
+            listen_on(sockets)
         await super().startup(sockets)
         import psutil
 
         self.processes = tuple(psutil.Process().children(recursive=True))  # vLLM's engine core and its workers
+        if sockets and (idle := not_listening(sockets)):
+            logger.critical("not listening on %s (the port was taken): exiting", ", ".join(idle))
+            _exit_now(EXIT_CANNOT_LISTEN, self.processes)
 
     async def on_tick(self, counter: int) -> bool:
         if getattr(self.app.state, "fatal", None) and self._fatal is None:
@@ -180,6 +207,7 @@ def serve(settings: Settings) -> None:
     except OSError as exc:
         logger.critical("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         sys.exit(EXIT_CANNOT_LISTEN)
+    logger.info("port taken: %s (listening once ready)", ", ".join(str(s.getsockname()[:2]) for s in sockets))
     app = create_app(settings)
     limits, timeouts = settings.request_limits, settings.timeouts
     config = uvicorn.Config(

@@ -73,8 +73,8 @@ class SpeechTokenizerWorker:
 
     def set_max_wait_ms(self, max_wait_ms: float) -> None:
         """Change the wait (read once per batch, so the next batch uses it; bench/gpu_server.py compares waits)."""
-        if max_wait_ms < 0:
-            msg = f"max_wait_ms must be >= 0, got {max_wait_ms}"
+        if not 0 <= max_wait_ms <= 1000:  # also NaN and inf (a queue get with an infinite timeout raises)
+            msg = f"max_wait_ms must lie in [0, 1000], got {max_wait_ms}"
             raise ValueError(msg)
         self._max_wait_s = max_wait_ms / 1000.0
 

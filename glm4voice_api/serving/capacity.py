@@ -18,9 +18,10 @@ therefore not a setting but a measurement, adjusted once a second from what the 
   token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75 tokens/s):
   no growth (the next stream would tip it over);
 - otherwise, when nearly every slot is used (or requests wait), the limit grows: by `step` (25%) while it is below
-  80% of the knee (or the cut's level, if lower; or no knee is known), by one stream per `probe_s` from there (additive increase, multiplicative
-  decrease: at 25% a second it overshot the knee within three seconds, and every stream admitted meanwhile
-  stuttered; measured on an H200, bench/results).
+  80% of the knee (or the cut's level, if lower; or no knee is known), by one stream per `probe_s` from there
+  (additive increase, multiplicative decrease: at 25% a second it overshot the knee within three seconds, and every
+  stream admitted meanwhile stuttered; measured on an H200, bench/results). The wait after a growth step holds
+  growth only: a gap meanwhile still cuts (until 2026-12-05 it dropped that gap, and the limit probed on).
 
 The decoder's busy time is deliberately not a signal: the chunk policy spends idle decoder time on smaller chunks
 (a thinner, safer buffer costs nothing when the GPU is free), so a busy decoder is not a saturated one.
@@ -89,6 +90,10 @@ class CapacityController:
         self.limit = max(self.floor, min(self.initial, self.ceiling))
         self._last: CapacitySignals | None = None
         self._hold_until = 0.0
+        """After a cut: no further cut (the same overload's echo) and no growth until then."""
+        self._grow_after = 0.0
+        """After a growth step (a probe, or a fast step with settle_s): no growth until then. Cuts are not held:
+        the gaps this wait is there to see must still cut."""
         self._recent: deque[tuple[float, int]] = deque()  # (at, active) over the last cooldown_s
         self.knee: int | None = None
         """The most streams running when listeners last ran dry (None: never yet)."""
@@ -120,15 +125,15 @@ class CapacityController:
             self.reason = "near miss"
         elif now.engine_active and per_stream < self.supply_margin * REALTIME_TOKENS_PER_S:
             self.reason = "token supply"
-        elif not holding and (now.queued > 0 or now.active >= 0.9 * self.limit):
+        elif not holding and now.at >= self._grow_after and (now.queued > 0 or now.active >= 0.9 * self.limit):
             fast = self.limit + max(1, math.ceil(self.step * self.limit))
             near = math.floor(min(0.8, self.backoff) * self.knee) if self.knee is not None else fast
             if fast <= near or self.limit < near:
                 self._set(min(fast, near), "demand")
-                self._hold_until = now.at + self.settle_s
+                self._grow_after = now.at + self.settle_s
             else:  # near (or past) the knee: probe one stream at a time
                 self._set(self.limit + 1, "demand (probing)")
-                self._hold_until = now.at + self.probe_s
+                self._grow_after = now.at + self.probe_s
         return self.limit
 
     def restore(self, knee: int) -> None:

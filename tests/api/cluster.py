@@ -143,8 +143,8 @@ class Cluster:
                 cluster.replicas[name] = launch_server(
                     cache_dir, folder / f"{name}.log", *REPLICA_FLAGS, env=cluster.env
                 )
-            for server in cluster.replicas.values():
-                wait_ready(server)
+            for name, server in list(cluster.replicas.items()):  # a relaunched one (its port taken) replaces it
+                cluster.replicas[name] = wait_ready(server)
             cluster.balancer = Balancer(folder, cluster.replicas)
         except BaseException:
             cluster.close()

@@ -140,7 +140,7 @@ def test_voice_creation_is_admitted_like_other_model_work(hardened: Hardened) ->
         # 2-core CI machine, clean-clone run 2026-12-05, then finds the slot free). That try proves nothing; a voice
         # route that skipped admission would be created every time, and fail below.
         assert answer.status_code == 200, answer.text
-        httpx.delete(f"{voices}/{answer.json()['id']}", headers=headers, timeout=30)
+        assert httpx.delete(f"{voices}/{answer.json()['id']}", headers=headers, timeout=30).status_code == 200
     else:
         pytest.fail("5 voices were created while a spoken answer of the same tenant (limit 1) was streaming")
     assert _create_voice(hardened, "Free").status_code == 200

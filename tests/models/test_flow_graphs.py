@@ -50,6 +50,19 @@ def test_batch_buckets_between_the_powers_of_two() -> None:
     assert padded_batch(17) == 32 and padded_batch(17, (24,)) == 24
 
 
+def test_warmup_captures_every_bucket_a_pass_can_be_padded_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows beyond the last bucket pad to a power of two: those sizes are captured too (else the first such pass
+    would capture on a request's critical path)."""
+    runner = GraphedCFM(torch.nn.Identity(), FlowGraphConfig(batch_buckets=(1, 2, 4, 8, 12, 16, 24), max_graphs=200))
+    runner.cfm = type("Cfm", (), {"cfg": type("Cfg", (), {"output_size": 80})()})()
+    captured: list[tuple[int, int]] = []
+    monkeypatch.setattr(
+        runner, "_capture", lambda key, like, mel: captured.append(key) or runner._graphs.setdefault(key, None)
+    )
+    runner.warmup(48, 100, torch.zeros(1))
+    assert sorted({b for b, _ in captured}) == [1, 2, 4, 8, 12, 16, 24, 32, 64]
+
+
 def test_small_frame_buckets_are_half_as_far_apart() -> None:
     """The default: 128-frame steps up to 512 frames (a reply's first chunks), 256-frame steps beyond."""
     runner = GraphedCFM(torch.nn.Identity())

@@ -115,6 +115,22 @@ def test_settle_holds_each_fast_step_until_its_streams_got_past_their_start() ->
     assert limits(CapacityController(ceiling=256, initial=16, settle_s=3)) == [20, 20, 20, 25, 25, 25, 32]
 
 
+def test_a_gap_while_growth_waits_still_cuts() -> None:
+    """The wait after a probe or a settling step holds growth only: the gaps it waits for must cut (they were once
+    dropped while it lasted, and the limit went on probing past the knee)."""
+    for controller in (
+        CapacityController(ceiling=256, initial=16, settle_s=3),
+        CapacityController(ceiling=256, initial=16),
+    ):
+        feed = Feed()
+        controller.update(feed.tick(tok_per_stream=80, active=16))
+        assert controller.update(feed.tick(tok_per_stream=80, active=16, queued=9)) == 20
+        controller.knee = 21  # near the knee: the next step is a probe, then a 5 s wait
+        assert controller.update(feed.tick(tok_per_stream=80, active=20, queued=9)) in (20, 21)
+        assert controller.update(feed.tick(tok_per_stream=80, active=21, queued=9, underruns=1)) < 20
+        assert controller.reason == "underrun"
+
+
 def test_queue_follows_a_new_limit() -> None:
     async def run() -> None:
         q = AdmissionQueue(1, max_queued=5, max_wait_s=5)

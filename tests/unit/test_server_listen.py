@@ -12,17 +12,22 @@ import time
 
 import pytest
 
-from glm4voice_api.server import EXIT_CANNOT_LISTEN, reserve_listeners
+from glm4voice_api.server import EXIT_CANNOT_LISTEN, listen_on, not_listening, reserve_listeners
 
 
 def test_reserved_port_is_bound_not_listening_and_not_left_in_a_forked_child() -> None:
     sockets = reserve_listeners("127.0.0.1", 0)
     try:
         port = sockets[0].getsockname()[1]
-        # Another process binding it (vLLM's own port picks, a second server) is refused. (Linux lets two
-        # SO_REUSEADDR sockets share a port while neither listens; the second one's listen() then fails.)
-        with pytest.raises(OSError) as taken, socket.socket() as other:
-            other.bind(("127.0.0.1", port))
+        # Another process binding it is refused, with SO_REUSEADDR too (libzmq, asyncio, a second server set it;
+        # Linux lets such sockets share a port that no socket listens on, and our listen() would then fail).
+        for reuse in (0, 1):
+            with pytest.raises(OSError) as taken, socket.socket() as other:
+                other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+                other.bind(("127.0.0.1", port))
+            assert taken.value.errno == errno.EADDRINUSE
+        with pytest.raises(OSError) as taken:
+            reserve_listeners("127.0.0.1", port)
         assert taken.value.errno == errno.EADDRINUSE
         with pytest.raises(ConnectionRefusedError):  # bound, not listening: refused until the app is ready
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -38,6 +43,29 @@ def test_reserved_port_is_bound_not_listening_and_not_left_in_a_forked_child() -
         os.close(write)
     finally:
         for sock in sockets:
+            sock.close()
+
+
+def test_listening_after_a_previous_run_left_connections_in_time_wait() -> None:
+    # A restart on the same port: the last run's accepted connections (closed by the server first) sit in
+    # TIME_WAIT. Binding and listening must still work, and `not_listening` sees the listener.
+    first = reserve_listeners("127.0.0.1", 0)
+    port = first[0].getsockname()[1]
+    listen_on(first)
+    first[0].listen()
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    accepted, _ = first[0].accept()
+    accepted.close()  # the server side closes first: its end goes to TIME_WAIT
+    client.close()
+    first[0].close()
+    again = reserve_listeners("127.0.0.1", port)
+    try:
+        assert not_listening(again) == [str(again[0].getsockname())]
+        listen_on(again)
+        again[0].listen()
+        assert not_listening(again) == []
+    finally:
+        for sock in again:
             sock.close()
 
 

@@ -135,13 +135,21 @@ class GraphedCFM:
         """Capture every bucket up to (max_batch, max_frames) now, so that no request waits for a capture."""
         if not self.use_graphs:
             return 0
-        b_max = padded_batch(max_batch, self.batch_buckets)
-        sizes = sorted({b for b in self.batch_buckets if b <= b_max} | {b_max})
+        sizes = sorted({padded_batch(rows, self.batch_buckets) for rows in range(1, max_batch + 1)})
         mel = self.cfm.cfg.output_size
+        skipped = 0
         for t in self.frame_buckets(min(max_frames, self.config.max_frames)):
             for b in sizes:
-                if (b, t) not in self._graphs and len(self._graphs) < self.config.max_graphs:
+                if (b, t) in self._graphs:
+                    continue
+                if len(self._graphs) < self.config.max_graphs:
                     self._capture((b, t), like, mel)
+                else:
+                    skipped += 1
+        if skipped:  # never silent: those passes run eagerly, slower, and a comparison of buckets would be skewed
+            logger.warning(
+                "%d flow graph buckets not captured (max_graphs %d): they run eagerly", skipped, len(self._graphs)
+            )
         return len(self._graphs)
 
     def __call__(
