@@ -208,6 +208,8 @@ def serve(settings: Settings) -> None:
         logger.critical("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         sys.exit(EXIT_CANNOT_LISTEN)
     logger.info("port taken: %s (listening once ready)", ", ".join(str(s.getsockname()[:2]) for s in sockets))
+    if settings.port == 0:  # the kernel picked it: what the app reports (its "ready" line) is the real one
+        settings = settings.model_copy(update={"port": sockets[0].getsockname()[1]})
     app = create_app(settings)
     limits, timeouts = settings.request_limits, settings.timeouts
     config = uvicorn.Config(
