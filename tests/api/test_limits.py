@@ -94,13 +94,32 @@ def _max_tokens_above_the_cap_is_a_400(limited: RunningServer) -> None:
     assert refused.value.body["param"] == "max_tokens" and "800" in refused.value.body["message"]
 
 
+def _wait_for_metric(server: RunningServer, name: str, value: float, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while server.metric(name) != value:
+        assert time.monotonic() < deadline, f"{name} never reached {value}"
+        time.sleep(0.02)
+
+
 def _global_admission_refuses_what_does_not_fit_and_serves_the_rest(limited: RunningServer) -> None:
-    # 1 running + 1 queued fit; the others are refused at once with 429 (queue full), not left hanging. The five
-    # arrive together: started 50 ms apart, a fast machine had finished whole replies before the last ones came.
+    # 1 running + 1 queued fit; the others are refused at once with 429 (queue full), not left hanging. Step by
+    # step: a long reply runs, a second waits in the queue, then three more come. (Five sent at once behind a
+    # barrier reached the server seconds apart on a loaded 2-core CI machine, 2026-12-05: the first reply had
+    # ended before some of them came, and they were served.)
     outcomes = [{} for _ in range(5)]
-    start = threading.Barrier(len(outcomes))
-    threads = [threading.Thread(target=_stream_chat, args=(limited, 300, o, start)) for o in outcomes]
-    for t in threads:
+
+    def send(outcome: dict, max_tokens: int) -> threading.Thread:
+        thread = threading.Thread(target=_stream_chat, args=(limited, max_tokens, outcome))
+        thread.start()
+        return thread
+
+    threads = [send(outcomes[0], 800)]  # the cap: seconds of decoding on a CPU
+    _wait_for_metric(limited, "glm4voice_admission_active", 1)
+    threads.append(send(outcomes[1], 300))
+    _wait_for_metric(limited, "glm4voice_admission_queue_depth", 1)
+    start = threading.Barrier(3)
+    threads += [threading.Thread(target=_stream_chat, args=(limited, 300, o, start)) for o in outcomes[2:]]
+    for t in threads[2:]:
         t.start()
     for t in threads:
         t.join(300)
