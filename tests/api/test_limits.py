@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -94,35 +94,43 @@ def _max_tokens_above_the_cap_is_a_400(limited: RunningServer) -> None:
     assert refused.value.body["param"] == "max_tokens" and "800" in refused.value.body["message"]
 
 
-def _wait_for_metric(server: RunningServer, name: str, value: float, timeout_s: float = 120.0) -> None:
+def _reached(
+    server: RunningServer, name: str, value: float, alive: Callable[[], bool], timeout_s: float = 120.0
+) -> bool:
+    """Whether the metric reaches `value` while `alive()` holds (polled; False if `alive` ends first)."""
     deadline = time.monotonic() + timeout_s
-    while server.metric(name) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}"
+    while alive() and time.monotonic() < deadline:
+        if server.metric(name) == value:
+            return True
         time.sleep(0.02)
+    return False
 
 
 def _global_admission_refuses_what_does_not_fit_and_serves_the_rest(limited: RunningServer) -> None:
     # 1 running + 1 queued fit; the others are refused at once with 429 (queue full), not left hanging. Step by
     # step: a long reply runs, a second waits in the queue, then three more come. (Five sent at once behind a
     # barrier reached the server seconds apart on a loaded 2-core CI machine, 2026-12-05: the first reply had
-    # ended before some of them came, and they were served.)
-    outcomes = [{} for _ in range(5)]
+    # ended before some of them came, and they were served.) A try whose long reply ended before the others were
+    # in place (a stalled client) proves nothing and is repeated; a queue that does not refuse fails every try.
 
-    def send(outcome: dict, max_tokens: int) -> threading.Thread:
-        thread = threading.Thread(target=_stream_chat, args=(limited, max_tokens, outcome))
+    def send(outcome: dict, max_tokens: int, start: threading.Barrier | None = None) -> threading.Thread:
+        thread = threading.Thread(target=_stream_chat, args=(limited, max_tokens, outcome, start))
         thread.start()
         return thread
 
-    threads = [send(outcomes[0], 800)]  # the cap: seconds of decoding on a CPU
-    _wait_for_metric(limited, "glm4voice_admission_active", 1)
-    threads.append(send(outcomes[1], 300))
-    _wait_for_metric(limited, "glm4voice_admission_queue_depth", 1)
-    start = threading.Barrier(3)
-    threads += [threading.Thread(target=_stream_chat, args=(limited, 300, o, start)) for o in outcomes[2:]]
-    for t in threads[2:]:
-        t.start()
-    for t in threads:
-        t.join(300)
+    for _ in range(3):
+        outcomes = [{} for _ in range(5)]
+        threads = [send(outcomes[0], 800)]  # the cap: seconds of decoding on a CPU
+        running = threads[0].is_alive
+        if _reached(limited, "glm4voice_admission_active", 1, running):
+            threads.append(send(outcomes[1], 300))
+            if _reached(limited, "glm4voice_admission_queue_depth", 1, running):
+                start = threading.Barrier(3)
+                threads += [send(o, 300, start) for o in outcomes[2:]]
+        for t in threads:
+            t.join(300)
+        if len(threads) == 5 and sum(o.get("status") == 429 for o in outcomes) >= 2:
+            break
     refused = [o for o in outcomes if o.get("status") == 429]
     served = [o for o in outcomes if o.get("status") == 200]
     assert len(served) >= 2 and len(refused) >= 2 and len(served) + len(refused) == 5, outcomes
