@@ -30,6 +30,7 @@ from glm4voice_api.routes import chat, health, models, realtime, speech, transcr
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.admission import Admission
 from glm4voice_api.serving.capacity import CapacityController, CapacityMemory, capacity_signals, run_controller
+from glm4voice_api.serving.loop_watch import LoopWatch
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
 from glm4voice_api.store import StoreUnavailable
@@ -335,11 +336,16 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         app.state.runtime = runtime  # introspection only (bench/gpu_server.py); routes go through the services
         capacity = _start_capacity_control(app, runtime, admission)
         watchdog = asyncio.create_task(_watch_engine(app, runtime.engine))
+        loop_watch = LoopWatch(
+            stall_s=settings.log.slow_loop_s, observe_lag=metrics.loop_lag.observe, count_stall=metrics.loop_stalls.inc
+        )
+        loop_watch.start()
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
             watchdog.cancel()
+            loop_watch.stop()
             if capacity is not None:
                 capacity.cancel()
             app.state.services = app.state.runtime = None

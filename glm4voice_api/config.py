@@ -3,8 +3,8 @@
 The groups follow the README's sections (`engine`, `speech_tokenizer`, `speech_decoder`, `request_limits`, ...). A field's
 flag is its path (`--engine.max-model-len`, env `GLM4VOICE_ENGINE__MAX_MODEL_LEN`), so two groups can share a name.
 0 means "unlimited" (or "off") where a limit can be lifted; None means "derive the default", resolved with every
-other machine- or model-dependent default in one place: `Settings.resolved`.
-Nothing else reads the environment. Names from before the groups are still accepted (`LEGACY_NAMES`).
+other machine- or model-dependent default in one place: `Settings.resolved`. Nothing else reads the environment.
+Names from before the groups are still accepted (`LEGACY_NAMES`).
 """
 
 from __future__ import annotations
@@ -306,6 +306,7 @@ class LogSettings(BaseModel):
     format: Literal["json", "text"] = Field(
         "json", description="Log lines as JSON objects (request id and tenant on each line of a request) or text."
     )
+    slow_loop_s: float = Field(0.5, ge=0, description="Log the event loop's stack when blocked this long (s); 0: off.")
 
 
 LEGACY_NAMES: dict[str, str] = {
@@ -455,15 +456,13 @@ class Settings(BaseSettings):
         max_active = engine.max_num_seqs if self.admission.max_active is None else self.admission.max_active
         max_queued = max_active if self.admission.max_queued is None else self.admission.max_queued
         measured = self.admission.measured
-        if measured is None:
-            measured = cuda and self.admission.max_active is None
+        measured = (cuda and self.admission.max_active is None) if measured is None else measured
         device = self.audio_device
         if device == "auto":
             device = "cuda:0" if cuda else "cpu"
         decoder_dtype = self.speech_decoder.dtype
-        if decoder_dtype == "auto":
-            on_gpu = cuda and (device == "all" or device.startswith("cuda"))
-            decoder_dtype = "bfloat16" if on_gpu else "float32"
+        if decoder_dtype == "auto":  # bf16 where the decoder runs on a GPU
+            decoder_dtype = "bfloat16" if cuda and (device == "all" or device.startswith("cuda")) else "float32"
         return self.model_copy(
             update={
                 "engine": engine,

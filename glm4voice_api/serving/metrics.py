@@ -85,6 +85,17 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.loop_lag = Histogram(
+            "glm4voice_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 0.1 s (every request and stream waits that long too).",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.loop_stalls = Counter(
+            "glm4voice_event_loop_stalls",
+            "Times the event loop was blocked longer than log.slow_loop_s (each logged with the stack that held it).",
+            registry=self.registry,
+        )
         self.realtime_sessions = Gauge(
             "glm4voice_realtime_sessions", "Realtime WebSocket sessions open now.", registry=self.registry
         )

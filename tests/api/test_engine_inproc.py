@@ -60,3 +60,4 @@ def test_spoken_reply_streams_and_a_disconnect_frees_everything(inproc: RunningS
     assert inproc.metric("glm4voice_engine_aborted_requests_total") >= 1
     assert inproc.metric("glm4voice_admission_limit") >= 1  # CPU: the engine's batch size, not measured
     assert inproc.metric("glm4voice_decoder_underruns_total") >= 0
+    assert inproc.metric("glm4voice_event_loop_lag_seconds_count") > 0  # the loop watch runs in the app
