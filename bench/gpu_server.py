@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from typing import Any
 
 import uvicorn
@@ -183,6 +184,15 @@ def build(settings: Settings):
         tokenizer = dict(body.get("speech_tokenizer") or {})
         if unknown := sorted(set(tokenizer) - {"max_wait_ms"}):
             return JSONResponse({"error": f"not a live tokenizer rule: {unknown} (this is: ['max_wait_ms'])"}, 400)
+        process = dict(body.get("process") or {})
+        if unknown := sorted(set(process) - {"switch_interval_ms"}):
+            return JSONResponse({"error": f"not a live process rule: {unknown} (this is: ['switch_interval_ms'])"}, 400)
+        try:  # the setting's own bounds (0, 100] ms; not named: the server's own setting
+            switch_ms = float(process.get("switch_interval_ms", rt.settings.switch_interval_ms))
+            if not 0 < switch_ms <= 100:
+                raise ValueError(switch_ms)
+        except ValueError as exc:
+            return JSONResponse({"error": f"switch_interval_ms: not in (0, 100]: {exc}"}, 400)
         try:  # every rule not named goes back to the server's own setting
             options = SpeechDecoderSettings.model_validate(rt.settings.speech_decoder.model_dump() | changes)
             wait_ms = SpeechTokenizerSettings.model_validate(
@@ -196,6 +206,7 @@ def build(settings: Settings):
             return JSONResponse({"error": str(exc)}, 409)
         if (worker := _path(rt, "audio_input", "worker")) is not None:
             worker.set_max_wait_ms(wait_ms)
+        sys.setswitchinterval(switch_ms / 1000)
         controller, queue = (
             getattr(request.app.state, "capacity", None),
             _path(request.app.state, "services", "admission", "queue"),
@@ -212,6 +223,7 @@ def build(settings: Settings):
             {
                 "speech_decoder": {k: getattr(options, k) for k in RULES},
                 "speech_tokenizer": {"max_wait_ms": wait_ms},
+                "process": {"switch_interval_ms": sys.getswitchinterval() * 1000},
                 "capacity": rules,
                 "admission_limit": limit,
             }

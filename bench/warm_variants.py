@@ -43,7 +43,9 @@ _CAPACITY = "CAPACITY__"
 """Admission control's own rules (bench/gpu_server.py: CAPACITY_RULES), e.g. CAPACITY__BACKOFF=0.8."""
 _TOKENIZER = "SPEECH_TOKENIZER__"
 """The speech tokenizer worker's batching wait: SPEECH_TOKENIZER__MAX_WAIT_MS=5."""
-_GROUPS = {"capacity__": "capacity", "speech_tokenizer__": "speech_tokenizer"}
+_SWITCH = "SWITCH_INTERVAL_MS"
+"""Python's thread switch interval of the server process (how long the decoder thread can wait for the GIL)."""
+_GROUPS = {"capacity__": "capacity", "speech_tokenizer__": "speech_tokenizer", "switch_interval_ms": "process"}
 """Rule key prefix -> the /bench/reconfigure section it goes to (the rest: speech_decoder)."""
 
 
@@ -62,10 +64,10 @@ class Variant:
         spec = ConfigSpec.parse(text)
         if spec.name == DEFAULTS:
             raise ValueError(f"--variant {text!r}: {DEFAULTS!r} is always run; pick another name")
-        if bad := [k for k in spec.overrides if not k.startswith((_PREFIX, _CAPACITY, _TOKENIZER))]:
+        if bad := [k for k in spec.overrides if not k.startswith((_PREFIX, _CAPACITY, _TOKENIZER)) and k != _SWITCH]:
             raise ValueError(
-                f"--variant {text!r}: only {_PREFIX}*, {_CAPACITY}* and {_TOKENIZER}MAX_WAIT_MS change on a running "
-                f"server, not {bad}"
+                f"--variant {text!r}: only {_PREFIX}*, {_CAPACITY}*, {_TOKENIZER}MAX_WAIT_MS and {_SWITCH} change on a "
+                f"running server, not {bad}"
             )
         return cls(spec.name, {k.removeprefix(_PREFIX).lower(): v for k, v in spec.overrides.items()})
 
@@ -137,13 +139,13 @@ class VariantRuns:
 
 
 def reconfigure_body(rules: dict[str, str]) -> dict:
-    """A variant's rules as /bench/reconfigure takes them: the decoder's, admission control's (`capacity__KEY`) and
-    the tokenizer worker's (`speech_tokenizer__KEY`)."""
+    """A variant's rules as /bench/reconfigure takes them: the decoder's, admission control's (`capacity__KEY`),
+    the tokenizer worker's (`speech_tokenizer__KEY`) and the process's (`switch_interval_ms`)."""
     body: dict = {"speech_decoder": {}, **{section: {} for section in _GROUPS.values()}}
     for key, value in rules.items():
         prefix = next((p for p in _GROUPS if key.startswith(p)), None)
         section = _GROUPS[prefix] if prefix else "speech_decoder"
-        body[section][key.removeprefix(prefix or "")] = value
+        body[section][key if section == "process" else key.removeprefix(prefix or "")] = value
     return body
 
 
@@ -175,7 +177,10 @@ async def run_variants(
                 applied = await reconfigure(url, variant.rules)
                 phase.rules = dict(applied["speech_decoder"])
                 for prefix, section in _GROUPS.items():
-                    phase.rules |= {f"{prefix}{k}": v for k, v in (applied.get(section) or {}).items()}
+                    phase.rules |= {
+                        k if section == "process" else f"{prefix}{k}": v
+                        for k, v in (applied.get(section) or {}).items()
+                    }
                 log(f"variant {variant.name}, round {index + 1}: {json.dumps(variant.rules) or 'product defaults'}")
                 for concurrency in args.variant_levels:
                     before = await suite.stats(url)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -337,15 +338,22 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         capacity = _start_capacity_control(app, runtime, admission)
         watchdog = asyncio.create_task(_watch_engine(app, runtime.engine))
         loop_watch = LoopWatch(
-            stall_s=settings.log.slow_loop_s, observe_lag=metrics.loop_lag.observe, count_stall=metrics.loop_stalls.inc
+            stall_s=settings.log.slow_loop_s,
+            observe_lag=metrics.loop_lag.observe,
+            count_stall=metrics.loop_stalls.inc,
+            add_cpu=metrics.loop_cpu.inc,
         )
         loop_watch.start()
+        # Process-wide: how long a thread waiting for the GIL (the decoder's, launching ops) waits for a busy one.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
             watchdog.cancel()
             loop_watch.stop()
+            sys.setswitchinterval(switch_interval)
             if capacity is not None:
                 capacity.cancel()
             app.state.services = app.state.runtime = None

@@ -416,6 +416,7 @@ class Settings(BaseSettings):
         "<cache_dir>/store.sqlite3; one replica) or redis://host:port/db (shared by several replicas).",
     )
     audio_ttl_seconds: int = Field(3600, ge=60, description="How long an audio reply can be referred to by its id.")
+    switch_interval_ms: float = Field(5.0, gt=0, le=100, description="Python's thread switch interval (GIL), ms.")
     web_demo: bool = Field(True, description="Serve the browser demo (talk to the model) at / and /web/.")
     engine: EngineSettings = Field(default_factory=EngineSettings)
     speech_tokenizer: SpeechTokenizerSettings = Field(default_factory=SpeechTokenizerSettings)

@@ -6,6 +6,11 @@ delays all of them at once, and nothing else shows it: each request only sees it
 `interval_s` and records how late it woke (`glm4voice_event_loop_lag_seconds`), and a watchdog thread, which does
 not need the loop to run, samples the loop thread's stack when a wake is more than `stall_s` overdue and logs it
 once per stall (`glm4voice_event_loop_stalls_total`). The stack names the culprit; the lag histogram says how often.
+
+The loop thread's CPU time (`glm4voice_event_loop_cpu_seconds_total`; its rate is the fraction of the time the loop
+holds a core) says how much it competes for the GIL with the decoder's thread: every op the decoder launches
+releases the GIL and must take it back, and behind a busy loop each take can wait up to Python's switch interval
+(`--switch-interval-ms`). `bench/gil_probe.py` measures what that costs.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ class LoopWatch:
         interval_s: float = 0.1,
         observe_lag: Callable[[float], None] = lambda _: None,
         count_stall: Callable[[], None] = lambda: None,
+        add_cpu: Callable[[float], None] = lambda _: None,
     ) -> None:
         self.stall_s = stall_s
         self.interval_s = interval_s
         self.observe_lag = observe_lag
         self.count_stall = count_stall
+        self.add_cpu = add_cpu
         self._due = time.monotonic()  # when the loop task should next wake (written by the loop, read by the thread)
         self._task: asyncio.Task | None = None
         self._thread: threading.Thread | None = None
@@ -58,10 +65,14 @@ class LoopWatch:
             self._thread.join(timeout=1)
 
     async def _beat(self) -> None:
+        cpu = time.thread_time()  # this runs on the loop's thread: its CPU time is the loop's
         while True:
             self._due = time.monotonic() + self.interval_s
             await asyncio.sleep(self.interval_s)
             self.observe_lag(max(0.0, time.monotonic() - self._due))
+            now = time.thread_time()
+            self.add_cpu(now - cpu)
+            cpu = now
 
     def _watch(self) -> None:
         reported_due = None

@@ -96,6 +96,11 @@ class Metrics:
             "Times the event loop was blocked longer than log.slow_loop_s (each logged with the stack that held it).",
             registry=self.registry,
         )
+        self.loop_cpu = Counter(
+            "glm4voice_event_loop_cpu_seconds",
+            "CPU seconds of the event loop's thread (its rate: the share of a core the loop holds, GIL included).",
+            registry=self.registry,
+        )
         self.realtime_sessions = Gauge(
             "glm4voice_realtime_sessions", "Realtime WebSocket sessions open now.", registry=self.registry
         )

@@ -67,3 +67,34 @@ def test_eager_ops_per_pass_by_phase() -> None:
     assert set(row["ops"]) >= {"encode", "ode", "hift"} and all(n > 0 for n in row["ops"].values())
     assert row["ops"]["ode"] % decoder.ode_steps == 0  # the same ops every Euler step
     assert decoder.flow.encode == encode and "encode" not in vars(decoder.flow)  # the probes are taken out
+
+
+def test_gil_probe_times_a_pass_beside_a_busy_thread_per_switch_interval(tmp_path) -> None:
+    import json
+    import sys
+
+    from bench import gil_probe
+
+    before = sys.getswitchinterval()
+    out = tmp_path / "gil.json"
+    gil_probe.main(
+        [
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--dtype",
+            "fp32",
+            "--shapes",
+            "1x0x10",
+            "--iters",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == len(gil_probe.SWITCH_MS) * len(gil_probe.DUTIES)
+    assert all(r["1x0x10"] > 0 and r["2000 small ops"] > 0 for r in rows)
+    assert all((r["busy_spins_per_s"] > 0) == (r["duty"] > 0) for r in rows)
+    assert sys.getswitchinterval() == before  # the probe puts the process's interval back

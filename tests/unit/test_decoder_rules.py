@@ -4,6 +4,7 @@ change only between streams, and a decoder given new rules decodes as a fresh on
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from types import SimpleNamespace
 
@@ -133,6 +134,16 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     assert got["speech_tokenizer"] == {"max_wait_ms": 5.0} and waits[-1] == 5.0
     client.post("/bench/reconfigure", json={})
     assert waits[-1] == 0.0
+    # Python's thread switch interval (process-wide), and back to the server's own (5 ms) when not named.
+    try:
+        got = client.post("/bench/reconfigure", json={"process": {"switch_interval_ms": "1"}}).json()
+        assert got["process"] == {"switch_interval_ms": pytest.approx(1.0)}
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        for bad_process in ({"switch_interval_ms": 0}, {"switch_interval_ms": "x"}, {"gc": 1}):
+            assert client.post("/bench/reconfigure", json={"process": bad_process}).status_code == 400, bad_process
+        assert client.post("/bench/reconfigure", json={}).json()["process"] == {"switch_interval_ms": 5.0}
+    finally:
+        sys.setswitchinterval(0.005)
     for bad_tokenizer in ({"max_wait_ms": -1}, {"max_batch": 4}):
         assert client.post("/bench/reconfigure", json={"speech_tokenizer": bad_tokenizer}).status_code == 400
     for bad_capacity in ({"backoff": 1.5}, {"backoff": "x"}, {"initial": 0}, {"settle_s": -1}, {"floor": 8}):

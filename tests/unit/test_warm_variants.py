@@ -28,12 +28,16 @@ def test_variant_may_change_admission_controls_backoff():
     v = Variant.parse("b85:CAPACITY__BACKOFF=0.85,SPEECH_DECODER__HOLD=true")
     assert v.rules == {"capacity__backoff": "0.85", "hold": "true"}
     body = warm_variants.reconfigure_body(v.rules)
-    assert body == {"speech_decoder": {"hold": "true"}, "capacity": {"backoff": "0.85"}, "speech_tokenizer": {}}
-    assert warm_variants.reconfigure_body({}) == {"speech_decoder": {}, "capacity": {}, "speech_tokenizer": {}}
-    v = Variant.parse("wait5:SPEECH_TOKENIZER__MAX_WAIT_MS=5,CAPACITY__SETTLE_S=3")
+    empty = {"speech_decoder": {}, "capacity": {}, "speech_tokenizer": {}, "process": {}}
+    assert body == empty | {"speech_decoder": {"hold": "true"}, "capacity": {"backoff": "0.85"}}
+    assert warm_variants.reconfigure_body({}) == empty
+    v = Variant.parse("wait5:SPEECH_TOKENIZER__MAX_WAIT_MS=5,CAPACITY__SETTLE_S=3,SWITCH_INTERVAL_MS=1")
     assert warm_variants.reconfigure_body(v.rules) == {
-        "speech_decoder": {}, "capacity": {"settle_s": "3"}, "speech_tokenizer": {"max_wait_ms": "5"}
+        "speech_decoder": {}, "capacity": {"settle_s": "3"}, "speech_tokenizer": {"max_wait_ms": "5"},
+        "process": {"switch_interval_ms": "1"},
     }  # fmt: skip
+    with pytest.raises(ValueError, match="SWITCH_INTERVAL_MS change"):
+        Variant.parse("x:LOG__LEVEL=debug")
 
 
 def test_rounds_alternate_their_order():
@@ -75,6 +79,7 @@ def test_run_variants_runs_every_phase_on_the_warm_server_and_writes_them(tmp_pa
             "speech_decoder": {"ode_steps": int(rules.get("ode_steps", 10))},
             "capacity": {"backoff": 0.7},
             "speech_tokenizer": {"max_wait_ms": 0.0},
+            "process": {"switch_interval_ms": 5.0},
         }
 
     async def fake_level(url, concurrency, args, wav_b64):
@@ -114,9 +119,8 @@ def test_run_variants_runs_every_phase_on_the_warm_server_and_writes_them(tmp_pa
     assert [(p["variant"], p["round"]) for p in phases] == [
         ("defaults", 1), ("ode5", 1), ("broken", 1), ("broken", 2), ("ode5", 2), ("defaults", 2)
     ]  # fmt: skip
-    assert phases[1]["rules"] == {"ode_steps": 5, "capacity__backoff": 0.7, "speech_tokenizer__max_wait_ms": 0.0} and [
-        lv["concurrency"] for lv in phases[1]["levels"]
-    ] == [2, 4]
+    rules = {"ode_steps": 5, "capacity__backoff": 0.7, "speech_tokenizer__max_wait_ms": 0.0, "switch_interval_ms": 5.0}
+    assert phases[1]["rules"] == rules and [lv["concurrency"] for lv in phases[1]["levels"]] == [2, 4]
     assert phases[2]["error"].startswith("RuntimeError") and phases[2]["levels"] == []
     assert phases[0]["overload"]["admitted"] == 3
     assert set(written["pooled"]) == {"defaults", "ode5"}
