@@ -67,3 +67,59 @@ def ops_per_phase(
         del decoder.flow.encode  # the instance attribute set above; the class's method again
         OdeRun.step, dec_mod.vocode_ragged = saved[1], saved[2]
     return out
+
+
+HIFT_SHAPES = ((1, 30), (4, 100), (16, 141), (32, 141), (16, 276))
+"""(rows, mel frames) of a ragged HiFT pass: a first chunk, mid chunks, 80- and 156-token chunks (+ the cache)."""
+
+
+def hift_compiled_vs_eager(decoder: SpeechDecoder, iters: int = 5) -> list[dict[str, Any]]:
+    """HiFT's ragged pass per shape, eager vs with its elementwise steps compiled (`--speech-decoder.compile-hift`):
+    median wall ms (synchronised), host-side ops launched (profiler's top-level events) and the largest waveform
+    difference. Rows of one pass differ by a few frames, as a decoder pass's do."""
+    import statistics
+    import time
+
+    from glm4voice_api.models.speech_decoder.compiled import compile_hift, uncompile_hift, warm_hift
+    from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
+
+    device = decoder.device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    n_mels = decoder.flow.cfg.output_size
+
+    def run(rows: int, frames: int) -> list:
+        gen = torch.Generator().manual_seed(rows * 1000 + frames)
+        lengths = [frames - (i * 3) % 7 for i in range(rows)]
+        mels = [(torch.randn(n_mels, n, generator=gen) - 5).to(device) for n in lengths]
+        gens = [torch.Generator(device=device).manual_seed(i) for i in range(rows)]
+        with torch.inference_mode():
+            return vocode_ragged(decoder.hift, mels, [None] * rows, [None] * rows, gens)
+
+    def measure(rows: int, frames: int) -> tuple[float, int, list]:
+        out = run(rows, frames)
+        times = []
+        for _ in range(iters):
+            sync()
+            start = time.perf_counter()
+            run(rows, frames)
+            sync()
+            times.append((time.perf_counter() - start) * 1000)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            run(rows, frames)
+        ops = len([e for e in prof.events() if e.cpu_parent is None])
+        return round(statistics.median(times), 2), ops, out
+
+    eager = {shape: measure(*shape) for shape in HIFT_SHAPES}
+    compile_hift(decoder)
+    try:
+        warm_hift(decoder)
+        rows = []
+        for shape in HIFT_SHAPES:
+            ms, ops, out = measure(*shape)
+            diff = max(float((a[0].float() - b[0].float()).abs().max()) for a, b in zip(eager[shape][2], out))
+            row = {"rows": shape[0], "frames": shape[1], "eager_ms": eager[shape][0], "compiled_ms": ms}
+            rows.append(row | {"eager_ops": eager[shape][1], "compiled_ops": ops, "max_abs_diff": diff})
+            print("hift_compiled", rows[-1], flush=True)
+    finally:
+        uncompile_hift(decoder)
+    return rows

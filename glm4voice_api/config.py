@@ -133,9 +133,7 @@ class SpeechDecoderSettings(BaseModel):
         description="Rows join a decoder pass only while its expected length (fitted from measured passes) stays within "
         "this. 0 (default): max_batch only; a 250 ms bound cost more than it saved (bench/results).",
     )
-    preempt: bool = Field(
-        False, description="Short passes between ODE steps for streams near running dry (off: worse)."
-    )
+    preempt: bool = Field(False, description="Short passes between a long pass's ODE steps (off: measured worse).")
     ode_steps: int = Field(
         5,
         ge=1,
@@ -144,6 +142,7 @@ class SpeechDecoderSettings(BaseModel):
         "RMS) from the 10-step one; a new noise draw moves it 126 percent (tests/models/test_flow.py).",
     )
     cuda_graphs: bool = Field(True, description="On CUDA, run the flow's ODE as CUDA graphs (per shape bucket).")
+    compile_hift: bool = Field(False, description="On CUDA, compile HiFT's elementwise steps (not measured yet).")
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "

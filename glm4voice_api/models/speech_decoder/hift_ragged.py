@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from glm4voice_api.models.speech_decoder.hift import HiFTGenerator, ResBlock
+from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
 from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 
 __all__ = ["vocode_ragged"]
@@ -40,13 +40,6 @@ def _mask(lengths: list[int], total: int, device: torch.device, dtype: torch.dty
 
 def _m(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask
-
-
-def _resblock(block: ResBlock, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """`ResBlock.forward` with the padding re-zeroed after each convolution (x arrives zero-padded)."""
-    for c1, c2, a1, a2 in zip(block.convs1, block.convs2, block.activations1, block.activations2, strict=True):
-        x = _m(c2(a2(_m(c1(a1(x)), mask))), mask) + x
-    return x
 
 
 def _f0(hift: HiFTGenerator, mel: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -152,10 +145,10 @@ def _decode(hift: HiFTGenerator, mel: torch.Tensor, source: torch.Tensor, length
         stage = [t * rate + (1 if last else 0) for t in lengths]
         mask = _mask(stage, x.shape[-1], device, dtype)
         x = _m(x, mask)
-        x = x + _resblock(hift.source_resblocks[i], _m(hift.source_downs[i](s_stft), mask), mask)
-        xs = _resblock(hift.resblocks[i * n_kernels], x, mask)
+        x = x + hift.source_resblocks[i](_m(hift.source_downs[i](s_stft), mask), mask)
+        xs = hift.resblocks[i * n_kernels](x, mask)
         for j in range(1, n_kernels):
-            xs = xs + _resblock(hift.resblocks[i * n_kernels + j], x, mask)
+            xs = xs + hift.resblocks[i * n_kernels + j](x, mask)
         x = xs / n_kernels
 
     x = hift.conv_post(F.leaky_relu(x)).float()

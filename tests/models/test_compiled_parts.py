@@ -1,0 +1,66 @@
+"""HiFT's compiled elementwise steps (compiled.py) against the eager ones, through the server's own batched pass.
+
+Compiling fuses kernels; it must not change what the parts compute beyond float rounding. Checked on the CPU
+(inductor's C++ backend), fp32, tiny_a, three streams' chunks in one pass (ragged rows, so the masked blocks run):
+every mel value within 1e-4 of the eager pass and every audio sample within 1e-3 (measured below 1e-5 and 1e-4).
+After the load-time warm-up a pass of new shapes (other rows, other lengths) compiles nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from glm4voice_api.models.speech_decoder.compiled import compile_hift, hift_compiled, uncompile_hift, warm_hift
+from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
+from tests.conftest import CONFORMANCE
+
+TINY = CONFORMANCE / "tiny_a"
+pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
+
+
+def _decode(decoder, seqs: list[np.ndarray], first: int | None = None) -> list:
+    """Each sequence as one stream: its first `first` tokens in one pass (all rows), then the rest, final."""
+    config = DecoderStreamConfig(schedule=(10,))
+    streams = [decoder.open_stream(config=config) for _ in seqs]
+    out = []
+    for part in ((slice(0, first), False), (slice(first, None), True)) if first else ((slice(None), True),):
+        reqs = [s.prepare(q[part[0]], final=part[1]) for s, q in zip(streams, seqs, strict=True)]
+        for req in reqs:
+            req.generator = torch.Generator().manual_seed(5)
+        results = decoder.decode_batch(reqs)
+        for s, r in zip(streams, results, strict=True):
+            s.commit(r)
+        out += results
+    return out
+
+
+def test_compiled_parts_equal_eager_and_compile_nothing_after_warm_up(monkeypatch) -> None:
+    import torch._dynamo.utils
+    import torch._inductor.config
+
+    # One compile worker: inductor's pool would otherwise take every core from the tests running beside this one.
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
+    eager = load_speech_decoder(TINY / "speech_decoder")
+    compiled = copy.deepcopy(eager)
+    compile_hift(compiled)
+    assert hift_compiled(compiled) and not hift_compiled(eager)
+    warm_hift(compiled, frames=40)
+
+    rng = np.random.default_rng(7)
+    seqs = [rng.integers(0, 16384, n) for n in (30, 34, 41)]  # the second pass has ragged rows (masked blocks)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.compiler.set_stance("fail_on_recompile"):  # new rows and lengths: no compile at serving time
+        got = _decode(compiled, seqs, first=13)
+        single = _decode(compiled, seqs[:1])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+    want = _decode(eager, seqs, first=13)
+    for a, b in zip(want + _decode(eager, seqs[:1]), got + single, strict=True):
+        np.testing.assert_allclose(b.mel.numpy(), a.mel.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(b.speech, a.speech, rtol=0, atol=1e-3)
+    uncompile_hift(compiled)
+    assert not hift_compiled(compiled)
