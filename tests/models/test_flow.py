@@ -251,3 +251,19 @@ def test_server_default_is_five_steps() -> None:
 
     assert SpeechDecoderSettings().ode_steps == 5
     assert SpeechDecoderSettings(ode_steps=10).ode_steps == 10
+
+
+def test_nearest_indices_are_what_interpolate_picks() -> None:
+    """The regulator's one gather per batch picks what a per-row F.interpolate(mode="nearest") did: every token
+    count a chunk can have (its mel length) and stretches of any other ratio."""
+    import torch.nn.functional as F
+
+    from glm4voice_api.models.speech_decoder.flow import nearest_indices
+
+    cfg = FlowConfig.tiny()
+    pairs = [(n, mel_length(n, cfg)) for n in range(1, 600)]
+    pairs += [(n, t) for n in (1, 2, 3, 7, 10, 64, 99, 256) for t in range(1, 700, 7)]
+    for n, t in pairs:
+        src = torch.arange(n, dtype=torch.float32)[None, None]
+        want = F.interpolate(src, size=t, mode="nearest")[0, 0].long().numpy()
+        np.testing.assert_array_equal(nearest_indices(n, t), want, err_msg=f"{n} -> {t}")

@@ -13,8 +13,10 @@ Differences from the reference, all deliberate:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,9 +119,25 @@ def mel_length(num_tokens: int, cfg: FlowConfig) -> int:
     """Mel frames for L tokens exactly as the reference: ``int(L / 12.5 * 22050 / 256)`` in float32.
 
     float32 is one frame short of floor(L * 441 / 64) for some L (3392, 3776, ...); the goldens follow it.
+    Remembered per L: every row of every pass asks, and the torch formula is 7 ops (Python round trips) each time.
     """
-    length = torch.tensor([num_tokens], dtype=torch.int32) / cfg.input_frame_rate * cfg.sample_rate / cfg.hop_length
+    return _mel_length(int(num_tokens), float(cfg.input_frame_rate), float(cfg.sample_rate), float(cfg.hop_length))
+
+
+@functools.lru_cache(maxsize=4096)
+def _mel_length(num_tokens: int, rate: float, sample_rate: float, hop: float) -> int:
+    length = torch.tensor([num_tokens], dtype=torch.int32) / rate * sample_rate / hop
     return int(length.int().item())
+
+
+def nearest_indices(n: int, t: int) -> np.ndarray:
+    """Source index of each of ``t`` outputs when ``n`` inputs are stretched by nearest-neighbour interpolation,
+    exactly as ``F.interpolate(mode="nearest")`` picks them (float32 scale n / t, floor, clamped; CPU and CUDA
+    kernels alike): lets a batch of rows of different lengths be stretched by one gather instead of one call each.
+    """
+    scale = np.float32(n) / np.float32(t)
+    src = np.floor(np.arange(t, dtype=np.float32) * scale).astype(np.int64)
+    return np.minimum(src, n - 1)
 
 
 @dataclass
@@ -147,13 +165,17 @@ class InterpolateRegulator(nn.Module):
     def forward(self, h: torch.Tensor, lengths: list[int], feat_lens: list[int]) -> torch.Tensor:
         # h: [B, L, C] -> mu: [B, C, T]
         t_max = max(feat_lens)
-        x = h.new_zeros(h.size(0), h.size(2), t_max)
+        # Each row stretched over its own length (stretching a padded row would pull its padding into the valid
+        # frames), all rows in one gather: the indices interpolate would pick, built on the host.
+        index = np.zeros((h.size(0), t_max), dtype=np.int64)
         for i, (n, t) in enumerate(zip(lengths, feat_lens, strict=True)):
-            # Per row: interpolating a padded row would stretch its padding into the valid frames.
-            x[i, :, :t] = F.interpolate(h[i : i + 1, :n].transpose(1, 2), size=t, mode="nearest")[0]
+            index[i, :t] = nearest_indices(n, t)
+        index_t = to_device(torch.from_numpy(index), h.device)
         padded = min(feat_lens) != t_max
         mask = torch.arange(t_max, device=h.device)[None, :] < lengths_tensor(feat_lens, h.device)[:, None]
         mask = mask.unsqueeze(1).to(h.dtype)  # [B, 1, T]
+        x = torch.gather(h, 1, index_t[:, :, None].expand(-1, -1, h.size(2))).transpose(1, 2)  # [B, C, T]
+        x = x * mask if padded else x
         for layer in self.model:
             if isinstance(layer, nn.GroupNorm):
                 x = masked_group_norm(x, layer, mask if padded else None)
@@ -312,8 +334,8 @@ class FlowModel(nn.Module):
         # Padded on the host, then ONE copy that does not synchronise (a copy per row would, see transfer.py).
         tokens = torch.zeros(len(items), max(lengths), dtype=torch.long)
         for i, it in enumerate(items):
-            check_vocab(it.tokens, self.cfg)
             tokens[i, : lengths[i]] = it.tokens.to(dtype=torch.long, device="cpu")
+        check_vocab(tokens, self.cfg)  # once for the batch (the padding is 0)
         _, h = self.encode(to_device(tokens, device), lengths_tensor(lengths, device))
         mu, feat_lens = self.regulate(h, lengths)  # [B, 80, T]
         t_max = mu.size(2)
