@@ -69,57 +69,57 @@ def ops_per_phase(
     return out
 
 
-HIFT_SHAPES = ((1, 30), (4, 100), (16, 141), (32, 141), (16, 276))
-"""(rows, mel frames) of a ragged HiFT pass: a first chunk, mid chunks, 80- and 156-token chunks (+ the cache)."""
+PASS_SHAPES = ((1, 0, 10), (4, 100, 26), (16, 100, 52), (32, 100, 80))
+"""(rows, context tokens, new tokens) of a decoder pass: a first chunk, and later chunks of growing size."""
 
 
-def hift_compiled_vs_eager(decoder: SpeechDecoder, iters: int = 5) -> list[dict[str, Any]]:
-    """HiFT's ragged pass per shape, eager vs with its elementwise steps compiled (`--speech-decoder.compile-hift`):
-    median wall ms (synchronised), host-side ops launched (profiler's top-level events) and the largest waveform
-    difference. Rows of one pass differ by a few frames, as a decoder pass's do."""
+def outside_graphs_compiled_vs_eager(decoder: SpeechDecoder, requests: Callable, iters: int = 5) -> list[dict]:
+    """A whole decoder pass per shape, eager vs with the parts outside the flow's graphs compiled
+    (`--speech-decoder.compile-outside-graphs`: HiFT's elementwise steps, the flow encoder's layers): median wall
+    ms (synchronised), host-side ops launched (the profiler's top-level events) and the largest audio difference."""
     import statistics
     import time
 
-    from glm4voice_api.models.speech_decoder.compiled import compile_hift, uncompile_hift, warm_hift
-    from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
+    from glm4voice_api.models.speech_decoder.compiled import (
+        compile_outside_graphs,
+        uncompile_outside_graphs,
+        warm_outside_graphs,
+    )
 
     device = decoder.device
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    n_mels = decoder.flow.cfg.output_size
 
-    def run(rows: int, frames: int) -> list:
-        gen = torch.Generator().manual_seed(rows * 1000 + frames)
-        lengths = [frames - (i * 3) % 7 for i in range(rows)]
-        mels = [(torch.randn(n_mels, n, generator=gen) - 5).to(device) for n in lengths]
-        gens = [torch.Generator(device=device).manual_seed(i) for i in range(rows)]
+    def run(shape: tuple[int, int, int]) -> list:
         with torch.inference_mode():
-            return vocode_ragged(decoder.hift, mels, [None] * rows, [None] * rows, gens)
+            return decoder.decode_batch(requests(decoder, *shape))
 
-    def measure(rows: int, frames: int) -> tuple[float, int, list]:
-        out = run(rows, frames)
+    def measure(shape: tuple[int, int, int]) -> tuple[float, int, list]:
+        out = run(shape)  # graph captures, allocator
         times = []
         for _ in range(iters):
             sync()
             start = time.perf_counter()
-            run(rows, frames)
+            run(shape)
             sync()
             times.append((time.perf_counter() - start) * 1000)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            run(rows, frames)
+            run(shape)
         ops = len([e for e in prof.events() if e.cpu_parent is None])
         return round(statistics.median(times), 2), ops, out
 
-    eager = {shape: measure(*shape) for shape in HIFT_SHAPES}
-    compile_hift(decoder)
+    eager = {shape: measure(shape) for shape in PASS_SHAPES}
+    compile_outside_graphs(decoder)
     try:
-        warm_hift(decoder)
+        warm_outside_graphs(decoder)
         rows = []
-        for shape in HIFT_SHAPES:
-            ms, ops, out = measure(*shape)
-            diff = max(float((a[0].float() - b[0].float()).abs().max()) for a, b in zip(eager[shape][2], out))
-            row = {"rows": shape[0], "frames": shape[1], "eager_ms": eager[shape][0], "compiled_ms": ms}
-            rows.append(row | {"eager_ops": eager[shape][1], "compiled_ops": ops, "max_abs_diff": diff})
-            print("hift_compiled", rows[-1], flush=True)
+        for shape in PASS_SHAPES:
+            ms, ops, out = measure(shape)
+            diff = max(float(abs(a.speech - b.speech).max()) for a, b in zip(eager[shape][2], out, strict=True))
+            row = {"rows": shape[0], "context": shape[1], "new": shape[2], "eager_ms": eager[shape][0]}
+            rows.append(
+                row | {"compiled_ms": ms, "eager_ops": eager[shape][1], "compiled_ops": ops, "max_abs_diff": diff}
+            )
+            print("outside_graphs_compiled", rows[-1], flush=True)
     finally:
-        uncompile_hift(decoder)
+        uncompile_outside_graphs(decoder)
     return rows

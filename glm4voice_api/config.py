@@ -142,7 +142,7 @@ class SpeechDecoderSettings(BaseModel):
         "RMS) from the 10-step one; a new noise draw moves it 126 percent (tests/models/test_flow.py).",
     )
     cuda_graphs: bool = Field(True, description="On CUDA, run the flow's ODE as CUDA graphs (per shape bucket).")
-    compile_hift: bool = Field(False, description="On CUDA, compile HiFT's elementwise steps (not measured yet).")
+    compile_outside_graphs: bool = Field(False, description="On CUDA, compile HiFT and the flow encoder (unmeasured).")
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "

@@ -5,7 +5,7 @@ schedule, context, hold, pass bound, preemption) or how many Euler steps a pass 
 loaded or captured at startup (dtype, max_batch, CUDA graphs and compiled blocks do), so a decoder with no open
 stream can take new values between two streams and decode exactly as a fresh server started with them would. The
 graphs' batch sizes (`graph_batches`) are a rule too: the graphs a new set needs are captured when it is applied,
-and rows decode the same in any bucket (padding rows never mix with real ones); so is `compile_hift` (compiled
+and rows decode the same in any bucket (padding rows never mix with real ones); so is `compile_outside_graphs` (compiled
 and warmed up when applied, within float rounding of the eager steps). That
 is what lets one warm GPU server compare several configurations in turn (`bench/gpu_server.py`'s
 `/bench/reconfigure`), where a fresh server per configuration costs ~60-90 s of scarce device time and the host's
@@ -17,7 +17,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from glm4voice_api.config import SpeechDecoderSettings
-from glm4voice_api.models.speech_decoder.compiled import compile_hift, hift_compiled, uncompile_hift, warm_hift
+from glm4voice_api.models.speech_decoder.compiled import (
+    compile_outside_graphs,
+    outside_graphs_compiled,
+    uncompile_outside_graphs,
+    warm_outside_graphs,
+)
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.deadline_hold import DeadlineHold
@@ -35,7 +40,7 @@ RULES = (
     "preempt",
     "ode_steps",
     "graph_batches",
-    "compile_hift",
+    "compile_outside_graphs",
 )
 """The settings `apply_rules` changes on a running decoder; the others need a restart."""
 
@@ -68,16 +73,16 @@ def capture_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_b
     return graphed.warmup(max_batch, frames, decoder.flow.input_embedding.weight)
 
 
-def set_hift_compiled(decoder: SpeechDecoder, on: bool) -> None:
+def set_outside_graphs_compiled(decoder: SpeechDecoder, on: bool) -> None:
     """HiFT's elementwise steps compiled (and warmed up now, so no compile lands on a stream) or eager; on CUDA only:
     a CPU server keeps its quick start."""
-    if decoder.device.type != "cuda" or on == hift_compiled(decoder):
+    if decoder.device.type != "cuda" or on == outside_graphs_compiled(decoder):
         return
     if on:
-        compile_hift(decoder)
-        warm_hift(decoder)
+        compile_outside_graphs(decoder)
+        warm_outside_graphs(decoder)
     else:
-        uncompile_hift(decoder)
+        uncompile_outside_graphs(decoder)
 
 
 def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
@@ -104,4 +109,4 @@ def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
         )
         s.decoder.set_ode_steps(options.ode_steps)
         capture_graphs(s.decoder, options, s.max_batch)
-        set_hift_compiled(s.decoder, options.compile_hift)
+        set_outside_graphs_compiled(s.decoder, options.compile_outside_graphs)

@@ -24,7 +24,7 @@ from glm4voice_api.models.llm_files import check_llm_weights, read_llm_config
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.decoder_pool import DecoderPool
-from glm4voice_api.pipeline.decoder_rules import capture_graphs, chunk_policy, hold_lead_s, set_hift_compiled
+from glm4voice_api.pipeline.decoder_rules import capture_graphs, chunk_policy, hold_lead_s, set_outside_graphs_compiled
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
@@ -167,7 +167,7 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
     loaded = time.perf_counter() - start
     if device.startswith("cuda"):
         _prepare_flow(decoder, settings, device)
-        set_hift_compiled(decoder, options.compile_hift)
+        set_outside_graphs_compiled(decoder, options.compile_outside_graphs)
     logger.info("decoder on %s ready in %.1f s (weights %.1f s)", device, time.perf_counter() - start, loaded)
     config = DecoderStreamConfig(
         schedule=tuple(options.schedule),

@@ -1,4 +1,5 @@
-"""HiFT's compiled elementwise steps (compiled.py) against the eager ones, through the server's own batched pass.
+"""The compiled parts outside the flow's graphs (compiled.py: HiFT's elementwise steps, the flow encoder's layers)
+against the eager ones, through the server's own batched pass.
 
 Compiling fuses kernels; it must not change what the parts compute beyond float rounding. Checked on the CPU
 (inductor's C++ backend), fp32, tiny_a, three streams' chunks in one pass (ragged rows, so the masked blocks run):
@@ -14,7 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from glm4voice_api.models.speech_decoder.compiled import compile_hift, hift_compiled, uncompile_hift, warm_hift
+from glm4voice_api.models.speech_decoder.compiled import (
+    compile_outside_graphs,
+    outside_graphs_compiled,
+    uncompile_outside_graphs,
+    warm_outside_graphs,
+)
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from tests.conftest import CONFORMANCE
@@ -47,9 +53,10 @@ def test_compiled_parts_equal_eager_and_compile_nothing_after_warm_up(monkeypatc
     monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
     eager = load_speech_decoder(TINY / "speech_decoder")
     compiled = copy.deepcopy(eager)
-    compile_hift(compiled)
-    assert hift_compiled(compiled) and not hift_compiled(eager)
-    warm_hift(compiled, frames=40)
+    compile_outside_graphs(compiled)
+    assert outside_graphs_compiled(compiled) and not outside_graphs_compiled(eager)
+    warm_outside_graphs(compiled, frames=40)
+    assert all(layer._compiled_call_impl is not None for layer in compiled.flow.encoder.encoders)
 
     rng = np.random.default_rng(7)
     seqs = [rng.integers(0, 16384, n) for n in (30, 34, 41)]  # the second pass has ragged rows (masked blocks)
@@ -62,5 +69,5 @@ def test_compiled_parts_equal_eager_and_compile_nothing_after_warm_up(monkeypatc
     for a, b in zip(want + _decode(eager, seqs[:1]), got + single, strict=True):
         np.testing.assert_allclose(b.mel.numpy(), a.mel.numpy(), rtol=0, atol=1e-4)
         np.testing.assert_allclose(b.speech, a.speech, rtol=0, atol=1e-3)
-    uncompile_hift(compiled)
-    assert not hift_compiled(compiled)
+    uncompile_outside_graphs(compiled)
+    assert not outside_graphs_compiled(compiled)

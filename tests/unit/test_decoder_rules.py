@@ -156,12 +156,14 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     assert busy.status_code == 409 and "open" in busy.json()["error"]
 
 
-def test_compile_hift_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:
-    from glm4voice_api.models.speech_decoder.compiled import hift_compiled
-    from glm4voice_api.pipeline.decoder_rules import set_hift_compiled
+def test_compile_outside_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:
+    from glm4voice_api.models.speech_decoder.compiled import outside_graphs_compiled
+    from glm4voice_api.pipeline.decoder_rules import set_outside_graphs_compiled
 
     decoder = load_speech_decoder(TINY)
     scheduler = DecoderScheduler(decoder)
-    apply_rules(scheduler, SpeechDecoderSettings(compile_hift=True))
-    set_hift_compiled(decoder, True)
-    assert "compile_hift" in RULES and not hift_compiled(decoder)  # CPU: quick start, eager (compiled.py's test)
+    apply_rules(scheduler, SpeechDecoderSettings(compile_outside_graphs=True))
+    set_outside_graphs_compiled(decoder, True)
+    assert "compile_outside_graphs" in RULES and not outside_graphs_compiled(
+        decoder
+    )  # CPU: quick start, eager (compiled.py's test)
