@@ -123,3 +123,48 @@ def outside_graphs_compiled_vs_eager(decoder: SpeechDecoder, requests: Callable,
     finally:
         uncompile_outside_graphs(decoder)
     return rows
+
+
+def new_shape_cost(decoder: SpeechDecoder, lengths: tuple[int, ...] = (37, 53, 71, 89, 107, 131, 157, 181)) -> dict:
+    """A ragged HiFT pass (1 row) and the flow's length regulator on mel lengths not seen before: the first call's
+    wall ms against the second's (same shape), synchronised. Why: the convolutions' backend (cuDNN) builds and
+    caches an execution plan per input shape, and HiFT's and the regulator's lengths change from pass to pass
+    (neither is padded to a bucket as the ODE's graphs are); a large first-call cost would make bucketing their
+    lengths worth it (exact: the ragged path masks padding)."""
+    import time
+
+    from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
+
+    device = decoder.device
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    flow = decoder.flow
+    n_mels = flow.cfg.output_size
+
+    def timed(fn) -> float:
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        return round((time.perf_counter() - start) * 1000, 2)
+
+    rows = []
+    with torch.inference_mode():
+        for n in lengths:
+            mel = torch.randn(n_mels, n, device=device) - 5
+            gen = torch.Generator(device=device)
+
+            def hift(mel=mel, gen=gen):
+                vocode_ragged(decoder.hift, [mel], [None], [None], [gen.manual_seed(0)])
+
+            tokens = max(2, n // 2)
+            h = torch.randn(1, tokens, n_mels, device=device, dtype=flow.input_embedding.weight.dtype)
+
+            def regulate(h=h, tokens=tokens):
+                flow.regulate(h, [tokens])
+
+            rows.append(
+                {"frames": n, "regulator_tokens": tokens, "hift_first_ms": timed(hift), "hift_again_ms": timed(hift)}
+                | {"regulate_first_ms": timed(regulate), "regulate_again_ms": timed(regulate)}
+            )
+            print("new_shape_cost", rows[-1], flush=True)
+    return {"rows": rows}

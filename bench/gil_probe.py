@@ -32,7 +32,8 @@ from bench.bench_speech_decoder import _DTYPES, build_decoder
 from bench.profile_decoder import requests
 
 SWITCH_MS = (5.0, 1.0, 0.5)
-DUTIES = (0.0, 0.3, 0.6, 0.9)
+DUTIES = (0.0, 0.3, 0.6, 0.9, 1.0)
+"""1.0: a thread that never sleeps, as one stepping an engine back to back (`--engine.process inproc`)."""
 PERIOD_S = 0.01
 
 
@@ -82,7 +83,13 @@ def _timed(run: Callable[[], None], sync: Callable[[], None], iters: int) -> flo
     return round(statistics.median(times), 2)
 
 
-def probe(decoder: Any, shapes: list[tuple[int, int, int]], iters: int, n_small_ops: int = 2000) -> dict:
+def probe(
+    decoder: Any,
+    shapes: list[tuple[int, int, int]],
+    iters: int,
+    n_small_ops: int = 2000,
+    on_row: Callable[[list[dict]], None] = lambda rows: None,
+) -> dict:
     device = decoder.device
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     a = torch.ones(256, device=device)
@@ -115,6 +122,7 @@ def probe(decoder: Any, shapes: list[tuple[int, int, int]], iters: int, n_small_
                     row["busy_spins_per_s"] = round((busy.spins - spins0) / (time.perf_counter() - started))
                 rows.append(row)
                 print("gil", json.dumps(row), flush=True)
+                on_row(rows)  # written as it goes: a run cut by its timeout keeps what it measured
     finally:
         sys.setswitchinterval(previous)
     return {"rows": rows, "period_s": PERIOD_S, "iters": iters}
@@ -136,7 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     decoder.set_ode_steps(args.ode_steps)
     decoder.flow.enable_graphs(use_graphs=device.type == "cuda")
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",") if s]
-    report = {
+
+    def write(rows: list[dict]) -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report | {"rows": rows}, indent=1) + "\n")
+
+    report: dict[str, Any] = {
         "benchmark": "gil_probe",
         "preset": args.preset,
         "dtype": args.dtype,
@@ -145,10 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         "ode_steps": args.ode_steps,
         "note": "median wall ms per pass (and per run of small ops) on a thread of its own, beside a pure-Python "
         "thread busy `duty` of every 10 ms, per switch interval; flow ODE as CUDA graphs on a GPU (not compiled).",
-        **probe(decoder, shapes, args.iters),  # type: ignore[arg-type]
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    result = probe(decoder, shapes, args.iters, on_row=write)  # type: ignore[arg-type]
+    report |= {k: v for k, v in result.items() if k != "rows"}
+    write(result["rows"])
 
 
 if __name__ == "__main__":

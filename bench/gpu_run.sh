@@ -52,11 +52,11 @@ case "$mode" in
     # Where a decoder pass's GPU time goes: one ODE step by kernel kind (attention vs GEMM vs ...) per pass shape,
     # eager and compiled as served, then the phases (flow encoder / ODE / HiFT) and the eager ops per pass outside
     # the graphs (bench/decoder_ops.py). Needs only torch (first carry call).
-    timeout "${PROFILE_TIMEOUT:-330}" python3 -m bench.profile_decoder --device cuda --sections kernels,kernels_compiled,phases,ops,outside_graphs_compiled \
+    timeout "${PROFILE_TIMEOUT:-330}" python3 -m bench.profile_decoder --device cuda --sections kernels,kernels_compiled,phases,ops,outside_graphs_compiled,new_shapes \
       --out "$OUT/gpu_decoder_kernels.json" || echo "profile failed rc=$?"
     # A decoder pass beside a busy Python thread (the event loop) by switch interval: the GIL's share of a pass.
     # (The attention probe, bench/attention_probe.py, answered its question on 2026-12-05: not run again.)
-    timeout "${PROBE_TIMEOUT:-200}" python3 -m bench.gil_probe --out "$OUT/gpu_gil_probe.json" \
+    timeout "${PROBE_TIMEOUT:-200}" python3 -m bench.gil_probe --iters 3 --out "$OUT/gpu_gil_probe.json" \
       || echo "gil probe failed rc=$?"
     ;;
   prepare)

@@ -188,10 +188,11 @@ def build(settings: Settings):
         if unknown := sorted(set(process) - {"switch_interval_ms"}):
             return JSONResponse({"error": f"not a live process rule: {unknown} (this is: ['switch_interval_ms'])"}, 400)
         try:  # the setting's own bounds (0, 100] ms; not named: the server's own setting
-            switch_ms = float(process.get("switch_interval_ms", rt.settings.switch_interval_ms))
-            if not 0 < switch_ms <= 100:
+            switch_ms = process.get("switch_interval_ms", rt.settings.switch_interval_ms)
+            if isinstance(switch_ms, bool) or not 0 < float(switch_ms) <= 100:
                 raise ValueError(switch_ms)
-        except ValueError as exc:
+            switch_ms = float(switch_ms)
+        except (TypeError, ValueError) as exc:
             return JSONResponse({"error": f"switch_interval_ms: not in (0, 100]: {exc}"}, 400)
         try:  # every rule not named goes back to the server's own setting
             options = SpeechDecoderSettings.model_validate(rt.settings.speech_decoder.model_dump() | changes)

@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--sections",
         default="kernels,phases,compile,contention",
-        help="also: kernels_compiled, ops, outside_graphs_compiled",
+        help="also: kernels_compiled, ops, outside_graphs_compiled, new_shapes",
     )
     p.add_argument("--compile-mode", default="blocks", choices=("blocks", "whole"))
     p.add_argument("--load-gib", type=float, default=4.0, help="GiB of weights one LLM-like step reads")
@@ -467,6 +467,11 @@ def main(argv: list[str] | None = None) -> None:
         from bench.decoder_ops import outside_graphs_compiled_vs_eager
 
         report["outside_graphs_compiled"] = outside_graphs_compiled_vs_eager(decoder, requests, args.iters)
+        save()
+    if "new_shapes" in sections:
+        from bench.decoder_ops import new_shape_cost
+
+        report["new_shape_cost"] = new_shape_cost(decoder)
         save()
     if "contention" in sections and device.type == "cuda":
         report["contention"] = contention(decoder, args.iters, args.load_gib)

@@ -345,15 +345,16 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         )
         loop_watch.start()
         # Process-wide: how long a thread waiting for the GIL (the decoder's, launching ops) waits for a busy one.
-        switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(settings.switch_interval_ms / 1000)
+        switch_interval, ours = sys.getswitchinterval(), settings.switch_interval_ms / 1000
+        sys.setswitchinterval(ours)
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
             watchdog.cancel()
             loop_watch.stop()
-            sys.setswitchinterval(switch_interval)
+            if sys.getswitchinterval() == ours:  # unless changed meanwhile (another app in this process, a bench)
+                sys.setswitchinterval(switch_interval)
             if capacity is not None:
                 capacity.cancel()
             app.state.services = app.state.runtime = None

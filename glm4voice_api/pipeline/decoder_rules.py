@@ -5,8 +5,9 @@ schedule, context, hold, pass bound, preemption) or how many Euler steps a pass 
 loaded or captured at startup (dtype, max_batch, CUDA graphs and compiled blocks do), so a decoder with no open
 stream can take new values between two streams and decode exactly as a fresh server started with them would. The
 graphs' batch sizes (`graph_batches`) are a rule too: the graphs a new set needs are captured when it is applied,
-and rows decode the same in any bucket (padding rows never mix with real ones); so is `compile_outside_graphs` (compiled
-and warmed up when applied, within float rounding of the eager steps). That
+and rows decode the same in any bucket (padding rows never mix with real ones); so are `compile_outside_graphs`
+(compiled and warmed up when applied, within float rounding of the eager steps) and `bucket_shapes` (masked
+padding, within float rounding). That
 is what lets one warm GPU server compare several configurations in turn (`bench/gpu_server.py`'s
 `/bench/reconfigure`), where a fresh server per configuration costs ~60-90 s of scarce device time and the host's
 run-to-run spread (README, Measured figures) would dominate the comparison.
@@ -14,6 +15,7 @@ run-to-run spread (README, Measured figures) would dominate the comparison.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from glm4voice_api.config import SpeechDecoderSettings
@@ -41,8 +43,11 @@ RULES = (
     "ode_steps",
     "graph_batches",
     "compile_outside_graphs",
+    "bucket_shapes",
 )
 """The settings `apply_rules` changes on a running decoder; the others need a restart."""
+
+logger = logging.getLogger(__name__)
 
 
 def chunk_policy(options: SpeechDecoderSettings) -> ChunkPolicy:
@@ -78,10 +83,14 @@ def set_outside_graphs_compiled(decoder: SpeechDecoder, on: bool) -> None:
     a CPU server keeps its quick start."""
     if decoder.device.type != "cuda" or on == outside_graphs_compiled(decoder):
         return
-    if on:
-        compile_outside_graphs(decoder)
+    if not on:
+        uncompile_outside_graphs(decoder)
+        return
+    compile_outside_graphs(decoder)
+    try:
         warm_outside_graphs(decoder)
-    else:
+    except Exception:  # a toolchain that cannot compile (as _prepare_flow does for the flow's blocks): run eagerly
+        logger.exception("compiling HiFT and the flow encoder failed; they run uncompiled")
         uncompile_outside_graphs(decoder)
 
 
@@ -110,3 +119,4 @@ def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
         s.decoder.set_ode_steps(options.ode_steps)
         capture_graphs(s.decoder, options, s.max_batch)
         set_outside_graphs_compiled(s.decoder, options.compile_outside_graphs)
+        s.decoder.set_shape_buckets(options.bucket_shapes)

@@ -168,6 +168,7 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
     if device.startswith("cuda"):
         _prepare_flow(decoder, settings, device)
         set_outside_graphs_compiled(decoder, options.compile_outside_graphs)
+    decoder.set_shape_buckets(options.bucket_shapes)
     logger.info("decoder on %s ready in %.1f s (weights %.1f s)", device, time.perf_counter() - start, loaded)
     config = DecoderStreamConfig(
         schedule=tuple(options.schedule),

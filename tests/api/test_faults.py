@@ -15,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.api.conftest import RunningServer, launch_server, stop_server, wait_ready
+from tests.api.conftest import EXIT_CANNOT_LISTEN, RunningServer, launch_server, stop_server, wait_ready
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("server")]
 MODEL = "glm-4-voice-9b"
@@ -49,18 +49,30 @@ def _describe_group(server: RunningServer) -> list[str]:
     return out
 
 
-def _wait_for_log(server: RunningServer, text: str, timeout_s: float) -> None:
+def _wait_for_log(server: RunningServer, text: str, timeout_s: float, retries: int = 3) -> RunningServer:
+    """Wait until the server logs `text`; a server whose picked port was taken before it bound it (exit 4, see
+    conftest.wait_ready) is started again on another port, and the server that logged it is returned."""
     deadline = time.monotonic() + timeout_s
-    while text not in server.log():
-        assert server.process.poll() is None, server.log()[-3000:]
-        assert time.monotonic() < deadline, f"{text!r} not logged:\n{server.log()[-3000:]}"
-        time.sleep(0.2)
+    first = server
+    try:
+        while text not in server.log():
+            if server.process.poll() == EXIT_CANNOT_LISTEN and server.relaunch is not None and retries > 0:
+                server, retries = server.relaunch(), retries - 1
+                continue
+            assert server.process.poll() is None, server.log()[-3000:]
+            assert time.monotonic() < deadline, f"{text!r} not logged:\n{server.log()[-3000:]}"
+            time.sleep(0.2)
+    except BaseException:
+        if server is not first:  # the caller only knows the first server
+            stop_server(server)
+        raise
+    return server
 
 
 def test_sigterm_while_loading_stops_at_once(default_set: Path, cache_dir: Path, tmp_path: Path) -> None:
     server = launch_server(cache_dir, tmp_path / "server.log")
     try:
-        _wait_for_log(server, "Initializing a V1 LLM engine", 300)  # the engine core process is starting
+        server = _wait_for_log(server, "Initializing a V1 LLM engine", 300)  # the engine core process is starting
         # The port is the server's from the start (no other process can take it while it loads), and refuses
         # connections until the app is ready.
         port = int(server.base_url.rsplit(":", 1)[1])

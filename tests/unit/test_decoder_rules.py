@@ -135,15 +135,21 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     client.post("/bench/reconfigure", json={})
     assert waits[-1] == 0.0
     # Python's thread switch interval (process-wide), and back to the server's own (5 ms) when not named.
+    saved = sys.getswitchinterval()
     try:
         got = client.post("/bench/reconfigure", json={"process": {"switch_interval_ms": "1"}}).json()
         assert got["process"] == {"switch_interval_ms": pytest.approx(1.0)}
         assert sys.getswitchinterval() == pytest.approx(0.001)
-        for bad_process in ({"switch_interval_ms": 0}, {"switch_interval_ms": "x"}, {"gc": 1}):
+        for bad_process in (
+            {"switch_interval_ms": 0},
+            {"switch_interval_ms": "x"},
+            {"switch_interval_ms": None},
+            {"gc": 1},
+        ):
             assert client.post("/bench/reconfigure", json={"process": bad_process}).status_code == 400, bad_process
         assert client.post("/bench/reconfigure", json={}).json()["process"] == {"switch_interval_ms": 5.0}
     finally:
-        sys.setswitchinterval(0.005)
+        sys.setswitchinterval(saved)
     for bad_tokenizer in ({"max_wait_ms": -1}, {"max_batch": 4}):
         assert client.post("/bench/reconfigure", json={"speech_tokenizer": bad_tokenizer}).status_code == 400
     for bad_capacity in ({"backoff": 1.5}, {"backoff": "x"}, {"initial": 0}, {"settle_s": -1}, {"floor": 8}):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.decoder import HIFT_FRAME_BUCKET, SpeechDecoder
 from glm4voice_api.models.speech_decoder.flow_encoder import ConformerEncoderLayer
 from glm4voice_api.models.speech_decoder.hift import ResBlock, masked_residual, snake
 from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
@@ -47,7 +47,8 @@ def compile_outside_graphs(decoder: SpeechDecoder) -> None:
     fx_config.use_duck_shape = False
     # Graphs per code object: (1 row, several) x (masked or not) x the layers' few; over the default limit of 8,
     # past which a new variant would run eagerly.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+    # past which a new variant would run eagerly. One set per device (guards include it): 8 GPUs x 4 variants.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     compiled = (torch.compile(snake, dynamic=True), torch.compile(masked_residual, dynamic=True))
     for block in _blocks(decoder):
         block.elementwise = compiled
@@ -68,13 +69,22 @@ def outside_graphs_compiled(decoder: SpeechDecoder) -> bool:
 
 @torch.inference_mode()
 def warm_outside_graphs(decoder: SpeechDecoder, frames: int = 64) -> None:
-    """One encoder pass and one ragged HiFT pass per variant a decoder pass can take (one row; rows of one length,
-    unmasked; rows of different lengths, masked), in inference mode as served, so that the compiles happen now."""
+    """One encoder pass and one ragged HiFT pass per variant a decoder pass can take (one row or several, masked or
+    not: rows of different lengths are masked, and so is any pass padded to a shape bucket, even of one row), in
+    inference mode as served, so that the compiles happen now."""
     device = decoder.device
     flow = decoder.flow
-    for lengths in ([frames], [frames, frames], [frames, frames - 7, frames - 3]):
+    bucket = HIFT_FRAME_BUCKET
+    for lengths, pad in (
+        ([frames], 0),
+        ([frames, frames], 0),
+        ([frames, frames - 7, frames - 3], 0),
+        ([frames], bucket),
+    ):
+        if pad:
+            lengths = [-(-frames // bucket) * bucket - 5]  # a row shorter than its bucket: masked
         tokens = torch.randint(0, flow.cfg.vocab_size, (len(lengths), max(lengths)), device=device)
         flow.encode(tokens, torch.tensor(lengths, device=device))
         mels = [torch.randn(flow.cfg.output_size, n, device=device) - 5 for n in lengths]
         gens = [torch.Generator(device=device).manual_seed(i) for i in range(len(lengths))]
-        vocode_ragged(decoder.hift, mels, [None] * len(lengths), [None] * len(lengths), gens)
+        vocode_ragged(decoder.hift, mels, [None] * len(lengths), [None] * len(lengths), gens, frame_bucket=pad)

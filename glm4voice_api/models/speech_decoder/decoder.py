@@ -63,6 +63,10 @@ class _StagedChunk:
     hift_mel: torch.Tensor  # [80, 1 + M] with the previous chunk's cache frame prepended: what HiFT vocodes
 
 
+HIFT_FRAME_BUCKET = 16
+"""HiFT frames per shape bucket with `set_shape_buckets`: at most 15 padding frames (0.17 s of audio) per pass."""
+
+
 class SpeechDecoder:
     """Flow + HiFT with the token2wav chunking logic. Stateless between calls; streams hold the state."""
 
@@ -79,6 +83,8 @@ class SpeechDecoder:
         self._windows: dict[torch.device, torch.Tensor] = {}
         self.ragged_hift = True
         """False: HiFT once per group of rows of equal length (the previous path; kept for bench comparisons)."""
+        self.hift_frame_bucket = 0
+        """> 0: HiFT passes padded to a multiple of this many frames (`set_shape_buckets`)."""
 
     @property
     def sample_rate(self) -> int:
@@ -106,6 +112,15 @@ class SpeechDecoder:
             raise ValueError(msg)
         cfg = replace(self.flow.cfg, n_timesteps=steps)
         self.flow.cfg = self.flow.decoder.cfg = cfg
+
+    def set_shape_buckets(self, on: bool, hift_frames: int = HIFT_FRAME_BUCKET) -> None:
+        """Pad the convolutions that run outside the flow's graphs to a few frame counts: HiFT's to a multiple of
+        `hift_frames`, the length regulator's to the graphs' bucket. The padding is masked (the same audio up to float
+        rounding); costs up to
+        `hift_frames` - 1 frames of HiFT work per pass. Why: cuDNN (and oneDNN on a CPU) build a plan per new input
+        shape, and these lengths otherwise change from pass to pass (`profile_decoder --sections new_shapes`)."""
+        self.hift_frame_bucket = hift_frames if on else 0
+        self.flow.bucket_regulator = on
 
     @property
     def batch_buckets(self) -> tuple[int, ...] | None:
@@ -329,6 +344,7 @@ class SpeechDecoder:
                 [requests[i].cache_source for i in rows],
                 [_as_tensor(requests[i].source) for i in rows],
                 [gens[i] for i in rows],
+                frame_bucket=self.hift_frame_bucket,
             )
             for i, pair in zip(rows, vocoded, strict=True):
                 out[i] = pair

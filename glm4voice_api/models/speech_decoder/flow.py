@@ -162,9 +162,11 @@ class InterpolateRegulator(nn.Module):
         layers.append(nn.Conv1d(channels, channels, 1, 1))
         self.model = nn.Sequential(*layers)
 
-    def forward(self, h: torch.Tensor, lengths: list[int], feat_lens: list[int]) -> torch.Tensor:
-        # h: [B, L, C] -> mu: [B, C, T]
-        t_max = max(feat_lens)
+    def forward(
+        self, h: torch.Tensor, lengths: list[int], feat_lens: list[int], pad_to: int | None = None
+    ) -> torch.Tensor:
+        # h: [B, L, C] -> mu: [B, C, T], T = max(feat_lens) or pad_to if larger (the padding masked throughout)
+        t_max = max(max(feat_lens), pad_to or 0)
         # Each row stretched over its own length (stretching a padded row would pull its padding into the valid
         # frames), all rows in one gather: the indices interpolate would pick, built on the host.
         index = np.zeros((h.size(0), t_max), dtype=np.int64)
@@ -281,6 +283,8 @@ class FlowModel(nn.Module):
         self.length_regulator = InterpolateRegulator(cfg.regulator_channels, cfg.regulator_ratios)
         self.graphed: GraphedCFM | None = None
         """Bucketed/CUDA-graph runner of the ODE loop (`enable_graphs`); None = eager."""
+        self.bucket_regulator = False
+        """Pad the length regulator's frames to the graphs' bucket (the ODE pads to it anyway; see `regulate`)."""
 
     def enable_graphs(self, config: FlowGraphConfig | None = None, *, use_graphs: bool = True) -> None:
         """Run the ODE through `GraphedCFM` (CUDA graphs on a CUDA device; bucket padding only elsewhere)."""
@@ -303,7 +307,13 @@ class FlowModel(nn.Module):
     def regulate(self, h: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[int]]:
         """h [B, L, 80] -> (mu [B, 80, T_max], per-row mel lengths)."""
         feat_lens = [mel_length(n, self.cfg) for n in lengths]
-        return self.length_regulator(h, lengths, feat_lens), feat_lens
+        # Padded (masked, so exact) to the frame count the ODE's graphs pad to anyway: its convolutions then see a
+        # few shapes instead of a new one per pass, and a convolution backend builds a plan per new shape.
+        pad_to = None
+        if self.bucket_regulator and self.graphed is not None:
+            bucket = self.graphed.bucket(1, max(feat_lens))[1]
+            pad_to = bucket if bucket <= self.graphed.config.max_frames else None  # past it: no graph to match
+        return self.length_regulator(h, lengths, feat_lens, pad_to), feat_lens
 
     def draw_noise(self, total_frames: int, generator: torch.Generator | None) -> torch.Tensor:
         """The reference's ``randn_like(mu)`` over the FULL prompt+new length, on CPU: [80, T]."""

@@ -81,13 +81,16 @@ def masked_group_norm(x: torch.Tensor, norm: nn.GroupNorm, mask: torch.Tensor | 
         return norm(x)
     b, c, t = x.shape
     g = norm.num_groups
-    xg = x.reshape(b, g, c // g, t)  # [B, G, C/G, T]
-    m = mask.reshape(b, 1, 1, t).to(x.dtype)
+    # Statistics in float32 whatever x's dtype, as F.group_norm keeps them: in bf16 the frame count, mean and
+    # variance would each be rounded to 8 bits (~0.4%), so a padded row would normalise differently from itself
+    # unpadded by more than bf16's own rounding of the output.
+    xg = x.reshape(b, g, c // g, t).float()  # [B, G, C/G, T]
+    m = mask.reshape(b, 1, 1, t).float()
     count = m.sum(dim=(2, 3), keepdim=True) * (c // g)  # [B, 1, 1, 1]
     mean = (xg * m).sum(dim=(2, 3), keepdim=True) / count
     var = (((xg - mean) * m) ** 2).sum(dim=(2, 3), keepdim=True) / count
     y = ((xg - mean) / torch.sqrt(var + norm.eps)).reshape(b, c, t)
-    return y * norm.weight[None, :, None] + norm.bias[None, :, None]
+    return (y * norm.weight[None, :, None].float() + norm.bias[None, :, None].float()).to(x.dtype)
 
 
 def sinusoidal_time_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:

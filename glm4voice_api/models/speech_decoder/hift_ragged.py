@@ -168,8 +168,12 @@ def vocode_ragged(
     cache_sources: list[torch.Tensor | None],
     sources: list[torch.Tensor | None],
     generators: list[torch.Generator],
+    frame_bucket: int = 0,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """HiFT for rows of any lengths in one pass: mels [80, T_b] -> [(wav [1, 256 T_b], source [1, 1, 256 T_b])].
+
+    ``frame_bucket`` > 0 pads the pass to a multiple of that many frames (masked like any row's padding): the
+    convolutions then see a few shapes, not a new one per pass (a backend builds and caches a plan per shape).
 
     Row b equals ``hift.inference(mels[b][None], cache_sources[b], sources[b], generators[b])`` up to float
     rounding. ``sources[b]`` (an injected source [.., N_b]) skips that row's F0 and draws; ``cache_sources[b]``
@@ -184,6 +188,7 @@ def vocode_ragged(
     up = hift.upsample_factor
     samples = [t * up for t in lengths]
     t_max = max(lengths)
+    t_max = -(-t_max // frame_bucket) * frame_bucket if frame_bucket > 0 else t_max
     mel = torch.zeros(len(mels), hift.cfg.in_channels, t_max, device=device)
     for b, m in enumerate(mels):
         mel[b, :, : lengths[b]] = to_device(m, device, torch.float32)
