@@ -116,8 +116,7 @@ class SpeechDecoder:
     def set_shape_buckets(self, on: bool, hift_frames: int = HIFT_FRAME_BUCKET) -> None:
         """Pad the convolutions that run outside the flow's graphs to a few frame counts: HiFT's to a multiple of
         `hift_frames`, the length regulator's to the graphs' bucket. The padding is masked (the same audio up to float
-        rounding); costs up to
-        `hift_frames` - 1 frames of HiFT work per pass. Why: cuDNN (and oneDNN on a CPU) build a plan per new input
+        rounding); costs up to `hift_frames` - 1 frames of HiFT work per pass. Why: cuDNN (and oneDNN on a CPU) build a plan per new input
         shape, and these lengths otherwise change from pass to pass (`profile_decoder --sections new_shapes`)."""
         self.hift_frame_bucket = hift_frames if on else 0
         self.flow.bucket_regulator = on
