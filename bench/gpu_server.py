@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 
 from glm4voice_api.app import create_app
 from glm4voice_api.config import Settings, SpeechDecoderSettings, SpeechTokenizerSettings
+from glm4voice_api.serving.metrics import thread_cpu_seconds
 
 
 def _fraction(value: object) -> float:
@@ -121,6 +122,7 @@ def collect_stats(services: Any, rt: Any) -> dict:
         ),
         "admission_active": _first(services, "admission.queue.active", "admission.in_flight"),
         "admission_queued": _first(services, "admission.queue.queued"),
+        "thread_cpu_s": thread_cpu_seconds(),
     }
 
 

@@ -62,6 +62,8 @@ class ServerStats:
     first_supply_s: float | None = None
     first_wait_s: float | None = None
     first_pass_s: float | None = None
+    thread_cpu_s: dict | None = None
+    """CPU seconds of the server's threads by role (main = the event loop, decoder, engine, tokenizer, other)."""
 
     @classmethod
     def from_json(cls, data: dict) -> ServerStats:
@@ -87,6 +89,8 @@ class GpuSplit:
     first_audio_split_ms: dict | None = None
     """Server side, mean per stream: supply (stream opened -> its first chunk's tokens all there: prefill and LLM
     steps), wait (-> its pass began), pass (-> audio out of the decoder)."""
+    thread_cpu_fraction: dict | None = None
+    """Per thread role, CPU seconds over the level's wall time (1.0 = a core all the time): the GIL's contenders."""
 
     @classmethod
     def between(cls, before: ServerStats, after: ServerStats, wall_s: float) -> GpuSplit:
@@ -107,7 +111,14 @@ class GpuSplit:
         if firsts:
             parts = {k: delta(f"first_{k}_s") for k in ("supply", "wait", "pass")}
             split = {k: round(1000 * v / firsts, 1) for k, v in parts.items() if v is not None}
+        cpu = None
+        if before.thread_cpu_s is not None and after.thread_cpu_s is not None and wall_s > 0:
+            cpu = {
+                role: round((seconds - before.thread_cpu_s.get(role, 0.0)) / wall_s, 3)
+                for role, seconds in sorted(after.thread_cpu_s.items())
+            }
         return cls(
+            thread_cpu_fraction=cpu,
             llm_busy_s=llm[0],
             llm_busy_fraction=llm[1],
             decoder_busy_s=dec[0],

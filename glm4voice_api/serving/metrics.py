@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -20,6 +22,53 @@ class _CallbackCounter(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self.name, self.documentation, value=self.read())
+
+
+THREAD_ROLES = {
+    "MainThread": "main",
+    "vllm-engine": "engine",
+    "decoder-scheduler": "decoder",
+    "speech-tokenizer": "tokenizer",
+}
+"""Thread name -> role label; every other thread of the process counts as `other` (pools, the watchdogs)."""
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of this process's live threads by role (`THREAD_ROLES`), read from each thread's own CPU clock.
+
+    Why: the decoder's thread launches every op of a pass from Python and needs the GIL for each; the event loop
+    (the main thread under `serve`), an in-process engine's thread and the tokenizer's take it too. Their CPU
+    shares say how hard the GIL is contended: what a GPU profile cannot show. Linux (pthread CPU clocks); {} where
+    the platform has none."""
+    out: dict[str, float] = {}
+    if not hasattr(time, "pthread_getcpuclockid"):
+        return out
+    for thread in threading.enumerate():
+        if thread.ident is None:
+            continue
+        try:
+            seconds = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+        role = THREAD_ROLES.get(thread.name, "other")
+        out[role] = out.get(role, 0.0) + seconds
+    return out
+
+
+class _ThreadCPU(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "glm4voice_thread_cpu_seconds",
+            "CPU seconds of the server process's threads by role: main (the event loop under serve), decoder, "
+            "engine (an in-process vLLM), tokenizer, other. Their rates show how hard the GIL is contended.",
+            labels=["thread"],
+        )
+        for role, seconds in sorted(thread_cpu_seconds().items()):
+            family.add_metric([role], seconds)
+        yield family
 
 
 class Metrics:
@@ -101,6 +150,7 @@ class Metrics:
             "CPU seconds of the event loop's thread (its rate: the share of a core the loop holds, GIL included).",
             registry=self.registry,
         )
+        self.thread_cpu = _ThreadCPU(self.registry)
         self.realtime_sessions = Gauge(
             "glm4voice_realtime_sessions", "Realtime WebSocket sessions open now.", registry=self.registry
         )

@@ -61,3 +61,6 @@ def test_spoken_reply_streams_and_a_disconnect_frees_everything(inproc: RunningS
     assert inproc.metric("glm4voice_admission_limit") >= 1  # CPU: the engine's batch size, not measured
     assert inproc.metric("glm4voice_decoder_underruns_total") >= 0
     assert inproc.metric("glm4voice_event_loop_lag_seconds_count") > 0  # the loop watch runs in the app
+    # The GIL's contenders, by thread: the in-process engine's own thread among them.
+    assert all(inproc.metric("glm4voice_thread_cpu_seconds_total", f'thread="{t}"') > 0 for t in ("main", "engine"))
+    assert inproc.metric("glm4voice_thread_cpu_seconds_total", 'thread="decoder"') > 0

@@ -120,3 +120,35 @@ def test_decoder_passes_are_paged_per_scheduler_and_written_per_phase(tmp_path, 
     phases = written["configs"]["defaults"]
     assert [p["phase"] for p in phases] == ["level 16", "level 32"]
     assert len(phases[0]["schedulers"][0]) == 3 and phases[1]["schedulers"][0] == []
+
+
+def test_gpu_split_thread_cpu_is_a_share_of_the_wall_time():
+    before = ServerStats(thread_cpu_s={"main": 1.0, "decoder": 2.0})
+    after = ServerStats(thread_cpu_s={"main": 3.0, "decoder": 9.0, "engine": 5.0})  # a thread that came meanwhile
+    split = GpuSplit.between(before, after, wall_s=10.0)
+    assert split.thread_cpu_fraction == {"decoder": 0.7, "engine": 0.5, "main": 0.2}
+    assert GpuSplit.between(ServerStats(), after, wall_s=10.0).thread_cpu_fraction is None
+
+
+def test_thread_cpu_seconds_by_role_grow_with_a_busy_thread():
+    import threading
+    import time
+
+    from glm4voice_api.serving.metrics import thread_cpu_seconds
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    worker = threading.Thread(target=spin, name="decoder-scheduler")  # the decoder's thread name: role "decoder"
+    worker.start()
+    try:
+        first = thread_cpu_seconds()
+        time.sleep(0.5)
+        second = thread_cpu_seconds()
+    finally:
+        stop.set()
+        worker.join()
+    assert "main" in first and second["decoder"] - first.get("decoder", 0.0) > 0.05
