@@ -49,15 +49,20 @@ case "$mode" in
       --streams 1,16,64,128 --hift-iters 0 --out "$OUT/dec_eager_bf16.json" || echo "eager bf16 failed rc=$?"
     ;;
   profile)
-    # Where a decoder pass's GPU time goes: one ODE step by kernel kind (attention vs GEMM vs ...) per pass shape,
-    # eager and compiled as served, then the phases (flow encoder / ODE / HiFT) and the eager ops per pass outside
-    # the graphs (bench/decoder_ops.py). Needs only torch (first carry call).
-    timeout "${PROFILE_TIMEOUT:-330}" python3 -m bench.profile_decoder --device cuda --sections kernels,kernels_compiled,phases,ops,outside_graphs_compiled,new_shapes \
-      --out "$OUT/gpu_decoder_kernels.json" || echo "profile failed rc=$?"
-    # A decoder pass beside a busy Python thread (the event loop) by switch interval: the GIL's share of a pass.
+    # Newest questions first, each run under its own timeout (a section saves as it ends; a cut run keeps those
+    # before). 1: what runs outside the flow's graphs: host ops per pass, whole passes eager vs compiled outside the
+    # graphs, a first call on a new shape vs the second (bench/decoder_ops.py). Needs only torch (first carry call).
+    timeout "${OUTSIDE_TIMEOUT:-200}" python3 -m bench.profile_decoder --device cuda \
+      --sections ops,outside_graphs_compiled,new_shapes --out "$OUT/gpu_decoder_outside.json" \
+      || echo "outside-the-graphs profile failed rc=$?"
+    # 2: a decoder pass and small ops beside a busy Python thread, by switch interval: the GIL's share of a pass.
     # (The attention probe, bench/attention_probe.py, answered its question on 2026-12-05: not run again.)
-    timeout "${PROBE_TIMEOUT:-200}" python3 -m bench.gil_probe --iters 3 --out "$OUT/gpu_gil_probe.json" \
+    timeout "${PROBE_TIMEOUT:-150}" python3 -m bench.gil_probe --iters 3 --out "$OUT/gpu_gil_probe.json" \
       || echo "gil probe failed rc=$?"
+    # 3: where a pass's GPU time goes: one ODE step by kernel kind per pass shape, eager and compiled as served,
+    # then the phases (flow encoder / ODE / HiFT).
+    timeout "${PROFILE_TIMEOUT:-230}" python3 -m bench.profile_decoder --device cuda \
+      --sections kernels,kernels_compiled,phases --out "$OUT/gpu_decoder_kernels.json" || echo "profile failed rc=$?"
     ;;
   prepare)
     python3 -m bench.gpu_suite --prepare-only ;;
