@@ -51,6 +51,14 @@ def build_decoder(args: argparse.Namespace, device: torch.device, dtype: torch.d
     return SpeechDecoder(flow, hift)
 
 
+def add_profile_args(p: argparse.ArgumentParser) -> None:
+    """The flags the decoder profiles share (profile_decoder.py, gil_probe.py): full size, bf16, on the GPU."""
+    p.add_argument("--preset", default="full")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
+    p.add_argument("--iters", type=int, default=5)
+
+
 def chunk_sizes(schedule: list[int], total: int) -> list[int]:
     """Split ``total`` tokens by the schedule (last size repeats); a remainder under the first size is merged."""
     sizes: list[int] = []

@@ -28,7 +28,7 @@ from typing import Any, Self
 
 import torch
 
-from bench.bench_speech_decoder import _DTYPES, build_decoder
+from bench.bench_speech_decoder import _DTYPES, add_profile_args, build_decoder
 from bench.profile_decoder import requests
 
 SWITCH_MS = (5.0, 1.0, 0.5)
@@ -130,10 +130,7 @@ def probe(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="full")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
-    p.add_argument("--iters", type=int, default=5)
+    add_profile_args(p)
     p.add_argument("--shapes", default="1x0x10,16x100x26,32x100x80", help="rows x context x new tokens, comma list")
     p.add_argument("--ode-steps", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)

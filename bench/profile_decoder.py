@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from bench.bench_speech_decoder import _DTYPES, build_decoder
+from bench.bench_speech_decoder import _DTYPES, add_profile_args, build_decoder
 from glm4voice_api.models.speech_decoder.chunks import ChunkRequest
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.models.speech_decoder.flow_graphs import OdeRun
@@ -411,10 +411,7 @@ class _null:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="full")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
-    p.add_argument("--iters", type=int, default=5)
+    add_profile_args(p)
     p.add_argument(
         "--sections",
         default="kernels,phases,compile,contention",
