@@ -48,10 +48,10 @@ def ops_per_phase(
 
         return wrapper
 
-    saved = (decoder.flow.encode, OdeRun.step, dec_mod.vocode_ragged)
+    saved = (decoder.flow.encode, OdeRun.step, dec_mod.vocode_padded)
     decoder.flow.encode = labelled(saved[0], "encode")
     OdeRun.step = labelled(saved[1], "ode")
-    dec_mod.vocode_ragged = labelled(saved[2], "hift")
+    dec_mod.vocode_padded = labelled(saved[2], "hift")
     out = []
     try:
         for rows, ctx, new in shapes:
@@ -65,7 +65,7 @@ def ops_per_phase(
             print("ops", out[-1], flush=True)
     finally:
         del decoder.flow.encode  # the instance attribute set above; the class's method again
-        OdeRun.step, dec_mod.vocode_ragged = saved[1], saved[2]
+        OdeRun.step, dec_mod.vocode_padded = saved[1], saved[2]
     return out
 
 
@@ -133,7 +133,7 @@ def new_shape_cost(decoder: SpeechDecoder, lengths: tuple[int, ...] = (37, 53, 7
     lengths worth it (exact: the ragged path masks padding)."""
     import time
 
-    from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
+    from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded
 
     device = decoder.device
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -154,7 +154,7 @@ def new_shape_cost(decoder: SpeechDecoder, lengths: tuple[int, ...] = (37, 53, 7
             gen = torch.Generator(device=device)
 
             def hift(mel=mel, gen=gen):
-                vocode_ragged(decoder.hift, [mel], [None], [None], [gen.manual_seed(0)])
+                vocode_padded(decoder.hift, [mel], [None], [None], [gen.manual_seed(0)])
 
             tokens = max(2, n // 2)
             h = torch.randn(1, tokens, n_mels, device=device, dtype=flow.input_embedding.weight.dtype)

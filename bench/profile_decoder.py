@@ -85,7 +85,7 @@ class PhaseTimer:
         orig_step = OdeRun.step
         OdeRun.step = self._timed(orig_step, "ode")
         self._restore.append(lambda: setattr(OdeRun, "step", orig_step))
-        self._wrap_module_fn(dec_mod, "vocode_ragged", "hift")
+        self._wrap_module_fn(dec_mod, "vocode_padded", "hift")
         self.cuda = decoder.device.type == "cuda"
 
     def _mark(self):

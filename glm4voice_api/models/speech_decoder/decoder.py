@@ -28,7 +28,8 @@ from glm4voice_api.models.speech_decoder.flow import (
     mel_length,
 )
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
-from glm4voice_api.models.speech_decoder.hift_ragged import vocode_ragged
+from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded
+from glm4voice_api.models.speech_decoder.pass_io import gather_rows, stage_pass
 from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
 
 __all__ = ["SpeechDecoder", "StreamingConstants"]
@@ -246,7 +247,7 @@ class SpeechDecoder:
         flow_rows = [i for i, r in enumerate(requests) if r.tokens]
         items = [
             FlowInput(
-                tokens=torch.tensor(requests[i].prompt_tokens + requests[i].tokens, dtype=torch.long),
+                tokens=np.asarray(requests[i].prompt_tokens + requests[i].tokens, dtype=np.int64),
                 prompt_mel=requests[i].prompt_mel,
                 noise=_as_tensor(requests[i].noise),
                 generator=gens[i],
@@ -258,11 +259,21 @@ class SpeechDecoder:
 
     @torch.inference_mode()
     def _end_batch(
-        self, requests: list[ChunkRequest], gens: list[torch.Generator], flow_out: dict[int, torch.Tensor]
+        self,
+        requests: list[ChunkRequest],
+        gens: list[torch.Generator],
+        flow_x: torch.Tensor | None,
+        spans: dict[int, tuple[int, int, int]],
     ) -> list[ChunkResult]:
-        staged = [self._crossfade_and_trim(r, flow_out.get(i)) for i, r in enumerate(requests)]
-        speech = self._vocode(requests, staged, gens)
-        results = [self._finish(r, s, wav, src) for r, s, (wav, src) in zip(requests, staged, speech, strict=True)]
+        """token2wav steps 2-5 for every row: `flow_x` is the flow's padded output, `spans[i]` = (its row, start,
+        end) of request i's new frames (requests without new tokens have none)."""
+        if self.ragged_hift:
+            results = self._end_batch_batched(requests, gens, flow_x, spans)
+        else:
+            flow_out = {i: flow_x[f, :, a:b] for i, (f, a, b) in spans.items()}
+            staged = [self._crossfade_and_trim(r, flow_out.get(i)) for i, r in enumerate(requests)]
+            speech = self._vocode(requests, staged, gens)
+            results = [self._finish(r, s, w, src) for r, s, (w, src) in zip(requests, staged, speech, strict=True)]
         # One device-to-host copy for the whole pass (a copy per row would synchronise once per row).
         host = torch.cat([r.speech.reshape(-1) for r in results]).float().cpu().numpy() if results else None
         offset = 0
@@ -271,6 +282,60 @@ class SpeechDecoder:
             r.speech = np.ascontiguousarray(host[offset : offset + n], dtype=np.float32)
             offset += n
         return results
+
+    def _end_batch_batched(
+        self,
+        requests: list[ChunkRequest],
+        gens: list[torch.Generator],
+        flow_x: torch.Tensor | None,
+        spans: dict[int, tuple[int, int, int]],
+    ) -> list[ChunkResult]:
+        """The serving path: crossfades, HiFT's input, next tails and caches each as one gather over the batch
+        (`pass_io.py`), HiFT as one ragged pass; the same values as `_crossfade_and_trim` + `_finish` row by row."""
+        c = self.consts
+        n_mels = self.flow.cfg.output_size
+        st = stage_pass(
+            requests, flow_x, spans, self._window(self.device), c.mel_overlap_len, c.mel_cache_len, n_mels,
+            self.hift_frame_bucket,
+        )  # fmt: skip
+        empty_wav, empty_src = torch.zeros(0, device=self.device), torch.zeros(1, 0, device=self.device)
+        wavs: list[torch.Tensor] = [empty_wav] * len(requests)
+        srcs: list[torch.Tensor] = [empty_src] * len(requests)
+        caches: list[torch.Tensor | None] = [None] * len(requests)
+        rows = st.hift_rows
+        if rows:
+            wav, source = vocode_padded(
+                self.hift,
+                st.hift_mel,
+                st.hift_lengths,
+                [requests[i].cache_source for i in rows],
+                [_as_tensor(requests[i].source) for i in rows],
+                [gens[i] for i in rows],
+            )
+            samples = [t * self.hop_length for t in st.hift_lengths]
+            keep = c.source_cache_len
+            live = [j for j, i in enumerate(rows) if not requests[i].final]
+            if live:
+                tails = gather_rows(source, live, [samples[j] - keep for j in live], keep)  # [L, 1, keep]
+                for j, t in zip(live, tails.unbind(0), strict=True):
+                    caches[rows[j]] = t
+            for j, (i, w, s) in enumerate(zip(rows, wav.unbind(0), source.unbind(0), strict=True)):
+                n = samples[j]
+                wavs[i] = w[: n - (0 if requests[i].final else keep)]
+                srcs[i] = s[:, :n]
+        return [
+            ChunkResult(
+                request=r,
+                speech=wavs[i],
+                mel=st.mel[i],
+                flow_mel=st.raw[i],
+                hift_source=srcs[i],
+                overlap_tail=st.tail[i],
+                cache_mel=st.cache_mel[i],
+                cache_source=caches[i],
+            )
+            for i, r in enumerate(requests)
+        ]
 
     def _window(self, device: torch.device) -> torch.Tensor:
         """The crossfade window on `device`, copied there once (a host copy per chunk would synchronise)."""
@@ -313,12 +378,13 @@ class SpeechDecoder:
     def _vocode(
         self, requests: list[ChunkRequest], staged: list[_StagedChunk], gens: list[torch.Generator]
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """HiFT for every row with frames, all in one ragged pass (rows of any lengths)."""
+        """HiFT once per group of rows of equal length (`ragged_hift` False: the path before ragged passes, kept for
+        bench comparisons; the serving path is `_end_batch_batched`)."""
         out: list[tuple[torch.Tensor, torch.Tensor]] = [
             (torch.zeros(1, 0, device=self.device), torch.zeros(1, 1, 0, device=self.device))
         ] * len(requests)
         rows = [i for i, st in enumerate(staged) if st.hift_mel.shape[1] > 0]
-        if rows and not self.ragged_hift:
+        if rows:
             groups: dict[tuple[int, bool, bool], list[int]] = {}
             for i in rows:
                 key = (
@@ -336,17 +402,6 @@ class SpeechDecoder:
                 )
                 for j, i in enumerate(group):
                     out[i] = (wav[j : j + 1], source[j : j + 1])
-        elif rows:
-            vocoded = vocode_ragged(
-                self.hift,
-                [staged[i].hift_mel for i in rows],
-                [requests[i].cache_source for i in rows],
-                [_as_tensor(requests[i].source) for i in rows],
-                [gens[i] for i in rows],
-                frame_bucket=self.hift_frame_bucket,
-            )
-            for i, pair in zip(rows, vocoded, strict=True):
-                out[i] = pair
         return out
 
     def _finish(self, req: ChunkRequest, st: _StagedChunk, wav: torch.Tensor, source: torch.Tensor) -> ChunkResult:
@@ -391,8 +446,9 @@ class DecodePass:
             self._flow_pass.run.wait()
 
     def finish(self) -> list[ChunkResult]:
-        out = self._flow_pass.result() if self._flow_pass is not None else []
-        return self._decoder._end_batch(self._requests, self._gens, dict(zip(self._flow_rows, out, strict=True)))
+        x, spans = self._flow_pass.padded_result() if self._flow_pass is not None else (None, [])
+        by_request = {i: (f, a, b) for f, (i, (a, b)) in enumerate(zip(self._flow_rows, spans, strict=True))}
+        return self._decoder._end_batch(self._requests, self._gens, x, by_request)
 
     def abort(self) -> None:
         """Give the pass's ODE buffers back without finishing (the pass failed)."""

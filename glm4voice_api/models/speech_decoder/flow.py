@@ -144,7 +144,7 @@ def nearest_indices(n: int, t: int) -> np.ndarray:
 class FlowInput:
     """One row of a flow batch: prompt+new tokens, the prompt's mel, optional injected noise."""
 
-    tokens: torch.Tensor  # [L] int, prompt tokens then new tokens
+    tokens: torch.Tensor | np.ndarray  # [L] int, prompt tokens then new tokens (numpy: no torch op per row)
     prompt_mel: torch.Tensor  # [80, F_p]
     noise: torch.Tensor | None = None  # [80, T_total]; drawn from `generator` when None
     generator: torch.Generator | None = None  # default: fresh CPU generator seeded 42
@@ -318,7 +318,8 @@ class FlowModel(nn.Module):
     def draw_noise(self, total_frames: int, generator: torch.Generator | None) -> torch.Tensor:
         """The reference's ``randn_like(mu)`` over the FULL prompt+new length, on CPU: [80, T]."""
         gen = generator if generator is not None else torch.Generator(device="cpu").manual_seed(NOISE_SEED)
-        return torch.randn((1, self.cfg.output_size, total_frames), generator=gen, device=gen.device)[0]
+        # Drawn as [80, T]: a draw fills its elements in order, so this is the reference's [1, 80, T] draw.
+        return torch.randn((self.cfg.output_size, total_frames), generator=gen, device=gen.device)
 
     # -- inference ---------------------------------------------------------------------------------------
 
@@ -337,14 +338,15 @@ class FlowModel(nn.Module):
         returned pass runs the ODE step by step (see `FlowPass`)."""
         w = self.input_embedding.weight
         device, dtype = w.device, w.dtype
-        lengths = [int(it.tokens.numel()) for it in items]
+        lengths = [int(it.tokens.shape[0]) for it in items]
         if min(lengths) == 0:
             msg = "flow input needs at least one token (prompt or new)"
             raise ValueError(msg)
-        # Padded on the host, then ONE copy that does not synchronise (a copy per row would, see transfer.py).
-        tokens = torch.zeros(len(items), max(lengths), dtype=torch.long)
+        # Padded on the host (numpy: no op per row), then ONE copy that does not synchronise (see transfer.py).
+        host_tokens = np.zeros((len(items), max(lengths)), dtype=np.int64)
         for i, it in enumerate(items):
-            tokens[i, : lengths[i]] = it.tokens.to(dtype=torch.long, device="cpu")
+            host_tokens[i, : lengths[i]] = it.tokens if isinstance(it.tokens, np.ndarray) else it.tokens.cpu().numpy()
+        tokens = torch.from_numpy(host_tokens)
         check_vocab(tokens, self.cfg)  # once for the batch (the padding is 0)
         _, h = self.encode(to_device(tokens, device), lengths_tensor(lengths, device))
         mu, feat_lens = self.regulate(h, lengths)  # [B, 80, T]
@@ -352,23 +354,24 @@ class FlowModel(nn.Module):
         mask = torch.arange(t_max, device=device)[None, :] < lengths_tensor(feat_lens, device)[:, None]
         mask = mask.unsqueeze(1).to(dtype)  # [B, 1, T]
 
-        cond = torch.zeros_like(mu)
-        z = torch.zeros_like(mu)
-        emb = torch.zeros(len(items), self.cfg.spk_embed_dim, device=device, dtype=dtype)
-        prompt_lens = []
+        prompt_lens = [int(it.prompt_mel.shape[-1]) for it in items]
+        noises = []
         for i, it in enumerate(items):
-            f_p = int(it.prompt_mel.shape[-1])
-            if f_p > feat_lens[i]:
-                msg = f"prompt mel has {f_p} frames but the prompt+new tokens only give {feat_lens[i]}"
+            if prompt_lens[i] > feat_lens[i]:
+                msg = f"prompt mel has {prompt_lens[i]} frames but the prompt+new tokens only give {feat_lens[i]}"
                 raise ValueError(msg)
-            prompt_lens.append(f_p)
-            cond[i, :, :f_p] = to_device(it.prompt_mel, device, dtype)
             noise = it.noise if it.noise is not None else self.draw_noise(feat_lens[i], it.generator)
             noise = noise[0] if noise.dim() == 3 and noise.shape[0] == 1 else noise
             if tuple(noise.shape) != (self.cfg.output_size, feat_lens[i]):
                 msg = f"noise must be [{self.cfg.output_size}, {feat_lens[i]}], got {list(noise.shape)}"
                 raise ValueError(msg)
-            z[i, :, : feat_lens[i]] = to_device(noise, device, dtype)
+            noises.append(noise)
+        # Every row's prompt mel and noise into the padded batch with one scatter each (a copy per row is ~3 ops
+        # launched from Python, per row and pass).
+        cond = _scatter_frames([it.prompt_mel for it in items], prompt_lens, mu)
+        z = _scatter_frames(noises, feat_lens, mu)
+        emb = torch.zeros(len(items), self.cfg.spk_embed_dim, device=device, dtype=dtype)
+        for i, it in enumerate(items):
             if it.embedding is not None:
                 emb[i] = to_device(it.embedding, device, dtype)
         spks = self.speaker(emb)  # [B, 80]
@@ -418,8 +421,28 @@ class FlowPass:
         return self.run.step()
 
     def result(self) -> list[torch.Tensor]:
-        x = self.run.result()  # [B, 80, T]
-        return [x[i, :, start:end] for i, (start, end) in enumerate(self._spans)]
+        x, spans = self.padded_result()
+        return [x[i, :, start:end] for i, (start, end) in enumerate(spans)]
+
+    def padded_result(self) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """The padded solution [B, 80, T] and each row's new frames in it as (start, end)."""
+        return self.run.result(), self._spans
+
+
+def _scatter_frames(rows: list[torch.Tensor], widths: list[int], like: torch.Tensor) -> torch.Tensor:
+    """A zero tensor like `like` [B, C, T] with rows[b] ([C, widths[b]]) in its first widths[b] frames: one
+    concatenation and one indexed write for the batch (the index tables built on the host, copied once)."""
+    out = torch.zeros_like(like)
+    if not sum(widths):
+        return out
+    if len({r.device for r in rows}) > 1:  # e.g. injected noise on the host beside noise drawn on the GPU
+        rows = [to_device(r, like.device) for r in rows]
+    values = to_device(torch.cat(rows, dim=1), like.device, like.dtype)  # [C, sum(widths)]
+    index = np.concatenate([np.repeat(np.arange(len(widths)), widths), np.concatenate([np.arange(w) for w in widths])])
+    index_t = to_device(torch.from_numpy(index), like.device)
+    n = values.shape[1]
+    out[index_t[:n], :, index_t[n:]] = values.t()
+    return out
 
 
 def check_vocab(tokens: torch.Tensor, cfg: FlowConfig) -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
 from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 
-__all__ = ["vocode_ragged"]
+__all__ = ["vocode_padded", "vocode_ragged"]
 
 
 def _mask(lengths: list[int], total: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
@@ -65,9 +65,8 @@ def _sources(
     # Reference draw 1 (SourceModuleHnNSF.draw_phase) made on the generator's device: Uniform(-pi, pi) as
     # low + rand * (high - low) in float32, the same two roundings as on the host, without a round trip there.
     low, high = torch.tensor(-math.pi, dtype=torch.float32), torch.tensor(math.pi, dtype=torch.float32)
-    u = torch.cat(
-        [torch.rand((1, src.harmonic_num + 1, 1), generator=g, device=g.device).to(device) for g in generators]
-    )
+    u = torch.cat([torch.rand((1, src.harmonic_num + 1, 1), generator=g, device=g.device) for g in generators])
+    u = to_device(u, device)
     phase = low + u * (high - low)  # 0-dim host tensors enter a CUDA op as scalars: no copy
     phase[:, 0, :] = 0
     harmonics = torch.arange(1, src.harmonic_num + 2, device=device, dtype=torch.float32)
@@ -79,8 +78,11 @@ def _sources(
     noise_amp = uv * src.noise_std + (1 - uv) * src.sine_amp / 3
     draws = torch.zeros(batch, src.harmonic_num + 1, n_max, device=device)
     for b, (g, n) in enumerate(zip(generators, samples, strict=True)):
-        draws[b, :, :n] = torch.randn((1, src.harmonic_num + 1, n), generator=g, device=g.device).to(device)[0]
-        torch.randn((1, n, 1), generator=g, device=g.device)  # the reference's unused third draw (keeps RNG in step)
+        # Drawn as [H + 1, n], the reference's [1, H + 1, n] (a draw fills its elements in order). The reference's
+        # third draw ([1, n, 1], unused) is skipped: it only moves the generator on, and a chunk's generator is
+        # not drawn from after HiFT.
+        row = torch.randn((src.harmonic_num + 1, n), generator=g, device=g.device)
+        draws[b, :, :n] = row if row.device == device else to_device(row, device)
     sine = sine * uv + noise_amp * draws
     merged = torch.tanh(F.linear(sine.transpose(1, 2), src.l_linear.weight.float(), src.l_linear.bias.float()))
     return merged.transpose(1, 2)  # [B, 1, N]
@@ -185,18 +187,38 @@ def vocode_ragged(
     lengths = [int(m.shape[-1]) for m in mels]
     if min(lengths) < 1:
         raise ValueError("every row needs at least one mel frame")
-    up = hift.upsample_factor
-    samples = [t * up for t in lengths]
     t_max = max(lengths)
     t_max = -(-t_max // frame_bucket) * frame_bucket if frame_bucket > 0 else t_max
     mel = torch.zeros(len(mels), hift.cfg.in_channels, t_max, device=device)
     for b, m in enumerate(mels):
         mel[b, :, : lengths[b]] = to_device(m, device, torch.float32)
+    wav, source = vocode_padded(hift, mel, lengths, cache_sources, sources, generators)
+    samples = [t * hift.upsample_factor for t in lengths]
+    return [(wav[b : b + 1, : samples[b]], source[b : b + 1, :, : samples[b]]) for b in range(len(mels))]
+
+
+@torch.no_grad()
+def vocode_padded(
+    hift: HiFTGenerator,
+    mel: torch.Tensor,
+    lengths: list[int],
+    cache_sources: list[torch.Tensor | None],
+    sources: list[torch.Tensor | None],
+    generators: list[torch.Generator],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`vocode_ragged` on a batch already padded: mel [B, 80, T] float32, zero past row b's `lengths[b]` frames.
+    Returns wav [B, N] and source [B, 1, N] (N = 256 T), row b valid over its first 256 lengths[b] samples."""
+    device = mel.device
+    if min(lengths) < 1:
+        raise ValueError("every row needs at least one mel frame")
+    up = hift.upsample_factor
+    samples = [t * up for t in lengths]
+    t_max = mel.shape[-1]
     mask = _mask(lengths, t_max, device, torch.float32)
 
     drawn = [b for b, s in enumerate(sources) if s is None]
-    source = torch.zeros(len(mels), 1, t_max * up, device=device)
-    if len(drawn) == len(mels):  # the serving case: no injected source, no indexing
+    source = torch.zeros(len(lengths), 1, t_max * up, device=device)
+    if len(drawn) == len(lengths):  # the serving case: no injected source, no indexing
         f0 = _f0(hift, mel, mask)
         source = _sources(hift, f0, samples, generators)
     elif drawn:
@@ -210,12 +232,25 @@ def vocode_ragged(
             if s.numel() != samples[b]:
                 raise ValueError(f"source must have {samples[b]} samples, got {s.numel()}")
             source[b, 0, : samples[b]] = to_device(s.reshape(-1), device, torch.float32)
-    for b, cache in enumerate(cache_sources):
-        if cache is not None and cache.shape[-1] > 0:
-            if cache.shape[-1] > samples[b]:
-                raise ValueError(f"cache_source has {cache.shape[-1]} samples; the row has {samples[b]}")
-            source[b, 0, : cache.shape[-1]] = to_device(cache.reshape(-1), device, torch.float32)
+    _splice_caches(source, cache_sources, samples)
     # Past each row's end the source must be zero too (the F0 there is garbage): the STFT pads per row anyway.
     source = _m(source, _mask(samples, t_max * up, device, torch.float32))
-    wav = _decode(hift, mel, source, lengths)
-    return [(wav[b : b + 1, : samples[b]], source[b : b + 1, :, : samples[b]]) for b in range(len(mels))]
+    return _decode(hift, mel, source, lengths), source
+
+
+def _splice_caches(source: torch.Tensor, caches: list[torch.Tensor | None], samples: list[int]) -> None:
+    """Overwrite each row's first source samples with its cache: one copy for the rows whose caches are equally
+    long (a stream's is always 256 samples), one per row otherwise."""
+    rows = [b for b, c in enumerate(caches) if c is not None and c.shape[-1] > 0]
+    for b in rows:
+        if caches[b].shape[-1] > samples[b]:
+            raise ValueError(f"cache_source has {caches[b].shape[-1]} samples; the row has {samples[b]}")
+    if not rows:
+        return
+    width = caches[rows[0]].shape[-1]
+    if all(caches[b].shape[-1] == width for b in rows):
+        values = to_device(torch.cat([caches[b].reshape(1, -1) for b in rows]), source.device, torch.float32)
+        source[:, 0, :width].index_copy_(0, lengths_tensor(rows, source.device), values)
+        return
+    for b in rows:
+        source[b, 0, : caches[b].shape[-1]] = to_device(caches[b].reshape(-1), source.device, torch.float32)
