@@ -201,15 +201,33 @@ class BlockConformerEncoder(nn.Module):
         # after_norm before encoders: the reference registers it in the base class first (state_dict order).
         self.after_norm = nn.LayerNorm(cfg.output_size, eps=cfg.layer_norm_eps)
         self.encoders = nn.ModuleList(ConformerEncoderLayer(cfg) for _ in range(cfg.num_blocks))
+        self._tables: dict[tuple[torch.device, torch.dtype], tuple[int, torch.Tensor, torch.Tensor]] = {}
+
+    def position_tables(
+        self, length: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The relative-position table [1, 2L-1, D] and the block-causal mask [L, L] of an L-token pass, as views of
+        tables built once for a longer length (doubled when a pass is longer).
+
+        Why: both depend on the length only, and building them was ~30 launches per pass from the decoder's thread.
+        Each entry depends on its position only (the reference builds the table for 5000 positions and slices it
+        too), so a slice of a longer table is the table of the shorter length."""
+        n, pos, mask = self._tables.get((device, dtype), (0, None, None))
+        if n < length:
+            n = max(length, 2 * n, 512)
+            pos = rel_pos_embedding(n, self.cfg.output_size, device=device).to(dtype)
+            mask = block_causal_mask(n, self.cfg.block_size, device=device)
+            self._tables[(device, dtype)] = (n, pos, mask)
+        return pos[:, n - length : n + length - 1], mask[:length, :length]
 
     def forward(self, xs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # xs: [B, L, input_size]; lengths: [B] valid tokens per row (right padding)
         length = xs.size(1)
         xs = self.embed(xs) * math.sqrt(self.cfg.output_size)  # [B, L, D]
-        pos_emb = rel_pos_embedding(length, self.cfg.output_size, device=xs.device).to(xs.dtype)  # [1, 2L-1, D]
+        pos_emb, causal = self.position_tables(length, xs.device, xs.dtype)  # [1, 2L-1, D], [L, L]
         valid = torch.arange(length, device=xs.device)[None, :] < lengths.to(xs.device)[:, None]  # [B, L]
         # Padded keys are hidden from every query, so a row's output does not depend on the batch's padding.
-        allowed = block_causal_mask(length, self.cfg.block_size, device=xs.device)[None] & valid[:, None, :]
+        allowed = causal[None] & valid[:, None, :]
         for layer in self.encoders:
             xs = layer(xs, allowed, pos_emb)
         return self.after_norm(xs)  # [B, L, D]

@@ -129,13 +129,12 @@ def _coerce(value: object, like: object) -> object:
     return value
 
 
-def snake(x: torch.Tensor, alpha: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Snake x + sin^2(alpha x) / alpha (alpha [C], per channel) of ``x * mask`` (mask [B, 1, L] or None)."""
+def snake(x: torch.Tensor, a: torch.Tensor, inv: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Snake x + sin^2(a x) / a of ``x * mask`` (mask [B, 1, L] or None); ``a`` and ``inv`` are `Snake.terms()`."""
     if mask is not None:
         x = x * mask
-    a = alpha[None, :, None]  # [1, C, 1]
     # One fused x + inv * s^2 instead of separate mul and add passes over the (memory-bound) activations.
-    return torch.addcmul(x, 1.0 / (a + 1e-9), torch.sin(x * a).square())
+    return torch.addcmul(x, inv, torch.sin(x * a).square())
 
 
 def masked_residual(h: torch.Tensor, mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -149,9 +148,23 @@ class Snake(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(channels))
+        self._terms: tuple[object, tuple[torch.Tensor, torch.Tensor] | None] = (None, None)
+
+    def terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha as [1, C, 1] and 1 / (alpha + 1e-9), computed once per weights, not per call.
+
+        Why: they depend on the weights only, and computing them in every call was half of Snake's ops (five
+        launches of ten; HiFT calls Snake 72 times a pass, each launched from Python). The same ops on the same
+        values, so the same numbers. Recomputed when alpha changes (a load, a move to another dtype or device)."""
+        alpha = self.alpha
+        key = (alpha.data_ptr(), alpha._version, alpha.dtype, alpha.device)
+        if self._terms[0] != key or self._terms[1] is None:
+            a = alpha.detach()[None, :, None]
+            self._terms = (key, (a, 1.0 / (a + 1e-9)))
+        return self._terms[1]  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return snake(x, self.alpha)
+        return snake(x, *self.terms())
 
 
 class ResBlock(nn.Module):
@@ -176,8 +189,8 @@ class ResBlock(nn.Module):
         # end, and every convolution's output is re-zeroed there, so each row sees the zeros its own call pads with.
         act, residual = self.elementwise
         for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True):
-            h = c1(act(x, a1.alpha))
-            x = residual(c2(act(h, a2.alpha, mask)), mask, x)
+            h = c1(act(x, *a1.terms()))
+            x = residual(c2(act(h, *a2.terms(), mask)), mask, x)
         return x
 
 
