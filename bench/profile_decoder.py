@@ -48,7 +48,13 @@ def requests(decoder: SpeechDecoder, rows: int, context: int, new: int, seed: in
         toks = torch.randint(0, vocab, (context + new,), generator=gen).tolist()
         mel = torch.randn(n_mels, decoder.mel_frames(context), generator=gen).to(decoder.device) * 2 - 6
         dev_gen = torch.Generator(device=decoder.device).manual_seed(seed + i)
-        out.append(ChunkRequest(toks[context:], toks[:context], mel, final=False, generator=dev_gen))
+        req = ChunkRequest(toks[context:], toks[:context], mel, final=False, generator=dev_gen)
+        if context:  # a later chunk carries its stream's held-back tail, cache frame and cache samples, as served
+            tail = decoder.consts.mel_overlap_len
+            req.overlap_tail = torch.randn(n_mels, tail, generator=gen).to(decoder.device) * 2 - 6
+            req.cache_mel = torch.randn(n_mels, 1, generator=gen).to(decoder.device) * 2 - 6
+            req.cache_source = (torch.randn(1, decoder.hop_length, generator=gen) * 0.01).to(decoder.device)
+        out.append(req)
     return out
 
 
