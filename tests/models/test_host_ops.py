@@ -96,3 +96,49 @@ def test_position_tables_are_the_tables_of_the_length() -> None:
         pos, mask = encoder.position_tables(length, torch.device("cpu"), torch.float32)
         assert torch.equal(pos, rel_pos_embedding(length, d))
         assert torch.equal(mask, block_causal_mask(length, block))
+
+
+def test_snake_terms_follow_moves_and_loads() -> None:
+    act = Snake(4)
+    x = torch.randn(1, 4, 9)
+    first = act.terms()
+    act.load_state_dict({"alpha": torch.full((4,), 3.0)})
+    assert not torch.equal(act.terms()[0], first[0]) and torch.equal(act.terms()[0].flatten(), torch.full((4,), 3.0))
+    act.to(torch.float64)
+    a = act.alpha.detach()[None, :, None]
+    assert a.dtype == torch.float64 and act.terms()[1].dtype == torch.float64
+    assert torch.equal(act(x.double()), snake(x.double(), a, 1.0 / (a + 1e-9)))
+
+
+@pytest.mark.usefixtures("conformance")
+def test_a_long_pass_builds_its_tables_without_keeping_them() -> None:
+    from glm4voice_api.models.speech_decoder.flow_encoder import MAX_CACHED_TABLE
+
+    encoder = load_speech_decoder(TINY / "speech_decoder").flow.encoder
+    length = MAX_CACHED_TABLE + 3
+    pos, mask = encoder.position_tables(length, torch.device("cpu"), torch.float32)
+    assert pos.shape[1] == 2 * length - 1 and mask.shape == (length, length)
+    assert all(n <= MAX_CACHED_TABLE for n, _, _ in encoder._tables.values())
+
+
+@pytest.mark.usefixtures("conformance")
+def test_a_stream_keeps_no_pass_alive() -> None:
+    """A chunk's mel is a view of its pass's batch; an unbounded-context stream keeps a copy, not the batch."""
+    from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
+
+    decoder = load_speech_decoder(TINY / "speech_decoder")
+    gen = torch.Generator().manual_seed(5)
+    streams = [decoder.open_stream(config=DecoderStreamConfig(max_prompt_tokens=None)) for _ in range(3)]
+    tokens = torch.randint(0, 16384, (3, 40), generator=gen).tolist()
+    reqs = [s.prepare(t) for s, t in zip(streams, tokens, strict=True)]
+    while any(r is not None for r in reqs):
+        live = [(s, r) for s, r in zip(streams, reqs, strict=True) if r is not None]
+        with torch.inference_mode():
+            results = decoder.decode_batch([r for _, r in live])
+        for (s, _), res in zip(live, results, strict=True):
+            s.commit(res)
+        reqs = [s.prepare() for s in streams]
+        assert any(len(s._mels) for s in streams)
+        for s in streams:  # a built request joined the history: no view of a pass is left
+            if s._inflight is not None:
+                assert all(m._base is None for m in s._mels)

@@ -43,6 +43,8 @@ class ChunkRequest:
     noise: torch.Tensor | None = None
     source: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    """This chunk's own: used by this request only and left in no particular state (the batched HiFT skips the
+    reference's last, unused draw), so give each request a fresh one, never one shared with another row."""
     rng_device: str = "cpu"
     """Where the fresh seed-42 generator is made when ``generator`` is None (see DecoderStreamConfig)."""
 

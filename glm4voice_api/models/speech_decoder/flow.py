@@ -346,14 +346,15 @@ class FlowModel(nn.Module):
         returned pass runs the ODE step by step (see `FlowPass`)."""
         w = self.input_embedding.weight
         device, dtype = w.device, w.dtype
-        lengths = [int(it.tokens.shape[0]) for it in items]
+        lengths = [int(it.tokens.size if isinstance(it.tokens, np.ndarray) else it.tokens.numel()) for it in items]
         if min(lengths) == 0:
             msg = "flow input needs at least one token (prompt or new)"
             raise ValueError(msg)
         # Padded on the host (numpy: no op per row), then ONE copy that does not synchronise (see transfer.py).
         host_tokens = np.zeros((len(items), max(lengths)), dtype=np.int64)
         for i, it in enumerate(items):
-            host_tokens[i, : lengths[i]] = it.tokens if isinstance(it.tokens, np.ndarray) else it.tokens.cpu().numpy()
+            toks = it.tokens if isinstance(it.tokens, np.ndarray) else it.tokens.reshape(-1).cpu().numpy()
+            host_tokens[i, : lengths[i]] = toks.reshape(-1)
         tokens = torch.from_numpy(host_tokens)
         check_vocab(tokens, self.cfg)  # once for the batch (the padding is 0)
         _, h = self.encode(to_device(tokens, device), lengths_tensor(lengths, device))

@@ -191,6 +191,10 @@ class _LinearInput(nn.Module):
         return self.out(x)
 
 
+MAX_CACHED_TABLE = 4096
+"""Longest pass (tokens) whose position tables are kept: a 16 MB mask, an 8 MB bf16 table at full size."""
+
+
 class BlockConformerEncoder(nn.Module):
     """Block-causal relative-position Conformer over the prompt+new token embeddings."""
 
@@ -213,8 +217,12 @@ class BlockConformerEncoder(nn.Module):
         Each entry depends on its position only (the reference builds the table for 5000 positions and slices it
         too), so a slice of a longer table is the table of the shorter length."""
         n, pos, mask = self._tables.get((device, dtype), (0, None, None))
+        if length > MAX_CACHED_TABLE:  # a long offline decode: built for this pass only (the mask is L x L)
+            return rel_pos_embedding(length, self.cfg.output_size, device=device).to(dtype), block_causal_mask(
+                length, self.cfg.block_size, device=device
+            )
         if n < length:
-            n = max(length, 2 * n, 512)
+            n = min(MAX_CACHED_TABLE, max(length, 2 * n, 512))
             pos = rel_pos_embedding(n, self.cfg.output_size, device=device).to(dtype)
             mask = block_causal_mask(n, self.cfg.block_size, device=device)
             self._tables[(device, dtype)] = (n, pos, mask)

@@ -155,13 +155,23 @@ class Snake(nn.Module):
 
         Why: they depend on the weights only, and computing them in every call was half of Snake's ops (five
         launches of ten; HiFT calls Snake 72 times a pass, each launched from Python). The same ops on the same
-        values, so the same numbers. Recomputed when alpha changes (a load, a move to another dtype or device)."""
+        values, so the same numbers. Recomputed when alpha changes (a load, a move to another dtype or device, an
+        in-place update of the parameter; not a write through `alpha.data`, which bypasses its version). Built in
+        inference mode when a served pass builds them: for inference only."""
         alpha = self.alpha
         key = (alpha.data_ptr(), alpha._version, alpha.dtype, alpha.device)
         if self._terms[0] != key or self._terms[1] is None:
-            a = alpha.detach()[None, :, None]
+            a = alpha.detach()[None, :, None].clone()  # a copy: both terms change together or not at all
             self._terms = (key, (a, 1.0 / (a + 1e-9)))
         return self._terms[1]  # type: ignore[return-value]
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._terms = (None, None)  # .to(), .half(), ...: computed again from the moved weights
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        self._terms = (None, None)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return snake(x, *self.terms())

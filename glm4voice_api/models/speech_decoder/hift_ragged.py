@@ -65,8 +65,10 @@ def _sources(
     # Reference draw 1 (SourceModuleHnNSF.draw_phase) made on the generator's device: Uniform(-pi, pi) as
     # low + rand * (high - low) in float32, the same two roundings as on the host, without a round trip there.
     low, high = torch.tensor(-math.pi, dtype=torch.float32), torch.tensor(math.pi, dtype=torch.float32)
-    u = torch.cat([torch.rand((1, src.harmonic_num + 1, 1), generator=g, device=g.device) for g in generators])
-    u = to_device(u, device)
+    rows = [torch.rand((1, src.harmonic_num + 1, 1), generator=g, device=g.device) for g in generators]
+    if len({r.device for r in rows}) > 1:  # generators on several devices (e.g. a caller's CPU one): move each
+        rows = [to_device(r, device) for r in rows]
+    u = to_device(torch.cat(rows), device)
     phase = low + u * (high - low)  # 0-dim host tensors enter a CUDA op as scalars: no copy
     phase[:, 0, :] = 0
     harmonics = torch.arange(1, src.harmonic_num + 2, device=device, dtype=torch.float32)
@@ -80,7 +82,7 @@ def _sources(
     for b, (g, n) in enumerate(zip(generators, samples, strict=True)):
         # Drawn as [H + 1, n], the reference's [1, H + 1, n] (a draw fills its elements in order). The reference's
         # third draw ([1, n, 1], unused) is skipped: it only moves the generator on, and a chunk's generator is
-        # not drawn from after HiFT.
+        # not drawn from after HiFT (one generator per row and chunk: see `ChunkRequest.generator`).
         row = torch.randn((src.harmonic_num + 1, n), generator=g, device=g.device)
         draws[b, :, :n] = row if row.device == device else to_device(row, device)
     sine = sine * uv + noise_amp * draws

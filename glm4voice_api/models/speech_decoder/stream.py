@@ -249,6 +249,10 @@ class DecoderStream:
         history_mel = (
             torch.cat(self._mels, dim=1) if self._mels else self._voice_mel.new_zeros(self._voice_mel.shape[0], 0)
         )
+        if len(self._mels) > 1 or (self._mels and self._mels[0]._base is not None):
+            # Keep the joined copy: a chunk's mel is a view of its whole pass's batch, which would otherwise stay
+            # alive as long as the stream (unbounded context never prunes).
+            self._mels = [history_mel]
         prompt_tokens = self._voice_tokens + self._tokens[skip - self._token_base :]
         prompt_mel = torch.cat([self._voice_mel, history_mel[:, frames - self._frame_base :]], dim=1)
         noise, generator = None, None
