@@ -106,7 +106,8 @@ async def test_sdk_conversation_with_vad_barge_in_truncation_and_history(server:
         await conn.session.update(
             session={
                 "type": "realtime",
-                "max_output_tokens": 780,  # 40 s of speech: the barge-in lands while it is still being made
+                # 80 s of speech: the barge-in lands while it is still being made, however fast the machine
+                "max_output_tokens": 1560,
                 "instructions": "Answer briefly.",
                 "audio": {"input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 600}}},
             }
