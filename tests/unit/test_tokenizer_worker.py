@@ -82,8 +82,8 @@ async def test_the_wait_can_change_while_running() -> None:
     fake = FakeTokenizer()
     worker = SpeechTokenizerWorker(fake, max_batch=8, max_wait_ms=0)
     worker.start()
-    # Read per batch: the next batch waits for the second request (1.5 s: sent 50 ms later, even on a loaded CI).
-    worker.set_max_wait_ms(1500)
+    # Read per batch: the next batch waits for the second request (1 s, the most: sent 50 ms later, even on a loaded CI).
+    worker.set_max_wait_ms(1000)
     one = asyncio.ensure_future(worker.tokenize(wave(1)))
     await asyncio.sleep(0.05)
     assert await asyncio.gather(one, worker.tokenize(wave(2))) == [[1], [2]]
