@@ -154,5 +154,5 @@ def test_overload_sessions_start_within_the_stagger(monkeypatch: pytest.MonkeyPa
     result = asyncio.run(loadgen.run_overload("http://127.0.0.1:9", 12, 2.2, loadgen.parse_args(argv), ""))
     firsts = [min(t.started_s for t in result.turns if t.session == i) for i in range(12)]
     limit = 0.05 if stagger is None else stagger
-    assert max(firsts) <= limit + 0.5  # a loaded machine's event loop may start a session late, never early
+    assert max(firsts) <= limit + 1.5  # a loaded machine's event loop may start a session late (1.02 s seen on CI)
     assert max(firsts) - min(firsts) >= spread_at_least
