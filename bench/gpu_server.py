@@ -60,7 +60,28 @@ def _seconds(value: object) -> float:
     return x
 
 
-CAPACITY_RULES = {"backoff": _fraction, "initial": _positive_int, "settle_s": _seconds}
+def _share(value: object) -> float:
+    x = float(value)  # type: ignore[arg-type]
+    if not 0 <= x <= 1:
+        raise ValueError(f"must lie in [0, 1], got {value!r}")
+    return x
+
+
+def _count(value: object) -> int:
+    x = int(value)  # type: ignore[arg-type]
+    if x < 0:
+        raise ValueError(f"must be >= 0, got {value!r}")
+    return x
+
+
+CAPACITY_RULES = {
+    "backoff": _fraction,
+    "initial": _positive_int,
+    "settle_s": _seconds,
+    "step": _share,
+    "probe_s": _seconds,
+    "near_miss_cut": _count,
+}
 """Admission control's rules a phase may change (CapacityController's fields), each with its parser. A rule not
 named goes back to the value the server started with (`initial`: the app's, a quarter of max_num_seqs)."""
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from bench.playback import JITTER_BUFFER_S, TurnResult, level_summary
+from bench.sim_admission import Control, ControllerSpec, admission_line, admission_summary, averaged_admission
 from bench.sim_costs import SAMPLE_RATE, Clock, CostModel, SimRequest, SimStream, fit_passes
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
@@ -79,6 +80,7 @@ class _Turn:
     generated: int = 0
     stream: object = None
     done: bool = False
+    admitted_at: float | None = None
 
 
 @dataclass
@@ -96,6 +98,8 @@ class SimResult:
     decoder_busy_s: float
     llm_tokens_per_s: float
     underruns: int
+    admission: dict = field(default_factory=dict)
+    """With a limit (fixed or a controller's): offered, admitted, queue waits, the limit's path (sim_admission)."""
     extra: dict = field(default_factory=dict)
 
 
@@ -112,10 +116,16 @@ class World:
         turns: int | None = None,
         max_active: int | None = None,
         context: int = 100,
+        controller: ControllerSpec | str | None = None,
+        max_wait_s: float | None = None,
+        retry_s: float = 2.0,
     ) -> None:
         self.cost, self.seconds, self.max_turns, self.max_active = cost, seconds, turns, max_active
-        self.active = 0
+        self.max_wait_s, self.retry_s = max_wait_s, retry_s
+        """A turn queued longer than `max_wait_s` is refused (429); its session sends it again `retry_s` later."""
+        self.active = self.peak_active = 0
         self.queued: list[_Turn] = []  # admission queue (FIFO), when `max_active` bounds the replies at once
+        self.all_turns: list[_Turn] = []
         self.clock = Clock()
         config = DecoderStreamConfig(schedule=(10, 16, 26, 52, 104, 156), max_prompt_tokens=context)
         policy = AdaptiveChunkPolicy() if adaptive else FixedSchedule(config.schedule)
@@ -138,6 +148,7 @@ class World:
         self.sent: dict[int, int] = {}  # turns sent per session
         self.tok_queue: list[_Turn] = []
         self.tok_busy = False
+        self.control = Control(self, controller) if controller is not None else None
 
     @property
     def generating(self) -> int:
@@ -179,14 +190,34 @@ class World:
         self.sent[session] = result.turn + 1
         turn = _Turn(session, result, self.clock.t)
         self.turns.append(result)
-        if self.max_active is not None and self.active >= self.max_active:
+        self.all_turns.append(turn)
+        if self.max_active is not None and (self.active >= self.max_active or self.queued):
             self.queued.append(turn)
+            if self.max_wait_s is not None:
+                self.at(self.clock.t + self.max_wait_s, "expire", turn)
         else:
             self._admit(turn)
 
     def _admit(self, turn: _Turn) -> None:
         self.active += 1
+        self.peak_active = max(self.peak_active, self.active)
+        turn.admitted_at = self.clock.t
         self.at(self.clock.t + self.cost.upload_s, "tokenize", turn)
+
+    def fill(self) -> None:
+        """Admit queued turns, first come first served, while the limit has room."""
+        while self.queued and (self.max_active is None or self.active < self.max_active):
+            self._admit(self.queued.pop(0))
+
+    def _expire(self, turn: _Turn) -> None:
+        """The turn waited `max_wait_s` in the queue: a 429; the client sends it again after `retry_s`."""
+        if turn.admitted_at is not None or turn not in self.queued:
+            return
+        self.queued.remove(turn)
+        turn.result.status = 429
+        self.sent[turn.session] -= 1  # the retry is the same turn
+        if self.clock.t < self.seconds:
+            self.at(self.clock.t + self.retry_s, "send", turn.session)
 
     def _tokenize(self, turn: _Turn | None) -> None:
         """A question joins the tokenizer's queue (None: its batch ended); an idle tokenizer takes up to a batch."""
@@ -219,8 +250,7 @@ class World:
             turn.done = True  # (closing the stream sends its end again)
             turn.stream.close()  # type: ignore[attr-defined]
             self.active -= 1
-            if self.queued:
-                self._admit(self.queued.pop(0))
+            self.fill()  # a lowered limit takes effect here: no waiter is admitted while active >= the limit
             more = self.max_turns is None or self.sent[turn.session] < self.max_turns
             if more and self.clock.t < self.seconds:
                 self._send(turn.session)
@@ -234,6 +264,10 @@ class World:
             self._tokenize(payload)  # type: ignore[arg-type]
         elif kind == "enter":
             self._enter(payload)  # type: ignore[arg-type]
+        elif kind == "expire":
+            self._expire(payload)  # type: ignore[arg-type]
+        elif kind == "control":
+            self.control.step()  # type: ignore[union-attr]
 
     def run_until(self, t: float, *, stop_on_work: bool = False) -> None:
         """Fire every event up to `t`; with `stop_on_work`, stop at the first one that queued work for the decoder."""
@@ -279,10 +313,13 @@ def simulate(
     turns: int | None = None,
     max_active: int | None = None,
     context: int = 100,
+    controller: ControllerSpec | str | None = None,
+    max_wait_s: float | None = None,
 ) -> SimResult:
     """`streams` sessions, each started at a random moment within `stagger_s` seconds (the ladder's bursts: 1 s),
     sending `turns` turns one after another (None: until `seconds` have passed), at most `max_active` replies at
-    once (the others wait in a queue, as behind admission control)."""
+    once (the others wait in a queue, as behind admission control), or at most what `controller` (a policy:
+    `sim_admission.parse_controller`) allows, updated as the server updates it; a wait past `max_wait_s` is a 429."""
     rng = random.Random(seed)
 
     async def go() -> SimResult:  # ScheduledStream takes the running loop (never used: audio goes to _audio)
@@ -294,6 +331,8 @@ def simulate(
             turns=turns,
             max_active=max_active,
             context=context,
+            controller=controller,
+            max_wait_s=max_wait_s,
         )
         for i in range(streams):
             world.at(rng.uniform(0.0, stagger_s), "send", i)
@@ -322,6 +361,7 @@ def _summarise(world: World, streams: int, stagger_s: float, hold: bool) -> SimR
         decoder_busy_s=round(s.busy_seconds, 2),
         llm_tokens_per_s=round(world.tokens / max(1e-9, world.clock.t), 1),
         underruns=s.underruns,
+        admission=admission_summary(world) if world.max_active is not None else {},
         extra={"held_passes": s.held_passes, "simulated_s": round(world.clock.t, 1)},
     )
 
@@ -375,6 +415,7 @@ def averaged(seeds: int, **kwargs) -> dict:
         out[key] = round(sum(getattr(r, key) for r in runs) / seeds, 3)
     out["gap_free_range"] = [min(r.gap_free_fraction for r in runs), max(r.gap_free_fraction for r in runs)]
     out["seeds"] = seeds
+    out["admission"] = averaged_admission([r.admission for r in runs])
     out.pop("extra")
     return out
 
@@ -384,7 +425,7 @@ def _line(label: str, r: dict) -> str:
         f"{label}: gap-free {r['gap_free_fraction']:.2f} ({r['gap_free_range'][0]:.2f}-{r['gap_free_range'][1]:.2f}), "
         f"playable {r['playable_p50_ms']:.0f} / {r['playable_p99_ms']:.0f} ms, first audio {r['first_audio_p50_ms']:.0f}"
         f" ms, {r['passes']:.0f} passes of {r['rows_per_pass']:.1f} rows, decoder busy {r['decoder_busy_s']:.1f} s, "
-        f"LLM {r['llm_tokens_per_s']:.0f} tok/s"
+        f"LLM {r['llm_tokens_per_s']:.0f} tok/s" + admission_line(r.get("admission", {}))
     )
 
 
@@ -398,6 +439,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="how long sessions keep sending turns")
     p.add_argument("--turns", type=int, help="turns per session (default: until --seconds)")
     p.add_argument("--max-active", type=int, help="replies at once; the others queue (admission)")
+    p.add_argument(
+        "--controller",
+        action="append",
+        default=[],
+        help="the limit set by the server's CapacityController instead: 'default' (a GPU server's: ceiling 256, "
+        "initial 64) or KEY=VAL,... of its fields and interval_s; repeat to compare policies",
+    )
+    p.add_argument("--max-wait-s", type=float, help="queued longer is a 429, retried 2 s later (the server: 10)")
     p.add_argument("--seeds", type=int, default=4, help="arrival draws averaged per configuration")
     p.add_argument("--validate", action="store_true", help="also run the GPU-measured scenarios, measured beside")
     p.add_argument("--model", action="append", default=[], help="a cost model field, KEY=VALUE (e.g. slowdown=1.0)")
@@ -422,18 +471,23 @@ def main(argv: list[str] | None = None) -> None:
     for n in (int(x) for x in args.streams.split(",")):
         for stagger in (float(x) for x in args.stagger.split(",")):
             for chunking in args.chunking.split(","):
-                for hold in (h == "on" for h in args.hold.split(",")):
+                for hold, spec in ((h == "on", c) for h in args.hold.split(",") for c in args.controller or [None]):
                     kwargs = {"seconds": args.seconds, "turns": args.turns, "max_active": args.max_active}
-                    kwargs |= {"cost": cost, "context": args.context}
+                    kwargs |= {"cost": cost, "context": args.context, "max_wait_s": args.max_wait_s}
                     r = averaged(
-                        args.seeds, streams=n, stagger_s=stagger, hold=hold, adaptive=chunking == "adaptive", **kwargs
+                        args.seeds,
+                        streams=n,
+                        stagger_s=stagger,
+                        hold=hold,
+                        adaptive=chunking == "adaptive",
+                        controller=spec,
+                        **kwargs,
                     )
-                    r["chunking"] = chunking
+                    r["chunking"], r["controller"] = chunking, spec
                     out["runs"].append(r)
-                    print(
-                        _line(f"{n} streams over {stagger:g} s, {chunking}, hold {'on' if hold else 'off'}", r),
-                        flush=True,
-                    )
+                    policy = f", controller {spec}" if spec else ""
+                    label = f"{n} streams over {stagger:g} s, {chunking}, hold {'on' if hold else 'off'}{policy}"
+                    print(_line(label, r), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)

@@ -84,6 +84,9 @@ class CapacityController:
     and near misses are counted) before the next step. 0 (default): a step a second, as measured so far; a fresh
     server under a sudden overload then admits several steps past its knee before the first gap is reported.
     (`bench/gpu_suite.py --variant NAME:CAPACITY__SETTLE_S=3` compares it on one warm server.)"""
+    near_miss_cut: int = 0
+    """This many near misses within the last `cooldown_s` cut as an underrun does (a leading signal: settled chunks
+    that barely made it come before the ones that do not). 0 (default): near misses only hold growth."""
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))
@@ -94,7 +97,7 @@ class CapacityController:
         self._grow_after = 0.0
         """After a growth step (a probe, or a fast step with settle_s): no growth until then. Cuts are not held:
         the gaps this wait is there to see must still cut."""
-        self._recent: deque[tuple[float, int]] = deque()  # (at, active) over the last cooldown_s
+        self._recent: deque[tuple[float, int, int]] = deque()  # (at, active, near misses) over the last cooldown_s
         self.knee: int | None = None
         """The most streams running when listeners last ran dry (None: never yet)."""
         self.reason = "initial"
@@ -107,7 +110,7 @@ class CapacityController:
     def update(self, now: CapacitySignals) -> int:
         """Take a new reading; returns the (possibly changed) limit."""
         last, self._last = self._last, now
-        self._recent.append((now.at, now.active))
+        self._recent.append((now.at, now.active, now.near_misses))
         while self._recent[0][0] < now.at - self.cooldown_s:
             self._recent.popleft()
         if last is None or now.at <= last.at:
@@ -115,11 +118,14 @@ class CapacityController:
         wall = now.at - last.at
         per_stream = (now.generated_tokens - last.generated_tokens) / wall / max(1, now.engine_active)
         holding = now.at < self._hold_until
-        if now.underruns > last.underruns:
+        near_window = now.near_misses - min(last.near_misses, self._recent[0][2])
+        near_cut = 0 < self.near_miss_cut <= near_window
+        if now.underruns > last.underruns or near_cut:
             if not holding:  # one cut per overload: later underruns of the same streams are its echo
-                peak = max(active for _, active in self._recent)
+                peak = max(active for _, active, _ in self._recent)
                 self.knee = min(self.limit, peak)
-                self._set(min(self.knee - 1, math.floor(self.backoff * self.knee)), "underrun")
+                cause = "underrun" if now.underruns > last.underruns else "near misses"
+                self._set(min(self.knee - 1, math.floor(self.backoff * self.knee)), cause)
                 self._hold_until = now.at + self.cooldown_s
         elif now.near_misses > last.near_misses:
             self.reason = "near miss"

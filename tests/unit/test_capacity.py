@@ -131,6 +131,36 @@ def test_a_gap_while_growth_waits_still_cuts() -> None:
         assert controller.reason == "underrun"
 
 
+def test_near_misses_cut_only_when_asked_and_count_over_the_window() -> None:
+    """near_miss_cut (off by default: near misses hold growth only) cuts as an underrun does once that many near
+    misses came within the last cooldown_s, from the recent peak, with the same hold against echoes."""
+    off = CapacityController(ceiling=256, initial=30, cooldown_s=3)
+    feed = Feed()
+    off.update(feed.tick(tok_per_stream=60, active=30))
+    for _ in range(4):
+        assert off.update(feed.tick(tok_per_stream=60, active=30, queued=5, near=3)) == 30
+    assert off.reason == "near miss" and off.knee is None
+
+    c = CapacityController(ceiling=256, initial=30, cooldown_s=3, backoff=0.7, near_miss_cut=2)
+    feed = Feed()
+    c.update(feed.tick(tok_per_stream=60, active=30))
+    assert c.update(feed.tick(tok_per_stream=60, active=30, queued=5, near=1)) == 30  # one: holds growth
+    assert c.reason == "near miss"
+    assert c.update(feed.tick(tok_per_stream=60, active=30, queued=5, near=1)) == 21  # two within 3 s: 70% of 30
+    assert c.reason == "near misses" and c.knee == 30
+    for _ in range(2):  # the hold: more near misses of the same overload do not cut again
+        assert c.update(feed.tick(tok_per_stream=60, active=28, queued=5, near=1)) == 21
+
+
+def test_near_misses_spread_thinner_than_the_window_do_not_cut() -> None:
+    c = CapacityController(ceiling=256, initial=30, cooldown_s=2, near_miss_cut=2)
+    feed = Feed()
+    c.update(feed.tick(tok_per_stream=60, active=30))
+    for i in range(9):  # one near miss every 3 s: never two within 2 s
+        c.update(feed.tick(tok_per_stream=60, active=c.limit, queued=5, near=int(i % 3 == 0)))
+    assert c.knee is None and c.limit > 30
+
+
 def test_queue_follows_a_new_limit() -> None:
     async def run() -> None:
         q = AdmissionQueue(1, max_queued=5, max_wait_s=5)

@@ -120,12 +120,15 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     assert got["speech_decoder"]["schedule"] == [10, 20, 40] and scheduler.stream_config.schedule == (10, 20, 40)
     assert got["speech_decoder"]["graph_batches"] == [1, 2, 4, 8, 16, 24, 32]
     back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
-    started = {"backoff": 0.9, "initial": 48, "settle_s": 0.0}  # the app's controller as the server started it
+    # the app's controller as the server started it
+    started = {"backoff": 0.9, "initial": 48, "settle_s": 0.0, "step": 0.25, "probe_s": 5.0, "near_miss_cut": 0}
     assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == started
     # Admission control's own rules: applied to the controller, which restarts; not named again: the server's own.
-    body = {"capacity": {"backoff": "0.85", "initial": "16", "settle_s": 3}}
+    body = {"capacity": {"backoff": "0.85", "initial": "16", "settle_s": 3, "step": "0", "near_miss_cut": "1"}}
     got = client.post("/bench/reconfigure", json=body).json()
-    assert got["capacity"] == {"backoff": 0.85, "initial": 16, "settle_s": 3.0} and controller.knee is None
+    named = {"backoff": 0.85, "initial": 16, "settle_s": 3.0, "step": 0.0, "near_miss_cut": 1}
+    assert got["capacity"] == {**started, **named} and controller.knee is None
+    assert controller.step == 0.0 and controller.near_miss_cut == 1
     assert got["admission_limit"] == 16 and queue.max_active == 16
     back = client.post("/bench/reconfigure", json={}).json()
     assert back["capacity"] == started and back["admission_limit"] == 48
@@ -152,7 +155,15 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
         sys.setswitchinterval(saved)
     for bad_tokenizer in ({"max_wait_ms": -1}, {"max_batch": 4}):
         assert client.post("/bench/reconfigure", json={"speech_tokenizer": bad_tokenizer}).status_code == 400
-    for bad_capacity in ({"backoff": 1.5}, {"backoff": "x"}, {"initial": 0}, {"settle_s": -1}, {"floor": 8}):
+    for bad_capacity in (
+        {"backoff": 1.5},
+        {"backoff": "x"},
+        {"initial": 0},
+        {"settle_s": -1},
+        {"floor": 8},
+        {"step": 2},
+        {"near_miss_cut": -1},
+    ):
         assert client.post("/bench/reconfigure", json={"capacity": bad_capacity}).status_code == 400, bad_capacity
     bad = client.post("/bench/reconfigure", json={"speech_decoder": {"dtype": "float16"}})
     assert bad.status_code == 400 and "dtype" in bad.json()["error"]  # needs a restart: not a per-stream rule

@@ -70,3 +70,27 @@ def test_fit_recovers_the_pass_model_from_logged_passes(tmp_path) -> None:
     assert fit["passes"] == 12
     assert fit["sliced_factor"] == pytest.approx(2.0, abs=1e-3)
     assert fit["sliced_fixed_s"] == pytest.approx(cost.sliced_fixed_s, abs=1e-4)
+
+
+def test_controller_mode_runs_the_capacity_controller_in_simulated_time() -> None:
+    """--controller: the real CapacityController sets the limit once a simulated second; a higher limit admits queued
+    turns, no more replies run at once than the limit allowed, and every admitted turn gets its audio."""
+    from bench.sim_admission import parse_controller
+
+    spec = parse_controller("initial=4,step=0,settle_s=1,ceiling=12,interval_s=0.5")
+    assert spec.fields == {"initial": 4, "step": 0.0, "settle_s": 1.0, "ceiling": 12} and spec.interval_s == 0.5
+    assert parse_controller("default").build().limit == 64  # a GPU server's start: a quarter of 256
+    with pytest.raises(ValueError, match="unknown field"):
+        parse_controller("initail=4")
+    r = simulate(16, 1.0, hold=False, seconds=6.0, turns=1, seed=3, controller=spec)
+    a = r.admission
+    assert a["offered"] == a["admitted"] == r.turns == 16 and a["refused"] == 0
+    assert a["limit_min"] == 4 and 4 < a["limit_max"] <= 12
+    assert a["peak_active"] <= a["limit_max"] and a["queue_wait_p90_s"] > 0
+
+
+def test_a_wait_past_max_wait_is_refused_and_retried() -> None:
+    r = simulate(8, 0.5, hold=False, seconds=3.0, seed=1, max_active=2, max_wait_s=1.0)
+    a = r.admission
+    assert a["peak_active"] == 2 and a["refused"] > 0
+    assert a["offered"] == a["admitted"] + a["refused"] and a["queue_wait_p90_s"] <= 1.0
