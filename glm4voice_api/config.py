@@ -144,6 +144,7 @@ class SpeechDecoderSettings(BaseModel):
     cuda_graphs: bool = Field(True, description="On CUDA, run the flow's ODE as CUDA graphs (per shape bucket).")
     compile_outside_graphs: bool = Field(False, description="On CUDA, compile HiFT and the flow encoder (unmeasured).")
     bucket_shapes: bool = Field(False, description="Pad HiFT and the regulator to few frame counts (unmeasured).")
+    hift_graphs: bool = Field(False, description="On CUDA, run HiFT as CUDA graphs (per shape bucket; unmeasured).")
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "
@@ -167,9 +168,8 @@ class RequestLimits(BaseModel):
     max_audio_seconds: float = Field(
         300.0,
         gt=0,
-        description="Longest input audio in seconds: all of one request's audio parts together (a WAV header that "
-        "declares more is refused before decoding; the speech tokens are checked against the context before "
-        "tokenizing).",
+        description="Longest input audio in seconds, all of a request's audio parts together (a WAV header declaring "
+        "more is refused before decoding; speech tokens are checked against the context before tokenizing).",
     )
     max_text_chars: int = Field(32768, ge=1, description="Most characters of text in one message.")
     max_tokens: int = Field(

@@ -6,8 +6,8 @@ loaded or captured at startup (dtype, max_batch, CUDA graphs and compiled blocks
 stream can take new values between two streams and decode exactly as a fresh server started with them would. The
 graphs' batch sizes (`graph_batches`) are a rule too: the graphs a new set needs are captured when it is applied,
 and rows decode the same in any bucket (padding rows never mix with real ones); so are `compile_outside_graphs`
-(compiled and warmed up when applied, within float rounding of the eager steps) and `bucket_shapes` (masked
-padding, within float rounding). That
+(compiled and warmed up when applied, within float rounding of the eager steps), `bucket_shapes` (masked
+padding, within float rounding) and `hift_graphs` (HiFT's graphs captured when applied; within float rounding). That
 is what lets one warm GPU server compare several configurations in turn (`bench/gpu_server.py`'s
 `/bench/reconfigure`), where a fresh server per configuration costs ~60-90 s of scarce device time and the host's
 run-to-run spread (README, Measured figures) would dominate the comparison.
@@ -44,6 +44,7 @@ RULES = (
     "graph_batches",
     "compile_outside_graphs",
     "bucket_shapes",
+    "hift_graphs",
 )
 """The settings `apply_rules` changes on a running decoder; the others need a restart."""
 
@@ -94,6 +95,19 @@ def set_outside_graphs_compiled(decoder: SpeechDecoder, on: bool) -> None:
         uncompile_outside_graphs(decoder)
 
 
+def set_hift_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_batch: int) -> int:
+    """HiFT through bucketed CUDA graphs (`hift_graphs.py`) or eagerly (`vocode_padded`); on CUDA only (a CPU server
+    keeps the unpadded eager pass). Every bucket these rules can use is captured now (a capture on first use would
+    land on a stream's chunk): rows up to `max_batch` in the flow graphs' batch buckets, frames up to the longest
+    chunk's (its new frames, the cache frame, one frame of the mel formula's flooring). Returns the graphs held."""
+    graphed = decoder.set_hift_graphs(options.hift_graphs and decoder.device.type == "cuda")
+    if graphed is None:
+        return 0
+    graphed.set_batch_buckets(options.graph_batches)
+    chunk = options.max_chunk if options.chunking == "adaptive" else max(options.schedule)
+    return graphed.warmup(max_batch, decoder.mel_frames(chunk) + 2)
+
+
 def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
     """Give a running decoder (a `DecoderScheduler` or a pool of them) the rules of `options` for its next streams.
 
@@ -120,3 +134,4 @@ def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
         capture_graphs(s.decoder, options, s.max_batch)
         set_outside_graphs_compiled(s.decoder, options.compile_outside_graphs)
         s.decoder.set_shape_buckets(options.bucket_shapes)
+        set_hift_graphs(s.decoder, options, s.max_batch)

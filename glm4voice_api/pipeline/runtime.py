@@ -24,7 +24,13 @@ from glm4voice_api.models.llm_files import check_llm_weights, read_llm_config
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
 from glm4voice_api.pipeline.audio_input import AudioInput
 from glm4voice_api.pipeline.decoder_pool import DecoderPool
-from glm4voice_api.pipeline.decoder_rules import capture_graphs, chunk_policy, hold_lead_s, set_outside_graphs_compiled
+from glm4voice_api.pipeline.decoder_rules import (
+    capture_graphs,
+    chunk_policy,
+    hold_lead_s,
+    set_hift_graphs,
+    set_outside_graphs_compiled,
+)
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
@@ -169,6 +175,9 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         _prepare_flow(decoder, settings, device)
         set_outside_graphs_compiled(decoder, options.compile_outside_graphs)
     decoder.set_shape_buckets(options.bucket_shapes)
+    if device.startswith("cuda") and options.hift_graphs:  # after the compiles: the graphs capture compiled kernels
+        graphs = set_hift_graphs(decoder, options, options.max_batch)
+        logger.info("decoder on %s: %d HiFT graphs captured", device, graphs)
     logger.info("decoder on %s ready in %.1f s (weights %.1f s)", device, time.perf_counter() - start, loaded)
     config = DecoderStreamConfig(
         schedule=tuple(options.schedule),

@@ -98,3 +98,18 @@ def test_gil_probe_times_a_pass_beside_a_busy_thread_per_switch_interval(tmp_pat
     assert all(r["1x0x10"] > 0 and r["2000 small ops"] > 0 for r in rows)
     assert all((r["busy_spins_per_s"] > 0) == (r["duty"] > 0) for r in rows)
     assert sys.getswitchinterval() == before  # the probe puts the process's interval back
+
+
+def test_check_hift_graphs_runs_on_the_cpu(tmp_path) -> None:
+    """The GPU check of HiFT's graphs, smoke-run on the CPU (the graphs' padded path eagerly: the same values up to
+    frame padding's rounding, and exactly on the bucket's own shape)."""
+    import json
+
+    from bench import check_hift_graphs
+
+    out = tmp_path / "hift_graphs.json"
+    argv = ["--device", "cpu", "--preset", "tiny", "--rows", "1,3", "--frames", "64,70", "--iters", "1"]
+    report = check_hift_graphs.main([*argv, "--out", str(out)])
+    assert json.loads(out.read_text()) == report and len(report["shapes"]) == 4 and not report["use_graphs"]
+    for row in report["shapes"]:
+        assert row["finite"] and row["max_abs_diff_same_shape"] == 0.0 and row["max_abs_diff_unpadded"] < 1e-5

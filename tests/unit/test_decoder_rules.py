@@ -184,3 +184,16 @@ def test_compile_outside_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> No
     assert "compile_outside_graphs" in RULES and not outside_graphs_compiled(
         decoder
     )  # CPU: quick start, eager (compiled.py's test)
+
+
+def test_hift_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:
+    """On CUDA the rule captures HiFT's graphs; a CPU decoder keeps the unpadded eager pass (the graphs' padded path
+    is tested eagerly in tests/models/test_hift_graphs.py)."""
+    from glm4voice_api.pipeline.decoder_rules import set_hift_graphs
+
+    decoder = load_speech_decoder(TINY)
+    scheduler = DecoderScheduler(decoder)
+    apply_rules(scheduler, SpeechDecoderSettings(hift_graphs=True))
+    assert "hift_graphs" in RULES and decoder.hift_graphs is None
+    assert set_hift_graphs(decoder, SpeechDecoderSettings(hift_graphs=True), 8) == 0 and decoder.hift_graphs is None
+    assert not SpeechDecoderSettings().hift_graphs  # off by default

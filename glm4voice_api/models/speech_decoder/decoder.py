@@ -28,6 +28,7 @@ from glm4voice_api.models.speech_decoder.flow import (
     mel_length,
 )
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
+from glm4voice_api.models.speech_decoder.hift_graphs import GraphedHiFT, HiFTGraphConfig
 from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded
 from glm4voice_api.models.speech_decoder.pass_io import gather_rows, stage_pass
 from glm4voice_api.models.speech_decoder.stream import DecoderStream, DecoderStreamConfig
@@ -86,6 +87,9 @@ class SpeechDecoder:
         """False: HiFT once per group of rows of equal length (the previous path; kept for bench comparisons)."""
         self.hift_frame_bucket = 0
         """> 0: HiFT passes padded to a multiple of this many frames (`set_shape_buckets`)."""
+        self.hift_graphs: GraphedHiFT | None = None
+        """Set: HiFT's passes without injected sources run through bucketed CUDA graphs (`set_hift_graphs`)."""
+        self._hift_graphs_kept: GraphedHiFT | None = None  # kept while off: its graphs live on, never destroyed
 
     @property
     def sample_rate(self) -> int:
@@ -121,6 +125,19 @@ class SpeechDecoder:
         shape, and these lengths otherwise change from pass to pass (`profile_decoder --sections new_shapes`)."""
         self.hift_frame_bucket = hift_frames if on else 0
         self.flow.bucket_regulator = on
+
+    def set_hift_graphs(self, on: bool, use_graphs: bool | None = None) -> GraphedHiFT | None:
+        """HiFT through `GraphedHiFT` (on) or `vocode_padded` (off); `use_graphs` (default: on CUDA) False runs the
+        graphs' padded static-buffer path eagerly. Rows padded to the flow graphs' batch buckets; `warmup` captures."""
+        graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
+        kept = self._hift_graphs_kept
+        if on and (kept is None or kept.use_graphs != graphs):
+            sizes = self.batch_buckets or HiFTGraphConfig.batch_buckets
+            kept = self._hift_graphs_kept = GraphedHiFT(
+                self.hift, HiFTGraphConfig(batch_buckets=sizes), use_graphs=graphs
+            )
+        self.hift_graphs = kept if on else None
+        return self.hift_graphs
 
     @property
     def batch_buckets(self) -> tuple[int, ...] | None:
@@ -304,14 +321,12 @@ class SpeechDecoder:
         caches: list[torch.Tensor | None] = [None] * len(requests)
         rows = st.hift_rows
         if rows:
-            wav, source = vocode_padded(
-                self.hift,
-                st.hift_mel,
-                st.hift_lengths,
-                [requests[i].cache_source for i in rows],
-                [_as_tensor(requests[i].source) for i in rows],
-                [gens[i] for i in rows],
-            )
+            cache_in, row_gens = [requests[i].cache_source for i in rows], [gens[i] for i in rows]
+            injected = [_as_tensor(requests[i].source) for i in rows]
+            if self.hift_graphs is not None and all(s is None for s in injected):
+                wav, source = self.hift_graphs(st.hift_mel, st.hift_lengths, cache_in, row_gens)
+            else:
+                wav, source = vocode_padded(self.hift, st.hift_mel, st.hift_lengths, cache_in, injected, row_gens)
             samples = [t * self.hop_length for t in st.hift_lengths]
             keep = c.source_cache_len
             live = [j for j, i in enumerate(rows) if not requests[i].final]

@@ -1,0 +1,200 @@
+"""HiFT as CUDA graphs (`GraphedHiFT`) against the eager padded pass (`vocode_padded`): values, time, captures, memory.
+
+Full-size HiFT with random weights (bf16 as served on CUDA). Per pass shape (rows x frames, rows of ragged lengths
+with 256-sample caches on most rows, as a decoder pass has):
+
+- max_abs_diff_same_shape: graph replay vs `vocode_padded` on the same bucket-padded batch (the capture itself: 0
+  if the graph replays the eager kernels; a difference is a capture problem or a nondeterministic kernel);
+- max_abs_diff_unpadded: graph replay vs `vocode_padded` on the unpadded mel, what the decoder ran before (frame and
+  row padding change the convolutions' shapes, so float rounding: expect ~1e-7 in fp32, bf16 rounding in bf16);
+- eager_ms vs graph_ms: one pass each (draws, fill, replay, copy-out for the graph), median of `--iters` after a
+  warm-up, synchronised before and after each pass;
+- captures, capture_s, peak_gib (peak allocated during the shape's capture and passes).
+
+`--warmup-all` also captures every bucket up to (32 rows, 1088 frames) as the server's warm-up would and reports
+how many graphs, how long and how much memory that takes.
+
+    python -m bench.check_hift_graphs --out /tmp/hift_graphs.json                      # on a GPU
+    python -m bench.check_hift_graphs --device cpu --preset tiny --rows 1,3 --frames 64,100 --out /tmp/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glm4voice_api.models.speech_decoder.hift import HiFTConfig, HiFTGenerator
+from glm4voice_api.models.speech_decoder.hift_graphs import GraphedHiFT, HiFTGraphConfig
+from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded
+from glm4voice_api.models.speech_decoder.loader import load_hift
+from glm4voice_api.random_checkpoints.speech_decoder import init_random_hift_state_dict
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_PRESETS = {"tiny": HiFTConfig.tiny, "full": HiFTConfig.full}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _pass_inputs(
+    hift: HiFTGenerator, rows: int, frames: int, device: torch.device, seed: int
+) -> tuple[torch.Tensor, list[int], list[torch.Tensor | None]]:
+    """A padded mel [rows, 80, frames] whose first row is `frames` long and the others a few to ~50 frames shorter,
+    and 256-sample caches on every row but each third (a stream's first chunk has none)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = [frames] + [
+        max(1, frames - int(torch.randint(1, min(50, frames) + 1, (1,), generator=g))) for _ in range(rows - 1)
+    ]
+    mel = torch.zeros(rows, hift.cfg.in_channels, frames)
+    for b, n in enumerate(lengths):
+        mel[b, :, :n] = torch.randn(hift.cfg.in_channels, n, generator=g) - 5
+    caches = [None if b % 3 == 0 else (torch.rand(1, 256, generator=g) - 0.5).to(device) for b in range(rows)]
+    return mel.to(device), lengths, caches
+
+
+def _gens(device: torch.device, rows: int, seed: int) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(seed + b) for b in range(rows)]
+
+
+def _max_diff(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], samples: list[int]) -> float:
+    out = 0.0
+    for r, n in enumerate(samples):
+        out = max(out, (a[0][r, :n].float() - b[0][r, :n].float()).abs().max().item())
+        out = max(out, (a[1][r, :, :n].float() - b[1][r, :, :n].float()).abs().max().item())
+    return out
+
+
+def _median_ms(fn: Any, device: torch.device, iters: int) -> float:
+    fn()  # warm-up (allocator, algorithms)
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return round(statistics.median(times), 3)
+
+
+@torch.inference_mode()
+def check_shape(
+    hift: HiFTGenerator, runner: GraphedHiFT, rows: int, frames: int, iters: int, seed: int = 0
+) -> dict[str, Any]:
+    device = hift.conv_pre.weight.device
+    mel, lengths, caches = _pass_inputs(hift, rows, frames, device, seed)
+    samples = [t * hift.upsample_factor for t in lengths]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    captures, capture_s = runner.captures, runner.capture_seconds
+    graph = runner(mel, lengths, caches, _gens(device, rows, seed))
+    captures, capture_s = runner.captures - captures, runner.capture_seconds - capture_s
+    eager = vocode_padded(hift, mel, lengths, caches, [None] * rows, _gens(device, rows, seed))
+    # The bucket's shape: rows padded with one-frame zero rows, frames with zeros (its rows never mix).
+    batch, padded_frames = runner.bucket(rows, frames)
+    padded = torch.nn.functional.pad(mel, (0, padded_frames - frames, 0, 0, 0, batch - rows))
+    pad_rows = batch - rows
+    same = vocode_padded(
+        hift, padded, lengths + [1] * pad_rows, caches + [None] * pad_rows, [None] * batch, _gens(device, batch, seed)
+    )
+    eager_ms = _median_ms(
+        lambda: vocode_padded(hift, mel, lengths, caches, [None] * rows, _gens(device, rows, seed)), device, iters
+    )
+    graph_ms = _median_ms(lambda: runner(mel, lengths, caches, _gens(device, rows, seed)), device, iters)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    row = {
+        "rows": rows,
+        "frames": frames,
+        "bucket": list(runner.bucket(rows, frames)),
+        "lengths": lengths,
+        "max_abs_diff_same_shape": _max_diff(graph, same, samples),
+        "max_abs_diff_unpadded": _max_diff(graph, eager, samples),
+        "eager_ms": eager_ms,
+        "graph_ms": graph_ms,
+        "speedup": round(eager_ms / graph_ms, 2) if graph_ms else None,
+        "captures": captures,
+        "capture_s": round(capture_s, 3),
+        "peak_gib": None if peak is None else round(peak, 3),
+        "finite": bool(torch.isfinite(graph[0]).all() and torch.isfinite(graph[1]).all()),
+    }
+    print(json.dumps({k: v for k, v in row.items() if k != "lengths"}), flush=True)
+    return row
+
+
+def warmup_all(runner: GraphedHiFT, max_batch: int, max_frames: int) -> dict[str, Any]:
+    device = runner.hift.conv_pre.weight.device
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    captures, seconds = runner.captures, runner.capture_seconds
+    start = time.perf_counter()
+    graphs = runner.warmup(max_batch, max_frames)
+    after = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    return {
+        "max_batch": max_batch,
+        "max_frames": max_frames,
+        "graphs": graphs,
+        "captured_now": runner.captures - captures,
+        "capture_s": round(runner.capture_seconds - seconds, 2),
+        "wall_s": round(time.perf_counter() - start, 2),
+        "allocated_gib_added": round((after - before) / 2**30, 3),
+        "reserved_gib": round(torch.cuda.memory_reserved(device) / 2**30, 3) if device.type == "cuda" else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--preset", default="full", choices=sorted(_PRESETS))
+    p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
+    p.add_argument("--rows", default="1,8,32")
+    p.add_argument("--frames", default="64,256,1088")
+    p.add_argument("--frame-bucket", type=int, default=HiFTGraphConfig.frame_bucket)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-all", action="store_true", help="also capture every bucket up to 32 rows x 1088 frames")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    cfg = _PRESETS[args.preset]()
+    dtype = _DTYPES[args.dtype] if device.type == "cuda" else torch.float32  # bf16 convolutions are slow on a CPU
+    hift = load_hift(init_random_hift_state_dict(cfg, torch.Generator().manual_seed(args.seed)), cfg, device, dtype)
+    # CPU: the graphs' padded static-buffer path, eagerly (nothing to capture there).
+    runner = GraphedHiFT(hift, HiFTGraphConfig(frame_bucket=args.frame_bucket), use_graphs=device.type == "cuda")
+    rows = [int(r) for r in args.rows.split(",")]
+    frames = [int(f) for f in args.frames.split(",")]
+    runner.reserve(max(rows), max(frames))  # one arena for every shape (as `warmup` reserves it)
+    report: dict[str, Any] = {
+        "benchmark": "check_hift_graphs",
+        "preset": args.preset,
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "use_graphs": runner.use_graphs,
+        "frame_bucket": args.frame_bucket,
+        "shapes": [],
+    }
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+    for r in rows:
+        for f in frames:
+            report["shapes"].append(check_shape(hift, runner, r, f, args.iters, args.seed))
+            save()
+    if args.warmup_all:
+        report["warmup_all"] = warmup_all(runner, 32, 1088)
+        print(json.dumps(report["warmup_all"]), flush=True)
+    report["captures"], report["capture_s"] = runner.captures, round(runner.capture_seconds, 2)
+    save()
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""HiFT's graph-safe core (`hift_core.py`) and its bucketed runner (`GraphedHiFT`) against `vocode_padded`.
+
+On the CPU `use_graphs=False` runs the runner's static-buffer path eagerly: everything but the capture itself.
+
+What is exact and what is not:
+- `hift_core` on the same padded batch as `vocode_padded`: `torch.equal` (the same ops on the same shapes; masks of
+  ones and the `torch.where` cache splice change no value).
+- `GraphedHiFT` with `frame_bucket=1` (rows padded to the batch bucket only): `torch.equal` on every row's samples.
+- `GraphedHiFT` with frames padded to 64 (the default): the convolutions and the phase cumsum run on longer inputs,
+  so a backend may round differently: within 1e-5 (measured ~1e-7 on the CPU).
+- Through the decoder (`SpeechDecoder.set_hift_graphs`): mels, tails and cache mels equal (HiFT does not touch them);
+  speech, HiFT sources and cache sources equal with `frame_bucket=1`, within 1e-5 with 64.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from glm4voice_api.models.speech_decoder.hift import HiFTConfig, HiFTGenerator
+from glm4voice_api.models.speech_decoder.hift_core import draw_rows, hift_core
+from glm4voice_api.models.speech_decoder.hift_graphs import GraphedHiFT, HiFTGraphConfig
+from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded
+from glm4voice_api.models.speech_decoder.loader import load_hift, load_speech_decoder
+from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
+from glm4voice_api.models.speech_decoder.yaml_config import load_decoder_yaml
+from tests.conftest import CONFORMANCE
+
+TINY = CONFORMANCE / "tiny_a"
+DECODER = TINY / "speech_decoder"
+pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
+
+CASES = {  # (row lengths, padded width, cache widths per row (0: none))
+    "ragged": ([20, 33, 7], 33, [0, 256, 256]),
+    "ragged_padded": ([20, 33, 7, 12, 5], 40, [256, 0, 256, 256, 0]),
+    "equal": ([20, 20], 20, [256, 256]),
+    "one_row": ([17], 17, [0]),
+    "one_row_cached": ([17], 17, [256]),
+    "short_caches": ([20, 9], 20, [100, 40]),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> object:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def hift() -> HiFTGenerator:
+    cfg = HiFTConfig.from_yaml(load_decoder_yaml(DECODER / "config.yaml")["hift"])
+    return load_hift(torch.load(DECODER / "hift.pt", weights_only=True), cfg)
+
+
+def _inputs(case: str) -> tuple[torch.Tensor, list[int], list[torch.Tensor | None], list[int]]:
+    lengths, width, caches = CASES[case]
+    g = torch.Generator().manual_seed(0)
+    mel = torch.zeros(len(lengths), 80, width)
+    for b, n in enumerate(lengths):
+        mel[b, :, :n] = torch.randn(80, n, generator=g) - 4
+    cache = [None if w == 0 else torch.rand(1, 1, w, generator=g) - 0.5 for w in caches]
+    return mel, lengths, cache, [11 + b for b in range(len(lengths))]
+
+
+def _gens(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_core_equals_vocode_padded(hift: HiFTGenerator, case: str) -> None:
+    mel, lengths, caches, seeds = _inputs(case)
+    want_wav, want_src = vocode_padded(hift, mel, lengths, caches, [None] * len(lengths), _gens(seeds))
+    batch, h1, n = len(lengths), hift.m_source.harmonic_num + 1, mel.shape[-1] * hift.upsample_factor
+    phase_u, noise = torch.zeros(batch, h1, 1), torch.zeros(batch, h1, n)
+    draw_rows(hift, _gens(seeds), [t * hift.upsample_factor for t in lengths], phase_u, noise)
+    cache, cache_len = torch.zeros(batch, 256), torch.zeros(batch, dtype=torch.long)
+    for b, c in enumerate(caches):
+        if c is not None:
+            cache[b, : c.shape[-1]], cache_len[b] = c.reshape(-1), c.shape[-1]
+    with torch.inference_mode():
+        wav, src = hift_core(hift, mel, torch.tensor(lengths), phase_u, noise, cache, cache_len)
+    assert torch.equal(wav, want_wav)
+    assert torch.equal(src, want_src)
+
+
+@pytest.mark.parametrize("frame_bucket", [1, 64])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_graphed_hift_eager_path(hift: HiFTGenerator, case: str, frame_bucket: int) -> None:
+    """Rows padded to a batch bucket (5 -> 8, 3 -> 4) and frames to the frame bucket, through the static buffers."""
+    mel, lengths, caches, seeds = _inputs(case)
+    runner = GraphedHiFT(hift, HiFTGraphConfig(frame_bucket=frame_bucket), use_graphs=False)
+    want_wav, want_src = vocode_padded(hift, mel, lengths, caches, [None] * len(lengths), _gens(seeds))
+    wav, src = runner(mel, lengths, caches, _gens(seeds))
+    assert wav.shape == want_wav.shape and src.shape == want_src.shape
+    for b, t in enumerate(lengths):
+        n = t * hift.upsample_factor
+        if frame_bucket == 1:
+            assert torch.equal(wav[b, :n], want_wav[b, :n])
+            assert torch.equal(src[b, :, :n], want_src[b, :, :n])
+        else:
+            torch.testing.assert_close(wav[b, :n], want_wav[b, :n], rtol=0, atol=1e-5)
+            torch.testing.assert_close(src[b, :, :n], want_src[b, :, :n], rtol=0, atol=1e-5)
+    bucket = runner._buffers(runner.bucket(len(lengths), mel.shape[-1]))
+    assert torch.isfinite(bucket.wav).all() and torch.isfinite(bucket.source).all()  # padding rows too
+    assert runner.captures == 0 and runner.warmup(32, 1088) == 0  # nothing is captured on the CPU path
+
+
+def test_buckets_and_fallbacks(hift: HiFTGenerator) -> None:
+    runner = GraphedHiFT(hift, use_graphs=False)
+    assert runner.bucket(1, 1) == (1, 64) and runner.bucket(3, 65) == (4, 128) and runner.bucket(17, 1076) == (32, 1088)
+    assert len(runner.frame_buckets(1076)) == 17
+    runner.set_batch_buckets([24, 8])
+    assert runner.bucket(9, 64) == (24, 64)
+    mel, lengths, _, seeds = _inputs("ragged")
+    wide = [torch.rand(1, 1, 300)] * 3  # wider than the static cache buffer: `vocode_padded`, same values
+    got = runner(mel, lengths, wide, _gens(seeds))
+    want = vocode_padded(hift, mel, lengths, wide, [None] * 3, _gens(seeds))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match="cache_source has"):
+        runner(mel, lengths, [None, None, torch.rand(1, 1, 7 * 256 + 1)], _gens(seeds))
+    with pytest.raises(ValueError, match="at least one mel frame"):
+        runner(mel, [20, 0, 7], [None] * 3, _gens(seeds))
+
+
+def _assert_results(a: list, b: list, exact: bool) -> None:
+    for x, y in zip(a, b, strict=True):
+        assert x.speech.shape == y.speech.shape
+        if exact:
+            np.testing.assert_array_equal(x.speech, y.speech)
+        else:
+            np.testing.assert_allclose(x.speech, y.speech, rtol=0, atol=1e-5)
+        for name in ("mel", "flow_mel", "overlap_tail", "cache_mel"):  # HiFT does not touch these: always equal
+            u, v = getattr(x, name), getattr(y, name)
+            assert (u is None and v is None) or torch.equal(u, v), name
+        for name in ("hift_source", "cache_source"):
+            u, v = getattr(x, name), getattr(y, name)
+            if u is None or v is None:
+                assert u is None and v is None, name
+            elif exact:
+                assert torch.equal(u, v), name
+            else:
+                torch.testing.assert_close(u, v, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("frame_bucket", [1, 64])
+def test_decoder_passes_with_hift_graphs(frame_bucket: int) -> None:
+    """Streams of different lengths decoded pass by pass (first, later and last chunks, an injected source) with
+    HiFT through `GraphedHiFT` (eagerly) and through `vocode_padded`: every ChunkResult field."""
+    plain = load_speech_decoder(DECODER)
+    graphed = copy.deepcopy(plain)
+    runner = graphed.set_hift_graphs(True, use_graphs=False)
+    assert runner is not None and graphed.hift_graphs is runner and plain.hift_graphs is None
+    runner.config = replace(runner.config, frame_bucket=frame_bucket)
+    tokens = np.random.default_rng(3).integers(0, 16384, 60)
+    cfgs = [DecoderStreamConfig(schedule=(10, 20)), DecoderStreamConfig(schedule=(13,)), DecoderStreamConfig()]
+    seqs = [tokens, tokens[7:50], tokens[20:]]
+    rounds = [[(0, 10, False), (0, 13, False), (0, 10, False)], [(10, 30, False), (13, 26, False), (10, 40, True)]]
+    rounds.append([(30, 60, True), (26, 43, True)])
+    streams = {d: [d.open_stream(config=c) for c in cfgs] for d in (plain, graphed)}
+    for spans in rounds:
+        results = {}
+        for d in (plain, graphed):
+            reqs = [s.prepare(seq[a:b], final=f) for s, seq, (a, b, f) in zip(streams[d], seqs, spans, strict=False)]
+            results[d] = d.decode_batch(reqs)
+            for s, res in zip(streams[d], results[d], strict=False):
+                s.commit(res)
+        _assert_results(results[plain], results[graphed], exact=frame_bucket == 1)
+    assert runner._arenas  # the passes went through the runner's static buffers
+    # An injected source in the pass: the whole pass through `vocode_padded`, as without graphs.
+    reqs = {d: [d.offline_request(tokens[:20]), d.offline_request(tokens[:30])] for d in (plain, graphed)}
+    source = torch.rand(1, 1, plain.mel_frames(20) * plain.hop_length, generator=torch.Generator().manual_seed(4))
+    for d in (plain, graphed):
+        reqs[d][0].source = source
+    _assert_results(plain.decode_batch(reqs[plain]), graphed.decode_batch(reqs[graphed]), exact=True)
+    assert graphed.set_hift_graphs(False) is None and graphed.hift_graphs is None
+    assert graphed.set_hift_graphs(True, use_graphs=False) is runner  # kept: its graphs are never destroyed
+
+
+def test_end_of_pass_with_every_kind_of_row() -> None:
+    """`test_pass_io`'s pass (a first chunk, later ones, a last one, a final flush, a one-chunk reply) through the
+    graph runner's padded path, frames unpadded: bit for bit the default path."""
+    from tests.models.test_pass_io import _rows
+
+    plain = load_speech_decoder(DECODER)
+    graphed = copy.deepcopy(plain)
+    graphed.set_hift_graphs(True, use_graphs=False).config = HiFTGraphConfig(frame_bucket=1)
+    requests, x, spans = _rows(plain, torch.Generator().manual_seed(1))
+
+    def gens() -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(42 + i) for i in range(len(requests))]
+
+    _assert_results(plain._end_batch(requests, gens(), x, spans), graphed._end_batch(requests, gens(), x, spans), True)
