@@ -32,10 +32,7 @@ class EngineSettings(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1, description="vLLM pipeline parallel size.")
     data_parallel_size: int = Field(1, ge=1, description="vLLM data parallel size.")
     gpu_memory_utilization: float = Field(
-        0.75,
-        gt=0,
-        le=1,
-        description="Fraction of GPU memory vLLM may use (the rest: speech tokenizer, decoder, graphs).",
+        0.75, gt=0, le=1, description="GPU memory fraction vLLM may use (the rest: speech tokenizer, decoder, graphs)."
     )
     max_model_len: int | None = Field(
         None, ge=64, description="Context length (prompt + reply). Default: 8192, as the official vLLM server."
@@ -145,6 +142,9 @@ class SpeechDecoderSettings(BaseModel):
     compile_outside_graphs: bool = Field(False, description="On CUDA, compile HiFT and the flow encoder (unmeasured).")
     bucket_shapes: bool = Field(False, description="Pad HiFT and the regulator to few frame counts (unmeasured).")
     hift_graphs: bool = Field(False, description="On CUDA, run HiFT as CUDA graphs (per shape bucket; unmeasured).")
+    flow_front_graphs: bool = Field(
+        False, description="On CUDA with cuda_graphs, run the flow's encoder and regulator as CUDA graphs (unmeasured)."
+    )
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "

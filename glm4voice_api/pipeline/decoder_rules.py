@@ -7,7 +7,8 @@ stream can take new values between two streams and decode exactly as a fresh ser
 graphs' batch sizes (`graph_batches`) are a rule too: the graphs a new set needs are captured when it is applied,
 and rows decode the same in any bucket (padding rows never mix with real ones); so are `compile_outside_graphs`
 (compiled and warmed up when applied, within float rounding of the eager steps), `bucket_shapes` (masked
-padding, within float rounding) and `hift_graphs` (HiFT's graphs captured when applied; within float rounding). That
+padding, within float rounding), `hift_graphs` (HiFT's graphs captured when applied; within float rounding) and
+`flow_front_graphs` (the flow's encoder and regulator as graphs, captured when applied; within float rounding). That
 is what lets one warm GPU server compare several configurations in turn (`bench/gpu_server.py`'s
 `/bench/reconfigure`), where a fresh server per configuration costs ~60-90 s of scarce device time and the host's
 run-to-run spread (README, Measured figures) would dominate the comparison.
@@ -45,6 +46,7 @@ RULES = (
     "compile_outside_graphs",
     "bucket_shapes",
     "hift_graphs",
+    "flow_front_graphs",
 )
 """The settings `apply_rules` changes on a running decoder; the others need a restart."""
 
@@ -108,6 +110,19 @@ def set_hift_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_
     return graphed.warmup(max_batch, decoder.mel_frames(chunk) + 2)
 
 
+def set_flow_front_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_batch: int) -> int:
+    """The flow's front (token embedding, encoder, length regulator, speaker affine) through bucketed CUDA graphs
+    (`flow_front_graphs.py`) or eagerly; on CUDA only, and used only beside the ODE's graphs (`cuda_graphs`). Every
+    bucket these rules can use is captured now: rows up to `max_batch` in the flow graphs' batch buckets, tokens up to
+    the longest flow input (a full context, 200 tokens when unbounded as `capture_graphs` assumes, plus the longest
+    chunk). Returns the graphs held."""
+    front = decoder.flow.set_front_graphs(options.flow_front_graphs and decoder.device.type == "cuda")
+    if front is None or decoder.flow.graphed is None:
+        return 0
+    chunk = options.max_chunk if options.chunking == "adaptive" else max(options.schedule)
+    return front.warmup(max_batch, (options.max_prompt_tokens or 200) + chunk)
+
+
 def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
     """Give a running decoder (a `DecoderScheduler` or a pool of them) the rules of `options` for its next streams.
 
@@ -135,3 +150,4 @@ def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
         set_outside_graphs_compiled(s.decoder, options.compile_outside_graphs)
         s.decoder.set_shape_buckets(options.bucket_shapes)
         set_hift_graphs(s.decoder, options, s.max_batch)
+        set_flow_front_graphs(s.decoder, options, s.max_batch)

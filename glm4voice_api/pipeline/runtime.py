@@ -28,6 +28,7 @@ from glm4voice_api.pipeline.decoder_rules import (
     capture_graphs,
     chunk_policy,
     hold_lead_s,
+    set_flow_front_graphs,
     set_hift_graphs,
     set_outside_graphs_compiled,
 )
@@ -178,6 +179,9 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
     if device.startswith("cuda") and options.hift_graphs:  # after the compiles: the graphs capture compiled kernels
         graphs = set_hift_graphs(decoder, options, options.max_batch)
         logger.info("decoder on %s: %d HiFT graphs captured", device, graphs)
+    if device.startswith("cuda") and options.flow_front_graphs:  # after the compiles (the encoder's layers) too
+        graphs = set_flow_front_graphs(decoder, options, options.max_batch)
+        logger.info("decoder on %s: %d flow front graphs captured", device, graphs)
     logger.info("decoder on %s ready in %.1f s (weights %.1f s)", device, time.perf_counter() - start, loaded)
     config = DecoderStreamConfig(
         schedule=tuple(options.schedule),

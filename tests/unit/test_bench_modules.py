@@ -113,3 +113,19 @@ def test_check_hift_graphs_runs_on_the_cpu(tmp_path) -> None:
     assert json.loads(out.read_text()) == report and len(report["shapes"]) == 4 and not report["use_graphs"]
     for row in report["shapes"]:
         assert row["finite"] and row["max_abs_diff_same_shape"] == 0.0 and row["max_abs_diff_unpadded"] < 1e-5
+
+
+def test_check_flow_front_graphs_runs_on_the_cpu(tmp_path) -> None:
+    """The GPU check of the flow front's graphs, smoke-run on the CPU (the graphs' padded path eagerly: exactly the
+    bucket's own eager run, and today's unpadded front up to token and frame padding's rounding)."""
+    import json
+
+    from bench import check_flow_front_graphs
+
+    out = tmp_path / "flow_front_graphs.json"
+    argv = ["--device", "cpu", "--preset", "tiny", "--rows", "1,3", "--tokens", "26,40", "--iters", "1"]
+    report = check_flow_front_graphs.main([*argv, "--out", str(out)])
+    assert json.loads(out.read_text()) == report and len(report["shapes"]) == 4 and not report["use_graphs"]
+    for row in report["shapes"]:
+        assert row["finite"] and row["max_abs_diff_same_shape"] == 0.0 and row["max_abs_diff_unpadded"] < 1e-5
+        assert row["captures"] == 0 and row["bucket"][1] % 16 == 0

@@ -197,3 +197,19 @@ def test_hift_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:
     assert "hift_graphs" in RULES and decoder.hift_graphs is None
     assert set_hift_graphs(decoder, SpeechDecoderSettings(hift_graphs=True), 8) == 0 and decoder.hift_graphs is None
     assert not SpeechDecoderSettings().hift_graphs  # off by default
+
+
+def test_flow_front_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:
+    """On CUDA (with the ODE's graphs) the rule captures the flow front's graphs; a CPU decoder keeps today's eager
+    front (the graphs' padded path is tested eagerly in tests/models/test_flow_front_graphs.py)."""
+    from glm4voice_api.pipeline.decoder_rules import set_flow_front_graphs
+
+    decoder = load_speech_decoder(TINY)
+    scheduler = DecoderScheduler(decoder)
+    on = SpeechDecoderSettings(flow_front_graphs=True)
+    apply_rules(scheduler, on)
+    assert "flow_front_graphs" in RULES and decoder.flow.graphed_front is None
+    assert set_flow_front_graphs(decoder, on, 8) == 0 and decoder.flow.graphed_front is None
+    decoder.flow.enable_graphs(use_graphs=False)  # the ODE's buckets: still CPU, so still eager
+    assert set_flow_front_graphs(decoder, on, 8) == 0 and decoder.flow.graphed_front is None
+    assert not SpeechDecoderSettings().flow_front_graphs  # off by default

@@ -13,7 +13,6 @@ Differences from the reference, all deliberate:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,11 +23,13 @@ from torch import nn
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.speech_decoder.flow_encoder import BlockConformerEncoder, FlowEncoderConfig
 from glm4voice_api.models.speech_decoder.flow_estimator import ConditionalDecoder, EstimatorConfig, masked_group_norm
+from glm4voice_api.models.speech_decoder.flow_front_graphs import GraphedFlowFront
 from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig, GraphedCFM, OdeRun
+from glm4voice_api.models.speech_decoder.flow_lengths import mel_length, nearest_indices
 from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 from glm4voice_api.models.speech_decoder.yaml_config import YamlObject, expect_class
 
-__all__ = ["FlowConfig", "FlowInput", "FlowModel", "FlowPass", "mel_length"]
+__all__ = ["FlowConfig", "FlowInput", "FlowModel", "FlowPass", "mel_length", "nearest_indices"]
 
 FLOW_CLASS = "cosyvoice.flow.flow.MaskedDiffWithXvec"
 REGULATOR_CLASS = "cosyvoice.flow.length_regulator.InterpolateRegulator"
@@ -113,31 +114,6 @@ class FlowConfig:
         if problems:
             msg = "flow config not supported: " + "; ".join(problems)
             raise CheckpointFormatError(msg)
-
-
-def mel_length(num_tokens: int, cfg: FlowConfig) -> int:
-    """Mel frames for L tokens exactly as the reference: ``int(L / 12.5 * 22050 / 256)`` in float32.
-
-    float32 is one frame short of floor(L * 441 / 64) for some L (3392, 3776, ...); the goldens follow it.
-    Remembered per L: every row of every pass asks, and the torch formula is 7 ops (Python round trips) each time.
-    """
-    return _mel_length(int(num_tokens), float(cfg.input_frame_rate), float(cfg.sample_rate), float(cfg.hop_length))
-
-
-@functools.lru_cache(maxsize=4096)
-def _mel_length(num_tokens: int, rate: float, sample_rate: float, hop: float) -> int:
-    length = torch.tensor([num_tokens], dtype=torch.int32) / rate * sample_rate / hop
-    return int(length.int().item())
-
-
-def nearest_indices(n: int, t: int) -> np.ndarray:
-    """Source index of each of ``t`` outputs when ``n`` inputs are stretched by nearest-neighbour interpolation,
-    exactly as ``F.interpolate(mode="nearest")`` picks them (float32 scale n / t, floor, clamped; CPU and CUDA
-    kernels alike): lets a batch of rows of different lengths be stretched by one gather instead of one call each.
-    """
-    scale = np.float32(n) / np.float32(t)
-    src = np.floor(np.arange(t, dtype=np.float32) * scale).astype(np.int64)
-    return np.minimum(src, n - 1)
 
 
 @dataclass
@@ -293,10 +269,22 @@ class FlowModel(nn.Module):
         """Bucketed/CUDA-graph runner of the ODE loop (`enable_graphs`); None = eager."""
         self.bucket_regulator = False
         """Pad the length regulator's frames to the graphs' bucket (the ODE pads to it anyway; see `regulate`)."""
+        self.graphed_front: GraphedFlowFront | None = None
+        """Set (`set_front_graphs`): while `graphed` is, `begin_batch`'s front runs through bucketed CUDA graphs."""
+        self._front_kept: GraphedFlowFront | None = None  # kept while off: its graphs live on, never destroyed
 
     def enable_graphs(self, config: FlowGraphConfig | None = None, *, use_graphs: bool = True) -> None:
         """Run the ODE through `GraphedCFM` (CUDA graphs on a CUDA device; bucket padding only elsewhere)."""
         self.graphed = GraphedCFM(self.decoder, config, use_graphs=use_graphs)
+
+    def set_front_graphs(self, on: bool, use_graphs: bool | None = None) -> GraphedFlowFront | None:
+        """The front (encoder, regulator, speaker) through `GraphedFlowFront` (on) or eagerly (off); `use_graphs`
+        (default: on CUDA) False runs its padded static-buffer path eagerly. Its `warmup` captures."""
+        graphs = self.input_embedding.weight.is_cuda if use_graphs is None else use_graphs
+        if on and (self._front_kept is None or self._front_kept.use_graphs != graphs):
+            self._front_kept = GraphedFlowFront(self, use_graphs=graphs)
+        self.graphed_front = self._front_kept if on else None
+        return self.graphed_front
 
     # -- stages (exposed for the conformance tests) ------------------------------------------------------
 
@@ -304,12 +292,15 @@ class FlowModel(nn.Module):
         # embedding: [B, spk_embed_dim] -> spks: [B, 80]; zeros give the layer's bias
         return self.spk_embed_affine_layer(F.normalize(embedding, dim=1))
 
-    def encode(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens [B, L] (right-padded) -> (encoder output [B, L, D], projected h [B, L, 80])."""
+    def encode(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens [B, L] (right-padded) -> (encoder output [B, L, D], projected h [B, L, 80]); `tables`: the
+        encoder's position tables to slice (`BlockConformerEncoder.forward`)."""
         valid = (torch.arange(tokens.size(1), device=tokens.device)[None, :] < lengths[:, None]).unsqueeze(-1)
         # Negative ids (padding in the reference) are clamped to 0 and then zeroed by the mask.
         x = self.input_embedding(torch.clamp(tokens, min=0)) * valid.to(self.input_embedding.weight.dtype)
-        enc = self.encoder(x, lengths)
+        enc = self.encoder(x, lengths, tables)
         return enc, self.encoder_proj(enc)
 
     def regulate(self, h: torch.Tensor, lengths: list[int]) -> tuple[torch.Tensor, list[int]]:
@@ -344,8 +335,6 @@ class FlowModel(nn.Module):
     def begin_batch(self, items: list[FlowInput]) -> FlowPass:
         """Everything before the ODE (encoder, length regulator, noise) for one padded pass of several rows; the
         returned pass runs the ODE step by step (see `FlowPass`)."""
-        w = self.input_embedding.weight
-        device, dtype = w.device, w.dtype
         lengths = [int(it.tokens.size if isinstance(it.tokens, np.ndarray) else it.tokens.numel()) for it in items]
         if min(lengths) == 0:
             msg = "flow input needs at least one token (prompt or new)"
@@ -355,13 +344,9 @@ class FlowModel(nn.Module):
         for i, it in enumerate(items):
             toks = it.tokens if isinstance(it.tokens, np.ndarray) else it.tokens.reshape(-1).cpu().numpy()
             host_tokens[i, : lengths[i]] = toks.reshape(-1)
-        tokens = torch.from_numpy(host_tokens)
-        check_vocab(tokens, self.cfg)  # once for the batch (the padding is 0)
-        _, h = self.encode(to_device(tokens, device), lengths_tensor(lengths, device))
-        mu, feat_lens = self.regulate(h, lengths)  # [B, 80, T]
+        check_vocab(torch.from_numpy(host_tokens), self.cfg)  # once for the batch (the padding is 0)
+        mu, mask, spks, feat_lens = self.front(host_tokens, lengths, [it.embedding for it in items])
         t_max = mu.size(2)
-        mask = torch.arange(t_max, device=device)[None, :] < lengths_tensor(feat_lens, device)[:, None]
-        mask = mask.unsqueeze(1).to(dtype)  # [B, 1, T]
 
         prompt_lens = [int(it.prompt_mel.shape[-1]) for it in items]
         noises = []
@@ -379,17 +364,35 @@ class FlowModel(nn.Module):
         # launched from Python, per row and pass).
         cond = _scatter_frames([it.prompt_mel for it in items], prompt_lens, mu)
         z = _scatter_frames(noises, feat_lens, mu)
-        emb = torch.zeros(len(items), self.cfg.spk_embed_dim, device=device, dtype=dtype)
-        for i, it in enumerate(items):
-            if it.embedding is not None:
-                emb[i] = to_device(it.embedding, device, dtype)
-        spks = self.speaker(emb)  # [B, 80]
         if self.graphed is not None:
             run = self.graphed.start(z, mask, mu, spks, cond)
         else:
             x, *doubled = self.decoder.prepare(z, mask, mu, spks, cond)
             run = OdeRun(self.decoder, x, doubled, len(items), t_max, padded=min(feat_lens) != t_max)
         return FlowPass(run, [(prompt_lens[i], feat_lens[i]) for i in range(len(items))])
+
+    def front(
+        self, host_tokens: np.ndarray, lengths: list[int], embeddings: list[torch.Tensor | None]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """`begin_batch`'s pass before the ODE: tokens [B, L] int64 (right-padded with 0) -> (mu [B, 80, T], mask
+        [B, 1, T], spks [B, 80], mel lengths); through `graphed_front` while it and the ODE's graphs are set (T: the
+        ODE's frame bucket, as `regulate` pads to with `bucket_regulator`), else eagerly."""
+        if self.graphed_front is not None and self.graphed is not None:
+            feat_lens = [mel_length(n, self.cfg) for n in lengths]
+            out = self.graphed_front(host_tokens, lengths, feat_lens, embeddings)
+            if out is not None:  # None: past its buckets
+                return *out, feat_lens
+        w = self.input_embedding.weight
+        device, dtype = w.device, w.dtype
+        _, h = self.encode(to_device(torch.from_numpy(host_tokens), device), lengths_tensor(lengths, device))
+        mu, feat_lens = self.regulate(h, lengths)  # [B, 80, T]
+        mask = torch.arange(mu.size(2), device=device)[None, :] < lengths_tensor(feat_lens, device)[:, None]
+        mask = mask.unsqueeze(1).to(dtype)  # [B, 1, T]
+        emb = torch.zeros(len(lengths), self.cfg.spk_embed_dim, device=device, dtype=dtype)
+        for i, e in enumerate(embeddings):
+            if e is not None:
+                emb[i] = to_device(e, device, dtype)
+        return mu, mask, self.speaker(emb), feat_lens  # spks [B, 80]
 
     def inference(
         self,

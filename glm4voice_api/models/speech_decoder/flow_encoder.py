@@ -19,7 +19,7 @@ from torch import nn
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.speech_decoder.yaml_config import YamlObject, expect_class
 
-__all__ = ["BlockConformerEncoder", "FlowEncoderConfig", "block_causal_mask", "rel_pos_embedding"]
+__all__ = ["BlockConformerEncoder", "FlowEncoderConfig", "block_causal_mask", "rel_pos_embedding", "slice_tables"]
 
 ENCODER_CLASS = "cosyvoice.transformer.encoder.BlockConformerEncoder"
 
@@ -107,6 +107,14 @@ def block_causal_mask(length: int, block_size: int, *, device: torch.device | No
     """
     block = torch.arange(length, device=device) // block_size  # [L]
     return block[None, :] <= block[:, None]
+
+
+def slice_tables(tables: tuple[torch.Tensor, torch.Tensor], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables of an L-token pass as views of (pos [1, 2N-1, D], mask [N, N]) of N >= L positions, sliced as
+    `BlockConformerEncoder.position_tables` slices its cache (each entry depends on its position only)."""
+    pos, mask = tables
+    n = mask.shape[0]
+    return pos[:, n - length : n + length - 1], mask[:length, :length]
 
 
 def _rel_shift(x: torch.Tensor) -> torch.Tensor:
@@ -228,11 +236,17 @@ class BlockConformerEncoder(nn.Module):
             self._tables[(device, dtype)] = (n, pos, mask)
         return pos[:, n - length : n + length - 1], mask[:length, :length]
 
-    def forward(self, xs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        # xs: [B, L, input_size]; lengths: [B] valid tokens per row (right padding)
+    def forward(
+        self, xs: torch.Tensor, lengths: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        # xs: [B, L, input_size]; lengths: [B] valid tokens per row (right padding); tables: `position_tables` of a
+        # length >= L to slice (a CUDA graph's: built before its capture, kept alive by its owner), else the cache's
         length = xs.size(1)
         xs = self.embed(xs) * math.sqrt(self.cfg.output_size)  # [B, L, D]
-        pos_emb, causal = self.position_tables(length, xs.device, xs.dtype)  # [1, 2L-1, D], [L, L]
+        if tables is None:
+            pos_emb, causal = self.position_tables(length, xs.device, xs.dtype)  # [1, 2L-1, D], [L, L]
+        else:
+            pos_emb, causal = slice_tables(tables, length)
         valid = torch.arange(length, device=xs.device)[None, :] < lengths.to(xs.device)[:, None]  # [B, L]
         # Padded keys are hidden from every query, so a row's output does not depend on the batch's padding.
         allowed = causal[None] & valid[:, None, :]
