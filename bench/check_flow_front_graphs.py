@@ -24,29 +24,30 @@ tokens + a 156-token chunk) and reports how many graphs, how long and how much m
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench.graph_checks import (
+    add_common_args,
+    finish_row,
+    first_pass,
+    ints,
+    median_ms,
+    model_dtype,
+    report_head,
+    run_report,
+    warmup_all,
+)
 from glm4voice_api.models.speech_decoder.flow import FlowConfig, FlowModel, mel_length
 from glm4voice_api.models.speech_decoder.flow_front_graphs import FlowFrontGraphConfig, GraphedFlowFront
 from glm4voice_api.models.speech_decoder.loader import load_flow
 from glm4voice_api.random_checkpoints.speech_decoder import init_random_flow_state_dict
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _PRESETS = {"tiny": FlowConfig.tiny, "full": FlowConfig.full}
 Front = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _pass_inputs(flow: FlowModel, rows: int, tokens: int, seed: int) -> tuple[np.ndarray, list[int], list]:
@@ -68,18 +69,6 @@ def _max_diff(a: Front, b: Front) -> float:
     return out
 
 
-def _median_ms(fn: Any, device: torch.device, iters: int) -> float:
-    fn()  # warm-up (allocator, algorithms)
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(times), 3)
-
-
 @torch.inference_mode()
 def check_shape(
     flow: FlowModel, runner: GraphedFlowFront, same: GraphedFlowFront, rows: int, tokens: int, iters: int, seed: int
@@ -87,9 +76,6 @@ def check_shape(
     device = flow.input_embedding.weight.device
     host, lengths, embs = _pass_inputs(flow, rows, tokens, seed)
     feat_lens = [mel_length(n, flow.cfg) for n in lengths]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    captures, capture_s = runner.captures, runner.capture_seconds
 
     def graph() -> Front:
         flow.graphed_front = runner
@@ -101,13 +87,11 @@ def check_shape(
     def eager() -> Front:
         return flow.front(host, lengths, embs)  # today's front: no runner set
 
-    got = graph()
-    captures, capture_s = runner.captures - captures, runner.capture_seconds - capture_s
+    got, captures, capture_s = first_pass(runner, device, graph)
     same_shape = (*same(host, lengths, feat_lens, embs), feat_lens)
     want = eager()
-    eager_ms = _median_ms(eager, device, iters)
-    graph_ms = _median_ms(graph, device, iters)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    eager_ms = median_ms(eager, device, iters)
+    graph_ms = median_ms(graph, device, iters)
     row = {
         "rows": rows,
         "tokens": tokens,
@@ -115,53 +99,21 @@ def check_shape(
         "lengths": lengths,
         "max_abs_diff_same_shape": _max_diff(got, same_shape),
         "max_abs_diff_unpadded": _max_diff(got, want),
-        "eager_ms": eager_ms,
-        "graph_ms": graph_ms,
-        "speedup": round(eager_ms / graph_ms, 2) if graph_ms else None,
-        "captures": captures,
-        "capture_s": round(capture_s, 3),
-        "peak_gib": None if peak is None else round(peak, 3),
         "finite": bool(all(torch.isfinite(t).all() for t in got[:3])),
     }
-    print(json.dumps({k: v for k, v in row.items() if k != "lengths"}), flush=True)
-    return row
-
-
-def warmup_all(runner: GraphedFlowFront, max_batch: int, max_tokens: int) -> dict[str, Any]:
-    device = runner.flow.input_embedding.weight.device
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    captures, seconds = runner.captures, runner.capture_seconds
-    start = time.perf_counter()
-    graphs = runner.warmup(max_batch, max_tokens)
-    after = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    return {
-        "max_batch": max_batch,
-        "max_tokens": max_tokens,
-        "graphs": graphs,
-        "captured_now": runner.captures - captures,
-        "capture_s": round(runner.capture_seconds - seconds, 2),
-        "wall_s": round(time.perf_counter() - start, 2),
-        "allocated_gib_added": round((after - before) / 2**30, 3),
-        "reserved_gib": round(torch.cuda.memory_reserved(device) / 2**30, 3) if device.type == "cuda" else None,
-    }
+    return finish_row(row, device, eager_ms, graph_ms, captures, capture_s)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--preset", default="full", choices=sorted(_PRESETS))
-    p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
-    p.add_argument("--rows", default="1,8,32")
+    add_common_args(p, _PRESETS)
     p.add_argument("--tokens", default="26,126,256")
     p.add_argument("--token-bucket", type=int, default=FlowFrontGraphConfig.token_bucket)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-all", action="store_true", help="also capture every bucket up to 32 rows x 256 tokens")
-    p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cfg = _PRESETS[args.preset]()
-    dtype = _DTYPES[args.dtype] if device.type == "cuda" else torch.float32  # bf16 is slow on a CPU
+    dtype = model_dtype(args, device)
     flow = load_flow(init_random_flow_state_dict(cfg, torch.Generator().manual_seed(args.seed)), cfg, device, dtype)
     cuda = device.type == "cuda"
     flow.enable_graphs(use_graphs=cuda)  # the ODE's buckets (nothing captured: the ODE does not run here)
@@ -169,34 +121,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # CPU: the graphs' padded static-buffer path, eagerly (nothing to capture there).
     runner = GraphedFlowFront(flow, config, use_graphs=cuda)
     same = GraphedFlowFront(flow, config, use_graphs=False)
-    rows = [int(r) for r in args.rows.split(",")]
-    tokens = [int(t) for t in args.tokens.split(",")]
+    rows, tokens = ints(args.rows), ints(args.tokens)
     runner.reserve(max(rows), max(tokens))  # one arena for every shape (as `warmup` reserves it)
-    report: dict[str, Any] = {
-        "benchmark": "check_flow_front_graphs",
-        "preset": args.preset,
-        "dtype": str(dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
-        "use_graphs": runner.use_graphs,
-        "token_bucket": args.token_bucket,
-        "shapes": [],
-    }
-
-    def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-
-    for r in rows:
-        for t in tokens:
-            report["shapes"].append(check_shape(flow, runner, same, r, t, args.iters, args.seed))
-            save()
-    if args.warmup_all:
-        report["warmup_all"] = warmup_all(runner, 32, 256)
-        print(json.dumps(report["warmup_all"]), flush=True)
-    report["captures"], report["capture_s"] = runner.captures, round(runner.capture_seconds, 2)
-    save()
-    return report
+    report = report_head("check_flow_front_graphs", args, dtype, device)
+    report.update(use_graphs=runner.use_graphs, token_bucket=args.token_bucket)
+    shapes = [
+        lambda r=r, t=t: check_shape(flow, runner, same, r, t, args.iters, args.seed) for r in rows for t in tokens
+    ]
+    warmup = (lambda: warmup_all(runner, device, 32, "max_tokens", 256)) if args.warmup_all else None
+    return run_report(report, args.out, shapes, runner, warmup)
 
 
 if __name__ == "__main__":

@@ -21,27 +21,28 @@ how many graphs, how long and how much memory that takes.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.graph_checks import (
+    add_common_args,
+    finish_row,
+    first_pass,
+    ints,
+    median_ms,
+    model_dtype,
+    report_head,
+    run_report,
+    warmup_all,
+)
 from glm4voice_api.models.speech_decoder.hift import HiFTConfig, HiFTGenerator
 from glm4voice_api.models.speech_decoder.hift_graphs import GraphedHiFT, HiFTGraphConfig
 from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded
 from glm4voice_api.models.speech_decoder.loader import load_hift
 from glm4voice_api.random_checkpoints.speech_decoder import init_random_hift_state_dict
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _PRESETS = {"tiny": HiFTConfig.tiny, "full": HiFTConfig.full}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _pass_inputs(
@@ -72,18 +73,6 @@ def _max_diff(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch
     return out
 
 
-def _median_ms(fn: Any, device: torch.device, iters: int) -> float:
-    fn()  # warm-up (allocator, algorithms)
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return round(statistics.median(times), 3)
-
-
 @torch.inference_mode()
 def check_shape(
     hift: HiFTGenerator, runner: GraphedHiFT, rows: int, frames: int, iters: int, seed: int = 0
@@ -91,11 +80,9 @@ def check_shape(
     device = hift.conv_pre.weight.device
     mel, lengths, caches = _pass_inputs(hift, rows, frames, device, seed)
     samples = [t * hift.upsample_factor for t in lengths]
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    captures, capture_s = runner.captures, runner.capture_seconds
-    graph = runner(mel, lengths, caches, _gens(device, rows, seed))
-    captures, capture_s = runner.captures - captures, runner.capture_seconds - capture_s
+    graph, captures, capture_s = first_pass(
+        runner, device, lambda: runner(mel, lengths, caches, _gens(device, rows, seed))
+    )
     eager = vocode_padded(hift, mel, lengths, caches, [None] * rows, _gens(device, rows, seed))
     # The bucket's shape: rows padded with one-frame zero rows, frames with zeros (its rows never mix).
     batch, padded_frames = runner.bucket(rows, frames)
@@ -104,11 +91,10 @@ def check_shape(
     same = vocode_padded(
         hift, padded, lengths + [1] * pad_rows, caches + [None] * pad_rows, [None] * batch, _gens(device, batch, seed)
     )
-    eager_ms = _median_ms(
+    eager_ms = median_ms(
         lambda: vocode_padded(hift, mel, lengths, caches, [None] * rows, _gens(device, rows, seed)), device, iters
     )
-    graph_ms = _median_ms(lambda: runner(mel, lengths, caches, _gens(device, rows, seed)), device, iters)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    graph_ms = median_ms(lambda: runner(mel, lengths, caches, _gens(device, rows, seed)), device, iters)
     row = {
         "rows": rows,
         "frames": frames,
@@ -116,84 +102,31 @@ def check_shape(
         "lengths": lengths,
         "max_abs_diff_same_shape": _max_diff(graph, same, samples),
         "max_abs_diff_unpadded": _max_diff(graph, eager, samples),
-        "eager_ms": eager_ms,
-        "graph_ms": graph_ms,
-        "speedup": round(eager_ms / graph_ms, 2) if graph_ms else None,
-        "captures": captures,
-        "capture_s": round(capture_s, 3),
-        "peak_gib": None if peak is None else round(peak, 3),
         "finite": bool(torch.isfinite(graph[0]).all() and torch.isfinite(graph[1]).all()),
     }
-    print(json.dumps({k: v for k, v in row.items() if k != "lengths"}), flush=True)
-    return row
-
-
-def warmup_all(runner: GraphedHiFT, max_batch: int, max_frames: int) -> dict[str, Any]:
-    device = runner.hift.conv_pre.weight.device
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    captures, seconds = runner.captures, runner.capture_seconds
-    start = time.perf_counter()
-    graphs = runner.warmup(max_batch, max_frames)
-    after = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    return {
-        "max_batch": max_batch,
-        "max_frames": max_frames,
-        "graphs": graphs,
-        "captured_now": runner.captures - captures,
-        "capture_s": round(runner.capture_seconds - seconds, 2),
-        "wall_s": round(time.perf_counter() - start, 2),
-        "allocated_gib_added": round((after - before) / 2**30, 3),
-        "reserved_gib": round(torch.cuda.memory_reserved(device) / 2**30, 3) if device.type == "cuda" else None,
-    }
+    return finish_row(row, device, eager_ms, graph_ms, captures, capture_s)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--preset", default="full", choices=sorted(_PRESETS))
-    p.add_argument("--dtype", default="bf16", choices=sorted(_DTYPES))
-    p.add_argument("--rows", default="1,8,32")
+    add_common_args(p, _PRESETS)
     p.add_argument("--frames", default="64,256,1088")
     p.add_argument("--frame-bucket", type=int, default=HiFTGraphConfig.frame_bucket)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--warmup-all", action="store_true", help="also capture every bucket up to 32 rows x 1088 frames")
-    p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cfg = _PRESETS[args.preset]()
-    dtype = _DTYPES[args.dtype] if device.type == "cuda" else torch.float32  # bf16 convolutions are slow on a CPU
+    dtype = model_dtype(args, device)
     hift = load_hift(init_random_hift_state_dict(cfg, torch.Generator().manual_seed(args.seed)), cfg, device, dtype)
     # CPU: the graphs' padded static-buffer path, eagerly (nothing to capture there).
     runner = GraphedHiFT(hift, HiFTGraphConfig(frame_bucket=args.frame_bucket), use_graphs=device.type == "cuda")
-    rows = [int(r) for r in args.rows.split(",")]
-    frames = [int(f) for f in args.frames.split(",")]
+    rows, frames = ints(args.rows), ints(args.frames)
     runner.reserve(max(rows), max(frames))  # one arena for every shape (as `warmup` reserves it)
-    report: dict[str, Any] = {
-        "benchmark": "check_hift_graphs",
-        "preset": args.preset,
-        "dtype": str(dtype).removeprefix("torch."),
-        "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "use_graphs": runner.use_graphs,
-        "frame_bucket": args.frame_bucket,
-        "shapes": [],
-    }
-
-    def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-
-    for r in rows:
-        for f in frames:
-            report["shapes"].append(check_shape(hift, runner, r, f, args.iters, args.seed))
-            save()
-    if args.warmup_all:
-        report["warmup_all"] = warmup_all(runner, 32, 1088)
-        print(json.dumps(report["warmup_all"]), flush=True)
-    report["captures"], report["capture_s"] = runner.captures, round(runner.capture_seconds, 2)
-    save()
-    return report
+    report = report_head("check_hift_graphs", args, dtype, device)
+    report.update(use_graphs=runner.use_graphs, frame_bucket=args.frame_bucket)
+    shapes = [lambda r=r, f=f: check_shape(hift, runner, r, f, args.iters, args.seed) for r in rows for f in frames]
+    warmup = (lambda: warmup_all(runner, device, 32, "max_frames", 1088)) if args.warmup_all else None
+    return run_report(report, args.out, shapes, runner, warmup)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -39,48 +40,30 @@ from glm4voice_api.config import Settings, SpeechDecoderSettings, SpeechTokenize
 from glm4voice_api.serving.metrics import thread_cpu_seconds
 
 
-def _fraction(value: object) -> float:
-    x = float(value)  # type: ignore[arg-type]
-    if not 0 < x < 1:
-        raise ValueError(f"must lie in (0, 1), got {value!r}")
-    return x
+def _number(kind: Callable[[Any], Any], low: float, high: float | None = None, *, open_: bool = False) -> Any:
+    """A parser of `kind` (int or float) values in [low, high] (no high: >= low; `open_`: the open interval)."""
+    if high is None:
+        bounds = f"be >= {low}"
+    else:
+        bounds = f"lie in ({low}, {high})" if open_ else f"lie in [{low}, {high}]"
 
+    def parse(value: object) -> Any:
+        x = kind(value)
+        inside = (low < x < high) if open_ else (low <= x and (high is None or x <= high))
+        if not inside:
+            raise ValueError(f"must {bounds}, got {value!r}")
+        return x
 
-def _positive_int(value: object) -> int:
-    x = int(value)  # type: ignore[arg-type]
-    if x < 1:
-        raise ValueError(f"must be >= 1, got {value!r}")
-    return x
-
-
-def _seconds(value: object) -> float:
-    x = float(value)  # type: ignore[arg-type]
-    if not 0 <= x <= 60:
-        raise ValueError(f"must lie in [0, 60], got {value!r}")
-    return x
-
-
-def _share(value: object) -> float:
-    x = float(value)  # type: ignore[arg-type]
-    if not 0 <= x <= 1:
-        raise ValueError(f"must lie in [0, 1], got {value!r}")
-    return x
-
-
-def _count(value: object) -> int:
-    x = int(value)  # type: ignore[arg-type]
-    if x < 0:
-        raise ValueError(f"must be >= 0, got {value!r}")
-    return x
+    return parse
 
 
 CAPACITY_RULES = {
-    "backoff": _fraction,
-    "initial": _positive_int,
-    "settle_s": _seconds,
-    "step": _share,
-    "probe_s": _seconds,
-    "near_miss_cut": _count,
+    "backoff": _number(float, 0, 1, open_=True),
+    "initial": _number(int, 1),
+    "settle_s": _number(float, 0, 60),
+    "step": _number(float, 0, 1),
+    "probe_s": _number(float, 0, 60),
+    "near_miss_cut": _number(int, 0),
 }
 """Admission control's rules a phase may change (CapacityController's fields), each with its parser. A rule not
 named goes back to the value the server started with (`initial`: the app's, a quarter of max_num_seqs)."""

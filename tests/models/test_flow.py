@@ -22,16 +22,8 @@ from glm4voice_api.models.speech_decoder.yaml_config import (
 from tests.conftest import CONFORMANCE
 
 TINY = CONFORMANCE / "tiny_a"
-pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> object:
-    # Shared 2-core test machine: oversubscribed intra-op threads are far slower than one thread.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+# conformance: fails, never skips, without the goldens; one_thread: tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("conformance", "one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,8 @@ from glm4voice_api.models.speech_decoder.flow import FlowInput, FlowModel, mel_l
 from glm4voice_api.models.speech_decoder.flow_front_graphs import FlowFrontGraphConfig, GraphedFlowFront, front_core
 from glm4voice_api.models.speech_decoder.flow_graphs import FlowGraphConfig
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
-from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from tests.conftest import CONFORMANCE
+from tests.models.decoder_rounds import decode_rounds
 
 DECODER = CONFORMANCE / "tiny_a" / "speech_decoder"
 pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
@@ -209,18 +209,5 @@ def test_decoder_passes_with_front_graphs(token_bucket: int) -> None:
     graphed.flow.bucket_regulator = False
     front = graphed.flow.set_front_graphs(True, use_graphs=False)
     front.config = replace(front.config, token_bucket=token_bucket)
-    tokens = np.random.default_rng(3).integers(0, 16384, 60)
-    cfgs = [DecoderStreamConfig(schedule=(10, 20)), DecoderStreamConfig(schedule=(13,)), DecoderStreamConfig()]
-    seqs = [tokens, tokens[7:50], tokens[20:]]
-    rounds = [[(0, 10, False), (0, 13, False), (0, 10, False)], [(10, 30, False), (13, 26, False), (10, 40, True)]]
-    rounds.append([(30, 60, True), (26, 43, True)])
-    streams = {d: [d.open_stream(config=c) for c in cfgs] for d in (plain, graphed)}
-    for spans in rounds:
-        results = {}
-        for d in (plain, graphed):
-            reqs = [s.prepare(seq[a:b], final=f) for s, seq, (a, b, f) in zip(streams[d], seqs, spans, strict=False)]
-            results[d] = d.decode_batch(reqs)
-            for s, res in zip(streams[d], results[d], strict=False):
-                s.commit(res)
-        _assert_results(results[plain], results[graphed], exact=token_bucket == 1)
+    decode_rounds(plain, graphed, lambda a, b: _assert_results(a, b, exact=token_bucket == 1))
     assert front._arenas  # the passes went through the runner's static buffers

@@ -26,13 +26,14 @@ from glm4voice_api.models.speech_decoder.hift_core import draw_rows, hift_core
 from glm4voice_api.models.speech_decoder.hift_graphs import GraphedHiFT, HiFTGraphConfig
 from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded
 from glm4voice_api.models.speech_decoder.loader import load_hift, load_speech_decoder
-from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.models.speech_decoder.yaml_config import load_decoder_yaml
 from tests.conftest import CONFORMANCE
+from tests.models.decoder_rounds import decode_rounds
 
 TINY = CONFORMANCE / "tiny_a"
 DECODER = TINY / "speech_decoder"
-pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
+# conformance: fails, never skips, without the goldens; one_thread: tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("conformance", "one_thread")
 
 CASES = {  # (row lengths, padded width, cache widths per row (0: none))
     "ragged": ([20, 33, 7], 33, [0, 256, 256]),
@@ -42,14 +43,6 @@ CASES = {  # (row lengths, padded width, cache widths per row (0: none))
     "one_row_cached": ([17], 17, [256]),
     "short_caches": ([20, 9], 20, [100, 40]),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> object:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
@@ -157,20 +150,7 @@ def test_decoder_passes_with_hift_graphs(frame_bucket: int) -> None:
     runner = graphed.set_hift_graphs(True, use_graphs=False)
     assert runner is not None and graphed.hift_graphs is runner and plain.hift_graphs is None
     runner.config = replace(runner.config, frame_bucket=frame_bucket)
-    tokens = np.random.default_rng(3).integers(0, 16384, 60)
-    cfgs = [DecoderStreamConfig(schedule=(10, 20)), DecoderStreamConfig(schedule=(13,)), DecoderStreamConfig()]
-    seqs = [tokens, tokens[7:50], tokens[20:]]
-    rounds = [[(0, 10, False), (0, 13, False), (0, 10, False)], [(10, 30, False), (13, 26, False), (10, 40, True)]]
-    rounds.append([(30, 60, True), (26, 43, True)])
-    streams = {d: [d.open_stream(config=c) for c in cfgs] for d in (plain, graphed)}
-    for spans in rounds:
-        results = {}
-        for d in (plain, graphed):
-            reqs = [s.prepare(seq[a:b], final=f) for s, seq, (a, b, f) in zip(streams[d], seqs, spans, strict=False)]
-            results[d] = d.decode_batch(reqs)
-            for s, res in zip(streams[d], results[d], strict=False):
-                s.commit(res)
-        _assert_results(results[plain], results[graphed], exact=frame_bucket == 1)
+    tokens = decode_rounds(plain, graphed, lambda a, b: _assert_results(a, b, exact=frame_bucket == 1))
     assert runner._arenas  # the passes went through the runner's static buffers
     # An injected source in the pass: the whole pass through `vocode_padded`, as without graphs.
     reqs = {d: [d.offline_request(tokens[:20]), d.offline_request(tokens[:30])] for d in (plain, graphed)}

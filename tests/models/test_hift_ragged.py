@@ -25,14 +25,7 @@ from glm4voice_api.random_checkpoints.speech_decoder import init_random_hift_sta
 CONFORMANCE = Path(__file__).resolve().parents[2].parent / "shared" / "conformance"
 DECODER = CONFORMANCE / "tiny_a" / "speech_decoder"
 GOLDEN = CONFORMANCE / "tiny_a" / "golden" / "hift.npz"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> object:
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,9 @@ from glm4voice_api.random_checkpoints.speech_decoder import write_tiny_speech_de
 from tests.conftest import CONFORMANCE
 
 TINY = CONFORMANCE / "tiny_a"
-pytestmark = pytest.mark.usefixtures("conformance")  # fails, never skips, without the goldens
+# conformance: fails, never skips, without the goldens; one_thread: tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("conformance", "one_thread")
 CHUNKS = [("main_chunk0", 0, 10, False), ("pr86_chunk1", 10, 30, False), ("pr86_chunk2", 30, 57, True)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> object:
-    # The test machine is shared: 2 intra-op threads on a loaded box run up to 40x slower than 1 thread.
-    # The README's tolerances were measured for 1 vs 2 threads.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

@@ -100,32 +100,28 @@ def test_gil_probe_times_a_pass_beside_a_busy_thread_per_switch_interval(tmp_pat
     assert sys.getswitchinterval() == before  # the probe puts the process's interval back
 
 
-def test_check_hift_graphs_runs_on_the_cpu(tmp_path) -> None:
-    """The GPU check of HiFT's graphs, smoke-run on the CPU (the graphs' padded path eagerly: the same values up to
-    frame padding's rounding, and exactly on the bucket's own shape)."""
+@pytest.mark.parametrize(
+    ("name", "shapes"),
+    [
+        # HiFT's graphs: the graphs' padded path eagerly, the same values up to frame padding's rounding, and exactly
+        # on the bucket's own shape.
+        ("check_hift_graphs", ["--frames", "64,70"]),
+        # The flow front's graphs: exactly the bucket's own eager run, and today's unpadded front up to token and
+        # frame padding's rounding.
+        ("check_flow_front_graphs", ["--tokens", "26,40"]),
+    ],
+)
+def test_graph_checks_run_on_the_cpu(tmp_path, name: str, shapes: list[str]) -> None:
+    """The GPU checks of the graph runners, smoke-run on the CPU (nothing captured there)."""
     import json
 
-    from bench import check_hift_graphs
-
-    out = tmp_path / "hift_graphs.json"
-    argv = ["--device", "cpu", "--preset", "tiny", "--rows", "1,3", "--frames", "64,70", "--iters", "1"]
-    report = check_hift_graphs.main([*argv, "--out", str(out)])
+    module = importlib.import_module(f"bench.{name}")
+    out = tmp_path / f"{name}.json"
+    argv = ["--device", "cpu", "--preset", "tiny", "--rows", "1,3", *shapes, "--iters", "1"]
+    report = module.main([*argv, "--out", str(out)])
     assert json.loads(out.read_text()) == report and len(report["shapes"]) == 4 and not report["use_graphs"]
     for row in report["shapes"]:
         assert row["finite"] and row["max_abs_diff_same_shape"] == 0.0 and row["max_abs_diff_unpadded"] < 1e-5
-
-
-def test_check_flow_front_graphs_runs_on_the_cpu(tmp_path) -> None:
-    """The GPU check of the flow front's graphs, smoke-run on the CPU (the graphs' padded path eagerly: exactly the
-    bucket's own eager run, and today's unpadded front up to token and frame padding's rounding)."""
-    import json
-
-    from bench import check_flow_front_graphs
-
-    out = tmp_path / "flow_front_graphs.json"
-    argv = ["--device", "cpu", "--preset", "tiny", "--rows", "1,3", "--tokens", "26,40", "--iters", "1"]
-    report = check_flow_front_graphs.main([*argv, "--out", str(out)])
-    assert json.loads(out.read_text()) == report and len(report["shapes"]) == 4 and not report["use_graphs"]
-    for row in report["shapes"]:
-        assert row["finite"] and row["max_abs_diff_same_shape"] == 0.0 and row["max_abs_diff_unpadded"] < 1e-5
-        assert row["captures"] == 0 and row["bucket"][1] % 16 == 0
+        assert row["captures"] == 0
+    if name == "check_flow_front_graphs":
+        assert all(row["bucket"][1] % 16 == 0 for row in report["shapes"])

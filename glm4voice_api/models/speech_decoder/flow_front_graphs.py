@@ -32,7 +32,7 @@ buckets run one at a time on one stream, inputs written just before a replay, ou
 encoder's position tables are built once for `max_tokens` before any capture and kept here (a graph reads their
 memory: the encoder's own cache may replace its tables, which would free memory a graph still reads). Graphs share
 one memory pool and their own capture stream; beyond `max_graphs` a bucket runs eagerly through the same buffers;
-a graph is never destroyed while others live (`flow_graphs.py`, pytorch/pytorch#193402). `use_graphs=False` runs
+a graph is never destroyed while others live (`graph_buckets.py`, shared with HiFT's runner). `use_graphs=False` runs
 the same buffers and code eagerly: the CPU test path. Not thread safe: one decoder thread calls it.
 """
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +49,7 @@ from torch import nn
 from glm4voice_api.models.speech_decoder.flow_estimator import masked_group_norm
 from glm4voice_api.models.speech_decoder.flow_graphs import padded_batch
 from glm4voice_api.models.speech_decoder.flow_lengths import mel_length, nearest_indices
+from glm4voice_api.models.speech_decoder.graph_buckets import BucketGraphs, StaticBucket
 from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 
 __all__ = ["FlowFrontGraphConfig", "GraphedFlowFront", "front_core", "regulate_static"]
@@ -112,7 +112,7 @@ class FlowFrontGraphConfig:
     """Most graphs captured (then new buckets run eagerly through the same static buffers)."""
 
 
-class _Bucket:
+class _Bucket(StaticBucket):
     """One bucket's static buffers (views of the shared arenas) and its graph."""
 
     def __init__(self, key: tuple[int, int, int], flow: nn.Module, floats: torch.Tensor, ints: torch.Tensor) -> None:
@@ -129,7 +129,6 @@ class _Bucket:
             views.append(floats[at : at + math.prod(shape)].view(shape))
             at += math.prod(shape)
         self.emb, self.mu, self.mask, self.spks = views
-        self.graph: torch.cuda.CUDAGraph | None = None
 
 
 def _int_count(key: tuple[int, int, int]) -> int:
@@ -137,28 +136,20 @@ def _int_count(key: tuple[int, int, int]) -> int:
     return batch * (tokens + frames + 2) + 1
 
 
-class GraphedFlowFront:
+class GraphedFlowFront(BucketGraphs[_Bucket]):
     """`begin_batch`'s front (mu, mask, spks of a pass) through bucketed CUDA graphs; used by `FlowModel.begin_batch`
     while the ODE's graphs are on (`flow.graphed`: its batch buckets and frame buckets are this runner's)."""
 
+    label = "flow front"
+    key_format = "batch=%d tokens=%d frames=%d"
+    log = logger
+
     def __init__(self, flow: nn.Module, config: FlowFrontGraphConfig | None = None, *, use_graphs: bool = True) -> None:
+        # The own capture stream (`graph_buckets.py`) matters here too: the encoder is mostly GEMMs.
+        super().__init__(config or FlowFrontGraphConfig(), use_graphs)
         self.flow = flow
-        self.config = config or FlowFrontGraphConfig()
-        self.use_graphs = use_graphs
-        self._graphs: dict[tuple[int, int, int], _Bucket] = {}
-        self._arenas: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
         self._held_tables: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._pool = None
-        self._capture_stream = None
-        """This set's own capture stream, also for the warm-up before each capture (as `GraphedCFM`'s: a captured
-        GEMM keeps the cuBLAS workspace of the stream it was captured on; the encoder is mostly GEMMs)."""
-        self.captures = 0
-        self.capture_seconds = 0.0
-
-    @property
-    def graphs(self) -> int:
-        return len(self._graphs)
 
     @property
     def _weight(self) -> torch.Tensor:
@@ -198,22 +189,15 @@ class GraphedFlowFront:
         cfg = self.flow.cfg
         return batch * (cfg.spk_embed_dim + (cfg.output_size + 1) * frames + cfg.output_size), _int_count(key)
 
-    def _buffers(self, key: tuple[int, int, int]) -> _Bucket:
-        floats, ints = self._sizes(key)
-        arena = next((a for a in self._arenas if a[0].numel() >= floats and a[1].numel() >= ints), None)
-        if arena is None:  # a bucket larger than `warmup` reserved: its own arena (the older graphs keep theirs)
-            arena = self._reserve(key)
+    def _new_arena(self, floats: int, ints: int) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self._weight
+        return torch.zeros(floats, device=w.device, dtype=w.dtype), torch.zeros(ints, dtype=torch.long, device=w.device)
+
+    def _views(self, key: tuple[int, int, int], arena: tuple[torch.Tensor, torch.Tensor]) -> _Bucket:
         return _Bucket(key, self.flow, *arena)
 
-    def _reserve(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        floats, ints = self._sizes(key)
-        w = self._weight
-        arena = (
-            torch.zeros(floats, device=w.device, dtype=w.dtype),
-            torch.zeros(ints, dtype=torch.long, device=w.device),
-        )
-        self._arenas.append(arena)
-        return arena
+    def _device(self, buf: _Bucket) -> torch.device:
+        return buf.mu.device
 
     @torch.inference_mode()
     def reserve(self, max_batch: int, max_tokens: int) -> None:
@@ -225,7 +209,7 @@ class GraphedFlowFront:
         if not keys:
             return
         floats, ints = max(self._sizes(k)[0] for k in keys), max(_int_count(k) for k in keys)
-        if not any(a[0].numel() >= floats and a[1].numel() >= ints for a in self._arenas):
+        if not self._has_arena(floats, ints):
             self._reserve(max(keys, key=self._sizes))
 
     def token_buckets(self, max_tokens: int) -> list[int]:
@@ -247,19 +231,7 @@ class GraphedFlowFront:
             return len(self._graphs)
         self._tables_now(max(k[1] for k in keys))
         self.reserve(max_batch, max_tokens)
-        skipped = 0
-        for key in keys:
-            if key in self._graphs:
-                continue
-            if len(self._graphs) < self.config.max_graphs:
-                self._capture(key)
-            else:
-                skipped += 1
-        if skipped:
-            logger.warning(
-                "%d flow front graph buckets not captured (max_graphs %d): they run eagerly", skipped, self.graphs
-            )
-        return len(self._graphs)
+        return self._capture_all(keys)
 
     @torch.inference_mode()
     def __call__(
@@ -277,16 +249,9 @@ class GraphedFlowFront:
         if key is None:
             return None
         frames = self.flow.graphed.bucket(1, max(feat_lens))[1]  # type: ignore[union-attr]
-        buf = self._graphs.get(key) if self.use_graphs else None
-        if buf is None and self.use_graphs and len(self._graphs) < self.config.max_graphs:
-            buf = self._capture(key)
-        if buf is None:
-            buf = self._buffers(key)  # eager through the same static buffers (no graph, or beyond max_graphs)
+        buf = self._bucket_for(key)
         self._fill(buf, tokens, lengths, feat_lens, embeddings)
-        if buf.graph is not None:
-            buf.graph.replay()
-        else:
-            self._run(buf)
+        self._replay(buf)
         # Cloned: the next pass (any bucket: one arena) overwrites these buffers.
         return buf.mu[:rows, :, :frames].clone(), buf.mask[:rows, :, :frames].clone(), buf.spks[:rows].clone()
 
@@ -340,34 +305,11 @@ class GraphedFlowFront:
         buf.mask.copy_(mask)
         buf.spks.copy_(spks)
 
-    def _capture(self, key: tuple[int, int, int]) -> _Bucket:
-        start = time.perf_counter()
-        self._tables_now(key[1])  # before the capture: never built inside one
-        buf = self._buffers(key)
+    def _prime(self, buf: _Bucket) -> None:
+        # The warm-up run before each capture (on the capture stream) also compiles a compiled encoder layer
+        # (`compile_outside_graphs`) for this variant outside the capture.
+        self._tables_now(buf.tokens.shape[1])  # before the capture: never built inside one
         buf.ints.zero_()  # a valid pass for the warm-up run: every row one token 0, one frame, no embedding
         buf.lengths.fill_(1)
         buf.feat_lens.fill_(1)
         buf.emb.zero_()
-        with torch.cuda.device(buf.mu.device):  # the pool and stream: the flow's GPU
-            buf.graph = self._captured(buf)
-        self._graphs[key] = buf
-        self.captures += 1
-        self.capture_seconds += time.perf_counter() - start
-        logger.debug("captured flow front graph batch=%d tokens=%d frames=%d", *key)
-        return buf
-
-    def _captured(self, buf: _Bucket) -> torch.cuda.CUDAGraph:
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-            self._capture_stream = torch.cuda.Stream()
-        side = self._capture_stream
-        # Warm-up on the capture stream first: cuBLAS picks its workspace, cuDNN its convolution algorithms, and a
-        # compiled encoder layer (`compile_outside_graphs`) compiles for this variant outside the capture.
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._run(buf)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=side):
-            self._run(buf)
-        return graph

@@ -14,24 +14,21 @@ cut out and cloned before the next replay. `use_graphs=False` runs the same buff
 path (`tests/models/test_hift_graphs.py`), and a switch for debugging.
 
 Memory: every bucket's static buffers are views of one shared arena (the largest bucket's size; `warmup` reserves
-it), since buckets run one at a time on one stream: inputs are written just before a replay and outputs copied
-out just after. Per-bucket buffers would be ~7 GB at 102 buckets (the noise alone is 9 x 256 floats per frame and
-row). Graphs share one memory pool (their intermediates are dead after each replay) and their own capture stream;
-beyond `max_graphs` a bucket runs eagerly through the same buffers: a graph is never destroyed while others live
-(see `flow_graphs.py`: destroying one frees the cuBLAS workspace of its capture stream, pytorch/pytorch#193402).
-Not thread safe: one decoder thread calls it (the shared arena).
+it), graphs share one memory pool and their own capture stream, beyond `max_graphs` a bucket runs eagerly through
+the same buffers (`graph_buckets.py`, shared with the flow front's runner). Per-bucket buffers would be ~7 GB at
+102 buckets (the noise alone is 9 x 256 floats per frame and row). Not thread safe: one decoder thread calls it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
 
 import torch
 
 from glm4voice_api.models.speech_decoder.flow_graphs import batch_buckets, padded_batch
+from glm4voice_api.models.speech_decoder.graph_buckets import BucketGraphs, StaticBucket
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
 from glm4voice_api.models.speech_decoder.hift_core import draw_rows, hift_core
 from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded
@@ -59,7 +56,7 @@ class HiFTGraphConfig:
     """Most cache samples per row (a stream carries one frame's: 256); a longer cache runs `vocode_padded`."""
 
 
-class _Bucket:
+class _Bucket(StaticBucket):
     """One bucket's static buffers (views of the shared arenas) and its graph."""
 
     def __init__(
@@ -81,29 +78,23 @@ class _Bucket:
             at += math.prod(shape)
         self.mel, self.phase_u, self.noise, self.cache, self.wav, self.source = views
         self.ints = ints[: 2 * batch].view(2, batch)  # row lengths (frames), cache lengths (samples)
-        self.graph: torch.cuda.CUDAGraph | None = None
 
     def args(self) -> tuple[torch.Tensor, ...]:
         return self.mel, self.ints[0], self.phase_u, self.noise, self.cache, self.ints[1]
 
 
-class GraphedHiFT:
+class GraphedHiFT(BucketGraphs[_Bucket]):
     """`vocode_padded(hift, mel, lengths, caches, [None] * rows, generators)` through bucketed CUDA graphs."""
 
+    label = "HiFT"
+    key_format = "batch=%d frames=%d"
+    log = logger
+
     def __init__(self, hift: HiFTGenerator, config: HiFTGraphConfig | None = None, *, use_graphs: bool = True) -> None:
+        # The own capture stream (`graph_buckets.py`) matters here too: HiFT's F0 classifier and source merge are GEMMs.
+        super().__init__(config or HiFTGraphConfig(), use_graphs)
         self.hift = hift
-        self.config = config or HiFTGraphConfig()
-        self.use_graphs = use_graphs
         self.batch_buckets = batch_buckets(self.config.batch_buckets)
-        self._graphs: dict[tuple[int, int], _Bucket] = {}
-        self._arenas: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._pool = None
-        self._capture_stream = None
-        """This set's own capture stream, also for the warm-up before each capture (as `GraphedCFM`'s: a captured
-        GEMM keeps the cuBLAS workspace of the stream it was captured on; HiFT's F0 classifier and source merge are
-        GEMMs)."""
-        self.captures = 0
-        self.capture_seconds = 0.0
 
     def set_batch_buckets(self, sizes: object) -> None:
         """Pad later passes to these row counts (graphs of other sizes stay captured)."""
@@ -113,38 +104,29 @@ class GraphedHiFT:
         step = self.config.frame_bucket
         return padded_batch(rows, self.batch_buckets), -(-frames // step) * step
 
-    @property
-    def graphs(self) -> int:
-        return len(self._graphs)
-
     def _sizes(self, key: tuple[int, int]) -> tuple[int, int]:
-        """Floats and ints a bucket's buffers take in the arenas."""
         batch, frames = key
         h1 = self.hift.m_source.harmonic_num + 1
         n = frames * self.hift.upsample_factor
         floats = batch * (self.hift.cfg.in_channels * frames + h1 + h1 * n + self.config.cache_width + 2 * n)
         return floats, 2 * batch
 
-    def _buffers(self, key: tuple[int, int]) -> _Bucket:
-        floats, ints = self._sizes(key)
-        arena = next((a for a in self._arenas if a[0].numel() >= floats and a[1].numel() >= ints), None)
-        if arena is None:  # a bucket larger than `warmup` reserved: its own arena (the older graphs keep theirs)
-            arena = self._reserve(key)
+    def _new_arena(self, floats: int, ints: int) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.hift.conv_pre.weight.device
+        return torch.zeros(floats, device=device), torch.ones(ints, dtype=torch.long, device=device)
+
+    def _views(self, key: tuple[int, int], arena: tuple[torch.Tensor, torch.Tensor]) -> _Bucket:
         return _Bucket(key[0], key[1], self.hift, self.config.cache_width, *arena)
 
-    def _reserve(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        floats, ints = self._sizes(key)
-        device = self.hift.conv_pre.weight.device
-        arena = (torch.zeros(floats, device=device), torch.ones(ints, dtype=torch.long, device=device))
-        self._arenas.append(arena)
-        return arena
+    def _device(self, buf: _Bucket) -> torch.device:
+        return buf.mel.device
 
     @torch.inference_mode()
     def reserve(self, max_batch: int, max_frames: int) -> None:
         """Allocate the arena for the largest bucket of up to (max_batch rows, max_frames frames) now, unless one
         that large exists: every smaller bucket's buffers then fit in it."""
         key = self.bucket(max_batch, max_frames)
-        if not any(a[0].numel() >= self._sizes(key)[0] for a in self._arenas):
+        if not self._has_arena(self._sizes(key)[0], 0):
             self._reserve(key)
 
     def frame_buckets(self, max_frames: int) -> list[int]:
@@ -163,18 +145,7 @@ class GraphedHiFT:
         if not frames:
             return len(self._graphs)
         self.reserve(max_batch, frames[-1])
-        skipped = 0
-        for t in frames:
-            for b in sizes:
-                if (b, t) in self._graphs:
-                    continue
-                if len(self._graphs) < self.config.max_graphs:
-                    self._capture((b, t))
-                else:
-                    skipped += 1
-        if skipped:
-            logger.warning("%d HiFT graph buckets not captured (max_graphs %d): they run eagerly", skipped, self.graphs)
-        return len(self._graphs)
+        return self._capture_all((b, t) for t in frames for b in sizes)
 
     @torch.inference_mode()
     def __call__(
@@ -197,17 +168,9 @@ class GraphedHiFT:
                 raise ValueError(f"cache_source has {w} samples; the row has {n}")
         if frames > self.config.max_frames or max(widths) > self.config.cache_width:
             return vocode_padded(self.hift, mel, lengths, caches, [None] * rows, generators)
-        key = self.bucket(rows, frames)
-        buf = self._graphs.get(key) if self.use_graphs else None
-        if buf is None and self.use_graphs and len(self._graphs) < self.config.max_graphs:
-            buf = self._capture(key)
-        if buf is None:
-            buf = self._buffers(key)  # eager through the same static buffers (no graph, or beyond max_graphs)
+        buf = self._bucket_for(self.bucket(rows, frames))
         self._fill(buf, mel, lengths, widths, caches, generators, samples)
-        if buf.graph is not None:
-            buf.graph.replay()
-        else:
-            self._run(buf)
+        self._replay(buf)
         # Cloned: the next pass (any bucket: one arena) overwrites these buffers.
         return buf.wav[:rows, : frames * up].clone(), buf.source[:rows, :, : frames * up].clone()
 
@@ -249,34 +212,11 @@ class GraphedHiFT:
         buf.wav.copy_(wav)
         buf.source.copy_(source)
 
-    def _capture(self, key: tuple[int, int]) -> _Bucket:
-        start = time.perf_counter()
-        buf = self._buffers(key)
+    def _prime(self, buf: _Bucket) -> None:
+        # The warm-up run before each capture (on the capture stream) also creates cuFFT's plans for the source STFT
+        # and the inverse's irfft (a plan cannot be created inside a capture; torch's plan cache keeps them for the
+        # replay's shapes) and builds Snake's cached terms and any compiled kernels. A captured FFT keeps using its
+        # plan: two plans per bucket stay far below the plan cache's capacity (4096 by default;
+        # `torch.backends.cuda.cufft_plan_cache.max_size`), so none is evicted while its graph lives.
         buf.ints[0].fill_(1)  # a valid pass for the warm-up run: every row one frame, no cache
         buf.ints[1].zero_()
-        with torch.cuda.device(buf.mel.device):  # the pool and stream: HiFT's GPU
-            buf.graph = self._captured(buf)
-        self._graphs[key] = buf
-        self.captures += 1
-        self.capture_seconds += time.perf_counter() - start
-        logger.debug("captured HiFT graph batch=%d frames=%d", *key)
-        return buf
-
-    def _captured(self, buf: _Bucket) -> torch.cuda.CUDAGraph:
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-            self._capture_stream = torch.cuda.Stream()
-        side = self._capture_stream
-        # Warm-up on the capture stream first: cuDNN picks its algorithms, cuBLAS its workspace, and cuFFT's plans
-        # for the source STFT and the inverse's irfft are created (a plan cannot be created inside a capture; torch's
-        # plan cache keeps them for the replay's shapes), Snake's cached terms and any compiled kernels are built.
-        # A captured FFT keeps using its plan: two plans per bucket stay far below the plan cache's capacity (4096 by
-        # default; `torch.backends.cuda.cufft_plan_cache.max_size`), so none is evicted while its graph lives.
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._run(buf)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=side):
-            self._run(buf)
-        return graph

@@ -19,38 +19,13 @@ batch (a GPU scan may group it differently), and batched convolutions may pick o
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
+from glm4voice_api.models.speech_decoder.hift_masked import Rows, decode, f0, istft, list_mask, masked, sine_source
 from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 
 __all__ = ["vocode_padded", "vocode_ragged"]
-
-
-def _mask(lengths: list[int], total: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
-    """[B, 1, total] ones over each row's first lengths[b] positions (None when no row is padded)."""
-    if min(lengths) == total:
-        return None
-    idx = torch.arange(total, device=device)
-    return (idx[None, :] < lengths_tensor(lengths, device)[:, None]).unsqueeze(1).to(dtype)
-
-
-def _m(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return x if mask is None else x * mask
-
-
-def _f0(hift: HiFTGenerator, mel: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """`ConvRNNF0Predictor.forward` on a zero-padded batch: [B, 80, T] -> [B, T] (garbage past each row's end)."""
-    pred = hift.f0_predictor
-    h = mel.to(pred.classifier.weight.dtype)
-    for layer in pred.condnet:
-        h = layer(h)
-        if isinstance(layer, torch.nn.Conv1d):
-            h = _m(h, mask if mask is None else mask.to(h.dtype))
-    return torch.abs(pred.classifier(h.transpose(1, 2)).squeeze(-1))
 
 
 def _sources(
@@ -62,22 +37,12 @@ def _sources(
     n_max = f0.shape[1] * hift.upsample_factor
     device = f0.device
     f0_up = f0[:, None, :].float().repeat_interleave(hift.upsample_factor, dim=-1)  # [B, 1, N]
-    # Reference draw 1 (SourceModuleHnNSF.draw_phase) made on the generator's device: Uniform(-pi, pi) as
-    # low + rand * (high - low) in float32, the same two roundings as on the host, without a round trip there.
-    low, high = torch.tensor(-math.pi, dtype=torch.float32), torch.tensor(math.pi, dtype=torch.float32)
+    # Reference draw 1 (SourceModuleHnNSF.draw_phase) made on the generator's device, without a round trip to the
+    # host (`sine_source` turns it into the phase).
     rows = [torch.rand((1, src.harmonic_num + 1, 1), generator=g, device=g.device) for g in generators]
     if len({r.device for r in rows}) > 1:  # generators on several devices (e.g. a caller's CPU one): move each
         rows = [to_device(r, device) for r in rows]
     u = to_device(torch.cat(rows), device)
-    phase = low + u * (high - low)  # 0-dim host tensors enter a CUDA op as scalars: no copy
-    phase[:, 0, :] = 0
-    harmonics = torch.arange(1, src.harmonic_num + 2, device=device, dtype=torch.float32)
-    f_mat = f0_up * harmonics[None, :, None] / src.sampling_rate
-    # cumsum is causal: each row's prefix is what its own call computes (up to the scan's rounding).
-    theta = 2 * math.pi * (torch.cumsum(f_mat, dim=-1) % 1)
-    sine = src.sine_amp * torch.sin(theta + phase)
-    uv = (f0_up > src.voiced_threshold).to(torch.float32)
-    noise_amp = uv * src.noise_std + (1 - uv) * src.sine_amp / 3
     draws = torch.zeros(batch, src.harmonic_num + 1, n_max, device=device)
     for b, (g, n) in enumerate(zip(generators, samples, strict=True)):
         # Drawn as [H + 1, n], the reference's [1, H + 1, n] (a draw fills its elements in order). The reference's
@@ -85,84 +50,12 @@ def _sources(
         # not drawn from after HiFT (one generator per row and chunk: see `ChunkRequest.generator`).
         row = torch.randn((src.harmonic_num + 1, n), generator=g, device=g.device)
         draws[b, :, :n] = row if row.device == device else to_device(row, device)
-    sine = sine * uv + noise_amp * draws
-    merged = torch.tanh(F.linear(sine.transpose(1, 2), src.l_linear.weight.float(), src.l_linear.bias.float()))
-    return merged.transpose(1, 2)  # [B, 1, N]
-
-
-def _source_stft(hift: HiFTGenerator, source: torch.Tensor, samples: list[int]) -> torch.Tensor:
-    """torch.stft(center=True) of each row at its own length, zero past its frames: [B, 2F, N/hop + 1]."""
-    n_fft, hop = hift.cfg.istft_n_fft, hift.cfg.istft_hop_len
-    pad = n_fft // 2
-    s = source.squeeze(1).float()
-    n_max = s.shape[1]
-    # Reflect each row at its own end, as the centred STFT of its own call does: one gather for the batch.
-    n = lengths_tensor(samples, s.device)[:, None]
-    idx = torch.arange(n_max + 2 * pad, device=s.device)[None, :] - pad
-    idx = idx.abs()  # left edge: x[-k] -> x[k]
-    idx = torch.where(idx >= n, 2 * (n - 1) - idx, idx)  # right edge: x[n-1+k] -> x[n-1-k]
-    inside = (idx >= 0) & (torch.arange(n_max + 2 * pad, device=s.device)[None, :] < n + 2 * pad)
-    padded = torch.gather(s, 1, idx.clamp(0, n_max - 1)) * inside
-    spec = torch.stft(padded, n_fft, hop, n_fft, window=hift.stft_window.float(), center=False, return_complex=True)
-    out = torch.cat([spec.real, spec.imag], dim=1)  # [B, 2F, frames]
-    frames = [n // hop + 1 for n in samples]
-    mask = _mask(frames, out.shape[-1], out.device, out.dtype)
-    return _m(out, mask)
+    return sine_source(hift, f0_up, u, draws)
 
 
 def _istft(hift: HiFTGenerator, spec: torch.Tensor, frames: list[int]) -> torch.Tensor:
     """torch.istft(center=True) of each row's first frames[b] frames, written out: [B, hop * (F_max - 1)]."""
-    n_fft, hop = hift.cfg.istft_n_fft, hift.cfg.istft_hop_len
-    window = hift.stft_window.float()
-    batch, _, f_max = spec.shape
-    fmask = _mask(frames, f_max, spec.device, torch.float32)
-    fmask = torch.ones(batch, 1, f_max, device=spec.device) if fmask is None else fmask
-    y = torch.fft.irfft(spec, n=n_fft, dim=1) * window[None, :, None] * fmask  # [B, n_fft, F]
-    length = n_fft + hop * (f_max - 1)
-    ola = F.fold(y, (1, length), (1, n_fft), stride=(1, hop)).reshape(batch, length)
-    env_frames = window.square()[None, :, None] * fmask  # each row's envelope counts its own frames only
-    env = F.fold(env_frames, (1, length), (1, n_fft), stride=(1, hop)).reshape(batch, length)
-    pad = n_fft // 2
-    ola, env = ola[:, pad : length - pad], env[:, pad : length - pad]
-    return ola / torch.where(env > 1e-11, env, torch.ones_like(env))
-
-
-def _decode(hift: HiFTGenerator, mel: torch.Tensor, source: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """`HiFTGenerator.decode` on a zero-padded batch, every layer re-masked to each row's length: [B, N_max]."""
-    cfg = hift.cfg
-    dtype = hift.conv_pre.weight.dtype
-    device = mel.device
-    up = hift.upsample_factor
-    samples = [t * up for t in lengths]
-    s_stft = _source_stft(hift, source, samples).to(dtype)
-
-    rate = 1
-    x = _m(hift.conv_pre(mel.to(dtype)), _mask(lengths, mel.shape[-1], device, dtype))
-    n_kernels = len(cfg.resblock_kernel_sizes)
-    for i, up_layer in enumerate(hift.ups):
-        rate *= cfg.upsample_rates[i]
-        x = up_layer(F.leaky_relu(x, cfg.lrelu_slope))
-        last = i == len(hift.ups) - 1
-        if last:
-            x = _m(x, _mask([t * rate for t in lengths], x.shape[-1], device, dtype))
-            x = hift.reflection_pad(x)
-        stage = [t * rate + (1 if last else 0) for t in lengths]
-        mask = _mask(stage, x.shape[-1], device, dtype)
-        x = _m(x, mask)
-        x = x + hift.source_resblocks[i](_m(hift.source_downs[i](s_stft), mask), mask)
-        xs = hift.resblocks[i * n_kernels](x, mask)
-        for j in range(1, n_kernels):
-            xs = xs + hift.resblocks[i * n_kernels + j](x, mask)
-        x = xs / n_kernels
-
-    x = hift.conv_post(F.leaky_relu(x)).float()
-    n_bins = cfg.istft_n_fft // 2 + 1
-    magnitude = torch.clip(torch.exp(x[:, :n_bins, :]), max=1e2)
-    phase = torch.sin(x[:, n_bins:, :])
-    spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-    frames = [n // cfg.istft_hop_len + 1 for n in samples]
-    wav = _istft(hift, spec, frames)
-    return torch.clamp(wav, -cfg.audio_limit, cfg.audio_limit)
+    return istft(hift, spec, list_mask(frames, spec.shape[-1], spec.device, torch.float32))
 
 
 @torch.no_grad()
@@ -216,18 +109,17 @@ def vocode_padded(
     up = hift.upsample_factor
     samples = [t * up for t in lengths]
     t_max = mel.shape[-1]
-    mask = _mask(lengths, t_max, device, torch.float32)
+    mask = list_mask(lengths, t_max, device, torch.float32)
 
     drawn = [b for b, s in enumerate(sources) if s is None]
     source = torch.zeros(len(lengths), 1, t_max * up, device=device)
     if len(drawn) == len(lengths):  # the serving case: no injected source, no indexing
-        f0 = _f0(hift, mel, mask)
-        source = _sources(hift, f0, samples, generators)
+        source = _sources(hift, f0(hift, mel, mask), samples, generators)
     elif drawn:
         # A Python list as an index would be copied to the GPU with a stream sync: copy it the pinned way.
         rows = lengths_tensor(drawn, device)
-        f0 = _f0(hift, mel.index_select(0, rows), None if mask is None else mask.index_select(0, rows))
-        part = _sources(hift, f0, [samples[b] for b in drawn], [generators[b] for b in drawn])
+        f0_part = f0(hift, mel.index_select(0, rows), None if mask is None else mask.index_select(0, rows))
+        part = _sources(hift, f0_part, [samples[b] for b in drawn], [generators[b] for b in drawn])
         source.index_copy_(0, rows, part)
     for b, s in enumerate(sources):
         if s is not None:
@@ -236,8 +128,8 @@ def vocode_padded(
             source[b, 0, : samples[b]] = to_device(s.reshape(-1), device, torch.float32)
     _splice_caches(source, cache_sources, samples)
     # Past each row's end the source must be zero too (the F0 there is garbage): the STFT pads per row anyway.
-    source = _m(source, _mask(samples, t_max * up, device, torch.float32))
-    return _decode(hift, mel, source, lengths), source
+    source = masked(source, list_mask(samples, t_max * up, device, torch.float32))
+    return decode(hift, mel, source, Rows(lengths, device)), source
 
 
 def _splice_caches(source: torch.Tensor, caches: list[torch.Tensor | None], samples: list[int]) -> None:

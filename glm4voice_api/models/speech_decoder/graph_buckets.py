@@ -1,0 +1,161 @@
+"""The machinery shared by the bucketed CUDA-graph runners of a decoder pass's eager parts (`GraphedHiFT`,
+`GraphedFlowFront`): static buffers in a shared arena, one memory pool, an own capture stream with a warm-up run
+before each capture, `max_graphs` and the capture counters. A runner says what a bucket's buffers are (`_sizes`,
+`_new_arena`, `_views`), how a valid pass is put in them for the warm-up (`_prime`) and what runs on them (`_run`).
+
+Memory: every bucket's static buffers are views of one shared arena (a float and an int64 tensor, the largest
+bucket's size; the runner's `reserve` allocates it), since buckets run one at a time on one stream: inputs are
+written just before a replay and outputs copied out just after. A bucket larger than any arena gets its own (the
+older graphs keep theirs). Graphs share one memory pool (their intermediates are dead after each replay); beyond
+`max_graphs` a bucket runs eagerly through the same buffers: a graph is never destroyed while others live (see
+`flow_graphs.py`: destroying one frees the cuBLAS workspace of its capture stream, pytorch/pytorch#193402).
+Not thread safe: one decoder thread calls a runner (the shared arena).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable, Iterable
+from typing import Any, Generic, TypeVar
+
+import torch
+
+__all__ = ["BucketGraphs", "StaticBucket"]
+
+logger = logging.getLogger(__name__)
+
+Arena = tuple[torch.Tensor, torch.Tensor]
+
+
+class StaticBucket:
+    """One bucket's static buffers (views of the shared arenas) and its graph."""
+
+    graph: torch.cuda.CUDAGraph | None = None
+
+
+B = TypeVar("B", bound=StaticBucket)
+
+
+class BucketGraphs(Generic[B]):
+    """A bucketed graph runner's common part: `self.config` has `max_graphs`; `label` names it in `log`'s lines,
+    `key_format` a bucket's key."""
+
+    label = "bucket"
+    key_format = "%s"
+    log = logger
+
+    def __init__(self, config: Any, use_graphs: bool) -> None:
+        self.config = config
+        self.use_graphs = use_graphs
+        self._graphs: dict[Any, B] = {}
+        self._arenas: list[Arena] = []
+        self._pool = None
+        self._capture_stream = None
+        """This set's own capture stream, also for the warm-up before each capture (as `GraphedCFM`'s: a captured
+        GEMM keeps the cuBLAS workspace of the stream it was captured on)."""
+        self.captures = 0
+        self.capture_seconds = 0.0
+
+    @property
+    def graphs(self) -> int:
+        return len(self._graphs)
+
+    # What a runner defines.
+
+    def _sizes(self, key: Any) -> tuple[int, int]:
+        """Floats and ints a bucket's buffers take in the arenas."""
+        raise NotImplementedError
+
+    def _new_arena(self, floats: int, ints: int) -> Arena:
+        raise NotImplementedError
+
+    def _views(self, key: Any, arena: Arena) -> B:
+        raise NotImplementedError
+
+    def _prime(self, buf: B) -> None:
+        """A valid pass in the buffers, for the warm-up run before a capture."""
+        raise NotImplementedError
+
+    def _run(self, buf: B) -> None:
+        """The pass on the buffers (captured, or run eagerly)."""
+        raise NotImplementedError
+
+    def _device(self, buf: B) -> torch.device:
+        raise NotImplementedError
+
+    # The shared part.
+
+    def _has_arena(self, floats: int, ints: int) -> bool:
+        return any(a[0].numel() >= floats and a[1].numel() >= ints for a in self._arenas)
+
+    def _buffers(self, key: Hashable) -> B:
+        floats, ints = self._sizes(key)
+        arena = next((a for a in self._arenas if a[0].numel() >= floats and a[1].numel() >= ints), None)
+        if arena is None:  # a bucket larger than `warmup` reserved: its own arena (the older graphs keep theirs)
+            arena = self._reserve(key)
+        return self._views(key, arena)
+
+    def _reserve(self, key: Hashable) -> Arena:
+        arena = self._new_arena(*self._sizes(key))
+        self._arenas.append(arena)
+        return arena
+
+    def _bucket_for(self, key: Hashable) -> B:
+        """The bucket's captured graph, captured now while under `max_graphs`, else its buffers to run eagerly."""
+        buf = self._graphs.get(key) if self.use_graphs else None
+        if buf is None and self.use_graphs and len(self._graphs) < self.config.max_graphs:
+            buf = self._capture(key)
+        if buf is None:
+            buf = self._buffers(key)  # eager through the same static buffers (no graph, or beyond max_graphs)
+        return buf
+
+    def _replay(self, buf: B) -> None:
+        if buf.graph is not None:
+            buf.graph.replay()
+        else:
+            self._run(buf)
+
+    def _capture_all(self, keys: Iterable[Hashable]) -> int:
+        """Capture these buckets (up to `max_graphs`); the number of graphs."""
+        skipped = 0
+        for key in keys:
+            if key in self._graphs:
+                continue
+            if len(self._graphs) < self.config.max_graphs:
+                self._capture(key)
+            else:
+                skipped += 1
+        if skipped:
+            self.log.warning(
+                "%d %s graph buckets not captured (max_graphs %d): they run eagerly", skipped, self.label, self.graphs
+            )
+        return len(self._graphs)
+
+    def _capture(self, key: Hashable) -> B:
+        start = time.perf_counter()
+        buf = self._buffers(key)
+        self._prime(buf)
+        with torch.cuda.device(self._device(buf)):  # the pool and stream: the model's GPU
+            buf.graph = self._captured(buf)
+        self._graphs[key] = buf
+        self.captures += 1
+        self.capture_seconds += time.perf_counter() - start
+        self.log.debug(f"captured %s graph {self.key_format}", self.label, *key)
+        return buf
+
+    def _captured(self, buf: B) -> torch.cuda.CUDAGraph:
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+            self._capture_stream = torch.cuda.Stream()
+        side = self._capture_stream
+        # Warm-up on the capture stream first (what each runner's warm-up prepares: its `_prime`): cuDNN picks its
+        # algorithms and cuBLAS its workspace outside the capture.
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._run(buf)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, stream=side):
+            self._run(buf)
+        return graph
