@@ -21,9 +21,9 @@ DRAIN_S = 4
 
 def test_sigterm_drains_running_streams_then_exits_cleanly(cache_dir: Path, tmp_path: Path) -> None:
     server = start_server(cache_dir, tmp_path / "server.log", "--timeouts.drain-s", str(DRAIN_S))
+    audio, checked = threading.Event(), threading.Event()
     try:
         outcome: dict = {}
-        audio = threading.Event()
         body = {
             "model": "glm-4-voice-9b",
             "messages": [{"role": "user", "content": "A long answer"}],
@@ -37,8 +37,12 @@ def test_sigterm_drains_running_streams_then_exits_cleanly(cache_dir: Path, tmp_
             with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=120) as response:
                 outcome["status"] = response.status_code
                 for line in response.iter_lines():
-                    if '"data":' in line:
+                    if '"data":' in line and not audio.is_set():
                         audio.set()
+                        # Stop reading until the refusal below is checked: the server's sends then fill the socket
+                        # and its stream cannot end (nor the drained server exit) before that request is answered,
+                        # however fast the rest of the answer is generated (a loaded CI machine once got there).
+                        checked.wait(60)
                     if line == "data: [DONE]":
                         outcome["done"] = True
                     elif line.startswith("data: ") and '"error"' in line:
@@ -56,6 +60,7 @@ def test_sigterm_drains_running_streams_then_exits_cleanly(cache_dir: Path, tmp_
         refused = httpx.post(server.base_url + "/v1/chat/completions", json={**body, "stream": False}, timeout=10)
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error"]["code"] == "server_shutting_down"
+        checked.set()
 
         stream.join(DRAIN_S + 60)
         assert outcome.get("ended"), "the stream did not end"
@@ -68,4 +73,5 @@ def test_sigterm_drains_running_streams_then_exits_cleanly(cache_dir: Path, tmp_
             assert "drain timeout: aborting 1 request(s)" in log
         assert "drained: 0 request(s) left" in log
     finally:
+        checked.set()
         stop_server(server)
