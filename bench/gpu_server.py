@@ -66,7 +66,7 @@ CAPACITY_RULES = {
     "near_miss_cut": _number(int, 0),
 }
 """Admission control's rules a phase may change (CapacityController's fields), each with its parser. A rule not
-named goes back to the value the server started with (`initial`: the app's, a quarter of max_num_seqs)."""
+named goes back to the value the server started with (`initial`: the app's, an eighth of max_num_seqs)."""
 
 
 def _path(obj: Any, *names: str) -> Any:

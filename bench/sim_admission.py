@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from glm4voice_api.serving.capacity import CapacityController, CapacitySignals
+from glm4voice_api.serving.capacity import CapacityController, CapacitySignals, initial_limit
 
 if TYPE_CHECKING:
     from bench.sim_schedule import World
 
 GPU_CEILING = 256
-"""vLLM's max_num_seqs on a GPU: the controller's ceiling; the server starts at a quarter of it (app.py)."""
+"""vLLM's max_num_seqs on a GPU: the controller's ceiling; the server starts at an eighth of it (`initial_limit`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class ControllerSpec:
     interval_s: float = 1.0
 
     def build(self) -> CapacityController:
-        return CapacityController(**({"ceiling": GPU_CEILING, "initial": GPU_CEILING // 4} | self.fields))
+        return CapacityController(**({"ceiling": GPU_CEILING, "initial": initial_limit(GPU_CEILING)} | self.fields))
 
 
 def parse_controller(text: str) -> ControllerSpec:

@@ -30,7 +30,13 @@ from glm4voice_api.request_context import DEFAULT_TENANT, RequestContext, bind_r
 from glm4voice_api.routes import chat, health, models, realtime, speech, transcription, voices, web
 from glm4voice_api.routes.streaming import ClientDisconnectedError
 from glm4voice_api.serving.admission import Admission
-from glm4voice_api.serving.capacity import CapacityController, CapacityMemory, capacity_signals, run_controller
+from glm4voice_api.serving.capacity import (
+    CapacityController,
+    CapacityMemory,
+    capacity_signals,
+    initial_limit,
+    run_controller,
+)
 from glm4voice_api.serving.loop_watch import LoopWatch
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
@@ -279,7 +285,7 @@ def _start_capacity_control(app: FastAPI, runtime: Runtime, admission: Admission
     if not settings.admission.measured:
         return None
     ceiling = settings.engine.max_num_seqs or 1
-    controller = CapacityController(ceiling=ceiling, initial=max(1, ceiling // 4))
+    controller = CapacityController(ceiling=ceiling, initial=initial_limit(ceiling))
     # The knee measured before a restart, on this GPU with these settings (none: the initial guess).
     memory = CapacityMemory(settings.cache_dir / "capacity.json", capacity_key(runtime))
     logger.info(

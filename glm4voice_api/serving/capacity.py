@@ -6,22 +6,27 @@ therefore not a setting but a measurement, adjusted once a second from what the 
 
 - a settled stream's listener ran dry (the decoder emitted a chunk after the previous audio had finished playing,
   past the stream's first 2 s: a burst of new streams makes some second chunks late at loads that are real time;
-  counted by the decoder scheduler): the limit drops to `backoff` (90%) of the most streams that ran in the last
-  `cooldown_s` (a gap is reported seconds after the load that caused it, when some of those streams may have
-  ended), that level is remembered as the knee, and the limit stays put for `cooldown_s`: the underruns of streams
-  admitted before the cut are the same overload and do not cut again. A deeper cut is not obviously safer: on an
-  H200 a limit held low queued newcomers that then started one by one, the decoder met fewer streams per pass, and
-  fewer admitted streams stayed gap-free (31% against 91.5%, 2026-12-04); `bench/gpu_suite.py --variant
-  NAME:CAPACITY__BACKOFF=0.7` compares cuts on one warm server;
-- chunks arrive just in time (emitted with under 0.1 s of audio left once a stream is past its start: a near
-  miss, counted by the decoder scheduler), or the LLM's
-  token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75 tokens/s):
-  no growth (the next stream would tip it over);
-- otherwise, when nearly every slot is used (or requests wait), the limit grows: by `step` (25%) while it is below
-  80% of the knee (or the cut's level, if lower; or no knee is known), by one stream per `probe_s` from there
-  (additive increase, multiplicative decrease: at 25% a second it overshot the knee within three seconds, and every
-  stream admitted meanwhile stuttered; measured on an H200, bench/results). The wait after a growth step holds
-  growth only: a gap meanwhile still cuts (until 2026-12-05 it dropped that gap, and the limit probed on).
+  counted by the decoder scheduler), or `near_miss_cut` (1) near misses came within the last `cooldown_s` (a
+  leading signal: chunks that barely made it come before the ones that do not): the limit drops to `backoff` (70%)
+  of the most streams that ran in the last `cooldown_s` (a gap is reported seconds after the load that caused it,
+  when some of those streams may have ended), that level is remembered as the knee, and the limit stays put for
+  `cooldown_s`: the underruns of streams admitted before the cut are the same overload and do not cut again;
+- the LLM's token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75
+  tokens/s), or a single near miss came: no growth (the next stream would tip it over);
+- otherwise, when nearly every slot is used (or requests wait), the limit grows by one stream, then holds
+  `settle_s` (3 s) so that the streams it admitted get past their start, where gaps and near misses are counted,
+  before the next; past 80% of the knee (or the cut's level), by one stream per `probe_s`. The wait after a growth
+  step holds growth only: a gap meanwhile still cuts.
+
+Why this policy (measured, H100, 2026-12-05, `bench/results/GPU.md`): on one warm server, 64 closed-loop sessions
+(twice what stays real time) against the previous policy (first limit a quarter of the batch size, +25% a second,
+cut to 90%, near misses only holding growth), in three rounds of two runs it kept 85%, 93% and 85% of the admitted
+turns gap-free against 48%, 45% and 75%, and delivered more gap-free turns in absolute terms too (101, 105 and 99
+against 71, 53 and 91), at the cost of more 429s (22-45 of 137-164 offered, against 4-21). What it fixes: growing 25% a
+second, a fresh server overshot its knee before the first gap was reported (gaps are seen ~7 s into an overload),
+and every stream admitted meanwhile stuttered; the simulator (`bench/sim_admission.py`) ranks it above the old
+policy as well.
+`bench/gpu_suite.py --variant NAME:CAPACITY__STEP=0.25,...` compares others on one warm server.
 
 The decoder's busy time is deliberately not a signal: the chunk policy spends idle decoder time on smaller chunks
 (a thinner, safer buffer costs nothing when the GPU is free), so a busy decoder is not a saturated one.
@@ -30,7 +35,7 @@ The knee outlives the process (`CapacityMemory`): a restarted server of the same
 last cut left the limit.
 
 Newcomers beyond the limit wait in the bounded queue (or get 429 with Retry-After), so the streams already admitted
-stay gap-free. The limit starts at a quarter of the engine's batch size (`initial`) and never leaves
+stay gap-free. The limit starts at an eighth of the engine's batch size (`initial_limit`) and never leaves
 [`floor`, `ceiling`] (the ceiling is the engine's batch size). Pure logic over cumulative counters: unit-tested.
 """
 
@@ -51,6 +56,13 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 REALTIME_TOKENS_PER_S = 39 / 2.08  # 13 text + 26 audio tokens per 26 x 80 ms of speech
+
+
+def initial_limit(ceiling: int) -> int:
+    """The first admission limit of a server without a remembered knee: an eighth of the engine's batch size (32 of
+    vLLM's 256 on a GPU, where 16-32 streams stay real time on an H100 or H200), grown from there one stream per
+    `settle_s`. A quarter (64) started above the knee and the first overload stuttered before any gap was seen."""
+    return max(1, ceiling // 8)
 
 
 @dataclass(frozen=True)
@@ -74,19 +86,21 @@ class CapacityController:
     supply_margin: float = 1.5
     """Per-stream LLM tokens/s must exceed this x real time for the limit to grow."""
     cooldown_s: float = 5.0
-    step: float = 0.25
+    step: float = 0.0
+    """Below the knee, the limit grows by this fraction of itself (at least one stream) per step. 0 (default): one
+    stream a step; 0.25 (the policy until 2026-12-05) overshot the knee before the first gap was reported."""
     probe_s: float = 5.0
     """Near the knee, the limit grows by one stream per this many seconds."""
-    backoff: float = 0.9
-    """After listeners ran dry the limit becomes this x the recent peak (the knee)."""
-    settle_s: float = 0.0
-    """After each fast growth step, hold this long: the streams the step admitted get past their start (where gaps
-    and near misses are counted) before the next step. 0 (default): a step a second, as measured so far; a fresh
-    server under a sudden overload then admits several steps past its knee before the first gap is reported.
-    (`bench/gpu_suite.py --variant NAME:CAPACITY__SETTLE_S=3` compares it on one warm server.)"""
-    near_miss_cut: int = 0
+    backoff: float = 0.7
+    """After listeners ran dry the limit becomes this x the recent peak (the knee). 0.7 (default; 0.9 until
+    2026-12-05): the streams admitted past the knee before the first gap is reported must all fit under the cut."""
+    settle_s: float = 3.0
+    """After each growth step, hold this long: the streams the step admitted get past their start (where gaps and
+    near misses are counted) before the next step. 0: a step a second, which a fresh server under a sudden overload
+    takes several times past its knee before the first gap is reported."""
+    near_miss_cut: int = 1
     """This many near misses within the last `cooldown_s` cut as an underrun does (a leading signal: settled chunks
-    that barely made it come before the ones that do not). 0 (default): near misses only hold growth."""
+    that barely made it come before the ones that do not). 0: near misses only hold growth."""
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))

@@ -12,8 +12,16 @@ from glm4voice_api.serving.capacity import (
     CapacityController,
     CapacityMemory,
     CapacitySignals,
+    initial_limit,
     run_controller,
 )
+
+
+def old_policy(**fields) -> CapacityController:
+    """The mechanism under the policy of until 2026-12-05 (+25% a step, a step a second, cut to 90%, near misses only
+    holding growth), on which these tests were written; each test overrides what it is about. The default policy
+    has its own test below."""
+    return CapacityController(**({"step": 0.25, "backoff": 0.9, "settle_s": 0.0, "near_miss_cut": 0} | fields))
 
 
 class Feed:
@@ -31,7 +39,7 @@ class Feed:
 
 
 def test_grows_while_healthy_and_full_then_holds_on_near_misses_and_thin_supply() -> None:
-    c = CapacityController(ceiling=256, initial=16)
+    c = old_policy(ceiling=256, initial=16)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=80, active=16))
     assert c.update(feed.tick(tok_per_stream=80, active=16, queued=10)) == 20  # +25%
@@ -44,7 +52,7 @@ def test_grows_while_healthy_and_full_then_holds_on_near_misses_and_thin_supply(
 
 
 def test_underrun_cuts_and_holds_off_growth() -> None:
-    c = CapacityController(ceiling=256, initial=64, cooldown_s=3)
+    c = old_policy(ceiling=256, initial=64, cooldown_s=3)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=64))
     assert c.update(feed.tick(tok_per_stream=60, active=60, underruns=2)) == 57  # 64 (the recent peak) - 10%
@@ -54,11 +62,11 @@ def test_underrun_cuts_and_holds_off_growth() -> None:
 
 
 def test_cut_goes_below_the_level_that_ran_dry_and_can_be_deeper() -> None:
-    c = CapacityController(ceiling=256, initial=2, floor=1)
+    c = old_policy(ceiling=256, initial=2, floor=1)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=2))
     assert c.update(feed.tick(tok_per_stream=60, active=2, underruns=1)) == 1  # 90% of 2 rounds down to 1
-    c = CapacityController(ceiling=256, initial=50, backoff=0.7, cooldown_s=2, probe_s=3)
+    c = old_policy(ceiling=256, initial=50, backoff=0.7, cooldown_s=2, probe_s=3)
     c.update(feed.tick(tok_per_stream=60, active=50))
     assert c.update(feed.tick(tok_per_stream=60, active=50, underruns=1)) == 35  # 70% of 50
     c.update(feed.tick(tok_per_stream=60, active=35, queued=5))  # cooling down
@@ -67,7 +75,7 @@ def test_cut_goes_below_the_level_that_ran_dry_and_can_be_deeper() -> None:
 
 
 def test_bounds_hold() -> None:
-    c = CapacityController(ceiling=8, initial=8, floor=2)
+    c = old_policy(ceiling=8, initial=8, floor=2)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=8))
     for _ in range(10):
@@ -81,7 +89,7 @@ def test_bounds_hold() -> None:
 def test_one_cut_per_overload_from_the_recent_peak() -> None:
     """Gaps are reported seconds after the load that caused them: the cut is from the most streams that ran in the
     last cooldown_s (not from the few still running), and the echo of the same overload does not cut again."""
-    c = CapacityController(ceiling=256, initial=40, cooldown_s=5)
+    c = old_policy(ceiling=256, initial=40, cooldown_s=5)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=40))
     c.update(feed.tick(tok_per_stream=60, active=30))
@@ -92,7 +100,7 @@ def test_one_cut_per_overload_from_the_recent_peak() -> None:
 
 
 def test_grows_fast_up_to_80_percent_of_the_knee_then_one_stream_per_probe() -> None:
-    c = CapacityController(ceiling=256, initial=30, cooldown_s=2, probe_s=3)
+    c = old_policy(ceiling=256, initial=30, cooldown_s=2, probe_s=3)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=30))
     assert c.update(feed.tick(tok_per_stream=60, active=30, underruns=1)) == 27  # knee 30
@@ -111,16 +119,16 @@ def test_settle_holds_each_fast_step_until_its_streams_got_past_their_start() ->
         c.update(feed.tick(tok_per_stream=80, active=16))
         return [c.update(feed.tick(tok_per_stream=80, active=c.limit, queued=48)) for _ in range(7)]
 
-    assert limits(CapacityController(ceiling=256, initial=16)) == [20, 25, 32, 40, 50, 63, 79]  # a step a second
-    assert limits(CapacityController(ceiling=256, initial=16, settle_s=3)) == [20, 20, 20, 25, 25, 25, 32]
+    assert limits(old_policy(ceiling=256, initial=16)) == [20, 25, 32, 40, 50, 63, 79]  # a step a second
+    assert limits(old_policy(ceiling=256, initial=16, settle_s=3)) == [20, 20, 20, 25, 25, 25, 32]
 
 
 def test_a_gap_while_growth_waits_still_cuts() -> None:
     """The wait after a probe or a settling step holds growth only: the gaps it waits for must cut (they were once
     dropped while it lasted, and the limit went on probing past the knee)."""
     for controller in (
-        CapacityController(ceiling=256, initial=16, settle_s=3),
-        CapacityController(ceiling=256, initial=16),
+        old_policy(ceiling=256, initial=16, settle_s=3),
+        old_policy(ceiling=256, initial=16),
     ):
         feed = Feed()
         controller.update(feed.tick(tok_per_stream=80, active=16))
@@ -132,16 +140,16 @@ def test_a_gap_while_growth_waits_still_cuts() -> None:
 
 
 def test_near_misses_cut_only_when_asked_and_count_over_the_window() -> None:
-    """near_miss_cut (off by default: near misses hold growth only) cuts as an underrun does once that many near
+    """near_miss_cut (off under the old policy: near misses hold growth only) cuts as an underrun does once that many near
     misses came within the last cooldown_s, from the recent peak, with the same hold against echoes."""
-    off = CapacityController(ceiling=256, initial=30, cooldown_s=3)
+    off = old_policy(ceiling=256, initial=30, cooldown_s=3)
     feed = Feed()
     off.update(feed.tick(tok_per_stream=60, active=30))
     for _ in range(4):
         assert off.update(feed.tick(tok_per_stream=60, active=30, queued=5, near=3)) == 30
     assert off.reason == "near miss" and off.knee is None
 
-    c = CapacityController(ceiling=256, initial=30, cooldown_s=3, backoff=0.7, near_miss_cut=2)
+    c = old_policy(ceiling=256, initial=30, cooldown_s=3, backoff=0.7, near_miss_cut=2)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=30))
     assert c.update(feed.tick(tok_per_stream=60, active=30, queued=5, near=1)) == 30  # one: holds growth
@@ -153,7 +161,7 @@ def test_near_misses_cut_only_when_asked_and_count_over_the_window() -> None:
 
 
 def test_near_misses_spread_thinner_than_the_window_do_not_cut() -> None:
-    c = CapacityController(ceiling=256, initial=30, cooldown_s=2, near_miss_cut=2)
+    c = old_policy(ceiling=256, initial=30, cooldown_s=2, near_miss_cut=2)
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=30))
     for i in range(9):  # one near miss every 3 s: never two within 2 s
@@ -184,13 +192,13 @@ def test_queue_follows_a_new_limit() -> None:
 
 
 def test_a_remembered_knee_sets_where_a_restarted_controller_starts() -> None:
-    c = CapacityController(ceiling=256, initial=64)
+    c = old_policy(ceiling=256, initial=64)
     c.restore(40)
     assert c.knee == 40 and c.limit == 36 and c.reason == "remembered knee"  # where a cut at 40 would have left it
     feed = Feed()
     c.update(feed.tick(tok_per_stream=60, active=36))
     assert c.update(feed.tick(tok_per_stream=60, active=36, queued=4)) == 37  # probing, not a fast step past 32
-    high = CapacityController(ceiling=256, initial=64)
+    high = old_policy(ceiling=256, initial=64)
     high.restore(200)  # a knee above the initial guess: start from the guess and grow as usual
     assert high.limit == 64 and high.knee == 200
 
@@ -218,7 +226,7 @@ def test_capacity_memory_keeps_one_knee_per_key_and_survives_bad_files(tmp_path,
 
 def test_the_controller_loop_saves_each_new_knee(tmp_path) -> None:
     memory = CapacityMemory(tmp_path / "capacity.json", "k")
-    c = CapacityController(ceiling=256, initial=20, cooldown_s=0.05)
+    c = old_policy(ceiling=256, initial=20, cooldown_s=0.05)
     feed = Feed()
     readings = iter(
         [feed.tick(tok_per_stream=60, active=20), feed.tick(tok_per_stream=60, active=20, underruns=2)]
@@ -256,3 +264,17 @@ def test_the_memory_key_changes_with_anything_that_changes_capacity() -> None:
     assert key(speech_tokenizer={"max_batch": 4}) != base
     assert key(paths=CheckpointFolders(Path("/other/llm"), Path("/m/tok"), Path("/m/dec"))) != base
     assert key(admission={"max_queue_wait_s": 3}) == base  # how long newcomers wait changes nothing it can serve
+
+
+def test_the_default_policy_grows_a_stream_per_settle_and_cuts_deep_on_one_near_miss() -> None:
+    """The measured default (H100, 2026-12-05; capacity.py): from an eighth of the batch size, one stream per 3 s
+    while full, and a single near miss cuts to 70% of the recent peak as an underrun does."""
+    c = CapacityController(ceiling=256, initial=initial_limit(256))
+    assert c.limit == 32
+    feed = Feed()
+    c.update(feed.tick(tok_per_stream=80, active=32))
+    grown = [c.update(feed.tick(tok_per_stream=80, active=c.limit, queued=20)) for _ in range(7)]
+    assert grown == [33, 33, 33, 34, 34, 34, 35]
+    assert c.update(feed.tick(tok_per_stream=80, active=35, queued=20, near=1)) == 24  # 70% of 35
+    assert c.reason == "near misses" and c.knee == 35
+    assert initial_limit(8) == 1 and initial_limit(1) == 1

@@ -121,14 +121,14 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     assert got["speech_decoder"]["graph_batches"] == [1, 2, 4, 8, 16, 24, 32]
     back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
     # the app's controller as the server started it
-    started = {"backoff": 0.9, "initial": 48, "settle_s": 0.0, "step": 0.25, "probe_s": 5.0, "near_miss_cut": 0}
+    started = {"backoff": 0.7, "initial": 48, "settle_s": 3.0, "step": 0.0, "probe_s": 5.0, "near_miss_cut": 1}
     assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == started
     # Admission control's own rules: applied to the controller, which restarts; not named again: the server's own.
-    body = {"capacity": {"backoff": "0.85", "initial": "16", "settle_s": 3, "step": "0", "near_miss_cut": "1"}}
+    body = {"capacity": {"backoff": "0.85", "initial": "16", "settle_s": 0, "step": "0.25", "near_miss_cut": "0"}}
     got = client.post("/bench/reconfigure", json=body).json()
-    named = {"backoff": 0.85, "initial": 16, "settle_s": 3.0, "step": 0.0, "near_miss_cut": 1}
+    named = {"backoff": 0.85, "initial": 16, "settle_s": 0.0, "step": 0.25, "near_miss_cut": 0}
     assert got["capacity"] == {**started, **named} and controller.knee is None
-    assert controller.step == 0.0 and controller.near_miss_cut == 1
+    assert controller.step == 0.25 and controller.near_miss_cut == 0
     assert got["admission_limit"] == 16 and queue.max_active == 16
     back = client.post("/bench/reconfigure", json={}).json()
     assert back["capacity"] == started and back["admission_limit"] == 48

@@ -79,7 +79,7 @@ def test_controller_mode_runs_the_capacity_controller_in_simulated_time() -> Non
 
     spec = parse_controller("initial=4,step=0,settle_s=1,ceiling=12,interval_s=0.5")
     assert spec.fields == {"initial": 4, "step": 0.0, "settle_s": 1.0, "ceiling": 12} and spec.interval_s == 0.5
-    assert parse_controller("default").build().limit == 64  # a GPU server's start: a quarter of 256
+    assert parse_controller("default").build().limit == 32  # a GPU server's start: an eighth of 256
     with pytest.raises(ValueError, match="unknown field"):
         parse_controller("initail=4")
     r = simulate(16, 1.0, hold=False, seconds=6.0, turns=1, seed=3, controller=spec)

@@ -54,6 +54,11 @@ class HiFTGraphConfig:
     """Longer passes run `vocode_padded` eagerly, without static buffers (rare: the chunk schedule bounds them)."""
     cache_width: int = 256
     """Most cache samples per row (a stream carries one frame's: 256); a longer cache runs `vocode_padded`."""
+    max_rows_frames: int = 4096
+    """Buckets of more padded rows x frames run `vocode_padded` eagerly. A graph pays only where launches dominate
+    (H100, `bench/check_hift_graphs.py`: 3.9x at 1x64, 2.2x at 8x64, 1.5x at 8x256, 1.04x at 8x1088, 1.0x at
+    32x1088), while its pool keeps the bucket's peak activations (5.2 GiB at 32x1088): capturing the large buckets
+    beside vLLM ran the device out of memory (cuBLAS could not create a handle)."""
 
 
 class _Bucket(StaticBucket):
@@ -129,6 +134,9 @@ class GraphedHiFT(BucketGraphs[_Bucket]):
         if not self._has_arena(self._sizes(key)[0], 0):
             self._reserve(key)
 
+    def _graphable(self, key: tuple[int, int]) -> bool:
+        return key[1] <= self.config.max_frames and key[0] * key[1] <= self.config.max_rows_frames
+
     def frame_buckets(self, max_frames: int) -> list[int]:
         step = self.config.frame_bucket
         top = -(-min(max_frames, self.config.max_frames) // step) * step
@@ -144,8 +152,13 @@ class GraphedHiFT(BucketGraphs[_Bucket]):
         frames = self.frame_buckets(max_frames)
         if not frames:
             return len(self._graphs)
-        self.reserve(max_batch, frames[-1])
-        return self._capture_all((b, t) for t in frames for b in sizes)
+        keys = [(b, t) for t in frames for b in sizes if self._graphable((b, t))]
+        if not keys:
+            return len(self._graphs)
+        largest = max(keys, key=lambda k: self._sizes(k)[0])
+        if not self._has_arena(self._sizes(largest)[0], 0):
+            self._reserve(largest)
+        return self._capture_all(keys)
 
     @torch.inference_mode()
     def __call__(
@@ -166,9 +179,10 @@ class GraphedHiFT(BucketGraphs[_Bucket]):
         for w, n in zip(widths, samples, strict=True):
             if w > n:
                 raise ValueError(f"cache_source has {w} samples; the row has {n}")
-        if frames > self.config.max_frames or max(widths) > self.config.cache_width:
+        key = self.bucket(rows, frames)
+        if not self._graphable(key) or max(widths) > self.config.cache_width:
             return vocode_padded(self.hift, mel, lengths, caches, [None] * rows, generators)
-        buf = self._bucket_for(self.bucket(rows, frames))
+        buf = self._bucket_for(key)
         self._fill(buf, mel, lengths, widths, caches, generators, samples)
         self._replay(buf)
         # Cloned: the next pass (any bucket: one arena) overwrites these buffers.
