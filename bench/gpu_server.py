@@ -100,7 +100,7 @@ def _summed(rt: Any, name: str) -> float | None:
     return None if not values or None in values else sum(values)
 
 
-def collect_stats(services: Any, rt: Any) -> dict:
+def collect_stats(services: Any, rt: Any, gc_pauses: Any = None) -> dict:
     """The GPU time split and counters, each None where this server's internals do not have it."""
     graphs = _first(rt, "decoder.decoder.flow.graphed", "decoder.decoder.graphed", "decoder.graphs")
     return {
@@ -127,6 +127,10 @@ def collect_stats(services: Any, rt: Any) -> dict:
         "admission_active": _first(services, "admission.queue.active", "admission.in_flight"),
         "admission_queued": _first(services, "admission.queue.queued"),
         "thread_cpu_s": thread_cpu_seconds(),
+        # The cyclic collector's time (the whole process waits meanwhile: serving/gc_heap.py).
+        "gc_pause_s": _first(gc_pauses, "seconds"),
+        "gc_long_pauses": _first(gc_pauses, "long_pauses"),
+        "gc_longest_pause_s": _first(gc_pauses, "longest_s"),
     }
 
 
@@ -152,7 +156,9 @@ def build(settings: Settings):
     async def stats(request: Request) -> dict:
         try:
             state = request.app.state
-            return collect_stats(getattr(state, "services", None), getattr(state, "runtime", None))
+            return collect_stats(
+                getattr(state, "services", None), getattr(state, "runtime", None), getattr(state, "gc_pauses", None)
+            )
         except Exception as exc:  # noqa: BLE001 - never a 500: the suite records what it gets
             return {"error": f"{type(exc).__name__}: {exc}"[:200]}
 

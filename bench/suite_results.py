@@ -64,6 +64,8 @@ class ServerStats:
     first_pass_s: float | None = None
     thread_cpu_s: dict | None = None
     """CPU seconds of the server's threads by role (main = the event loop, decoder, engine, tokenizer, other)."""
+    gc_pause_s: float | None = None
+    gc_long_pauses: int | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> ServerStats:
@@ -91,6 +93,10 @@ class GpuSplit:
     steps), wait (-> its pass began), pass (-> audio out of the decoder)."""
     thread_cpu_fraction: dict | None = None
     """Per thread role, CPU seconds over the level's wall time (1.0 = a core all the time): the GIL's contenders."""
+    gc_pause_s: float | None = None
+    """Seconds inside the cyclic garbage collector over the level (the whole process waited meanwhile)."""
+    gc_long_pauses: int | None = None
+    """Collections of 50 ms or longer over the level."""
 
     @classmethod
     def between(cls, before: ServerStats, after: ServerStats, wall_s: float) -> GpuSplit:
@@ -117,8 +123,11 @@ class GpuSplit:
                 role: round((seconds - before.thread_cpu_s.get(role, 0.0)) / wall_s, 3)
                 for role, seconds in sorted(after.thread_cpu_s.items())
             }
+        gc_s, gc_long = delta("gc_pause_s"), delta("gc_long_pauses")
         return cls(
             thread_cpu_fraction=cpu,
+            gc_pause_s=round(gc_s, 3) if gc_s is not None else None,
+            gc_long_pauses=int(gc_long) if gc_long is not None else None,
             llm_busy_s=llm[0],
             llm_busy_fraction=llm[1],
             decoder_busy_s=dec[0],

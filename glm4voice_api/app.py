@@ -37,6 +37,7 @@ from glm4voice_api.serving.capacity import (
     initial_limit,
     run_controller,
 )
+from glm4voice_api.serving.gc_heap import GcPauses, freeze_startup_heap, unfreeze_heap
 from glm4voice_api.serving.loop_watch import LoopWatch
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
@@ -353,12 +354,18 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         # Process-wide: how long a thread waiting for the GIL (the decoder's, launching ops) waits for a busy one.
         switch_interval, ours = sys.getswitchinterval(), settings.switch_interval_ms / 1000
         sys.setswitchinterval(ours)
+        gc_pauses = GcPauses(lambda generation, s: metrics.gc_pause.labels(generation).observe(s))
+        app.state.gc_pauses = gc_pauses
+        gc_pauses.start()
+        freeze_startup_heap()  # last: everything startup made is permanent (gc_heap.py says why)
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
         finally:
             watchdog.cancel()
             loop_watch.stop()
+            gc_pauses.stop()
+            unfreeze_heap()
             if sys.getswitchinterval() == ours:  # unless changed meanwhile (another app in this process, a bench)
                 sys.setswitchinterval(switch_interval)
             if capacity is not None:
@@ -374,6 +381,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
     app.state.services = None
     app.state.runtime = None
     app.state.capacity = None
+    app.state.gc_pauses = None
     app.state.draining = False
     app.state.fatal = None
     _install_error_handlers(app)

@@ -151,6 +151,13 @@ class Metrics:
             registry=self.registry,
         )
         self.thread_cpu = _ThreadCPU(self.registry)
+        self.gc_pause = Histogram(
+            "glm4voice_gc_pause_seconds",
+            "Each cyclic garbage collection's length, by generation (the whole process waits: it holds the GIL).",
+            ["generation"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
         self.realtime_sessions = Gauge(
             "glm4voice_realtime_sessions", "Realtime WebSocket sessions open now.", registry=self.registry
         )
