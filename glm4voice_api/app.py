@@ -354,10 +354,10 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         # Process-wide: how long a thread waiting for the GIL (the decoder's, launching ops) waits for a busy one.
         switch_interval, ours = sys.getswitchinterval(), settings.switch_interval_ms / 1000
         sys.setswitchinterval(ours)
+        freeze_startup_heap()  # last: everything startup made is permanent (gc_heap.py says why)
         gc_pauses = GcPauses(lambda generation, s: metrics.gc_pause.labels(generation).observe(s))
         app.state.gc_pauses = gc_pauses
-        gc_pauses.start()
-        freeze_startup_heap()  # last: everything startup made is permanent (gc_heap.py says why)
+        gc_pauses.start()  # after the freeze's own collection: serving's collections only
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
         try:
             yield
