@@ -121,6 +121,21 @@ def test_buckets_and_fallbacks(hift: HiFTGenerator) -> None:
         runner(mel, [20, 0, 7], [None] * 3, _gens(seeds))
 
 
+def test_buckets_past_the_work_cap_run_eagerly_without_buffers(hift: HiFTGenerator) -> None:
+    """Graphs only where they pay (`max_rows_frames`): a larger pass runs `vocode_padded` unpadded, with no static
+    buffers (their pool ran the GPU out of memory beside vLLM, H100 2026-12-05), and warm-up captures none of them."""
+    runner = GraphedHiFT(hift, HiFTGraphConfig(max_rows_frames=4 * 64), use_graphs=False)
+    mel, lengths, caches, seeds = _inputs("ragged")  # 3 rows -> 4 x 64 frames: at the cap, static buffers
+    runner(mel, lengths, caches, _gens(seeds))
+    assert runner._graphable(runner.bucket(3, 33)) and not runner._graphable(runner.bucket(5, 33))
+    assert not runner._graphable(runner.bucket(1, 300))
+    mel, lengths, caches, seeds = _inputs("ragged_padded")  # 5 rows -> 8 x 64 frames: past the cap
+    got = runner(mel, lengths, caches, _gens(seeds))
+    want = vocode_padded(hift, mel, lengths, caches, [None] * 5, _gens(seeds))
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert not runner._has_arena(runner._sizes(runner.bucket(5, 40))[0], 0)  # no buffers were made for it
+
+
 def _assert_results(a: list, b: list, exact: bool) -> None:
     for x, y in zip(a, b, strict=True):
         assert x.speech.shape == y.speech.shape
