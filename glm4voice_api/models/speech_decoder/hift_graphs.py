@@ -43,9 +43,9 @@ logger = logging.getLogger(__name__)
 class HiFTGraphConfig:
     frame_bucket: int = 64
     """Frames are padded up to a multiple of this. 64: a pass's HiFT input runs from ~70 frames (a reply's first
-    chunk) to ~1080 (156 tokens + the cache frame), so 17 frame buckets x 6 batch buckets, ~100 graphs, cover the
-    serving range; at most 63 padded frames (0.7 s of audio) of HiFT work per pass. Finer buckets: more graphs,
-    more capture time at startup, less padding."""
+    chunk) to ~1080 (156 tokens + the cache frame): 17 frame buckets x 6 batch buckets, of which the 64 within
+    `max_rows_frames` are captured; at most 63 padded frames (0.7 s of audio) of HiFT work per pass. Finer buckets:
+    more graphs, more capture time at startup, less padding."""
     max_graphs: int = 128
     """Most graphs captured (then new buckets run eagerly through the same static buffers)."""
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
