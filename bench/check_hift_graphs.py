@@ -113,13 +113,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--frames", default="64,256,1088")
     p.add_argument("--frame-bucket", type=int, default=HiFTGraphConfig.frame_bucket)
     p.add_argument("--warmup-all", action="store_true", help="also capture every bucket up to 32 rows x 1088 frames")
+    p.add_argument(
+        "--max-rows-frames",
+        type=int,
+        default=1 << 30,
+        help="graph only buckets up to this many rows x frames (default: all; the server's cap is 4096)",
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cfg = _PRESETS[args.preset]()
     dtype = model_dtype(args, device)
     hift = load_hift(init_random_hift_state_dict(cfg, torch.Generator().manual_seed(args.seed)), cfg, device, dtype)
     # CPU: the graphs' padded static-buffer path, eagerly (nothing to capture there).
-    runner = GraphedHiFT(hift, HiFTGraphConfig(frame_bucket=args.frame_bucket), use_graphs=device.type == "cuda")
+    # Every shape captured, past the serving cap too (`max_rows_frames`): this measures where graphs pay.
+    config = HiFTGraphConfig(frame_bucket=args.frame_bucket, max_rows_frames=args.max_rows_frames)
+    runner = GraphedHiFT(hift, config, use_graphs=device.type == "cuda")
     rows, frames = ints(args.rows), ints(args.frames)
     runner.reserve(max(rows), max(frames))  # one arena for every shape (as `warmup` reserves it)
     report = report_head("check_hift_graphs", args, dtype, device)

@@ -37,7 +37,7 @@ from glm4voice_api.serving.capacity import (
     initial_limit,
     run_controller,
 )
-from glm4voice_api.serving.gc_heap import GcPauses, freeze_startup_heap, unfreeze_heap
+from glm4voice_api.serving.gc_heap import freeze_startup_heap, unfreeze_heap
 from glm4voice_api.serving.loop_watch import LoopWatch
 from glm4voice_api.serving.metrics import Metrics
 from glm4voice_api.serving.services import Services
@@ -355,7 +355,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         switch_interval, ours = sys.getswitchinterval(), settings.switch_interval_ms / 1000
         sys.setswitchinterval(ours)
         freeze_startup_heap()  # last: everything startup made is permanent (gc_heap.py says why)
-        gc_pauses = GcPauses(lambda generation, s: metrics.gc_pause.labels(generation).observe(s))
+        gc_pauses = metrics.gc_pauses
         app.state.gc_pauses = gc_pauses
         gc_pauses.start()  # after the freeze's own collection: serving's collections only
         logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)

@@ -15,8 +15,9 @@ therefore not a setting but a measurement, adjusted once a second from what the 
   tokens/s), or a single near miss came: no growth (the next stream would tip it over);
 - otherwise, when nearly every slot is used (or requests wait), the limit grows by one stream, then holds
   `settle_s` (3 s) so that the streams it admitted get past their start, where gaps and near misses are counted,
-  before the next; past 80% of the knee (or the cut's level), by one stream per `probe_s`. The wait after a growth
-  step holds growth only: a gap meanwhile still cuts.
+  before the next; past `min(0.8, backoff)` of the knee (70% by default: the cut's level), by one stream per
+  `probe_s`. The wait after a growth step holds growth only: a gap meanwhile still cuts. Near misses reported
+  during a cut's hold are that overload's echo and never count toward the next cut.
 
 Why this policy (measured, H100, 2026-12-05, `bench/results/GPU.md`): on one warm server, 64 closed-loop sessions
 (twice what stays real time) against the previous policy (first limit a quarter of the batch size, +25% a second,
@@ -108,6 +109,8 @@ class CapacityController:
         self._last: CapacitySignals | None = None
         self._hold_until = 0.0
         """After a cut: no further cut (the same overload's echo) and no growth until then."""
+        self._near_floor = 0
+        """Near misses up to this count were reported before or during the last cut's hold (its echo)."""
         self._grow_after = 0.0
         """After a growth step (a probe, or a fast step with settle_s): no growth until then. Cuts are not held:
         the gaps this wait is there to see must still cut."""
@@ -132,7 +135,9 @@ class CapacityController:
         wall = now.at - last.at
         per_stream = (now.generated_tokens - last.generated_tokens) / wall / max(1, now.engine_active)
         holding = now.at < self._hold_until
-        near_window = now.near_misses - min(last.near_misses, self._recent[0][2])
+        if holding:  # near misses reported during a cut's hold are its echo: they never count toward the next cut
+            self._near_floor = now.near_misses
+        near_window = now.near_misses - max(min(last.near_misses, self._recent[0][2]), self._near_floor)
         near_cut = 0 < self.near_miss_cut <= near_window
         if now.underruns > last.underruns or near_cut:
             if not holding:  # one cut per overload: later underruns of the same streams are its echo

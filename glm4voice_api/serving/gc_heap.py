@@ -12,15 +12,18 @@ the same after its warm-up (`vllm.utils.gc_utils.freeze_gc_heap`); the engine co
 itself, but this process is ours.
 
 `GcPauses` times each collection through `gc.callbacks` (two clock reads per collection) for `/metrics` and the
-benchmark's stats, so a stall that remains is seen and attributed.
+benchmark's stats, so a stall that remains is seen and attributed. Its callback touches only its own plain fields,
+never a lock: a collection can start on any thread at any call boundary, also while that thread holds a metrics
+lock (a scrape copying a histogram's children), and a callback that took that lock would deadlock the thread. The
+histogram is built from these fields when `/metrics` is scraped (`metrics.py`).
 """
 
 from __future__ import annotations
 
+import bisect
 import gc
 import logging
 import time
-from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +48,23 @@ def unfreeze_heap() -> None:
     gc.unfreeze()
 
 
+BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+"""Upper bounds (s) of the pause histogram (`+Inf` beyond)."""
+
+
 class GcPauses:
-    """Time spent inside the cyclic collector, per generation, from `start()` until `stop()`.
+    """Time spent inside the cyclic collector, per generation, from `start()` until `stop()`; lock-free (see the
+    module's docstring), read by `/metrics` and `/bench/stats`."""
 
-    `observe(generation, seconds)` is called after each collection (a metrics histogram's `observe`, or None)."""
-
-    def __init__(self, observe: Callable[[str, float], None] | None = None) -> None:
-        self.observe = observe
+    def __init__(self) -> None:
         self.seconds = 0.0
         """Cumulative seconds in collections."""
         self.collections = 0
         self.long_pauses = 0
         """Collections of at least LONG_PAUSE_S."""
         self.longest_s = 0.0
+        self.by_generation: dict[int, list] = {g: [0.0, [0] * (len(BUCKETS) + 1)] for g in range(3)}
+        """generation -> [seconds, counts per bucket (not cumulative; the last: beyond BUCKETS)]."""
         self._began: float | None = None
 
     def _callback(self, phase: str, info: dict[str, int]) -> None:
@@ -72,8 +79,19 @@ class GcPauses:
         self.longest_s = max(self.longest_s, took)
         if took >= LONG_PAUSE_S:
             self.long_pauses += 1
-        if self.observe is not None:
-            self.observe(str(info.get("generation", "?")), took)
+        entry = self.by_generation.get(int(info.get("generation", 2)))
+        if entry is not None:
+            entry[0] += took
+            entry[1][bisect.bisect_left(BUCKETS, took)] += 1
+
+    def histogram(self, generation: int) -> tuple[list[tuple[str, int]], float]:
+        """Prometheus histogram buckets (cumulative, `le` as text, `+Inf` last) and the sum, for one generation."""
+        seconds, counts = self.by_generation[generation]
+        total, buckets = 0, []
+        for bound, count in zip([*(str(b) for b in BUCKETS), "+Inf"], counts, strict=True):
+            total += count
+            buckets.append((bound, total))
+        return buckets, seconds
 
     def start(self) -> None:
         if self._callback not in gc.callbacks:

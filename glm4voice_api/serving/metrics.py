@@ -7,8 +7,10 @@ import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from glm4voice_api.serving.gc_heap import GcPauses
 
 
 class _CallbackCounter(Collector):
@@ -68,6 +70,25 @@ class _ThreadCPU(Collector):
         )
         for role, seconds in sorted(thread_cpu_seconds().items()):
             family.add_metric([role], seconds)
+        yield family
+
+
+class _GcPauseHistogram(Collector):
+    """`GcPauses`' counts as a histogram, built at scrape time (its GC callback must not take a metrics lock)."""
+
+    def __init__(self, pauses: GcPauses, registry: CollectorRegistry) -> None:
+        self.pauses = pauses
+        registry.register(self)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "glm4voice_gc_pause_seconds",
+            "Each cyclic garbage collection's length, by generation (the whole process waits: it holds the GIL).",
+            labels=["generation"],
+        )
+        for generation in sorted(self.pauses.by_generation):
+            buckets, seconds = self.pauses.histogram(generation)
+            family.add_metric([str(generation)], buckets, seconds)
         yield family
 
 
@@ -151,13 +172,8 @@ class Metrics:
             registry=self.registry,
         )
         self.thread_cpu = _ThreadCPU(self.registry)
-        self.gc_pause = Histogram(
-            "glm4voice_gc_pause_seconds",
-            "Each cyclic garbage collection's length, by generation (the whole process waits: it holds the GIL).",
-            ["generation"],
-            registry=self.registry,
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-        )
+        self.gc_pauses = GcPauses()
+        _GcPauseHistogram(self.gc_pauses, self.registry)
         self.realtime_sessions = Gauge(
             "glm4voice_realtime_sessions", "Realtime WebSocket sessions open now.", registry=self.registry
         )

@@ -278,3 +278,16 @@ def test_the_default_policy_grows_a_stream_per_settle_and_cuts_deep_on_one_near_
     assert c.update(feed.tick(tok_per_stream=80, active=35, queued=20, near=1)) == 24  # 70% of 35
     assert c.reason == "near misses" and c.knee == 35
     assert initial_limit(8) == 1 and initial_limit(1) == 1
+
+
+def test_near_misses_during_a_cuts_hold_do_not_cut_again_after_it() -> None:
+    """The hold after a cut ends while near misses it saw are still inside the `cooldown_s` window: they are that
+    overload's echo, and cutting on them would lower the knee (and the remembered one) a second time."""
+    c = CapacityController(ceiling=256, initial=initial_limit(256))
+    feed = Feed()
+    c.update(feed.tick(tok_per_stream=80, active=32))
+    assert c.update(feed.tick(tok_per_stream=80, active=36, queued=10, near=1)) == 22 and c.knee == 32
+    limits = [c.update(feed.tick(tok_per_stream=80, active=30, queued=10, near=n)) for n in (0, 1, 0, 0, 0, 0)]
+    assert min(limits) == 22 and c.knee == 32  # no second cut from the echo
+    assert c.update(feed.tick(tok_per_stream=80, active=23, queued=10, near=1)) == 16  # a new one after: cuts
+    assert c.knee == 23
