@@ -191,3 +191,34 @@ def test_end_of_pass_with_every_kind_of_row() -> None:
         return [torch.Generator().manual_seed(42 + i) for i in range(len(requests))]
 
     _assert_results(plain._end_batch(requests, gens(), x, spans), graphed._end_batch(requests, gens(), x, spans), True)
+
+
+def test_a_capture_that_runs_out_of_device_memory_degrades_to_eager(hift: HiFTGenerator, monkeypatch, caplog) -> None:
+    """The third capture fails as cuBLAS did beside vLLM (H100, 2026-12-05): the two graphs made are kept, nothing
+    more is captured, and every pass still runs (eagerly through the static buffers), with an error logged once."""
+    runner = GraphedHiFT(hift, HiFTGraphConfig(max_rows_frames=1 << 20), use_graphs=False)
+    runner.use_graphs = True  # capture logic on the CPU: `_capture` below stands in for the CUDA capture
+    made: list = []
+
+    def capture(key):
+        if len(made) == 2:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+        buf = runner._buffers(key)
+        runner._graphs[key] = buf
+        made.append(key)
+        return buf
+
+    monkeypatch.setattr(runner, "_capture", capture)
+    assert runner.warmup(4, 128) == 2 and "CUBLAS_STATUS_ALLOC_FAILED" in (runner.capture_failed or "")
+    assert caplog.text.count("ran the device out of memory") == 1 and "out of device memory" in caplog.text
+    mel, lengths, caches, seeds = _inputs("ragged")
+    got = runner(mel, lengths, caches, _gens(seeds))  # a bucket never captured: eager, same values
+    runner.use_graphs = False
+    want = runner(mel, lengths, caches, _gens(seeds))
+    assert torch.equal(got[0], want[0]) and len(made) == 2
+
+    other = GraphedHiFT(hift, use_graphs=False)
+    other.use_graphs = True
+    monkeypatch.setattr(other, "_capture", lambda key: (_ for _ in ()).throw(RuntimeError("a shape bug")))
+    with pytest.raises(RuntimeError, match="a shape bug"):  # any other failure is not swallowed
+        other.warmup(1, 64)

@@ -104,8 +104,8 @@ class BucketGraphs(Generic[B]):
     def _bucket_for(self, key: Hashable) -> B:
         """The bucket's captured graph, captured now while under `max_graphs`, else its buffers to run eagerly."""
         buf = self._graphs.get(key) if self.use_graphs else None
-        if buf is None and self.use_graphs and len(self._graphs) < self.config.max_graphs:
-            buf = self._capture(key)
+        if buf is None and self._may_capture():
+            buf = self._try_capture(key)
         if buf is None:
             buf = self._buffers(key)  # eager through the same static buffers (no graph, or beyond max_graphs)
         return buf
@@ -122,15 +122,41 @@ class BucketGraphs(Generic[B]):
         for key in keys:
             if key in self._graphs:
                 continue
-            if len(self._graphs) < self.config.max_graphs:
-                self._capture(key)
-            else:
+            if not self._may_capture() or self._try_capture(key) is None:
                 skipped += 1
         if skipped:
-            self.log.warning(
-                "%d %s graph buckets not captured (max_graphs %d): they run eagerly", skipped, self.label, self.graphs
-            )
+            why = "out of device memory" if self.capture_failed else f"max_graphs {self.config.max_graphs}"
+            self.log.warning("%d %s graph buckets not captured (%s): they run eagerly", skipped, self.label, why)
         return len(self._graphs)
+
+    capture_failed: str | None = None
+    """Why a capture failed (the device ran out of memory): no further captures; those made keep serving."""
+
+    def _may_capture(self) -> bool:
+        return self.use_graphs and self.capture_failed is None and len(self._graphs) < self.config.max_graphs
+
+    def _try_capture(self, key: Hashable) -> B | None:
+        """`_capture`, or None once the device cannot hold another graph: an option that runs the GPU out of memory
+        beside vLLM (HiFT's largest buckets did, H100 2026-12-05) degrades to eager passes instead of failing the
+        server's start or a stream's pass."""
+        try:
+            return self._capture(key)
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError, or cuBLAS/cuDNN failing to allocate
+            text = str(exc)
+            if not isinstance(exc, torch.cuda.OutOfMemoryError) and "ALLOC" not in text and "out of memory" not in text:
+                raise
+            self.capture_failed = f"{type(exc).__name__}: {text[:200]}"
+            self.log.error(
+                f"capturing %s graph {self.key_format} ran the device out of memory; %d graphs kept, the rest run "
+                "eagerly: %s",
+                self.label,
+                *key,
+                len(self._graphs),
+                self.capture_failed,
+            )
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None
 
     def _capture(self, key: Hashable) -> B:
         start = time.perf_counter()
