@@ -20,9 +20,9 @@ if [ -f /root/stash/setup-on-gpu.sh ]; then  # the carried-vLLM path (no package
   export PYTHONPATH=$PYTHONPATH:$PWD/plugins
   python3 -c "from glm4voice_vllm.gpu_entrypoint import write_dist_info; write_dist_info('/tmp/site')" || exit 1
   # The bundle is unpacked from a tarball without bytecode; a pip install (the Dockerfile's, a user's) compiles it.
-  # Without this, a fresh machine's first server start spent ~33 s compiling vLLM's and its dependencies' modules
-  # before the engine even started (H100, 2026-12-05: ready 109 s cold, 58 s on the same machine's next start), and
-  # the suite's ready_s measured the bundle, not the product. Once per machine (a marker file), outside any timing.
+  # Without this, a fresh machine's first server start took ~33 s from process start to the engine's start, 21 s on
+  # its next start (H100, 2026-12-05); part of that is compiling vLLM's and its dependencies' modules, which the
+  # suite's ready_s should not count (a user's install did it). Once per machine (a marker file), outside any timing.
   if [ ! -f /tmp/site/.g4v_compiled ]; then
     python3 -m compileall -q -j 0 /tmp/site "$PWD/glm4voice_api" "$PWD/plugins" >/dev/null 2>&1
     touch /tmp/site/.g4v_compiled

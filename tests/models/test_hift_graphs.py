@@ -222,3 +222,23 @@ def test_a_capture_that_runs_out_of_device_memory_degrades_to_eager(hift: HiFTGe
     monkeypatch.setattr(other, "_capture", lambda key: (_ for _ in ()).throw(RuntimeError("a shape bug")))
     with pytest.raises(RuntimeError, match="a shape bug"):  # any other failure is not swallowed
         other.warmup(1, 64)
+
+
+def test_out_of_memory_is_recognised_through_the_failed_capture_end() -> None:
+    """A capture's end fails with its own message after an allocation inside it did: the cause is in the chain."""
+    from glm4voice_api.models.speech_decoder.graph_buckets import _out_of_memory
+
+    def raised_while_handling(inner: BaseException) -> RuntimeError:
+        try:
+            try:
+                raise inner
+            except RuntimeError:
+                raise RuntimeError("operation failed due to a previous error during capture") from None
+        except RuntimeError as exc:
+            exc.__context__ = inner  # `from None` only hides it from tracebacks; keep the link as torch's exit does
+            return exc
+
+    assert _out_of_memory(raised_while_handling(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED")))
+    assert _out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert _out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate`"))
+    assert not _out_of_memory(raised_while_handling(RuntimeError("a shape bug")))

@@ -28,6 +28,22 @@ logger = logging.getLogger(__name__)
 Arena = tuple[torch.Tensor, torch.Tensor]
 
 
+_OUT_OF_MEMORY = ("out of memory", "ALLOC_FAILED", "CUBLAS_STATUS_NOT_INITIALIZED")
+"""How running out of device memory reads in torch's and the CUDA libraries' errors (cuBLAS reports a handle it
+could not allocate as not initialised)."""
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc`, or what it was raised from or while handling (a capture's end fails after an allocation inside
+    it did), is the device running out of memory."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, torch.cuda.OutOfMemoryError) or any(m in str(seen) for m in _OUT_OF_MEMORY):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class StaticBucket:
     """One bucket's static buffers (views of the shared arenas) and its graph."""
 
@@ -56,6 +72,7 @@ class BucketGraphs(Generic[B]):
         GEMM keeps the cuBLAS workspace of the stream it was captured on)."""
         self.captures = 0
         self.capture_seconds = 0.0
+        self._failed_graphs: list[torch.cuda.CUDAGraph] = []
 
     @property
     def graphs(self) -> int:
@@ -142,10 +159,9 @@ class BucketGraphs(Generic[B]):
         try:
             return self._capture(key)
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError, or cuBLAS/cuDNN failing to allocate
-            text = str(exc)
-            if not isinstance(exc, torch.cuda.OutOfMemoryError) and "ALLOC" not in text and "out of memory" not in text:
+            if not _out_of_memory(exc):
                 raise
-            self.capture_failed = f"{type(exc).__name__}: {text[:200]}"
+            self.capture_failed = f"{type(exc).__name__}: {str(exc)[:200]}"
             self.log.error(
                 f"capturing %s graph {self.key_format} ran the device out of memory; %d graphs kept, the rest run "
                 "eagerly: %s",
@@ -182,6 +198,15 @@ class BucketGraphs(Generic[B]):
             self._run(buf)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=side):
-            self._run(buf)
+        current = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool, stream=side):
+                self._run(buf)
+        except BaseException:
+            # A failed capture's graph is kept, never destroyed: destroying a graph frees the cuBLAS workspace of its
+            # capture stream, which every graph of this set shares (see the module's docstring). And the stream is
+            # set back: when the capture's end fails too, `torch.cuda.graph` leaves the side stream current.
+            self._failed_graphs.append(graph)
+            torch.cuda.set_stream(current)
+            raise
         return graph
