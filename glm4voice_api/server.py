@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from types import FrameType
 
 import uvicorn
@@ -78,6 +79,9 @@ def stop_descendants(root: object, known: tuple = (), rounds: int = 20) -> set:
                 process.suspend()
             except psutil.Error:
                 pass
+        # SIGSTOP lands asynchronously: until a process has really stopped it can still fork, and a child it forks
+        # after the next read would be missed (a clean-clone CI run caught one). So wait for the stop first.
+        _wait_stopped(new)
         seen |= new
         if not new:
             break
@@ -87,6 +91,23 @@ def stop_descendants(root: object, known: tuple = (), rounds: int = 20) -> set:
         except psutil.Error:
             pass
     return seen
+
+
+def _wait_stopped(processes: set, timeout_s: float = 1.0) -> None:
+    """Until every one of `processes` is stopped (or gone), at most `timeout_s`."""
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    waiting = set(processes)
+    while waiting and time.monotonic() < deadline:
+        for process in list(waiting):
+            try:
+                if process.status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP, psutil.STATUS_ZOMBIE):
+                    waiting.discard(process)
+            except psutil.Error:  # gone
+                waiting.discard(process)
+        if waiting:
+            time.sleep(0.002)
 
 
 def reserve_listeners(host: str, port: int) -> list[socket.socket]:
