@@ -27,6 +27,7 @@ from glm4voice_api.engine.base import (
     GenerationParams,
     InterleaveConstraint,
     TokenLogprob,
+    staircase_max_tokens,
 )
 
 logger = logging.getLogger(__name__)
@@ -199,25 +200,27 @@ class VllmLLMEngine:
         self,
         batch_sizes: list[int],
         prompt_len: int = 64,
-        max_tokens: int = 4,
+        steps: int = 4,
         constraint: InterleaveConstraint | None = None,
     ) -> None:
-        """Run each batch size once with the serving sampler, so first requests do not pay for new shapes.
+        """Run each batch size with the serving sampler, so first requests do not pay for new shapes.
 
         Measured on an H100 (vLLM 0.26): without this the first burst of 32 requests waited 6.5 s for its first
         token, compiling the top-k/top-p kernel, which only runs when top_p < 1 (the serving default 0.8). The
         replies' own constraint (when they have one) takes part too: its masked logits compiled another variant
-        of that kernel during the first request (1.2 s on an H100).
+        of that kernel during the first request (1.2 s on an H100). One wave covers every size
+        (`staircase_max_tokens`): the batch starts at the largest and steps down as groups of requests finish.
         """
-        params = GenerationParams(max_tokens=max_tokens, temperature=0.8, top_p=0.8, constraint=constraint)
+        sizes = sorted({min(size, self.info.max_num_seqs) for size in batch_sizes})
+        lengths = staircase_max_tokens(sizes, steps)
 
-        async def one(i: int) -> None:
+        async def one(i: int, max_tokens: int) -> None:
+            params = GenerationParams(max_tokens=max_tokens, temperature=0.8, top_p=0.8, constraint=constraint)
             async for _ in self.generate([1 + (i % 1000)] * prompt_len, params, f"warmup-{i}"):
                 pass
 
-        for size in batch_sizes:
-            await asyncio.gather(*(one(size * 1000 + i) for i in range(min(size, self.info.max_num_seqs))))
-        logger.info("engine warm-up done for batch sizes %s", batch_sizes)
+        await asyncio.gather(*(one(i, n) for i, n in enumerate(lengths)))
+        logger.info("engine warm-up done for batch sizes %s", sizes)
 
     def _sampling_params(self, params: GenerationParams) -> Any:
         from vllm.sampling_params import RequestOutputKind, SamplingParams
