@@ -10,6 +10,9 @@
   pattern (bench/baseline_seed.py) inside this process, on the same engine and GPU, and returns each turn's audio
   chunk arrivals (judged like the load generator's turns).
 
+- `POST /bench/profile_loop {"seconds": S}`: cProfile of the event loop's thread for S seconds (its CPU seconds and the
+  functions by self and cumulative time): where the API process's loop CPU goes under load.
+
 - `POST /bench/reconfigure {"speech_decoder": {"chunking": "adaptive", ...}}`: the speech decoder's per-stream rules
   (`pipeline/decoder_rules.py`: RULES) become the server's own settings plus these, for the next streams (409 while
   a stream is open), and admission control starts again from its initial state, with `"capacity": {"backoff": B}`
@@ -28,7 +31,9 @@ import argparse
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -241,6 +246,38 @@ def build(settings: Settings):
                 "admission_limit": limit,
             }
         )
+
+    @app.post("/bench/profile_loop")
+    async def profile_loop(body: dict) -> dict:
+        """cProfile of the event loop's thread for `seconds`: where the API process's loop CPU goes under load.
+
+        The handler runs on the loop thread, and cProfile profiles the thread that enables it, so everything the
+        loop runs meanwhile (HTTP, SSE, vLLM's output handling, our turns) is counted; the worker threads are not."""
+        import asyncio
+        import cProfile
+        import pstats
+
+        seconds = float(body.get("seconds", 5.0))
+        if not 0 < seconds <= 60:
+            return JSONResponse({"error": "seconds must lie in (0, 60]"}, 400)
+        profiler = cProfile.Profile()
+        cpu0, wall0 = time.thread_time(), time.perf_counter()
+        profiler.enable()
+        await asyncio.sleep(seconds)
+        profiler.disable()
+        cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+        stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive, tottime, cumtime, callers)}
+        rows = [
+            {"function": f"{Path(f).name}:{line}:{name}", "calls": nc, "self_s": round(tt, 4), "cum_s": round(ct, 4)}
+            for (f, line, name), (_, nc, tt, ct, _) in stats.items()
+        ]
+        top = int(body.get("top", 40))
+        return {
+            "seconds": round(wall, 3),
+            "loop_cpu_s": round(cpu, 3),
+            "by_self": sorted(rows, key=lambda r: -r["self_s"])[:top],
+            "by_cum": sorted(rows, key=lambda r: -r["cum_s"])[:top],
+        }
 
     @app.post("/bench/baseline")
     async def baseline(request: Request, body: dict) -> dict:

@@ -213,3 +213,15 @@ def test_flow_front_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:
     decoder.flow.enable_graphs(use_graphs=False)  # the ODE's buckets: still CPU, so still eager
     assert set_flow_front_graphs(decoder, on, 8) == 0 and decoder.flow.graphed_front is None
     assert not SpeechDecoderSettings().flow_front_graphs  # off by default
+
+
+def test_profile_loop_route_reports_the_loop_threads_work_and_refuses_a_bad_duration() -> None:
+    from bench.gpu_server import build
+
+    client = TestClient(build(Settings()))  # no lifespan: the route needs no runtime
+    got = client.post("/bench/profile_loop", json={"seconds": 0.05, "top": 5})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["seconds"] >= 0.05 and body["loop_cpu_s"] >= 0
+    assert 0 < len(body["by_self"]) <= 5  # an idle loop: its time is in the poll (select.epoll), not CPU
+    assert client.post("/bench/profile_loop", json={"seconds": 0}).status_code == 400
