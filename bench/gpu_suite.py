@@ -183,6 +183,17 @@ async def server_passes(url: str, since: list[int]) -> dict:
         return {}
 
 
+async def profile_loop(url: str, delay_s: float, seconds: float) -> dict:
+    """/bench/profile_loop after `delay_s` ({} when the server does not answer it: a profile never fails a level)."""
+    await asyncio.sleep(delay_s)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=seconds + 30) as client:
+            response = await client.post("/bench/profile_loop", json={"seconds": seconds, "top": 40})
+            return response.json() if response.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
 def loadgen_args(args: argparse.Namespace, url: str, turns: int | None = None) -> argparse.Namespace:
     return loadgen.parse_args(
         ["--url", url, "--turns", str(turns or args.turns), "--max-tokens", str(args.max_tokens)]
@@ -245,7 +256,13 @@ class Suite:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
             before = await self.stats(url)
-            level = await loadgen.run_level(url, concurrency, lg, self.wav_b64)
+            if concurrency == args.profile_loop:  # a profile of the loop meanwhile, from 2 s in (streams running)
+                level, profile = await asyncio.gather(
+                    loadgen.run_level(url, concurrency, lg, self.wav_b64), profile_loop(url, delay_s=2.0, seconds=5.0)
+                )
+                run.loop_profiles[str(concurrency)] = profile
+            else:
+                level = await loadgen.run_level(url, concurrency, lg, self.wav_b64)
             after = await self.stats(url)
             await self.record_passes(run, url, f"level {concurrency}")
             summary = level.summary()
@@ -458,6 +475,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant-levels", type=ints, default=[32], help="ladder of each variant phase ('': none)")
     p.add_argument("--variant-overload", type=int, default=32, help="closed-loop sessions per variant phase (0: none)")
     p.add_argument("--variant-overload-seconds", type=float, default=40.0)
+    p.add_argument(
+        "--profile-loop", type=int, default=32, help="ladder level whose event loop is profiled for 5 s (0: none)"
+    )
     p.add_argument("--ready-timeout", type=float, default=420)
     p.add_argument("--prepare-only", action="store_true")
     p.add_argument("--url", default=None, help="use a running bench/gpu_server.py instead of starting one")

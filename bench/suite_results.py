@@ -179,6 +179,8 @@ class ConfigRun:
     """The warm server's rounds of --variant (bench/warm_variants.py: VariantRuns), None when there were none."""
     overload_traces: dict = field(default_factory=dict)
     """Each overload's admission timeline and turns (bench/overload_trace.py), by its label."""
+    loop_profiles: dict = field(default_factory=dict)
+    """The event loop's cProfile during a ladder level (gpu_server's /bench/profile_loop), by the level's streams."""
 
     def level(self, concurrency: int) -> LevelSummary | None:
         return next((lv.summary for lv in self.levels if lv.summary.concurrency == concurrency), None)
@@ -207,6 +209,7 @@ class ConfigRun:
             "warm_stats": asdict(self.warm_stats) if self.warm_stats else None,
             "variants": self.variants.to_json() if self.variants is not None else None,
             "overload_traces": self.overload_traces,
+            "loop_profiles": self.loop_profiles,
             "error": self.error,
         }
 

@@ -197,3 +197,35 @@ def test_gap_free_by_running_groups_admitted_turns_by_the_load_they_met():
         {"running": "0-7", "turns": 1, "gap_free": 1.0},
         {"running": "8-15", "turns": 2, "gap_free": 0.5},
     ]
+
+
+def test_the_ladder_profiles_the_event_loop_at_the_named_level_only(tmp_path, monkeypatch):
+    async def fake_level(url, concurrency, args, wav_b64):
+        return loadgen.LevelResult(concurrency, 5.0, [_turn(0.4) for _ in range(concurrency)])
+
+    profiled: list[tuple[float, float]] = []
+
+    async def fake_profile(url, delay_s, seconds):
+        profiled.append((delay_s, seconds))
+        return {"loop_cpu_s": 1.5, "by_self": []}
+
+    async def nothing(*_args, **_kwargs):
+        return {}
+
+    async def no_stats(url):
+        return ServerStats()
+
+    monkeypatch.setattr(loadgen, "run_level", fake_level)
+    monkeypatch.setattr(gpu_suite, "profile_loop", fake_profile)
+    monkeypatch.setattr(gpu_suite, "server_passes", nothing)
+    monkeypatch.setattr(gpu_suite, "server_stats", no_stats)
+    args = gpu_suite.parse_args(["--out", str(tmp_path), "--warmup", "", "--levels", "1,4", "--profile-loop", "4"])
+    suite = gpu_suite.Suite(args)
+    run = ConfigRun(name="defaults", settings={}, defaults=False)
+    suite.runs.append(run)
+    asyncio.run(suite.run_config(run, "http://x", args.levels, extras=False))
+
+    assert profiled == [(2.0, 5.0)] and [lv.summary.concurrency for lv in run.levels] == [1, 4]
+    written = json.loads((tmp_path / "gpu_suite.json").read_text())
+    config = written["defaults"] if written.get("defaults") else written["configs"][0]
+    assert config["loop_profiles"] == {"4": {"loop_cpu_s": 1.5, "by_self": []}}
