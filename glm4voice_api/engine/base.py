@@ -129,7 +129,7 @@ def staircase_max_tokens(batch_sizes: list[int], steps: int) -> list[int]:
 
     Started together, request i runs `steps` decode steps at every size larger than i, so the batch holds each size
     for `steps` steps as groups finish: one wave instead of one round per size (each round paid its own prefill and
-    tail; on an H100 the nine rounds took 7.3 s of the server's start)."""
+    tail; on an H100 the nine rounds took 7.3 s of a cold start, 2 s warm)."""
     sizes = sorted(set(batch_sizes), reverse=True)
     if not sizes or sizes[-1] < 1 or steps < 1:
         msg = f"batch sizes must be >= 1 and steps >= 1, got {batch_sizes}, {steps}"
