@@ -59,9 +59,7 @@ class EngineSettings(BaseModel):
     )
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     warmup_batch_sizes: list[int] | None = Field(
-        None,
-        description="Batch sizes run once before the server reports ready. Default: powers of two up to "
-        "max_num_seqs on GPU, [1, 2] on CPU.",
+        None, description="Batch sizes run before ready. Default: powers of two to max_num_seqs on GPU, [1, 2] on CPU."
     )
 
     def resolved(self, *, cuda: bool, model_seq_length: int) -> EngineSettings:
@@ -102,10 +100,7 @@ class SpeechDecoderSettings(BaseModel):
         "where a 26-token audio block ends (no wait for the next 13 text tokens); longer chunks cost less.",
     )
     max_prompt_tokens: int = Field(
-        100,
-        ge=0,
-        description="Earlier tokens (8 s at 100) given to the flow as context per chunk: bounds the cost of a chunk; "
-        "0 = the whole history, as the reference.",
+        100, ge=0, description="Earlier tokens (8 s at 100) the flow gets as context: bounds a chunk's cost; 0: all."
     )
     chunking: Literal["adaptive", "fixed"] = Field(
         "fixed",
@@ -149,6 +144,9 @@ class SpeechDecoderSettings(BaseModel):
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "
         "H200, bench/results). Compiled at start (~30 s, beside vLLM's start), cached under cache_dir/inductor.",
+    )
+    in_engine: bool = Field(
+        False, description="Decode in vLLM's model process: one CUDA context with the LLM (pipeline/decoder_host.py)."
     )
 
 

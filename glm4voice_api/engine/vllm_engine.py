@@ -135,6 +135,7 @@ class VllmLLMEngine:
         random_weights: bool,
         warmup_constraint: InterleaveConstraint | None = None,
         core_started: threading.Event | None = None,
+        worker_extension: str | None = None,
     ) -> VllmLLMEngine:
         """Start vLLM (engine core, weights, compilation) and warm it up.
 
@@ -172,6 +173,8 @@ class VllmLLMEngine:
             logits_processors=[LOGITS_PROCESSOR],
             quantization=settings.quantization,
         )
+        if worker_extension is not None:  # methods of ours in vLLM's model process (`call_workers`)
+            args.worker_extension_cls = worker_extension
         logger.info(
             "starting the vLLM engine (%s)", "in this process" if in_process(settings) else "engine core process"
         )
@@ -301,6 +304,10 @@ class VllmLLMEngine:
                 self.aborted += 1
                 # Shielded: under anyio's level-triggered cancellation a plain await here would be cancelled too.
                 await asyncio.shield(self.abort(engine_id))
+
+    async def call_workers(self, method: str, *args: object) -> list:
+        """Run `method` (of the worker extension given to `start`) in every process that runs the model."""
+        return await self._llm.collective_rpc(method, args=args)
 
     async def abort(self, request_id: str) -> None:
         try:

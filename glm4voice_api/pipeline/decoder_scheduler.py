@@ -487,7 +487,8 @@ def _own_cuda_stream(device: object) -> None:
 
     With the LLM in the same process (engine `process: inproc`), kernels on separate streams of one context can
     overlap, and the priority lets a decoder pass (what a listener is waiting for) start between the LLM's kernels
-    rather than after them. On the default stream everything would run in one line. Only used in that mode: with
+    rather than after them. On the default stream everything would run in one line. Only used there (and in the
+    decoder host, pipeline/decoder_host.py, which runs in vLLM's model process): with
     vLLM in its own process, decoder work on a stream of its own beside the speech tokenizer on the default stream
     hit an illegal memory access on an H100 (2026-11) and again on an H200 (2026-12-04: a first-chunk lane on a
     stream of its own, bench/results/GPU.md); the cause is not found, so it is not risked there.

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import LLMEngine
@@ -34,6 +35,7 @@ from glm4voice_api.pipeline.decoder_rules import (
     set_outside_graphs_compiled,
 )
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.pipeline.remote_decoder import RemoteDecoder
 from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 from glm4voice_api.random_checkpoints.default import ensure_default_checkpoints
@@ -77,7 +79,7 @@ class Runtime:
     engine: LLMEngine
     paths: CheckpointFolders
     audio_input: AudioInput
-    decoder: DecoderScheduler | DecoderPool
+    decoder: DecoderScheduler | DecoderPool | RemoteDecoder
     """Speech output: one decoder thread (per GPU with `audio_device=all`) batching every reply's chunks."""
     voice_maker: SpeechDecoder
     """Makes speaker prompts from reference audio (no model weights involved, only the decoder's mel geometry)."""
@@ -161,7 +163,10 @@ def _load_audio_input(settings: Settings, path: Path) -> AudioInput:
     return AudioInput(worker, settings.request_limits, tokens_per_second=model.model.config.tokens_per_second)
 
 
-def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderScheduler:
+def _build_scheduler(
+    settings: Settings, path: Path, device: str, *, beside_model: bool | None = None
+) -> DecoderScheduler:
+    """`beside_model`: the LLM runs in this process (default: the in-process engine; the decoder host passes True)."""
     import torch
 
     from glm4voice_api.engine.vllm_engine import in_process
@@ -191,7 +196,7 @@ def _build_scheduler(settings: Settings, path: Path, device: str) -> DecoderSche
         # reference's exact draws.
         rng_device=device if device.startswith("cuda") else "cpu",
     )
-    own_stream = device.startswith("cuda") and in_process(settings.engine)
+    own_stream = device.startswith("cuda") and (in_process(settings.engine) if beside_model is None else beside_model)
     scheduler = DecoderScheduler(
         decoder,
         config,
@@ -243,7 +248,7 @@ def _prepare_flow(decoder: SpeechDecoder, settings: Settings, device: str, *, co
 
 
 def start_audio_models(
-    settings: Settings, paths: CheckpointFolders, after: threading.Event | None = None
+    settings: Settings, paths: CheckpointFolders, after: threading.Event | None = None, *, decoders: bool = True
 ) -> list[asyncio.Future]:
     """Load the speech tokenizer and decoder(s) on worker threads, starting NOW (not when awaited), or, with `after`,
     as soon as that event is set.
@@ -255,7 +260,7 @@ def start_audio_models(
     """
     loop = asyncio.get_running_loop()
     jobs: list[tuple[Callable, tuple]] = [(_load_audio_input, (settings, paths.speech_tokenizer))]
-    jobs += [(_build_scheduler, (settings, paths.decoder, d)) for d in decoder_devices(settings)]
+    jobs += [(_build_scheduler, (settings, paths.decoder, d)) for d in decoder_devices(settings) if decoders]
     return [loop.run_in_executor(None, _run_after, after, job, args) for job, args in jobs]
 
 
@@ -265,7 +270,44 @@ def _run_after(after: threading.Event | None, job: Callable, args: tuple) -> obj
     return job(*args)
 
 
-def _as_decoder(schedulers: list[DecoderScheduler]) -> DecoderScheduler | DecoderPool:
+def _decoder_in_engine(settings: Settings) -> bool:
+    """`speech_decoder.in_engine`, checked against what it needs (one vLLM model process, not in this one)."""
+    from glm4voice_api.engine.vllm_engine import in_process
+
+    if not settings.speech_decoder.in_engine:
+        return False
+    e = settings.engine
+    if in_process(e) or e.tensor_parallel_size * e.pipeline_parallel_size * e.data_parallel_size > 1:
+        raise ValueError("speech_decoder.in_engine needs one vLLM engine process (not inproc, no parallelism)")
+    if settings.audio_device == "all":
+        raise ValueError("speech_decoder.in_engine runs one decoder, beside the model: not with audio_device=all")
+    return True
+
+
+async def _start_remote_decoder(settings: Settings, path: Path, engine: Any) -> RemoteDecoder:
+    """The decoder in vLLM's model process (pipeline/decoder_host.py), behind a scheduler's interface."""
+    remote = RemoteDecoder()
+    spec = {"settings": settings.model_dump_json(), "decoder_path": str(path), "device": decoder_devices(settings)[0]}
+    try:
+        await remote.start(lambda s: engine.call_workers("glm4voice_start_decoder_host", s), spec)
+    except BaseException:
+        await remote.close()
+        raise
+    return remote
+
+
+def _voice_maker(settings: Settings, path: Path) -> Any:
+    """With the decoder in vLLM's process, voices are made here from a CPU copy (they need its mel geometry only)."""
+    import torch
+
+    from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
+
+    return load_speech_decoder(path, "cpu", torch.float32)
+
+
+def _as_decoder(schedulers: list) -> DecoderScheduler | DecoderPool | RemoteDecoder:
+    if len(schedulers) == 1 and isinstance(schedulers[0], RemoteDecoder):
+        return schedulers[0]
     if len(schedulers) == 1:
         return schedulers[0]
     logger.info("decoder: one per device (%d devices)", len(schedulers))
@@ -321,6 +363,8 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
         os.environ.setdefault(name, value)  # before vLLM is imported and its engine core forked or spawned
     # Every module the parallel start needs is imported here first, on this thread: two threads importing
     # overlapping parts of torch at once can deadlock on the import locks (seen: torch._dynamo under vLLM).
+    from glm4voice_vllm.decoder_host import DECODER_HOST_EXTENSION
+
     import glm4voice_api.models.speech_decoder.loader
     import glm4voice_api.models.speech_tokenizer.loader  # noqa: F401
     from glm4voice_api.engine.vllm_engine import engine_core_forks, in_process, preload_vllm
@@ -332,7 +376,8 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     overlap = engine is not None or not in_process(settings.engine)
     # When vLLM forks its engine core, the speech models start loading just after the fork (see engine_core_forks).
     forked = threading.Event() if engine is None and engine_core_forks(settings.engine, cuda=cuda) else None
-    audio = start_audio_models(settings, paths, after=forked) if overlap else []
+    in_engine = engine is None and _decoder_in_engine(settings)
+    audio = start_audio_models(settings, paths, after=forked, decoders=not in_engine) if overlap else []
     try:
         if engine is None:
             from glm4voice_api.engine.vllm_engine import VllmLLMEngine
@@ -345,13 +390,16 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
                     random_weights=random_weights,
                     warmup_constraint=sampling.constraint(),
                     core_started=forked,
+                    worker_extension=DECODER_HOST_EXTENSION if in_engine else None,
                 )
             finally:
                 if forked is not None and not forked.is_set():  # no fork seen (or the start failed): never wait on
                     logger.warning("vLLM did not fork its engine core: the speech models loaded after its start")
                     forked.set()
         closers.append(engine.shutdown)
-        audio = audio or start_audio_models(settings, paths)
+        audio = audio or start_audio_models(settings, paths, decoders=not in_engine)
+        if in_engine:
+            audio.append(asyncio.ensure_future(_start_remote_decoder(settings, paths.decoder, engine)))
         audio_input, *schedulers = await asyncio.gather(*audio)
     except BaseException:
         await _close_started(audio, closers)
@@ -377,7 +425,9 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
         paths=paths,
         audio_input=audio_input,
         decoder=decoder,
-        voice_maker=decoder.decoder,
+        voice_maker=decoder.decoder
+        if not in_engine
+        else await asyncio.to_thread(_voice_maker, settings, paths.decoder),
         store=store,
         closers=closers,
     )

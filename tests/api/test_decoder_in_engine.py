@@ -1,0 +1,93 @@
+"""The speech decoder in vLLM's model process (`--speech-decoder.in-engine`, pipeline/decoder_host.py), through the
+real server on the CPU: a spoken reply sounds as the local decoder makes it (the same tokens; the host process runs
+torch on fewer threads, so float sums may round apart by one int16 step), a disconnect frees the host's session, and
+a configuration it cannot serve is refused before anything loads."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from glm4voice_api.config import EngineSettings, Settings, SpeechDecoderSettings
+from glm4voice_api.pipeline.runtime import _decoder_in_engine
+from tests.api.conftest import RunningServer, delta_audio, start_server, stop_server
+
+pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("server")]  # beside the shared server: its reference
+
+REQUEST = {
+    "model": "glm-4-voice-9b",
+    "messages": [{"role": "user", "content": "Hello there"}],
+    "max_tokens": 120,
+    "seed": 7,
+    "temperature": 0,
+    "modalities": ["text", "audio"],
+    "audio": {"voice": "alloy", "format": "pcm16"},
+}
+
+
+@pytest.fixture(scope="module")
+def in_engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp = tmp_path_factory.mktemp("in_engine")
+    running = start_server(cache_dir, tmp / "server.log", "--speech-decoder.in-engine")
+    yield running
+    stop_server(running)
+
+
+def spoken(server: RunningServer) -> np.ndarray:
+    stream = server.client().chat.completions.create(stream=True, **REQUEST)
+    pieces = [delta_audio(c.choices[0].delta).get("data") for c in stream if c.choices]
+    return np.frombuffer(b"".join(base64.b64decode(p) for p in pieces if p), np.int16).astype(np.int32)
+
+
+def test_a_spoken_reply_sounds_as_the_local_decoder_makes_it(in_engine: RunningServer, server: RunningServer) -> None:
+    assert "speech decoder in vLLM's model process" in in_engine.log()
+    hosted, local = spoken(in_engine), spoken(server)
+    assert len(hosted) == len(local) > 24000  # the same chunks: more than a second of pcm16 at 24 kHz
+    assert np.abs(hosted - local).max() <= 2  # float rounding of fewer torch threads, nothing else
+    # The host's counters reach the API process (admission control and /metrics read them).
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and in_engine.metric("glm4voice_decoder_active_sessions"):
+        time.sleep(0.2)
+    assert in_engine.metric("glm4voice_decoder_active_sessions") == 0
+
+
+def test_speech_and_a_disconnect_free_the_hosts_sessions(in_engine: RunningServer) -> None:
+    speech = httpx.post(
+        in_engine.base_url + "/v1/audio/speech",
+        json={"model": "glm-4-voice-9b", "input": "Hi", "voice": "alloy", "response_format": "wav"},
+        timeout=120,
+    )
+    assert speech.status_code == 200 and speech.content[:4] == b"RIFF" and len(speech.content) > 1000
+    body = {**REQUEST, "stream": True, "max_tokens": 400}
+    with httpx.stream("POST", in_engine.base_url + "/v1/chat/completions", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if '"data":"' in line.replace(" ", ""):  # first audio: hang up mid-reply
+                break
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        in_engine.metric("glm4voice_engine_active_requests") or in_engine.metric("glm4voice_decoder_active_sessions")
+    ):
+        time.sleep(0.2)
+    assert in_engine.metric("glm4voice_engine_active_requests") == 0
+    assert in_engine.metric("glm4voice_decoder_active_sessions") == 0
+
+
+@pytest.mark.parametrize(
+    ("engine", "device", "message"),
+    [
+        (EngineSettings(process="inproc"), "auto", "one vLLM engine process"),
+        (EngineSettings(tensor_parallel_size=2), "auto", "one vLLM engine process"),
+        (EngineSettings(), "all", "audio_device=all"),
+    ],
+)
+def test_what_it_cannot_serve_is_refused(engine: EngineSettings, device: str, message: str) -> None:
+    settings = Settings(engine=engine, audio_device=device, speech_decoder=SpeechDecoderSettings(in_engine=True))
+    with pytest.raises(ValueError, match=message):
+        _decoder_in_engine(settings)
+    assert _decoder_in_engine(Settings()) is False
