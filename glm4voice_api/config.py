@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -47,10 +47,8 @@ class EngineSettings(BaseModel):
     enable_prefix_caching: bool = Field(True, description="Reuse KV cache of shared prompt prefixes.")
     process: Literal["auto", "inproc", "separate"] = Field(
         "auto",
-        description="Where vLLM's engine core runs. inproc: in the server process (one CUDA context shared with the "
-        "speech decoder, which gets a high-priority CUDA stream); separate: its own process (AsyncLLM). auto: "
-        "separate (on an H100 the in-process LLM made ~0.6x the tokens/s at 32 streams beside the decoder, "
-        "bench/results).",
+        description="Where vLLM's engine core runs. inproc: in the server process (one CUDA context with the decoder); "
+        "separate: its own process (AsyncLLM). auto: separate (inproc: slower token supply, GIL; bench/results).",
     )
     quantization: str | None = Field(
         None,
@@ -90,9 +88,7 @@ class SpeechDecoderSettings(BaseModel):
     """Speech decoder (speech tokens -> audio out): precision, chunk schedule, context bound and batching."""
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto",
-        description="Speech decoder dtype. auto: bfloat16 on CUDA (2-3x the streams of float32 per GPU, "
-        "bench/results), float32 on CPU (bf16 matmuls are slow there).",
+        "auto", description="Decoder dtype. auto: bfloat16 on CUDA (2-3x float32's streams), float32 on CPU (faster)."
     )
     schedule: list[int] = Field(
         [10, 16, 26, 52, 104, 156],
@@ -239,9 +235,7 @@ class TimeoutSettings(BaseModel):
     )
     keep_alive_s: float = Field(5.0, gt=0, description="An idle keep-alive connection is closed after this long.")
     drain_s: float = Field(
-        30.0,
-        ge=0,
-        description="On SIGTERM: how long in-flight requests may run on (new ones get 503) before they are aborted.",
+        30.0, ge=0, description="On SIGTERM: how long in-flight requests may run on (new: 503) before they are aborted."
     )
 
 
@@ -251,9 +245,7 @@ class RealtimeSettings(BaseModel):
     max_sessions: int = Field(256, ge=0, description="Realtime sessions open at once (per replica); more are refused.")
     max_session_s: float = Field(3600.0, gt=0, description="Longest Realtime session in seconds (as OpenAI).")
     idle_timeout_s: float = Field(
-        600.0,
-        ge=0,
-        description="A Realtime session with no client event (and no answer running) for this long is closed.",
+        600.0, ge=0, description="A Realtime session with no client event (and no answer running) this long is closed."
     )
     max_event_bytes: int = Field(
         15 * 1024 * 1024, ge=1024, description="Largest Realtime client event (one WebSocket message) in bytes."
@@ -404,9 +396,7 @@ class Settings(BaseSettings):
         "cuda, cuda:N, or all (a decoder on every GPU, for tensor/data-parallel engines; the tokenizer on cuda:0).",
     )
     interleave_constraint: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="Enforce the 13-text/26-audio reply pattern in the sampler. auto: on for random weights "
-        "(the real model emits the pattern by itself).",
+        "auto", description="Enforce the 13-text/26-audio reply pattern in sampling. auto: on for random weights only."
     )
     store: str | None = Field(
         None,
@@ -445,6 +435,18 @@ class Settings(BaseSettings):
             explicit = getattr(self, f"{key}_path")
             paths[key] = explicit or (self.model_dir / folder if self.model_dir else None)
         return paths
+
+    @model_validator(mode="after")
+    def _decoder_host_fits(self) -> Settings:
+        """The decoder hosted in vLLM's model process (speech_decoder.in_engine) needs that process, and is one."""
+        e = self.engine
+        if self.speech_decoder.in_engine and (
+            e.process == "inproc" or e.tensor_parallel_size * e.pipeline_parallel_size * e.data_parallel_size > 1
+            or self.audio_device == "all"
+        ):  # fmt: skip
+            raise ValueError("speech_decoder.in_engine needs one vLLM engine process (not inproc, no parallelism) "
+                             "and one decoder (not audio_device=all)")  # fmt: skip
+        return self
 
     def resolved(self, *, cuda: bool, model_seq_length: int) -> Settings:
         """Every default that depends on the machine or the model, decided here and nowhere else.

@@ -270,20 +270,6 @@ def _run_after(after: threading.Event | None, job: Callable, args: tuple) -> obj
     return job(*args)
 
 
-def _decoder_in_engine(settings: Settings) -> bool:
-    """`speech_decoder.in_engine`, checked against what it needs (one vLLM model process, not in this one)."""
-    from glm4voice_api.engine.vllm_engine import in_process
-
-    if not settings.speech_decoder.in_engine:
-        return False
-    e = settings.engine
-    if in_process(e) or e.tensor_parallel_size * e.pipeline_parallel_size * e.data_parallel_size > 1:
-        raise ValueError("speech_decoder.in_engine needs one vLLM engine process (not inproc, no parallelism)")
-    if settings.audio_device == "all":
-        raise ValueError("speech_decoder.in_engine runs one decoder, beside the model: not with audio_device=all")
-    return True
-
-
 async def _start_remote_decoder(settings: Settings, path: Path, engine: Any) -> RemoteDecoder:
     """The decoder in vLLM's model process (pipeline/decoder_host.py), behind a scheduler's interface."""
     remote = RemoteDecoder()
@@ -376,7 +362,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     overlap = engine is not None or not in_process(settings.engine)
     # When vLLM forks its engine core, the speech models start loading just after the fork (see engine_core_forks).
     forked = threading.Event() if engine is None and engine_core_forks(settings.engine, cuda=cuda) else None
-    in_engine = engine is None and _decoder_in_engine(settings)
+    in_engine = engine is None and settings.speech_decoder.in_engine  # its fit is checked by Settings
     audio = start_audio_models(settings, paths, after=forked, decoders=not in_engine) if overlap else []
     try:
         if engine is None:
