@@ -139,10 +139,14 @@ async def _pump(sid: int, stream: Any, send: Any) -> None:
 
 async def _report(scheduler: Any, send: Any) -> None:
     sent = 0  # passes sent so far (the scheduler's `batches` counts them; its log keeps the latest)
+    last: dict = {}
     while True:
         await asyncio.sleep(STATS_PERIOD_S)
         counters = {name: getattr(scheduler, name) for name in COUNTERS}
         counters["pass_seconds"] = scheduler.pass_seconds()
+        if counters == last:  # idle: nothing to tell (the model's process has better things to do)
+            continue
+        last = counters
         new = counters["batches"] - sent
         log = list(scheduler.pass_log)
         passes = [tuple(p) for p in log[len(log) - min(new, len(log)) :]] if new > 0 else []

@@ -16,15 +16,13 @@ import tempfile
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.decoder_scheduler import PASS_LOG_SIZE, DecoderStoppedError
-from glm4voice_api.pipeline.scheduled_stream import END
+from glm4voice_api.pipeline.scheduled_stream import END, StreamAudio
 
 logger = logging.getLogger(__name__)
 
@@ -44,33 +42,20 @@ COUNTERS = (
 """The scheduler's counters mirrored on the API side (bench/gpu_server.py and admission control read them)."""
 
 
-class RemoteStream:
+class RemoteStream(StreamAudio):
     """One reply's decoder session in the host: `ScheduledStream`'s interface for the event loop."""
 
     def __init__(self, decoder: RemoteDecoder, sid: int, voice: Voice | None, live: bool) -> None:
+        super().__init__()
         self._decoder = decoder
         self.sid = sid
         self.live = live
-        self._loop = asyncio.get_running_loop()
-        self._audio: asyncio.Queue = asyncio.Queue()
-        self.closed = False
         decoder._send("open", sid, voice, live)
 
     def push(self, tokens: list[int], *, final: bool = False) -> None:
         if self.closed:
             raise RuntimeError("stream is closed")
         self._decoder._send("tokens", self.sid, list(tokens), final)
-
-    async def audio(self) -> AsyncIterator[np.ndarray]:
-        while (item := await self._audio.get()) is not END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    async def decode(self, tokens: list[int]) -> np.ndarray:
-        self.push(tokens, final=True)
-        chunks = [c async for c in self.audio()]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
     def close(self) -> None:
         """Free the host's session; safe to call more than once and from any path (a host gone included)."""
@@ -80,12 +65,6 @@ class RemoteStream:
                 self._decoder._send("close", self.sid)
             except DecoderStoppedError:
                 self._decoder._forget(self.sid)
-
-    def _deliver(self, item: object) -> None:  # receiver thread
-        try:
-            self._loop.call_soon_threadsafe(self._audio.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-            pass
 
 
 class RemoteDecoder:
@@ -201,7 +180,7 @@ class RemoteDecoder:
                 stream = self._streams.get(message[1])
             if stream is not None:
                 item = message[2] if op == "audio" else END if op == "end" else RuntimeError(message[2])
-                stream._deliver(item)
+                stream._send(item)
         elif op == "closed":
             self._forget(message[1])
         elif op == "stopped":  # the host's loop ended (an error in it, or a stop): every open stream fails now
@@ -237,4 +216,4 @@ class RemoteDecoder:
         with self._lock:
             streams = list(self._streams.values())
         for stream in streams:
-            stream._deliver(DecoderStoppedError(f"the speech decoder has stopped ({reason})"))
+            stream._send(DecoderStoppedError(f"the speech decoder has stopped ({reason})"))

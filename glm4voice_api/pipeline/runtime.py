@@ -273,7 +273,9 @@ def _run_after(after: threading.Event | None, job: Callable, args: tuple) -> obj
 async def _start_remote_decoder(settings: Settings, path: Path, engine: Any) -> RemoteDecoder:
     """The decoder in vLLM's model process (pipeline/decoder_host.py), behind a scheduler's interface."""
     remote = RemoteDecoder()
-    spec = {"settings": settings.model_dump_json(), "decoder_path": str(path), "device": decoder_devices(settings)[0]}
+    # Only what the decoder's build reads: API keys and store URLs stay in this process.
+    decoder_settings = settings.model_dump_json(include={"speech_decoder", "engine", "audio_device", "cache_dir"})
+    spec = {"settings": decoder_settings, "decoder_path": str(path), "device": decoder_devices(settings)[0]}
     try:
         await remote.start(lambda s: engine.call_workers("glm4voice_start_decoder_host", s), spec)
     except BaseException:

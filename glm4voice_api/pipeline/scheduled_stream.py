@@ -20,19 +20,48 @@ END = None
 """Put on a stream's audio queue after its last chunk."""
 
 
-class ScheduledStream:
+class StreamAudio:
+    """The event loop's side of a decoder session's audio: chunks (or an error, or END) handed over from a thread."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._audio: asyncio.Queue = asyncio.Queue()
+        self.closed = False
+
+    def push(self, tokens: list[int], *, final: bool = False) -> None:
+        raise NotImplementedError
+
+    async def audio(self) -> AsyncIterator[np.ndarray]:
+        """Decoded 22.05 kHz float32 chunks as they are ready, until the final flush; a decoder error is raised."""
+        while (item := await self._audio.get()) is not END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    async def decode(self, tokens: list[int]) -> np.ndarray:
+        """All of `tokens` as one final flush, concatenated (voices, tests)."""
+        self.push(tokens, final=True)
+        chunks = [c async for c in self.audio()]
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    def _send(self, item: object) -> None:  # from any thread
+        try:
+            self._loop.call_soon_threadsafe(self._audio.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
+            pass
+
+
+class ScheduledStream(StreamAudio):
     """One reply's decoder session: push audio tokens in, iterate decoded audio out."""
 
     def __init__(self, scheduler: Any, voice: Voice | None, *, live: bool = False) -> None:
+        super().__init__()
         # scheduler: its DecoderScheduler (not imported: that module imports this one)
         self._scheduler = scheduler
         self._voice = voice
         self.live = live
         """A listener plays the audio as it comes (a streamed reply): its chunks may wait while its buffer allows
         (deadline batching). A whole-file reply waits for its last chunk, so its chunks never wait."""
-        self._loop = asyncio.get_running_loop()
-        self._audio: asyncio.Queue = asyncio.Queue()
-        self.closed = False
         # Worker-thread side.
         self._stream: DecoderStream | None = None
         self._tokens: list[int] = []
@@ -54,19 +83,6 @@ class ScheduledStream:
         if self.closed:
             raise RuntimeError("stream is closed")
         self._scheduler._put(("tokens", self, list(tokens), final, self._scheduler.clock()))
-
-    async def audio(self) -> AsyncIterator[np.ndarray]:
-        """Decoded 22.05 kHz float32 chunks as they are ready, until the final flush; a decoder error is raised."""
-        while (item := await self._audio.get()) is not END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    async def decode(self, tokens: list[int]) -> np.ndarray:
-        """All of `tokens` as one final flush, concatenated (voices, tests)."""
-        self.push(tokens, final=True)
-        chunks = [c async for c in self.audio()]
-        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
     def close(self) -> None:
         """Free the session (on the worker thread); safe to call more than once and from any path."""
@@ -98,12 +114,6 @@ class ScheduledStream:
         if self._stream is None:
             self._stream = self._scheduler.decoder.open_stream(self._voice, self._scheduler.stream_config)
         return self._stream
-
-    def _send(self, item: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._audio.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (shutdown): nobody is listening
-            pass
 
     def _free(self) -> None:
         if self._stream is not None:

@@ -55,6 +55,25 @@ def delta_audio(delta) -> dict:
     return audio if isinstance(audio, dict) else audio.model_dump(exclude_none=True)
 
 
+def hang_up_at_first_audio(server: RunningServer, body: dict) -> None:
+    """Stream a chat completion over plain HTTP and disconnect as soon as its first audio arrives (mid-reply)."""
+    with httpx.stream("POST", server.base_url + "/v1/chat/completions", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if '"data":"' in line.replace(" ", ""):
+                return
+
+
+def wait_all_freed(server: RunningServer, timeout_s: float = 30) -> None:
+    """Wait until no engine request and no decoder session is left, then assert it (a leak fails here)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (
+        server.metric("glm4voice_engine_active_requests") or server.metric("glm4voice_decoder_active_sessions")
+    ):
+        time.sleep(0.2)
+    assert server.metric("glm4voice_engine_active_requests") == 0
+    assert server.metric("glm4voice_decoder_active_sessions") == 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ import pytest
 
 from glm4voice_api.text.prompt import ASSISTANT_METADATA
 from glm4voice_api.text.tokenizer import GLM4Tokenizer
-from tests.api.conftest import RunningServer
+from tests.api.conftest import RunningServer, wait_all_freed
 from tests.api.conftest import delta_audio as _delta_audio
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("server")]
@@ -158,7 +158,6 @@ def test_unknown_audio_id_is_a_404_naming_it(server: RunningServer) -> None:
 
 
 def test_disconnect_mid_audio_frees_engine_request_and_decoder_session(server: RunningServer) -> None:
-    import time
 
     aborted = server.metric("glm4voice_engine_aborted_requests_total")
     stream = server.client(timeout=60).chat.completions.create(
@@ -176,11 +175,5 @@ def test_disconnect_mid_audio_frees_engine_request_and_decoder_session(server: R
             if data_chunks >= 2:
                 break
     stream.close()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (
-        server.metric("glm4voice_engine_active_requests") or server.metric("glm4voice_decoder_active_sessions")
-    ):
-        time.sleep(0.2)
-    assert server.metric("glm4voice_engine_active_requests") == 0
-    assert server.metric("glm4voice_decoder_active_sessions") == 0
+    wait_all_freed(server, timeout_s=15)
     assert server.metric("glm4voice_engine_aborted_requests_total") == aborted + 1

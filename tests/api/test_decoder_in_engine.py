@@ -16,7 +16,14 @@ import pytest
 from pydantic import ValidationError
 
 from glm4voice_api.config import EngineSettings, Settings, SpeechDecoderSettings
-from tests.api.conftest import RunningServer, delta_audio, start_server, stop_server
+from tests.api.conftest import (
+    RunningServer,
+    delta_audio,
+    hang_up_at_first_audio,
+    start_server,
+    stop_server,
+    wait_all_freed,
+)
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("server")]  # beside the shared server: its reference
 
@@ -64,18 +71,8 @@ def test_speech_and_a_disconnect_free_the_hosts_sessions(in_engine: RunningServe
         timeout=120,
     )
     assert speech.status_code == 200 and speech.content[:4] == b"RIFF" and len(speech.content) > 1000
-    body = {**REQUEST, "stream": True, "max_tokens": 400}
-    with httpx.stream("POST", in_engine.base_url + "/v1/chat/completions", json=body, timeout=120) as response:
-        for line in response.iter_lines():
-            if '"data":"' in line.replace(" ", ""):  # first audio: hang up mid-reply
-                break
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (
-        in_engine.metric("glm4voice_engine_active_requests") or in_engine.metric("glm4voice_decoder_active_sessions")
-    ):
-        time.sleep(0.2)
-    assert in_engine.metric("glm4voice_engine_active_requests") == 0
-    assert in_engine.metric("glm4voice_decoder_active_sessions") == 0
+    hang_up_at_first_audio(in_engine, {**REQUEST, "stream": True, "max_tokens": 400})
+    wait_all_freed(in_engine)
 
 
 @pytest.mark.parametrize(

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import base64
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.api.conftest import RunningServer, start_server, stop_server
+from tests.api.conftest import RunningServer, hang_up_at_first_audio, start_server, stop_server, wait_all_freed
 
 pytestmark = [pytest.mark.engine, pytest.mark.xdist_group("inproc")]
 
@@ -47,17 +45,8 @@ def test_spoken_reply_streams_and_a_disconnect_frees_everything(inproc: RunningS
         "modalities": ["text", "audio"],
         "audio": {"voice": "alloy", "format": "pcm16"},
     }
-    with httpx.stream("POST", inproc.base_url + "/v1/chat/completions", json=body, timeout=120) as response:
-        for line in response.iter_lines():
-            if '"data":"' in line.replace(" ", ""):  # first audio: hang up mid-reply
-                break
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (
-        inproc.metric("glm4voice_engine_active_requests") or inproc.metric("glm4voice_decoder_active_sessions")
-    ):
-        time.sleep(0.2)
-    assert inproc.metric("glm4voice_engine_active_requests") == 0
-    assert inproc.metric("glm4voice_decoder_active_sessions") == 0
+    hang_up_at_first_audio(inproc, body)
+    wait_all_freed(inproc)
     assert inproc.metric("glm4voice_engine_aborted_requests_total") >= 1
     assert inproc.metric("glm4voice_admission_limit") >= 1  # CPU: the engine's batch size, not measured
     assert inproc.metric("glm4voice_decoder_underruns_total") >= 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 
+from tests.api.conftest import wait_all_freed
 from tests.fuzz.corpus import MODEL, valid
 
 if TYPE_CHECKING:
@@ -51,15 +51,8 @@ def raw_request(base_url: str, head: bytes, body: bytes, *, timeout: float = 60)
     return status, headers, content
 
 
-def wait_for_no_leaks(server: RunningServer, timeout_s: float = 30) -> None:
-    """Engine requests and decoder sessions drain to 0 once every client has its answer (aborts are async)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and (
-        server.metric("glm4voice_engine_active_requests") or server.metric("glm4voice_decoder_active_sessions")
-    ):
-        time.sleep(0.2)
-    assert server.metric("glm4voice_engine_active_requests") == 0
-    assert server.metric("glm4voice_decoder_active_sessions") == 0
+wait_for_no_leaks = wait_all_freed
+"""Engine requests and decoder sessions drain to 0 once every client has its answer (aborts are async)."""
 
 
 def assert_server_unaffected(server: RunningServer) -> None:
