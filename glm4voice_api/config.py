@@ -82,6 +82,9 @@ class SpeechTokenizerSettings(BaseModel):
     )
     max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="ms to wait to fill a batch (0: none; queued batch).")
+    in_engine: bool = Field(
+        False, description="Tokenize in vLLM's model process, in the decoder's host (needs speech_decoder.in_engine)."
+    )
 
 
 class SpeechDecoderSettings(BaseModel):
@@ -154,9 +157,7 @@ class RequestLimits(BaseModel):
         64 * 1024, ge=1024, description="Largest request head (request line and headers) in bytes; larger: 400."
     )
     max_connections: int = Field(
-        2048,
-        ge=0,
-        description="Open connections (and requests in progress) per process; beyond it new requests get 503; 0: none.",
+        2048, ge=0, description="Open connections (and requests) per process; beyond it new requests get 503; 0: none."
     )
     max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="Largest input audio file in bytes.")
     max_audio_seconds: float = Field(
@@ -222,10 +223,7 @@ class TimeoutSettings(BaseModel):
 
     first_audio_s: float = Field(120.0, ge=0, description="Most seconds from the start of generation to first audio.")
     request_s: float = Field(
-        600.0,
-        ge=0,
-        description="Most seconds from the start of a request's work (its audio decoded and tokenized, then the "
-        "generation) to its end.",
+        600.0, ge=0, description="Most seconds from the start of a request's work (audio in, generation) to its end."
     )
     header_s: float = Field(
         10.0, gt=0, description="Most seconds a client may take to send a request's head; then the connection closes."
@@ -438,8 +436,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _decoder_host_fits(self) -> Settings:
-        """The decoder hosted in vLLM's model process (speech_decoder.in_engine) needs that process, and is one."""
+        """The host in vLLM's model process (speech_decoder.in_engine) needs that process, and is one."""
         e = self.engine
+        if self.speech_tokenizer.in_engine and not self.speech_decoder.in_engine:
+            raise ValueError("speech_tokenizer.in_engine needs speech_decoder.in_engine (it runs in the decoder host)")
         if self.speech_decoder.in_engine and (
             e.process == "inproc" or e.tensor_parallel_size * e.pipeline_parallel_size * e.data_parallel_size > 1
             or self.audio_device == "all"

@@ -4,15 +4,19 @@ Why: the API process and vLLM's engine-core process each hold a CUDA context, an
 between the two: on an H100 a stream's first decoder pass took 286-325 ms beside a generating LLM, 56 ms with both
 in one process; but with vLLM's engine in the API process the LLM's step loop waits for the GIL beside the event
 loop and the decoder (bench/results/GPU.md, session 19). Here the decoder runs in the process that runs the model
-(one CUDA context), and the API process keeps its event loop, HTTP and speech tokenizer to itself.
+(one CUDA context), and the API process keeps its event loop and HTTP to itself. With `speech_tokenizer.in_engine`
+the speech tokenizer runs here too (its batching worker, unchanged), and the API process then holds no CUDA context
+at all: no time slicing between processes is left on the GPU.
 
 `start_host(spec)` is called in that process (vLLM's worker, through `collective_rpc` and our worker extension,
 plugins/glm4voice_vllm/decoder_host.py) and returns at once; a thread of its own loads the decoder exactly as the
 API process would (`runtime._build_scheduler`) and runs an asyncio loop that owns one `DecoderScheduler`, unchanged:
-- commands in (PULL): ("open", sid, voice, live), ("tokens", sid, ids, final), ("close", sid), ("stop",);
+- commands in (PULL): ("open", sid, voice, live), ("tokens", sid, ids, final), ("close", sid), ("stop",); with the
+  tokenizer: ("tokenize", rid, 16 kHz float32 samples), ("tokenizer_wait", ms);
 - results out (PUSH): ("ready", info) or ("failed", text) once; ("audio", sid, float32 samples), ("end", sid),
   ("error", sid, text), ("closed", sid) per stream; ("underrun",) as they happen; ("stats", counters, passes)
-  every `STATS_PERIOD_S` (the counters and pass log the API side's stand-in shows: pipeline/remote_decoder.py);
+  every `STATS_PERIOD_S` when they changed (the counters and pass log the API side's stand-in shows:
+  pipeline/remote_decoder.py); ("tokenized", rid, ids) or ("untokenized", rid, text) per tokenize command;
   ("stopped", reason) when its loop ends.
 Messages are pickled tuples; both ends are our own code, on one machine (ipc:// paths made by the API process).
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,13 +40,20 @@ STATS_PERIOD_S = 0.1
 
 
 def start_host(spec: dict) -> str:
-    """Start the host thread (`spec`: settings as JSON, decoder_path, device, to_host, to_api); returns at once."""
+    """Start the host thread; returns at once. `spec`: settings as JSON, decoder_path, device, to_host, to_api, and
+    tokenizer_path (None: the API process tokenizes)."""
     thread = threading.Thread(target=_run, args=(spec,), name="decoder-host", daemon=True)
     thread.start()
     return "started"
 
 
 def _run(spec: dict) -> None:
+    package = logging.getLogger("glm4voice_api")
+    if not package.handlers and not logging.getLogger().handlers:  # vLLM's process: our lines reach its stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("(decoder host) %(levelname)s %(asctime)s %(name)s: %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
     try:
         asyncio.run(_serve(spec))
     except Exception:
@@ -65,20 +77,30 @@ async def _serve(spec: dict) -> None:
     def send(*message: Any) -> None:  # on the loop thread only (ZeroMQ sockets are not thread-safe)
         tx.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL), copy=False)
 
-    try:
-        scheduler = await asyncio.to_thread(_build, spec)
-    except Exception as exc:
-        logger.exception("the speech decoder host could not load the decoder")
-        await tx.send(pickle.dumps(("failed", f"{type(exc).__name__}: {exc}")))
+    # Both models load at once (as in the API process): the tokenizer's weights beside the decoder's compile.
+    builds = [asyncio.to_thread(_build, spec)]
+    if spec.get("tokenizer_path"):
+        builds.append(asyncio.to_thread(_build_tokenizer, spec))
+    built = await asyncio.gather(*builds, return_exceptions=True)
+    if failed := [b for b in built if isinstance(b, BaseException)]:
+        logger.error("the speech decoder host could not load its models", exc_info=failed[0])
+        for part in built:  # what did load is let go (a tokenizer worker's thread stops)
+            if not isinstance(part, BaseException):
+                await getattr(part, "worker", part).close()
+        await tx.send(pickle.dumps(("failed", f"{type(failed[0]).__name__}: {failed[0]}")))
         await asyncio.sleep(1)  # let the message leave before the context goes
         ctx.destroy(linger=1000)
         return
+    scheduler, audio_input = built[0], (built[1] if len(built) > 1 else None)
+    worker = audio_input.worker if audio_input is not None else None
     scheduler.set_underrun_callback(lambda: loop.call_soon_threadsafe(send, "underrun"))
-    send("ready", {"sample_rate": scheduler.sample_rate, "device": str(scheduler.decoder.device)})
-    logger.info("speech decoder host ready on %s", scheduler.decoder.device)
+    info = {"sample_rate": scheduler.sample_rate, "device": str(scheduler.decoder.device)}
+    send("ready", info | ({"tokens_per_second": audio_input.tokens_per_second} if audio_input is not None else {}))
+    logger.info("speech decoder host ready on %s (speech tokenizer: %s)", info["device"], worker is not None)
     streams: dict[int, Any] = {}
     pumps: dict[int, asyncio.Task] = {}
-    reporter = asyncio.create_task(_report(scheduler, send))
+    tokenizing: set[asyncio.Task] = set()
+    reporter = asyncio.create_task(_report(scheduler, worker, send))
     reason = "stopped"
     try:
         while True:
@@ -100,6 +122,12 @@ async def _serve(spec: dict) -> None:
                 _, sid, ids, final = message
                 if (stream := streams.get(sid)) is not None and not stream.closed:
                     stream.push(ids, final=final)
+            elif op == "tokenize" and worker is not None:
+                task = asyncio.create_task(_tokenize(worker, message[1], message[2], send))
+                tokenizing.add(task)
+                task.add_done_callback(tokenizing.discard)
+            elif op == "tokenizer_wait" and worker is not None:
+                worker.set_max_wait_ms(message[1])
             elif op == "close" and (stream := streams.pop(message[1], None)) is not None:
                 stream.close()
                 if (task := pumps.pop(message[1], None)) is not None:
@@ -113,9 +141,11 @@ async def _serve(spec: dict) -> None:
         reporter.cancel()
         for stream in streams.values():
             stream.close()
-        for task in pumps.values():
+        for task in [*pumps.values(), *tokenizing]:
             task.cancel()
         await scheduler.close()
+        if worker is not None:
+            await worker.close()
         ctx.destroy(linger=0)
 
 
@@ -124,8 +154,27 @@ def _build(spec: dict) -> Any:
     from glm4voice_api.pipeline.runtime import _build_scheduler
 
     settings = Settings.model_validate_json(spec["settings"])
+    # vLLM's step loop runs in this process: the host's threads give the GIL back at the server's interval.
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)
     # On a CUDA stream of its own, as with the in-process engine: its kernels may then overlap the LLM's.
     return _build_scheduler(settings, Path(spec["decoder_path"]), spec["device"], beside_model=True)
+
+
+def _build_tokenizer(spec: dict) -> Any:
+    """The speech tokenizer and its batching worker, loaded as the API process loads them."""
+    from glm4voice_api.config import Settings
+    from glm4voice_api.pipeline.runtime import _load_audio_input
+
+    return _load_audio_input(Settings.model_validate_json(spec["settings"]), Path(spec["tokenizer_path"]))
+
+
+async def _tokenize(worker: Any, rid: int, samples: Any, send: Any) -> None:
+    try:
+        ids = await worker.tokenize(samples)
+    except Exception as exc:  # noqa: BLE001 - the API side raises it for this request
+        send("untokenized", rid, f"{type(exc).__name__}: {exc}")
+    else:
+        send("tokenized", rid, ids)
 
 
 async def _pump(sid: int, stream: Any, send: Any) -> None:
@@ -137,13 +186,14 @@ async def _pump(sid: int, stream: Any, send: Any) -> None:
         send("error", sid, f"{type(exc).__name__}: {exc}")
 
 
-async def _report(scheduler: Any, send: Any) -> None:
+async def _report(scheduler: Any, worker: Any, send: Any) -> None:
     sent = 0  # passes sent so far (the scheduler's `batches` counts them; its log keeps the latest)
     last: dict = {}
     while True:
         await asyncio.sleep(STATS_PERIOD_S)
         counters = {name: getattr(scheduler, name) for name in COUNTERS}
         counters["pass_seconds"] = scheduler.pass_seconds()
+        counters["tokenizer_busy_seconds"] = worker.busy_seconds if worker is not None else 0.0
         if counters == last:  # idle: nothing to tell (the model's process has better things to do)
             continue
         last = counters

@@ -4,6 +4,7 @@
 `decode` and `close`, and the counters and pass log the server and benchmarks read are the host's, mirrored from its
 reports. The event loop sends commands (one PUSH socket, used from the loop's thread only); a receiver thread reads
 the host's results and hands each stream's audio to its asyncio queue, as the local scheduler's thread does.
+`RemoteTokenizer` stands in for the speech tokenizer's worker when the host runs the tokenizer too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from glm4voice_api.models.speech_decoder.chunks import Voice
 from glm4voice_api.pipeline.decoder_scheduler import PASS_LOG_SIZE, DecoderStoppedError
@@ -100,17 +103,24 @@ class RemoteDecoder:
         self.pass_log: deque = deque(maxlen=PASS_LOG_SIZE)
         for name in COUNTERS:
             setattr(self, name, 0)
+        self.tokens_per_second: float | None = None
+        """Set when the host runs the speech tokenizer too (its tokens per second of audio)."""
+        self.tokenizer_busy_seconds = 0.0
+        self._tokenizing: dict[int, asyncio.Future] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, launch: Callable[[dict], Awaitable[object]], spec: dict, timeout_s: float = 900) -> None:
         """Have `launch` start the host with `spec` plus our socket addresses, and wait until it is ready."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         self._thread = threading.Thread(target=self._receive, args=(loop,), name="decoder-remote", daemon=True)
         self._thread.start()
         await launch({**spec, "to_host": self.to_host, "to_api": self.to_api})
         info = await asyncio.wait_for(self._ready, timeout_s)
         self.sample_rate, self.device = int(info["sample_rate"]), str(info["device"])
-        logger.info("speech decoder in vLLM's model process, on %s", self.device)
+        self.tokens_per_second = info.get("tokens_per_second")
+        hosted = "speech decoder and tokenizer" if self.tokens_per_second else "speech decoder"
+        logger.info("%s in vLLM's model process, on %s", hosted, self.device)
 
     @property
     def alive(self) -> bool:
@@ -147,6 +157,23 @@ class RemoteDecoder:
 
     def pass_seconds(self) -> float:
         return self._pass_seconds
+
+    async def tokenize(self, waveform_16k: np.ndarray) -> list[int]:
+        """Speech tokens of one 16 kHz mono waveform, from the host's speech tokenizer (batched there)."""
+        if self.tokens_per_second is None:
+            raise RuntimeError("the decoder host does not run the speech tokenizer")
+        if not self.alive:
+            raise DecoderStoppedError(f"the speech decoder host has stopped ({self._stopped or 'not started'})")
+        rid = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._tokenizing[rid] = future
+        try:
+            self._send("tokenize", rid, np.ascontiguousarray(waveform_16k, dtype=np.float32))
+            return await future
+        finally:
+            with self._lock:
+                self._tokenizing.pop(rid, None)
 
     def _send(self, *message: Any) -> None:
         """Never blocks the event loop: with no host connected (not started, or gone) a PUSH socket would wait."""
@@ -190,7 +217,14 @@ class RemoteDecoder:
             for name in COUNTERS:
                 setattr(self, name, counters[name])
             self._pass_seconds = counters["pass_seconds"]
+            self.tokenizer_busy_seconds = counters.get("tokenizer_busy_seconds", 0.0)
             self.pass_log.extend(passes)
+        elif op in ("tokenized", "untokenized"):
+            with self._lock:
+                future = self._tokenizing.get(message[1])
+            if future is not None:
+                outcome = message[2] if op == "tokenized" else RuntimeError(f"speech tokenizer: {message[2]}")
+                loop.call_soon_threadsafe(_settle, future, outcome)
         elif op == "underrun":
             self.on_underrun()
         elif op in ("ready", "failed") and self._ready is not None:
@@ -215,5 +249,42 @@ class RemoteDecoder:
         self._stopped = self._stopped or reason
         with self._lock:
             streams = list(self._streams.values())
+            waiting = list(self._tokenizing.values())
         for stream in streams:
             stream._send(DecoderStoppedError(f"the speech decoder has stopped ({reason})"))
+        if waiting and self._loop is not None and not self._loop.is_closed():
+            error = DecoderStoppedError(f"the speech decoder host has stopped ({reason})")
+            for future in waiting:
+                self._loop.call_soon_threadsafe(_settle, future, error)
+
+
+class RemoteTokenizer:
+    """The speech tokenizer in the decoder's host: a `SpeechTokenizerWorker` stand-in for `AudioInput`."""
+
+    def __init__(self, remote: RemoteDecoder) -> None:
+        self._remote = remote
+
+    async def tokenize(self, waveform_16k: np.ndarray) -> list[int]:
+        return await self._remote.tokenize(waveform_16k)
+
+    def set_max_wait_ms(self, max_wait_ms: float) -> None:
+        """As the local worker's (bench/gpu_server.py's live rule): the host's next batch uses it."""
+        if not 0 <= max_wait_ms <= 1000:
+            raise ValueError(f"max_wait_ms must lie in [0, 1000], got {max_wait_ms}")
+        self._remote._send("tokenizer_wait", float(max_wait_ms))
+
+    @property
+    def busy_seconds(self) -> float:
+        return self._remote.tokenizer_busy_seconds
+
+    async def close(self) -> None:
+        """Nothing of its own: the host's tokenizer stops with the host (`RemoteDecoder.close`)."""
+
+
+def _settle(future: asyncio.Future, outcome: Any) -> None:
+    # On the caller's loop; the caller may have gone (cancelled) between the result and now.
+    if not future.done():
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)

@@ -35,7 +35,7 @@ from glm4voice_api.pipeline.decoder_rules import (
     set_outside_graphs_compiled,
 )
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
-from glm4voice_api.pipeline.remote_decoder import RemoteDecoder
+from glm4voice_api.pipeline.remote_decoder import RemoteDecoder, RemoteTokenizer
 from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
 from glm4voice_api.random_checkpoints.default import ensure_default_checkpoints
@@ -248,7 +248,12 @@ def _prepare_flow(decoder: SpeechDecoder, settings: Settings, device: str, *, co
 
 
 def start_audio_models(
-    settings: Settings, paths: CheckpointFolders, after: threading.Event | None = None, *, decoders: bool = True
+    settings: Settings,
+    paths: CheckpointFolders,
+    after: threading.Event | None = None,
+    *,
+    decoders: bool = True,
+    tokenizer: bool = True,
 ) -> list[asyncio.Future]:
     """Load the speech tokenizer and decoder(s) on worker threads, starting NOW (not when awaited), or, with `after`,
     as soon as that event is set.
@@ -259,7 +264,7 @@ def start_audio_models(
     about to fork its engine core, no thread may initialise CUDA (or hold torch's CPU locks) in this process.
     """
     loop = asyncio.get_running_loop()
-    jobs: list[tuple[Callable, tuple]] = [(_load_audio_input, (settings, paths.speech_tokenizer))]
+    jobs: list[tuple[Callable, tuple]] = [(_load_audio_input, (settings, paths.speech_tokenizer))] if tokenizer else []
     jobs += [(_build_scheduler, (settings, paths.decoder, d)) for d in decoder_devices(settings) if decoders]
     return [loop.run_in_executor(None, _run_after, after, job, args) for job, args in jobs]
 
@@ -270,12 +275,18 @@ def _run_after(after: threading.Event | None, job: Callable, args: tuple) -> obj
     return job(*args)
 
 
-async def _start_remote_decoder(settings: Settings, path: Path, engine: Any) -> RemoteDecoder:
-    """The decoder in vLLM's model process (pipeline/decoder_host.py), behind a scheduler's interface."""
+async def _start_remote_decoder(settings: Settings, paths: CheckpointFolders, engine: Any) -> RemoteDecoder:
+    """The decoder (and with speech_tokenizer.in_engine the tokenizer) in vLLM's model process
+    (pipeline/decoder_host.py), behind a scheduler's interface."""
     remote = RemoteDecoder()
-    # Only what the decoder's build reads: API keys and store URLs stay in this process.
-    decoder_settings = settings.model_dump_json(include={"speech_decoder", "engine", "audio_device", "cache_dir"})
-    spec = {"settings": decoder_settings, "decoder_path": str(path), "device": decoder_devices(settings)[0]}
+    # Only what the models' builds read: API keys and store URLs stay in this process.
+    parts = {"speech_decoder", "speech_tokenizer", "request_limits", "engine", "audio_device", "cache_dir"}
+    spec = {
+        "settings": settings.model_dump_json(include=parts | {"switch_interval_ms"}),
+        "decoder_path": str(paths.decoder),
+        "device": decoder_devices(settings)[0],
+        "tokenizer_path": str(paths.speech_tokenizer) if settings.speech_tokenizer.in_engine else None,
+    }
     try:
         await remote.start(lambda s: engine.call_workers("glm4voice_start_decoder_host", s), spec)
     except BaseException:
@@ -365,7 +376,8 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     # When vLLM forks its engine core, the speech models start loading just after the fork (see engine_core_forks).
     forked = threading.Event() if engine is None and engine_core_forks(settings.engine, cuda=cuda) else None
     in_engine = engine is None and settings.speech_decoder.in_engine  # its fit is checked by Settings
-    audio = start_audio_models(settings, paths, after=forked, decoders=not in_engine) if overlap else []
+    here = {"decoders": not in_engine, "tokenizer": not (in_engine and settings.speech_tokenizer.in_engine)}
+    audio = start_audio_models(settings, paths, after=forked, **here) if overlap else []
     try:
         if engine is None:
             from glm4voice_api.engine.vllm_engine import VllmLLMEngine
@@ -385,13 +397,19 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
                     logger.warning("vLLM did not fork its engine core: the speech models loaded after its start")
                     forked.set()
         closers.append(engine.shutdown)
-        audio = audio or start_audio_models(settings, paths, decoders=not in_engine)
+        audio = audio or start_audio_models(settings, paths, **here)
         if in_engine:
-            audio.append(asyncio.ensure_future(_start_remote_decoder(settings, paths.decoder, engine)))
-        audio_input, *schedulers = await asyncio.gather(*audio)
+            audio.append(asyncio.ensure_future(_start_remote_decoder(settings, paths, engine)))
+        started = await asyncio.gather(*audio)
     except BaseException:
         await _close_started(audio, closers)
         raise
+    if here["tokenizer"]:
+        audio_input, *schedulers = started
+    else:  # the host's tokenizer, through its connection (started: the RemoteDecoder alone)
+        schedulers = started
+        tps = started[0].tokens_per_second
+        audio_input = AudioInput(RemoteTokenizer(started[0]), settings.request_limits, tokens_per_second=tps)
     closers += [audio_input.worker.close, *(s.close for s in schedulers)]
     decoder = _as_decoder(schedulers)
     if random_weights:

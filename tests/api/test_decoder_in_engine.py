@@ -1,7 +1,9 @@
-"""The speech decoder in vLLM's model process (`--speech-decoder.in-engine`, pipeline/decoder_host.py), through the
-real server on the CPU: a spoken reply sounds as the local decoder makes it (the same tokens; the host process runs
-torch on fewer threads, so float sums may round apart by one int16 step), a disconnect frees the host's session, and
-a configuration it cannot serve is refused before anything loads."""
+"""The speech decoder and tokenizer in vLLM's model process (`--speech-decoder.in-engine`,
+`--speech-tokenizer.in-engine`, pipeline/decoder_host.py), through the real server on the CPU: a spoken reply sounds
+as the local decoder makes it (the same tokens; the host process runs torch on fewer threads, so float sums may round
+apart by one int16 step), a spoken question gets the same answer as from the local tokenizer, a disconnect frees the
+host's session, and a configuration it cannot serve is refused before anything loads. (The decoder alone in the host:
+tests/unit/test_remote_decoder.py, over the same sockets.)"""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from glm4voice_api.config import EngineSettings, Settings, SpeechDecoderSettings
+from glm4voice_api.audio.encode import encode_whole
+from glm4voice_api.config import EngineSettings, Settings, SpeechDecoderSettings, SpeechTokenizerSettings
 from tests.api.conftest import (
     RunningServer,
     delta_audio,
@@ -41,7 +44,7 @@ REQUEST = {
 @pytest.fixture(scope="module")
 def in_engine(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp("in_engine")
-    running = start_server(cache_dir, tmp / "server.log", "--speech-decoder.in-engine")
+    running = start_server(cache_dir, tmp / "server.log", "--speech-decoder.in-engine", "--speech-tokenizer.in-engine")
     yield running
     stop_server(running)
 
@@ -53,7 +56,8 @@ def spoken(server: RunningServer) -> np.ndarray:
 
 
 def test_a_spoken_reply_sounds_as_the_local_decoder_makes_it(in_engine: RunningServer, server: RunningServer) -> None:
-    assert "speech decoder in vLLM's model process" in in_engine.log()
+    assert "speech decoder and tokenizer in vLLM's model process" in in_engine.log()
+    assert "speech tokenizer ready" in in_engine.log()  # logged by the host (vLLM's process), not by the API's
     hosted, local = spoken(in_engine), spoken(server)
     assert len(hosted) == len(local) > 24000  # the same chunks: more than a second of pcm16 at 24 kHz
     assert np.abs(hosted - local).max() <= 2  # float rounding of fewer torch threads, nothing else
@@ -62,6 +66,19 @@ def test_a_spoken_reply_sounds_as_the_local_decoder_makes_it(in_engine: RunningS
     while time.monotonic() < deadline and in_engine.metric("glm4voice_decoder_active_sessions"):
         time.sleep(0.2)
     assert in_engine.metric("glm4voice_decoder_active_sessions") == 0
+
+
+def test_a_spoken_question_gets_the_answer_the_local_tokenizer_gives(
+    in_engine: RunningServer, server: RunningServer
+) -> None:
+    t = np.arange(2 * 16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    data = base64.b64encode(encode_whole("wav", tone, 16000)).decode()
+    question = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}]
+    body = {**REQUEST, "messages": question, "modalities": ["text"], "max_tokens": 40}
+    hosted, local = (s.client().chat.completions.create(**body) for s in (in_engine, server))
+    assert hosted.usage.prompt_tokens_details.audio_tokens == local.usage.prompt_tokens_details.audio_tokens == 25
+    assert hosted.choices[0].message.content == local.choices[0].message.content  # same speech tokens in, same reply
 
 
 def test_speech_and_a_disconnect_free_the_hosts_sessions(in_engine: RunningServer) -> None:
@@ -88,3 +105,8 @@ def test_what_it_cannot_serve_is_refused_with_the_settings(engine: EngineSetting
     with pytest.raises(ValidationError, match="in_engine needs one vLLM engine process"):
         Settings(engine=engine, audio_device=device, speech_decoder=decoder)
     assert Settings(engine=engine, audio_device=device).speech_decoder.in_engine is False
+
+
+def test_the_tokenizer_is_hosted_only_beside_the_decoder() -> None:
+    with pytest.raises(ValidationError, match="speech_tokenizer.in_engine needs speech_decoder.in_engine"):
+        Settings(speech_tokenizer=SpeechTokenizerSettings(in_engine=True))

@@ -1,22 +1,25 @@
 """The decoder host's protocol without vLLM: `start_host` runs in this process (as vLLM's worker extension would run
 it in the model's process) and `RemoteDecoder` drives it over the real ZeroMQ sockets. Audio, counters, pass log,
-session bookkeeping and a host that cannot load its decoder (tests/api/test_decoder_in_engine.py: the real engine)."""
+session bookkeeping, the speech tokenizer hosted beside the decoder, and a host that cannot load its models
+(tests/api/test_decoder_in_engine.py: the real engine)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from glm4voice_api.config import Settings
 from glm4voice_api.pipeline.decoder_host import start_host
-from glm4voice_api.pipeline.remote_decoder import RemoteDecoder
-from glm4voice_api.pipeline.runtime import _build_scheduler
+from glm4voice_api.pipeline.remote_decoder import RemoteDecoder, RemoteTokenizer
+from glm4voice_api.pipeline.runtime import _build_scheduler, _load_audio_input
 from tests.conftest import CONFORMANCE
 
 TINY = CONFORMANCE / "tiny_a" / "speech_decoder"
+TINY_TOKENIZER = CONFORMANCE / "tiny_a" / "speech_tokenizer"
 TOKENS = [(i * 37) % 97 for i in range(60)]
 SETTINGS = Settings().resolved(cuda=False, model_seq_length=8192)  # as build_runtime hands them over
 
@@ -25,8 +28,19 @@ async def launch(spec: dict) -> list:
     return [start_host(spec)]
 
 
-def spec(path=TINY) -> dict:
-    return {"settings": SETTINGS.model_dump_json(), "decoder_path": str(path), "device": "cpu"}
+def spec(path=TINY, tokenizer: Path | None = None) -> dict:
+    return {
+        "settings": SETTINGS.model_dump_json(),
+        "decoder_path": str(path),
+        "device": "cpu",
+        "tokenizer_path": str(tokenizer) if tokenizer else None,
+    }
+
+
+def speech(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * (180 + 40 * seed) * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 def test_audio_counters_and_sessions_come_back_as_the_local_scheduler_has_them() -> None:
@@ -102,5 +116,55 @@ def test_a_host_that_stops_fails_its_open_streams_at_once() -> None:
             stream.close()  # safe on a host that is gone
         finally:
             await remote.close()
+
+    asyncio.run(run())
+
+
+def test_the_hosted_speech_tokenizer_gives_the_local_workers_tokens() -> None:
+    from glm4voice_api.pipeline.decoder_scheduler import DecoderStoppedError
+
+    local = _load_audio_input(SETTINGS, TINY_TOKENIZER)  # the host loads exactly this
+    clips = [speech(seconds, seed) for seed, seconds in enumerate((1.0, 2.5, 0.4))]
+
+    async def run() -> None:
+        remote = RemoteDecoder()
+        await remote.start(launch, spec(tokenizer=TINY_TOKENIZER), timeout_s=120)
+        tokenizer = RemoteTokenizer(remote)
+        try:
+            assert remote.tokens_per_second == local.tokens_per_second == 12.5
+            got = await asyncio.gather(*(tokenizer.tokenize(c) for c in clips))  # batched there as here
+            want = [await local.worker.tokenize(c) for c in clips]
+            assert got == want and [len(t) for t in got] == [13, 32, 5]
+            tokenizer.set_max_wait_ms(2)  # a live rule of the benchmarks reaches the host's worker
+            with pytest.raises(ValueError, match="max_wait_ms"):
+                tokenizer.set_max_wait_ms(-1)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not tokenizer.busy_seconds:
+                await asyncio.sleep(0.05)
+            assert tokenizer.busy_seconds > 0  # the host's counter, mirrored
+            remote._send("stop")  # a host gone: the next request fails at once, as a stopped decoder does
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and remote.alive:
+                await asyncio.sleep(0.05)
+            with pytest.raises(DecoderStoppedError):
+                await tokenizer.tokenize(clips[0])
+        finally:
+            await tokenizer.close()
+            await remote.close()
+            await local.worker.close()
+
+    asyncio.run(run())
+
+
+def test_a_host_whose_tokenizer_cannot_load_fails_the_start(tmp_path) -> None:
+    async def run() -> None:
+        remote = RemoteDecoder()
+        with pytest.raises(RuntimeError, match="failed to start"):
+            await remote.start(launch, spec(tokenizer=tmp_path / "missing"), timeout_s=120)
+        await remote.close()
+        decoder_only = RemoteDecoder()
+        with pytest.raises(RuntimeError, match="does not run the speech tokenizer"):
+            await decoder_only.tokenize(speech(0.5, 0))
+        await decoder_only.close()
 
     asyncio.run(run())

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from glm4voice_api.models.speech_decoder.graph_buckets import CAPTURE_ERROR_MODE
+
 logger = logging.getLogger(__name__)
 
 
@@ -197,7 +199,9 @@ class GraphedCFM:
             self.cfm.step(*buf.step_args(), padded=True)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._capture_stream):
+        with torch.cuda.graph(
+            graph, pool=self._pool, stream=self._capture_stream, capture_error_mode=CAPTURE_ERROR_MODE
+        ):
             self.cfm.step(*buf.step_args(), padded=True)
         buf.graph = graph
         self._graphs[key] = buf

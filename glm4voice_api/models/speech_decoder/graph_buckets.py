@@ -21,11 +21,17 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-__all__ = ["BucketGraphs", "StaticBucket"]
+__all__ = ["CAPTURE_ERROR_MODE", "BucketGraphs", "StaticBucket"]
 
 logger = logging.getLogger(__name__)
 
 Arena = tuple[torch.Tensor, torch.Tensor]
+
+CAPTURE_ERROR_MODE = "thread_local"
+"""How strict a capture of ours is about other threads: only this thread's unsafe CUDA calls fail it. Under torch's
+default ("global"), a call that another thread of the process makes meanwhile (e.g. vLLM's model step, with the
+decoder hosted in its process or the engine in ours, or the speech tokenizer's pass) fails that call or the capture;
+this thread, as every thread of ours that captures, works on streams of its own."""
 
 
 _OUT_OF_MEMORY = ("out of memory", "ALLOC_FAILED", "CUBLAS_STATUS_NOT_INITIALIZED")
@@ -200,7 +206,7 @@ class BucketGraphs(Generic[B]):
         graph = torch.cuda.CUDAGraph()
         current = torch.cuda.current_stream()
         try:
-            with torch.cuda.graph(graph, pool=self._pool, stream=side):
+            with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode=CAPTURE_ERROR_MODE):
                 self._run(buf)
         except BaseException:
             # A failed capture's graph is kept, never destroyed: destroying a graph frees the cuBLAS workspace of its
