@@ -42,7 +42,7 @@ from fastapi.responses import JSONResponse
 
 from glm4voice_api.app import create_app
 from glm4voice_api.config import Settings, SpeechDecoderSettings, SpeechTokenizerSettings
-from glm4voice_api.serving.metrics import thread_cpu_seconds
+from glm4voice_api.pipeline.thread_cpu import thread_cpu_seconds
 
 
 def _number(kind: Callable[[Any], Any], low: float, high: float | None = None, *, open_: bool = False) -> Any:
@@ -131,7 +131,9 @@ def collect_stats(services: Any, rt: Any, gc_pauses: Any = None) -> dict:
         ),
         "admission_active": _first(services, "admission.queue.active", "admission.in_flight"),
         "admission_queued": _first(services, "admission.queue.queued"),
-        "thread_cpu_s": thread_cpu_seconds(),
+        # With the decoder hosted in vLLM's model process, that process's threads too (vllm_main: its step loop).
+        "thread_cpu_s": thread_cpu_seconds()
+        | {f"vllm_{k}": v for k, v in (_first(rt, "decoder.host_thread_cpu_s") or {}).items()},
         # The cyclic collector's time (the whole process waits meanwhile: serving/gc_heap.py).
         "gc_pause_s": _first(gc_pauses, "seconds"),
         "gc_long_pauses": _first(gc_pauses, "long_pauses"),

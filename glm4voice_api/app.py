@@ -328,6 +328,8 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
             active_requests=runtime.engine.active_requests,
             aborted_requests=runtime.engine.aborted_requests,
             decoder_sessions=runtime.decoder.active_streams,
+            # A decoder hosted in vLLM's model process reports that process's threads.
+            model_process_threads=lambda: getattr(runtime.decoder, "host_thread_cpu_s", {}),
         )
         auth.bind(runtime.store)  # before the services: never serve while auto auth cannot see the stored keys
         await auth.announce()

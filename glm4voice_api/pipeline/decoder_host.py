@@ -28,6 +28,7 @@ import logging
 import pickle
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,18 +188,25 @@ async def _pump(sid: int, stream: Any, send: Any) -> None:
 
 
 async def _report(scheduler: Any, worker: Any, send: Any) -> None:
+    from glm4voice_api.pipeline.thread_cpu import thread_cpu_seconds
+
     sent = 0  # passes sent so far (the scheduler's `batches` counts them; its log keeps the latest)
     last: dict = {}
+    cpu_sent, cpu_at = 0.0, 0.0
     while True:
         await asyncio.sleep(STATS_PERIOD_S)
         counters = {name: getattr(scheduler, name) for name in COUNTERS}
         counters["pass_seconds"] = scheduler.pass_seconds()
         counters["tokenizer_busy_seconds"] = worker.busy_seconds if worker is not None else 0.0
-        if counters == last:  # idle: nothing to tell (the model's process has better things to do)
-            continue
-        last = counters
+        # This process's threads (vLLM's step loop among them): how hard its GIL is contended. Sent with any change
+        # of the counters, else at most once a second while they use CPU (vLLM generating text only).
+        cpu = thread_cpu_seconds()
+        now = time.monotonic()
+        if counters == last and not (now - cpu_at >= 1 and sum(cpu.values()) - cpu_sent >= 0.01):
+            continue  # idle: nothing to tell (the model's process has better things to do)
+        last, cpu_sent, cpu_at = counters, sum(cpu.values()), now
         new = counters["batches"] - sent
         log = list(scheduler.pass_log)
         passes = [tuple(p) for p in log[len(log) - min(new, len(log)) :]] if new > 0 else []
         sent = counters["batches"]
-        send("stats", counters, passes)
+        send("stats", counters | {"thread_cpu_s": cpu}, passes)

@@ -106,6 +106,8 @@ class RemoteDecoder:
         self.tokens_per_second: float | None = None
         """Set when the host runs the speech tokenizer too (its tokens per second of audio)."""
         self.tokenizer_busy_seconds = 0.0
+        self.host_thread_cpu_s: dict[str, float] = {}
+        """CPU seconds of the host process's threads by role (vLLM's step loop is `main`), as last reported."""
         self._tokenizing: dict[int, asyncio.Future] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -218,6 +220,7 @@ class RemoteDecoder:
                 setattr(self, name, counters[name])
             self._pass_seconds = counters["pass_seconds"]
             self.tokenizer_busy_seconds = counters.get("tokenizer_busy_seconds", 0.0)
+            self.host_thread_cpu_s = counters.get("thread_cpu_s", {})
             self.pass_log.extend(passes)
         elif op in ("tokenized", "untokenized"):
             with self._lock:

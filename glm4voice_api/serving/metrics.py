@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from glm4voice_api.pipeline.thread_cpu import thread_cpu_seconds
 from glm4voice_api.serving.gc_heap import GcPauses
 
 
@@ -26,49 +25,22 @@ class _CallbackCounter(Collector):
         yield CounterMetricFamily(self.name, self.documentation, value=self.read())
 
 
-THREAD_ROLES = {
-    "MainThread": "main",
-    "vllm-engine": "engine",
-    "decoder-scheduler": "decoder",
-    "speech-tokenizer": "tokenizer",
-}
-"""Thread name -> role label; every other thread of the process counts as `other` (pools, the watchdogs)."""
-
-
-def thread_cpu_seconds() -> dict[str, float]:
-    """CPU seconds of this process's live threads by role (`THREAD_ROLES`), read from each thread's own CPU clock.
-
-    Why: the decoder's thread launches every op of a pass from Python and needs the GIL for each; the event loop
-    (the main thread under `serve`), an in-process engine's thread and the tokenizer's take it too. Their CPU
-    shares say how hard the GIL is contended: what a GPU profile cannot show. Linux (pthread CPU clocks); {} where
-    the platform has none."""
-    out: dict[str, float] = {}
-    if not hasattr(time, "pthread_getcpuclockid"):
-        return out
-    for thread in threading.enumerate():
-        if thread.ident is None:
-            continue
-        try:
-            seconds = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
-        except (OSError, ValueError):  # the thread ended meanwhile
-            continue
-        role = THREAD_ROLES.get(thread.name, "other")
-        out[role] = out.get(role, 0.0) + seconds
-    return out
-
-
 class _ThreadCPU(Collector):
     def __init__(self, registry: CollectorRegistry) -> None:
         registry.register(self)
+        self.elsewhere: Callable[[], dict[str, float]] = dict
+        """Threads of vLLM's model process by role, prefixed `vllm_` (a hosted decoder reports them; else none)."""
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "glm4voice_thread_cpu_seconds",
             "CPU seconds of the server process's threads by role: main (the event loop under serve), decoder, "
-            "engine (an in-process vLLM), tokenizer, other. Their rates show how hard the GIL is contended.",
+            "engine (an in-process vLLM), tokenizer, other; with the decoder hosted in vLLM's model process, that "
+            "process's threads as vllm_main (vLLM's step loop), vllm_decoder, ... Their rates show how hard each "
+            "process's GIL is contended.",
             labels=["thread"],
         )
-        for role, seconds in sorted(thread_cpu_seconds().items()):
+        for role, seconds in sorted((thread_cpu_seconds() | self.elsewhere()).items()):
             family.add_metric([role], seconds)
         yield family
 
@@ -190,10 +162,12 @@ class Metrics:
         active_requests: Callable[[], int],
         aborted_requests: Callable[[], int],
         decoder_sessions: Callable[[], int],
+        model_process_threads: Callable[[], dict[str, float]] = dict,
     ) -> None:
         self.engine_active.set_function(active_requests)
         self.engine_aborted.read = aborted_requests
         self.decoder_sessions.set_function(decoder_sessions)
+        self.thread_cpu.elsewhere = lambda: {f"vllm_{k}": v for k, v in model_process_threads().items()}
 
     def bind_admission(
         self, *, admitted: Callable[[], int], queued: Callable[[], int], limit: Callable[[], int]

@@ -66,6 +66,9 @@ def test_a_spoken_reply_sounds_as_the_local_decoder_makes_it(in_engine: RunningS
     while time.monotonic() < deadline and in_engine.metric("glm4voice_decoder_active_sessions"):
         time.sleep(0.2)
     assert in_engine.metric("glm4voice_decoder_active_sessions") == 0
+    # vLLM's model process's threads on /metrics: its step loop and the decoder's thread there.
+    for role in ("vllm_main", "vllm_decoder"):
+        assert in_engine.metric("glm4voice_thread_cpu_seconds_total", f'thread="{role}"') > 0
 
 
 def test_a_spoken_question_gets_the_answer_the_local_tokenizer_gives(

@@ -68,6 +68,7 @@ def test_audio_counters_and_sessions_come_back_as_the_local_scheduler_has_them()
             assert remote.batches == local.batches and remote.chunks == local.chunks >= 1
             assert remote.busy_seconds > 0 and len(remote.pass_log) == remote.batches
             assert remote.first_chunks == 1 and remote.pass_seconds() > 0
+            assert remote.host_thread_cpu_s["decoder"] > 0  # the host process's threads (here: this one's)
             whole = await remote.open_stream().decode(TOKENS)  # the whole-file path (speech, voices)
             assert len(whole) == len(want)
         finally:

@@ -134,7 +134,7 @@ def test_thread_cpu_seconds_by_role_grow_with_a_busy_thread():
     import threading
     import time
 
-    from glm4voice_api.serving.metrics import thread_cpu_seconds
+    from glm4voice_api.pipeline.thread_cpu import thread_cpu_seconds
 
     stop = threading.Event()
 
