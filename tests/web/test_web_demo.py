@@ -212,8 +212,11 @@ def test_web_demo_hands_free_over_realtime(server: RunningServer, tmp_path: Path
             stats = _stats(driver)
             hands = stats["handsFree"]
             assert not stats["errors"] and not hands["errors"], (stats["errors"], hands["errors"])
-            done = [r for r in hands["responses"] if r["status"] != "cancelled"]
-            if hands["truncated"] >= 1 and len(hands["responses"]) >= 2 and done and hands["speechStarted"] >= 2:
+            # Not "a reply completed": on a slow machine (CI's were 3x slower some days) every reply can still be
+            # generating when the looped clip speaks again, and is then cut (a completed reply over Realtime:
+            # tests/api/test_realtime*.py). A barge-in on playing audio and a prompt that grew are this page's part.
+            prompted = [r["inputTokens"] for r in hands["responses"] if r["inputTokens"]]
+            if hands["truncated"] >= 1 and len(prompted) >= 2 and hands["speechStarted"] >= 2:
                 break
             assert time.monotonic() < deadline, f"no hands-free conversation with a barge-in: {stats}"
             time.sleep(0.5)
