@@ -19,6 +19,10 @@
   (CAPACITY_RULES) or its defaults. The suite runs several configurations in turn on one warm server with it
   (`--variant`, bench/warm_variants.py).
 
+With the decoder hosted in vLLM's model process (`SPEECH_DECODER__IN_ENGINE`), the baseline and the decoder's rules
+answer 409 (the seed's decoder and the rules need the local scheduler); the tokenizer's wait, the switch interval and
+admission's rules still apply.
+
 Settings come from the environment (GLM4VOICE_*), as for `glm4voice-api serve`. These routes exist only in this
 benchmark entry point, never in the product's app.
 
@@ -155,6 +159,11 @@ def collect_passes(rt: Any, since: list[int]) -> dict:
     return {"schedulers": out}
 
 
+def hosted(rt: Any) -> bool:
+    """Whether the decoder runs in vLLM's model process (`speech_decoder.in_engine`): no local scheduler to reach."""
+    return rt is not None and rt.settings.speech_decoder.in_engine
+
+
 def build(settings: Settings):
     app = create_app(settings)
     state: dict = {}
@@ -220,8 +229,11 @@ def build(settings: Settings):
             ).max_wait_ms
         except ValidationError as exc:
             return JSONResponse({"error": str(exc)[:500]}, 400)
+        if hosted(rt) and changes:  # it would set them on the stand-in, silently changing nothing
+            return JSONResponse({"error": "decoder rules do not reach a decoder hosted in vLLM's process"}, 409)
         try:
-            await asyncio.to_thread(apply_rules, rt.decoder, options)
+            if not hosted(rt):
+                await asyncio.to_thread(apply_rules, rt.decoder, options)
         except RuntimeError as exc:
             return JSONResponse({"error": str(exc)}, 409)
         if (worker := _path(rt, "audio_input", "worker")) is not None:
@@ -282,7 +294,7 @@ def build(settings: Settings):
         }
 
     @app.post("/bench/baseline")
-    async def baseline(request: Request, body: dict) -> dict:
+    async def baseline(request: Request, body: dict) -> Any:
         import asyncio
 
         import torch
@@ -293,6 +305,8 @@ def build(settings: Settings):
         from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 
         rt = request.app.state.runtime
+        if hosted(rt):  # the seed's decoder runs here, on the device of ours that the hosted one no longer names
+            return JSONResponse({"error": "no baseline beside a decoder hosted in vLLM's process"}, 409)
         if torch.cuda.is_available():  # the load levels before leave the caching allocator holding most memory
             torch.cuda.empty_cache()
         if "baseline" not in state:
