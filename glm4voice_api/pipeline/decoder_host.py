@@ -128,7 +128,10 @@ async def _serve(spec: dict) -> None:
                 tokenizing.add(task)
                 task.add_done_callback(tokenizing.discard)
             elif op == "tokenizer_wait" and worker is not None:
-                worker.set_max_wait_ms(message[1])
+                try:
+                    worker.set_max_wait_ms(message[1])
+                except ValueError:  # checked by the sender; a bad value never stops the host
+                    logger.warning("speech tokenizer wait %r refused", message[1])
             elif op == "close" and (stream := streams.pop(message[1], None)) is not None:
                 stream.close()
                 if (task := pumps.pop(message[1], None)) is not None:
