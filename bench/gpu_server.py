@@ -19,9 +19,9 @@
   (CAPACITY_RULES) or its defaults. The suite runs several configurations in turn on one warm server with it
   (`--variant`, bench/warm_variants.py).
 
-With the decoder hosted in vLLM's model process (`SPEECH_DECODER__IN_ENGINE`), the baseline and the decoder's rules
-answer 409 (the seed's decoder and the rules need the local scheduler); the tokenizer's wait, the switch interval and
-admission's rules still apply.
+With the decoder hosted in vLLM's model process (`SPEECH_DECODER__IN_ENGINE`), the baseline answers 409 (the seed's
+decoder runs on the local decoder's device); the decoder's rules go to the host, the tokenizer's wait to the host's
+tokenizer when it runs there; the switch interval is this process's.
 
 Settings come from the environment (GLM4VOICE_*), as for `glm4voice-api serve`. These routes exist only in this
 benchmark entry point, never in the product's app.
@@ -229,10 +229,10 @@ def build(settings: Settings):
             ).max_wait_ms
         except ValidationError as exc:
             return JSONResponse({"error": str(exc)[:500]}, 400)
-        if hosted(rt) and changes:  # it would set them on the stand-in, silently changing nothing
-            return JSONResponse({"error": "decoder rules do not reach a decoder hosted in vLLM's process"}, 409)
         try:
-            if not hosted(rt):
+            if hosted(rt):  # the host applies them to its scheduler (pipeline/decoder_host.py)
+                await rt.decoder.apply_rules(options.model_dump_json())
+            else:
                 await asyncio.to_thread(apply_rules, rt.decoder, options)
         except RuntimeError as exc:
             return JSONResponse({"error": str(exc)}, 409)

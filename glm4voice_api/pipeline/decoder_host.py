@@ -12,11 +12,13 @@ at all: no time slicing between processes is left on the GPU.
 plugins/glm4voice_vllm/decoder_host.py) and returns at once; a thread of its own loads the decoder exactly as the
 API process would (`runtime._build_scheduler`) and runs an asyncio loop that owns one `DecoderScheduler`, unchanged:
 - commands in (PULL): ("open", sid, voice, live), ("tokens", sid, ids, final), ("close", sid), ("stop",); with the
-  tokenizer: ("tokenize", rid, 16 kHz float32 samples), ("tokenizer_wait", ms);
+  tokenizer: ("tokenize", rid, 16 kHz float32 samples), ("tokenizer_wait", ms); the benchmarks' live decoder rules:
+  ("rules", rid, speech_decoder settings as JSON);
 - results out (PUSH): ("ready", info) or ("failed", text) once; ("audio", sid, float32 samples), ("end", sid),
   ("error", sid, text), ("closed", sid) per stream; ("underrun",) as they happen; ("stats", counters, passes)
   every `STATS_PERIOD_S` when they changed (the counters and pass log the API side's stand-in shows:
   pipeline/remote_decoder.py); ("tokenized", rid, ids) or ("untokenized", rid, text) per tokenize command;
+  ("ruled", rid, None or the error's text) per rules command;
   ("stopped", reason) when its loop ends.
 Messages are pickled tuples; both ends are our own code, on one machine (ipc:// paths made by the API process).
 """
@@ -100,7 +102,7 @@ async def _serve(spec: dict) -> None:
     logger.info("speech decoder host ready on %s (speech tokenizer: %s)", info["device"], worker is not None)
     streams: dict[int, Any] = {}
     pumps: dict[int, asyncio.Task] = {}
-    tokenizing: set[asyncio.Task] = set()
+    asked: set[asyncio.Task] = set()  # tokenize and rules requests
     reporter = asyncio.create_task(_report(scheduler, worker, send))
     reason = "stopped"
     try:
@@ -125,8 +127,12 @@ async def _serve(spec: dict) -> None:
                     stream.push(ids, final=final)
             elif op == "tokenize" and worker is not None:
                 task = asyncio.create_task(_tokenize(worker, message[1], message[2], send))
-                tokenizing.add(task)
-                task.add_done_callback(tokenizing.discard)
+                asked.add(task)
+                task.add_done_callback(asked.discard)
+            elif op == "rules":
+                task = asyncio.create_task(_rules(scheduler, message[1], message[2], send))
+                asked.add(task)
+                task.add_done_callback(asked.discard)
             elif op == "tokenizer_wait" and worker is not None:
                 try:
                     worker.set_max_wait_ms(message[1])
@@ -145,7 +151,7 @@ async def _serve(spec: dict) -> None:
         reporter.cancel()
         for stream in streams.values():
             stream.close()
-        for task in [*pumps.values(), *tokenizing]:
+        for task in [*pumps.values(), *asked]:
             task.cancel()
         await scheduler.close()
         if worker is not None:
@@ -179,6 +185,20 @@ async def _tokenize(worker: Any, rid: int, samples: Any, send: Any) -> None:
         send("untokenized", rid, f"{type(exc).__name__}: {exc}")
     else:
         send("tokenized", rid, ids)
+
+
+async def _rules(scheduler: Any, rid: int, options_json: str, send: Any) -> None:
+    """The benchmarks' live decoder rules (bench/gpu_server.py), as `apply_rules` gives them to a local decoder."""
+    from glm4voice_api.config import SpeechDecoderSettings
+    from glm4voice_api.pipeline.decoder_rules import apply_rules
+
+    try:
+        options = SpeechDecoderSettings.model_validate_json(options_json)
+        await asyncio.to_thread(apply_rules, scheduler, options)  # may capture graphs: off the host's loop
+    except Exception as exc:  # noqa: BLE001 - the API side raises it (open streams: a 409 there)
+        send("ruled", rid, f"{type(exc).__name__}: {exc}")
+    else:
+        send("ruled", rid, None)
 
 
 async def _pump(sid: int, stream: Any, send: Any) -> None:

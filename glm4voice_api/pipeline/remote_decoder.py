@@ -108,7 +108,7 @@ class RemoteDecoder:
         self.tokenizer_busy_seconds = 0.0
         self.host_thread_cpu_s: dict[str, float] = {}
         """CPU seconds of the host process's threads by role (vLLM's step loop is `main`), as last reported."""
-        self._tokenizing: dict[int, asyncio.Future] = {}
+        self._waiting: dict[int, asyncio.Future] = {}  # requests that get one answer: tokenize, rules
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self, launch: Callable[[dict], Awaitable[object]], spec: dict, timeout_s: float = 900) -> None:
@@ -164,18 +164,26 @@ class RemoteDecoder:
         """Speech tokens of one 16 kHz mono waveform, from the host's speech tokenizer (batched there)."""
         if self.tokens_per_second is None:
             raise RuntimeError("the decoder host does not run the speech tokenizer")
+        return await self._ask("tokenize", np.ascontiguousarray(waveform_16k, dtype=np.float32))
+
+    async def apply_rules(self, options_json: str) -> None:
+        """`decoder_rules.apply_rules` in the host, with these speech_decoder settings (JSON); its RuntimeError
+        (streams open) is raised here. For the benchmarks' live rules (bench/gpu_server.py)."""
+        await self._ask("rules", options_json)
+
+    async def _ask(self, op: str, payload: Any) -> Any:
         if not self.alive:
             raise DecoderStoppedError(f"the speech decoder host has stopped ({self._stopped or 'not started'})")
         rid = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._tokenizing[rid] = future
+            self._waiting[rid] = future
         try:
-            self._send("tokenize", rid, np.ascontiguousarray(waveform_16k, dtype=np.float32))
+            self._send(op, rid, payload)
             return await future
         finally:
             with self._lock:
-                self._tokenizing.pop(rid, None)
+                self._waiting.pop(rid, None)
 
     def _send(self, *message: Any) -> None:
         """Never blocks the event loop: with no host connected (not started, or gone) a PUSH socket would wait."""
@@ -222,11 +230,11 @@ class RemoteDecoder:
             self.tokenizer_busy_seconds = counters.get("tokenizer_busy_seconds", 0.0)
             self.host_thread_cpu_s = counters.get("thread_cpu_s", {})
             self.pass_log.extend(passes)
-        elif op in ("tokenized", "untokenized"):
+        elif op in ("tokenized", "untokenized", "ruled"):
             with self._lock:
-                future = self._tokenizing.get(message[1])
+                future = self._waiting.get(message[1])
             if future is not None:
-                outcome = message[2] if op == "tokenized" else RuntimeError(f"speech tokenizer: {message[2]}")
+                outcome = message[2] if op == "tokenized" else None if message[2] is None else RuntimeError(message[2])
                 loop.call_soon_threadsafe(_settle, future, outcome)
         elif op == "underrun":
             self.on_underrun()
@@ -252,7 +260,7 @@ class RemoteDecoder:
         self._stopped = self._stopped or reason
         with self._lock:
             streams = list(self._streams.values())
-            waiting = list(self._tokenizing.values())
+            waiting = list(self._waiting.values())
         for stream in streams:
             stream._send(DecoderStoppedError(f"the speech decoder has stopped ({reason})"))
         if waiting and self._loop is not None and not self._loop.is_closed():

@@ -169,3 +169,46 @@ def test_a_host_whose_tokenizer_cannot_load_fails_the_start(tmp_path) -> None:
         await decoder_only.close()
 
     asyncio.run(run())
+
+
+def test_the_benchmarks_live_rules_reach_the_hosts_scheduler() -> None:
+    from glm4voice_api.config import SpeechDecoderSettings
+    from glm4voice_api.pipeline.decoder_rules import apply_rules
+
+    options = SpeechDecoderSettings.model_validate(SETTINGS.speech_decoder.model_dump() | {"ode_steps": 3})
+    local = _build_scheduler(SETTINGS, TINY, "cpu")
+
+    async def audio(decoder) -> np.ndarray:
+        stream = decoder.open_stream(live=True)
+        stream.push(TOKENS, final=True)
+        out = np.concatenate([c async for c in stream.audio()])
+        stream.close()
+        return out
+
+    async def run() -> None:
+        remote = RemoteDecoder()
+        await remote.start(launch, spec(), timeout_s=120)
+        try:
+            before = await audio(remote)
+            deadline = time.monotonic() + 10
+            while True:  # the scheduler frees a closed stream's session on its own thread, a moment later
+                try:
+                    await remote.apply_rules(options.model_dump_json())
+                    break
+                except RuntimeError:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+            apply_rules(local, options)
+            after = await audio(remote)
+            np.testing.assert_array_equal(after, await audio(local))  # 3 ODE steps there as here
+            assert np.abs(after - before).max() > 1e-3  # and not the 5 it started with
+            open_one = remote.open_stream(live=True)
+            with pytest.raises(RuntimeError, match="streams are open"):  # refused as the local scheduler refuses
+                await remote.apply_rules(options.model_dump_json())
+            open_one.close()
+        finally:
+            await remote.close()
+            await local.close()
+
+    asyncio.run(run())
