@@ -6,8 +6,8 @@
 // the `openai-insecure-api-key.` subprotocol, as OpenAI's browser clients do.
 "use strict";
 
-window.demoStats.handsFree = { connected: false, speechStarted: 0, speechStopped: 0, audioDeltas: 0, truncated: 0,
-                               responses: [], errors: [] };
+window.demoStats.handsFree = { connected: false, speechStarted: 0, speechStopped: 0, audioDeltas: 0, interrupted: 0,
+                               truncated: 0, responses: [], errors: [] };
 
 class HandsFree {
   constructor() {
@@ -110,6 +110,9 @@ class HandsFree {
     const total = Math.floor((item.samples / PCM_RATE) * 1000);
     player().stop();
     this.current = null;
+    window.demoStats.handsFree.interrupted++;
+    // Only audio the listener has not heard yet is cut: when replies arrive slower than they play (a slow server),
+    // everything received was heard and the item stays whole, though the server still cancels the reply.
     if (heard < total) {
       this.send({ type: "conversation.item.truncate", item_id: item.id, content_index: 0, audio_end_ms: heard });
       setMeta(item.bubble, `interrupted after ${(heard / 1000).toFixed(1)} s`);
