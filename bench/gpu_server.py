@@ -19,9 +19,9 @@
   (CAPACITY_RULES) or its defaults. The suite runs several configurations in turn on one warm server with it
   (`--variant`, bench/warm_variants.py).
 
-With the decoder hosted in vLLM's model process (`SPEECH_DECODER__IN_ENGINE`), the baseline answers 409 (the seed's
-decoder runs on the local decoder's device); the decoder's rules go to the host, the tokenizer's wait to the host's
-tokenizer when it runs there; the switch interval is this process's.
+With the decoder hosted in vLLM's model process (`speech_decoder.in_engine`, the default on one GPU), the baseline
+loads the seed's decoder into this process on the audio device (the seed's own layout); the decoder's rules go to the
+host, the tokenizer's wait to the host's tokenizer when it runs there; the switch interval is this process's.
 
 Settings come from the environment (GLM4VOICE_*), as for `glm4voice-api serve`. These routes exist only in this
 benchmark entry point, never in the product's app.
@@ -305,13 +305,13 @@ def build(settings: Settings):
         from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 
         rt = request.app.state.runtime
-        if hosted(rt):  # the seed's decoder runs here, on the device of ours that the hosted one no longer names
-            return JSONResponse({"error": "no baseline beside a decoder hosted in vLLM's process"}, 409)
         if torch.cuda.is_available():  # the load levels before leave the caching allocator holding most memory
             torch.cuda.empty_cache()
         if "baseline" not in state:
             # The seed's decoder: its own float32, eager instance (no CUDA graphs, no batching).
-            device = rt.decoder.decoder.device
+            # Beside a decoder hosted in vLLM's process this one is the API process's only CUDA work, as in the
+            # seed (its decoder in the server's process); its idle context stays for the overload that follows.
+            device = torch.device(rt.settings.audio_device) if hosted(rt) else rt.decoder.decoder.device
             decoder = await asyncio.to_thread(load_speech_decoder, rt.paths.decoder, device, torch.float32)
             state["baseline"] = SeedBaseline(rt, decoder)
         clip = make_question_wav(float(body.get("question_seconds", 3.0)))

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from glm4voice_api.config import LEGACY_NAMES, Settings, setting_fields, settings_with
+from glm4voice_api.config import LEGACY_NAMES, Settings
+from glm4voice_api.settings_tree import setting_fields, settings_with
 
 if TYPE_CHECKING:
     from glm4voice_api.store import Store

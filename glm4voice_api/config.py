@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 OFFICIAL_FOLDERS = {
@@ -82,8 +81,8 @@ class SpeechTokenizerSettings(BaseModel):
     )
     max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="ms to wait to fill a batch (0: none; queued batch).")
-    in_engine: bool = Field(
-        False, description="Tokenize in vLLM's model process, in the decoder's host (needs speech_decoder.in_engine)."
+    in_engine: bool | None = Field(
+        None, description="Tokenize in vLLM's model process, in the decoder's host. Default: where the decoder is."
     )
 
 
@@ -144,8 +143,10 @@ class SpeechDecoderSettings(BaseModel):
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "
         "H200, bench/results). Compiled at start (~30 s, beside vLLM's start), cached under cache_dir/inductor.",
     )
-    in_engine: bool = Field(
-        False, description="Decode in vLLM's model process: one CUDA context with the LLM (pipeline/decoder_host.py)."
+    in_engine: bool | None = Field(
+        None,
+        description="Decode in vLLM's model process: one CUDA context with the LLM (pipeline/decoder_host.py). Default: "
+        "on with one GPU and one engine process (faster on an H100, bench/results), else off.",
     )
 
 
@@ -434,16 +435,19 @@ class Settings(BaseSettings):
             paths[key] = explicit or (self.model_dir / folder if self.model_dir else None)
         return paths
 
+    def _host_fits(self, device: str) -> bool:
+        """Whether the decoder's host in vLLM's model process can run: one engine process, one decoder."""
+        e = self.engine
+        one = e.tensor_parallel_size * e.pipeline_parallel_size * e.data_parallel_size == 1
+        return e.process != "inproc" and one and device != "all"
+
     @model_validator(mode="after")
     def _decoder_host_fits(self) -> Settings:
         """The host in vLLM's model process (speech_decoder.in_engine) needs that process, and is one."""
-        e = self.engine
-        if self.speech_tokenizer.in_engine and not self.speech_decoder.in_engine:
+        if self.speech_tokenizer.in_engine and self.speech_decoder.in_engine is False:
             raise ValueError("speech_tokenizer.in_engine needs speech_decoder.in_engine (it runs in the decoder host)")
-        if self.speech_decoder.in_engine and (
-            e.process == "inproc" or e.tensor_parallel_size * e.pipeline_parallel_size * e.data_parallel_size > 1
-            or self.audio_device == "all"
-        ):  # fmt: skip
+        hosted = self.speech_decoder.in_engine or self.speech_tokenizer.in_engine
+        if hosted and not self._host_fits(self.audio_device):
             raise ValueError("speech_decoder.in_engine needs one vLLM engine process (not inproc, no parallelism) "
                              "and one decoder (not audio_device=all)")  # fmt: skip
         return self
@@ -464,37 +468,22 @@ class Settings(BaseSettings):
         decoder_dtype = self.speech_decoder.dtype
         if decoder_dtype == "auto":  # bf16 where the decoder runs on a GPU
             decoder_dtype = "bfloat16" if cuda and (device == "all" or device.startswith("cuda")) else "float32"
+        # The audio models in vLLM's model process on one GPU: one CUDA context, no time-slicing with the LLM's
+        # (H100, session 21: more admitted under overload and fewer gaps at 32 streams). Asked-for tokenizer: both.
+        hosted = self.speech_decoder.in_engine
+        if hosted is None:
+            hosted = bool(self.speech_tokenizer.in_engine) or (
+                cuda and device.startswith("cuda") and self._host_fits(device)
+            )
+        tokenizer_hosted = hosted if self.speech_tokenizer.in_engine is None else self.speech_tokenizer.in_engine
         return self.model_copy(
             update={
                 "engine": engine,
                 "admission": self.admission.model_copy(
                     update={"max_active": max_active, "max_queued": max_queued, "measured": measured}
                 ),
-                "speech_decoder": self.speech_decoder.model_copy(update={"dtype": decoder_dtype}),
+                "speech_decoder": self.speech_decoder.model_copy(update={"dtype": decoder_dtype, "in_engine": hosted}),
+                "speech_tokenizer": self.speech_tokenizer.model_copy(update={"in_engine": tokenizer_hosted}),
                 "audio_device": device,
             }
         )
-
-
-def setting_fields() -> dict[str, FieldInfo]:
-    """Every leaf setting by its dotted path (`host`, `engine.max_model_len`): its flag and env name derive from it."""
-    leaves: dict[str, FieldInfo] = {}
-    for name, field in Settings.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            leaves |= {f"{name}.{sub}": sub_field for sub, sub_field in annotation.model_fields.items()}
-        else:
-            leaves[name] = field
-    return leaves
-
-
-def settings_with(base: Settings, values: Mapping[str, Any]) -> Settings:
-    """``base`` with the given dotted paths (``engine.max_model_len``) replaced, validated as a whole."""
-    tree = base.model_dump()
-    for path, value in values.items():
-        node = tree
-        *groups, leaf = path.split(".")
-        for group in groups:
-            node = node[group]
-        node[leaf] = value
-    return Settings(**tree)

@@ -104,12 +104,35 @@ def test_speech_and_a_disconnect_free_the_hosts_sessions(in_engine: RunningServe
     ],
 )
 def test_what_it_cannot_serve_is_refused_with_the_settings(engine: EngineSettings, device: str) -> None:
-    decoder = SpeechDecoderSettings(in_engine=True)
-    with pytest.raises(ValidationError, match="in_engine needs one vLLM engine process"):
-        Settings(engine=engine, audio_device=device, speech_decoder=decoder)
-    assert Settings(engine=engine, audio_device=device).speech_decoder.in_engine is False
+    for asked in ({"speech_decoder": SpeechDecoderSettings(in_engine=True)},
+                  {"speech_tokenizer": SpeechTokenizerSettings(in_engine=True)}):  # fmt: skip
+        with pytest.raises(ValidationError, match="in_engine needs one vLLM engine process"):
+            Settings(engine=engine, audio_device=device, **asked)
+    # Left to its default on a GPU, it stays in this process there.
+    resolved = Settings(engine=engine, audio_device=device).resolved(cuda=True, model_seq_length=8192)
+    assert resolved.speech_decoder.in_engine is False and resolved.speech_tokenizer.in_engine is False
 
 
 def test_the_tokenizer_is_hosted_only_beside_the_decoder() -> None:
     with pytest.raises(ValidationError, match="speech_tokenizer.in_engine needs speech_decoder.in_engine"):
-        Settings(speech_tokenizer=SpeechTokenizerSettings(in_engine=True))
+        Settings(
+            speech_tokenizer=SpeechTokenizerSettings(in_engine=True),
+            speech_decoder=SpeechDecoderSettings(in_engine=False),
+        )
+
+
+def hosted(cuda: bool, **settings: object) -> tuple[bool | None, bool | None]:
+    resolved = Settings(**settings).resolved(cuda=cuda, model_seq_length=8192)
+    return resolved.speech_decoder.in_engine, resolved.speech_tokenizer.in_engine
+
+
+def test_on_one_gpu_both_audio_models_default_to_vllms_process() -> None:
+    # Measured on an H100 (bench/results/GPU.md, session 21): the defaults' choice on one GPU.
+    assert hosted(True) == (True, True)
+    assert hosted(False) == (False, False)  # a CPU: the host would share vLLM's one bound core
+    assert hosted(True, audio_device="cpu") == (False, False)  # the audio models asked off the GPU
+    # Either asked for by hand: the tokenizer follows the decoder unless it is set, and asks for the decoder.
+    assert hosted(False, speech_decoder=SpeechDecoderSettings(in_engine=True)) == (True, True)
+    assert hosted(True, speech_tokenizer=SpeechTokenizerSettings(in_engine=False)) == (True, False)
+    assert hosted(False, speech_tokenizer=SpeechTokenizerSettings(in_engine=True)) == (True, True)
+    assert hosted(True, speech_decoder=SpeechDecoderSettings(in_engine=False)) == (False, False)

@@ -13,9 +13,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from glm4voice_api.config import Settings, setting_fields, settings_with
+from glm4voice_api.config import Settings
 from glm4voice_api.routes.health import router as health_router
 from glm4voice_api.serving.metrics import Metrics
+from glm4voice_api.settings_tree import setting_fields, settings_with
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "deploy" / "kubernetes"
