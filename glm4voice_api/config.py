@@ -469,12 +469,12 @@ class Settings(BaseSettings):
         if decoder_dtype == "auto":  # bf16 where the decoder runs on a GPU
             decoder_dtype = "bfloat16" if cuda and (device == "all" or device.startswith("cuda")) else "float32"
         # The audio models in vLLM's model process on one GPU: one CUDA context, no time-slicing with the LLM's
-        # (H100, session 21: more admitted under overload and fewer gaps at 32 streams). Asked-for tokenizer: both.
+        # (H100, session 21: more admitted under overload and fewer gaps at 32 streams). Not when the audio models
+        # were put on another GPU than vLLM's first. A tokenizer asked into the host brings the decoder along.
         hosted = self.speech_decoder.in_engine
         if hosted is None:
-            hosted = bool(self.speech_tokenizer.in_engine) or (
-                cuda and device.startswith("cuda") and self._host_fits(device)
-            )
+            on_llm_gpu = cuda and device in ("cuda", "cuda:0") and self._host_fits(device)
+            hosted = bool(self.speech_tokenizer.in_engine) or on_llm_gpu
         tokenizer_hosted = hosted if self.speech_tokenizer.in_engine is None else self.speech_tokenizer.in_engine
         return self.model_copy(
             update={

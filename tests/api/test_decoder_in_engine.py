@@ -131,6 +131,8 @@ def test_on_one_gpu_both_audio_models_default_to_vllms_process() -> None:
     assert hosted(True) == (True, True)
     assert hosted(False) == (False, False)  # a CPU: the host would share vLLM's one bound core
     assert hosted(True, audio_device="cpu") == (False, False)  # the audio models asked off the GPU
+    assert hosted(True, audio_device="cuda:1") == (False, False)  # ... or onto another GPU than vLLM's
+    assert hosted(True, audio_device="cuda:0") == (True, True)
     # Either asked for by hand: the tokenizer follows the decoder unless it is set, and asks for the decoder.
     assert hosted(False, speech_decoder=SpeechDecoderSettings(in_engine=True)) == (True, True)
     assert hosted(True, speech_tokenizer=SpeechTokenizerSettings(in_engine=False)) == (True, False)
