@@ -48,6 +48,24 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def gpu_name(index: int = 0) -> str:
+    """The name of GPU ``index``, asked through NVML: torch's query initialises CUDA in this process, which holds no
+    CUDA work when the audio models run in vLLM's process (the default on one GPU)."""
+    from vllm.third_party import pynvml  # vLLM's own copy (it asks NVML the same way)
+
+    try:
+        pynvml.nvmlInit()
+        try:
+            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(index))
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:  # no NVML here (another platform): the runtime's answer
+        import torch
+
+        return torch.cuda.get_device_name(index)
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def engine_core_forks(settings: EngineSettings, *, cuda: bool) -> bool:
     """Whether vLLM will fork (not spawn) its engine-core process for these settings, as things stand now.
 

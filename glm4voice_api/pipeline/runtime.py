@@ -119,10 +119,10 @@ def capacity_key(runtime: Runtime) -> str:
     model folders and every engine, speech tokenizer and decoder setting. Any change makes a new key, so a knee
     measured on other hardware or another configuration is never reused."""
     device = "cpu"
-    if cuda_available():  # the decoder already runs on the GPU in this process: naming it initialises nothing new
-        import torch
+    if cuda_available():
+        from glm4voice_api.engine.vllm_engine import gpu_name
 
-        device = torch.cuda.get_device_name(0)
+        device = gpu_name(0)
     s = runtime.settings
     parts = {
         "accelerator": device,

@@ -6,6 +6,8 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
 from glm4voice_api.serving.admission import AdmissionQueue
 from glm4voice_api.serving.capacity import (
     REALTIME_TOKENS_PER_S,
@@ -264,6 +266,31 @@ def test_the_memory_key_changes_with_anything_that_changes_capacity() -> None:
     assert key(speech_tokenizer={"max_batch": 4}) != base
     assert key(paths=CheckpointFolders(Path("/other/llm"), Path("/m/tok"), Path("/m/dec"))) != base
     assert key(admission={"max_queue_wait_s": 3}) == base  # how long newcomers wait changes nothing it can serve
+
+
+def test_the_memory_key_names_the_gpu_through_nvml_not_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the audio models in vLLM's process the API process holds no CUDA context: naming the GPU for the key
+    must not make one (torch's query initialises CUDA), so it asks NVML."""
+    from types import SimpleNamespace
+
+    import torch
+    from vllm.third_party import pynvml
+
+    from glm4voice_api.config import Settings
+    from glm4voice_api.pipeline import runtime
+
+    def no_cuda(*_: object) -> str:
+        raise AssertionError("CUDA initialised in the API process")
+
+    for name, fake in {"nvmlInit": lambda: None, "nvmlShutdown": lambda: None,
+                       "nvmlDeviceGetHandleByIndex": lambda i: f"handle{i}",
+                       "nvmlDeviceGetName": lambda h: b"NVIDIA H100 80GB HBM3" if h == "handle0" else b"?"}.items():  # fmt: skip
+        monkeypatch.setattr(pynvml, name, fake)
+    monkeypatch.setattr(torch.cuda, "get_device_name", no_cuda)
+    rt = SimpleNamespace(settings=Settings(), paths=runtime.CheckpointFolders(Path("/l"), Path("/t"), Path("/d")))
+    cpu_key = runtime.capacity_key(rt)
+    monkeypatch.setattr(runtime, "cuda_available", lambda: True)
+    assert runtime.capacity_key(rt) != cpu_key
 
 
 def test_the_default_policy_grows_a_stream_per_settle_and_cuts_deep_on_one_near_miss() -> None:
