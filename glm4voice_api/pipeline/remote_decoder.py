@@ -246,7 +246,10 @@ class RemoteDecoder:
                     if op == "ready":
                         self._ready.set_result(value)
                     else:
-                        self._ready.set_exception(RuntimeError(f"the speech decoder host failed to start: {value}"))
+                        # The host is the default on one GPU: name the way back to the server's own process.
+                        hint = "--no-speech-decoder.in-engine runs the speech models in the server's process"
+                        failed = RuntimeError(f"the speech decoder host failed to start: {value} ({hint})")
+                        self._ready.set_exception(failed)
 
             loop.call_soon_threadsafe(settle)
             if op == "failed":
