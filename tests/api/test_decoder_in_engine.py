@@ -95,6 +95,38 @@ def test_speech_and_a_disconnect_free_the_hosts_sessions(in_engine: RunningServe
     wait_all_freed(in_engine)
 
 
+def test_a_realtime_spoken_turn_through_the_hosted_models(in_engine: RunningServer) -> None:
+    """Realtime, as the default runs it on one GPU: the committed question goes to the host's tokenizer, the answer's
+    audio comes from the host's decoder, and the session's end frees the host's sessions."""
+    import asyncio
+    import json
+
+    from tests.api.test_realtime import RATE, _frames, _next, _raw_session
+    from tests.speech import silence, speech
+
+    async def turn() -> tuple[dict, int]:
+        ws = await _raw_session(in_engine)
+        await ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {"turn_detection": None}}}}))
+        await _next(ws, "session.updated")
+        for frame in _frames(np.concatenate([speech("What is the weather like today", RATE), silence(0.3, RATE)])):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": frame}))
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        await _next(ws, "input_audio_buffer.committed")
+        await ws.send(json.dumps({"type": "response.create", "response": {"max_output_tokens": 80}}))
+        audio = 0
+        while (event := await _next(ws, None))["type"] != "response.done":
+            if event["type"] == "response.output_audio.delta":
+                audio += len(base64.b64decode(event["delta"]))
+        await ws.close()
+        return event["response"], audio
+
+    response, audio = asyncio.run(turn())
+    assert response["status"] in ("completed", "incomplete"), response
+    assert response["usage"]["input_token_details"]["audio_tokens"] > 0  # the question's speech tokens, from the host
+    assert audio > 2 * RATE // 2  # more than half a second of pcm16 from the host's decoder
+    wait_all_freed(in_engine)
+
+
 @pytest.mark.parametrize(
     ("engine", "device"),
     [
