@@ -56,3 +56,18 @@ def test_compiled_blocks_equal_eager(monkeypatch) -> None:
     assert 0 < graphs <= 8
     estimator.uncompile_blocks()
     assert not estimator.blocks_compiled
+
+
+def test_frame_major_blocks_equal_the_transposed_view() -> None:
+    """`frame_major` (the transformer blocks on a contiguous [B, T, C] copy, bench/layout_probe.py) only moves memory:
+    the same mel as the blocks on the transposed view, ragged rows included."""
+    decoder = load_speech_decoder(TINY / "speech_decoder")
+    decoder.flow.enable_graphs(FlowGraphConfig(frame_bucket=48), use_graphs=False)
+    rng = np.random.default_rng(11)
+    seqs = [rng.integers(0, 16384, n) for n in (10, 29, 41)]
+    estimator = decoder.flow.decoder.estimator
+    assert estimator.frame_major is False
+    view = _decode(decoder, seqs)
+    estimator.frame_major = True
+    for a, b in zip(view, _decode(decoder, seqs), strict=True):
+        np.testing.assert_allclose(b.mel.numpy(), a.mel.numpy(), rtol=0, atol=1e-6)

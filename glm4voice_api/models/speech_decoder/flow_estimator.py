@@ -254,6 +254,11 @@ class ConditionalDecoder(nn.Module):
             self.up_blocks.append(_stage(cfg, up[i] * 2, c, sampler))
         self.final_block = Block1D(up[-1], up[-1], cfg.groups)
         self.final_proj = nn.Conv1d(up[-1], cfg.out_channels, 1)
+        # Run the transformer blocks on a frame-major copy ([B, T, C] in memory) instead of a transposed view of the
+        # channel-major conv activations. On the view every LayerNorm, residual add and projection reads strided
+        # memory: in eager bf16 one such kernel (elementwise_kernel<128, 4, nocast>) was 38% of an ODE step's GPU
+        # time (bench/results/gpu_decoder_kernels.json). The same values either way (a copy, not a new op order).
+        self.frame_major = False
 
     def compile_blocks(self) -> None:
         """Compile every ResnetBlock1D and BasicTransformerBlock with ``torch.compile`` (inductor).
@@ -300,9 +305,12 @@ class ConditionalDecoder(nn.Module):
 
     def _transformers(self, blocks: nn.ModuleList, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         x = x.transpose(1, 2)  # [B, T, C]
+        if self.frame_major:
+            x = x.contiguous()
         for block in blocks:
             x = block(x, bias)
-        return x.transpose(1, 2)  # [B, C, T]
+        x = x.transpose(1, 2)  # [B, C, T]
+        return x.contiguous() if self.frame_major else x
 
     def forward(
         self,
