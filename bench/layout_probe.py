@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.attention_probe import _time_ms
 from bench.bench_speech_decoder import _DTYPES, add_profile_args, build_decoder
 from bench.profile_decoder import _step_call, kernel_split
 
@@ -29,24 +28,9 @@ SHAPES = [(1, 0, 10), (16, 100, 26), (16, 100, 80), (32, 100, 80), (32, 100, 104
 
 
 def time_step(step, device: torch.device, iters: int) -> float:
-    """Median ms of one step (CUDA events on a GPU, wall time on a CPU)."""
+    """Median ms of one step (CUDA events on a GPU, mean wall time on a CPU)."""
     with torch.inference_mode():
-        for _ in range(3):
-            step()
-        times = []
-        for _ in range(iters):
-            if device.type == "cuda":
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                step()
-                e.record()
-                e.synchronize()
-                times.append(s.elapsed_time(e))
-            else:
-                t0 = time.perf_counter()
-                step()
-                times.append(1000 * (time.perf_counter() - t0))
-    return round(statistics.median(times), 3)
+        return _time_ms(step, iters, device.type)
 
 
 def one_step_output(decoder, rows: int, tokens: int) -> torch.Tensor:
