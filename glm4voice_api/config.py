@@ -134,7 +134,15 @@ class SpeechDecoderSettings(BaseModel):
     cuda_graphs: bool = Field(True, description="On CUDA, run the flow's ODE as CUDA graphs (per shape bucket).")
     compile_outside_graphs: bool = Field(False, description="On CUDA, compile HiFT and the flow encoder (unmeasured).")
     bucket_shapes: bool = Field(False, description="Pad HiFT and the regulator to few frame counts (unmeasured).")
-    hift_graphs: bool = Field(False, description="On CUDA, run HiFT as CUDA graphs (per shape bucket; unmeasured).")
+    hift_graphs: bool = Field(
+        False,
+        description="On CUDA, run HiFT as CUDA graphs (per shape bucket) for passes of at most hift_graph_rows rows. "
+        "Off: on an H100 the first audio of a lone stream came 7 ms sooner with graphs on every bucket, the 32-stream "
+        "level 50-100 ms later; one-row graphs measured only on a slower machine (bench/results/GPU.md session 23).",
+    )
+    hift_graph_rows: int = Field(
+        1, ge=1, description="Most rows a graphed HiFT pass has (graphs on every bucket: the 32-stream level slower)."
+    )
     flow_front_graphs: bool = Field(
         False, description="On CUDA with cuda_graphs, run the flow's encoder and regulator as CUDA graphs (unmeasured)."
     )

@@ -46,6 +46,7 @@ RULES = (
     "compile_outside_graphs",
     "bucket_shapes",
     "hift_graphs",
+    "hift_graph_rows",
     "flow_front_graphs",
 )
 """The settings `apply_rules` changes on a running decoder; the others need a restart."""
@@ -106,6 +107,7 @@ def set_hift_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_
     if graphed is None:
         return 0
     graphed.set_batch_buckets(options.graph_batches)
+    graphed.config = replace(graphed.config, max_rows=options.hift_graph_rows)  # captured larger buckets go unused
     chunk = options.max_chunk if options.chunking == "adaptive" else max(options.schedule)
     return graphed.warmup(max_batch, decoder.mel_frames(chunk) + 2)
 

@@ -66,7 +66,8 @@ def test_frame_major_blocks_equal_the_transposed_view() -> None:
     rng = np.random.default_rng(11)
     seqs = [rng.integers(0, 16384, n) for n in (10, 29, 41)]
     estimator = decoder.flow.decoder.estimator
-    assert estimator.frame_major is False
+    assert estimator.frame_major is True
+    estimator.frame_major = False
     view = _decode(decoder, seqs)
     estimator.frame_major = True
     for a, b in zip(view, _decode(decoder, seqs), strict=True):

@@ -242,3 +242,16 @@ def test_out_of_memory_is_recognised_through_the_failed_capture_end() -> None:
     assert _out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert _out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate`"))
     assert not _out_of_memory(raised_while_handling(RuntimeError("a shape bug")))
+
+
+def test_max_rows_sends_larger_passes_to_the_eager_path(hift: HiFTGenerator) -> None:
+    """`max_rows` (the served `hift_graph_rows`, 1): a pass of more rows runs `vocode_padded` itself (no static buffers,
+    no row padding), one row still the bucketed path; both give the same samples as `vocode_padded`."""
+    runner = GraphedHiFT(hift, HiFTGraphConfig(frame_bucket=1, max_rows=1), use_graphs=False)
+    assert runner._graphable(runner.bucket(1, 64)) and not runner._graphable(runner.bucket(2, 64))
+    for case in ("one_row", "ragged"):
+        mel, lengths, caches, seeds = _inputs(case)
+        want, _ = vocode_padded(hift, mel, lengths, caches, [None] * len(lengths), _gens(seeds))
+        got, _ = runner(mel, lengths, caches, _gens(seeds))
+        for b, n in enumerate(lengths):
+            assert torch.equal(got[b, : n * hift.upsample_factor], want[b, : n * hift.upsample_factor])

@@ -258,7 +258,9 @@ class ConditionalDecoder(nn.Module):
         # channel-major conv activations. On the view every LayerNorm, residual add and projection reads strided
         # memory: in eager bf16 one such kernel (elementwise_kernel<128, 4, nocast>) was 38% of an ODE step's GPU
         # time (bench/results/gpu_decoder_kernels.json). The same values either way (a copy, not a new op order).
-        self.frame_major = False
+        # Measured on an H100 with the blocks compiled as served (bench/results/gpu_layout_probe.json): 1.01-1.15x
+        # faster per ODE step, most at the small batches that set first audio.
+        self.frame_major = True
 
     def compile_blocks(self) -> None:
         """Compile every ResnetBlock1D and BasicTransformerBlock with ``torch.compile`` (inductor).

@@ -59,6 +59,9 @@ class HiFTGraphConfig:
     (H100, `bench/check_hift_graphs.py`: 3.9x at 1x64, 2.2x at 8x64, 1.5x at 8x256, 1.04x at 8x1088, 1.0x at
     32x1088), while its pool keeps the bucket's peak activations (5.2 GiB at 32x1088): capturing the large buckets
     beside vLLM ran the device out of memory (cuBLAS could not create a handle)."""
+    max_rows: int = 32
+    """Passes of more rows run `vocode_padded` eagerly (the served default is 1, `SpeechDecoderSettings.hift_graph_rows`:
+    graphs on every bucket made the 32-stream level slower on an H100, bench/results/GPU.md session 23)."""
 
 
 class _Bucket(StaticBucket):
@@ -135,7 +138,11 @@ class GraphedHiFT(BucketGraphs[_Bucket]):
             self._reserve(key)
 
     def _graphable(self, key: tuple[int, int]) -> bool:
-        return key[1] <= self.config.max_frames and key[0] * key[1] <= self.config.max_rows_frames
+        return (
+            key[0] <= self.config.max_rows
+            and key[1] <= self.config.max_frames
+            and key[0] * key[1] <= self.config.max_rows_frames
+        )
 
     def frame_buckets(self, max_frames: int) -> list[int]:
         step = self.config.frame_bucket
