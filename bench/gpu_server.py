@@ -109,12 +109,30 @@ def _summed(rt: Any, name: str) -> float | None:
     return None if not values or None in values else sum(values)
 
 
+def _histogram_totals(histogram: Any) -> tuple[float | None, int | None]:
+    """(sum, count) of a prometheus_client Histogram, (None, None) where there is none."""
+    total = count = None
+    for metric in histogram.collect() if histogram is not None else ():
+        for sample in metric.samples:
+            if sample.name.endswith("_sum"):
+                total = float(sample.value)
+            elif sample.name.endswith("_count"):
+                count = int(sample.value)
+    return total, count
+
+
 def collect_stats(services: Any, rt: Any, gc_pauses: Any = None) -> dict:
     """The GPU time split and counters, each None where this server's internals do not have it."""
     graphs = _first(rt, "decoder.decoder.flow.graphed", "decoder.decoder.graphed", "decoder.graphs")
+    # The server's own first audio (request received -> first audio bytes handed to the connection): beside the
+    # decoder's split it shows what the request spends before its decoder stream opens (audio decoding, the speech
+    # tokenizer, the prompt) and after the first pass (delivery).
+    first_total, first_count = _histogram_totals(_path(services, "chat", "replies", "metrics", "first_audio"))
     return {
         # First audio, split (sums over first_chunks streams): tokens arriving, waiting for a pass, the pass.
         **{name: _summed(rt, name) for name in ("first_chunks", "first_supply_s", "first_wait_s", "first_pass_s")},
+        "first_audio_server_s": first_total,
+        "first_audio_server_n": first_count,
         "llm_busy_s": _first(rt, "engine.busy_seconds"),
         "decoder_busy_s": _first(rt, "decoder.busy_seconds"),
         "tokenizer_busy_s": _first(rt, "audio_input.worker.busy_seconds", "speech_tokenizer.busy_seconds"),

@@ -62,6 +62,9 @@ class ServerStats:
     first_supply_s: float | None = None
     first_wait_s: float | None = None
     first_pass_s: float | None = None
+    first_audio_server_s: float | None = None
+    """Sum over responses of request received -> first audio bytes sent (the server's own first audio)."""
+    first_audio_server_n: int | None = None
     thread_cpu_s: dict | None = None
     """CPU seconds of the server's threads by role (main = the event loop, decoder, engine, tokenizer, other)."""
     gc_pause_s: float | None = None
@@ -117,6 +120,12 @@ class GpuSplit:
         if firsts:
             parts = {k: delta(f"first_{k}_s") for k in ("supply", "wait", "pass")}
             split = {k: round(1000 * v / firsts, 1) for k, v in parts.items() if v is not None}
+            served, answered = delta("first_audio_server_s"), delta("first_audio_server_n")
+            if served is not None and answered and len(split) == 3:
+                # The rest of the server's first audio: before the decoder stream opens (audio decoding, the
+                # speech tokenizer, the prompt) plus delivery after the first pass.
+                split["server"] = round(1000 * served / answered, 1)
+                split["outside"] = round(split["server"] - sum(split[k] for k in ("supply", "wait", "pass")), 1)
         cpu = None
         if before.thread_cpu_s is not None and after.thread_cpu_s is not None and wall_s > 0:
             cpu = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -54,6 +56,30 @@ def test_gpu_split_first_audio_split_is_a_mean_per_stream():
     split = GpuSplit.between(before, after, wall_s=10.0)
     assert split.first_audio_split_ms == {"supply": 300.0, "wait": 100.0, "pass": 300.0}
     assert GpuSplit.between(before, before, wall_s=10.0).first_audio_split_ms is None  # no new stream: no split
+    # With the server's own first audio (request received -> first bytes sent): the part outside the decoder's split.
+    before = replace(before, first_audio_server_s=1.5, first_audio_server_n=2)
+    after = replace(after, first_audio_server_s=4.5, first_audio_server_n=6)
+    split = GpuSplit.between(before, after, wall_s=10.0)
+    assert split.first_audio_split_ms == {
+        "supply": 300.0,
+        "wait": 100.0,
+        "pass": 300.0,
+        "server": 750.0,
+        "outside": 50.0,
+    }
+
+
+def test_bench_stats_reads_the_servers_first_audio_histogram():
+    from bench.gpu_server import collect_stats
+    from glm4voice_api.serving.metrics import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.25, 0.35):
+        metrics.first_audio.observe(seconds)
+    services = SimpleNamespace(chat=SimpleNamespace(replies=SimpleNamespace(metrics=metrics)))
+    stats = collect_stats(services, None)
+    assert stats["first_audio_server_n"] == 2 and abs(stats["first_audio_server_s"] - 0.6) < 1e-9
+    assert collect_stats(None, None)["first_audio_server_s"] is None  # a server without it: None, never an error
 
 
 def test_realtime_streams_needs_every_smaller_level():
