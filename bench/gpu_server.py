@@ -73,6 +73,7 @@ CAPACITY_RULES = {
     "step": _number(float, 0, 1),
     "probe_s": _number(float, 0, 60),
     "near_miss_cut": _number(int, 0),
+    "start_hold_s": _number(float, 0, 60),
 }
 """Admission control's rules a phase may change (CapacityController's fields), each with its parser. A rule not
 named goes back to the value the server started with (`initial`: the app's, an eighth of max_num_seqs)."""

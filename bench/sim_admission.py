@@ -79,6 +79,7 @@ class Control:
         signals = CapacitySignals(
             at=w.clock.t,
             underruns=s.settled_underruns,
+            start_underruns=s.underruns - s.settled_underruns,
             near_misses=s.near_misses,
             generated_tokens=w.tokens,
             engine_active=len(w.running) + len(w.waiting),

@@ -13,6 +13,10 @@ therefore not a setting but a measurement, adjusted once a second from what the 
   `cooldown_s`: the underruns of streams admitted before the cut are the same overload and do not cut again;
 - the LLM's token supply per stream is close to real time (13 text + 26 audio tokens per 2.08 s of speech = 18.75
   tokens/s), or a single near miss came: no growth (the next stream would tip it over);
+- a stream still in its first 2 s ran dry (`start_hold_s`): no growth for 3 s. Not a cut (a burst of new streams
+  at a load that stays real time makes some of those), but the streams admitted last are the ones starting, and
+  growing past them while they run dry is how a cold server's limit went 37 -> 43 in an overload before the first
+  settled gap cut it (H100, 2026-12-06: 96.7% of the admitted gap-free);
 - otherwise, when nearly every slot is used (or requests wait), the limit grows by one stream, then holds
   `settle_s` (3 s) so that the streams it admitted get past their start, where gaps and near misses are counted,
   before the next; past `min(0.8, backoff)` of the knee (70% by default: the cut's level), by one stream per
@@ -72,11 +76,14 @@ class CapacitySignals:
 
     at: float
     underruns: int
+    """Listeners of settled streams (past their first 2 s) that ran dry."""
     near_misses: int
     generated_tokens: int
     engine_active: int
     active: int
     queued: int
+    start_underruns: int = 0
+    """Listeners that ran dry in their stream's first 2 s (not counted in `underruns`)."""
 
 
 @dataclass
@@ -102,6 +109,9 @@ class CapacityController:
     near_miss_cut: int = 1
     """This many near misses within the last `cooldown_s` cut as an underrun does (a leading signal: settled chunks
     that barely made it come before the ones that do not). 0: near misses only hold growth."""
+    start_hold_s: float = 3.0
+    """An underrun in a stream's first 2 s holds growth this long (never cuts). 0: such underruns are ignored (the
+    policy until 2026-12-06)."""
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))
@@ -146,6 +156,9 @@ class CapacityController:
                 cause = "underrun" if now.underruns > last.underruns else "near misses"
                 self._set(min(self.knee - 1, math.floor(self.backoff * self.knee)), cause)
                 self._hold_until = now.at + self.cooldown_s
+        elif self.start_hold_s > 0 and now.start_underruns > last.start_underruns:
+            self.reason = "start underrun"
+            self._grow_after = max(self._grow_after, now.at + self.start_hold_s)
         elif now.near_misses > last.near_misses:
             self.reason = "near miss"
         elif now.engine_active and per_stream < self.supply_margin * REALTIME_TOKENS_PER_S:
@@ -245,6 +258,7 @@ def capacity_signals(engine: object, decoder: object, queue: object) -> Callable
         return CapacitySignals(
             at=time.monotonic(),
             underruns=decoder.settled_underruns,  # type: ignore[attr-defined]
+            start_underruns=decoder.underruns - decoder.settled_underruns,  # type: ignore[attr-defined]
             near_misses=decoder.near_misses,  # type: ignore[attr-defined]
             generated_tokens=generated(),
             engine_active=engine.active_requests(),  # type: ignore[attr-defined]

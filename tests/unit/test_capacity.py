@@ -30,14 +30,17 @@ class Feed:
     """Cumulative counters advanced one second at a time."""
 
     def __init__(self) -> None:
-        self.at, self.underruns, self.near, self.tokens = 0.0, 0, 0, 0
+        self.at, self.underruns, self.near, self.tokens, self.start = 0.0, 0, 0, 0, 0
 
-    def tick(self, *, tok_per_stream: float, active: int, queued: int = 0, underruns: int = 0, near: int = 0):
+    def tick(
+        self, *, tok_per_stream: float, active: int, queued: int = 0, underruns: int = 0, near: int = 0, start: int = 0
+    ):
         self.at += 1.0
         self.underruns += underruns
         self.near += near
+        self.start += start
         self.tokens += int(tok_per_stream * active)
-        return CapacitySignals(self.at, self.underruns, self.near, self.tokens, active, active, queued)
+        return CapacitySignals(self.at, self.underruns, self.near, self.tokens, active, active, queued, self.start)
 
 
 def test_grows_while_healthy_and_full_then_holds_on_near_misses_and_thin_supply() -> None:
@@ -318,3 +321,23 @@ def test_near_misses_during_a_cuts_hold_do_not_cut_again_after_it() -> None:
     assert min(limits) == 22 and c.knee == 32  # no second cut from the echo
     assert c.update(feed.tick(tok_per_stream=80, active=23, queued=10, near=1)) == 16  # a new one after: cuts
     assert c.knee == 23
+
+
+def test_underruns_in_a_streams_first_seconds_hold_growth_but_never_cut() -> None:
+    """A cold server's overload (H100, 2026-12-06) grew its limit 37 -> 43 while streams in their first 2 s ran dry,
+    before the first settled gap cut it: such underruns now hold growth for `start_hold_s` (a burst's start at a
+    real-time load makes some too, so they never cut)."""
+
+    def limits(c: CapacityController) -> list[int]:
+        feed = Feed()
+        c.update(feed.tick(tok_per_stream=80, active=32))
+        out = []
+        for second in range(9):
+            start = 2 if second in (0, 4) else 0
+            out.append(c.update(feed.tick(tok_per_stream=80, active=c.limit, queued=20, start=start)))
+        return out
+
+    assert limits(CapacityController(ceiling=256, initial=32, start_hold_s=0)) == [33, 33, 33, 34, 34, 34, 35, 35, 35]
+    held = CapacityController(ceiling=256, initial=32)
+    assert limits(held) == [32, 32, 32, 33, 33, 33, 33, 34, 34]
+    assert held.knee is None and held.reason == "demand"  # no cut
