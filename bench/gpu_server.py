@@ -128,12 +128,19 @@ def collect_stats(services: Any, rt: Any, gc_pauses: Any = None) -> dict:
     # The server's own first audio (request received -> first audio bytes handed to the connection): beside the
     # decoder's split it shows what the request spends before its decoder stream opens (audio decoding, the speech
     # tokenizer, the prompt) and after the first pass (delivery).
-    first_total, first_count = _histogram_totals(_path(services, "chat", "replies", "metrics", "first_audio"))
+    metrics = _path(services, "chat", "replies", "metrics")
+    first_total, first_count = _histogram_totals(_path(metrics, "first_audio"))
+    start_total, start_count = _histogram_totals(_path(metrics, "reply_start"))
+    audio_total, audio_count = _histogram_totals(_path(metrics, "audio_prepare"))
     return {
         # First audio, split (sums over first_chunks streams): tokens arriving, waiting for a pass, the pass.
         **{name: _summed(rt, name) for name in ("first_chunks", "first_supply_s", "first_wait_s", "first_pass_s")},
         "first_audio_server_s": first_total,
         "first_audio_server_n": first_count,
+        "reply_start_s": start_total,
+        "reply_start_n": start_count,
+        "audio_prepare_s": audio_total,
+        "audio_prepare_n": audio_count,
         "llm_busy_s": _first(rt, "engine.busy_seconds"),
         "decoder_busy_s": _first(rt, "decoder.busy_seconds"),
         "tokenizer_busy_s": _first(rt, "audio_input.worker.busy_seconds", "speech_tokenizer.busy_seconds"),

@@ -65,6 +65,12 @@ class ServerStats:
     first_audio_server_s: float | None = None
     """Sum over responses of request received -> first audio bytes sent (the server's own first audio)."""
     first_audio_server_n: int | None = None
+    reply_start_s: float | None = None
+    """Sum over requests of request received -> reply generation starting (admission wait, input audio, prompt)."""
+    reply_start_n: int | None = None
+    audio_prepare_s: float | None = None
+    """Sum over input audio parts of decoding + the speech tokenizer."""
+    audio_prepare_n: int | None = None
     thread_cpu_s: dict | None = None
     """CPU seconds of the server's threads by role (main = the event loop, decoder, engine, tokenizer, other)."""
     gc_pause_s: float | None = None
@@ -126,6 +132,11 @@ class GpuSplit:
                 # speech tokenizer, the prompt) plus delivery after the first pass.
                 split["server"] = round(1000 * served / answered, 1)
                 split["outside"] = round(split["server"] - sum(split[k] for k in ("supply", "wait", "pass")), 1)
+            # Of `outside`: the time before the reply starts, and of that the input audio (mean per part).
+            for key, name in (("start", "reply_start"), ("audio_in", "audio_prepare")):
+                total, count = delta(f"{name}_s"), delta(f"{name}_n")
+                if total is not None and count:
+                    split[key] = round(1000 * total / count, 1)
         cpu = None
         if before.thread_cpu_s is not None and after.thread_cpu_s is not None and wall_s > 0:
             cpu = {

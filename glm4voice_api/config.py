@@ -135,13 +135,14 @@ class SpeechDecoderSettings(BaseModel):
     compile_outside_graphs: bool = Field(False, description="On CUDA, compile HiFT and the flow encoder (unmeasured).")
     bucket_shapes: bool = Field(False, description="Pad HiFT and the regulator to few frame counts (unmeasured).")
     hift_graphs: bool = Field(
-        False,
-        description="On CUDA, run HiFT as CUDA graphs (per shape bucket) for passes of at most hift_graph_rows rows. "
-        "Off: on an H100 the first audio of a lone stream came 7 ms sooner with graphs on every bucket, the 32-stream "
-        "level 50-100 ms later; one-row graphs measured only on a slower machine (bench/results/GPU.md session 23).",
+        True,
+        description="On CUDA, run HiFT as CUDA graphs for passes of at most hift_graph_rows rows and hift_graph_frames "
+        "mel frames a row (a lone reply's first chunks): its first audio 12-14 ms sooner on an H100. Graphs on every "
+        "bucket made the 32-stream level slower (bench/results/GPU.md sessions 23-24).",
     )
-    hift_graph_rows: int = Field(
-        1, ge=1, description="Most rows a graphed HiFT pass has (graphs on every bucket: the 32-stream level slower)."
+    hift_graph_rows: int = Field(1, ge=1, description="Most rows a graphed HiFT pass has (larger passes: eager).")
+    hift_graph_frames: int = Field(
+        256, ge=64, description="Most mel frames a row of a graphed HiFT pass has (256: chunks of <= 26 tokens)."
     )
     flow_front_graphs: bool = Field(
         False, description="On CUDA with cuda_graphs, run the flow's encoder and regulator as CUDA graphs (unmeasured)."

@@ -27,6 +27,7 @@ from glm4voice_api.models.speech_decoder.compiled import (
     warm_outside_graphs,
 )
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
+from glm4voice_api.models.speech_decoder.hift_graphs import HiFTGraphConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.deadline_hold import DeadlineHold
 from glm4voice_api.pipeline.decoder_scheduler import NEAR_MISS_S, DecoderScheduler
@@ -47,6 +48,7 @@ RULES = (
     "bucket_shapes",
     "hift_graphs",
     "hift_graph_rows",
+    "hift_graph_frames",
     "flow_front_graphs",
 )
 """The settings `apply_rules` changes on a running decoder; the others need a restart."""
@@ -107,9 +109,16 @@ def set_hift_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_
     if graphed is None:
         return 0
     graphed.set_batch_buckets(options.graph_batches)
-    graphed.config = replace(graphed.config, max_rows=options.hift_graph_rows)  # captured larger buckets go unused
+    graphed.config = hift_graph_config(graphed.config, options)
     chunk = options.max_chunk if options.chunking == "adaptive" else max(options.schedule)
     return graphed.warmup(max_batch, decoder.mel_frames(chunk) + 2)
+
+
+def hift_graph_config(config: HiFTGraphConfig, options: SpeechDecoderSettings) -> HiFTGraphConfig:
+    """Only the small buckets (launch-bound: a lone reply's first chunks) are graphed and captured; passes of more
+    rows or longer rows run eager and unpadded."""
+    rows, frames = options.hift_graph_rows, options.hift_graph_frames
+    return replace(config, max_rows=rows, max_rows_frames=rows * frames)
 
 
 def set_flow_front_graphs(decoder: SpeechDecoder, options: SpeechDecoderSettings, max_batch: int) -> int:

@@ -178,10 +178,12 @@ class ServingChat:
                 parts.append(TextPart(part.text))
                 continue
             param = f"messages[{index}].content[{j}].input_audio"
+            began = time.monotonic()
             async with audio_errors():
                 speech = await self.audio_input.from_base64(
                     part.input_audio.data, part.input_audio.format, param, budget
                 )
+            self.metrics.audio_prepare.observe(time.monotonic() - began)
             self.metrics.audio_in.inc(speech.seconds)
             parts.append(AudioPart(tuple(speech.tokens)))
         return UserMessage(parts=tuple(parts))

@@ -117,6 +117,8 @@ async def _choice(replies: Replies, store: Store, turn: Turn, plan: ChatPlan, in
     meter = replies.meter(stream=plan.stream)
     first_data = True
     done: _Done | None = None
+    if index == 0:
+        replies.reply_started(plan.started)
     events = replies.events(turn, spoken=spoken, voice=plan.voice, stream=plan.stream)
     async with engine_errors(), aclosing(events):
         async for event in events:

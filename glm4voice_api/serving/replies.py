@@ -67,6 +67,10 @@ class Replies:
     def meter(self, *, stream: bool) -> AudioMeter:
         return AudioMeter(self.metrics, self.sample_rate, stream=stream)
 
+    def reply_started(self, started: float) -> None:
+        """Record the time from `started` (time.monotonic) to this reply's generation starting."""
+        self.metrics.reply_start.observe(time.monotonic() - started)
+
     def first_audio_sent(self, started: float) -> None:
         """Record the time from `started` (time.monotonic) to the first audio bytes sent."""
         self.metrics.first_audio.observe(time.monotonic() - started)

@@ -60,6 +60,7 @@ def test_non_streaming_audio_reply_in_every_format(server: RunningServer, fmt: s
 
 def test_streaming_audio_arrives_before_the_reply_ends(server: RunningServer) -> None:
     observed = server.metric("glm4voice_first_audio_seconds_count")
+    started = server.metric("glm4voice_reply_start_seconds_count")
     stream = server.client().chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Tell me more"}],
@@ -85,6 +86,7 @@ def test_streaming_audio_arrives_before_the_reply_ends(server: RunningServer) ->
     assert len(samples) / 24000 == pytest.approx(audio_tokens * TOKEN_SECONDS, abs=0.12)
     assert np.abs(samples).max() > 0
     assert server.metric("glm4voice_first_audio_seconds_count") == observed + 1
+    assert server.metric("glm4voice_reply_start_seconds_count") == started + 1
 
 
 def test_stream_with_other_format_is_openai_400(server: RunningServer) -> None:

@@ -122,6 +122,7 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
     # the app's controller as the server started it
     started = {"backoff": 0.7, "initial": 48, "settle_s": 3.0, "step": 0.0, "probe_s": 5.0, "near_miss_cut": 1}
+    started["start_hold_s"] = 3.0
     assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == started
     # Admission control's own rules: applied to the controller, which restarts; not named again: the server's own.
     body = {"capacity": {"backoff": "0.85", "initial": "16", "settle_s": 0, "step": "0.25", "near_miss_cut": "0"}}
@@ -196,7 +197,22 @@ def test_hift_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:
     apply_rules(scheduler, SpeechDecoderSettings(hift_graphs=True))
     assert "hift_graphs" in RULES and decoder.hift_graphs is None
     assert set_hift_graphs(decoder, SpeechDecoderSettings(hift_graphs=True), 8) == 0 and decoder.hift_graphs is None
-    assert not SpeechDecoderSettings().hift_graphs  # off by default
+    assert SpeechDecoderSettings().hift_graphs  # on by default: a lone reply's first chunks
+
+
+def test_hift_graphs_cover_only_small_passes() -> None:
+    """The served rule graphs HiFT only for one-row passes of at most 256 mel frames (4 buckets of 64): a lone
+    reply's first chunks, where launches dominate; longer or fuller passes run eager and unpadded."""
+    from glm4voice_api.models.speech_decoder.hift_graphs import GraphedHiFT, HiFTGraphConfig
+    from glm4voice_api.pipeline.decoder_rules import hift_graph_config
+
+    decoder = load_speech_decoder(TINY)
+    runner = GraphedHiFT(decoder.hift, HiFTGraphConfig(), use_graphs=False)
+    runner.config = hift_graph_config(runner.config, SpeechDecoderSettings())
+    graphed = [f for f in runner.frame_buckets(2048) if runner._graphable(runner.bucket(1, f))]
+    assert graphed == [64, 128, 192, 256] and not runner._graphable(runner.bucket(2, 64))
+    wider = hift_graph_config(runner.config, SpeechDecoderSettings(hift_graph_rows=2, hift_graph_frames=128))
+    assert (wider.max_rows, wider.max_rows_frames) == (2, 256) and "hift_graph_frames" in RULES
 
 
 def test_flow_front_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:

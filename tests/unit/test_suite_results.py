@@ -67,6 +67,11 @@ def test_gpu_split_first_audio_split_is_a_mean_per_stream():
         "server": 750.0,
         "outside": 50.0,
     }
+    # Of `outside`: the wait before the reply starts, and of that the input audio (decoding + speech tokens).
+    before = replace(before, reply_start_s=0.02, reply_start_n=2, audio_prepare_s=0.01, audio_prepare_n=2)
+    after = replace(after, reply_start_s=0.1, reply_start_n=6, audio_prepare_s=0.05, audio_prepare_n=6)
+    split = GpuSplit.between(before, after, wall_s=10.0).first_audio_split_ms
+    assert split is not None and split["start"] == 20.0 and split["audio_in"] == 10.0
 
 
 def test_bench_stats_reads_the_servers_first_audio_histogram():
@@ -76,9 +81,13 @@ def test_bench_stats_reads_the_servers_first_audio_histogram():
     metrics = Metrics()
     for seconds in (0.25, 0.35):
         metrics.first_audio.observe(seconds)
+        metrics.reply_start.observe(seconds / 10)
+    metrics.audio_prepare.observe(0.01)
     services = SimpleNamespace(chat=SimpleNamespace(replies=SimpleNamespace(metrics=metrics)))
     stats = collect_stats(services, None)
     assert stats["first_audio_server_n"] == 2 and abs(stats["first_audio_server_s"] - 0.6) < 1e-9
+    assert stats["reply_start_n"] == 2 and abs(stats["reply_start_s"] - 0.06) < 1e-9
+    assert stats["audio_prepare_n"] == 1 and abs(stats["audio_prepare_s"] - 0.01) < 1e-9
     assert collect_stats(None, None)["first_audio_server_s"] is None  # a server without it: None, never an error
 
 
