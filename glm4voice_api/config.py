@@ -135,10 +135,10 @@ class SpeechDecoderSettings(BaseModel):
     compile_outside_graphs: bool = Field(False, description="On CUDA, compile HiFT and the flow encoder (unmeasured).")
     bucket_shapes: bool = Field(False, description="Pad HiFT and the regulator to few frame counts (unmeasured).")
     hift_graphs: bool = Field(
-        True,
+        False,
         description="On CUDA, run HiFT as CUDA graphs for passes of at most hift_graph_rows rows and hift_graph_frames "
-        "mel frames a row (a lone reply's first chunks): its first audio 12-14 ms sooner on an H100. Graphs on every "
-        "bucket made the 32-stream level slower (bench/results/GPU.md sessions 23-24).",
+        "mel frames a row (a lone reply's first chunks). Off: a lone stream's first pass was 7-12 ms shorter on two "
+        "H100s, no shorter on two others (bench/results/GPU.md sessions 23-24).",
     )
     hift_graph_rows: int = Field(1, ge=1, description="Most rows a graphed HiFT pass has (larger passes: eager).")
     hift_graph_frames: int = Field(

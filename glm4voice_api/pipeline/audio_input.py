@@ -68,6 +68,11 @@ class AudioInput:
     ) -> np.ndarray:
         """An audio file -> 16 kHz mono float32, within the request limits; AudioError (a 400/413) when it is not.
         With a `budget`, the part must fit what the request's earlier parts left, and counts against it."""
+        return await self._decoded(None, data, fmt, param, budget)
+
+    async def _decoded(
+        self, b64: str | None, data: bytes | None, fmt: str | None, param: str | None, budget: AudioBudget | None
+    ) -> np.ndarray:
         max_seconds = self.limits.max_audio_seconds if budget is None else budget.seconds_left
         if max_seconds <= 0:
             raise AudioError(
@@ -76,15 +81,20 @@ class AudioInput:
                 code=AUDIO_TOO_LONG,
                 param=param,
             )
-        waveform = await asyncio.to_thread(
-            decode_audio,
-            data,
-            format=fmt,
-            target_rate=TOKENIZER_RATE,
-            max_bytes=self.limits.max_audio_bytes,
-            max_seconds=max_seconds,
-            param=param,
-        )
+
+        def work() -> np.ndarray:
+            raw = data if b64 is None else decode_base64(b64, max_bytes=self.limits.max_audio_bytes, param=param)
+            return decode_audio(
+                raw,
+                format=fmt,
+                target_rate=TOKENIZER_RATE,
+                max_bytes=self.limits.max_audio_bytes,
+                max_seconds=max_seconds,
+                param=param,
+            )
+
+        # One worker-thread hop for base64 and decoding: under load each hop waits for the event loop.
+        waveform = await asyncio.to_thread(work)
         if budget is not None:
             budget.take(waveform.shape[0] / TOKENIZER_RATE, param)
         return waveform
@@ -101,5 +111,4 @@ class AudioInput:
     async def from_base64(
         self, data: str, fmt: str | None, param: str | None, budget: AudioBudget | None = None
     ) -> SpeechInput:
-        raw = await asyncio.to_thread(decode_base64, data, max_bytes=self.limits.max_audio_bytes, param=param)
-        return await self.from_bytes(raw, fmt, param, budget)
+        return await self.tokenize(await self._decoded(data, None, fmt, param, budget))

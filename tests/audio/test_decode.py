@@ -305,3 +305,14 @@ def test_oversize_base64_rejected_by_length() -> None:
         decode_base64_audio("!" * 1369, max_bytes=1024, max_seconds=30.0)
     assert info.value.code == "audio_too_large"
     assert "1369 characters" in info.value.message
+
+
+def test_wav_at_the_model_rate_is_exact_through_the_header_only_probe() -> None:
+    """A WAV is opened with the demuxer forced and the stream probe kept to its header (decode.py: 5 ms less per
+    request): every sample must still come out exactly, long files (several 16 KiB packets) and stereo included."""
+    pcm = np.random.default_rng(0).integers(-32768, 32767, size=3 * 16000, dtype=np.int64).astype("<i2")
+    want = pcm.astype(np.float32) / 32768
+    data = _wav(np.zeros(0, np.float32), 16000, declared_bytes=pcm.nbytes)[:44] + pcm.tobytes()
+    np.testing.assert_array_equal(decode_audio(data, format="wav", **LIMITS), want)
+    stereo = _encode("wav", "pcm_s16le", 16000, np.stack([want, -want]))
+    np.testing.assert_allclose(decode_audio(stereo, format=None, **LIMITS), 0.0, atol=1e-4)

@@ -197,12 +197,12 @@ def test_hift_graphs_is_a_rule_that_a_cpu_decoder_keeps_eager() -> None:
     apply_rules(scheduler, SpeechDecoderSettings(hift_graphs=True))
     assert "hift_graphs" in RULES and decoder.hift_graphs is None
     assert set_hift_graphs(decoder, SpeechDecoderSettings(hift_graphs=True), 8) == 0 and decoder.hift_graphs is None
-    assert SpeechDecoderSettings().hift_graphs  # on by default: a lone reply's first chunks
+    assert not SpeechDecoderSettings().hift_graphs  # off by default (GPU.md session 24)
 
 
 def test_hift_graphs_cover_only_small_passes() -> None:
-    """The served rule graphs HiFT only for one-row passes of at most 256 mel frames (4 buckets of 64): a lone
-    reply's first chunks, where launches dominate; longer or fuller passes run eager and unpadded."""
+    """With `hift_graphs` on, HiFT is graphed only for one-row passes of at most 256 mel frames (4 buckets of 64): a
+    lone reply's first chunks, where launches dominate; longer or fuller passes run eager and unpadded."""
     from glm4voice_api.models.speech_decoder.hift_graphs import GraphedHiFT, HiFTGraphConfig
     from glm4voice_api.pipeline.decoder_rules import hift_graph_config
 
