@@ -316,3 +316,28 @@ def test_wav_at_the_model_rate_is_exact_through_the_header_only_probe() -> None:
     np.testing.assert_array_equal(decode_audio(data, format="wav", **LIMITS), want)
     stereo = _encode("wav", "pcm_s16le", 16000, np.stack([want, -want]))
     np.testing.assert_allclose(decode_audio(stereo, format=None, **LIMITS), 0.0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [
+        "pcm_s16le",
+        "pcm_s24le",
+        "pcm_s32le",
+        "pcm_f32le",
+        "pcm_u8",
+        "pcm_mulaw",
+        "pcm_alaw",
+        "adpcm_ima_wav",
+        "adpcm_ms",
+    ],
+)
+def test_every_wav_codec_decodes_the_same_with_the_header_only_probe(codec: str, monkeypatch) -> None:
+    """The WAV path (demuxer forced, probe kept to the header) against FFmpeg's full probe, codec by codec."""
+    from glm4voice_api.audio import decode
+
+    tone = _tone(22050, 1.3)
+    data = _encode("wav", codec, 22050, np.stack([tone, 0.5 * tone]))
+    fast = decode_audio(data, format="wav", **LIMITS)
+    monkeypatch.setattr(decode, "_is_riff_wave", lambda _data: False)
+    np.testing.assert_array_equal(fast, decode_audio(data, format="wav", **LIMITS))
