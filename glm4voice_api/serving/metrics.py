@@ -90,17 +90,19 @@ class Metrics:
         )
         # The first audio's parts before the decoder's own split (bench/suite_results.py): what a request spends
         # before its reply starts, and of that, its input audio (decoding and the speech tokenizer).
-        self.reply_start = Histogram(
-            "glm4voice_reply_start_seconds",
-            "Time from request to its reply's generation starting (admission wait, input audio, prompt).",
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
-        )
-        self.audio_prepare = Histogram(
-            "glm4voice_audio_input_prepare_seconds",
-            "Time to decode one input audio part and compute its speech tokens.",
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
+        stage_buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+        self.reply_start, self.audio_prepare = (
+            Histogram(name, doc, registry=self.registry, buckets=stage_buckets)
+            for name, doc in (
+                (
+                    "glm4voice_reply_start_seconds",
+                    "Time from request to its reply's generation starting (admission wait, input audio, prompt).",
+                ),
+                (
+                    "glm4voice_audio_input_prepare_seconds",
+                    "Time to decode one input audio part and compute its speech tokens.",
+                ),
+            )
         )
         self.audio_in = Counter(
             "glm4voice_audio_input_seconds", "Seconds of input audio decoded.", registry=self.registry
