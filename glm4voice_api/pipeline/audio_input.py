@@ -68,10 +68,10 @@ class AudioInput:
     ) -> np.ndarray:
         """An audio file -> 16 kHz mono float32, within the request limits; AudioError (a 400/413) when it is not.
         With a `budget`, the part must fit what the request's earlier parts left, and counts against it."""
-        return await self._decoded(None, data, fmt, param, budget)
+        return await self._decoded(data, fmt, param, budget, b64=False)
 
     async def _decoded(
-        self, b64: str | None, data: bytes | None, fmt: str | None, param: str | None, budget: AudioBudget | None
+        self, data: bytes | str, fmt: str | None, param: str | None, budget: AudioBudget | None, *, b64: bool
     ) -> np.ndarray:
         max_seconds = self.limits.max_audio_seconds if budget is None else budget.seconds_left
         if max_seconds <= 0:
@@ -83,7 +83,7 @@ class AudioInput:
             )
 
         def work() -> np.ndarray:
-            raw = data if b64 is None else decode_base64(b64, max_bytes=self.limits.max_audio_bytes, param=param)
+            raw = decode_base64(data, max_bytes=self.limits.max_audio_bytes, param=param) if b64 else data
             return decode_audio(
                 raw,
                 format=fmt,
@@ -111,4 +111,4 @@ class AudioInput:
     async def from_base64(
         self, data: str, fmt: str | None, param: str | None, budget: AudioBudget | None = None
     ) -> SpeechInput:
-        return await self.tokenize(await self._decoded(data, None, fmt, param, budget))
+        return await self.tokenize(await self._decoded(data, fmt, param, budget, b64=True))
