@@ -13,6 +13,10 @@
 - `POST /bench/profile_loop {"seconds": S}`: cProfile of the event loop's thread for S seconds (its CPU seconds and the
   functions by self and cumulative time): where the API process's loop CPU goes under load.
 
+- `POST /bench/profile_gpu {"seconds": S}`: every kernel the model's process ran for S seconds, by CUDA stream
+  (`glm4voice_api/pipeline/gpu_profile.py`: the LLM's, the decoder's and the speech tokenizer's, busy and overlapping
+  time, the top kernels), from the decoder host when the decoder runs in vLLM's process, else from this process.
+
 - `POST /bench/reconfigure {"speech_decoder": {"chunking": "adaptive", ...}}`: the speech decoder's per-stream rules
   (`pipeline/decoder_rules.py`: RULES) become the server's own settings plus these, for the next streams (409 while
   a stream is open), and admission control starts again from its initial state, with `"capacity": {"backoff": B}`
@@ -286,6 +290,20 @@ def build(settings: Settings):
                 "admission_limit": limit,
             }
         )
+
+    @app.post("/bench/profile_gpu")
+    async def profile_gpu(request: Request, body: dict) -> JSONResponse:
+        import asyncio
+
+        from glm4voice_api.pipeline.gpu_profile import profile_window
+
+        seconds = float(body.get("seconds", 2.0))
+        if not 0 < seconds <= 30:
+            return JSONResponse({"error": "seconds must lie in (0, 30]"}, 400)
+        decoder = _path(request.app.state.runtime, "decoder")
+        if hasattr(decoder, "profile_gpu"):  # the decoder host, in vLLM's process: the LLM's kernels are there
+            return JSONResponse(await decoder.profile_gpu(seconds))
+        return JSONResponse(await asyncio.to_thread(profile_window, seconds))
 
     @app.post("/bench/profile_loop")
     async def profile_loop(body: dict) -> dict:

@@ -183,12 +183,15 @@ async def server_passes(url: str, since: list[int]) -> dict:
         return {}
 
 
-async def profile_loop(url: str, delay_s: float, seconds: float) -> dict:
-    """/bench/profile_loop after `delay_s` ({} when the server does not answer it: a profile never fails a level)."""
+async def profile(url: str, route: str, delay_s: float, seconds: float, *, on: bool = True) -> dict:
+    """POST a gpu_server profile route (/bench/profile_loop, /bench/profile_gpu) for `seconds` after `delay_s`
+    ({} when not `on`, or when the server does not answer it: a profile never fails a level)."""
+    if not on:
+        return {}
     await asyncio.sleep(delay_s)
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=seconds + 30) as client:
-            response = await client.post("/bench/profile_loop", json={"seconds": seconds, "top": 40})
+        async with httpx.AsyncClient(base_url=url, timeout=seconds + 60) as client:
+            response = await client.post(route, json={"seconds": seconds, "top": 40})
             return response.json() if response.status_code == 200 else {}
     except (httpx.HTTPError, ValueError):
         return {}
@@ -256,13 +259,17 @@ class Suite:
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
             before = await self.stats(url)
-            if concurrency == args.profile_loop:  # a profile of the loop meanwhile, from 2 s in (streams running)
-                level, profile = await asyncio.gather(
-                    loadgen.run_level(url, concurrency, lg, self.wav_b64), profile_loop(url, delay_s=2.0, seconds=5.0)
-                )
-                run.loop_profiles[str(concurrency)] = profile
-            else:
-                level = await loadgen.run_level(url, concurrency, lg, self.wav_b64)
+            # Profiles meanwhile: the event loop from 2 s in (streams running); the GPU over the burst's first 2 s,
+            # where first audio is decided (the LLM's prefills and first steps beside the first decoder passes).
+            loop_job = profile(url, "/bench/profile_loop", 2.0, 5.0, on=concurrency == args.profile_loop)
+            gpu_job = profile(url, "/bench/profile_gpu", 0.2, 2.0, on=concurrency == args.profile_gpu)
+            level, loop_profile, gpu_profile = await asyncio.gather(
+                loadgen.run_level(url, concurrency, lg, self.wav_b64), loop_job, gpu_job
+            )
+            if loop_profile:
+                run.loop_profiles[str(concurrency)] = loop_profile
+            if gpu_profile:
+                run.gpu_profiles[str(concurrency)] = gpu_profile
             after = await self.stats(url)
             await self.record_passes(run, url, f"level {concurrency}")
             summary = level.summary()
@@ -477,6 +484,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant-overload-seconds", type=float, default=40.0)
     p.add_argument(
         "--profile-loop", type=int, default=32, help="ladder level whose event loop is profiled for 5 s (0: none)"
+    )
+    p.add_argument(
+        "--profile-gpu", type=int, default=32, help="ladder level whose first 2 s of GPU work are profiled (0: none)"
     )
     p.add_argument("--ready-timeout", type=float, default=420)
     p.add_argument("--prepare-only", action="store_true")

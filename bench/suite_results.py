@@ -201,6 +201,8 @@ class ConfigRun:
     """Each overload's admission timeline and turns (bench/overload_trace.py), by its label."""
     loop_profiles: dict = field(default_factory=dict)
     """The event loop's cProfile during a ladder level (gpu_server's /bench/profile_loop), by the level's streams."""
+    gpu_profiles: dict = field(default_factory=dict)
+    """The model process's kernels by CUDA stream over a level's first 2 s (/bench/profile_gpu), by its streams."""
 
     def level(self, concurrency: int) -> LevelSummary | None:
         return next((lv.summary for lv in self.levels if lv.summary.concurrency == concurrency), None)
@@ -230,6 +232,7 @@ class ConfigRun:
             "variants": self.variants.to_json() if self.variants is not None else None,
             "overload_traces": self.overload_traces,
             "loop_profiles": self.loop_profiles,
+            "gpu_profiles": self.gpu_profiles,
             "error": self.error,
         }
 

@@ -13,12 +13,13 @@ plugins/glm4voice_vllm/decoder_host.py) and returns at once; a thread of its own
 API process would (`runtime._build_scheduler`) and runs an asyncio loop that owns one `DecoderScheduler`, unchanged:
 - commands in (PULL): ("open", sid, voice, live), ("tokens", sid, ids, final), ("close", sid), ("stop",); with the
   tokenizer: ("tokenize", rid, 16 kHz float32 samples), ("tokenizer_wait", ms); the benchmarks' live decoder rules:
-  ("rules", rid, speech_decoder settings as JSON);
+  ("rules", rid, speech_decoder settings as JSON); the benchmarks' burst profile: ("profile", rid, seconds);
 - results out (PUSH): ("ready", info) or ("failed", text) once; ("audio", sid, float32 samples), ("end", sid),
   ("error", sid, text), ("closed", sid) per stream; ("underrun",) as they happen; ("stats", counters, passes)
   every `STATS_PERIOD_S` when they changed (the counters and pass log the API side's stand-in shows:
   pipeline/remote_decoder.py); ("tokenized", rid, ids) or ("untokenized", rid, text) per tokenize command;
-  ("ruled", rid, None or the error's text) per rules command;
+  ("ruled", rid, None or the error's text) per rules command; ("profiled", rid, summary) per profile command
+  (`gpu_profile.py`: this process's kernels by CUDA stream, the LLM's included);
   ("stopped", reason) when its loop ends.
 Messages are pickled tuples; both ends are our own code, on one machine (ipc:// paths made by the API process).
 """
@@ -129,8 +130,9 @@ async def _serve(spec: dict) -> None:
                 task = asyncio.create_task(_tokenize(worker, message[1], message[2], send))
                 asked.add(task)
                 task.add_done_callback(asked.discard)
-            elif op == "rules":
-                task = asyncio.create_task(_rules(scheduler, message[1], message[2], send))
+            elif op in ("rules", "profile"):
+                job = _rules(scheduler, *message[1:], send) if op == "rules" else _profile(*message[1:], send)
+                task = asyncio.create_task(job)
                 asked.add(task)
                 task.add_done_callback(asked.discard)
             elif op == "tokenizer_wait" and worker is not None:
@@ -199,6 +201,13 @@ async def _rules(scheduler: Any, rid: int, options_json: str, send: Any) -> None
         send("ruled", rid, f"{type(exc).__name__}: {exc}")
     else:
         send("ruled", rid, None)
+
+
+async def _profile(rid: int, seconds: float, send: Any) -> None:
+    """The benchmarks' burst profile: every kernel of this process (LLM, decoder, tokenizer) for `seconds`."""
+    from glm4voice_api.pipeline.gpu_profile import profile_window
+
+    send("profiled", rid, await asyncio.to_thread(profile_window, seconds))  # never raises: errors are in it
 
 
 async def _pump(sid: int, stream: Any, send: Any) -> None:

@@ -171,6 +171,10 @@ class RemoteDecoder:
         (streams open) is raised here. For the benchmarks' live rules (bench/gpu_server.py)."""
         await self._ask("rules", options_json)
 
+    async def profile_gpu(self, seconds: float) -> dict:
+        """The host process's kernels for `seconds`, by CUDA stream (`gpu_profile.py`; bench/gpu_server.py)."""
+        return await self._ask("profile", float(seconds))
+
     async def _ask(self, op: str, payload: Any) -> Any:
         if not self.alive:
             raise DecoderStoppedError(f"the speech decoder host has stopped ({self._stopped or 'not started'})")
@@ -230,11 +234,12 @@ class RemoteDecoder:
             self.tokenizer_busy_seconds = counters.get("tokenizer_busy_seconds", 0.0)
             self.host_thread_cpu_s = counters.get("thread_cpu_s", {})
             self.pass_log.extend(passes)
-        elif op in ("tokenized", "untokenized", "ruled"):
+        elif op in ("tokenized", "untokenized", "ruled", "profiled"):
             with self._lock:
                 future = self._waiting.get(message[1])
             if future is not None:
-                outcome = message[2] if op == "tokenized" else None if message[2] is None else RuntimeError(message[2])
+                ok = op in ("tokenized", "profiled")
+                outcome = message[2] if ok else None if message[2] is None else RuntimeError(message[2])
                 loop.call_soon_threadsafe(_settle, future, outcome)
         elif op == "underrun":
             self.on_underrun()

@@ -212,3 +212,19 @@ def test_the_benchmarks_live_rules_reach_the_hosts_scheduler() -> None:
             await local.close()
 
     asyncio.run(run())
+
+
+def test_the_benchmarks_gpu_profile_comes_from_the_host() -> None:
+    """The host runs `gpu_profile.profile_window` in its own process (vLLM's, on a GPU); without CUDA the answer is
+    an error entry, and the host goes on serving."""
+
+    async def run() -> None:
+        remote = RemoteDecoder()
+        await remote.start(launch, spec(), timeout_s=120)
+        try:
+            got = await remote.profile_gpu(0.01)
+            assert "error" in got and remote.alive
+        finally:
+            await remote.close()
+
+    asyncio.run(run())

@@ -199,15 +199,17 @@ def test_gap_free_by_running_groups_admitted_turns_by_the_load_they_met():
     ]
 
 
-def test_the_ladder_profiles_the_event_loop_at_the_named_level_only(tmp_path, monkeypatch):
+def test_the_ladder_profiles_the_event_loop_and_the_gpu_at_the_named_levels_only(tmp_path, monkeypatch):
     async def fake_level(url, concurrency, args, wav_b64):
         return loadgen.LevelResult(concurrency, 5.0, [_turn(0.4) for _ in range(concurrency)])
 
-    profiled: list[tuple[float, float]] = []
+    profiled: list[tuple[str, float, float]] = []
 
-    async def fake_profile(url, delay_s, seconds):
-        profiled.append((delay_s, seconds))
-        return {"loop_cpu_s": 1.5, "by_self": []}
+    async def fake_post(url, route, delay_s, seconds, *, on=True):
+        if not on:
+            return {}
+        profiled.append((route, delay_s, seconds))
+        return {"loop_cpu_s": 1.5} if route.endswith("loop") else {"kernels": 7}
 
     async def nothing(*_args, **_kwargs):
         return {}
@@ -216,16 +218,19 @@ def test_the_ladder_profiles_the_event_loop_at_the_named_level_only(tmp_path, mo
         return ServerStats()
 
     monkeypatch.setattr(loadgen, "run_level", fake_level)
-    monkeypatch.setattr(gpu_suite, "profile_loop", fake_profile)
+    monkeypatch.setattr(gpu_suite, "profile", fake_post)
     monkeypatch.setattr(gpu_suite, "server_passes", nothing)
     monkeypatch.setattr(gpu_suite, "server_stats", no_stats)
-    args = gpu_suite.parse_args(["--out", str(tmp_path), "--warmup", "", "--levels", "1,4", "--profile-loop", "4"])
+    levels = ["--levels", "1,4", "--profile-loop", "4", "--profile-gpu", "1"]
+    args = gpu_suite.parse_args(["--out", str(tmp_path), "--warmup", "", *levels])
     suite = gpu_suite.Suite(args)
     run = ConfigRun(name="defaults", settings={}, defaults=False)
     suite.runs.append(run)
     asyncio.run(suite.run_config(run, "http://x", args.levels, extras=False))
 
-    assert profiled == [(2.0, 5.0)] and [lv.summary.concurrency for lv in run.levels] == [1, 4]
+    assert profiled == [("/bench/profile_gpu", 0.2, 2.0), ("/bench/profile_loop", 2.0, 5.0)]
+    assert [lv.summary.concurrency for lv in run.levels] == [1, 4]
     written = json.loads((tmp_path / "gpu_suite.json").read_text())
     config = written["defaults"] if written.get("defaults") else written["configs"][0]
-    assert config["loop_profiles"] == {"4": {"loop_cpu_s": 1.5, "by_self": []}}
+    assert config["gpu_profiles"] == {"1": {"kernels": 7}}
+    assert config["loop_profiles"] == {"4": {"loop_cpu_s": 1.5}}
