@@ -486,7 +486,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile-loop", type=int, default=32, help="ladder level whose event loop is profiled for 5 s (0: none)"
     )
     p.add_argument(
-        "--profile-gpu", type=int, default=32, help="ladder level whose first 2 s of GPU work are profiled (0: none)"
+        "--profile-gpu", type=int, default=0, help="ladder level whose first 2 s of GPU work are profiled (0: none)"
     )
     p.add_argument("--ready-timeout", type=float, default=420)
     p.add_argument("--prepare-only", action="store_true")

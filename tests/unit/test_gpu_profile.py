@@ -56,3 +56,19 @@ def test_without_cuda_the_profile_is_an_error_entry_and_the_route_answers_it() -
     got = client.post("/bench/profile_gpu", json={"seconds": 0.01})
     assert got.status_code == 200 and "error" in got.json()
     assert client.post("/bench/profile_gpu", json={"seconds": 0}).status_code == 400
+
+
+def test_kinetos_events_read_directly_in_the_trace_form(monkeypatch) -> None:
+    """The accessors `_device_trace` reads (no trace export in the model's process), exercised on CPU events."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from glm4voice_api.pipeline import gpu_profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    assert gpu_profile._device_trace(prof) == {"traceEvents": []}  # no device work on this machine
+    monkeypatch.setattr(gpu_profile, "GPU_CATEGORIES", ("cpu_op",))
+    events = gpu_profile._device_trace(prof)["traceEvents"]
+    assert any(e["name"] == "aten::mm" for e in events) and all(e["dur"] >= 0 for e in events)
+    assert summarize_trace({"traceEvents": events}, 1.0)["kernels"] == len(events)
