@@ -76,8 +76,10 @@ class EngineSettings(BaseModel):
 class SpeechTokenizerSettings(BaseModel):
     """Speech tokenizer (audio in -> speech tokens): its precision and how its worker thread batches requests."""
 
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Speech tokenizer dtype (float32 reproduces the reference tokens exactly)."
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Speech tokenizer dtype (the VQ codebook and distances stay float32). auto: float16 on CUDA (Whisper's "
+        "own precision; >= 99 percent of the reference tokens, tests/models/test_speech_tokenizer.py), float32 (exact) on CPU.",
     )
     max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="ms to wait to fill a batch (0: none; queued batch).")
@@ -474,25 +476,25 @@ class Settings(BaseSettings):
         device = self.audio_device
         if device == "auto":
             device = "cuda:0" if cuda else "cpu"
-        decoder_dtype = self.speech_decoder.dtype
-        if decoder_dtype == "auto":  # bf16 where the decoder runs on a GPU
-            decoder_dtype = "bfloat16" if cuda and (device == "all" or device.startswith("cuda")) else "float32"
-        # The audio models in vLLM's model process on one GPU: one CUDA context, no time-slicing with the LLM's
-        # (H100, session 21: more admitted under overload and fewer gaps at 32 streams). Not when the audio models
-        # were put on another GPU than vLLM's first. A tokenizer asked into the host brings the decoder along.
+        gpu = cuda and (device == "all" or device.startswith("cuda"))  # half precision there (fields' descriptions)
+        tok_dtype = self.speech_tokenizer.dtype.replace("auto", "float16" if gpu else "float32")
+        decoder_dtype = self.speech_decoder.dtype.replace("auto", "bfloat16" if gpu else "float32")
+        # The audio models in vLLM's model process on one GPU: one CUDA context, no time-slicing with the LLM's (H100,
+        # session 21). Not when they were put on another GPU than vLLM's first; a hosted tokenizer brings the decoder.
         hosted = self.speech_decoder.in_engine
         if hosted is None:
             on_llm_gpu = cuda and device in ("cuda", "cuda:0") and self._host_fits(device)
             hosted = bool(self.speech_tokenizer.in_engine) or on_llm_gpu
-        tokenizer_hosted = hosted if self.speech_tokenizer.in_engine is None else self.speech_tokenizer.in_engine
+        tok_hosted = hosted if self.speech_tokenizer.in_engine is None else self.speech_tokenizer.in_engine
+        tokenizer = self.speech_tokenizer.model_copy(update={"in_engine": tok_hosted, "dtype": tok_dtype})
+        decoder = self.speech_decoder.model_copy(update={"dtype": decoder_dtype, "in_engine": hosted})
+        admission = {"max_active": max_active, "max_queued": max_queued, "measured": measured}
         return self.model_copy(
             update={
                 "engine": engine,
-                "admission": self.admission.model_copy(
-                    update={"max_active": max_active, "max_queued": max_queued, "measured": measured}
-                ),
-                "speech_decoder": self.speech_decoder.model_copy(update={"dtype": decoder_dtype, "in_engine": hosted}),
-                "speech_tokenizer": self.speech_tokenizer.model_copy(update={"in_engine": tokenizer_hosted}),
+                "admission": self.admission.model_copy(update=admission),
+                "speech_decoder": decoder,
+                "speech_tokenizer": tokenizer,
                 "audio_device": device,
             }
         )

@@ -26,6 +26,9 @@ WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # Training-only EMA state of the codebook: stored in the released file, never read at inference.
 IGNORED_KEYS = frozenset({"ema_count", "ema_weight"})
+# The codebook stays float32 in a half-precision model: the VQ's distances run in float32 (`vector_quantize`), and a
+# rounded codebook would move them for every token, where half-precision layers move only the encoder's output.
+FP32_KEYS = frozenset({"codebook.weight"})
 
 
 def load_speech_tokenizer(
@@ -100,7 +103,7 @@ def _read_weights(
             found = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118
             what = f"{path}: does not match config.json's WhisperVQEncoder"
             check_state_dict(found, expected, what=what, ignored=IGNORED_KEYS)
-            return {key: f.get_tensor(key).to(dtype) for key in expected}
+            return {key: f.get_tensor(key).to(torch.float32 if key in FP32_KEYS else dtype) for key in expected}
     except (SafetensorError, OSError) as exc:
         msg = f"{path}: not a readable safetensors file ({exc})"
         raise CheckpointFormatError(msg) from exc
