@@ -177,7 +177,9 @@ def _build_tokenizer(spec: dict) -> Any:
     from glm4voice_api.config import Settings
     from glm4voice_api.pipeline.runtime import _load_audio_input
 
-    return _load_audio_input(Settings.model_validate_json(spec["settings"]), Path(spec["tokenizer_path"]))
+    return _load_audio_input(
+        Settings.model_validate_json(spec["settings"]), Path(spec["tokenizer_path"]), beside_model=True
+    )
 
 
 async def _tokenize(worker: Any, rid: int, samples: Any, send: Any) -> None:

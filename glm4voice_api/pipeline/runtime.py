@@ -148,7 +148,8 @@ def tokenizer_device(settings: Settings) -> str:
     return settings.audio_device
 
 
-def _load_audio_input(settings: Settings, path: Path) -> AudioInput:
+def _load_audio_input(settings: Settings, path: Path, *, beside_model: bool = False) -> AudioInput:
+    """`beside_model`: in vLLM's model process (the decoder host), where `own_stream` applies."""
     import torch
 
     from glm4voice_api.models.speech_tokenizer.loader import load_speech_tokenizer
@@ -157,6 +158,8 @@ def _load_audio_input(settings: Settings, path: Path) -> AudioInput:
     config = settings.speech_tokenizer
     dtype = getattr(torch, config.dtype)
     model = load_speech_tokenizer(path, tokenizer_device(settings), dtype)
+    if beside_model and config.own_stream:
+        model.use_own_stream()
     worker = SpeechTokenizerWorker(model, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms)
     worker.start()
     logger.info("speech tokenizer ready in %.1f s", time.perf_counter() - start)

@@ -66,7 +66,7 @@ def test_tokens_single_and_batched(tokenizer: SpeechTokenizer, waves: list[np.nd
 def test_half_precision_tokens_stay_near_the_reference(
     dtype: torch.dtype, most_flips: int, waves: list[np.ndarray], golden: dict
 ) -> None:
-    """The faster paths' fidelity bound (`speech_tokenizer.dtype` auto is float16 on CUDA), against the reference's
+    """The faster paths' fidelity bound (`speech_tokenizer.dtype` auto: float16 on CUDA), against the reference's
     float32 tokens: of 543, float16 changed 1 (single calls) and 2 (one batch), bfloat16 11; every change was a token
     whose two nearest codebook rows were nearly tied (margin below 0.15, where the median margin is 1.18)."""
     tokenizer = load_speech_tokenizer(TINY_A, dtype=dtype)
@@ -82,6 +82,13 @@ def test_half_precision_tokens_stay_near_the_reference(
             assert changed.sum() == 0 or margin[changed].max() < 0.15, (calls, i)
             flips += int(changed.sum())
         assert flips <= most_flips, (calls, flips)
+
+
+def test_own_stream_is_a_no_op_on_cpu(waves: list[np.ndarray], golden: dict) -> None:
+    tokenizer = load_speech_tokenizer(TINY_A)
+    tokenizer.use_own_stream()  # the decoder host's call; on a GPU the same calls run on a stream of their own
+    assert tokenizer._stream is None
+    assert tokenizer.tokenize(waves[0], 16000) == golden["tokens_single_0"].tolist()
 
 
 def test_log_mel(tokenizer: SpeechTokenizer, waves: list[np.ndarray], golden: dict) -> None:

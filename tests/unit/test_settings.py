@@ -83,8 +83,9 @@ def test_defaults_are_resolved_in_one_place() -> None:
     gpu = Settings(admission={"max_active": 0}).resolved(cuda=True, model_seq_length=32768)
     assert (gpu.engine.max_model_len, gpu.engine.max_num_seqs, gpu.engine.enforce_eager) == (8192, 256, False)
     assert (gpu.admission.max_active, gpu.admission.max_queued) == (0, 0)  # 0: unlimited, no queue needed
-    assert (gpu.audio_device, gpu.speech_decoder.dtype, gpu.speech_tokenizer.dtype) == ("cuda:0", "bfloat16", "float16")
+    assert (gpu.audio_device, gpu.speech_decoder.dtype, gpu.speech_tokenizer.dtype) == ("cuda:0", "bfloat16", "float32")
     cpu_audio = Settings(audio_device="cpu").resolved(cuda=True, model_seq_length=8192)
-    assert cpu_audio.speech_decoder.dtype == cpu_audio.speech_tokenizer.dtype == "float32"  # auto: where they run
-    exact = Settings(speech_tokenizer={"dtype": "float32"}).resolved(cuda=True, model_seq_length=8192)
-    assert exact.speech_tokenizer.dtype == "float32"
+    assert cpu_audio.speech_decoder.dtype == "float32"  # auto follows where the decoder runs
+    half = Settings(speech_tokenizer={"dtype": "auto"})
+    assert half.resolved(cuda=True, model_seq_length=8192).speech_tokenizer.dtype == "float16"
+    assert half.resolved(cuda=False, model_seq_length=8192).speech_tokenizer.dtype == "float32"

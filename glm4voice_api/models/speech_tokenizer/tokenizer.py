@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
@@ -24,6 +26,19 @@ class SpeechTokenizer:
         self.tokens_per_second: float = model.config.tokens_per_second
         # One token covers this many 16 kHz samples (1280); padding to it keeps every token fully defined.
         self.samples_per_token: int = feature_extractor.hop_length * model.config.frames_per_token
+        self._stream: torch.cuda.Stream | None = None
+
+    def use_own_stream(self, priority: int = -1) -> None:
+        """Run on a CUDA stream of its own (no-op on CPU), for a tokenizer beside the LLM in vLLM's process.
+
+        Why: on the default stream its kernels queue behind the LLM's steps in launch order, so at a 32-stream burst
+        a 3 s question waited ~67 ms for ~10 ms of work (bench/results/GPU.md session 25). Every tensor of a call is
+        made, used and freed inside that call on this stream (the weights are only read), so no memory crosses
+        streams; the weights' load is waited for here, once.
+        """
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self._stream = torch.cuda.Stream(self.device, priority=priority)
 
     @property
     def device(self) -> torch.device:
@@ -41,7 +56,8 @@ class SpeechTokenizer:
         """Tokenize several utterances in one padded batch; same result as one `extract_speech_token` call."""
         segments, owners = split_segments(items)
         tokens: list[list[int]] = [[] for _ in items]
-        with torch.inference_mode():
+        on_stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with torch.inference_mode(), on_stream:
             for first in range(0, len(segments), MAX_SEGMENTS_PER_FORWARD):
                 chunk = slice(first, first + MAX_SEGMENTS_PER_FORWARD)
                 features, frame_mask = self.log_mel(segments[chunk])
