@@ -9,7 +9,8 @@
 3. Load ladder (--levels): bench/loadgen.py over HTTP (spoken turns: audio in, streamed pcm16 out), judged as a
    listener hears it (bench/playback.py): first audio, playable latency, gaps, answer ratio, tokens/s, errors, plus
    the GPU time split and the admission limit from /bench/stats. A level is real time when every turn succeeded and
-   every playable latency <= 1 s. The ladder stops once a level's playable p50 passes 3 s or 10% of its turns fail.
+   every playable latency <= 1 s (level 1: --lone-turns conversations in a row, so its p50 is a median). The ladder
+   stops once a level's playable p50 passes 3 s or 10% of its turns fail.
 4. Overload: 2 x the real-time level (at least 2) closed-loop clients for --overload-seconds, starting spread over
    --overload-stagger seconds (8: about one turn, so users arrive at different times; started together, equal turns
    stay in step and the decoder batches them far better than real traffic: 91.5% vs 54% gap-free on an H200,
@@ -200,6 +201,7 @@ async def profile(url: str, route: str, delay_s: float, seconds: float, *, on: b
 def loadgen_args(args: argparse.Namespace, url: str, turns: int | None = None) -> argparse.Namespace:
     return loadgen.parse_args(
         ["--url", url, "--turns", str(turns or args.turns), "--max-tokens", str(args.max_tokens)]
+        + ["--lone-turns", str(0 if turns else args.lone_turns)]
         + ["--ramp", str(args.ramp), "--question-seconds", "3", "--timeout", str(args.turn_timeout)]
         + ["--overload-stagger", str(args.overload_stagger)]
     )
@@ -438,13 +440,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--levels", type=ints, default=[1, 16, 32, 64, 96, 128, 160, 192, 256])
     p.add_argument("--warmup", type=ints, default=[1, 16, 64], help="levels run before measuring ('' for none)")
     p.add_argument("--turns", type=int, default=1)
+    p.add_argument("--lone-turns", type=int, default=5, help="level 1: one-turn conversations in a row (p50 of them)")
     p.add_argument("--max-tokens", type=int, default=390, help="390 = 10 x (13 text + 26 audio) = 20.8 s of speech")
     p.add_argument("--ramp", type=float, default=1.0, help="streams start uniformly within this many seconds")
     p.add_argument("--turn-timeout", type=float, default=240.0)
     p.add_argument("--overload-seconds", type=float, default=60.0, help="0: no overload run")
-    p.add_argument(
-        "--overload-extra", type=int, default=0, help="also offer this many sessions (beside 2 x real time; 0: no)"
-    )
+    p.add_argument("--overload-extra", type=int, default=0, help="also offer this many sessions (beside 2 x real time)")
     p.add_argument(
         "--realtime-levels", type=ints, default=[], help="Realtime sessions per level on the defaults ('': none)"
     )

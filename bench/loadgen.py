@@ -193,13 +193,17 @@ async def run_level(url: str, concurrency: int, args: argparse.Namespace, wav_b6
     rng = random.Random(args.seed + concurrency)
     level = LevelResult(concurrency=concurrency, wall_s=0.0)
 
+    # A lone user (--lone-turns): that many separate one-turn conversations one after another, so that the level's
+    # p50 is a median of several first audios, the server's first lone request only one of them.
+    lone = concurrency == 1 and args.lone_turns > 0
+
     async def session(index: int, client: httpx.AsyncClient, start: float) -> None:
         await asyncio.sleep(rng.uniform(0, args.ramp))
         audio_id = None
-        for turn in range(args.turns):
+        for turn in range(args.lone_turns if lone else args.turns):
             result = TurnResult(session=index, turn=turn, started_s=time.perf_counter() - start)
             level.turns.append(result)
-            audio_id = await run_turn(client, args, wav_b64, result, audio_id)
+            audio_id = await run_turn(client, args, wav_b64, result, None if lone else audio_id)
 
     async with _client(url, concurrency, args) as client:
         start = time.perf_counter()
@@ -276,6 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--api-key", default=None)
     p.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",") if x], default=[1, 8, 32])
     p.add_argument("--turns", type=int, default=2, help="spoken turns per session (later ones use audio.id)")
+    p.add_argument("--lone-turns", type=int, default=0, help="at concurrency 1: this many one-turn conversations")
     p.add_argument("--max-tokens", type=int, default=390, help="390 = 10 x (13 text + 26 audio) = 20.8 s of speech")
     p.add_argument("--question-seconds", type=float, default=3.0)
     p.add_argument("--ramp", type=float, default=1.0, help="sessions start uniformly within this many seconds")

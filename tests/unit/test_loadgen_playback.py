@@ -156,3 +156,28 @@ def test_overload_sessions_start_within_the_stagger(monkeypatch: pytest.MonkeyPa
     limit = 0.05 if stagger is None else stagger
     assert max(firsts) <= limit + 1.5  # a loaded machine's event loop may start a session late (1.02 s seen on CI)
     assert max(firsts) - min(firsts) >= spread_at_least
+
+
+def test_a_lone_user_runs_separate_conversations_in_a_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--lone-turns: level 1's p50 is a median of that many first audios (no chained audio ids); other levels keep
+    --turns turns per session, each after the previous reply (audio.id)."""
+    import asyncio
+
+    from bench import loadgen
+
+    calls: list[tuple[int, str | None]] = []
+
+    async def fake_turn(client, args, wav_b64, result, previous_audio_id) -> str:
+        result.status = 200
+        calls.append((result.session, previous_audio_id))
+        return f"audio_{result.session}_{result.turn}"
+
+    monkeypatch.setattr(loadgen, "run_turn", fake_turn)
+    args = loadgen.parse_args(["--ramp", "0", "--turns", "2", "--lone-turns", "5"])
+    lone = asyncio.run(loadgen.run_level("http://127.0.0.1:9", 1, args, ""))
+    assert [t.turn for t in lone.turns] == [0, 1, 2, 3, 4]
+    assert calls == [(0, None)] * 5
+    calls.clear()
+    pair = asyncio.run(loadgen.run_level("http://127.0.0.1:9", 2, args, ""))
+    assert len(pair.turns) == 4
+    assert sorted(calls, key=lambda c: (c[0], c[1] or "")) == [(0, None), (0, "audio_0_0"), (1, None), (1, "audio_1_0")]
