@@ -8,6 +8,7 @@ Nothing else reads the environment. Names from before the groups are still accep
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -54,6 +55,9 @@ class EngineSettings(BaseModel):
         "checkpoint's dtype. Off by default: it changes the model's numerics, unmeasured here (random weights).",
     )
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    compile_threads: int = Field(
+        0, ge=0, description="Processes compiling the start's kernels (vLLM's: 1). 0: auto, min(8, CPUs) on CUDA."
+    )
     warmup_batch_sizes: list[int] | None = Field(
         None, description="Batch sizes run before ready. Default: powers of two to max_num_seqs on GPU, [1, 2] on CPU."
     )
@@ -67,6 +71,7 @@ class EngineSettings(BaseModel):
                 "max_model_len": self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, model_seq_length),
                 "max_num_seqs": max_num_seqs,
                 "enforce_eager": self.enforce_eager if self.enforce_eager is not None else not cuda,
+                "compile_threads": self.compile_threads or (min(8, os.cpu_count() or 1) if cuda else 1),
                 "warmup_batch_sizes": self.warmup_batch_sizes if self.warmup_batch_sizes is not None else warmup,
             }
         )
@@ -103,17 +108,13 @@ class SpeechDecoderSettings(BaseModel):
         100, ge=0, description="Earlier tokens (8 s at 100) the flow gets as context: bounds a chunk's cost; 0: all."
     )
     chunking: Literal["adaptive", "fixed"] = Field(
-        "fixed",
-        description="fixed: the schedule (the reference's streaming); adaptive: sized from each stream's buffered audio "
-        "and token supply, up to max_chunk. fixed: adaptive measured worse at 32 streams on an H200 (bench/results).",
+        "fixed", description="fixed: the schedule; adaptive: sized from buffer and token supply (measured worse)."
     )
     first_chunk: int = Field(10, ge=6, description="Adaptive: audio tokens in a reply's first chunk.")
     max_chunk: int = Field(160, ge=6, description="Adaptive: most audio tokens in one chunk.")
     lead_ms: float = Field(300.0, ge=0, description="Adaptive, hold: decode once the buffer is below this + the wait.")
     hold: bool = Field(
-        False,
-        description="Deadline batching: a streamed reply's due chunk waits while its listener's buffer allows, and goes "
-        "with the next pass another stream needs (same audio). Off: not measured on a GPU yet (bench/results/GPU.md).",
+        False, description="Deadline batching: a due chunk waits for a fuller pass while its buffer allows (no faster)."
     )
     max_batch: int = Field(32, ge=1, description="Most stream chunks in one decoder pass.")
     graph_batches: list[Annotated[int, Field(ge=1)]] = Field(
@@ -129,25 +130,24 @@ class SpeechDecoderSettings(BaseModel):
     ode_steps: int = Field(
         5,
         ge=1,
-        description="Euler steps of the flow's ODE. 5 (default): half the reference's decoder work, which made 32 "
-        "streams real time on an H200 (bench/results); 10: the reference's own sampling. The mel moves 7.5 percent (relative "
-        "RMS) from the 10-step one; a new noise draw moves it 126 percent (tests/models/test_flow.py).",
+        description="Euler steps of the flow's ODE. 5 (default): half the reference's work (bench/results); 10: the "
+        "reference's. The mel moves 7.5 percent (relative RMS) from 10 steps' (noise: 126; tests/models/test_flow.py).",
     )
     cuda_graphs: bool = Field(True, description="On CUDA, run the flow's ODE as CUDA graphs (per shape bucket).")
-    compile_outside_graphs: bool = Field(False, description="On CUDA, compile HiFT and the flow encoder (unmeasured).")
+    compile_outside_graphs: bool = Field(False, description="On CUDA, compile HiFT and the flow encoder (no faster).")
     bucket_shapes: bool = Field(False, description="Pad HiFT and the regulator to few frame counts (unmeasured).")
     hift_graphs: bool = Field(
         False,
-        description="On CUDA, run HiFT as CUDA graphs for passes of at most hift_graph_rows rows and hift_graph_frames "
-        "mel frames a row (a lone reply's first chunks). Off: a lone stream's first pass was 7-12 ms shorter on two "
-        "H100s, no shorter on two others (bench/results/GPU.md sessions 23-24).",
+        description="On CUDA, HiFT as CUDA graphs for passes of <= hift_graph_rows rows and hift_graph_frames frames. "
+        "Off: a lone first pass was 7-12 ms shorter on two H100s, no shorter on two others (GPU.md sessions 23-24).",
     )
     hift_graph_rows: int = Field(1, ge=1, description="Most rows a graphed HiFT pass has (larger passes: eager).")
-    hift_graph_frames: int = Field(
-        256, ge=64, description="Most mel frames a row of a graphed HiFT pass has (256: chunks of <= 26 tokens)."
-    )
+    hift_graph_frames: int = Field(256, ge=64, description="Most mel frames of a graphed HiFT row (26 tokens).")
     flow_front_graphs: bool = Field(
-        False, description="On CUDA with cuda_graphs, run the flow's encoder and regulator as CUDA graphs (unmeasured)."
+        False, description="With cuda_graphs, the flow's encoder as CUDA graphs (no faster)."
+    )
+    solo_first_pass: int = Field(
+        4, ge=0, description="In vLLM's process: while <= this many streams are open, a first pass holds the LLM."
     )
     compile_blocks: bool = Field(
         True,

@@ -43,15 +43,15 @@ STATS_PERIOD_S = 0.1
 """How often the counters go to the API side (its admission control reads them once a second)."""
 
 
-def start_host(spec: dict) -> str:
+def start_host(spec: dict, llm_gate: Any = None) -> str:
     """Start the host thread; returns at once. `spec`: settings as JSON, decoder_path, device, to_host, to_api, and
-    tokenizer_path (None: the API process tokenizes)."""
-    thread = threading.Thread(target=_run, args=(spec,), name="decoder-host", daemon=True)
+    tokenizer_path (None: the API process tokenizes). `llm_gate`: holds the LLM's next step (pipeline/llm_pause.py)."""
+    thread = threading.Thread(target=_run, args=(spec, llm_gate), name="decoder-host", daemon=True)
     thread.start()
     return "started"
 
 
-def _run(spec: dict) -> None:
+def _run(spec: dict, llm_gate: Any) -> None:
     package = logging.getLogger("glm4voice_api")
     if not package.handlers and not logging.getLogger().handlers:  # vLLM's process: our lines reach its stderr
         handler = logging.StreamHandler()
@@ -59,12 +59,12 @@ def _run(spec: dict) -> None:
         package.addHandler(handler)
         package.setLevel(logging.INFO)
     try:
-        asyncio.run(_serve(spec))
+        asyncio.run(_serve(spec, llm_gate))
     except Exception:
         logger.exception("the speech decoder host stopped on an error")
 
 
-async def _serve(spec: dict) -> None:
+async def _serve(spec: dict, llm_gate: Any) -> None:
     import zmq
     import zmq.asyncio
 
@@ -82,7 +82,7 @@ async def _serve(spec: dict) -> None:
         tx.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL), copy=False)
 
     # Both models load at once (as in the API process): the tokenizer's weights beside the decoder's compile.
-    builds = [asyncio.to_thread(_build, spec)]
+    builds = [asyncio.to_thread(_build, spec, llm_gate)]
     if spec.get("tokenizer_path"):
         builds.append(asyncio.to_thread(_build_tokenizer, spec))
     built = await asyncio.gather(*builds, return_exceptions=True)
@@ -161,7 +161,7 @@ async def _serve(spec: dict) -> None:
         ctx.destroy(linger=0)
 
 
-def _build(spec: dict) -> Any:
+def _build(spec: dict, llm_gate: Any = None) -> Any:
     from glm4voice_api.config import Settings
     from glm4voice_api.pipeline.runtime import _build_scheduler
 
@@ -169,7 +169,7 @@ def _build(spec: dict) -> Any:
     # vLLM's step loop runs in this process: the host's threads give the GIL back at the server's interval.
     sys.setswitchinterval(settings.switch_interval_ms / 1000)
     # On a CUDA stream of its own, as with the in-process engine: its kernels may then overlap the LLM's.
-    return _build_scheduler(settings, Path(spec["decoder_path"]), spec["device"], beside_model=True)
+    return _build_scheduler(settings, Path(spec["decoder_path"]), spec["device"], beside_model=True, llm_gate=llm_gate)
 
 
 def _build_tokenizer(spec: dict) -> Any:

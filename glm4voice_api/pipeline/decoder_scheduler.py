@@ -27,6 +27,7 @@ from glm4voice_api.models.speech_decoder.decoder import DecodePass, SpeechDecode
 from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy
 from glm4voice_api.pipeline.deadline_hold import DeadlineHold
+from glm4voice_api.pipeline.llm_pause import LLMPause
 from glm4voice_api.pipeline.pass_cost import PASS_LOG_SIZE, PassCost, PassRecord
 from glm4voice_api.pipeline.scheduled_stream import END, ScheduledStream
 
@@ -55,6 +56,7 @@ class DecoderScheduler:
         max_pass_s: float | None = None,
         preempt: bool = False,
         hold_lead_s: float | None = None,
+        llm_pause: LLMPause | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.decoder = decoder
@@ -64,16 +66,15 @@ class DecoderScheduler:
         self.own_stream = own_stream
         """Run on a high-priority CUDA stream of its own (with the LLM in this process, see `_own_cuda_stream`)."""
         self.max_pass_s = max_pass_s
-        """Expected length a pass may grow to by adding rows (None: max_batch only). Why: a chunk that becomes due
-        while a pass runs waits for that pass, so a long pass of far-ahead streams delays a first chunk or a stream
-        about to run dry; passes are kept short and the rows that did not fit go in the next one."""
+        """Expected length a pass may grow to by adding rows (None: max_batch only): a chunk due while a pass runs
+        waits for it, so a long pass of far-ahead streams would delay a first chunk or a stream about to run dry."""
         self.preempt = preempt
         """Between two ODE steps of a pass, run a short pass for streams that cannot wait for it to end (a first
-        chunk, or a listener whose buffer would run dry first): a pass is not preemptible on the GPU, and a long pass
-        of far-ahead streams holds a new stream's first chunk for its whole length. Off by default: on an H200
-        (2026-12-04) it cost more than it saved, 16 streams 1409 / 1597 ms playable p50 / p99 against 902 / 1078
-        without it (the first chunks, which used to share a pass, each got a short pass of their own)."""
+        chunk, a buffer about to run dry). Off: on an H200 (2026-12-04) 16 streams were 1409 / 1597 ms playable p50 /
+        p99 with it, 902 / 1078 without (the first chunks, which used to share a pass, each got a short pass)."""
         self.preemptions = 0
+        self.llm_pause = llm_pause or LLMPause(None, 0)
+        """A first chunk's pass holds the LLM's next step while few streams are open (`llm_pause.py`)."""
         self.hold = None if hold_lead_s is None else DeadlineHold(hold_lead_s, margin_s=NEAR_MISS_S)
         """Deadline batching (`hold_lead_s` None: off, every due chunk is decoded at once): a due chunk of a live
         stream with more than `hold_lead_s` plus the expected pass wait buffered is held; it goes with the next pass
@@ -364,13 +365,14 @@ class DecoderScheduler:
         inner = 0.0  # time spent in passes run between this one's steps (not this pass's cost)
         decode_pass = None
         try:
-            decode_pass = self.decoder.begin_batch([r for _, r in rows])
-            if not nested:
-                self._step_mark = self.clock()
-            while decode_pass.step():
-                if self.preempt and not nested:
-                    inner += self._between_steps(streams, decode_pass, rows, longest)
-            results = decode_pass.finish()
+            with self.llm_pause.around(firsts, self._open):
+                decode_pass = self.decoder.begin_batch([r for _, r in rows])
+                if not nested:
+                    self._step_mark = self.clock()
+                while decode_pass.step():
+                    if self.preempt and not nested:
+                        inner += self._between_steps(streams, decode_pass, rows, longest)
+                results = decode_pass.finish()
         except Exception as exc:
             if decode_pass is not None:
                 decode_pass.abort()
@@ -485,13 +487,11 @@ class DecoderScheduler:
 def _own_cuda_stream(device: object) -> None:
     """Give this thread a high-priority CUDA stream of its own (no-op on CPU).
 
-    With the LLM in the same process (engine `process: inproc`), kernels on separate streams of one context can
-    overlap, and the priority lets a decoder pass (what a listener is waiting for) start between the LLM's kernels
-    rather than after them. On the default stream everything would run in one line. Only used there (and in the
-    decoder host, pipeline/decoder_host.py, which runs in vLLM's model process): with
-    vLLM in its own process, decoder work on a stream of its own beside the speech tokenizer on the default stream
-    hit an illegal memory access on an H100 (2026-11) and again on an H200 (2026-12-04: a first-chunk lane on a
-    stream of its own, bench/results/GPU.md); the cause is not found, so it is not risked there.
+    With the LLM in the same process (the decoder host, pipeline/decoder_host.py, or engine `process: inproc`),
+    kernels on separate streams of one context can overlap, and the priority lets a pass start between the LLM's
+    kernels rather than after them. Only used there: with vLLM in its own process, decoder work on a stream of its own
+    beside the speech tokenizer on the default stream hit an illegal memory access on an H100 (2026-11) and an H200
+    (2026-12-04, bench/results/GPU.md); the cause is not found, so it is not risked there.
     """
     import torch
 

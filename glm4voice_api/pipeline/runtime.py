@@ -21,6 +21,7 @@ from typing import Any
 
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import LLMEngine
+from glm4voice_api.engine.compile_threads import parallel_compiles
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.llm_files import check_llm_weights, read_llm_config
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
@@ -35,6 +36,7 @@ from glm4voice_api.pipeline.decoder_rules import (
     set_outside_graphs_compiled,
 )
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.pipeline.llm_pause import LLMPause
 from glm4voice_api.pipeline.remote_decoder import RemoteDecoder, RemoteTokenizer
 from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.pipeline.tokenizer_worker import SpeechTokenizerWorker
@@ -167,9 +169,10 @@ def _load_audio_input(settings: Settings, path: Path, *, beside_model: bool = Fa
 
 
 def _build_scheduler(
-    settings: Settings, path: Path, device: str, *, beside_model: bool | None = None
+    settings: Settings, path: Path, device: str, *, beside_model: bool | None = None, llm_gate: Any = None
 ) -> DecoderScheduler:
-    """`beside_model`: the LLM runs in this process (default: the in-process engine; the decoder host passes True)."""
+    """`beside_model`: the LLM runs in this process (default: the in-process engine; the decoder host passes True).
+    `llm_gate`: the engine's step gate there (pipeline/llm_pause.py)."""
     import torch
 
     from glm4voice_api.engine.vllm_engine import in_process
@@ -182,8 +185,9 @@ def _build_scheduler(
     decoder = load_speech_decoder(path, device, dtype, ode_steps=options.ode_steps)
     loaded = time.perf_counter() - start
     if device.startswith("cuda"):
-        _prepare_flow(decoder, settings, device)
-        set_outside_graphs_compiled(decoder, options.compile_outside_graphs)
+        with parallel_compiles(settings.engine.compile_threads):  # then one at a time again (vLLM's choice)
+            _prepare_flow(decoder, settings, device)
+            set_outside_graphs_compiled(decoder, options.compile_outside_graphs)
     decoder.set_shape_buckets(options.bucket_shapes)
     if device.startswith("cuda") and options.hift_graphs:  # after the compiles: the graphs capture compiled kernels
         graphs = set_hift_graphs(decoder, options, options.max_batch)
@@ -209,6 +213,7 @@ def _build_scheduler(
         max_pass_s=options.max_pass_ms / 1000 or None,
         preempt=options.preempt,
         hold_lead_s=hold_lead_s(options),
+        llm_pause=LLMPause(llm_gate, options.solo_first_pass) if llm_gate is not None else None,
     )
     scheduler.start()
     return scheduler

@@ -15,5 +15,8 @@ class DecoderHostExtension:
 
     def glm4voice_start_decoder_host(self, spec: dict) -> str:
         from glm4voice_api.pipeline.decoder_host import start_host
+        from glm4voice_vllm.step_gate import StepGate
 
-        return start_host(spec)
+        gate = StepGate()
+        gate.install(self.model_runner)  # type: ignore[attr-defined]  (the worker this class is mixed into)
+        return start_host(spec, llm_gate=gate)
