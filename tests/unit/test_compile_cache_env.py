@@ -24,8 +24,8 @@ def test_the_compile_caches_live_under_the_cache_dir(tmp_path: Path) -> None:
 def test_start_compiles_run_in_parallel_and_serving_goes_back_to_one(monkeypatch) -> None:
     """`engine/compile_threads.py`: inductor's workers for the start's compiles, then vLLM's 1 with the pool shut
     down once the last decoder that compiles in parallel is done (two GPUs' decoders start on threads at once)."""
-    import torch._inductor.async_compile as async_compile
     import torch._inductor.config as inductor_config
+    from torch._inductor import async_compile
 
     from glm4voice_api.engine.compile_threads import parallel_compiles
 

@@ -1,6 +1,6 @@
 """A lone stream's first chunk decoded with the LLM held (pipeline/llm_pause.py, plugins/glm4voice_vllm/step_gate.py):
 the gate closes only around a pass with a first chunk while few streams are open, always reopens, and vLLM's step
-waits at a closed gate for a bounded time only. The real engine with the host and its gate: tests/engine."""
+waits at a closed gate for a bounded time only. The real engine with the host and its gate: tests/api/test_decoder_in_engine.py."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import time
 
 import numpy as np
 import pytest
+from glm4voice_vllm.step_gate import StepGate
 
 from glm4voice_api.models.speech_decoder.loader import load_speech_decoder
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import FixedSchedule
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.llm_pause import LLMPause
-from glm4voice_vllm.step_gate import StepGate
 from tests.conftest import CONFORMANCE
 
 
