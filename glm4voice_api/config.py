@@ -8,7 +8,6 @@ Nothing else reads the environment. Names from before the groups are still accep
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -55,9 +54,6 @@ class EngineSettings(BaseModel):
         "checkpoint's dtype. Off by default: it changes the model's numerics, unmeasured here (random weights).",
     )
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
-    compile_threads: int = Field(
-        0, ge=0, description="Processes compiling the start's kernels (vLLM's: 1). 0: auto, min(8, CPUs) on CUDA."
-    )
     warmup_batch_sizes: list[int] | None = Field(
         None, description="Batch sizes run before ready. Default: powers of two to max_num_seqs on GPU, [1, 2] on CPU."
     )
@@ -71,7 +67,6 @@ class EngineSettings(BaseModel):
                 "max_model_len": self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, model_seq_length),
                 "max_num_seqs": max_num_seqs,
                 "enforce_eager": self.enforce_eager if self.enforce_eager is not None else not cuda,
-                "compile_threads": self.compile_threads or (min(8, os.cpu_count() or 1) if cuda else 1),
                 "warmup_batch_sizes": self.warmup_batch_sizes if self.warmup_batch_sizes is not None else warmup,
             }
         )

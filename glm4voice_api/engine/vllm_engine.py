@@ -29,7 +29,6 @@ from glm4voice_api.engine.base import (
     TokenLogprob,
     staircase_max_tokens,
 )
-from glm4voice_api.engine.compile_threads import set_compile_threads
 
 logger = logging.getLogger(__name__)
 
@@ -207,16 +206,7 @@ class VllmLLMEngine:
         else:
             if core_started is not None:  # hooks cannot be removed: a later fork sets the event again, harmlessly
                 os.register_at_fork(after_in_parent=core_started.set)
-            # The forked engine core compiles with this many workers; the decoder host there ends it after its own
-            # compile (engine/compile_threads.py). Without the host nothing would, so then vLLM's 1 stays.
-            parallel = worker_extension is not None and on_gpu and settings.compile_threads > 1
-            if parallel:
-                set_compile_threads(settings.compile_threads)
-            try:
-                llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
-            finally:
-                if parallel:  # this process compiles nothing meanwhile: back to vLLM's choice here
-                    set_compile_threads(1)
+            llm = AsyncLLM.from_engine_args(args, usage_context=UsageContext.OPENAI_API_SERVER)
         info = EngineInfo(
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,

@@ -7,6 +7,8 @@ was a fifth of first audio (265 ms: 193 the LLM's tokens, 47 the pass). Holding 
 streams the pass's length of token supply once per new stream; while few streams are open each has several times
 real time of supply (123 tokens/s at 1 stream, 18.75 needed), so that is nothing a listener hears. Under load
 (more than `max_streams` open) the LLM is never held: there its steps are what every starting stream waits for.
+Measured (H100, 2026-12-06, bench/results/GPU.md session 26): the one-row first pass 32.1-32.7 ms held against 53.1
+not held, first audio at one stream 250.1 and 258.6 ms against 278.0 on the same machine.
 
 `gate` is the engine's side (plugins/glm4voice_vllm/step_gate.py holds vLLM's next `execute_model` while closed);
 a gate that is never opened again cannot stall the LLM for long: it waits a bounded time per step.

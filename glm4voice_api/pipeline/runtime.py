@@ -21,7 +21,6 @@ from typing import Any
 
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import LLMEngine
-from glm4voice_api.engine.compile_threads import parallel_compiles
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.llm_files import check_llm_weights, read_llm_config
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
@@ -185,9 +184,8 @@ def _build_scheduler(
     decoder = load_speech_decoder(path, device, dtype, ode_steps=options.ode_steps)
     loaded = time.perf_counter() - start
     if device.startswith("cuda"):
-        with parallel_compiles(settings.engine.compile_threads):  # then one at a time again (vLLM's choice)
-            _prepare_flow(decoder, settings, device)
-            set_outside_graphs_compiled(decoder, options.compile_outside_graphs)
+        _prepare_flow(decoder, settings, device)
+        set_outside_graphs_compiled(decoder, options.compile_outside_graphs)
     decoder.set_shape_buckets(options.bucket_shapes)
     if device.startswith("cuda") and options.hift_graphs:  # after the compiles: the graphs capture compiled kernels
         graphs = set_hift_graphs(decoder, options, options.max_batch)
