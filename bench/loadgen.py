@@ -157,7 +157,9 @@ async def run_turn(
                     continue
                 data = line[6:]
                 if data == "[DONE]":
+                    result.done = True
                     break
+                result.events += 1
                 chunk = json.loads(data)
                 if chunk.get("error"):
                     result.error = str(chunk["error"].get("message"))[:200]

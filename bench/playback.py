@@ -105,6 +105,10 @@ class TurnResult:
     """Request sent -> first transcript text (the LLM's first tokens: the part of first audio that is not decoder)."""
     completion_tokens: int = 0
     arrivals: list[Arrival] = field(default_factory=list)
+    events: int = 0
+    """Server-sent events received (a 200 without audio says how far its stream got)."""
+    done: bool = False
+    """The stream's `[DONE]` arrived (False for a 200 whose stream ended without it)."""
 
     @property
     def stats(self) -> PlaybackStats | None:
@@ -117,7 +121,10 @@ class TurnResult:
     def error_key(self) -> str:
         if self.status and self.status != 200:
             return str(self.status)
-        return (self.error or "no audio")[:60]
+        if self.error:
+            return self.error[:60]
+        text = ", text" if self.first_text_s is not None else ""
+        return f"no audio ({self.events} events{text}, {'[DONE]' if self.done else 'no [DONE]'})"
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,13 @@ def test_a_lone_user_runs_separate_conversations_in_a_row(monkeypatch: pytest.Mo
     pair = asyncio.run(loadgen.run_level("http://127.0.0.1:9", 2, args, ""))
     assert len(pair.turns) == 4
     assert sorted(calls, key=lambda c: (c[0], c[1] or "")) == [(0, None), (0, "audio_0_0"), (1, None), (1, "audio_1_0")]
+
+
+def test_a_200_without_audio_says_how_far_its_stream_got() -> None:
+    """A suite run saw one 200 whose stream carried no audio and no error (H100, 2026-12-06): its error key now says
+    whether events and the transcript arrived and whether the stream ended with [DONE]."""
+    empty = TurnResult(status=200)
+    assert not empty.ok and empty.error_key() == "no audio (0 events, no [DONE])"
+    text_only = TurnResult(status=200, events=14, first_text_s=0.1, done=True)
+    assert text_only.error_key() == "no audio (14 events, text, [DONE])"
+    assert TurnResult(status=200, error="boom").error_key() == "boom" and TurnResult(status=429).error_key() == "429"
