@@ -113,6 +113,7 @@ class World:
         hold: bool,
         seconds: float,
         adaptive: bool = False,
+        first_rank_s: float = -1.0,
         turns: int | None = None,
         max_active: int | None = None,
         context: int = 100,
@@ -128,7 +129,7 @@ class World:
         self.all_turns: list[_Turn] = []
         self.clock = Clock()
         config = DecoderStreamConfig(schedule=(10, 16, 26, 52, 104, 156), max_prompt_tokens=context)
-        policy = AdaptiveChunkPolicy() if adaptive else FixedSchedule(config.schedule)
+        policy = AdaptiveChunkPolicy() if adaptive else FixedSchedule(config.schedule, first_rank_s=first_rank_s)
         self.scheduler = DecoderScheduler(
             _Decoder(self),  # type: ignore[arg-type]
             config,
@@ -309,6 +310,7 @@ def simulate(
     seconds: float = 60.0,
     cost: CostModel | None = None,
     adaptive: bool = False,
+    first_rank_s: float = -1.0,
     seed: int = 0,
     turns: int | None = None,
     max_active: int | None = None,
@@ -328,6 +330,7 @@ def simulate(
             hold=hold,
             seconds=seconds,
             adaptive=adaptive,
+            first_rank_s=first_rank_s,
             turns=turns,
             max_active=max_active,
             context=context,
@@ -434,7 +437,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--streams", default="32", help="comma-separated session counts")
     p.add_argument("--stagger", default="1,8", help="comma-separated seconds over which sessions start")
     p.add_argument("--hold", default="off,on", help="deadline batching: off, on, or both (off,on)")
-    p.add_argument("--chunking", default="fixed", help="fixed, adaptive, or both (fixed,adaptive)")
+    p.add_argument(
+        "--chunking",
+        default="fixed",
+        help="fixed, adaptive, or both (fixed,adaptive); fixed@S: first chunks rank at S s",
+    )
     p.add_argument("--context", type=int, default=100, help="the flow's context in tokens (max_prompt_tokens)")
     p.add_argument("--seconds", type=float, default=60.0, help="how long sessions keep sending turns")
     p.add_argument("--turns", type=int, help="turns per session (default: until --seconds)")
@@ -480,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
                         stagger_s=stagger,
                         hold=hold,
                         adaptive=chunking == "adaptive",
+                        first_rank_s=float(chunking.partition("@")[2] or -1),
                         controller=spec,
                         **kwargs,
                     )

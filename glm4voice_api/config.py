@@ -106,6 +106,10 @@ class SpeechDecoderSettings(BaseModel):
         "fixed", description="fixed: the schedule; adaptive: sized from buffer and token supply (measured worse)."
     )
     first_chunk: int = Field(10, ge=6, description="Adaptive: audio tokens in a reply's first chunk.")
+    first_rank_ms: float = Field(
+        -1000.0,
+        description="Fixed: a first chunk ranks like a playing stream with this much audio left (-1000: first).",
+    )
     max_chunk: int = Field(160, ge=6, description="Adaptive: most audio tokens in one chunk.")
     lead_ms: float = Field(300.0, ge=0, description="Adaptive, hold: decode once the buffer is below this + the wait.")
     hold: bool = Field(

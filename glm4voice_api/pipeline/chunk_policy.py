@@ -128,6 +128,12 @@ class FixedSchedule:
     """Chunk k has schedule[k] tokens (the last repeats): the reference's streaming, independent of timing."""
 
     schedule: tuple[int, ...] = (10, 20, 40)
+    first_rank_s: float = -1.0
+    """A first chunk ranks like a started stream with this much audio left. -1 (default): before every started
+    stream. A positive value lets a listener about to run dry go first (a gap heard is worse than a first word one
+    pass later): while new streams keep arriving (an overload's onset) their first chunks otherwise lead every pass,
+    and a started stream's longer chunk waits behind them until its listener runs dry (H100 2026-12-06, GPU.md
+    session 26). Unmeasured on a GPU."""
 
     def chunk_size(self, view: StreamView, pass_s: float) -> int | None:
         done, k = 0, 0
@@ -144,4 +150,4 @@ class FixedSchedule:
         return None
 
     def urgency(self, view: StreamView) -> float:
-        return view.buffered_s if view.started else -1.0
+        return view.buffered_s if view.started else self.first_rank_s

@@ -36,6 +36,7 @@ RULES = (
     "schedule",
     "max_prompt_tokens",
     "chunking",
+    "first_rank_ms",
     "first_chunk",
     "max_chunk",
     "lead_ms",
@@ -61,7 +62,7 @@ def chunk_policy(options: SpeechDecoderSettings) -> ChunkPolicy:
         return AdaptiveChunkPolicy(
             first_chunk=options.first_chunk, max_chunk=options.max_chunk, lead_s=options.lead_ms / 1000
         )
-    return FixedSchedule(tuple(options.schedule))
+    return FixedSchedule(tuple(options.schedule), first_rank_s=options.first_rank_ms / 1000)
 
 
 def hold_lead_s(options: SpeechDecoderSettings) -> float | None:

@@ -54,6 +54,16 @@ def test_urgency_orders_dry_streams_and_first_chunks_first() -> None:
     assert sorted(range(3), key=keys.__getitem__) == [2, 1, 0]
 
 
+def test_a_fixed_schedules_first_chunks_lead_or_rank_as_set() -> None:
+    """Default: a first chunk before every started stream. With first_rank_s, a listener with less audio left goes
+    first (bench/sim_schedule.py --chunking fixed@0.5 ranks it)."""
+    first, dry, ahead = view(10, 0.0, started=False), view(26, 0.1), view(26, 1.0)
+    default = FixedSchedule((10, 20))
+    assert default.urgency(first) < default.urgency(dry) < default.urgency(ahead)
+    ranked = FixedSchedule((10, 20), first_rank_s=0.3)
+    assert ranked.urgency(dry) < ranked.urgency(first) < ranked.urgency(ahead)
+
+
 def test_fixed_schedule_counts_chunks_from_decoded_tokens() -> None:
     fixed = FixedSchedule((10, 20))
     assert fixed.chunk_size(view(10, 0, decoded=0), 0) == 10
