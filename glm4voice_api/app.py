@@ -330,6 +330,7 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
             decoder_sessions=runtime.decoder.active_streams,
             # A decoder hosted in vLLM's model process reports that process's threads.
             model_process_threads=lambda: getattr(runtime.decoder, "host_thread_cpu_s", {}),
+            solo_passes=lambda: getattr(runtime.decoder, "solo_passes", 0),  # only the host holds the LLM
         )
         auth.bind(runtime.store)  # before the services: never serve while auto auth cannot see the stored keys
         await auth.announce()

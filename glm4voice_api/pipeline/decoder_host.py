@@ -232,6 +232,7 @@ async def _report(scheduler: Any, worker: Any, send: Any) -> None:
         counters = {name: getattr(scheduler, name) for name in COUNTERS}
         counters["pass_seconds"] = scheduler.pass_seconds()
         counters["tokenizer_busy_seconds"] = worker.busy_seconds if worker is not None else 0.0
+        counters["solo_passes"] = scheduler.llm_pause.passes
         # This process's threads (vLLM's step loop among them): how hard its GIL is contended. Sent with any change
         # of the counters, else at most once a second while they use CPU (vLLM generating text only).
         cpu = thread_cpu_seconds()

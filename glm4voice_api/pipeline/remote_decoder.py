@@ -106,6 +106,8 @@ class RemoteDecoder:
         self.tokens_per_second: float | None = None
         """Set when the host runs the speech tokenizer too (its tokens per second of audio)."""
         self.tokenizer_busy_seconds = 0.0
+        self.solo_passes = 0
+        """Passes the host ran with the LLM held (pipeline/llm_pause.py)."""
         self.host_thread_cpu_s: dict[str, float] = {}
         """CPU seconds of the host process's threads by role (vLLM's step loop is `main`), as last reported."""
         self._waiting: dict[int, asyncio.Future] = {}  # requests that get one answer: tokenize, rules
@@ -232,6 +234,7 @@ class RemoteDecoder:
                 setattr(self, name, counters[name])
             self._pass_seconds = counters["pass_seconds"]
             self.tokenizer_busy_seconds = counters.get("tokenizer_busy_seconds", 0.0)
+            self.solo_passes = counters.get("solo_passes", 0)
             self.host_thread_cpu_s = counters.get("thread_cpu_s", {})
             self.pass_log.extend(passes)
         elif op in ("tokenized", "untokenized", "ruled", "profiled"):

@@ -159,6 +159,11 @@ class Metrics:
             "CPU seconds of the event loop's thread (its rate: the share of a core the loop holds, GIL included).",
             registry=self.registry,
         )
+        self.solo_passes = _CallbackCounter(
+            "glm4voice_decoder_solo_passes",
+            "Decoder passes run with the LLM's next step held (a reply's first chunk while few streams are open).",
+            self.registry,
+        )
         self.thread_cpu = _ThreadCPU(self.registry)
         self.gc_pauses = GcPauses()
         _GcPauseHistogram(self.gc_pauses, self.registry)
@@ -179,8 +184,10 @@ class Metrics:
         aborted_requests: Callable[[], int],
         decoder_sessions: Callable[[], int],
         model_process_threads: Callable[[], dict[str, float]] = dict,
+        solo_passes: Callable[[], int] = int,
     ) -> None:
         self.engine_active.set_function(active_requests)
+        self.solo_passes.read = solo_passes
         self.engine_aborted.read = aborted_requests
         self.decoder_sessions.set_function(decoder_sessions)
         self.thread_cpu.elsewhere = lambda: {f"vllm_{k}": v for k, v in model_process_threads().items()}

@@ -66,6 +66,10 @@ def test_a_spoken_reply_sounds_as_the_local_decoder_makes_it(in_engine: RunningS
     while time.monotonic() < deadline and in_engine.metric("glm4voice_decoder_active_sessions"):
         time.sleep(0.2)
     assert in_engine.metric("glm4voice_decoder_active_sessions") == 0
+    # The lone reply's first chunk was decoded with vLLM's next step held (pipeline/llm_pause.py), and the audio above
+    # is the local decoder's all the same; a decoder outside vLLM's process has no LLM step to hold.
+    assert in_engine.metric("glm4voice_decoder_solo_passes_total") >= 1
+    assert server.metric("glm4voice_decoder_solo_passes_total") == 0
     # vLLM's model process's threads on /metrics: its step loop and the decoder's thread there.
     for role in ("vllm_main", "vllm_decoder"):
         assert in_engine.metric("glm4voice_thread_cpu_seconds_total", f'thread="{role}"') > 0
