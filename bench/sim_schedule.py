@@ -319,9 +319,8 @@ def simulate(
     max_wait_s: float | None = None,
 ) -> SimResult:
     """`streams` sessions, each started at a random moment within `stagger_s` seconds (the ladder's bursts: 1 s),
-    sending `turns` turns one after another (None: until `seconds` have passed), at most `max_active` replies at
-    once (the others wait in a queue, as behind admission control), or at most what `controller` (a policy:
-    `sim_admission.parse_controller`) allows, updated as the server updates it; a wait past `max_wait_s` is a 429."""
+    sending `turns` turns in a row (None: until `seconds` have passed), at most `max_active` replies at once (the
+    others queue), or what `controller` (`sim_admission.parse_controller`) allows; a wait past `max_wait_s`: 429."""
     rng = random.Random(seed)
 
     async def go() -> SimResult:  # ScheduledStream takes the running loop (never used: audio goes to _audio)
@@ -437,11 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--streams", default="32", help="comma-separated session counts")
     p.add_argument("--stagger", default="1,8", help="comma-separated seconds over which sessions start")
     p.add_argument("--hold", default="off,on", help="deadline batching: off, on, or both (off,on)")
-    p.add_argument(
-        "--chunking",
-        default="fixed",
-        help="fixed, adaptive, or both (fixed,adaptive); fixed@S: first chunks rank at S s",
-    )
+    p.add_argument("--chunking", default="fixed", help="fixed, adaptive, fixed@S (first chunks rank at S s), ...")
     p.add_argument("--context", type=int, default=100, help="the flow's context in tokens (max_prompt_tokens)")
     p.add_argument("--seconds", type=float, default=60.0, help="how long sessions keep sending turns")
     p.add_argument("--turns", type=int, help="turns per session (default: until --seconds)")
