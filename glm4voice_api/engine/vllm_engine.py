@@ -154,6 +154,7 @@ class VllmLLMEngine:
         warmup_constraint: InterleaveConstraint | None = None,
         core_started: threading.Event | None = None,
         worker_extension: str | None = None,
+        warm: bool = True,
     ) -> VllmLLMEngine:
         """Start vLLM (engine core, weights, compilation) and warm it up.
 
@@ -214,7 +215,8 @@ class VllmLLMEngine:
             extra={"device": "cuda" if on_gpu else "cpu"},
         )
         engine = cls(llm, info, vocab_size=int(config.get("padded_vocab_size", config.get("vocab_size", 0))))
-        await engine.warm_up(settings.warmup_batch_sizes, constraint=warmup_constraint)
+        if warm:  # else the caller warms it up (beside the decoder host's start)
+            await engine.warm_up(settings.warmup_batch_sizes, constraint=warmup_constraint)
         return engine
 
     async def warm_up(

@@ -384,6 +384,8 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
     in_engine = engine is None and settings.speech_decoder.in_engine  # its fit is checked by Settings
     here = {"decoders": not in_engine, "tokenizer": not (in_engine and settings.speech_tokenizer.in_engine)}
     audio = start_audio_models(settings, paths, after=forked, **here) if overlap else []
+    # The engine's warm-up beside the host's start (its captures are thread-local, so vLLM's steps may run meanwhile).
+    beside = in_engine and settings.engine.warmup_beside_audio
     try:
         if engine is None:
             from glm4voice_api.engine.vllm_engine import VllmLLMEngine
@@ -397,6 +399,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
                     warmup_constraint=sampling.constraint(),
                     core_started=forked,
                     worker_extension=DECODER_HOST_EXTENSION if in_engine else None,
+                    warm=not beside,
                 )
             finally:
                 if forked is not None and not forked.is_set():  # no fork seen (or the start failed): never wait on
@@ -406,7 +409,8 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
         audio = audio or start_audio_models(settings, paths, **here)
         if in_engine:
             audio.append(asyncio.ensure_future(_start_remote_decoder(settings, paths, engine)))
-        started = await asyncio.gather(*audio)
+        warm = engine.warm_up(settings.engine.warmup_batch_sizes, constraint=sampling.constraint()) if beside else None
+        started, _ = await asyncio.gather(asyncio.gather(*audio), warm or asyncio.sleep(0))
     except BaseException:
         await _close_started(audio, closers)
         raise
