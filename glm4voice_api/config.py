@@ -143,12 +143,11 @@ class SpeechDecoderSettings(BaseModel):
     )
     hift_graph_rows: int = Field(1, ge=1, description="Most rows a graphed HiFT pass has (larger passes: eager).")
     hift_graph_frames: int = Field(256, ge=64, description="Most mel frames of a graphed HiFT row (26 tokens).")
-    flow_front_graphs: bool = Field(
-        False, description="With cuda_graphs, the flow's encoder as CUDA graphs (no faster)."
-    )
+    flow_front_graphs: bool = Field(False, description="With cuda_graphs: the flow's encoder as graphs (no faster).")
     solo_first_pass: int = Field(
         4, ge=0, description="In vLLM's process: while <= this many streams are open, a first pass holds the LLM."
     )
+    solo_first_share: float = Field(0.0, ge=0, le=1, description="Above that: first passes hold it <= this time share.")
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "

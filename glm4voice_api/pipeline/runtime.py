@@ -211,7 +211,7 @@ def _build_scheduler(
         max_pass_s=options.max_pass_ms / 1000 or None,
         preempt=options.preempt,
         hold_lead_s=hold_lead_s(options),
-        llm_pause=LLMPause(llm_gate, options.solo_first_pass) if llm_gate is not None else None,
+        llm_pause=None if llm_gate is None else LLMPause(llm_gate, options.solo_first_pass, options.solo_first_share),
     )
     scheduler.start()
     return scheduler

@@ -45,6 +45,35 @@ def test_the_llm_is_held_only_for_a_first_chunk_while_few_streams_are_open() -> 
         pass
 
 
+def test_above_few_streams_first_passes_hold_the_llm_within_their_share_of_the_time() -> None:
+    now = [0.0]
+    gate = Gate()
+    pause = LLMPause(gate, max_streams=1, share=0.25, clock=lambda: now[0])
+    with pause.around(3, 32):  # banked 0.25 s: held; the pass takes 0.2 s
+        now[0] += 0.2
+    with pause.around(3, 32):  # 0.05 s left + 0.05 refilled during the first pass: held, and overdrawn by 0.1 s
+        now[0] += 0.2
+    assert pause.passes == pause.budget_passes == 2 and gate.events == ["close", "open"] * 2
+    with pause.around(3, 32):  # overdrawn: not held until the refill (0.25 s a second) pays it back
+        now[0] += 0.5
+    assert pause.passes == 2
+    now[0] += 0.2  # -0.1 + 0.25 x 0.7 > 0
+    with pause.around(1, 32):
+        now[0] += 0.01
+    assert pause.passes == 3
+    now[0] += 100  # the bank holds at most `share` seconds: two passes of 0.2 s, not a third
+    for _ in range(3):
+        with pause.around(1, 32):
+            now[0] += 0.2
+    assert pause.passes == pause.budget_passes == 5
+    never = LLMPause(gate, max_streams=1, clock=lambda: now[0])  # share 0 (default): never above max_streams
+    with never.around(1, 2):
+        pass
+    with never.around(1, 1):
+        pass
+    assert never.passes == 1 and never.budget_passes == 0
+
+
 def test_a_closed_gate_holds_the_next_step_until_it_opens_and_never_longer_than_its_bound() -> None:
     class Runner:
         def __init__(self) -> None:
