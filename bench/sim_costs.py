@@ -131,3 +131,33 @@ def fit_passes(path: str, cost: CostModel | None = None) -> dict:
         "sliced_factor": round(float(slope), 3),
         "rms_error_s": round(float(np.sqrt(np.mean(residual**2))), 4),
     }
+
+
+VALIDATION = [
+    (
+        "ladder: 16 streams within 1 s, 1 turn",
+        {"streams": 16, "stagger_s": 1.0, "turns": 1},
+        "playable p50 / p99 784-862 / 865-1084 ms (five H200 runs, GPU.md 2026-12-04 evening 2)",
+    ),
+    (
+        "ladder: 32 streams within 1 s, 1 turn",
+        {"streams": 32, "stagger_s": 1.0, "turns": 1},
+        "playable 900-1139 / 1267-1384 ms; 15.5-17.8 rows per pass",
+    ),
+    (
+        "overload: 32 sessions in step, 60 s",
+        {"streams": 32, "stagger_s": 1.0, "seconds": 60.0},
+        "91.5% of turns gap-free (all admitted)",
+    ),
+    (
+        "overload: 32 sessions over 8 s, 40 s, no limit",
+        {"streams": 32, "stagger_s": 8.0, "seconds": 40.0},
+        "54% gap-free (all 32 admitted until the limit was cut to 16 five seconds in, then 16-23 at once)",
+    ),
+    (
+        "overload: 32 sessions over 8 s, 40 s, <= 20 at once",
+        {"streams": 32, "stagger_s": 8.0, "seconds": 40.0, "max_active": 20},
+        "the same run: 54% gap-free; passes of 5.3-5.6 rows at 32 streams behind a limit of 20-22 (another run)",
+    ),
+]
+"""Scenarios measured on the GPU, with what was measured: --validate runs them so the model's errors are in view."""

@@ -24,10 +24,11 @@ import numpy as np
 
 from bench.playback import JITTER_BUFFER_S, TurnResult, level_summary
 from bench.sim_admission import Control, ControllerSpec, admission_line, admission_summary, averaged_admission
-from bench.sim_costs import SAMPLE_RATE, Clock, CostModel, SimRequest, SimStream, fit_passes
+from bench.sim_costs import SAMPLE_RATE, VALIDATION, Clock, CostModel, SimRequest, SimStream, fit_passes
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.pipeline.llm_pause import LLMPause
 
 
 def _model_value(text: str) -> float | tuple[int, ...]:
@@ -45,7 +46,7 @@ class _Pass:
     def finish(self) -> list[SimRequest]:
         longest = max(len(r.prompt_tokens) + len(r.tokens) for r in self.requests)
         w = self.world
-        seconds = w.cost.pass_s(len(self.requests), longest, beside_llm=w.generating > 0)
+        seconds = w.cost.pass_s(len(self.requests), longest, beside_llm=w.generating > 0 and not w.held)
         w.decoder_busy_until = w.clock.t + seconds
         w.run_until(w.clock.t + seconds)
         return self.requests
@@ -70,6 +71,23 @@ class _Decoder:
 
     def begin_batch(self, requests: list[SimRequest]) -> _Pass:
         return _Pass(self.world, requests)
+
+
+class _Gate:
+    """vLLM's step gate (plugins/glm4voice_vllm/step_gate.py) in the simulated world: while closed, the LLM's next step
+    waits (at most `MAX_HOLD_S`), and the pass holding it runs at its alone speed."""
+
+    MAX_HOLD_S = 0.25
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def close(self) -> None:
+        self.world.held = True
+
+    def open(self) -> None:
+        self.world.held = False
+        self.world.release()
 
 
 @dataclass
@@ -114,6 +132,7 @@ class World:
         seconds: float,
         adaptive: bool = False,
         first_rank_s: float = -1.0,
+        solo: tuple[int, float] = (0, 0.0),
         turns: int | None = None,
         max_active: int | None = None,
         context: int = 100,
@@ -136,8 +155,10 @@ class World:
             policy=policy,
             max_batch=32,
             hold_lead_s=0.3 if hold else None,
+            llm_pause=LLMPause(_Gate(self), solo[0], solo[1], clock=self.clock),  # (0, 0): the LLM never held
             clock=self.clock,
         )
+        self.held = self.deferred = False  # the gate is closed; a step waits for it
         self.events: list[tuple[float, int, str, object]] = []  # (time, seq, kind, payload)
         self._seq = 0
         self.waiting: list[_Turn] = []  # sent, not yet in the LLM's batch
@@ -162,6 +183,11 @@ class World:
     # -- LLM --------------------------------------------------------------------------------------------------
 
     def _start_step(self) -> None:
+        if self.held and not self.deferred and (self.running or self.waiting):  # the gate holds it, for its bound
+            self.deferred, self.step_end = True, None
+            self.at(self.clock.t + _Gate.MAX_HOLD_S, "release")
+            return
+        self.deferred = False
         joining, self.waiting = self.waiting, []
         self.running += joining
         if not self.running:
@@ -173,6 +199,11 @@ class World:
             seconds *= c.slowdown
         self.step_end = self.clock.t + seconds
         self.at(self.step_end, "step")
+
+    def release(self) -> None:
+        """The gate opened (or held its bound): a waiting step starts."""
+        if self.deferred and self.step_end is None:
+            self._start_step()
 
     def _end_step(self) -> None:
         for turn in list(self.running):
@@ -241,7 +272,7 @@ class World:
         s._send = lambda item, turn=turn: self._audio(turn, item)  # type: ignore[method-assign]
         turn.stream = s
         self.waiting.append(turn)
-        if self.step_end is None:
+        if self.step_end is None and not self.deferred:
             self._start_step()
 
     def _audio(self, turn: _Turn, item: object) -> None:
@@ -267,6 +298,8 @@ class World:
             self._enter(payload)  # type: ignore[arg-type]
         elif kind == "expire":
             self._expire(payload)  # type: ignore[arg-type]
+        elif kind == "release":
+            self.release()
         elif kind == "control":
             self.control.step()  # type: ignore[union-attr]
 
@@ -311,6 +344,7 @@ def simulate(
     cost: CostModel | None = None,
     adaptive: bool = False,
     first_rank_s: float = -1.0,
+    solo: tuple[int, float] = (0, 0.0),
     seed: int = 0,
     turns: int | None = None,
     max_active: int | None = None,
@@ -330,6 +364,7 @@ def simulate(
             seconds=seconds,
             adaptive=adaptive,
             first_rank_s=first_rank_s,
+            solo=solo,
             turns=turns,
             max_active=max_active,
             context=context,
@@ -368,52 +403,12 @@ def _summarise(world: World, streams: int, stagger_s: float, hold: bool) -> SimR
     )
 
 
-VALIDATION = [
-    (
-        "ladder: 16 streams within 1 s, 1 turn",
-        {"streams": 16, "stagger_s": 1.0, "turns": 1},
-        "playable p50 / p99 784-862 / 865-1084 ms (five H200 runs, GPU.md 2026-12-04 evening 2)",
-    ),
-    (
-        "ladder: 32 streams within 1 s, 1 turn",
-        {"streams": 32, "stagger_s": 1.0, "turns": 1},
-        "playable 900-1139 / 1267-1384 ms; 15.5-17.8 rows per pass",
-    ),
-    (
-        "overload: 32 sessions in step, 60 s",
-        {"streams": 32, "stagger_s": 1.0, "seconds": 60.0},
-        "91.5% of turns gap-free (all admitted)",
-    ),
-    (
-        "overload: 32 sessions over 8 s, 40 s, no limit",
-        {"streams": 32, "stagger_s": 8.0, "seconds": 40.0},
-        "54% gap-free (all 32 admitted until the limit was cut to 16 five seconds in, then 16-23 at once)",
-    ),
-    (
-        "overload: 32 sessions over 8 s, 40 s, <= 20 at once",
-        {"streams": 32, "stagger_s": 8.0, "seconds": 40.0, "max_active": 20},
-        "the same run: 54% gap-free; passes of 5.3-5.6 rows at 32 streams behind a limit of 20-22 (another run)",
-    ),
-]
-"""Scenarios measured on the GPU, with what was measured: --validate runs them so the model's errors are in view."""
-
-
 def averaged(seeds: int, **kwargs) -> dict:
     """`simulate` over `seeds` arrival draws: the mean of each figure, and the range of the gap-free fraction."""
     runs = [simulate(seed=k, **kwargs) for k in range(seeds)]
     out = asdict(runs[0])
-    for key in (
-        "gap_free_fraction",
-        "playable_p50_ms",
-        "playable_p99_ms",
-        "first_audio_p50_ms",
-        "passes",
-        "rows_per_pass",
-        "decoder_busy_s",
-        "llm_tokens_per_s",
-        "underruns",
-        "turns",
-    ):
+    figures = "gap_free_fraction playable_p50_ms playable_p99_ms first_audio_p50_ms passes rows_per_pass decoder_busy_s"
+    for key in (*figures.split(), "llm_tokens_per_s", "underruns", "turns"):
         out[key] = round(sum(getattr(r, key) for r in runs) / seeds, 3)
     out["gap_free_range"] = [min(r.gap_free_fraction for r in runs), max(r.gap_free_fraction for r in runs)]
     out["seeds"] = seeds
@@ -437,6 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stagger", default="1,8", help="comma-separated seconds over which sessions start")
     p.add_argument("--hold", default="off,on", help="deadline batching: off, on, or both (off,on)")
     p.add_argument("--chunking", default="fixed", help="fixed, adaptive, fixed@S (first chunks rank at S s), ...")
+    p.add_argument("--solo", default="0/0", help="first passes hold the LLM: N/SHARE (solo_first_pass/_share), ...")
     p.add_argument("--context", type=int, default=100, help="the flow's context in tokens (max_prompt_tokens)")
     p.add_argument("--seconds", type=float, default=60.0, help="how long sessions keep sending turns")
     p.add_argument("--turns", type=int, help="turns per session (default: until --seconds)")
@@ -470,12 +466,15 @@ def main(argv: list[str] | None = None) -> None:
             out["validation"].append({"scenario": label, "simulated": r, "measured": measured})
             print(_line(f"[validate] {label}", r) + f"\n    measured: {measured}", flush=True)
     out["runs"] = []
+    solos = [(int(n), float(sh)) for n, _, sh in (x.partition("/") for x in args.solo.split(","))]
     for n in (int(x) for x in args.streams.split(",")):
         for stagger in (float(x) for x in args.stagger.split(",")):
             for chunking in args.chunking.split(","):
-                for hold, spec in ((h == "on", c) for h in args.hold.split(",") for c in args.controller or [None]):
-                    kwargs = {"seconds": args.seconds, "turns": args.turns, "max_active": args.max_active}
-                    kwargs |= {"cost": cost, "context": args.context, "max_wait_s": args.max_wait_s}
+                for hold, spec, solo in (
+                    (h == "on", c, so) for h in args.hold.split(",") for c in args.controller or [None] for so in solos
+                ):
+                    kwargs = {"seconds": args.seconds, "turns": args.turns, "max_active": args.max_active, "cost": cost}
+                    kwargs |= {"context": args.context, "max_wait_s": args.max_wait_s, "solo": solo}
                     r = averaged(
                         args.seeds,
                         streams=n,
@@ -486,9 +485,10 @@ def main(argv: list[str] | None = None) -> None:
                         controller=spec,
                         **kwargs,
                     )
-                    r["chunking"], r["controller"] = chunking, spec
+                    r["chunking"], r["controller"], r["solo"] = chunking, spec, solo
                     out["runs"].append(r)
                     policy = f", controller {spec}" if spec else ""
+                    policy += f", solo {solo[0]}/{solo[1]:g}" if any(solo) else ""
                     label = f"{n} streams over {stagger:g} s, {chunking}, hold {'on' if hold else 'off'}{policy}"
                     print(_line(label, r), flush=True)
     if args.out:

@@ -94,3 +94,12 @@ def test_a_wait_past_max_wait_is_refused_and_retried() -> None:
     a = r.admission
     assert a["peak_active"] == 2 and a["refused"] > 0
     assert a["offered"] == a["admitted"] + a["refused"] and a["queue_wait_p90_s"] <= 1.0
+
+
+def test_a_first_pass_that_holds_the_llm_runs_alone_and_delays_the_llms_next_step() -> None:
+    """`solo` (the step gate, plugins/glm4voice_vllm/step_gate.py): a lone reply's first pass at its alone speed."""
+    beside = simulate(1, 0.0, hold=False, turns=1)
+    held = simulate(1, 0.0, hold=False, turns=1, solo=(4, 0.0))
+    assert held.first_audio_p50_ms < beside.first_audio_p50_ms and held.turns == beside.turns == 1
+    burst = simulate(16, 1.0, hold=False, turns=1, solo=(4, 0.5))  # above 4 streams: on the share's budget
+    assert burst.turns == 16 and burst.gap_free_fraction > 0
