@@ -2,6 +2,7 @@
 
 The constraint (13 text / 26 audio slots, see the vLLM plugin) is switched on for random weights, which never
 interleave by themselves, or always/never by the `interleave_constraint` setting; forced text (speech) always uses it.
+With random weights it also keeps the end-of-turn id out of text slots: such a reply ends at its token budget.
 """
 
 from __future__ import annotations
@@ -37,5 +38,10 @@ class Sampling:
             audio_range=(ids.audio_0, ids.audio_0 + ids.audio_count),
             eos=(ids.user,),
             forced_text=tuple(forced_text) if forced_text is not None else None,
+            # Random weights end a reply only at its token budget: their end-of-turn id at a text slot is noise
+            # (near-uniform logits: ~1 in 120k text steps on a full-size vocabulary; one of ~10k benchmark replies
+            # ended before its first audio that way, bench/results/GPU.md session 27), and a benchmark's or
+            # demo's reply length should be the one asked for.
+            eos_at_text_slots=not self.random_weights,
             **kwargs,
         )
