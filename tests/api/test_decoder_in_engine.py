@@ -131,23 +131,26 @@ def test_a_realtime_spoken_turn_through_the_hosted_models(in_engine: RunningServ
     wait_all_freed(in_engine)
 
 
-def test_the_engine_warms_up_beside_the_hosts_start(cache_dir: Path, tmp_path: Path, server: RunningServer) -> None:
-    """`--engine.warmup-beside-audio` (off by default, unmeasured on a GPU): the engine's warm-up requests run while
-    the host loads and prepares the audio models in vLLM's process; the server then answers as the default does."""
-    beside = start_server(
+def test_the_engine_warms_up_before_the_hosts_start_when_told_to(
+    cache_dir: Path, tmp_path: Path, server: RunningServer
+) -> None:
+    """`--engine.warmup-beside-audio` (on by default: the engine's warm-up requests run while the host loads and
+    prepares the audio models in vLLM's process; the `in_engine` server here starts that way) turned off: the old
+    order, warm-up first, then the host; the server then answers as the default does."""
+    before = start_server(
         cache_dir,
         tmp_path / "server.log",
         "--speech-decoder.in-engine",
         "--speech-tokenizer.in-engine",
-        "--engine.warmup-beside-audio",
+        env={"GLM4VOICE_ENGINE__WARMUP_BESIDE_AUDIO": "false"},
     )
     try:
-        log = beside.log()
-        assert "engine warm-up done" in log and "speech decoder host ready" in log
-        hosted, local = spoken(beside), spoken(server)
+        log = before.log()
+        assert log.index("engine warm-up done") < log.index("speech decoder host ready")
+        hosted, local = spoken(before), spoken(server)
         assert len(hosted) == len(local) and np.abs(hosted - local).max() <= 2
     finally:
-        stop_server(beside)
+        stop_server(before)
 
 
 @pytest.mark.parametrize(
