@@ -147,7 +147,7 @@ class SpeechDecoderSettings(BaseModel):
     solo_first_pass: int = Field(
         4, ge=0, description="In vLLM's process: while <= this many streams are open, a first pass holds the LLM."
     )
-    solo_first_share: float = Field(0.0, ge=0, le=1, description="Above that: first passes hold it <= this time share.")
+    solo_first_share: float = Field(0.0, ge=0, le=1, description="Above: hold it <= this time share (worse).")
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "

@@ -17,7 +17,9 @@ listener's first audio waits for. `share` (> 0) lets such passes hold the LLM ab
 time stays within that share of the time (a budget that refills at `share` seconds per second, at most `share`
 seconds banked): a burst of new streams gets its first chunks decoded alone, and a steady stream of arrivals cannot
 take more than that share of the LLM's steps from the playing streams (which at 32 streams get ~2.5x the tokens
-they need, bench/results/GPU.md).
+they need, bench/results/GPU.md). Measured worse (H100, session 27, share 0.3 at 32 streams): the first chunk's pass
+was 40 ms shorter (98 against 138 ms), but the held steps made every stream's first 23 tokens 157 ms later (522
+against 365 ms) and 27 of 32 streams had a gap; so the default is 0.
 
 `gate` is the engine's side (plugins/glm4voice_vllm/step_gate.py holds vLLM's next `execute_model` while closed);
 a gate that is never opened again cannot stall the LLM for long: it waits a bounded time per step.
