@@ -3,24 +3,14 @@ their token budget; a real checkpoint is trusted to interleave and end its turn 
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from glm4voice_api.pipeline.sampling import Sampling
 from glm4voice_api.text.tokenizer import TokenIds
 
-IDS = TokenIds(
-    endoftext=151329,
-    gmask=151331,
-    sop=151333,
-    system=151335,
-    user=151336,
-    assistant=151337,
-    observation=151338,
-    begin_of_audio=151343,
-    end_of_audio=151344,
-    audio_0=151552,
-    audio_count=16384,
-    num_text=151329,
-    num_valid=167936,
-)
+# What the constraint reads (the full-size ids); the others are left None.
+READ = {"user": 151336, "num_text": 151329, "audio_0": 151552, "audio_count": 16384}
+IDS = TokenIds(**dict.fromkeys(f.name for f in fields(TokenIds)) | READ)
 
 
 def test_random_weights_never_end_a_reply_at_a_text_slot() -> None:
