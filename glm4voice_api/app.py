@@ -23,6 +23,7 @@ from glm4voice_api.auth import AuthMiddleware, KeyResolver
 from glm4voice_api.config import Settings
 from glm4voice_api.engine.base import EngineDeadError, LLMEngine
 from glm4voice_api.errors import APIError, payload_too_large, server_error, shutting_down, store_unavailable
+from glm4voice_api.logs import process_uptime_s
 from glm4voice_api.pipeline.runtime import Runtime, build_runtime, capacity_key
 from glm4voice_api.protocol.common import ErrorResponse
 from glm4voice_api.protocol.validation import describe as describe_validation
@@ -363,7 +364,13 @@ def create_app(settings: Settings | None = None, *, engine: LLMEngine | None = N
         gc_pauses = metrics.gc_pauses
         app.state.gc_pauses = gc_pauses
         gc_pauses.start()  # after the freeze's own collection: serving's collections only
-        logger.info("ready: serving %s on %s:%s", settings.served_model_name, settings.host, settings.port)
+        logger.info(
+            "ready: serving %s on %s:%s (process up %s s)",
+            settings.served_model_name,
+            settings.host,
+            settings.port,
+            process_uptime_s(),
+        )
         try:
             yield
         finally:

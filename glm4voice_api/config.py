@@ -49,9 +49,10 @@ class EngineSettings(BaseModel):
         "separate: its own process (AsyncLLM). auto: separate (inproc: slower token supply, GIL; bench/results).",
     )
     quantization: str | None = Field(
-        None,
-        description="vLLM quantization of the LLM's weights, e.g. fp8 (faster on an H200, bench/results); None: the "
-        "checkpoint's dtype. Off by default: it changes the model's numerics, unmeasured here (random weights).",
+        None, description="LLM weight quantization, e.g. fp8 (faster; its numerics unmeasured with random weights)."
+    )
+    max_cudagraph_capture_size: int | None = Field(
+        None, ge=1, description="Largest step (tokens) vLLM graphs on CUDA. None: vLLM's (2 x max_num_seqs, <= 512)."
     )
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     warmup_beside_audio: bool = Field(True, description="Warm up beside the decoder host's start (ready 103 vs 131 s).")

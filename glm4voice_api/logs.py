@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Literal
 
 from glm4voice_api.request_context import current_request
@@ -70,3 +72,16 @@ def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def process_uptime_s() -> float | None:
+    """Seconds since this process started (Linux: /proc), for the start's phase lines; None where unknown.
+
+    Why from /proc rather than a timestamp taken at import: what a cold start spends before any module of ours runs
+    (the interpreter, the console script's imports) is part of the time to ready that an operator waits for."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 (starttime) counts from field 3
+        return round(float(Path("/proc/uptime").read_text().split()[0]) - start_s, 1)
+    except (OSError, ValueError, IndexError):
+        return None

@@ -192,6 +192,8 @@ class VllmLLMEngine:
             logits_processors=[LOGITS_PROCESSOR],
             quantization=settings.quantization,
         )
+        if settings.max_cudagraph_capture_size is not None and not settings.enforce_eager:
+            args.compilation_config = {"max_cudagraph_capture_size": settings.max_cudagraph_capture_size}
         if worker_extension is not None:  # methods of ours in vLLM's model process (`call_workers`)
             args.worker_extension_cls = worker_extension
         logger.info(

@@ -21,6 +21,7 @@ from typing import Any
 
 from glm4voice_api.config import OFFICIAL_FOLDERS, Settings
 from glm4voice_api.engine.base import LLMEngine
+from glm4voice_api.logs import process_uptime_s
 from glm4voice_api.models.errors import CheckpointFormatError
 from glm4voice_api.models.llm_files import check_llm_weights, read_llm_config
 from glm4voice_api.models.speech_decoder.decoder import SpeechDecoder
@@ -368,6 +369,7 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
         os.environ.setdefault(name, value)  # before vLLM is imported and its engine core forked or spawned
     # Every module the parallel start needs is imported here first, on this thread: two threads importing
     # overlapping parts of torch at once can deadlock on the import locks (seen: torch._dynamo under vLLM).
+    imports_began = time.perf_counter()
     from glm4voice_vllm.decoder_host import DECODER_HOST_EXTENSION
 
     import glm4voice_api.models.speech_decoder.loader
@@ -376,6 +378,12 @@ async def build_runtime(settings: Settings, engine: LLMEngine | None = None) -> 
 
     if engine is None:
         preload_vllm()
+    # The start's phases, for a cold start's breakdown (GPU.md: ~24 s passed before vLLM's engine started).
+    logger.info(
+        "start: the models' and vLLM's modules imported in %.1f s (process up %s s)",
+        time.perf_counter() - imports_began,
+        process_uptime_s(),
+    )
     # With the engine core in this process, its start captures CUDA graphs of its own: a capture of ours at the
     # same time fails ("operation not permitted when stream is capturing"), so then the audio models come after.
     overlap = engine is not None or not in_process(settings.engine)
