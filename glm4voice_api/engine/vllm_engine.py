@@ -192,6 +192,10 @@ class VllmLLMEngine:
             logits_processors=[LOGITS_PROCESSOR],
             quantization=settings.quantization,
         )
+        # 128 by default on a GPU (EngineSettings.resolved): admission runs ~35 streams on an H100, so vLLM's own
+        # default (graphs up to 512 tokens, 86 of them) captured graphs never replayed. Measured on one H100
+        # (2026-12-06, bench/results/GPU.md session 28): capture 2 s against 4-5 s, ready 39.7-40.2 s against
+        # 41.7-42.7 s warm, first audio and the 32-stream and overload figures within the run-to-run spread.
         if settings.max_cudagraph_capture_size is not None and not settings.enforce_eager:
             args.compilation_config = {"max_cudagraph_capture_size": settings.max_cudagraph_capture_size}
         if worker_extension is not None:  # methods of ours in vLLM's model process (`call_workers`)

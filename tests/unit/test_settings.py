@@ -83,6 +83,10 @@ def test_defaults_are_resolved_in_one_place() -> None:
     gpu = Settings(admission={"max_active": 0}).resolved(cuda=True, model_seq_length=32768)
     assert (gpu.engine.max_model_len, gpu.engine.max_num_seqs, gpu.engine.enforce_eager) == (8192, 256, False)
     assert (gpu.admission.max_active, gpu.admission.max_queued) == (0, 0)  # 0: unlimited, no queue needed
+    # vLLM graphs steps up to 128 tokens on a GPU (an operator's value is kept); no graphs on the CPU
+    assert (gpu.engine.max_cudagraph_capture_size, cpu.engine.max_cudagraph_capture_size) == (128, None)
+    wide = Settings(engine={"max_cudagraph_capture_size": 512}).resolved(cuda=True, model_seq_length=8192)
+    assert wide.engine.max_cudagraph_capture_size == 512
     assert (gpu.audio_device, gpu.speech_decoder.dtype, gpu.speech_tokenizer.dtype) == ("cuda:0", "bfloat16", "float32")
     cpu_audio = Settings(audio_device="cpu").resolved(cuda=True, model_seq_length=8192)
     assert cpu_audio.speech_decoder.dtype == "float32"  # auto follows where the decoder runs
