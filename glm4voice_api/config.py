@@ -3,7 +3,7 @@
 The groups follow the README's sections (`engine`, `speech_tokenizer`, `speech_decoder`, `request_limits`, ...). A field's
 flag is its path (`--engine.max-model-len`, env `GLM4VOICE_ENGINE__MAX_MODEL_LEN`), so two groups can share a name.
 0 means "unlimited" (or "off") where a limit can be lifted; None "derive the default", in one place: `Settings.resolved`.
-Nothing else reads the environment. Names from before the groups are still accepted (`LEGACY_NAMES`).
+Nothing else reads their values (`serve` warns of names that are none). Old names are still accepted (`LEGACY_NAMES`).
 """
 
 from __future__ import annotations

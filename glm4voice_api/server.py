@@ -38,6 +38,7 @@ from glm4voice_api.app import create_app, drain
 from glm4voice_api.config import Settings
 from glm4voice_api.http_protocol import HEADER_TIMEOUT_ATTR, BoundedH11Protocol
 from glm4voice_api.logs import configure_logging
+from glm4voice_api.settings_tree import unknown_env_names
 
 logger = logging.getLogger(__name__)
 _DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -229,6 +230,8 @@ def serve(settings: Settings) -> None:
         logger.critical("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         sys.exit(EXIT_CANNOT_LISTEN)
     logger.info("port taken: %s (listening once ready)", ", ".join(str(s.getsockname()[:2]) for s in sockets))
+    if unknown := unknown_env_names(os.environ):
+        logger.warning("not settings of this server, ignored: %s (see --help for the names)", ", ".join(unknown))
     if settings.port == 0:  # the kernel picked it: what the app reports (its "ready" line) is the real one
         settings = settings.model_copy(update={"port": sockets[0].getsockname()[1]})
     app = create_app(settings)

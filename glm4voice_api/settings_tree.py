@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from glm4voice_api.config import Settings
+from glm4voice_api.config import LEGACY_NAMES, Settings
 
 
 def setting_fields() -> dict[str, FieldInfo]:
@@ -36,3 +36,13 @@ def settings_with(base: Settings, values: Mapping[str, Any]) -> Settings:
             node = node[group]
         node[leaf] = value
     return Settings(**tree)
+
+
+def unknown_env_names(environ: Mapping[str, str]) -> list[str]:
+    """The `GLM4VOICE_*` variables of `environ` that name no setting, no group and no old name.
+
+    Why: the settings ignore such names, so a typo (or a name another tool reads, like the bench's `--variant` rules)
+    would leave the default in place without a word; the server names them in a warning at start."""
+    paths = [*setting_fields(), *Settings.model_fields, *LEGACY_NAMES]
+    known = {"GLM4VOICE_" + path.replace(".", "__").upper() for path in paths}
+    return sorted(name for name in environ if name.upper().startswith("GLM4VOICE_") and name.upper() not in known)

@@ -6,6 +6,7 @@ import pytest
 
 from glm4voice_api.cli import build_parser, settings_from_args
 from glm4voice_api.config import LEGACY_NAMES, Settings
+from glm4voice_api.settings_tree import unknown_env_names
 
 
 def _serve(*argv: str) -> Settings:
@@ -93,3 +94,16 @@ def test_defaults_are_resolved_in_one_place() -> None:
     half = Settings(speech_tokenizer={"dtype": "auto"})
     assert half.resolved(cuda=True, model_seq_length=8192).speech_tokenizer.dtype == "float16"
     assert half.resolved(cuda=False, model_seq_length=8192).speech_tokenizer.dtype == "float32"
+
+
+def test_environment_names_that_are_no_setting_are_found() -> None:
+    environ = {
+        "GLM4VOICE_ENGINE__MAX_NUM_SEQS": "8",  # a setting
+        "glm4voice_port": "1",  # names are case-insensitive
+        "GLM4VOICE_ENGINE": "{}",  # a whole group as JSON
+        "GLM4VOICE_LIMITS__MAX_TOKENS": "9",  # an old name
+        "GLM4VOICE_CAPACITY__PROBE_S": "10",  # the bench's --variant rule: no server setting
+        "GLM4VOICE_ENGINE__MAX_NUM_SEQ": "8",  # a typo
+        "PATH": "/bin",
+    }
+    assert unknown_env_names(environ) == ["GLM4VOICE_CAPACITY__PROBE_S", "GLM4VOICE_ENGINE__MAX_NUM_SEQ"]
