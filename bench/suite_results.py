@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.playback import DEFINITIONS, LevelSummary, OverloadSummary
+from glm4voice_api.settings_tree import unknown_env_names
 
 WEIGHTS = "random (vLLM load_format=dummy; random-weight speech tokenizer and decoder at the released sizes)"
 REALTIME_STREAMS = "the largest tested level that is real time with every smaller tested level real time too (0: none)"
@@ -41,6 +42,11 @@ class ConfigSpec:
             if not eq or not key:
                 raise ValueError(f"--config {text!r}: {item!r} is not KEY=VAL")
             overrides[key.upper().removeprefix("GLM4VOICE_")] = value
+        # The server ignores what is no setting (with a warning in its log): such a configuration would measure the
+        # defaults under another name, as `probe10:CAPACITY__PROBE_S=10` did in session 28 (a --variant rule).
+        if unknown := unknown_env_names({f"GLM4VOICE_{key}": "" for key in overrides}):
+            names = ", ".join(name.removeprefix("GLM4VOICE_") for name in unknown)
+            raise ValueError(f"--config {text!r}: not server settings: {names} (CAPACITY__* rules go to --variant)")
         return cls(name, overrides)
 
 

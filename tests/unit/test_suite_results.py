@@ -30,7 +30,8 @@ def test_config_spec_parse():
         "SPEECH_DECODER__SCHEDULE": "[10,20,40]",
         "LOG__LEVEL": "info",
     }
-    for bad in ("fp8", "fp8:", ":A=1", "fp8:A"):
+    # what is no server setting would measure the defaults under another name (the server ignores it)
+    for bad in ("fp8", "fp8:", ":A=1", "fp8:A", "probe10:CAPACITY__PROBE_S=10", "x:ENGINE__MAX_NUM_SEQ=8"):
         with pytest.raises(ValueError):
             ConfigSpec.parse(bad)
 
