@@ -78,6 +78,8 @@ CAPACITY_RULES = {
     "probe_s": _number(float, 0, 60),
     "near_miss_cut": _number(int, 0),
     "start_hold_s": _number(float, 0, 60),
+    "start_cut": _number(int, 0),
+    "start_window_s": _number(float, 1, 120),
 }
 """Admission control's rules a phase may change (CapacityController's fields), each with its parser. A rule not
 named goes back to the value the server started with (`initial`: the app's, an eighth of max_num_seqs)."""

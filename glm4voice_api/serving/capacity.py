@@ -110,8 +110,16 @@ class CapacityController:
     """This many near misses within the last `cooldown_s` cut as an underrun does (a leading signal: settled chunks
     that barely made it come before the ones that do not). 0: near misses only hold growth."""
     start_hold_s: float = 3.0
-    """An underrun in a stream's first 2 s holds growth this long (never cuts). 0: such underruns are ignored (the
-    policy until 2026-12-06)."""
+    """An underrun in a stream's first 2 s holds growth this long (never cuts, unless `start_cut`). 0: such underruns
+    are ignored (the policy until 2026-12-06)."""
+    start_cut: int = 0
+    """Starting underruns seen in this many readings within `start_window_s` cut as a settled underrun does (a
+    sustained rate: a 1-s burst's come within a few seconds). 0 (default): they only hold growth. Why it exists: on
+    one H100 (2026-12-06, session 28) two of eight 60-s overloads met no settled underrun or near miss early, and the
+    limit grew 34 -> 39 while starting streams ran dry about once a second (95.6% and 94.1% of the admitted turns
+    gap-free against 96.1-99.6% where an early cut came). Unmeasured on a GPU: `--variant` compares it."""
+    start_window_s: float = 20.0
+    """The window over which `start_cut` counts readings with starting underruns."""
 
     def __post_init__(self) -> None:
         self.floor = max(1, min(self.floor, self.ceiling))
@@ -125,6 +133,7 @@ class CapacityController:
         """After a growth step (a probe, or a fast step with settle_s): no growth until then. Cuts are not held:
         the gaps this wait is there to see must still cut."""
         self._recent: deque[tuple[float, int, int]] = deque()  # (at, active, near misses) over the last cooldown_s
+        self._starts: deque[float] = deque()  # readings with starting underruns over the last start_window_s
         self.knee: int | None = None
         """The most streams running when listeners last ran dry (None: never yet)."""
         self.reason = "initial"
@@ -149,13 +158,21 @@ class CapacityController:
             self._near_floor = now.near_misses
         near_window = now.near_misses - max(min(last.near_misses, self._recent[0][2]), self._near_floor)
         near_cut = 0 < self.near_miss_cut <= near_window
-        if now.underruns > last.underruns or near_cut:
+        if now.start_underruns > last.start_underruns and not holding:  # during a hold: the cut overload's echo
+            self._starts.append(now.at)
+        while self._starts and self._starts[0] < now.at - self.start_window_s:
+            self._starts.popleft()
+        start_cut = 0 < self.start_cut <= len(self._starts)
+        if now.underruns > last.underruns or near_cut or start_cut:
             if not holding:  # one cut per overload: later underruns of the same streams are its echo
                 peak = max(active for _, active, _ in self._recent)
                 self.knee = min(self.limit, peak)
-                cause = "underrun" if now.underruns > last.underruns else "near misses"
+                cause = (
+                    "underrun" if now.underruns > last.underruns else "near misses" if near_cut else "start underruns"
+                )
                 self._set(min(self.knee - 1, math.floor(self.backoff * self.knee)), cause)
                 self._hold_until = now.at + self.cooldown_s
+                self._starts.clear()
         elif self.start_hold_s > 0 and now.start_underruns > last.start_underruns:
             self.reason = "start underrun"
             self._grow_after = max(self._grow_after, now.at + self.start_hold_s)

@@ -341,3 +341,30 @@ def test_underruns_in_a_streams_first_seconds_hold_growth_but_never_cut() -> Non
     held = CapacityController(ceiling=256, initial=32)
     assert limits(held) == [32, 32, 32, 33, 33, 33, 33, 34, 34]
     assert held.knee is None and held.reason == "demand"  # no cut
+
+
+def test_starting_underruns_at_a_sustained_rate_cut_when_asked() -> None:
+    """With `start_cut`, starting underruns in that many readings within `start_window_s` cut as a settled underrun
+    does; a burst's few (one reading here) never do, and those during the cut's hold are its echo."""
+
+    def run(c: CapacityController, starts: set[int], seconds: int = 30) -> list[int]:
+        feed = Feed()
+        c.update(feed.tick(tok_per_stream=80, active=c.limit))
+        return [
+            c.update(feed.tick(tok_per_stream=80, active=c.limit, queued=20, start=2 if t in starts else 0))
+            for t in range(seconds)
+        ]
+
+    sustained = {4, 7, 9, 12, 15, 18, 21, 24, 27}  # about one reading in three, as on the H100 (session 28)
+    default = CapacityController(ceiling=256, initial=34)
+    assert max(run(default, sustained)) == 36 and default.knee is None  # grows past it: the regime it is for
+
+    cutting = CapacityController(ceiling=256, initial=34, start_cut=4, start_window_s=20)
+    limits = run(cutting, sustained, seconds=20)
+    assert limits[11] == 36 and limits[12] == 25 and cutting.knee == 36  # the 4th reading cuts to 70% of the peak
+    assert min(limits[12:]) == 25  # the readings during its hold are the same overload's echo: no second cut
+    again = CapacityController(ceiling=256, initial=34, start_cut=4, start_window_s=20)
+    assert run(again, sustained)[-1] == 17  # four more readings after the hold: the overload goes on, cut again
+
+    burst = CapacityController(ceiling=256, initial=34, start_cut=4, start_window_s=20)
+    assert min(run(burst, {3})) >= 34 and burst.knee is None  # a 1-s burst's starting underruns never cut
