@@ -454,7 +454,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-max", type=int, default=8, help="most users of the baseline ladder (0: none)")
     p.add_argument(
         "--config",
-        type=ConfigSpec.parse,
+        type=ConfigSpec.parse_server,
         action="append",
         default=[],
         metavar="NAME:KEY=VAL[,KEY=VAL...]",

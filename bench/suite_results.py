@@ -6,6 +6,7 @@ and calls `write_results` after every level, so a run cut off by its time limit 
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import re
@@ -42,12 +43,19 @@ class ConfigSpec:
             if not eq or not key:
                 raise ValueError(f"--config {text!r}: {item!r} is not KEY=VAL")
             overrides[key.upper().removeprefix("GLM4VOICE_")] = value
-        # The server ignores what is no setting (with a warning in its log): such a configuration would measure the
-        # defaults under another name, as `probe10:CAPACITY__PROBE_S=10` did in session 28 (a --variant rule).
-        if unknown := unknown_env_names({f"GLM4VOICE_{key}": "" for key in overrides}):
-            names = ", ".join(name.removeprefix("GLM4VOICE_") for name in unknown)
-            raise ValueError(f"--config {text!r}: not server settings: {names} (CAPACITY__* rules go to --variant)")
         return cls(name, overrides)
+
+    @classmethod
+    def parse_server(cls, text: str) -> ConfigSpec:
+        """A `--config`: `parse`, and every key a server setting. The server ignores what is none (with a warning in
+        its log), so such a configuration would measure the defaults under another name, as
+        `probe10:CAPACITY__PROBE_S=10` did in session 28 (admission's rules are `--variant`'s, on a running server)."""
+        spec = cls.parse(text)
+        if unknown := unknown_env_names({f"GLM4VOICE_{key}": "" for key in spec.overrides}):
+            names = ", ".join(name.removeprefix("GLM4VOICE_") for name in unknown)
+            # ArgumentTypeError (a ValueError's reason argparse would hide): the caller is --config's parser
+            raise argparse.ArgumentTypeError(f"{text!r}: not server settings: {names} (CAPACITY__* rules: --variant)")
+        return spec
 
 
 @dataclass(frozen=True)

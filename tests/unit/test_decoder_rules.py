@@ -122,7 +122,7 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
     # the app's controller as the server started it
     started = {"backoff": 0.7, "initial": 48, "settle_s": 3.0, "step": 0.0, "probe_s": 5.0, "near_miss_cut": 1}
-    started["start_hold_s"] = 3.0
+    started |= {"start_hold_s": 3.0, "start_cut": 0, "start_window_s": 20.0}
     assert back["speech_decoder"]["ode_steps"] == 5 and back["capacity"] == started
     # Admission control's own rules: applied to the controller, which restarts; not named again: the server's own.
     body = {"capacity": {"backoff": "0.85", "initial": "16", "settle_s": 0, "step": "0.25", "near_miss_cut": "0"}}

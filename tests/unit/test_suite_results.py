@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from types import SimpleNamespace
@@ -30,10 +31,14 @@ def test_config_spec_parse():
         "SPEECH_DECODER__SCHEDULE": "[10,20,40]",
         "LOG__LEVEL": "info",
     }
-    # what is no server setting would measure the defaults under another name (the server ignores it)
-    for bad in ("fp8", "fp8:", ":A=1", "fp8:A", "probe10:CAPACITY__PROBE_S=10", "x:ENGINE__MAX_NUM_SEQ=8"):
+    for bad in ("fp8", "fp8:", ":A=1", "fp8:A"):
         with pytest.raises(ValueError):
             ConfigSpec.parse(bad)
+    # a server's --config: what is no server setting would measure the defaults under another name (ignored)
+    assert ConfigSpec.parse_server("fp8:ENGINE__QUANTIZATION=fp8").overrides == {"ENGINE__QUANTIZATION": "fp8"}
+    for bad in ("probe10:CAPACITY__PROBE_S=10", "x:ENGINE__MAX_NUM_SEQ=8"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not server settings"):
+            ConfigSpec.parse_server(bad)
 
 
 def test_gpu_split_tolerates_missing_figures():
