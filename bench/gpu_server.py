@@ -153,6 +153,9 @@ def collect_stats(services: Any, rt: Any, gc_pauses: Any = None) -> dict:
         "decoder_batches": _first(rt, "decoder.batches"),
         "decoder_chunks": _first(rt, "decoder.chunks"),
         "decoder_underruns": _first(rt, "decoder.underruns"),
+        # What admission control cuts on (serving/capacity.py): underruns past a stream's first 2 s, near misses.
+        "decoder_settled_underruns": _first(rt, "decoder.settled_underruns"),
+        "decoder_near_misses": _first(rt, "decoder.near_misses"),
         "llm_generated_tokens": _first(rt, "engine.generated_tokens"),
         "graph_captures": _first(graphs, "captures"),
         "graph_capture_s": _first(graphs, "capture_seconds"),

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 
 from bench.playback import JITTER_BUFFER_S, TurnResult
 
-TIMELINE_FIELDS = ("t_s", "admission_limit", "admission_active", "admission_queued", "decoder_sessions", "underruns")
+TIMELINE_FIELDS = (
+    *("t_s", "admission_limit", "admission_active", "admission_queued", "decoder_sessions", "underruns"),
+    *("settled_underruns", "near_misses"),  # what admission control cuts on; `underruns` also counts starting ones
+)
 TURN_FIELDS = ("session", "started_s", "status", "first_audio_s", "playable_s", "slack_s")
 
 
@@ -56,6 +59,8 @@ def timeline_row(t_s: float, stats: dict) -> list:
         stats.get("admission_queued"),
         stats.get("decoder_sessions"),
         stats.get("decoder_underruns"),
+        stats.get("decoder_settled_underruns"),
+        stats.get("decoder_near_misses"),
     ]
 
 

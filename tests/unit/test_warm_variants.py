@@ -169,7 +169,8 @@ def test_overload_trace_samples_while_the_run_lasts_and_keeps_every_turn():
         reads.append(1)
         if len(reads) == 2:
             raise OSError("a missed sample")  # kept as a row of Nones, the run goes on
-        return {"admission_limit": 20, "admission_active": len(reads), "decoder_underruns": 1}
+        return {"admission_limit": 20, "admission_active": len(reads), "decoder_underruns": 3}
+        | {"decoder_settled_underruns": 1, "decoder_near_misses": 2}
 
     async def run():
         await asyncio.sleep(0.25)
@@ -178,6 +179,8 @@ def test_overload_trace_samples_while_the_run_lasts_and_keeps_every_turn():
 
     _, trace = asyncio.run(traced(run, read_stats, every_s=0.1))
     assert 3 <= len(trace.timeline) <= 5 and trace.timeline[0][1:3] == [20, 1] and trace.timeline[1][1] is None
+    # all underruns, then what admission control cuts on: underruns of settled streams and near misses
+    assert trace.timeline[0][5:] == [3, 1, 2] and len(trace.timeline[0]) == len(trace.to_json()["timeline_fields"])
     assert trace.turns == [[0, 0.1, 200, 0.3, 0.3, 0.0], [1, 0.2, 429, None, None, None]]
 
 
