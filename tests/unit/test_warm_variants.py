@@ -169,8 +169,8 @@ def test_overload_trace_samples_while_the_run_lasts_and_keeps_every_turn():
         reads.append(1)
         if len(reads) == 2:
             raise OSError("a missed sample")  # kept as a row of Nones, the run goes on
-        return {"admission_limit": 20, "admission_active": len(reads), "decoder_underruns": 3}
-        | {"decoder_settled_underruns": 1, "decoder_near_misses": 2}
+        counts = {"decoder_underruns": 3, "decoder_settled_underruns": 1, "decoder_near_misses": 2}
+        return {"admission_limit": 20, "admission_active": len(reads)} | counts
 
     async def run():
         await asyncio.sleep(0.25)
