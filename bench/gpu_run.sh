@@ -4,7 +4,8 @@
 # (python3 on PATH must be that environment's). Aside: on machines without package access, the vLLM bundle carried
 # in ../shared/gpu (see its README.md) is set up first when /root/stash/setup-on-gpu.sh is there.
 # Bundle as built for these runs: bash ../shared/gpu/build-bundle.sh "silero-vad>=6,<7" websockets loguru (loguru: vLLM's
-# quantization imports need it for --engine.quantization fp8; drop a duplicate older redis wheel if the cache holds two).
+# quantization imports need it for --engine.quantization fp8; drop a duplicate older redis wheel if the cache holds two),
+# then python scripts/rechunk_gpu_bundle.py (chunks that fit one device call beside the working tree).
 # Usage: bash bench/gpu_run.sh audio|vllm|graphs|profile|prepare|suite|realtime|multigpu [tp|dp]   (results under $OUT)
 #   audio: speech tokenizer (fp32, bf16; batch 1, 8, 32) and decoder (fp32, tf32, bf16; 1, 4, 16, 64 streams)
 #   vllm:  bench/gpu_smoke_vllm.py (full-size GLM-4-Voice-9B config, dummy weights) + a no-processor engine
