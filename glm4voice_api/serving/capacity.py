@@ -117,7 +117,9 @@ class CapacityController:
     sustained rate: a 1-s burst's come within a few seconds). 0 (default): they only hold growth. Why it exists: on
     one H100 (2026-12-06, session 28) two of eight 60-s overloads met no settled underrun or near miss early, and the
     limit grew 34 -> 39 while starting streams ran dry about once a second (95.6% and 94.1% of the admitted turns
-    gap-free against 96.1-99.6% where an early cut came). Unmeasured on a GPU: `--variant` compares it."""
+    gap-free against 96.1-99.6% where an early cut came). After such cuts, at limits of 24-30 that kept 97.7-99.6%
+    gap-free, starting underruns still came in 7-10 of every 20 readings, and in 12 in the no-cut regime at 37-39:
+    a threshold below ~12 (window 20 s) would cut safe loads too. Unmeasured on a GPU: `--variant` compares it."""
     start_window_s: float = 20.0
     """The window over which `start_cut` counts readings with starting underruns."""
 

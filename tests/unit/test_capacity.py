@@ -355,7 +355,7 @@ def test_starting_underruns_at_a_sustained_rate_cut_when_asked() -> None:
             for t in range(seconds)
         ]
 
-    sustained = {4, 7, 9, 12, 15, 18, 21, 24, 27}  # about one reading in three, as on the H100 (session 28)
+    sustained = {4, 7, 9, 12, 15, 18, 21, 24, 27}  # one reading in three (the H100's safe loads had up to one in two)
     default = CapacityController(ceiling=256, initial=34)
     assert max(run(default, sustained)) == 36 and default.knee is None  # grows past it: the regime it is for
 
