@@ -67,7 +67,8 @@ class EngineSettings(BaseModel):
                 "max_model_len": self.max_model_len or min(DEFAULT_MAX_MODEL_LEN, model_seq_length),
                 "max_num_seqs": max_num_seqs,
                 "enforce_eager": self.enforce_eager if self.enforce_eager is not None else not cuda,
-                "max_cudagraph_capture_size": self.max_cudagraph_capture_size or (128 if cuda else None),
+                "max_cudagraph_capture_size": self.max_cudagraph_capture_size
+                or (min(128, 2 * max_num_seqs) if cuda else None),
                 "warmup_batch_sizes": self.warmup_batch_sizes if self.warmup_batch_sizes is not None else warmup,
             }
         )

@@ -88,6 +88,8 @@ def test_defaults_are_resolved_in_one_place() -> None:
     assert (gpu.engine.max_cudagraph_capture_size, cpu.engine.max_cudagraph_capture_size) == (128, None)
     wide = Settings(engine={"max_cudagraph_capture_size": 512}).resolved(cuda=True, model_seq_length=8192)
     assert wide.engine.max_cudagraph_capture_size == 512
+    few = Settings(engine={"max_num_seqs": 16}).resolved(cuda=True, model_seq_length=8192)
+    assert few.engine.max_cudagraph_capture_size == 32  # never above vLLM's own choice (2 x max_num_seqs)
     assert (gpu.audio_device, gpu.speech_decoder.dtype, gpu.speech_tokenizer.dtype) == ("cuda:0", "bfloat16", "float32")
     cpu_audio = Settings(audio_device="cpu").resolved(cuda=True, model_seq_length=8192)
     assert cpu_audio.speech_decoder.dtype == "float32"  # auto follows where the decoder runs
