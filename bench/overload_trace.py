@@ -23,7 +23,9 @@ TIMELINE_FIELDS = (
     *("t_s", "admission_limit", "admission_active", "admission_queued", "decoder_sessions", "underruns"),
     *("settled_underruns", "near_misses"),  # what admission control cuts on; `underruns` also counts starting ones
 )
-TURN_FIELDS = ("session", "started_s", "status", "first_audio_s", "playable_s", "slack_s")
+TURN_FIELDS = ("session", "started_s", "status", "first_audio_s", "playable_s", "slack_s", "worst_audio_s")
+"""`worst_audio_s`: seconds of audio before the chunk that set the playable latency (a stutter at the stream's start
+or later; the admission controller treats the two differently)."""
 
 
 @dataclass
@@ -46,7 +48,11 @@ def turn_rows(turns: list[TurnResult]) -> list[list]:
     rows = []
     for t in sorted(turns, key=lambda t: t.started_s):
         s = t.stats
-        audio = [round(s.first_audio_s, 3), round(s.playable_s, 3), round(s.startup_slack_s, 3)] if s else [None] * 3
+        audio = (
+            [round(s.first_audio_s, 3), round(s.playable_s, 3), round(s.startup_slack_s, 3), round(s.worst_audio_s, 2)]
+            if s
+            else [None] * 4
+        )
         rows.append([t.session, round(t.started_s, 3), t.status, *audio])
     return rows
 
@@ -103,7 +109,7 @@ def gap_free_by_running(trace: dict, bucket: int = 8, slack_s: float = JITTER_BU
     turns begin to stutter is the capacity admission control should find."""
     timeline = [row for row in trace["timeline"] if row[2] is not None]
     groups: dict[int, list[bool]] = {}
-    for _, started, status, _, _, slack in trace["turns"]:
+    for _, started, status, _, _, slack, *_ in trace["turns"]:  # traces before worst_audio_s have 6 fields
         if status != 200 or slack is None or not timeline:
             continue
         before = [row for row in timeline if row[0] <= started] or timeline[:1]

@@ -49,6 +49,9 @@ class PlaybackStats:
     chunks: int
     gaps: int
     gap_s: float
+    worst_audio_s: float = 0.0
+    """Seconds of audio before the chunk that set the playable latency: where in the reply the listener came closest
+    to running dry (0: the first chunk; a chunk in the first 2 s: the stream's start)."""
 
     @property
     def answer_ratio(self) -> float:
@@ -68,11 +71,12 @@ def playback_stats(arrivals: list[Arrival]) -> PlaybackStats | None:
         return None
     chunks.sort(key=lambda c: c[0])
     before = 0.0  # seconds of audio in the chunks before this one
-    playable = chunks[0][0]
+    playable, worst = chunks[0][0], 0.0
     played_until = chunks[0][0]  # when the audio received so far finishes playing, for a start at the first chunk
     gaps, gap_s = 0, 0.0
     for t, d in chunks:
-        playable = max(playable, t - before)
+        if t - before > playable:
+            playable, worst = t - before, before
         if t > played_until:
             gaps += 1
             gap_s += t - played_until
@@ -87,6 +91,7 @@ def playback_stats(arrivals: list[Arrival]) -> PlaybackStats | None:
         chunks=len(chunks),
         gaps=gaps,
         gap_s=gap_s,
+        worst_audio_s=worst,
     )
 
 

@@ -49,6 +49,7 @@ def test_gap_in_the_middle():
     stats = playback_stats(arrivals)
     assert stats.first_audio_s == pytest.approx(0.4)
     assert stats.playable_s == pytest.approx(1.4)  # 1.8 - 0.4 s of audio before it
+    assert stats.worst_audio_s == pytest.approx(0.4)  # the stutter came after 0.4 s of audio
     assert stats.gaps == 1
     assert stats.gap_s == pytest.approx(1.0)
     # after the pause playback resumes at 1.8 and the third chunk is on time
@@ -59,6 +60,7 @@ def test_late_first_chunk_then_steady():
     stats = playback_stats([(2.5, 0.4)] + steady(2.6, 5, 0.4, 0.3))
     assert stats.first_audio_s == pytest.approx(2.5)
     assert stats.playable_s == pytest.approx(2.5)
+    assert stats.worst_audio_s == 0.0  # the first chunk set it
     assert stats.gaps == 0
     assert not is_realtime([turn([(2.5, 0.4)] + steady(2.6, 5, 0.4, 0.3))])
 

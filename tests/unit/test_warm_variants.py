@@ -133,7 +133,7 @@ def test_run_variants_runs_every_phase_on_the_warm_server_and_writes_them(tmp_pa
     traces = json.loads((tmp_path / "gpu_suite.json").read_text())["defaults"]["overload_traces"]
     assert set(traces) == {f"{v} round {r} overload 3" for v in ("defaults", "ode5") for r in (1, 2)}
     trace = traces["ode5 round 2 overload 3"]
-    assert trace["timeline"][0][1:5] == [64, 3, 0, 3] and trace["turn_fields"][-1] == "slack_s"
+    assert trace["timeline"][0][1:5] == [64, 3, 0, 3] and trace["turn_fields"][-2:] == ["slack_s", "worst_audio_s"]
     assert [row[2] for row in trace["turns"]] == [200, 200, 200] and trace["turns"][0][4] == 0.4
 
 
