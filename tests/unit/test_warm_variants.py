@@ -181,7 +181,7 @@ def test_overload_trace_samples_while_the_run_lasts_and_keeps_every_turn():
     assert 3 <= len(trace.timeline) <= 5 and trace.timeline[0][1:3] == [20, 1] and trace.timeline[1][1] is None
     # all underruns, then what admission control cuts on: underruns of settled streams and near misses
     assert trace.timeline[0][5:] == [3, 1, 2] and len(trace.timeline[0]) == len(trace.to_json()["timeline_fields"])
-    assert trace.turns == [[0, 0.1, 200, 0.3, 0.3, 0.0], [1, 0.2, 429, None, None, None]]
+    assert trace.turns == [[0, 0.1, 200, 0.3, 0.3, 0.0, 0.0], [1, 0.2, 429, None, None, None, None]]
 
 
 def test_gap_free_by_running_groups_admitted_turns_by_the_load_they_met():
