@@ -6,7 +6,7 @@
 # Bundle as built for these runs: bash ../shared/gpu/build-bundle.sh "silero-vad>=6,<7" websockets loguru (loguru: vLLM's
 # quantization imports need it for --engine.quantization fp8; drop a duplicate older redis wheel if the cache holds two),
 # then python scripts/rechunk_gpu_bundle.py (chunks that fit one device call beside the working tree).
-# Usage: bash bench/gpu_run.sh audio|vllm|graphs|tokgraphs|profile|prepare|suite|realtime|multigpu [tp|dp]   (results under $OUT)
+# Usage: bash bench/gpu_run.sh audio|vllm|graphs|profile|prepare|suite|realtime|multigpu [tp|dp]   (results under $OUT)
 #   audio: speech tokenizer (fp32, bf16; batch 1, 8, 32) and decoder (fp32, tf32, bf16; 1, 4, 16, 64 streams)
 #   vllm:  bench/gpu_smoke_vllm.py (full-size GLM-4-Voice-9B config, dummy weights) + a no-processor engine
 #   graphs: decoder with the flow ODE as CUDA graphs vs eager, fp32 / tf32 / bf16 (1, 16, 64, 128 streams)
@@ -75,12 +75,6 @@ case "$mode" in
     ;;
   prepare)
     python3 -m bench.gpu_suite --prepare-only ;;
-  tokgraphs)  # the speech tokenizer's encoder as CUDA graphs against eager: time per call and equal tokens
-    for g in "" --graphs; do
-      timeout 120 python3 -m bench.bench_speech_tokenizer --preset full --device cuda --seconds 3 --batch-sizes 1,4,8 \
-        --iters 20 --warmup 3 $g --out "$OUT/tok_graphs${g:+_on}.json" || echo "tokenizer $g failed rc=$?"
-    done
-    ;;
   suite)
     shift
     timeout "${SUITE_TIMEOUT:-585}" python3 -m bench.gpu_suite --out "$OUT" "$@" || echo "suite failed rc=$?"
