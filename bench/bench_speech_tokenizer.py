@@ -7,10 +7,6 @@ geometry without the 1.46 GB checkpoint. Timed: one `SpeechTokenizer.tokenize_ba
 Run from the repository root:
     python -m bench.bench_speech_tokenizer --preset tiny --device cpu --out /tmp/tok_tiny.json
     python -m bench.bench_speech_tokenizer --preset full --device cuda --dtype bfloat16 --out /tmp/tok_full.json
-    python -m bench.bench_speech_tokenizer --preset full --device cuda --graphs --seconds 3 --batch-sizes 1,4,8 ...
-
-`--graphs`: the encoder as CUDA graphs (models/speech_tokenizer/graphs.py); each row also says whether its tokens
-equal the eager pass's on the same weights (`tokens_equal_eager`).
 """
 
 from __future__ import annotations
@@ -97,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    parser.add_argument("--graphs", action="store_true", help="the encoder as CUDA graphs (compared with eager)")
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON report")
     args = parser.parse_args(argv)
 
@@ -107,18 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     tokenizer = build_tokenizer(args.preset, device, _DTYPES[args.dtype])
     audio = calibration_audio(seed=1, n=max(batch_sizes), seconds=args.seconds)
-    eager = {b: tokenizer.tokenize_batch([(w, SAMPLE_RATE) for w in audio[:b]]) for b in batch_sizes}
-    capture_s = None
-    if args.graphs:
-        start = time.perf_counter()
-        print(f"{tokenizer.use_graphs()} graphs captured")
-        capture_s = time.perf_counter() - start
 
     results = []
     for batch_size in batch_sizes:
         items = [(w, SAMPLE_RATE) for w in audio[:batch_size]]
         row = bench_batch(tokenizer, items, warmup=args.warmup, iters=args.iters)
-        row["tokens_equal_eager"] = tokenizer.tokenize_batch(items) == eager[batch_size]
         results.append(row)
         print(
             f"batch {batch_size:3d}: {row['audio_seconds_per_second']:9.1f} s audio/s "
@@ -134,8 +122,6 @@ def main(argv: list[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "seconds_per_item": args.seconds,
-        "graphs": args.graphs,
-        "graph_capture_s": capture_s,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

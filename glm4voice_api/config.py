@@ -83,7 +83,6 @@ class SpeechTokenizerSettings(BaseModel):
         "exactly. auto: float16 on CUDA (99.4 percent of them, no faster first audio measured; bench/results), else float32.",
     )
     own_stream: bool = Field(True, description="In vLLM's process (in_engine): a high-priority CUDA stream of its own.")
-    cuda_graphs: bool = Field(False, description="On CUDA, the encoder as CUDA graphs (one per rows x 2 s bucket).")
     max_batch: int = Field(16, ge=1, description="Most clips the tokenizer worker batches together.")
     max_wait_ms: float = Field(0.0, ge=0, le=1000, description="ms to wait to fill a batch (0: none; queued batch).")
     in_engine: bool | None = Field(
@@ -180,7 +179,9 @@ class RequestLimits(BaseModel):
         "more is refused before decoding; speech tokens are checked against the context before tokenizing).",
     )
     max_text_chars: int = Field(32768, ge=1, description="Most characters of text in one message.")
-    max_tokens: int = Field(0, ge=0, description="Largest max_tokens a request may ask (400 above). 0: context length.")
+    max_tokens: int = Field(
+        0, ge=0, description="Largest max_tokens a request may ask for (400 above it). 0: the context length."
+    )
     default_max_tokens: int = Field(
         2048, ge=1, description="Reply token budget when a request gives none (capped by the context left)."
     )

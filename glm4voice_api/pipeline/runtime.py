@@ -162,8 +162,6 @@ def _load_audio_input(settings: Settings, path: Path, *, beside_model: bool = Fa
     model = load_speech_tokenizer(path, tokenizer_device(settings), dtype)
     if beside_model and config.own_stream:
         model.use_own_stream()
-    if config.cuda_graphs:
-        logger.info("speech tokenizer: %d CUDA graphs captured", model.use_graphs())
     worker = SpeechTokenizerWorker(model, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms)
     worker.start()
     logger.info("speech tokenizer ready in %.1f s", time.perf_counter() - start)

@@ -226,7 +226,7 @@ def test_a_capture_that_runs_out_of_device_memory_degrades_to_eager(hift: HiFTGe
 
 def test_out_of_memory_is_recognised_through_the_failed_capture_end() -> None:
     """A capture's end fails with its own message after an allocation inside it did: the cause is in the chain."""
-    from glm4voice_api.models.graph_buckets import _out_of_memory
+    from glm4voice_api.models.speech_decoder.graph_buckets import _out_of_memory
 
     def raised_while_handling(inner: BaseException) -> RuntimeError:
         try:

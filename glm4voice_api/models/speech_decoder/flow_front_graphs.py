@@ -46,10 +46,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from glm4voice_api.models.graph_buckets import BucketGraphs, StaticBucket
 from glm4voice_api.models.speech_decoder.flow_estimator import masked_group_norm
 from glm4voice_api.models.speech_decoder.flow_graphs import padded_batch
 from glm4voice_api.models.speech_decoder.flow_lengths import mel_length, nearest_indices
+from glm4voice_api.models.speech_decoder.graph_buckets import BucketGraphs, StaticBucket
 from glm4voice_api.models.speech_decoder.transfer import lengths_tensor, to_device
 
 __all__ = ["FlowFrontGraphConfig", "GraphedFlowFront", "front_core", "regulate_static"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glm4voice_api.models.graph_buckets import CAPTURE_ERROR_MODE
+from glm4voice_api.models.speech_decoder.graph_buckets import CAPTURE_ERROR_MODE
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from glm4voice_api.models.graph_buckets import BucketGraphs, StaticBucket
 from glm4voice_api.models.speech_decoder.flow_graphs import batch_buckets, padded_batch
+from glm4voice_api.models.speech_decoder.graph_buckets import BucketGraphs, StaticBucket
 from glm4voice_api.models.speech_decoder.hift import HiFTGenerator
 from glm4voice_api.models.speech_decoder.hift_core import draw_rows, hift_core
 from glm4voice_api.models.speech_decoder.hift_ragged import vocode_padded

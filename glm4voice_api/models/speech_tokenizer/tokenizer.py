@@ -10,7 +10,6 @@ from transformers import WhisperFeatureExtractor
 
 from glm4voice_api.models.speech_tokenizer.encoder import WhisperVQEncoder
 from glm4voice_api.models.speech_tokenizer.frontend import log_mel, split_segments
-from glm4voice_api.models.speech_tokenizer.graphs import EncoderGraphConfig, GraphedEncoder
 
 __all__ = ["MAX_SEGMENTS_PER_FORWARD", "SpeechTokenizer"]
 
@@ -28,7 +27,6 @@ class SpeechTokenizer:
         # One token covers this many 16 kHz samples (1280); padding to it keeps every token fully defined.
         self.samples_per_token: int = feature_extractor.hop_length * model.config.frames_per_token
         self._stream: torch.cuda.Stream | None = None
-        self._graphs: GraphedEncoder | None = None
 
     def use_own_stream(self, priority: int = -1) -> None:
         """Run on a CUDA stream of its own (no-op on CPU), for a tokenizer beside the LLM in vLLM's process.
@@ -41,19 +39,6 @@ class SpeechTokenizer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self._stream = torch.cuda.Stream(self.device, priority=priority)
-
-    def use_graphs(self, config: EncoderGraphConfig | None = None, *, eager: bool = False) -> int:
-        """Run the encoder as CUDA graphs (`graphs.py`; no-op on CPU), captured now; the number of graphs. Call
-        after `use_own_stream`, before the tokenizer's worker starts. `eager`: the graphs' padded buckets without
-        graphs, on any device (the test of their padding)."""
-        if self.device.type != "cuda" and not eager:
-            return 0
-        self._graphs = GraphedEncoder(self.model, config, use_graphs=not eager)
-        return self._graphs.warmup()
-
-    @property
-    def graph_captures(self) -> int:
-        return self._graphs.graphs if self._graphs is not None else 0
 
     @property
     def device(self) -> torch.device:
@@ -76,13 +61,8 @@ class SpeechTokenizer:
             for first in range(0, len(segments), MAX_SEGMENTS_PER_FORWARD):
                 chunk = slice(first, first + MAX_SEGMENTS_PER_FORWARD)
                 features, frame_mask = self.log_mel(segments[chunk])
-                features = features.to(self.dtype)
-                if self._graphs is not None:
-                    ids, keep = self._graphs.encode(features, frame_mask)
-                else:
-                    out = self.model(features, frame_mask)
-                    ids, keep = out.token_ids, out.token_mask
-                ids, keep = ids.cpu(), keep.cpu()
+                out = self.model(features.to(self.dtype), frame_mask)
+                ids, keep = out.token_ids.cpu(), out.token_mask.cpu()
                 for row, owner in enumerate(owners[chunk]):
                     tokens[owner].extend(ids[row][keep[row]].tolist())
         return tokens

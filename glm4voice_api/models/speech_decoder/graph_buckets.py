@@ -1,6 +1,6 @@
-"""The machinery shared by the bucketed CUDA-graph runners of eager model parts (the decoder's `GraphedHiFT` and
-`GraphedFlowFront`, the speech tokenizer's `GraphedEncoder`): static buffers in a shared arena, one memory pool, an own
-capture stream with a warm-up run before each capture, `max_graphs` and the capture counters. A runner says what a bucket's buffers are (`_sizes`,
+"""The machinery shared by the bucketed CUDA-graph runners of a decoder pass's eager parts (`GraphedHiFT`,
+`GraphedFlowFront`): static buffers in a shared arena, one memory pool, an own capture stream with a warm-up run
+before each capture, `max_graphs` and the capture counters. A runner says what a bucket's buffers are (`_sizes`,
 `_new_arena`, `_views`), how a valid pass is put in them for the warm-up (`_prime`) and what runs on them (`_run`).
 
 Memory: every bucket's static buffers are views of one shared arena (a float and an int64 tensor, the largest
