@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "Glm4VoiceForCausalLM"
 LOGITS_PROCESSOR = "glm4voice_vllm.logits:InterleaveLogitsProcessor"
+WARMUP_SEED = 1 << 20
+"""The warm-up's requests are seeded from here (see `VllmLLMEngine.warm_up`)."""
 
 
 def cuda_available() -> bool:
@@ -244,7 +246,13 @@ class VllmLLMEngine:
         lengths = staircase_max_tokens(sizes, steps)
 
         async def one(i: int, max_tokens: int) -> None:
-            params = GenerationParams(max_tokens=max_tokens, temperature=0.8, top_p=0.8, constraint=constraint)
+            # Seeded: vLLM then samples with each request's own generator, never the device's default one. While a
+            # CUDA graph of ours is being captured (the decoder host's start runs beside this warm-up), the default
+            # generator is in capture mode and a sample drawn from it outside the capture kills the engine ("Offset
+            # increment outside graph capture encountered unexpectedly": H100, 2026-12-06, session 29).
+            params = GenerationParams(
+                max_tokens=max_tokens, temperature=0.8, top_p=0.8, constraint=constraint, seed=WARMUP_SEED + i
+            )
             async for _ in self.generate([1 + (i % 1000)] * prompt_len, params, f"warmup-{i}"):
                 pass
 

@@ -31,3 +31,25 @@ def test_duplicate_sizes_count_once():
 def test_an_impossible_plan_is_refused(sizes, steps):
     with pytest.raises(ValueError, match="batch sizes"):
         staircase_max_tokens(sizes, steps)
+
+
+def test_every_warm_up_request_is_seeded():
+    """A seeded request samples with its own generator, never the device's default one, which is in capture mode
+    while the decoder host (starting beside the warm-up) captures a CUDA graph (vllm_engine.WARMUP_SEED)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from glm4voice_api.engine.vllm_engine import VllmLLMEngine
+
+    seen = []
+
+    async def generate(prompt_ids, params, request_id):
+        seen.append(params)
+        yield None
+
+    engine = object.__new__(VllmLLMEngine)
+    engine.info = SimpleNamespace(max_num_seqs=8)
+    engine.generate = generate
+    asyncio.run(engine.warm_up([1, 2, 4, 8]))
+    assert len(seen) == 8 and all(p.seed is not None for p in seen) and len({p.seed for p in seen}) == 8
+    assert {(p.temperature, p.top_p) for p in seen} == {(0.8, 0.8)}  # still the serving sampler's random path
