@@ -230,9 +230,14 @@ def build(settings: Settings):
         from glm4voice_api.pipeline.decoder_rules import RULES, apply_rules
 
         rt, changes = request.app.state.runtime, dict(body.get("speech_decoder") or {})
-        # A list given as text (`--variant x:SPEECH_DECODER__SCHEDULE=[10,20,40]`), as the environment would give it.
+        # A list given as text (`--variant x:SPEECH_DECODER__SCHEDULE=[10,20,40]`, as the environment would give it,
+        # or without the brackets: session 29's `SCHEDULE=10,8,8,...` spent a GPU phase on a 400).
+        lists = {k for k, f in SpeechDecoderSettings.model_fields.items() if "list" in str(f.annotation)}
         try:
-            changes = {k: json.loads(v) if isinstance(v, str) and v.startswith("[") else v for k, v in changes.items()}
+            changes = {
+                k: json.loads(v if v.startswith("[") else f"[{v}]") if isinstance(v, str) and k in lists else v
+                for k, v in changes.items()
+            }
         except ValueError as exc:
             return JSONResponse({"error": f"speech_decoder: not a list: {exc}"}, 400)
         if unknown := sorted(set(changes) - set(RULES)):

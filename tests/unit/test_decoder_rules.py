@@ -119,6 +119,9 @@ def test_reconfigure_route_applies_the_server_settings_plus_the_changes_and_rest
     got = client.post("/bench/reconfigure", json=body).json()
     assert got["speech_decoder"]["schedule"] == [10, 20, 40] and scheduler.stream_config.schedule == (10, 20, 40)
     assert got["speech_decoder"]["graph_batches"] == [1, 2, 4, 8, 16, 24, 32]
+    got = client.post("/bench/reconfigure", json={"speech_decoder": {"schedule": "10,8,8,26"}}).json()
+    assert got["speech_decoder"]["schedule"] == [10, 8, 8, 26]  # the brackets may be left out
+    assert client.post("/bench/reconfigure", json={"speech_decoder": {"schedule": "10,x"}}).status_code == 400
     back = client.post("/bench/reconfigure", json={"speech_decoder": {}}).json()
     # the app's controller as the server started it
     started = {"backoff": 0.7, "initial": 48, "settle_s": 3.0, "step": 0.0, "probe_s": 5.0, "near_miss_cut": 1}
