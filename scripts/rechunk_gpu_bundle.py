@@ -2,10 +2,10 @@
 
 Why: each device call carries the working tree plus one chunk within 64 MiB. The build script's 60 MB chunks stopped
 fitting once the tree reached ~8 MB (bench/results holds the GPU runs), so the chunks are refilled, largest files
-first, up to `--cap` bytes each (57 MB: three chunks). `setup-on-gpu.sh` goes into the last chunk, which the last call
+first, up to `--cap` bytes each (55.5 MB: three chunks beside a tree of up to ~11 MB; 57 MB stopped fitting at 9.8 MB). `setup-on-gpu.sh` goes into the last chunk, which the last call
 carries with the work (../shared/gpu/README.md). The vLLM parts keep their names, so `cat vllm.part_*` still works.
 
-    python scripts/rechunk_gpu_bundle.py [--cap 57000000] [--part 50000000]
+    python scripts/rechunk_gpu_bundle.py [--cap 55500000] [--part 44000000]
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ def _resplit(parts: list[Path], into: Path, size: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=Path(".gpu"))
-    p.add_argument("--cap", type=int, default=57_000_000, help="most bytes per chunk")
-    p.add_argument("--part", type=int, default=50_000_000, help="bytes per part of the vLLM tarball")
+    p.add_argument("--cap", type=int, default=55_500_000, help="most bytes per chunk")
+    p.add_argument("--part", type=int, default=44_000_000, help="bytes per part of the vLLM tarball")
     args = p.parse_args()
     files = [f for f in args.root.glob("c*/*") if f.is_file()]
     setup = next(f for f in files if f.name == "setup-on-gpu.sh")
