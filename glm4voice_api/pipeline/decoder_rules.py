@@ -163,3 +163,16 @@ def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
         s.decoder.set_shape_buckets(options.bucket_shapes)
         set_hift_graphs(s.decoder, options, s.max_batch)
         set_flow_front_graphs(s.decoder, options, s.max_batch)
+        if s.own_stream:  # beside the LLM's model (see `no_captures_on_first_use`)
+            no_captures_on_first_use(s.decoder)
+
+
+def no_captures_on_first_use(decoder: SpeechDecoder) -> None:
+    """Buckets the warm-ups left out (a custom voice's prompt on top of a full context, or an unbounded context) run
+    eagerly instead of being captured when a pass first needs them. For a decoder beside vLLM's model (its process):
+    while a CUDA graph is captured, the device's default random generator is in capture mode, and the LLM's sampling
+    from it on another thread meanwhile kills the engine ("Offset increment outside graph capture encountered
+    unexpectedly": H100, 2026-12-06, bench/results/GPU.md session 29, with a graph captured beside the warm-up)."""
+    for graphs in (decoder.flow.graphed, decoder.flow.graphed_front, decoder.hift_graphs):
+        if graphs is not None:
+            graphs.capture_on_first_use = False

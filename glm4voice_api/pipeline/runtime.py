@@ -31,6 +31,7 @@ from glm4voice_api.pipeline.decoder_rules import (
     capture_graphs,
     chunk_policy,
     hold_lead_s,
+    no_captures_on_first_use,
     set_flow_front_graphs,
     set_hift_graphs,
     set_outside_graphs_compiled,
@@ -203,6 +204,8 @@ def _build_scheduler(
         rng_device=device if device.startswith("cuda") else "cpu",
     )
     own_stream = device.startswith("cuda") and (in_process(settings.engine) if beside_model is None else beside_model)
+    if own_stream:  # beside the LLM: a capture while serving could kill its engine
+        no_captures_on_first_use(decoder)
     scheduler = DecoderScheduler(
         decoder,
         config,

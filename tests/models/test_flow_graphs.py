@@ -142,3 +142,31 @@ def test_interleaved_solves_keep_their_own_state(decoders: tuple[SpeechDecoder, 
         for got, args in ((got_a, first), (got_b, second)):
             np.testing.assert_allclose(got.numpy(), cfm(*args).numpy(), rtol=0, atol=1e-4)
     assert runner.start(*first)._captured is runner._graphs[key]  # freed again once run_a's result was taken
+
+
+def test_beside_the_llm_a_bucket_left_out_runs_eagerly_instead_of_being_captured(
+    decoders: tuple[SpeechDecoder, SpeechDecoder], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside vLLM's model, a capture while serving could kill its engine (the default generator in capture mode while
+    the LLM samples: pipeline/decoder_rules.no_captures_on_first_use): a pass in a bucket the warm-up left out runs
+    eagerly, with the same values."""
+    from types import SimpleNamespace
+
+    from glm4voice_api.pipeline.decoder_rules import no_captures_on_first_use
+
+    eager, _ = decoders
+    cfm = eager.flow.decoder
+    runner = GraphedCFM(cfm, FlowGraphConfig(frame_bucket=48), use_graphs=True)
+    tried = []
+    monkeypatch.setattr(runner, "_capture", lambda *a: tried.append(a))  # a CPU cannot capture: any call is a bug
+    hift = SimpleNamespace(capture_on_first_use=True)
+    decoder = SimpleNamespace(flow=SimpleNamespace(graphed=runner, graphed_front=None), hift_graphs=hift)
+    no_captures_on_first_use(decoder)  # type: ignore[arg-type]
+    assert not runner.capture_on_first_use and not hift.capture_on_first_use
+    gen = torch.Generator().manual_seed(5)
+    mu, z, cond = (torch.randn(1, 80, 40, generator=gen) for _ in range(3))
+    args = (z, torch.ones(1, 1, 40), mu, torch.randn(1, 80, generator=gen), cond)
+    got = runner(*args)
+    assert tried == [] and len(runner._graphs) == 0
+    with torch.inference_mode():
+        np.testing.assert_allclose(got.numpy(), cfm(*args).numpy(), rtol=0, atol=1e-4)

@@ -109,6 +109,11 @@ class GraphedCFM:
         the same one, and a new side stream per warm-up left a workspace behind for each of up to 32 pooled streams."""
         self.captures = 0
         self.capture_seconds = 0.0
+        self.capture_on_first_use = True
+        """A bucket `warmup` did not capture is captured when a pass first needs it. Off beside vLLM's model (its
+        process): a capture puts the device's default random generator in capture mode, and the LLM's sampling from it
+        meanwhile (another thread) kills the engine; such a pass runs eagerly instead (see `no_captures_on_first_use`
+        in pipeline/decoder_rules.py)."""
         self.batch_buckets = batch_buckets(self.config.batch_buckets)
         """The batch sizes passes are padded to now (`set_batch_buckets`; graphs of other sizes stay captured)."""
 
@@ -173,7 +178,7 @@ class GraphedCFM:
             return OdeRun(self.cfm, x, doubled, batch, frames, padded=bool((mask == 0).any()))
         key = self.bucket(batch, frames)
         buf = None if not self.use_graphs else self._graphs.get(key)
-        if self.use_graphs and buf is None and len(self._graphs) < self.config.max_graphs:
+        if self.use_graphs and buf is None and self.capture_on_first_use and len(self._graphs) < self.config.max_graphs:
             buf = self._capture(key, mu, mel)
         elif buf is not None:
             self._graphs.move_to_end(key)

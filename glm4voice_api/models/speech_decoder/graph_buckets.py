@@ -78,6 +78,9 @@ class BucketGraphs(Generic[B]):
         GEMM keeps the cuBLAS workspace of the stream it was captured on)."""
         self.captures = 0
         self.capture_seconds = 0.0
+        self.capture_on_first_use = True
+        """As `GraphedCFM.capture_on_first_use`: off beside vLLM's model, where a bucket `warmup` left out runs
+        eagerly through its buffers."""
         self._failed_graphs: list[torch.cuda.CUDAGraph] = []
 
     @property
@@ -127,7 +130,7 @@ class BucketGraphs(Generic[B]):
     def _bucket_for(self, key: Hashable) -> B:
         """The bucket's captured graph, captured now while under `max_graphs`, else its buffers to run eagerly."""
         buf = self._graphs.get(key) if self.use_graphs else None
-        if buf is None and self._may_capture():
+        if buf is None and self.capture_on_first_use and self._may_capture():
             buf = self._try_capture(key)
         if buf is None:
             buf = self._buffers(key)  # eager through the same static buffers (no graph, or beyond max_graphs)
