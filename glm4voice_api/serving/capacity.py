@@ -119,7 +119,8 @@ class CapacityController:
     limit grew 34 -> 39 while starting streams ran dry about once a second (95.6% and 94.1% of the admitted turns
     gap-free against 96.1-99.6% where an early cut came). After such cuts, at limits of 24-30 that kept 97.7-99.6%
     gap-free, starting underruns still came in 7-10 of every 20 readings, and in 12 in the no-cut regime at 37-39:
-    a threshold below ~12 (window 20 s) would cut safe loads too. Unmeasured on a GPU: `--variant` compares it."""
+    a threshold below ~12 (window 20 s) would cut safe loads too. At 12, no better (H100, session 29, two ABBA rounds:
+    96.6% against 97.1%): those stutters are second chunks, not the limit (bench/results/GPU.md)."""
     start_window_s: float = 20.0
     """The window over which `start_cut` counts readings with starting underruns."""
 
