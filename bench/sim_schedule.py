@@ -18,6 +18,7 @@ import asyncio
 import heapq
 import json
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -25,10 +26,14 @@ import numpy as np
 from bench.playback import JITTER_BUFFER_S, TurnResult, level_summary
 from bench.sim_admission import Control, ControllerSpec, admission_line, admission_summary, averaged_admission
 from bench.sim_costs import SAMPLE_RATE, VALIDATION, Clock, CostModel, SimRequest, SimStream, fit_passes
+from glm4voice_api.config import SpeechDecoderSettings
 from glm4voice_api.models.speech_decoder.stream import DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
 from glm4voice_api.pipeline.llm_pause import LLMPause
+
+SCHEDULE = tuple(SpeechDecoderSettings().schedule)
+"""The server's chunk schedule (`--schedule` compares others)."""
 
 
 def _model_value(text: str) -> float | tuple[int, ...]:
@@ -119,6 +124,8 @@ class SimResult:
     admission: dict = field(default_factory=dict)
     """With a limit (fixed or a controller's): offered, admitted, queue waits, the limit's path (sim_admission)."""
     extra: dict = field(default_factory=dict)
+    stutter_at_s: list[float] = field(default_factory=list)
+    """Each gapped turn's audio before the chunk that set its playable latency (where the listener ran dry)."""
 
 
 class World:
@@ -129,7 +136,7 @@ class World:
         cost: CostModel,
         *,
         hold: bool,
-        seconds: float,
+        seconds: float = 60.0,
         adaptive: bool = False,
         first_rank_s: float = -1.0,
         solo: tuple[int, float] = (0, 0.0),
@@ -139,6 +146,7 @@ class World:
         controller: ControllerSpec | str | None = None,
         max_wait_s: float | None = None,
         retry_s: float = 2.0,
+        schedule: tuple[int, ...] = SCHEDULE,
     ) -> None:
         self.cost, self.seconds, self.max_turns, self.max_active = cost, seconds, turns, max_active
         self.max_wait_s, self.retry_s = max_wait_s, retry_s
@@ -147,7 +155,7 @@ class World:
         self.queued: list[_Turn] = []  # admission queue (FIFO), when `max_active` bounds the replies at once
         self.all_turns: list[_Turn] = []
         self.clock = Clock()
-        config = DecoderStreamConfig(schedule=(10, 16, 26, 52, 104, 156), max_prompt_tokens=context)
+        config = DecoderStreamConfig(schedule=schedule, max_prompt_tokens=context)
         policy = AdaptiveChunkPolicy() if adaptive else FixedSchedule(config.schedule, first_rank_s=first_rank_s)
         self.scheduler = DecoderScheduler(
             _Decoder(self),  # type: ignore[arg-type]
@@ -335,46 +343,19 @@ class World:
                 s._decode(batch, streams)
 
 
-def simulate(
-    streams: int,
-    stagger_s: float,
-    *,
-    hold: bool,
-    seconds: float = 60.0,
-    cost: CostModel | None = None,
-    adaptive: bool = False,
-    first_rank_s: float = -1.0,
-    solo: tuple[int, float] = (0, 0.0),
-    seed: int = 0,
-    turns: int | None = None,
-    max_active: int | None = None,
-    context: int = 100,
-    controller: ControllerSpec | str | None = None,
-    max_wait_s: float | None = None,
-) -> SimResult:
+def simulate(streams: int, stagger_s: float, *, seed: int = 0, cost: CostModel | None = None, **world) -> SimResult:
     """`streams` sessions, each started at a random moment within `stagger_s` seconds (the ladder's bursts: 1 s),
     sending `turns` turns in a row (None: until `seconds` have passed), at most `max_active` replies at once (the
-    others queue), or what `controller` (`sim_admission.parse_controller`) allows; a wait past `max_wait_s`: 429."""
+    others queue), or what `controller` (`sim_admission.parse_controller`) allows; a wait past `max_wait_s`: 429.
+    `world`: `World`'s options (`hold` required)."""
     rng = random.Random(seed)
 
     async def go() -> SimResult:  # ScheduledStream takes the running loop (never used: audio goes to _audio)
-        world = World(
-            cost or CostModel(),
-            hold=hold,
-            seconds=seconds,
-            adaptive=adaptive,
-            first_rank_s=first_rank_s,
-            solo=solo,
-            turns=turns,
-            max_active=max_active,
-            context=context,
-            controller=controller,
-            max_wait_s=max_wait_s,
-        )
+        sim = World(cost or CostModel(), **world)
         for i in range(streams):
-            world.at(rng.uniform(0.0, stagger_s), "send", i)
-        world.run()
-        return _summarise(world, streams, stagger_s, hold)
+            sim.at(rng.uniform(0.0, stagger_s), "send", i)
+        sim.run()
+        return _summarise(sim, streams, stagger_s, world["hold"])
 
     return asyncio.run(go())
 
@@ -400,6 +381,7 @@ def _summarise(world: World, streams: int, stagger_s: float, hold: bool) -> SimR
         underruns=s.underruns,
         admission=admission_summary(world) if world.max_active is not None else {},
         extra={"held_passes": s.held_passes, "simulated_s": round(world.clock.t, 1)},
+        stutter_at_s=[round(st.worst_audio_s, 2) for st in stats if st.startup_slack_s > JITTER_BUFFER_S],
     )
 
 
@@ -412,6 +394,7 @@ def averaged(seeds: int, **kwargs) -> dict:
         out[key] = round(sum(getattr(r, key) for r in runs) / seeds, 3)
     out["gap_free_range"] = [min(r.gap_free_fraction for r in runs), max(r.gap_free_fraction for r in runs)]
     out["seeds"] = seeds
+    out["stutter_at_s"] = dict(sorted(Counter(x for r in runs for x in r.stutter_at_s).items()))
     out["admission"] = averaged_admission([r.admission for r in runs])
     out.pop("extra")
     return out
@@ -422,7 +405,8 @@ def _line(label: str, r: dict) -> str:
         f"{label}: gap-free {r['gap_free_fraction']:.2f} ({r['gap_free_range'][0]:.2f}-{r['gap_free_range'][1]:.2f}), "
         f"playable {r['playable_p50_ms']:.0f} / {r['playable_p99_ms']:.0f} ms, first audio {r['first_audio_p50_ms']:.0f}"
         f" ms, {r['passes']:.0f} passes of {r['rows_per_pass']:.1f} rows, decoder busy {r['decoder_busy_s']:.1f} s, "
-        f"LLM {r['llm_tokens_per_s']:.0f} tok/s" + admission_line(r.get("admission", {}))
+        f"LLM {r['llm_tokens_per_s']:.0f} tok/s, stutters at (s of audio: turns) {r.get('stutter_at_s')}"
+        + admission_line(r.get("admission", {}))
     )
 
 
@@ -434,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--chunking", default="fixed", help="fixed, adaptive, fixed@S (first chunks rank at S s), ...")
     p.add_argument("--solo", default="0/0", help="first passes hold the LLM: N/SHARE (solo_first_pass/_share), ...")
     p.add_argument("--context", type=int, default=100, help="the flow's context in tokens (max_prompt_tokens)")
+    p.add_argument("--schedule", type=lambda v: tuple(map(int, v.split(","))), default=SCHEDULE, help="tokens/chunk")
     p.add_argument("--seconds", type=float, default=60.0, help="how long sessions keep sending turns")
     p.add_argument("--turns", type=int, help="turns per session (default: until --seconds)")
     p.add_argument("--max-active", type=int, help="replies at once; the others queue (admission)")
@@ -475,6 +460,7 @@ def main(argv: list[str] | None = None) -> None:
                 ):
                     kwargs = {"seconds": args.seconds, "turns": args.turns, "max_active": args.max_active, "cost": cost}
                     kwargs |= {"context": args.context, "max_wait_s": args.max_wait_s, "solo": solo}
+                    kwargs["schedule"] = args.schedule
                     r = averaged(
                         args.seeds,
                         streams=n,

@@ -103,3 +103,27 @@ def test_a_first_pass_that_holds_the_llm_runs_alone_and_delays_the_llms_next_ste
     assert held.first_audio_p50_ms < beside.first_audio_p50_ms and held.turns == beside.turns == 1
     burst = simulate(16, 1.0, hold=False, turns=1, solo=(4, 0.5))  # above 4 streams: on the share's budget
     assert burst.turns == 16 and burst.gap_free_fraction > 0
+
+
+def test_a_schedule_and_where_the_stutters_are() -> None:
+    """`--schedule` cuts the replies as the server would with that setting; each gapped turn reports where its
+    listener ran dry (audio before the late chunk: the GPU's overloads stutter at the second chunk, 0.37 s)."""
+    from bench import sim_schedule
+
+    seen = []
+    original = sim_schedule._summarise
+
+    def keep(world, *args):
+        seen.append(world.scheduler.stream_config.schedule)
+        return original(world, *args)
+
+    sim_schedule._summarise = keep
+    try:
+        r = simulate(24, 0.5, hold=False, turns=1, seed=4, schedule=(10, 8, 8, 26), cost=CostModel(slowdown=6.0))
+    finally:
+        sim_schedule._summarise = original
+    assert seen == [(10, 8, 8, 26)] and r.turns == 24
+    gapped = round((1 - r.gap_free_fraction) * r.turns)  # a slow LLM (slowdown 6): some listeners run dry
+    assert 0 < len(r.stutter_at_s) == gapped and all(0 <= x < AUDIO_S for x in r.stutter_at_s)
+    out = averaged(1, streams=4, stagger_s=1.0, hold=False, turns=1)
+    assert "stutter_at_s" in out and sim_schedule.SCHEDULE == (10, 16, 26, 52, 104, 156)  # the server's default
