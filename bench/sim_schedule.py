@@ -139,6 +139,7 @@ class World:
         seconds: float = 60.0,
         adaptive: bool = False,
         first_rank_s: float = -1.0,
+        first_company_s: float | None = None,
         solo: tuple[int, float] = (0, 0.0),
         turns: int | None = None,
         max_active: int | None = None,
@@ -156,7 +157,11 @@ class World:
         self.all_turns: list[_Turn] = []
         self.clock = Clock()
         config = DecoderStreamConfig(schedule=schedule, max_prompt_tokens=context)
-        policy = AdaptiveChunkPolicy() if adaptive else FixedSchedule(config.schedule, first_rank_s=first_rank_s)
+        policy = (
+            AdaptiveChunkPolicy()
+            if adaptive
+            else FixedSchedule(config.schedule, first_rank_s=first_rank_s, first_company_s=first_company_s)
+        )
         self.scheduler = DecoderScheduler(
             _Decoder(self),  # type: ignore[arg-type]
             config,
@@ -415,7 +420,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--streams", default="32", help="comma-separated session counts")
     p.add_argument("--stagger", default="1,8", help="comma-separated seconds over which sessions start")
     p.add_argument("--hold", default="off,on", help="deadline batching: off, on, or both (off,on)")
-    p.add_argument("--chunking", default="fixed", help="fixed, adaptive, fixed@S (first chunks rank at S s), ...")
+    p.add_argument(
+        "--chunking",
+        default="fixed",
+        help="fixed, adaptive, fixed@S (first chunks rank at S s), fixed~C (first_company_s C), ...",
+    )
     p.add_argument("--solo", default="0/0", help="first passes hold the LLM: N/SHARE (solo_first_pass/_share), ...")
     p.add_argument("--context", type=int, default=100, help="the flow's context in tokens (max_prompt_tokens)")
     p.add_argument("--schedule", type=lambda v: tuple(map(int, v.split(","))), default=SCHEDULE, help="tokens/chunk")
@@ -467,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
                         stagger_s=stagger,
                         hold=hold,
                         adaptive=chunking == "adaptive",
-                        first_rank_s=float(chunking.partition("@")[2] or -1),
+                        first_rank_s=float(chunking.partition("~")[0].partition("@")[2] or -1),
+                        first_company_s=float(chunking.partition("~")[2]) if "~" in chunking else None,
                         controller=spec,
                         **kwargs,
                     )

@@ -97,9 +97,9 @@ class SpeechDecoderSettings(BaseModel):
         "auto", description="Decoder dtype. auto: bfloat16 on CUDA (2-3x float32's streams), float32 on CPU (faster)."
     )
     schedule: list[int] = Field(
-        [10, 16, 26, 52, 104, 156],
-        description="Audio tokens per chunk, in order; the last repeats. 10: first audio early; then each chunk ends "
-        "where a 26-token audio block ends (no wait for the next 13 text tokens); longer chunks cost less.",
+        [10, 8, 8, 26, 52, 104, 156],
+        description="Audio tokens per chunk; the last repeats. 10: first audio early; 8, 8: the first 26-token block's "
+        "rest (16 at once stuttered under overload); then chunks end where blocks end; longer chunks cost less.",
     )
     max_prompt_tokens: int = Field(
         100, ge=0, description="Earlier tokens (8 s at 100) the flow gets as context: bounds a chunk's cost; 0: all."
@@ -108,9 +108,9 @@ class SpeechDecoderSettings(BaseModel):
         "fixed", description="fixed: the schedule; adaptive: sized from buffer and token supply (measured worse)."
     )
     first_chunk: int = Field(10, ge=6, description="Adaptive: audio tokens in a reply's first chunk.")
-    first_rank_ms: float = Field(
-        -1000.0,
-        description="Fixed: a first chunk ranks like a playing stream with this much audio left (-1000: first).",
+    first_rank_ms: float = Field(-1000.0, description="Fixed: a first chunk ranks like a stream with this audio left.")
+    first_company_ms: float = Field(
+        0.0, ge=0, description="Fixed: a first chunk's pass takes a started stream's chunk below this buffer (0: all)."
     )
     max_chunk: int = Field(160, ge=6, description="Adaptive: most audio tokens in one chunk.")
     lead_ms: float = Field(300.0, ge=0, description="Adaptive, hold: decode once the buffer is below this + the wait.")

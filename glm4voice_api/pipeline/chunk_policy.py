@@ -134,6 +134,11 @@ class FixedSchedule:
     pass later): while new streams keep arriving (an overload's onset) their first chunks otherwise lead every pass,
     and a started stream's longer chunk waits behind them until its listener runs dry (H100 2026-12-06, GPU.md
     session 26). Unmeasured on a GPU."""
+    first_company_s: float | None = None
+    """A pass led by a first chunk takes a started stream's chunk only while that stream has less than this much
+    audio buffered (None: any due chunk). Why: with an 8-token second chunk, second chunks come due while a burst's
+    first chunks are still being decoded, and rows that could wait a pass lengthened the first chunks' passes (H100
+    2026-12-06: the first pass at 32 streams 101-138 ms against 81-87 with a 16-token second chunk; GPU.md session 30)."""
 
     def chunk_size(self, view: StreamView, pass_s: float) -> int | None:
         done, k = 0, 0

@@ -37,6 +37,7 @@ RULES = (
     "max_prompt_tokens",
     "chunking",
     "first_rank_ms",
+    "first_company_ms",
     "first_chunk",
     "max_chunk",
     "lead_ms",
@@ -62,7 +63,8 @@ def chunk_policy(options: SpeechDecoderSettings) -> ChunkPolicy:
         return AdaptiveChunkPolicy(
             first_chunk=options.first_chunk, max_chunk=options.max_chunk, lead_s=options.lead_ms / 1000
         )
-    return FixedSchedule(tuple(options.schedule), first_rank_s=options.first_rank_ms / 1000)
+    company = options.first_company_ms / 1000 if options.first_company_ms > 0 else None
+    return FixedSchedule(tuple(options.schedule), first_rank_s=options.first_rank_ms / 1000, first_company_s=company)
 
 
 def hold_lead_s(options: SpeechDecoderSettings) -> float | None:

@@ -69,9 +69,8 @@ class DecoderScheduler:
         """Expected length a pass may grow to by adding rows (None: max_batch only): a chunk due while a pass runs
         waits for it, so a long pass of far-ahead streams would delay a first chunk or a stream about to run dry."""
         self.preempt = preempt
-        """Between two ODE steps of a pass, run a short pass for streams that cannot wait for it to end (a first
-        chunk, a buffer about to run dry). Off: on an H200 (2026-12-04) 16 streams were 1409 / 1597 ms playable p50 /
-        p99 with it, 902 / 1078 without (the first chunks, which used to share a pass, each got a short pass)."""
+        """Short passes (a first chunk, a buffer about to run dry) between a long pass's ODE steps. Off: worse on an
+        H200 (2026-12-04: 16 streams 1409 / 1597 ms playable p50 / p99 with it, 902 / 1078 without)."""
         self.preemptions = 0
         self.llm_pause = llm_pause or LLMPause(None, 0)
         """A first chunk's pass holds the LLM's next step while few streams are open (`llm_pause.py`)."""
@@ -80,13 +79,11 @@ class DecoderScheduler:
         stream with more than `hold_lead_s` plus the expected pass wait buffered is held; it goes with the next pass
         that some stream's need starts (a first chunk, a final flush, a buffer about to run low), or its own once it
         runs low (`deadline_hold.py`)."""
-        self.held_passes = 0
-        """Passes that took at least one held chunk (how much deadline batching merged)."""
+        self.held_passes = 0  # passes that took at least one held chunk (how much deadline batching merged)
         self._held_rows = 0  # held rows in the batch `_pick` chose last
         self.pass_log: deque[PassRecord] = deque(maxlen=PASS_LOG_SIZE)
         """The latest passes, for benchmarks (bench/gpu_server.py's /bench/passes) and cost models."""
-        self.clock = clock
-        """Time source (time.monotonic; a simulated clock in bench/sim_schedule.py)."""
+        self.clock = clock  # time.monotonic; a simulated clock in bench/sim_schedule.py
         self._deferred: list = []
         """Queue items taken between steps that must wait for the running pass (a close, the stop marker)."""
         self._step_mark = 0.0
@@ -265,6 +262,9 @@ class DecoderScheduler:
         due.sort(key=lambda e: (first_from is not None and e[0] not in first_from, self.policy.urgency(e[0].view(now))))
         if not due or (first_from is not None and due[0][0] not in first_from):
             return []
+        company = getattr(self.policy, "first_company_s", None)  # FixedSchedule's: who may join a first chunk's pass
+        if company is not None and not due[0][0].view(now).started:
+            due = [e for e in due if not (v := e[0].view(now)).started or v.buffered_s < company]
         hold = self.hold if first_from is None else None
         if hold is not None:
             needed = [e for e in due if hold.needed(*e, now, pass_s)]

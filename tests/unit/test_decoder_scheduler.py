@@ -170,6 +170,22 @@ def test_pick_most_urgent_first_keeps_short_rows_short_and_fills_the_bucket() ->
     assert [s for s, _ in batch] == [dry, first, dry2] and scheduler.cost.buckets == (1, 2, 3, 4)
 
 
+def test_a_first_chunks_pass_takes_only_thin_buffers_along_with_first_company() -> None:
+    """FixedSchedule.first_company_s: a pass led by a first chunk leaves out a started stream's chunk that can wait a
+    pass (buffer at or above the bound); other first chunks and thin buffers still join. None: every due chunk."""
+    scheduler = _bare_scheduler(max_batch=8, max_pass_s=None)
+    first, other_first = _stream(10, 0.0, decoded=0, started=False), _stream(10, 0.0, decoded=0, started=False)
+    second = _stream(8, 0.35, decoded=10)  # its first chunk just played out 30 ms: can wait a pass
+    thin = _stream(8, 0.1, decoded=18)
+    streams = {first, other_first, second, thin}
+    scheduler.policy = FixedSchedule((10, 8, 8, 26))
+    assert {s for s, _ in scheduler._pick(streams)} == streams
+    scheduler.policy = FixedSchedule((10, 8, 8, 26), first_company_s=0.25)
+    assert {s for s, _ in scheduler._pick(streams)} == {first, other_first, thin}
+    # Without a first chunk due, the bound does not apply: the next pass takes the second chunk.
+    assert {s for s, _ in scheduler._pick({second, thin})} == {second, thin}
+
+
 def test_pass_cost_fits_fixed_and_per_unit_time() -> None:
     cost = PassCost()
     assert cost.estimate(100) is None  # nothing measured yet

@@ -126,4 +126,4 @@ def test_a_schedule_and_where_the_stutters_are() -> None:
     gapped = round((1 - r.gap_free_fraction) * r.turns)  # a slow LLM (slowdown 6): some listeners run dry
     assert 0 < len(r.stutter_at_s) == gapped and all(0 <= x < AUDIO_S for x in r.stutter_at_s)
     out = averaged(1, streams=4, stagger_s=1.0, hold=False, turns=1)
-    assert "stutter_at_s" in out and sim_schedule.SCHEDULE == (10, 16, 26, 52, 104, 156)  # the server's default
+    assert "stutter_at_s" in out and sim_schedule.SCHEDULE == (10, 8, 8, 26, 52, 104, 156)  # the server's default
