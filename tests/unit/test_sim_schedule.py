@@ -127,3 +127,22 @@ def test_a_schedule_and_where_the_stutters_are() -> None:
     assert 0 < len(r.stutter_at_s) == gapped and all(0 <= x < AUDIO_S for x in r.stutter_at_s)
     out = averaged(1, streams=4, stagger_s=1.0, hold=False, turns=1)
     assert "stutter_at_s" in out and sim_schedule.SCHEDULE == (10, 8, 8, 26, 52, 104, 156)  # the server's default
+
+
+def test_first_company_reaches_the_scheduler_policy() -> None:
+    """`--chunking fixed~C` (FixedSchedule.first_company_s) is the policy the simulated scheduler runs with."""
+    from bench import sim_schedule
+
+    seen = []
+    original = sim_schedule._summarise
+
+    def keep(world, *args):
+        seen.append(world.scheduler.policy.first_company_s)
+        return original(world, *args)
+
+    sim_schedule._summarise = keep
+    try:
+        simulate(8, 0.5, hold=False, turns=1, seed=1, first_company_s=0.15)
+    finally:
+        sim_schedule._summarise = original
+    assert seen == [0.15]
