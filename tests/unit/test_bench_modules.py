@@ -125,3 +125,21 @@ def test_graph_checks_run_on_the_cpu(tmp_path, name: str, shapes: list[str]) -> 
         assert row["captures"] == 0
     if name == "check_flow_front_graphs":
         assert all(row["bucket"][1] % 16 == 0 for row in report["shapes"])
+
+
+def test_green_probe_plans_sm_splits_and_steps_its_load_on_the_cpu(tmp_path) -> None:
+    """The green-context probe's SM plan (rounded to the split granularity, the load never left without SMs) and
+    its 9B-shaped load step, scaled down; the GPU runs are bench/results/GPU.md's."""
+    import json
+
+    import torch
+
+    from bench import green_probe
+
+    assert green_probe.sm_plan(132, [16, 20, 24, 120, 124, 0]) == [(16, 116), (24, 108), (120, 12)]
+    out = tmp_path / "green.json"
+    green_probe.main(["--device", "cpu", "--plan-only", "--decoder-sms", "16,32", "--out", str(out)])
+    assert json.loads(out.read_text())["plan"] == [[16, 116], [32, 100]]
+    load = green_probe.LLMLoad(torch.device("cpu"), batch=2, scale=1 / 64)
+    load.step()
+    assert len(load.layers) == green_probe.LAYERS and load.x.shape == (2, 64)

@@ -1,0 +1,277 @@
+"""Would splitting the GPU's SMs between the LLM and the speech decoder (CUDA green contexts) shorten passes?
+
+Why: at 32 streams a first chunk's pass takes 60-140 ms beside the LLM's steps against ~33 ms alone, and the LLM's
+steps stretch while passes run (bench/results/GPU.md). Both share one CUDA context today (the decoder on a
+high-priority stream of vLLM's process); the LLM's large GEMMs fill every SM, and the decoder's thousands of small
+kernels queue behind them. A green context gives a stream a fixed set of SMs, inside one process and without
+touching the device's settings (no MPS): the decoder could keep, say, 24 of 132 SMs to itself while the LLM keeps
+the rest. This probe measures, before any serving change:
+
+- the decoder as served (full-size random weights, bf16, blocks compiled, flow CUDA graphs, 5 ODE steps): the
+  wall time of one pass per shape (rows x context + new tokens), alone and beside the LLM-like load;
+- an LLM-like load in a thread: one decode step of the 9B's shape (40 layers of QKV / O / gate-up / down GEMMs
+  and the LM head, batch 32, bf16, ~17.7 GB of weights read per step), a host sync per step as vLLM's engine does;
+  its steps per second alone and while the decoder runs passes back to back;
+- per configuration: `shared` (today: one context, the decoder's stream at high priority) and `greenN` (the decoder
+  on a green context of N SMs, the load on one of the remaining SMs).
+
+    python -m bench.green_probe --out /tmp/green.json                        # on a GPU
+    python -m bench.green_probe --device cpu --preset tiny --plan-only --out /tmp/g.json   # the SM plan only
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.bench_speech_decoder import _DTYPES, add_profile_args, build_decoder
+from bench.profile_decoder import requests
+
+SHAPES = ((1, 0, 10), (4, 100, 26), (16, 100, 52))
+"""(rows, context tokens, new tokens): a lone first chunk, a pass at 32 streams, a large later pass."""
+
+# 9B decode step: (in, out) of each layer's GEMMs (fused QKV with 2 KV groups, O, fused gate-up, down), and the LM head.
+LAYER_GEMMS = ((4096, 4608), (4096, 4096), (4096, 27392), (13696, 4096))
+LAYERS = 40
+LM_HEAD = (4096, 168960)
+
+
+def sm_plan(total_sms: int, decoder_sms: list[int], granularity: int = 8) -> list[tuple[int, int]]:
+    """(decoder SMs, load SMs) per requested split: counts rounded up to the hardware's granularity, splits that
+    leave the load fewer than `granularity` SMs dropped, duplicates removed (order kept)."""
+    out: list[tuple[int, int]] = []
+    for n in decoder_sms:
+        d = -(-n // granularity) * granularity
+        if 0 < d <= total_sms - granularity and (d, total_sms - d) not in out:
+            out.append((d, total_sms - d))
+    return out
+
+
+# -- green contexts through the driver API (torch's own wrapper differs between versions) -------------------------
+
+_RES_BYTES = 256  # CUdevResource is 144 bytes in CUDA 12 (type, 92 bytes padding, 48-byte union); room for more
+_SM_COUNT_OFFSET = 96
+_CU_DEV_RESOURCE_TYPE_SM = 1
+_CU_GREEN_CTX_DEFAULT_STREAM = 1
+_CU_STREAM_NON_BLOCKING = 1
+
+
+class GreenSplit:
+    """Two green contexts on one device: `first` SMs and the remaining ones, each with one stream for torch."""
+
+    def __init__(self, first_sms: int, device: int = 0) -> None:
+        self.cu = ctypes.CDLL("libcuda.so.1")
+        self._check(self.cu.cuInit(0), "cuInit")
+        dev = ctypes.c_int()
+        self._check(self.cu.cuDeviceGet(ctypes.byref(dev), device), "cuDeviceGet")
+        whole = ctypes.create_string_buffer(_RES_BYTES)
+        self._check(self.cu.cuDeviceGetDevResource(dev, whole, _CU_DEV_RESOURCE_TYPE_SM), "cuDeviceGetDevResource")
+        part, rest = ctypes.create_string_buffer(_RES_BYTES), ctypes.create_string_buffer(_RES_BYTES)
+        groups = ctypes.c_uint(1)
+        self._check(
+            self.cu.cuDevSmResourceSplitByCount(part, ctypes.byref(groups), whole, rest, 0, first_sms),
+            "cuDevSmResourceSplitByCount",
+        )
+        self.sms = (self._sm_count(part), self._sm_count(rest))
+        self.streams = tuple(self._stream(dev, res, device) for res in (part, rest))
+
+    @staticmethod
+    def _sm_count(res: ctypes.Array) -> int:
+        return int.from_bytes(bytes(res[_SM_COUNT_OFFSET : _SM_COUNT_OFFSET + 4]), "little")
+
+    def _stream(self, dev: ctypes.c_int, res: ctypes.Array, device: int) -> torch.cuda.ExternalStream:
+        desc, ctx, stream = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+        self._check(self.cu.cuDevResourceGenerateDesc(ctypes.byref(desc), res, 1), "cuDevResourceGenerateDesc")
+        self._check(
+            self.cu.cuGreenCtxCreate(ctypes.byref(ctx), desc, dev, _CU_GREEN_CTX_DEFAULT_STREAM), "cuGreenCtxCreate"
+        )
+        self._check(
+            self.cu.cuGreenCtxStreamCreate(ctypes.byref(stream), ctx, _CU_STREAM_NON_BLOCKING, 0),
+            "cuGreenCtxStreamCreate",
+        )
+        return torch.cuda.ExternalStream(stream.value, device=device)
+
+    @staticmethod
+    def _check(rc: int, what: str) -> None:
+        if rc != 0:
+            raise RuntimeError(f"{what} failed with CUresult {rc}")
+
+
+# -- the two workloads ---------------------------------------------------------------------------------------------
+
+
+class LLMLoad:
+    """A 9B-shaped decode step, stepped back to back in a thread on `stream`, counting steps."""
+
+    def __init__(self, device: torch.device, batch: int, scale: float = 1.0) -> None:
+        def w(i: int, o: int) -> torch.Tensor:
+            return torch.randn(max(1, int(i * scale)), max(1, int(o * scale)), device=device, dtype=torch.bfloat16)
+
+        self.layers = [[w(i, o) for i, o in LAYER_GEMMS] for _ in range(LAYERS)]
+        self.head = w(*LM_HEAD)
+        self.x = torch.randn(batch, self.layers[0][0].shape[0], device=device, dtype=torch.bfloat16)
+        self.steps = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> None:
+        x = self.x
+        for qkv, o, gate_up, down in self.layers:
+            h = x @ qkv
+            x = x + h[:, : o.shape[0]] @ o
+            g = x @ gate_up
+            x = x + g[:, : down.shape[0]] @ down
+        (x @ self.head).argmax(-1)
+
+    def start(self, stream: torch.cuda.Stream) -> None:
+        def run() -> None:
+            with torch.cuda.stream(stream), torch.inference_mode():
+                while not self._stop.is_set():
+                    self.step()
+                    stream.synchronize()
+                    self.steps += 1
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        while self.steps < 3:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def rate(self, seconds: float) -> float:
+        s0, t0 = self.steps, time.perf_counter()
+        time.sleep(seconds)
+        return (self.steps - s0) / (time.perf_counter() - t0)
+
+
+def pass_ms(decoder, shape: tuple[int, int, int], stream: torch.cuda.Stream, iters: int) -> float:
+    times = []
+    with torch.cuda.stream(stream):
+        for i in range(iters + 1):
+            reqs = requests(decoder, *shape, seed=i)
+            stream.synchronize()
+            t0 = time.perf_counter()
+            decoder.decode_batch(reqs)
+            stream.synchronize()
+            if i:  # the first is a warm-up on this stream
+                times.append(time.perf_counter() - t0)
+    return round(statistics.median(times) * 1000, 2)
+
+
+def measure(decoder, load: LLMLoad, dec_stream, load_stream, iters: int, seconds: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"alone_ms": {}, "beside_load_ms": {}}
+    for shape in SHAPES:
+        row["alone_ms"]["x".join(map(str, shape))] = pass_ms(decoder, shape, dec_stream, iters)
+    load.start(load_stream)
+    try:
+        row["load_steps_per_s_alone"] = round(load.rate(seconds), 1)
+        for shape in SHAPES:
+            row["beside_load_ms"]["x".join(map(str, shape))] = pass_ms(decoder, shape, dec_stream, iters)
+        # The load's rate while the decoder is never idle (first-chunk passes back to back).
+        s0, t0 = load.steps, time.perf_counter()
+        n = 0
+        with torch.cuda.stream(dec_stream):
+            while time.perf_counter() - t0 < seconds:
+                decoder.decode_batch(requests(decoder, *SHAPES[1], seed=n))
+                dec_stream.synchronize()
+                n += 1
+        elapsed = time.perf_counter() - t0
+        row["load_steps_per_s_beside_decoder"] = round((load.steps - s0) / elapsed, 1)
+        row["decoder_passes_per_s_beside_load"] = round(n / elapsed, 1)
+    finally:
+        load.stop()
+    return row
+
+
+def build_served_decoder(args: argparse.Namespace, device: torch.device):
+    """The decoder as the server prepares it: 5 ODE steps, blocks compiled, every bucket's CUDA graph captured."""
+    from glm4voice_api.config import Settings
+    from glm4voice_api.pipeline.runtime import _prepare_flow
+
+    decoder = build_decoder(args, device, _DTYPES[args.dtype])
+    settings = Settings()
+    decoder.set_ode_steps(settings.speech_decoder.ode_steps)
+    if device.type == "cuda":
+        _prepare_flow(decoder, settings, str(device))
+    return decoder
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_profile_args(p)
+    p.add_argument("--decoder-sms", default="16,24,32,48,64", help="SMs of the decoder's green context, per run")
+    p.add_argument("--batch", type=int, default=32, help="rows of the LLM-like step")
+    p.add_argument("--seconds", type=float, default=2.0, help="each rate's measuring window")
+    p.add_argument("--plan-only", action="store_true", help="write the SM plan and stop (no GPU needed)")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    args.checkpoint, args.seed = None, 0
+    device = torch.device(args.device)
+    total = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
+    report: dict[str, Any] = {"benchmark": "green_probe", "total_sms": total, "shapes": [list(s) for s in SHAPES]}
+    report["plan"] = sm_plan(total, [int(n) for n in args.decoder_sms.split(",") if n])
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+    if args.plan_only or device.type != "cuda":
+        save()
+        return
+    report["device_name"] = torch.cuda.get_device_name(device)
+    report["torch"] = torch.__version__
+    t0 = time.perf_counter()
+    decoder = build_served_decoder(args, device)
+    report["decoder_ready_s"] = round(time.perf_counter() - t0, 1)
+    load = LLMLoad(device, args.batch)
+    runs: dict[str, Any] = {}
+    report["runs"] = runs
+    # Today's configuration: one context, the decoder's stream at high priority, the load's at normal priority.
+    runs["shared"] = measure(
+        decoder,
+        load,
+        torch.cuda.Stream(device, priority=-1),
+        torch.cuda.Stream(device),
+        args.iters,
+        args.seconds,
+    )
+    print("shared", runs["shared"], flush=True)
+    save()
+    splits = []  # kept alive: a destroyed green context would take its stream with it
+    for dec_sms, _ in report["plan"]:
+        name = f"green{dec_sms}"
+        try:
+            split = GreenSplit(dec_sms, device.index or 0)
+            splits.append(split)
+            runs[name] = {"sms": list(split.sms)}
+            runs[name].update(measure(decoder, load, split.streams[0], split.streams[1], args.iters, args.seconds))
+        except (
+            RuntimeError,
+            OSError,
+            AttributeError,
+        ) as e:  # a driver without green contexts, or a split it refuses: recorded, not fatal
+            runs[name] = {"error": f"{type(e).__name__}: {e}"}
+        print(name, runs[name], flush=True)
+        save()
+    # The load alone on all SMs once more, and the shared run again (drift between the first and last runs).
+    runs["shared_again"] = measure(
+        decoder, load, torch.cuda.Stream(device, priority=-1), torch.cuda.Stream(device), args.iters, args.seconds
+    )
+    print("shared_again", runs["shared_again"], flush=True)
+    save()
+
+
+if __name__ == "__main__":
+    main()
