@@ -140,9 +140,10 @@ class LLMLoad:
                     self.steps += 1
 
         self._stop.clear()
+        first = self.steps
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
-        while self.steps < 3:
+        while self.steps < first + 3:  # past the first steps on this stream (cuBLAS's workspace for it)
             time.sleep(0.01)
 
     def stop(self) -> None:
