@@ -196,16 +196,30 @@ def measure(decoder, load: LLMLoad, dec_stream, load_stream, iters: int, seconds
     return row
 
 
+# The server's decoder defaults (glm4voice_api/config.py; a test keeps them equal), for GPU machines without pydantic:
+# there this probe runs without the carried bundle.
+SERVED = {"ode_steps": 5, "graph_batches": (1, 2, 4, 8, 16, 32), "max_batch": 32, "max_prompt_tokens": 100}
+SERVED_LONGEST_CHUNK = 156
+
+
 def build_served_decoder(args: argparse.Namespace, device: torch.device):
     """The decoder as the server prepares it: 5 ODE steps, blocks compiled, every bucket's CUDA graph captured."""
-    from glm4voice_api.config import Settings
-    from glm4voice_api.pipeline.runtime import _prepare_flow
-
     decoder = build_decoder(args, device, _DTYPES[args.dtype])
-    settings = Settings()
-    decoder.set_ode_steps(settings.speech_decoder.ode_steps)
-    if device.type == "cuda":
-        _prepare_flow(decoder, settings, str(device))
+    decoder.set_ode_steps(SERVED["ode_steps"])
+    if device.type != "cuda":
+        return decoder
+    try:
+        from glm4voice_api.config import Settings
+        from glm4voice_api.pipeline.runtime import _prepare_flow
+    except ImportError:  # no pydantic here: the same steps as _prepare_flow, on the defaults above
+        decoder.flow.decoder.estimator.compile_blocks()
+        decoder.flow.enable_graphs()
+        graphed = decoder.flow.graphed
+        graphed.set_batch_buckets(list(SERVED["graph_batches"]))
+        frames = decoder.mel_frames(SERVED["max_prompt_tokens"] + SERVED_LONGEST_CHUNK)
+        graphed.warmup(SERVED["max_batch"], frames, decoder.flow.input_embedding.weight)
+        return decoder
+    _prepare_flow(decoder, Settings(), str(device))
     return decoder
 
 

@@ -143,3 +143,19 @@ def test_green_probe_plans_sm_splits_and_steps_its_load_on_the_cpu(tmp_path) -> 
     load = green_probe.LLMLoad(torch.device("cpu"), batch=2, scale=1 / 64)
     load.step()
     assert len(load.layers) == green_probe.LAYERS and load.x.shape == (2, 64)
+
+
+def test_green_probe_served_decoder_defaults_are_the_servers() -> None:
+    """The probe's copy of the decoder defaults (for GPU machines without pydantic) equals config.py's."""
+    from bench import green_probe
+    from glm4voice_api.config import Settings
+
+    options = Settings().speech_decoder
+    assert green_probe.SERVED == {
+        "ode_steps": options.ode_steps,
+        "graph_batches": tuple(options.graph_batches),
+        "max_batch": options.max_batch,
+        "max_prompt_tokens": options.max_prompt_tokens,
+    }
+    assert green_probe.SERVED_LONGEST_CHUNK == max(options.schedule)
+    assert options.compile_blocks and options.cuda_graphs and options.chunking == "fixed"
