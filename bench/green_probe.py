@@ -131,19 +131,26 @@ class LLMLoad:
             x = x + g[:, : down.shape[0]] @ down
         (x @ self.head).argmax(-1)
 
-    def start(self, stream: torch.cuda.Stream) -> None:
+    def start(self, stream: torch.cuda.Stream, timeout_s: float = 60.0) -> None:
         def run() -> None:
-            with torch.cuda.stream(stream), torch.inference_mode():
-                while not self._stop.is_set():
-                    self.step()
-                    stream.synchronize()
-                    self.steps += 1
+            try:
+                with torch.cuda.stream(stream), torch.inference_mode():
+                    while not self._stop.is_set():
+                        self.step()
+                        stream.synchronize()
+                        self.steps += 1
+            except RuntimeError as e:  # a stream the driver refuses: reported by start(), not lost in the thread
+                self.error = f"{type(e).__name__}: {e}"
 
         self._stop.clear()
-        first = self.steps
+        self.error: str | None = None
+        first, deadline = self.steps, time.perf_counter() + timeout_s
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
         while self.steps < first + 3:  # past the first steps on this stream (cuBLAS's workspace for it)
+            if self.error or time.perf_counter() > deadline:
+                self.stop()
+                raise RuntimeError(f"the LLM-like load did not run: {self.error or 'no step within the timeout'}")
             time.sleep(0.01)
 
     def stop(self) -> None:
@@ -180,7 +187,7 @@ def measure(decoder, load: LLMLoad, dec_stream, load_stream, iters: int, seconds
         row["load_steps_per_s_alone"] = round(load.rate(seconds), 1)
         for shape in SHAPES:
             row["beside_load_ms"]["x".join(map(str, shape))] = pass_ms(decoder, shape, dec_stream, iters)
-        # The load's rate while the decoder is never idle (first-chunk passes back to back).
+        # The load's rate while the decoder is never idle (4-row passes back to back, as at 32 streams).
         s0, t0 = load.steps, time.perf_counter()
         n = 0
         with torch.cuda.stream(dec_stream):
