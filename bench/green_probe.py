@@ -22,7 +22,6 @@ the rest. This probe measures, before any serving change:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import statistics
 import threading
@@ -34,6 +33,7 @@ import torch
 
 from bench.bench_speech_decoder import _DTYPES, add_profile_args, build_decoder
 from bench.profile_decoder import requests
+from glm4voice_api.pipeline.green_split import GreenSplit
 
 SHAPES = ((1, 0, 10), (4, 100, 26), (16, 100, 52))
 """(rows, context tokens, new tokens): a lone first chunk, a pass at 32 streams, a large later pass."""
@@ -53,56 +53,6 @@ def sm_plan(total_sms: int, decoder_sms: list[int], granularity: int = 8) -> lis
         if 0 < d <= total_sms - granularity and (d, total_sms - d) not in out:
             out.append((d, total_sms - d))
     return out
-
-
-# -- green contexts through the driver API (torch's own wrapper differs between versions) -------------------------
-
-_RES_BYTES = 256  # CUdevResource is 144 bytes in CUDA 12 (type, 92 bytes padding, 48-byte union); room for more
-_SM_COUNT_OFFSET = 96
-_CU_DEV_RESOURCE_TYPE_SM = 1
-_CU_GREEN_CTX_DEFAULT_STREAM = 1
-_CU_STREAM_NON_BLOCKING = 1
-
-
-class GreenSplit:
-    """Two green contexts on one device: `first` SMs and the remaining ones, each with one stream for torch."""
-
-    def __init__(self, first_sms: int, device: int = 0) -> None:
-        self.cu = ctypes.CDLL("libcuda.so.1")
-        self._check(self.cu.cuInit(0), "cuInit")
-        dev = ctypes.c_int()
-        self._check(self.cu.cuDeviceGet(ctypes.byref(dev), device), "cuDeviceGet")
-        whole = ctypes.create_string_buffer(_RES_BYTES)
-        self._check(self.cu.cuDeviceGetDevResource(dev, whole, _CU_DEV_RESOURCE_TYPE_SM), "cuDeviceGetDevResource")
-        part, rest = ctypes.create_string_buffer(_RES_BYTES), ctypes.create_string_buffer(_RES_BYTES)
-        groups = ctypes.c_uint(1)
-        self._check(
-            self.cu.cuDevSmResourceSplitByCount(part, ctypes.byref(groups), whole, rest, 0, first_sms),
-            "cuDevSmResourceSplitByCount",
-        )
-        self.sms = (self._sm_count(part), self._sm_count(rest))
-        self.streams = tuple(self._stream(dev, res, device) for res in (part, rest))
-
-    @staticmethod
-    def _sm_count(res: ctypes.Array) -> int:
-        return int.from_bytes(bytes(res[_SM_COUNT_OFFSET : _SM_COUNT_OFFSET + 4]), "little")
-
-    def _stream(self, dev: ctypes.c_int, res: ctypes.Array, device: int) -> torch.cuda.ExternalStream:
-        desc, ctx, stream = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
-        self._check(self.cu.cuDevResourceGenerateDesc(ctypes.byref(desc), res, 1), "cuDevResourceGenerateDesc")
-        self._check(
-            self.cu.cuGreenCtxCreate(ctypes.byref(ctx), desc, dev, _CU_GREEN_CTX_DEFAULT_STREAM), "cuGreenCtxCreate"
-        )
-        self._check(
-            self.cu.cuGreenCtxStreamCreate(ctypes.byref(stream), ctx, _CU_STREAM_NON_BLOCKING, 0),
-            "cuGreenCtxStreamCreate",
-        )
-        return torch.cuda.ExternalStream(stream.value, device=device)
-
-    @staticmethod
-    def _check(rc: int, what: str) -> None:
-        if rc != 0:
-            raise RuntimeError(f"{what} failed with CUresult {rc}")
 
 
 # -- the two workloads ---------------------------------------------------------------------------------------------

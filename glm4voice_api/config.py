@@ -149,10 +149,11 @@ class SpeechDecoderSettings(BaseModel):
         4, ge=0, description="In vLLM's process: while <= this many streams are open, a first pass holds the LLM."
     )
     solo_first_share: float = Field(0.0, ge=0, le=1, description="Above: hold it <= this time share (worse).")
+    green_sms: int = Field(0, ge=0, description="In vLLM's process: SMs kept for the decoder (green contexts); 0: off.")
     compile_blocks: bool = Field(
         True,
-        description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's speed on an "
-        "H200, bench/results). Compiled at start (~30 s, beside vLLM's start), cached under cache_dir/inductor.",
+        description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's "
+        "speed on an H200, bench/results). Compiled at start (~30 s, beside vLLM's), cached under cache_dir/inductor.",
     )
     in_engine: bool | None = Field(
         None,
@@ -396,10 +397,7 @@ class Settings(BaseSettings):
         "gpt-4o-transcribe, gpt-4o-mini-transcribe for transcriptions and translations; gpt-realtime), and list "
         "them on /v1/models.",
     )
-    cache_dir: Path = Field(
-        Path.home() / ".cache" / "glm4voice-api",
-        description="Where the built-in default checkpoints (and the default store) are created.",
-    )
+    cache_dir: Path = Field(Path.home() / ".cache" / "glm4voice-api", description="Built-in checkpoints, store.")
     audio_device: str = Field(
         "auto",
         description="Device of the speech tokenizer and decoder: auto (cuda:0 if there is a GPU, else cpu), cpu, "

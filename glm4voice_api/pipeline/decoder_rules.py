@@ -8,7 +8,8 @@ graphs' batch sizes (`graph_batches`) are a rule too: the graphs a new set needs
 and rows decode the same in any bucket (padding rows never mix with real ones); so are `compile_outside_graphs`
 (compiled and warmed up when applied, within float rounding of the eager steps), `bucket_shapes` (masked
 padding, within float rounding), `hift_graphs` (HiFT's graphs captured when applied; within float rounding) and
-`flow_front_graphs` (the flow's encoder and regulator as graphs, captured when applied; within float rounding). That
+`flow_front_graphs` (the flow's encoder and regulator as graphs, captured when applied; within float rounding), and
+`green_sms` (which SMs run the same kernels: green_split.py). That
 is what lets one warm GPU server compare several configurations in turn (`bench/gpu_server.py`'s
 `/bench/reconfigure`), where a fresh server per configuration costs ~60-90 s of scarce device time and the host's
 run-to-run spread (README, Measured figures) would dominate the comparison.
@@ -31,6 +32,7 @@ from glm4voice_api.models.speech_decoder.hift_graphs import HiFTGraphConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy, FixedSchedule
 from glm4voice_api.pipeline.deadline_hold import DeadlineHold
 from glm4voice_api.pipeline.decoder_scheduler import NEAR_MISS_S, DecoderScheduler
+from glm4voice_api.pipeline.green_split import set_green_split
 
 RULES = (
     "schedule",
@@ -52,6 +54,7 @@ RULES = (
     "hift_graph_rows",
     "hift_graph_frames",
     "flow_front_graphs",
+    "green_sms",
 )
 """The settings `apply_rules` changes on a running decoder; the others need a restart."""
 
@@ -167,6 +170,7 @@ def apply_rules(decoder: object, options: SpeechDecoderSettings) -> None:
         set_flow_front_graphs(s.decoder, options, s.max_batch)
         if s.own_stream:  # beside the LLM's model (see `no_captures_on_first_use`)
             no_captures_on_first_use(s.decoder)
+        set_green_split(s, options.green_sms)
 
 
 def no_captures_on_first_use(decoder: SpeechDecoder) -> None:

@@ -27,6 +27,7 @@ from glm4voice_api.models.speech_decoder.decoder import DecodePass, SpeechDecode
 from glm4voice_api.models.speech_decoder.stream import MIN_CHUNK_TOKENS, DecoderStreamConfig
 from glm4voice_api.pipeline.chunk_policy import AdaptiveChunkPolicy, ChunkPolicy
 from glm4voice_api.pipeline.deadline_hold import DeadlineHold
+from glm4voice_api.pipeline.green_split import StreamSlot
 from glm4voice_api.pipeline.llm_pause import LLMPause
 from glm4voice_api.pipeline.pass_cost import PASS_LOG_SIZE, PassCost, PassRecord
 from glm4voice_api.pipeline.scheduled_stream import END, ScheduledStream
@@ -65,6 +66,7 @@ class DecoderScheduler:
         self.max_batch = max_batch
         self.own_stream = own_stream
         """Run on a high-priority CUDA stream of its own (with the LLM in this process, see `_own_cuda_stream`)."""
+        self.stream_slot = StreamSlot()  # or a green context's stream (`green_split.py`), taken up between passes
         self.max_pass_s = max_pass_s
         """Expected length a pass may grow to by adding rows (None: max_batch only): a chunk due while a pass runs
         waits for it, so a long pass of far-ahead streams would delay a first chunk or a stream about to run dry."""
@@ -184,6 +186,7 @@ class DecoderScheduler:
             batch = self._pick(streams)
             decoded = bool(batch)
             if batch:
+                self.stream_slot.take_up()
                 self._decode(batch, streams)
             elif stopping:
                 return
@@ -485,14 +488,11 @@ class DecoderScheduler:
 
 
 def _own_cuda_stream(device: object) -> None:
-    """Give this thread a high-priority CUDA stream of its own (no-op on CPU).
-
-    With the LLM in the same process (the decoder host, pipeline/decoder_host.py, or engine `process: inproc`),
-    kernels on separate streams of one context can overlap, and the priority lets a pass start between the LLM's
-    kernels rather than after them. Only used there: with vLLM in its own process, decoder work on a stream of its own
-    beside the speech tokenizer on the default stream hit an illegal memory access on an H100 (2026-11) and an H200
-    (2026-12-04, bench/results/GPU.md); the cause is not found, so it is not risked there.
-    """
+    """Give this thread a high-priority CUDA stream of its own (no-op on CPU). With the LLM in the same process (the
+    decoder host, pipeline/decoder_host.py, or engine `process: inproc`), kernels on separate streams of one context
+    can overlap, and the priority lets a pass start between the LLM's kernels rather than after them. Only used there:
+    with vLLM in its own process, decoder work on a stream of its own beside the speech tokenizer on the default stream
+    hit an illegal memory access on an H100 (2026-11) and an H200 (2026-12-04, bench/results/GPU.md), cause unknown."""
     import torch
 
     dev = torch.device(device)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from glm4voice_api.pipeline.decoder_rules import (
     set_outside_graphs_compiled,
 )
 from glm4voice_api.pipeline.decoder_scheduler import DecoderScheduler
+from glm4voice_api.pipeline.green_split import set_green_split
 from glm4voice_api.pipeline.llm_pause import LLMPause
 from glm4voice_api.pipeline.remote_decoder import RemoteDecoder, RemoteTokenizer
 from glm4voice_api.pipeline.sampling import Sampling
@@ -217,6 +218,7 @@ def _build_scheduler(
         hold_lead_s=hold_lead_s(options),
         llm_pause=None if llm_gate is None else LLMPause(llm_gate, options.solo_first_pass, options.solo_first_share),
     )
+    set_green_split(scheduler, options.green_sms)
     scheduler.start()
     return scheduler
 

@@ -5,6 +5,9 @@ with one GPU): its `execute_model`, called by the engine core's loop once per st
 step already on the GPU finishes; the next one starts when the pass has ended (glm4voice_api/pipeline/llm_pause.py
 says when the host closes it). The wait is bounded (`max_hold_s` per step), so a host that never reopens the gate
 slows the LLM but cannot stop it.
+
+It is also where the loop's thread takes up a new CUDA stream between steps (`stream_slot`: a green context's SMs,
+glm4voice_api/pipeline/green_split.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ class StepGate:
         self.max_hold_s = max_hold_s
         self._open = threading.Event()
         self._open.set()
+        from glm4voice_api.pipeline.green_split import StreamSlot
+
+        self.stream_slot = StreamSlot()
         self.held_s = 0.0
         """Seconds vLLM's loop waited at the gate (the LLM time the decoder's held passes cost)."""
 
@@ -31,6 +37,7 @@ class StepGate:
                 start = time.perf_counter()
                 self._open.wait(self.max_hold_s)
                 self.held_s += time.perf_counter() - start
+            self.stream_slot.take_up()
             return step(*args, **kwargs)
 
         model_runner.execute_model = gated
