@@ -149,7 +149,9 @@ class SpeechDecoderSettings(BaseModel):
         4, ge=0, description="In vLLM's process: while <= this many streams are open, a first pass holds the LLM."
     )
     solo_first_share: float = Field(0.0, ge=0, le=1, description="Above: hold it <= this time share (worse).")
-    green_sms: int = Field(0, ge=0, description="In vLLM's process: SMs kept for the decoder (green contexts); 0: off.")
+    green_sms: int = Field(
+        0, ge=0, description="In vLLM's process: SMs kept for the decoder (green contexts); 0: off (64: worse)."
+    )
     compile_blocks: bool = Field(
         True,
         description="With cuda_graphs, torch.compile the flow estimator's blocks (fused kernels: 1.35x the decoder's "

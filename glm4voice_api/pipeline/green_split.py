@@ -11,6 +11,12 @@ its streams a fixed set of SMs: the decoder keeps `sms` of them, the LLM the res
 compare splits: each thread that runs GPU work (the decoder's, the engine's loop) takes up its new stream between
 its own steps (`StreamSlot`), after the work on its old stream has finished. `bench/green_probe.py` measures the
 split without a server.
+
+Measured (H100, 2026-12-07, bench/results/GPU.md session 32): off by default, because memory bandwidth, not SMs, is
+what the two share. With 64 SMs its own a lone first chunk's pass still took 44.7 ms beside a 9B-shaped decode load
+(83.7 shared, 25.1 alone), the load ran as fast on 68 SMs as on 116 and ~5% slower than unsplit; on the server
+(ABBA, 32 streams) the passes were shorter, the LLM 4-7% slower, first audio the same and the overloads worse (95.5
+and 98.8% gap-free against 99.6 and 100%).
 """
 
 from __future__ import annotations
