@@ -48,7 +48,7 @@ class EngineSettings(BaseModel):
         description="Where vLLM's engine core runs. inproc: in the server process (one CUDA context with the decoder); "
         "separate: its own process (AsyncLLM). auto: separate (inproc: slower token supply, GIL; bench/results).",
     )
-    quantization: str | None = Field(None, description="Weight quantization, e.g. fp8 (faster; numerics unmeasured).")
+    quantization: str | None = Field(None, description="Weight quantization: fp8 (an option; test_fp8_fidelity.py).")
     max_cudagraph_capture_size: int | None = Field(
         None, ge=1, description="Largest step vLLM graphs on CUDA. Default: 128 (512: ready 2.5 s later, H100)."
     )
