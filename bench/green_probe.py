@@ -69,6 +69,11 @@ class LLMLoad:
         self.head = w(*LM_HEAD)
         self.x = torch.randn(batch, self.layers[0][0].shape[0], device=device, dtype=torch.bfloat16)
         self.steps = 0
+        self.duty = 1.0
+        """Busy share: below 1 the thread idles (1 / duty - 1) of each step's time after it (a paced LLM)."""
+        self._init_thread_state()
+
+    def _init_thread_state(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -86,9 +91,12 @@ class LLMLoad:
             try:
                 with torch.cuda.stream(stream), torch.inference_mode():
                     while not self._stop.is_set():
+                        t0 = time.perf_counter()
                         self.step()
                         stream.synchronize()
                         self.steps += 1
+                        if self.duty < 1:
+                            time.sleep((time.perf_counter() - t0) * (1 / self.duty - 1))
             except RuntimeError as e:  # a stream the driver refuses: reported by start(), not lost in the thread
                 self.error = f"{type(e).__name__}: {e}"
 

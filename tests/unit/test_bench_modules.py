@@ -159,3 +159,17 @@ def test_green_probe_served_decoder_defaults_are_the_servers() -> None:
     }
     assert green_probe.SERVED_LONGEST_CHUNK == max(options.schedule)
     assert options.compile_blocks and options.cuda_graphs and options.chunking == "fixed"
+
+
+def test_traffic_probe_steps_its_bf16_and_fp8_loads_on_the_cpu(tmp_path) -> None:
+    """The traffic probe's FP8 load (float8 weights, inputs quantized per call, `torch._scaled_mm`) steps, scaled down,
+    as its bf16 one does; its served rules are the server's; the GPU runs are bench/results/GPU.md's."""
+    import json
+
+    from bench import green_probe, traffic_probe
+
+    out = tmp_path / "traffic.json"
+    traffic_probe.main(["--device", "cpu", "--preset", "tiny", "--out", str(out)])
+    assert json.loads(out.read_text())["cpu_check"] == "ok"
+    assert traffic_probe.SERVED == {"ode_steps": green_probe.SERVED["ode_steps"], "context": 100}
+    assert traffic_probe.SERVED["context"] == green_probe.SERVED["max_prompt_tokens"]
