@@ -136,21 +136,24 @@ def pass_ms(decoder, shape: tuple[int, int, int], stream: torch.cuda.Stream, ite
     return round(statistics.median(times) * 1000, 2)
 
 
-def measure(decoder, load: LLMLoad, dec_stream, load_stream, iters: int, seconds: float) -> dict[str, Any]:
+def measure(
+    decoder, load: LLMLoad, dec_stream, load_stream, iters: int, seconds: float, shapes: tuple = SHAPES
+) -> dict[str, Any]:
+    """Pass times per shape alone and beside the load, the load's rate alone and beside passes of `shapes[1]`."""
     row: dict[str, Any] = {"alone_ms": {}, "beside_load_ms": {}}
-    for shape in SHAPES:
+    for shape in shapes:
         row["alone_ms"]["x".join(map(str, shape))] = pass_ms(decoder, shape, dec_stream, iters)
     load.start(load_stream)
     try:
         row["load_steps_per_s_alone"] = round(load.rate(seconds), 1)
-        for shape in SHAPES:
+        for shape in shapes:
             row["beside_load_ms"]["x".join(map(str, shape))] = pass_ms(decoder, shape, dec_stream, iters)
         # The load's rate while the decoder is never idle (4-row passes back to back, as at 32 streams).
         s0, t0 = load.steps, time.perf_counter()
         n = 0
         with torch.cuda.stream(dec_stream):
             while time.perf_counter() - t0 < seconds:
-                decoder.decode_batch(requests(decoder, *SHAPES[1], seed=n))
+                decoder.decode_batch(requests(decoder, *shapes[1], seed=n))
                 dec_stream.synchronize()
                 n += 1
         elapsed = time.perf_counter() - t0

@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench import green_probe
 from bench.bench_speech_decoder import add_profile_args
-from bench.green_probe import LAYER_GEMMS, LAYERS, LM_HEAD, LLMLoad, build_served_decoder, pass_ms
-from bench.profile_decoder import requests
+from bench.green_probe import LAYER_GEMMS, LAYERS, LM_HEAD, LLMLoad, build_served_decoder
 
 FP8_MAX = 448.0
 LEAN = {"ode_steps": 4, "context": 50}
@@ -75,28 +74,10 @@ class FP8Load(LLMLoad):
 
 
 def measure(decoder, load: LLMLoad, context: int, iters: int, seconds: float, device: torch.device) -> dict[str, Any]:
-    """green_probe.measure's rows, on one shared context (the decoder's stream at high priority, as served)."""
+    """green_probe.measure's row on one shared context (the decoder's stream at high priority, as served)."""
     dec_stream, load_stream = torch.cuda.Stream(device, priority=-1), torch.cuda.Stream(device)
-    row: dict[str, Any] = {"alone_ms": {}, "beside_load_ms": {}, "duty": load.duty}
-    for shape in shapes(context):
-        row["alone_ms"]["x".join(map(str, shape))] = pass_ms(decoder, shape, dec_stream, iters)
-    load.start(load_stream)
-    try:
-        row["load_steps_per_s_alone"] = round(load.rate(seconds), 1)
-        for shape in shapes(context):
-            row["beside_load_ms"]["x".join(map(str, shape))] = pass_ms(decoder, shape, dec_stream, iters)
-        s0, t0, n = load.steps, time.perf_counter(), 0
-        with torch.cuda.stream(dec_stream):
-            while time.perf_counter() - t0 < seconds:
-                decoder.decode_batch(requests(decoder, *shapes(context)[1], seed=n))
-                dec_stream.synchronize()
-                n += 1
-        elapsed = time.perf_counter() - t0
-        row["load_steps_per_s_beside_decoder"] = round((load.steps - s0) / elapsed, 1)
-        row["decoder_passes_per_s_beside_load"] = round(n / elapsed, 1)
-    finally:
-        load.stop()
-    return row
+    row = green_probe.measure(decoder, load, dec_stream, load_stream, iters, seconds, shapes(context))
+    return {"duty": load.duty, **row}
 
 
 def main(argv: list[str] | None = None) -> None:
